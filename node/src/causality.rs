@@ -1,0 +1,1 @@
+//! Dotted version vector sets: per-key causality (being written).

@@ -1,0 +1,6 @@
+//! chorus-node: everything a running chorus node does that is not placement (`chorus-ring`)
+//! or membership (`chorus-gossip`): causality, storage, replication, the coordinator,
+//! QUIC RPC between nodes, the client HTTP API and the command-line interface.
+
+pub mod causality;
+pub mod storage;

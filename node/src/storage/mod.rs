@@ -1,0 +1,1 @@
+//! Storage engines behind one trait (being written).
