@@ -2,5 +2,11 @@
 //! or membership (`chorus-gossip`): causality, storage, replication, the coordinator,
 //! QUIC RPC between nodes, the client HTTP API and the command-line interface.
 
+pub mod bench;
 pub mod causality;
+pub mod certs;
+pub mod cli;
+pub mod client;
+pub mod dev;
+pub mod server;
 pub mod storage;

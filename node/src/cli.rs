@@ -1,0 +1,310 @@
+//! The `chorus` command line: every subcommand and flag, parsed with clap.
+//! This module only describes the interface; `main.rs` dispatches to the modules that do
+//! the work, so `chorus --help` is the single source of truth for flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "chorus",
+    version,
+    about = "chorus: a leaderless, Dynamo-style replicated key-value store",
+    long_about = "chorus: a leaderless, Dynamo-style replicated key-value store.\n\n\
+        Start a local cluster with `chorus dev`, then `chorus put b k v` and `chorus get b k`."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a node.
+    Start(StartArgs),
+    /// Start a local cluster (one child process per node) and stop it on Ctrl-C.
+    Dev(DevArgs),
+    /// Manage the cluster credential for node-to-node (QUIC) authentication.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+    /// Store a value.
+    Put(PutArgs),
+    /// Read a value (every sibling when writes were concurrent). Exit code 1 when not found.
+    Get(GetArgs),
+    /// Delete a key (writes a tombstone).
+    Delete(DeleteArgs),
+    /// Show the cluster's members as one node sees them.
+    Status(ClientArgs),
+    /// Placement: owners of a key, and the placement simulator.
+    #[command(subcommand)]
+    Ring(RingCommand),
+    /// Ask a node to hand its data over and leave the cluster.
+    Leave(ClientArgs),
+    /// Drop a dead node from the cluster.
+    Remove(RemoveArgs),
+    /// Closed-loop (or open-loop with --rate) load generator with latency percentiles.
+    Bench(BenchArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StartArgs {
+    /// This node's name, unique in the cluster.
+    #[arg(long)]
+    pub name: String,
+    /// QUIC (UDP) address for all node-to-node traffic.
+    #[arg(long)]
+    pub listen: SocketAddr,
+    /// Client HTTP API address (TCP).
+    #[arg(long)]
+    pub http: SocketAddr,
+    /// Data directory (created if absent); a restart with the same directory keeps data and identity.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Comma-separated QUIC addresses of other nodes, used to join.
+    #[arg(long, value_delimiter = ',')]
+    pub seeds: Vec<SocketAddr>,
+    /// Directory holding the cluster credential (`chorus certs init`).
+    #[arg(long, conflicts_with = "insecure")]
+    pub certs: Option<PathBuf>,
+    /// Run without node-to-node authentication (anyone reaching the QUIC port can join).
+    #[arg(long)]
+    pub insecure: bool,
+    /// Replication factor N, fixed per cluster.
+    #[arg(long, default_value_t = 3)]
+    pub n: usize,
+    /// Number of ring partitions (power of two, up to 4096), fixed per cluster.
+    #[arg(long, default_value_t = 64)]
+    pub ring_size: u32,
+    /// Journal durability: `periodic` fsyncs every --sync-interval-ms; `always` acks after fsync.
+    #[arg(long, value_enum, default_value_t = SyncArg::Periodic)]
+    pub sync: SyncArg,
+    /// Interval between journal fsyncs in periodic mode.
+    #[arg(long, default_value_t = 100)]
+    pub sync_interval_ms: u64,
+    /// Largest value accepted, in bytes.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub max_value: usize,
+    /// A write that would leave more siblings than this on a key is refused (409 too_many_siblings).
+    #[arg(long, default_value_t = 100)]
+    pub max_siblings: usize,
+    /// Log a warning when a key reaches this many siblings.
+    #[arg(long, default_value_t = 25)]
+    pub warn_siblings: usize,
+    /// Default request timeout in milliseconds (per request: `?timeout=`).
+    #[arg(long, default_value_t = 2000)]
+    pub timeout_ms: u64,
+    /// Interval between gossip rounds in milliseconds.
+    #[arg(long, default_value_t = 500)]
+    pub gossip_interval_ms: u64,
+    /// Phi above which a peer is suspected.
+    #[arg(long, default_value_t = 8.0)]
+    pub phi_threshold: f64,
+    /// Storage block cache size in MiB.
+    #[arg(long, default_value_t = 64)]
+    pub cache_mb: u64,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncArg {
+    Periodic,
+    Always,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DevArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// Node i listens for QUIC on base+i and HTTP on base+1000+i.
+    #[arg(long, default_value_t = 7000)]
+    pub base_port: u16,
+    /// Directory for data and the credential (default: ./chorus-dev).
+    #[arg(long, default_value = "chorus-dev")]
+    pub dir: PathBuf,
+    /// Replication factor.
+    #[arg(long, default_value_t = 3)]
+    pub n: usize,
+    /// Journal durability for every node.
+    #[arg(long, value_enum, default_value_t = SyncArg::Periodic)]
+    pub sync: SyncArg,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CertsCommand {
+    /// Create a cluster CA and the node certificate signed by it in DIR.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Overwrite an existing credential.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ClientArgs {
+    /// Node to talk to.
+    #[arg(long, env = "CHORUS_NODE", default_value = "http://127.0.0.1:8001")]
+    pub node: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PutArgs {
+    pub bucket: String,
+    pub key: String,
+    /// The value; `-` reads it from stdin.
+    pub value: String,
+    /// Write quorum: a number, one, quorum or all.
+    #[arg(long)]
+    pub w: Option<String>,
+    /// How many of the write acks must come from primary owners.
+    #[arg(long)]
+    pub pw: Option<String>,
+    /// Causal context from a previous get (replaces exactly what that get saw).
+    #[arg(long)]
+    pub context: Option<String>,
+    #[arg(long)]
+    pub content_type: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GetArgs {
+    pub bucket: String,
+    pub key: String,
+    /// Read quorum: a number, one, quorum or all.
+    #[arg(long)]
+    pub r: Option<String>,
+    /// How many of the replies must come from primary owners.
+    #[arg(long)]
+    pub pr: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DeleteArgs {
+    pub bucket: String,
+    pub key: String,
+    #[arg(long)]
+    pub w: Option<String>,
+    #[arg(long)]
+    pub context: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RingCommand {
+    /// The preference list of a key: N primary owners, then fallbacks.
+    Owners {
+        bucket: String,
+        key: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Print placement balance and movement tables for the claim algorithm.
+    Simulate {
+        /// Node counts to simulate.
+        #[arg(long, value_delimiter = ',', default_value = "3,5,10,50,100")]
+        nodes: Vec<usize>,
+        #[arg(long, default_value_t = 64)]
+        ring_size: u32,
+        #[arg(long, default_value_t = 3)]
+        n: usize,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RemoveArgs {
+    /// Name of the dead node to drop.
+    pub name: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Comma-separated node URLs; clients are spread over them.
+    #[arg(long, value_delimiter = ',', env = "CHORUS_NODE", default_value = "http://127.0.0.1:8001")]
+    pub nodes: Vec<String>,
+    /// What to drive: chorus, etcd (v3 JSON gateway) or redis (RESP).
+    #[arg(long, value_enum, default_value_t = BenchTarget::Chorus)]
+    pub target: BenchTarget,
+    /// Measured duration, e.g. 10s, 500ms, 1m.
+    #[arg(long, default_value = "10s")]
+    pub duration: String,
+    /// Warm-up before measuring.
+    #[arg(long, default_value = "1s")]
+    pub warmup: String,
+    /// Concurrent clients (each on its own keep-alive connection).
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Open-loop: total requests per second (avoids coordinated omission). Default closed loop.
+    #[arg(long)]
+    pub rate: Option<u64>,
+    #[arg(long, default_value_t = 10_000)]
+    pub keys: u64,
+    /// Key distribution.
+    #[arg(long, value_enum, default_value_t = KeyDistribution::Uniform)]
+    pub distribution: KeyDistribution,
+    #[arg(long, default_value_t = 100)]
+    pub value_size: usize,
+    /// Fraction of operations that are reads.
+    #[arg(long, default_value_t = 0.5)]
+    pub read_ratio: f64,
+    #[arg(long)]
+    pub r: Option<String>,
+    #[arg(long)]
+    pub w: Option<String>,
+    /// Bucket the load uses.
+    #[arg(long, default_value = "bench")]
+    pub bucket: String,
+    /// Seed for key and operation choice.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Print one JSON object with the results.
+    #[arg(long)]
+    pub json: bool,
+    /// Write every operation to this file as JSON lines (for the chaos checker).
+    #[arg(long)]
+    pub history: Option<PathBuf>,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BenchTarget {
+    Chorus,
+    Etcd,
+    Redis,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyDistribution {
+    Uniform,
+    Zipfian,
+}
+
+/// A command's failure: the one line printed on stderr and the process exit code
+/// (2 for usage and configuration errors, 1 for "not found" and request failures).
+#[derive(Debug)]
+pub struct CliError {
+    pub code: u8,
+    pub message: String,
+}
+
+impl CliError {
+    pub fn usage(message: impl Into<String>) -> Self {
+        CliError { code: 2, message: message.into() }
+    }
+    pub fn failed(message: impl Into<String>) -> Self {
+        CliError { code: 1, message: message.into() }
+    }
+}
+
+pub type CliResult = Result<(), CliError>;
