@@ -10,3 +10,4 @@ pub mod client;
 pub mod dev;
 pub mod server;
 pub mod storage;
+pub mod transport;
