@@ -1,0 +1,368 @@
+//! The coordinator: turns one client request into replica requests and a quorum decision.
+//!
+//! For a key it takes the preference list from the ring, replaces primaries the failure
+//! detector calls unreachable by the next reachable fallbacks (sloppy quorum, with a hint
+//! naming the owner), sends to all targets in parallel and answers after R (or W) replies,
+//! of which PR (PW) from primaries. Reads merge every reply and repair stale replicas in the
+//! background. It reaches replicas only through the `Peers` seam and reads time only through
+//! tokio's clock, so the simulation drives this very code with a virtual network and clock.
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use chorus_ring::Ring;
+
+use crate::causality::Context;
+use crate::metrics::Metrics;
+use crate::object::{Object, Sibling};
+use crate::replica::Replica;
+use crate::rpc::{Request, Response};
+use crate::storage::Storage;
+
+/// How a coordinator reaches other nodes' replicas.
+pub trait Peers: Send + Sync + 'static {
+    fn call(&self, to: &str, request: Request, timeout: Duration) -> impl Future<Output = Result<Response, String>> + Send;
+}
+
+/// What a coordinator needs to know of the cluster: placement and who is reachable.
+#[derive(Clone, Debug)]
+pub struct ClusterView {
+    pub ring: Arc<Ring>,
+    pub unreachable: Arc<HashSet<String>>,
+}
+
+/// A replica a request goes to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub name: String,
+    pub primary: bool,
+    /// For a fallback: the unreachable primary it stands in for.
+    pub hint_for: Option<String>,
+}
+
+/// The replicas of a partition for one request: every reachable primary, and for each
+/// unreachable primary the next reachable fallback in preference-list order.
+pub fn targets(view: &ClusterView, partition: u32) -> Vec<Target> {
+    let ring = &view.ring;
+    let preference = ring.preference_list(partition);
+    let n = ring.n().min(preference.len());
+    let mut fallbacks = preference[n..].iter().filter(|name| !view.unreachable.contains(**name));
+    let mut out = Vec::with_capacity(n);
+    for primary in &preference[..n] {
+        if !view.unreachable.contains(*primary) {
+            out.push(Target { name: primary.to_string(), primary: true, hint_for: None });
+        } else if let Some(fallback) = fallbacks.next() {
+            out.push(Target { name: fallback.to_string(), primary: false, hint_for: Some(primary.to_string()) });
+        }
+    }
+    debug_assert!(out.iter().map(|t| &t.name).collect::<HashSet<_>>().len() == out.len(), "targets are distinct nodes");
+    out
+}
+
+/// A per-request replica count as the client gave it: `one`, `quorum`, `all` or a number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Quorum {
+    One,
+    Majority,
+    All,
+    Exactly(usize),
+}
+
+impl Quorum {
+    pub fn parse(text: &str) -> Result<Quorum, String> {
+        match text {
+            "one" => Ok(Quorum::One),
+            "quorum" => Ok(Quorum::Majority),
+            "all" => Ok(Quorum::All),
+            other => match other.parse::<usize>() {
+                Ok(n) => Ok(Quorum::Exactly(n)),
+                Err(_) => Err(format!("'{other}' is not a replica count: use a number, one, quorum or all")),
+            },
+        }
+    }
+
+    /// The number of replicas for a replication factor `n`; `allow_zero` for pr/pw.
+    pub fn resolve(self, n: usize, allow_zero: bool) -> Result<usize, String> {
+        let count = match self {
+            Quorum::One => 1,
+            Quorum::Majority => n / 2 + 1,
+            Quorum::All => n,
+            Quorum::Exactly(k) => k,
+        };
+        if count > n {
+            return Err(format!("{count} replicas asked for, but the replication factor is {n}"));
+        }
+        if count == 0 && !allow_zero {
+            return Err("at least 1 replica must answer".into());
+        }
+        Ok(count)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    #[error("{replied} of the {needed} replicas needed answered in time{}", primaries_note(*.primaries_needed, *.primaries_replied))]
+    Unavailable { needed: usize, replied: usize, primaries_needed: usize, primaries_replied: usize },
+    #[error("{0}")]
+    TooManySiblings(String),
+}
+
+fn primaries_note(needed: usize, replied: usize) -> String {
+    if needed == 0 {
+        String::new()
+    } else {
+        format!(" ({replied} of the {needed} primary owners needed)")
+    }
+}
+
+pub struct Coordinator<S: Storage, P: Peers> {
+    name: String,
+    replica: Arc<Replica<S>>,
+    peers: Arc<P>,
+    view: Arc<RwLock<ClusterView>>,
+    metrics: Arc<Metrics>,
+}
+
+impl<S: Storage, P: Peers> Clone for Coordinator<S, P> {
+    fn clone(&self) -> Self {
+        Coordinator {
+            name: self.name.clone(),
+            replica: self.replica.clone(),
+            peers: self.peers.clone(),
+            view: self.view.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+struct Reply {
+    target: Target,
+    result: Result<Response, String>,
+}
+
+impl<S: Storage, P: Peers> Coordinator<S, P> {
+    pub fn new(name: String, replica: Arc<Replica<S>>, peers: Arc<P>, view: Arc<RwLock<ClusterView>>, metrics: Arc<Metrics>) -> Self {
+        Coordinator { name, replica, peers, view, metrics }
+    }
+
+    pub fn view(&self) -> ClusterView {
+        self.view.read().expect("view lock").clone()
+    }
+
+    pub fn n(&self) -> usize {
+        self.view().ring.n()
+    }
+
+    /// Sends one request to one replica: directly to the local replica, else over `Peers`.
+    fn call(&self, to: &str, request: Request, timeout: Duration) -> impl Future<Output = Result<Response, String>> + Send + 'static {
+        let local = (to == self.name).then(|| self.replica.clone());
+        let peers = self.peers.clone();
+        let to = to.to_string();
+        async move {
+            match local {
+                Some(replica) => Ok(replica.handle(request)),
+                None => peers.call(&to, request, timeout).await,
+            }
+        }
+    }
+
+    /// Writes `value` (or a tombstone) over `context`: one replica mints the version, the
+    /// others merge it; answers once `w` replicas (`pw` of them primaries) stored it.
+    pub async fn put(
+        &self,
+        bucket: &[u8],
+        key: &[u8],
+        context: Context,
+        value: Sibling,
+        w: usize,
+        pw: usize,
+        timeout: Duration,
+    ) -> Result<Object, CoordinatorError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let view = self.view();
+        let partition = view.ring.partition_of(bucket, key);
+        let mut targets = targets(&view, partition);
+        // Prefer coordinating locally: it saves a round trip.
+        if let Some(i) = targets.iter().position(|t| t.name == self.name) {
+            targets[..=i].rotate_right(1);
+        }
+        let unavailable = |replied: usize, primaries: usize| CoordinatorError::Unavailable {
+            needed: w,
+            replied,
+            primaries_needed: pw,
+            primaries_replied: primaries,
+        };
+
+        // The first target that answers mints the version; the others only merge it.
+        let mut stored = None;
+        let mut rest = Vec::new();
+        for target in targets {
+            if stored.is_some() {
+                rest.push(target);
+                continue;
+            }
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if remaining.is_zero() {
+                return Err(unavailable(0, 0));
+            }
+            let request = Request::Coordinate { bucket: bucket.to_vec(), key: key.to_vec(), context: context.clone(), value: value.clone() };
+            match self.call(&target.name, request, remaining).await {
+                Ok(Response::Stored(object)) => stored = Some((target, object)),
+                Ok(Response::Refused { message, .. }) => return Err(CoordinatorError::TooManySiblings(message)),
+                Ok(other) => tracing::debug!(replica = %target.name, "coordinating write failed: {other:?}"),
+                Err(e) => tracing::debug!(replica = %target.name, "coordinating write failed: {e}"),
+            }
+        }
+        let Some((coordinator, object)) = stored else { return Err(unavailable(0, 0)) };
+        let mut acks = 1;
+        let mut primary_acks = usize::from(coordinator.primary);
+
+        let (tx, mut rx) = tokio::sync::mpsc::channel(rest.len().max(1));
+        for target in rest {
+            let request = Request::Merge { bucket: bucket.to_vec(), key: key.to_vec(), object: object.clone(), hint_for: target.hint_for.clone() };
+            let call = self.call(&target.name, request, timeout);
+            let tx = tx.clone();
+            // Spawned, so replication goes on after the client has its answer.
+            tokio::spawn(async move {
+                let result = call.await;
+                let _ = tx.send(Reply { target, result }).await;
+            });
+        }
+        drop(tx);
+        while acks < w || primary_acks < pw {
+            let Ok(Some(reply)) = tokio::time::timeout_at(deadline, rx.recv()).await else {
+                return Err(unavailable(acks, primary_acks));
+            };
+            if let Ok(Response::Stored(_)) = reply.result {
+                acks += 1;
+                primary_acks += usize::from(reply.target.primary);
+            }
+        }
+        Ok(object)
+    }
+
+    /// Reads from every target, answers with the merge of the first `r` replies (`pr` of
+    /// them from primaries), then repairs every replica that was missing part of the merge
+    /// of all replies.
+    pub async fn get(&self, bucket: &[u8], key: &[u8], r: usize, pr: usize, timeout: Duration) -> Result<Object, CoordinatorError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let view = self.view();
+        let partition = view.ring.partition_of(bucket, key);
+        let targets = targets(&view, partition);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(targets.len().max(1));
+        for target in targets {
+            let call = self.call(&target.name, Request::Get { bucket: bucket.to_vec(), key: key.to_vec() }, timeout);
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let result = call.await;
+                let _ = tx.send(Reply { target, result }).await;
+            });
+        }
+        drop(tx);
+
+        let mut answers: Vec<(Target, Option<Object>)> = Vec::new();
+        let mut primaries = 0;
+        while answers.len() < r || primaries < pr {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(Reply { target, result: Ok(Response::Object(object)) })) => {
+                    primaries += usize::from(target.primary);
+                    answers.push((target, object));
+                }
+                Ok(Some(_failed)) => {}
+                Ok(None) | Err(_) => {
+                    return Err(CoordinatorError::Unavailable { needed: r, replied: answers.len(), primaries_needed: pr, primaries_replied: primaries });
+                }
+            }
+        }
+        let merged = merge_all(answers.iter().filter_map(|(_, o)| o.as_ref()));
+
+        let repairer = self.clone();
+        let (bucket, key) = (bucket.to_vec(), key.to_vec());
+        tokio::spawn(async move {
+            while let Ok(Some(reply)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+                if let Ok(Response::Object(object)) = reply.result {
+                    answers.push((reply.target, object));
+                }
+            }
+            repairer.read_repair(&bucket, &key, answers, timeout).await;
+        });
+        Ok(merged)
+    }
+
+    async fn read_repair(&self, bucket: &[u8], key: &[u8], answers: Vec<(Target, Option<Object>)>, timeout: Duration) {
+        let merged = merge_all(answers.iter().filter_map(|(_, o)| o.as_ref()));
+        if merged.is_empty() {
+            return;
+        }
+        for (target, object) in answers {
+            if object.as_ref().is_some_and(|o| o.descends(&merged)) {
+                continue;
+            }
+            self.metrics.read_repairs.inc();
+            tracing::debug!(replica = %target.name, "read repair");
+            let request = Request::Merge { bucket: bucket.to_vec(), key: key.to_vec(), object: merged.clone(), hint_for: target.hint_for.clone() };
+            if let Err(e) = self.call(&target.name, request, timeout).await {
+                tracing::debug!(replica = %target.name, "read repair failed: {e}");
+            }
+        }
+    }
+}
+
+fn merge_all<'a>(objects: impl Iterator<Item = &'a Object>) -> Object {
+    objects.fold(Object::new(), |acc, o| acc.sync(o))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(members: &[&str], down: &[&str]) -> ClusterView {
+        ClusterView {
+            ring: Arc::new(Ring::new(64, 3, members.iter().copied()).unwrap()),
+            unreachable: Arc::new(down.iter().map(|s| s.to_string()).collect()),
+        }
+    }
+
+    #[test]
+    fn targets_are_the_primaries_when_all_are_reachable() {
+        let v = view(&["a", "b", "c", "d", "e"], &[]);
+        for p in 0..64 {
+            let t = targets(&v, p);
+            let primaries: Vec<&str> = v.ring.primaries(p).iter().map(String::as_str).collect();
+            assert_eq!(t.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), primaries);
+            assert!(t.iter().all(|t| t.primary && t.hint_for.is_none()));
+        }
+    }
+
+    #[test]
+    fn an_unreachable_primary_is_replaced_by_the_first_reachable_fallback_with_a_hint() {
+        let v = view(&["a", "b", "c", "d", "e"], &["b"]);
+        for p in 0..64 {
+            let t = targets(&v, p);
+            assert_eq!(t.len(), 3);
+            assert!(t.iter().all(|t| t.name != "b"));
+            let primaries = v.ring.primaries(p);
+            if primaries.iter().any(|n| n == "b") {
+                let fallback = t.iter().find(|t| !t.primary).unwrap();
+                assert_eq!(fallback.hint_for.as_deref(), Some("b"));
+                let first_reachable_fallback = v.ring.preference_list(p)[3..].iter().find(|n| **n != "b").unwrap().to_string();
+                assert_eq!(fallback.name, first_reachable_fallback);
+            }
+        }
+    }
+
+    #[test]
+    fn quorum_values_parse_and_resolve() {
+        assert_eq!(Quorum::parse("quorum").unwrap().resolve(3, false), Ok(2));
+        assert_eq!(Quorum::parse("one").unwrap().resolve(3, false), Ok(1));
+        assert_eq!(Quorum::parse("all").unwrap().resolve(5, false), Ok(5));
+        assert_eq!(Quorum::parse("2").unwrap().resolve(3, false), Ok(2));
+        assert!(Quorum::parse("4").unwrap().resolve(3, false).is_err());
+        assert!(Quorum::parse("0").unwrap().resolve(3, false).is_err());
+        assert_eq!(Quorum::parse("0").unwrap().resolve(3, true), Ok(0));
+        assert!(Quorum::parse("most").is_err());
+        assert!(Quorum::parse("-1").is_err());
+    }
+}

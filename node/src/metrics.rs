@@ -1,0 +1,92 @@
+//! The node's Prometheus metrics (`GET /metrics`): one registry, the counters and histograms
+//! every part of the node updates. Owns names and help texts; computes nothing itself.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub op: &'static str,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    pub op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabels {
+    pub peer: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub latency: Family<OpLabels, Histogram>,
+    pub quorum_failures: Family<OpLabels, Counter>,
+    pub read_repairs: Counter,
+    pub hints_queued: Counter,
+    pub hints_delivered: Counter,
+    pub hints_dropped: Counter,
+    pub aae_exchanges: Counter,
+    pub aae_keys_repaired: Counter,
+    pub aae_bytes_sent: Counter,
+    pub phi: Family<PeerLabels, Gauge<f64, AtomicU64>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("chorus");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register("requests", "Client requests by operation and HTTP status", requests.clone());
+        let latency = Family::<OpLabels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 2.0, 18)));
+        registry.register("request_duration_seconds", "Client request latency", latency.clone());
+        let quorum_failures = Family::<OpLabels, Counter>::default();
+        registry.register("quorum_failures", "Requests answered 503 because too few replicas replied", quorum_failures.clone());
+        let read_repairs = Counter::default();
+        registry.register("read_repairs", "Stale replicas sent the merged state after a read", read_repairs.clone());
+        let hints_queued = Counter::default();
+        registry.register("hints_queued", "Writes a fallback stored on behalf of an unreachable owner", hints_queued.clone());
+        let hints_delivered = Counter::default();
+        registry.register("hints_delivered", "Hinted writes handed to their owner", hints_delivered.clone());
+        let hints_dropped = Counter::default();
+        registry.register("hints_dropped", "Hints dropped at the bound (anti-entropy covers them)", hints_dropped.clone());
+        let aae_exchanges = Counter::default();
+        registry.register("aae_exchanges", "Anti-entropy tree exchanges started", aae_exchanges.clone());
+        let aae_keys_repaired = Counter::default();
+        registry.register("aae_keys_repaired", "Keys merged by anti-entropy", aae_keys_repaired.clone());
+        let aae_bytes_sent = Counter::default();
+        registry.register("aae_bytes_sent", "Bytes sent by anti-entropy exchanges", aae_bytes_sent.clone());
+        let phi = Family::<PeerLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register("peer_phi", "Phi-accrual suspicion of each peer", phi.clone());
+        Metrics {
+            registry,
+            requests,
+            latency,
+            quorum_failures,
+            read_repairs,
+            hints_queued,
+            hints_delivered,
+            hints_dropped,
+            aae_exchanges,
+            aae_keys_repaired,
+            aae_bytes_sent,
+            phi,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}

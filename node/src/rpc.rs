@@ -1,0 +1,80 @@
+//! The messages nodes exchange over the transport, versioned so a node can refuse (rather
+//! than misread) a peer speaking a format it does not know. Pure data; sending is in
+//! `transport`, handling in `replica` and `server`.
+
+use serde::{Deserialize, Serialize};
+
+use chorus_gossip::GossipMessage;
+
+use crate::causality::Context;
+use crate::object::{Object, Sibling};
+
+/// Everything on a stream is one `Envelope`. Adding a variant is compatible; changing one
+/// needs a `V2`.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Envelope {
+    V1(Message),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Message {
+    /// One-way membership gossip.
+    Gossip(GossipMessage),
+    Request(Request),
+    Response(Response),
+}
+
+/// A coordinator's (or healer's) request to one replica.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Request {
+    /// The replica's state for a key.
+    Get {
+        #[serde(with = "serde_bytes")]
+        bucket: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
+    /// Be the coordinating replica of a write: mint a dot for `value` over `context`,
+    /// persist, and return the resulting state so the coordinator can replicate it.
+    Coordinate {
+        #[serde(with = "serde_bytes")]
+        bucket: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        context: Context,
+        value: Sibling,
+    },
+    /// Merge a state into the replica's own and persist before acknowledging. `hint_for`
+    /// names the primary owner a fallback holds this write for (sloppy quorum).
+    Merge {
+        #[serde(with = "serde_bytes")]
+        bucket: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        object: Object,
+        hint_for: Option<String>,
+    },
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Response {
+    /// Answer to `Get`: `None` when the replica holds nothing for the key.
+    Object(Option<Object>),
+    /// Answer to `Coordinate` and `Merge`: the state now stored.
+    Stored(Object),
+    /// The write was refused and nothing was stored (e.g. too many siblings).
+    Refused { code: String, message: String },
+    /// The replica failed (storage error, malformed request).
+    Failed(String),
+}
+
+pub fn encode(message: Message) -> Vec<u8> {
+    rmp_serde::to_vec(&Envelope::V1(message)).expect("encoding to a Vec cannot fail")
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Message, String> {
+    match rmp_serde::from_slice::<Envelope>(bytes) {
+        Ok(Envelope::V1(message)) => Ok(message),
+        Err(e) => Err(format!("undecodable message ({} bytes): {e}", bytes.len())),
+    }
+}

@@ -1,0 +1,242 @@
+//! Multi-process test clusters: real `chorus start` processes on 127.0.0.1 free ports, in a
+//! temporary directory with their own credential. Tests wait on conditions with generous
+//! deadlines (CI runs on 2 busy cores) and every process is killed by its own PID when the
+//! cluster is dropped.
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Deadline for conditions that depend on gossip or failure detection.
+pub const CLUSTER_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Path of the `chorus` binary under test: `$CHORUS_BIN`, else the one built next to this
+/// test executable (target/<profile>/chorus).
+pub fn chorus_bin() -> PathBuf {
+    if let Ok(path) = std::env::var("CHORUS_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/chorus
+    let profile_dir = exe.parent().and_then(Path::parent).expect("test executable lives in target/<profile>/deps");
+    let bin = profile_dir.join("chorus");
+    assert!(bin.exists(), "{} not found: run `cargo build` (or set CHORUS_BIN) before the cluster tests", bin.display());
+    bin
+}
+
+/// A port free on 127.0.0.1 for both TCP and UDP right now.
+pub fn free_port() -> u16 {
+    for _ in 0..100 {
+        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind a TCP port");
+        let port = tcp.local_addr().expect("local addr").port();
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 after 100 tries");
+}
+
+/// Polls `condition` every 100 ms until it holds or `deadline` passes; panics with `what`
+/// and the last observation when it never holds.
+pub fn wait_for<T: std::fmt::Debug>(what: &str, deadline: Duration, mut condition: impl FnMut() -> Result<T, String>) -> T {
+    let started = Instant::now();
+    let mut last = String::new();
+    while started.elapsed() < deadline {
+        match condition() {
+            Ok(value) => return value,
+            Err(observed) => last = observed,
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out after {deadline:?} waiting for {what}; last observed: {last}");
+}
+
+pub struct TestNode {
+    pub name: String,
+    pub listen: SocketAddr,
+    pub http: SocketAddr,
+    pub data: PathBuf,
+    pub log: PathBuf,
+    seeds: Vec<SocketAddr>,
+    certs: Option<PathBuf>,
+    extra_args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl TestNode {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "{} is already running", self.name);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("open log");
+        let mut command = Command::new(chorus_bin());
+        command
+            .arg("start")
+            .args(["--name", &self.name])
+            .args(["--listen", &self.listen.to_string()])
+            .args(["--http", &self.http.to_string()])
+            .arg("--data")
+            .arg(&self.data)
+            .args(["--gossip-interval-ms", "200"]);
+        if !self.seeds.is_empty() {
+            let seeds: Vec<String> = self.seeds.iter().map(ToString::to_string).collect();
+            command.args(["--seeds", &seeds.join(",")]);
+        }
+        match &self.certs {
+            Some(dir) => command.arg("--certs").arg(dir),
+            None => command.arg("--insecure"),
+        };
+        command.args(&self.extra_args).env("RUST_LOG", "info").stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+        self.child = Some(command.spawn().expect("spawn chorus"));
+    }
+
+    /// `kill -9`: the process gets no chance to flush or say goodbye.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        signal(child.id(), "TERM");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    pub fn pause(&self) {
+        signal(self.pid().expect("running"), "STOP");
+    }
+
+    pub fn resume(&self) {
+        signal(self.pid().expect("running"), "CONT");
+    }
+
+    /// Waits for the process to exit on its own and returns its exit code.
+    pub fn wait_exit(&mut self, deadline: Duration) -> Option<i32> {
+        let child = self.child.as_mut()?;
+        let started = Instant::now();
+        while started.elapsed() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        if let Some(child) = &self.child {
+            // A paused process must be resumed to die promptly from SIGKILL's reaper view.
+            signal(child.id(), "CONT");
+        }
+        self.kill9();
+    }
+}
+
+fn signal(pid: u32, name: &str) {
+    let _ = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status();
+}
+
+pub struct TestCluster {
+    pub dir: tempfile::TempDir,
+    pub certs: PathBuf,
+    pub nodes: Vec<TestNode>,
+}
+
+pub struct ClusterOptions {
+    pub nodes: usize,
+    /// Seed every node with the first node only (else with every other node).
+    pub first_node_as_seed: bool,
+    pub extra_args: Vec<String>,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions { nodes: 3, first_node_as_seed: false, extra_args: Vec::new() }
+    }
+}
+
+impl TestCluster {
+    /// Creates the credential and starts every node (without waiting for them).
+    pub fn start(options: ClusterOptions) -> TestCluster {
+        let dir = tempfile::Builder::new().prefix("chorus-test-").tempdir().expect("tempdir");
+        let certs = dir.path().join("certs");
+        let status = Command::new(chorus_bin()).args(["certs", "init", "--dir"]).arg(&certs).stdout(Stdio::null()).status().expect("run certs init");
+        assert!(status.success(), "chorus certs init failed");
+        let listens: Vec<SocketAddr> = (0..options.nodes).map(|_| SocketAddr::from(([127, 0, 0, 1], free_port()))).collect();
+        let mut nodes = Vec::new();
+        for i in 0..options.nodes {
+            let seeds = if options.first_node_as_seed {
+                if i == 0 { Vec::new() } else { vec![listens[0]] }
+            } else {
+                listens.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, a)| *a).collect()
+            };
+            let name = format!("n{}", i + 1);
+            nodes.push(TestNode {
+                data: dir.path().join(&name),
+                log: dir.path().join(format!("{name}.log")),
+                name,
+                listen: listens[i],
+                http: SocketAddr::from(([127, 0, 0, 1], free_port())),
+                seeds,
+                certs: Some(certs.clone()),
+                extra_args: options.extra_args.clone(),
+                child: None,
+            });
+        }
+        let mut cluster = TestCluster { dir, certs, nodes };
+        for node in &mut cluster.nodes {
+            node.start();
+        }
+        cluster
+    }
+
+    /// A node that is not started yet, configured to join this cluster.
+    pub fn add_node(&mut self, name: &str, certs: Option<PathBuf>, extra_args: Vec<String>) -> usize {
+        self.nodes.push(TestNode {
+            data: self.dir.path().join(name),
+            log: self.dir.path().join(format!("{name}.log")),
+            name: name.to_string(),
+            listen: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            http: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            seeds: vec![self.nodes[0].listen],
+            certs,
+            extra_args,
+            child: None,
+        });
+        self.nodes.len() - 1
+    }
+
+    pub fn logs(&self) -> String {
+        self.nodes.iter().map(|n| format!("---- {} ----\n{}", n.name, n.log_text())).collect::<Vec<_>>().join("\n")
+    }
+}
