@@ -1,0 +1,1089 @@
+//! The membership state machine: one node's view of the cluster, the scuttlebutt
+//! push-pull exchange that keeps it in step with its peers, and the liveness of every
+//! member as judged by its phi detector.
+//!
+//! Owns: member records and how they merge (newer generation, then tombstone, then
+//! version; heartbeat by max), peer choice per round, message budgets, tombstone
+//! forgetting, and the events the node acts on. Must not: do I/O, read a clock, keep
+//! unbounded state, or decide anything about data placement (the ring does that from
+//! `ring_members`).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+use std::ops::Bound;
+
+use rand::seq::{IndexedRandom, SliceRandom};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, MAX_ADDRESS_BYTES, MAX_NAME_BYTES};
+use crate::error::GossipError;
+use crate::phi::{PhiConfig, PhiDetector};
+use crate::wire::{
+    encoded_len, Digest, DigestEntry, GossipMessage, MemberBody, MemberUpdate, MessageV1,
+    Payload, Peer, RejectKind, Stamp, Status,
+};
+
+/// Room left in every budget for array headers that grow (fixarray to array16 to
+/// array32: 4 bytes each) once entries are added to an empty message.
+const BUDGET_SLACK: usize = 16;
+/// A peer that keeps sending refused messages is reported at most this often.
+const MISMATCH_REPORT_INTERVAL_MS: u64 = 60_000;
+/// Peers whose refusals are being rate-limited; the oldest is forgotten beyond this.
+const MISMATCH_REPORT_PEERS: usize = 64;
+
+/// A member's state as shown to operators (`/status`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberState {
+    Alive,
+    Suspect,
+    Down,
+    Leaving,
+    Left,
+}
+
+impl fmt::Display for MemberState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            MemberState::Alive => "alive",
+            MemberState::Suspect => "suspect",
+            MemberState::Down => "down",
+            MemberState::Leaving => "leaving",
+            MemberState::Left => "left",
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MemberView {
+    pub name: String,
+    pub address: String,
+    /// `left` covers both a member that left and one an operator removed.
+    pub state: MemberState,
+    /// 0 for this node and for tombstones.
+    pub phi: f64,
+    pub generation: u64,
+    pub heartbeat: u64,
+    /// Time since this node last saw the member's heartbeat rise; None for this node.
+    pub heartbeat_age_ms: Option<u64>,
+    pub kv: BTreeMap<String, String>,
+    pub is_self: bool,
+}
+
+/// What changed, for the node to act on. Events about this node itself are only
+/// `Rejected` (and `ConfigMismatch` when we refuse others).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum Event {
+    Joined { name: String },
+    Suspect { name: String },
+    Down { name: String },
+    /// Back from suspect or down.
+    Alive { name: String },
+    /// A new incarnation replaced the old one (never reported as the old one failing).
+    Restarted { name: String, generation: u64 },
+    Leaving { name: String },
+    Left { name: String },
+    Removed { name: String },
+    /// This node was refused by the cluster (other cluster settings, its name taken, or
+    /// removed by an operator). It has stopped gossiping; the node should exit with
+    /// `reason`.
+    Rejected { reason: String },
+    /// This node refused a peer, or ignored a refusal from a smaller group. Reported at
+    /// most once a minute per peer address.
+    ConfigMismatch { from: String, reason: String },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outgoing {
+    /// A peer address, as in `Config::address`.
+    pub to: String,
+    pub message: GossipMessage,
+}
+
+/// Counters for metrics and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    /// Messages refused for other cluster settings or a taken name.
+    pub refused_messages: u64,
+    /// Records or messages ignored: fields over the size limits, or a body for a known
+    /// name and generation at another address (a name conflict; the incumbent wins).
+    pub ignored_records: u64,
+    /// Unknown members not admitted because `max_members` are known.
+    pub refused_members: u64,
+    /// Events dropped, oldest first, because nobody drained them.
+    pub dropped_events: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Liveness {
+    Alive,
+    Suspect { since_ms: u64 },
+    Down,
+}
+
+#[derive(Clone, Debug)]
+struct Member {
+    address: String,
+    generation: u64,
+    heartbeat: u64,
+    version: u64,
+    status: Status,
+    kv: BTreeMap<String, String>,
+    liveness: Liveness,
+    detector: PhiDetector,
+    /// Local time the heartbeat last rose (or the member was learned).
+    last_heartbeat_ms: u64,
+    /// Local time this node learned of the tombstone; drives forgetting.
+    tombstoned_at_ms: Option<u64>,
+}
+
+impl Member {
+    fn learned(generation: u64, heartbeat: u64, body: MemberBody, phi: PhiConfig, now_ms: u64) -> Member {
+        let tombstone = body.status.is_tombstone();
+        let mut detector = PhiDetector::new(phi);
+        if !tombstone {
+            // Being learned counts as the first heartbeat: phi starts from the
+            // bootstrap estimate and a member that is in fact dead is suspected after
+            // about first_heartbeat_estimate + acceptable_pause.
+            detector.heartbeat(now_ms);
+        }
+        Member {
+            address: body.address,
+            generation,
+            heartbeat,
+            version: body.version,
+            status: body.status,
+            kv: body.kv,
+            liveness: Liveness::Alive,
+            detector,
+            last_heartbeat_ms: now_ms,
+            tombstoned_at_ms: tombstone.then_some(now_ms),
+        }
+    }
+
+    fn stamp(&self) -> Stamp {
+        Stamp {
+            generation: self.generation,
+            tombstone: self.status.is_tombstone(),
+            version: self.version,
+            heartbeat: self.heartbeat,
+        }
+    }
+
+    fn full_update(&self, name: &str) -> MemberUpdate {
+        MemberUpdate {
+            name: name.to_string(),
+            generation: self.generation,
+            heartbeat: self.heartbeat,
+            body: Some(MemberBody {
+                address: self.address.clone(),
+                version: self.version,
+                status: self.status,
+                kv: self.kv.clone(),
+            }),
+        }
+    }
+}
+
+/// What is left of a forgotten tombstone: enough to refuse stale copies of the member
+/// and to answer them with the tombstone, but not listed, gossiped or counted.
+#[derive(Clone, Debug)]
+struct Floor {
+    generation: u64,
+    version: u64,
+    status: Status,
+    address: String,
+    forgotten_at_ms: u64,
+}
+
+impl Floor {
+    fn tombstone_update(&self, name: &str) -> MemberUpdate {
+        MemberUpdate {
+            name: name.to_string(),
+            generation: self.generation,
+            heartbeat: 0,
+            body: Some(MemberBody {
+                address: self.address.clone(),
+                version: self.version,
+                status: self.status,
+                kv: BTreeMap::new(),
+            }),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct EventQueue {
+    events: VecDeque<Event>,
+    capacity: usize,
+}
+
+/// A record to send, in priority order, built only if it fits.
+enum Candidate<'a> {
+    Full(&'a str),
+    Heartbeat(&'a str),
+    Floor(&'a str),
+}
+
+#[derive(Clone, Debug)]
+pub struct Membership {
+    config: Config,
+    /// Every member known, this node included, sorted by name (digests are name ranges).
+    members: BTreeMap<String, Member>,
+    floors: BTreeMap<String, Floor>,
+    events: EventQueue,
+    /// Where the next digest starts when the last one did not cover every member.
+    digest_cursor: Option<String>,
+    rejected: Option<String>,
+    mismatch_reported_ms: BTreeMap<String, u64>,
+    now_ms: u64,
+    stats: Stats,
+}
+
+impl Membership {
+    /// Panics on a configuration `Config::validate` refuses.
+    pub fn new(config: Config, now_ms: u64) -> Membership {
+        if let Err(e) = config.validate() {
+            panic!("{e}");
+        }
+        let me = Member::learned(
+            config.generation,
+            0,
+            MemberBody {
+                address: config.address.clone(),
+                version: 0,
+                status: Status::Alive,
+                kv: BTreeMap::new(),
+            },
+            config.phi,
+            now_ms,
+        );
+        let capacity = 4 * config.max_members + 64;
+        Membership {
+            members: BTreeMap::from([(config.name.clone(), me)]),
+            floors: BTreeMap::new(),
+            events: EventQueue { events: VecDeque::new(), capacity },
+            digest_cursor: None,
+            rejected: None,
+            mismatch_reported_ms: BTreeMap::new(),
+            now_ms,
+            stats: Stats::default(),
+            config,
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Why this node was refused, once it was (see `Event::Rejected`).
+    pub fn rejected(&self) -> Option<&str> {
+        self.rejected.as_deref()
+    }
+
+    /// One gossip round; call every `gossip_interval_ms`. Bumps our heartbeat, updates
+    /// every member's liveness, forgets old tombstones, and returns a digest for up to
+    /// `fanout` peers.
+    pub fn tick(&mut self, now_ms: u64, rng: &mut impl Rng) -> Vec<Outgoing> {
+        let now = self.advance_clock(now_ms);
+        if self.rejected.is_some() {
+            return Vec::new();
+        }
+        self.me_mut().heartbeat += 1;
+        self.update_liveness(now);
+        self.forget_tombstones(now);
+        let targets = self.choose_targets(rng);
+        if targets.is_empty() {
+            return Vec::new();
+        }
+        let digest = self.next_digest();
+        let message = self.message(Payload::Syn { digest });
+        targets.into_iter().map(|to| Outgoing { to, message: message.clone() }).collect()
+    }
+
+    /// Takes in one message. `from_address` is the transport's idea of the sender and is
+    /// only used in reports; replies go to the address the sender declares in the
+    /// message, which is where it listens.
+    pub fn handle(
+        &mut self,
+        now_ms: u64,
+        from_address: &str,
+        msg: GossipMessage,
+        rng: &mut impl Rng,
+    ) -> Vec<Outgoing> {
+        let now = self.advance_clock(now_ms);
+        if self.rejected.is_some() {
+            return Vec::new();
+        }
+        let GossipMessage::V1(MessageV1 { cluster, from, payload }) = msg;
+        if from.name.is_empty() || from.name.len() > MAX_NAME_BYTES || from.address.len() > MAX_ADDRESS_BYTES {
+            self.stats.ignored_records += 1;
+            return Vec::new();
+        }
+        if let Payload::Reject { kind, reason, alive_members } = payload {
+            self.on_reject(now, from_address, &cluster, kind, reason, alive_members);
+            return Vec::new();
+        }
+        if let Some(for_peer) = self.config.cluster.mismatch_for_peer(&cluster) {
+            let for_us = self.config.cluster.mismatch_for_us(&cluster).unwrap_or_default();
+            self.stats.refused_messages += 1;
+            self.report_mismatch(
+                now,
+                from_address,
+                format!("refused {} at {}: {for_us}", from.name, from.address),
+            );
+            return vec![self.reject(&from, RejectKind::ClusterConfig, for_peer)];
+        }
+        if let Some(for_peer) = self.check_name(&from) {
+            self.stats.refused_messages += 1;
+            self.report_mismatch(now, from_address, format!("refused {} at {}: {for_peer}", from.name, from.address));
+            return vec![self.reject(&from, RejectKind::NameConflict, for_peer)];
+        }
+        if self.rejected.is_some() {
+            return Vec::new();
+        }
+        self.merge_heartbeat(now, &from.name, from.stamp.generation, from.stamp.heartbeat);
+        match payload {
+            Payload::Syn { digest } => vec![self.answer_syn(now, &from, digest, rng)],
+            Payload::SynAck { updates, wants } => {
+                self.apply_updates(now, updates);
+                if self.rejected.is_some() {
+                    return Vec::new();
+                }
+                let updates = self.updates_for(&wants);
+                if updates.is_empty() {
+                    return Vec::new();
+                }
+                let message = self.message(Payload::Ack { updates });
+                debug_assert!(message.encoded_len() <= self.config.max_message_bytes);
+                vec![Outgoing { to: from.address, message }]
+            }
+            Payload::Ack { updates } => {
+                self.apply_updates(now, updates);
+                Vec::new()
+            }
+            Payload::Reject { .. } => unreachable!("handled above"),
+        }
+    }
+
+    pub fn drain_events(&mut self) -> Vec<Event> {
+        self.events.events.drain(..).collect()
+    }
+
+    /// Every member known, this node included, tombstones until forgotten; by name.
+    pub fn members(&self, now_ms: u64) -> Vec<MemberView> {
+        let now = now_ms.max(self.now_ms);
+        self.members
+            .iter()
+            .map(|(name, m)| {
+                let is_self = *name == self.config.name;
+                let watched = !is_self && !m.status.is_tombstone();
+                MemberView {
+                    name: name.clone(),
+                    address: m.address.clone(),
+                    state: self.state(name, m, now),
+                    phi: if watched { m.detector.phi(now) } else { 0.0 },
+                    generation: m.generation,
+                    heartbeat: m.heartbeat,
+                    heartbeat_age_ms: (!is_self).then(|| now.saturating_sub(m.last_heartbeat_ms)),
+                    kv: m.kv.clone(),
+                    is_self,
+                }
+            })
+            .collect()
+    }
+
+    pub fn state_of(&self, name: &str, now_ms: u64) -> Option<MemberState> {
+        let now = now_ms.max(self.now_ms);
+        self.members.get(name).map(|m| self.state(name, m, now))
+    }
+
+    /// Names that own partitions, sorted: every member whose own status is alive, however
+    /// the detector judges it (a down node keeps its partitions; requests use fallbacks
+    /// until it returns or is removed). Leaving and left members own nothing.
+    pub fn ring_members(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .filter(|(_, m)| m.status == Status::Alive)
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// Whether requests should go to `name` now: known, not a tombstone, not down.
+    /// Suspects count as reachable. This node is always reachable.
+    pub fn is_reachable(&self, name: &str, now_ms: u64) -> bool {
+        if name == self.config.name {
+            return true;
+        }
+        let now = now_ms.max(self.now_ms);
+        self.members
+            .get(name)
+            .is_some_and(|m| !m.status.is_tombstone() && self.liveness_at(m, now) != Liveness::Down)
+    }
+
+    pub fn address_of(&self, name: &str) -> Option<&str> {
+        self.members.get(name).map(|m| m.address.as_str())
+    }
+
+    /// Sets a gossiped key-value of this node (load figures and the like). Refused when
+    /// this node's key-values would exceed `max_kv_bytes` encoded.
+    pub fn set_local_kv(&mut self, key: &str, value: &str) -> Result<(), GossipError> {
+        let limit = self.config.max_kv_bytes;
+        let me = self.me_mut();
+        if me.status.is_tombstone() || me.kv.get(key).is_some_and(|v| v == value) {
+            return Ok(());
+        }
+        let mut kv = me.kv.clone();
+        kv.insert(key.to_string(), value.to_string());
+        let size = encoded_len(&kv);
+        if size > limit {
+            return Err(GossipError::KvTooLarge { size, limit });
+        }
+        me.kv = kv;
+        me.version += 1;
+        Ok(())
+    }
+
+    /// Marks this node leaving: it stops owning partitions everywhere once this spreads.
+    pub fn leave(&mut self) {
+        let me = self.me_mut();
+        if me.status == Status::Alive {
+            me.status = Status::Leaving;
+            me.version += 1;
+        }
+    }
+
+    /// Marks this node left (after its hand-off): a tombstone for this generation.
+    pub fn left(&mut self) {
+        let me = self.me_mut();
+        if !me.status.is_tombstone() {
+            me.status = Status::Left;
+            me.version += 1;
+        }
+    }
+
+    /// Drops a dead member: it becomes a removed tombstone that spreads cluster-wide and
+    /// is forgotten after `forget_left_after_ms`. Only a member this node sees as down can
+    /// be removed. Removing a tombstone again is a no-op.
+    pub fn remove(&mut self, name: &str) -> Result<(), GossipError> {
+        if name == self.config.name {
+            return Err(GossipError::RemoveSelf(name.to_string()));
+        }
+        let now = self.now_ms;
+        let Some(m) = self.members.get(name) else {
+            return Err(GossipError::UnknownMember(name.to_string()));
+        };
+        if m.status.is_tombstone() {
+            return Ok(());
+        }
+        if self.liveness_at(m, now) != Liveness::Down {
+            let state = self.state(name, m, now).to_string();
+            return Err(GossipError::NotDown { name: name.to_string(), state });
+        }
+        let m = self.members.get_mut(name).expect("checked above");
+        let before = m.stamp();
+        m.status = Status::Removed;
+        m.version += 1;
+        m.kv.clear();
+        m.tombstoned_at_ms = Some(now);
+        assert_progress(name, before, m.stamp());
+        self.events.push(Event::Removed { name: name.to_string() }, &mut self.stats);
+        Ok(())
+    }
+
+    // ---- rounds ----
+
+    fn advance_clock(&mut self, now_ms: u64) -> u64 {
+        // A reading older than one already seen (two tasks racing for the lock) is
+        // treated as that reading: time never goes backwards in here.
+        self.now_ms = self.now_ms.max(now_ms);
+        self.now_ms
+    }
+
+    fn me(&self) -> &Member {
+        self.members.get(&self.config.name).expect("this node is always a member")
+    }
+
+    fn me_mut(&mut self) -> &mut Member {
+        self.members.get_mut(&self.config.name).expect("this node is always a member")
+    }
+
+    fn message(&self, payload: Payload) -> GossipMessage {
+        GossipMessage::V1(MessageV1 {
+            cluster: self.config.cluster,
+            from: Peer {
+                name: self.config.name.clone(),
+                address: self.config.address.clone(),
+                stamp: self.me().stamp(),
+            },
+            payload,
+        })
+    }
+
+    /// Bytes left for entries in `empty` (the message with its lists empty).
+    fn budget(&self, empty: &GossipMessage) -> usize {
+        self.config.max_message_bytes.saturating_sub(empty.encoded_len() + BUDGET_SLACK)
+    }
+
+    fn update_liveness(&mut self, now: u64) {
+        let threshold = self.config.phi.threshold;
+        let down_after = self.config.down_after_suspect_ms;
+        for (name, m) in self.members.iter_mut() {
+            if *name == self.config.name || m.status.is_tombstone() {
+                continue;
+            }
+            let phi = m.detector.phi(now);
+            let next = match m.liveness {
+                Liveness::Alive if phi > threshold => Liveness::Suspect { since_ms: now },
+                Liveness::Suspect { .. } | Liveness::Down if phi <= threshold => Liveness::Alive,
+                Liveness::Suspect { since_ms } if now - since_ms >= down_after => Liveness::Down,
+                same => same,
+            };
+            if next == m.liveness {
+                continue;
+            }
+            let name = name.clone();
+            let event = match next {
+                Liveness::Alive => Event::Alive { name },
+                Liveness::Suspect { .. } => Event::Suspect { name },
+                Liveness::Down => Event::Down { name },
+            };
+            m.liveness = next;
+            self.events.push(event, &mut self.stats);
+        }
+    }
+
+    fn liveness_at(&self, m: &Member, now: u64) -> Liveness {
+        match m.liveness {
+            Liveness::Alive if m.detector.phi(now) > self.config.phi.threshold => Liveness::Suspect { since_ms: now },
+            Liveness::Suspect { since_ms } if now - since_ms >= self.config.down_after_suspect_ms => Liveness::Down,
+            l => l,
+        }
+    }
+
+    fn state(&self, name: &str, m: &Member, now: u64) -> MemberState {
+        match m.status {
+            Status::Left | Status::Removed => MemberState::Left,
+            Status::Leaving => MemberState::Leaving,
+            Status::Alive if name == self.config.name => MemberState::Alive,
+            Status::Alive => match self.liveness_at(m, now) {
+                Liveness::Alive => MemberState::Alive,
+                Liveness::Suspect { .. } => MemberState::Suspect,
+                Liveness::Down => MemberState::Down,
+            },
+        }
+    }
+
+    fn forget_tombstones(&mut self, now: u64) {
+        let after = self.config.forget_left_after_ms;
+        let expired: Vec<String> = self
+            .members
+            .iter()
+            .filter(|(name, m)| {
+                **name != self.config.name && m.tombstoned_at_ms.is_some_and(|t| now - t >= after)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in expired {
+            let m = self.members.remove(&name).expect("listed above");
+            let floor = Floor {
+                generation: m.generation,
+                version: m.version,
+                status: m.status,
+                address: m.address,
+                forgotten_at_ms: now,
+            };
+            self.floors.insert(name, floor);
+        }
+        while self.floors.len() > self.config.max_members {
+            let oldest = self
+                .floors
+                .iter()
+                .min_by_key(|(_, f)| f.forgotten_at_ms)
+                .map(|(name, _)| name.clone())
+                .expect("floors is non-empty");
+            self.floors.remove(&oldest);
+        }
+    }
+
+    /// Members counted as live: this node and every non-tombstone member not down.
+    fn alive_count(&self) -> usize {
+        let now = self.now_ms;
+        self.members
+            .iter()
+            .filter(|(name, m)| {
+                !m.status.is_tombstone()
+                    && (**name == self.config.name || self.liveness_at(m, now) != Liveness::Down)
+            })
+            .count()
+    }
+
+    fn choose_targets(&self, rng: &mut impl Rng) -> Vec<String> {
+        let fanout = self.config.fanout;
+        let mut live = Vec::new();
+        let mut down = Vec::new();
+        for (name, m) in &self.members {
+            if *name == self.config.name || m.status.is_tombstone() {
+                continue;
+            }
+            if m.liveness == Liveness::Down {
+                down.push(m.address.as_str());
+            } else {
+                live.push(m.address.as_str());
+            }
+        }
+        let mut targets: Vec<&str> = live.choose_multiple(rng, fanout).copied().collect();
+        if live.is_empty() {
+            // Retry the seeds every round, for ever: a node alone may be the first up.
+            let seeds: BTreeSet<&str> = self
+                .config
+                .seeds
+                .iter()
+                .map(String::as_str)
+                .filter(|s| *s != self.config.address)
+                .collect();
+            let seeds: Vec<&str> = seeds.into_iter().collect();
+            targets.extend(seeds.choose_multiple(rng, fanout).copied());
+        }
+        // Probe a down member now and then, with Cassandra's odds down / (live + 1), so a
+        // healed partition or a returning node is noticed even when no live peer can
+        // relay it.
+        if !down.is_empty() && rng.random_bool((down.len() as f64 / (live.len() + 1) as f64).min(1.0)) {
+            let probe = *down.choose(rng).expect("non-empty");
+            if !targets.contains(&probe) {
+                if targets.len() >= fanout {
+                    targets.pop();
+                }
+                targets.push(probe);
+            }
+        }
+        targets.into_iter().map(String::from).collect()
+    }
+
+    /// Stamps for the next slice of members, from the cursor on, as many as fit.
+    fn next_digest(&mut self) -> Digest {
+        let start = self.digest_cursor.take();
+        let empty = self.message(Payload::Syn {
+            digest: Digest { start: start.clone(), end: None, entries: Vec::new() },
+        });
+        // Keep room for the `end` name that cuts the slice short.
+        let budget = self.budget(&empty).saturating_sub(MAX_NAME_BYTES + 8);
+        let lower = start.as_deref().map_or(Bound::Unbounded, Bound::Included);
+        let mut used = 0;
+        let mut entries = Vec::new();
+        let mut end = None;
+        for (name, m) in self.members.range::<str, _>((lower, Bound::Unbounded)) {
+            let entry = DigestEntry { name: name.clone(), stamp: m.stamp() };
+            let len = encoded_len(&entry);
+            if used + len > budget {
+                end = Some(name.clone());
+                break;
+            }
+            used += len;
+            entries.push(entry);
+        }
+        assert!(end.is_none() || !entries.is_empty(), "a digest always makes progress");
+        self.digest_cursor = end.clone();
+        Digest { start, end, entries }
+    }
+
+    // ---- exchanges ----
+
+    /// The refusal sent to `to`.
+    fn reject(&self, to: &Peer, kind: RejectKind, reason: String) -> Outgoing {
+        let alive_members = u32::try_from(self.alive_count()).unwrap_or(u32::MAX);
+        Outgoing { to: to.address.clone(), message: self.message(Payload::Reject { kind, reason, alive_members }) }
+    }
+
+    /// A refusal from a peer. The side that knows fewer live members gives up, so a
+    /// misconfigured node joining a cluster exits, while a cluster node whose seed list
+    /// names a misconfigured node does not.
+    fn on_reject(
+        &mut self,
+        now: u64,
+        from_address: &str,
+        cluster: &crate::config::ClusterConfig,
+        kind: RejectKind,
+        reason: String,
+        alive_members: u32,
+    ) {
+        let ours = self.alive_count();
+        if alive_members as usize > ours {
+            self.rejected = Some(reason.clone());
+            self.events.push(Event::Rejected { reason }, &mut self.stats);
+            return;
+        }
+        let what = match kind {
+            RejectKind::ClusterConfig => self.config.cluster.mismatch_for_us(cluster).unwrap_or(reason),
+            RejectKind::NameConflict => reason,
+        };
+        self.report_mismatch(
+            now,
+            from_address,
+            format!("ignored a refusal from a peer knowing {alive_members} live members (this node knows {ours}): {what}"),
+        );
+    }
+
+    fn report_mismatch(&mut self, now: u64, from: &str, reason: String) {
+        if self.mismatch_reported_ms.get(from).is_some_and(|t| now - t < MISMATCH_REPORT_INTERVAL_MS) {
+            return;
+        }
+        self.mismatch_reported_ms.insert(from.to_string(), now);
+        if self.mismatch_reported_ms.len() > MISMATCH_REPORT_PEERS {
+            let oldest = self
+                .mismatch_reported_ms
+                .iter()
+                .min_by_key(|(_, t)| **t)
+                .map(|(a, _)| a.clone())
+                .expect("non-empty");
+            self.mismatch_reported_ms.remove(&oldest);
+        }
+        self.events.push(Event::ConfigMismatch { from: from.to_string(), reason }, &mut self.stats);
+    }
+
+    /// Checks the sender's claimed identity against ours and the members we know; the
+    /// reason to refuse it, phrased for the sender. A sender that is a newer incarnation
+    /// of this very node makes this node reject itself instead.
+    fn check_name(&mut self, from: &Peer) -> Option<String> {
+        let generation = from.stamp.generation;
+        if from.name == self.config.name {
+            if from.address == self.config.address && generation == self.config.generation {
+                return None;
+            }
+            if generation > self.config.generation {
+                self.reject_self(format!(
+                    "a newer incarnation of {} (generation {generation}, at {}) is in the cluster; this process (generation {}) must stop",
+                    from.name, from.address, self.config.generation
+                ));
+                return None;
+            }
+            return Some(format!(
+                "name {} is taken by the node at {} (generation {})",
+                from.name, self.config.address, self.config.generation
+            ));
+        }
+        let m = self.members.get(&from.name)?;
+        (m.generation == generation && m.address != from.address && !m.status.is_tombstone()).then(|| {
+            format!("name {} is taken by the node at {} (generation {generation})", from.name, m.address)
+        })
+    }
+
+    fn reject_self(&mut self, reason: String) {
+        if self.rejected.is_none() {
+            self.rejected = Some(reason.clone());
+            self.events.push(Event::Rejected { reason }, &mut self.stats);
+        }
+    }
+
+    /// Reply to a digest: the records the sender lacks (most needed first) and the
+    /// names whose records we lack, both within the message bound.
+    fn answer_syn(&mut self, now: u64, from: &Peer, digest: Digest, rng: &mut impl Rng) -> Outgoing {
+        let mut theirs: BTreeMap<&str, Stamp> = digest
+            .entries
+            .iter()
+            .filter(|e| !e.name.is_empty() && e.name.len() <= MAX_NAME_BYTES)
+            .map(|e| (e.name.as_str(), e.stamp))
+            .collect();
+        theirs.insert(from.name.as_str(), from.stamp);
+        // Heartbeats spread through digests alone: take theirs before comparing.
+        for (name, stamp) in &theirs {
+            self.merge_heartbeat(now, name, stamp.generation, stamp.heartbeat);
+        }
+
+        // Priority: records the sender lacks outright (unknown or an older generation),
+        // then newer bodies, then heartbeats furthest behind.
+        let mut missing = Vec::new();
+        let mut stale = Vec::new();
+        let mut behind = Vec::new();
+        let mut floors = Vec::new();
+        let mut wants = Vec::new();
+        let mut refused = 0;
+        for (&name, stamp) in &theirs {
+            if let Some(m) = self.members.get_key_value(name) {
+                let (name, m) = m;
+                let ours = m.stamp();
+                match ours.rank().cmp(&stamp.rank()) {
+                    std::cmp::Ordering::Greater if ours.generation > stamp.generation => missing.push(name.as_str()),
+                    std::cmp::Ordering::Greater => stale.push(name.as_str()),
+                    std::cmp::Ordering::Less => {
+                        // Of our own record we only want news that ends this process:
+                        // a newer incarnation or a removal.
+                        let is_self = *name == self.config.name;
+                        if !is_self || stamp.generation > ours.generation || (stamp.tombstone && !ours.tombstone) {
+                            wants.push(name.as_str());
+                        }
+                    }
+                    std::cmp::Ordering::Equal if ours.heartbeat > stamp.heartbeat => {
+                        behind.push((ours.heartbeat - stamp.heartbeat, name.as_str()));
+                    }
+                    std::cmp::Ordering::Equal => {}
+                }
+            } else if let Some((name, f)) = self.floors.get_key_value(name) {
+                if f.generation > stamp.generation || (f.generation == stamp.generation && !stamp.tombstone) {
+                    floors.push(name.as_str());
+                }
+            } else if self.members.len() + wants.len() < self.config.max_members {
+                wants.push(name);
+            } else {
+                refused += 1;
+            }
+        }
+        let valid_range = match (&digest.start, &digest.end) {
+            (Some(s), Some(e)) => s < e,
+            _ => true,
+        };
+        if valid_range {
+            let lower = digest.start.as_deref().map_or(Bound::Unbounded, Bound::Included);
+            let upper = digest.end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
+            for (name, _) in self.members.range::<str, _>((lower, upper)) {
+                if !theirs.contains_key(name.as_str()) {
+                    missing.push(name.as_str());
+                }
+            }
+        }
+        missing.shuffle(rng);
+        stale.shuffle(rng);
+        behind.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
+
+        let empty = self.message(Payload::SynAck { updates: Vec::new(), wants: Vec::new() });
+        let budget = self.budget(&empty);
+        let mut used = 0;
+        let mut wanted = Vec::new();
+        for name in wants {
+            let len = encoded_len(name);
+            if used + len > budget / 4 {
+                break;
+            }
+            used += len;
+            wanted.push(name.to_string());
+        }
+        let candidates = floors
+            .into_iter()
+            .map(Candidate::Floor)
+            .chain(missing.into_iter().chain(stale).map(Candidate::Full))
+            .chain(behind.into_iter().map(|(_, name)| Candidate::Heartbeat(name)));
+        let updates = self.fill(candidates, budget - used);
+        let message = self.message(Payload::SynAck { updates, wants: wanted });
+        debug_assert!(message.encoded_len() <= self.config.max_message_bytes);
+        self.stats.refused_members += refused;
+        Outgoing { to: from.address.clone(), message }
+    }
+
+    /// The records named in a peer's wants, within the message bound.
+    fn updates_for(&self, wants: &[String]) -> Vec<MemberUpdate> {
+        let empty = self.message(Payload::Ack { updates: Vec::new() });
+        let candidates = wants.iter().filter_map(|name| {
+            if let Some((name, _)) = self.members.get_key_value(name.as_str()) {
+                Some(Candidate::Full(name.as_str()))
+            } else {
+                self.floors.get_key_value(name.as_str()).map(|(name, _)| Candidate::Floor(name.as_str()))
+            }
+        });
+        self.fill(candidates, self.budget(&empty))
+    }
+
+    /// Builds updates from candidates, in order, skipping any that no longer fit.
+    fn fill<'a>(&self, candidates: impl Iterator<Item = Candidate<'a>>, budget: usize) -> Vec<MemberUpdate> {
+        let mut used = 0;
+        let mut updates = Vec::new();
+        for candidate in candidates {
+            let update = match candidate {
+                Candidate::Full(name) => self.members[name].full_update(name),
+                Candidate::Heartbeat(name) => {
+                    let m = &self.members[name];
+                    MemberUpdate { name: name.to_string(), generation: m.generation, heartbeat: m.heartbeat, body: None }
+                }
+                Candidate::Floor(name) => self.floors[name].tombstone_update(name),
+            };
+            let len = encoded_len(&update);
+            if used + len <= budget {
+                used += len;
+                updates.push(update);
+            }
+        }
+        updates
+    }
+
+    // ---- merging ----
+
+    fn merge_heartbeat(&mut self, now: u64, name: &str, generation: u64, heartbeat: u64) {
+        if name == self.config.name {
+            return;
+        }
+        let Some(m) = self.members.get_mut(name) else { return };
+        if m.generation != generation || heartbeat <= m.heartbeat {
+            return;
+        }
+        let before = m.stamp();
+        m.heartbeat = heartbeat;
+        assert_progress(name, before, m.stamp());
+        if m.status.is_tombstone() {
+            return;
+        }
+        m.detector.heartbeat(now);
+        m.last_heartbeat_ms = now;
+        if m.liveness != Liveness::Alive {
+            m.liveness = Liveness::Alive;
+            self.events.push(Event::Alive { name: name.to_string() }, &mut self.stats);
+        }
+    }
+
+    fn apply_updates(&mut self, now: u64, updates: Vec<MemberUpdate>) {
+        for update in updates {
+            if self.rejected.is_some() {
+                return;
+            }
+            self.apply_update(now, update);
+        }
+    }
+
+    fn apply_update(&mut self, now: u64, u: MemberUpdate) {
+        let oversized = u.name.is_empty()
+            || u.name.len() > MAX_NAME_BYTES
+            || u.body.as_ref().is_some_and(|b| {
+                b.address.len() > MAX_ADDRESS_BYTES || encoded_len(&b.kv) > self.config.max_kv_bytes
+            });
+        if oversized {
+            self.stats.ignored_records += 1;
+            return;
+        }
+        if u.name == self.config.name {
+            self.apply_own_record(u);
+            return;
+        }
+        if self.floors.get(&u.name).is_some_and(|f| f.generation >= u.generation) {
+            return; // a stale copy of a forgotten tombstone's member
+        }
+        let name = u.name;
+        let phi = self.config.phi;
+        match self.members.get_mut(&name) {
+            None => {
+                // A heartbeat alone cannot introduce a member: the digest exchange
+                // fetches the record.
+                let Some(body) = u.body else { return };
+                if self.members.len() >= self.config.max_members {
+                    self.stats.refused_members += 1;
+                    return;
+                }
+                self.floors.remove(&name);
+                let status = body.status;
+                self.members.insert(name.clone(), Member::learned(u.generation, u.heartbeat, body, phi, now));
+                // A tombstone of a member never seen is kept silently, to stop stale
+                // copies of it elsewhere.
+                if !status.is_tombstone() {
+                    self.events.push(Event::Joined { name: name.clone() }, &mut self.stats);
+                    if status == Status::Leaving {
+                        self.events.push(Event::Leaving { name }, &mut self.stats);
+                    }
+                }
+            }
+            Some(m) if u.generation < m.generation => {}
+            Some(m) if u.generation > m.generation => {
+                let Some(body) = u.body else { return };
+                let before = m.stamp();
+                let was_tombstone = m.status.is_tombstone();
+                let status = body.status;
+                *m = Member::learned(u.generation, u.heartbeat, body, phi, now);
+                assert_progress(&name, before, m.stamp());
+                let event = match status {
+                    Status::Left | Status::Removed if was_tombstone => None,
+                    Status::Left => Some(Event::Left { name }),
+                    Status::Removed => Some(Event::Removed { name }),
+                    Status::Alive | Status::Leaving => Some(Event::Restarted { name, generation: u.generation }),
+                };
+                if let Some(event) = event {
+                    self.events.push(event, &mut self.stats);
+                }
+            }
+            Some(_) => {
+                self.merge_heartbeat(now, &name, u.generation, u.heartbeat);
+                if let Some(body) = u.body {
+                    self.merge_body(now, &name, body);
+                }
+            }
+        }
+    }
+
+    /// A newer body of the generation we know.
+    fn merge_body(&mut self, now: u64, name: &str, body: MemberBody) {
+        let m = self.members.get_mut(name).expect("caller checked");
+        let incoming = (body.status.is_tombstone(), body.version);
+        if incoming <= (m.status.is_tombstone(), m.version) {
+            return;
+        }
+        if !body.status.is_tombstone() && body.address != m.address {
+            // Same name and generation at two addresses: keep the one we knew first.
+            self.stats.ignored_records += 1;
+            return;
+        }
+        let before = m.stamp();
+        let old = m.status;
+        m.version = body.version;
+        m.status = body.status;
+        if body.status.is_tombstone() {
+            m.kv.clear();
+            m.tombstoned_at_ms = Some(now);
+        } else {
+            m.kv = body.kv;
+        }
+        assert_progress(name, before, m.stamp());
+        let name = name.to_string();
+        let event = match (old, body.status) {
+            (Status::Alive, Status::Leaving) => Some(Event::Leaving { name }),
+            (Status::Alive | Status::Leaving, Status::Left) => Some(Event::Left { name }),
+            (Status::Alive | Status::Leaving, Status::Removed) => Some(Event::Removed { name }),
+            _ => None,
+        };
+        if let Some(event) = event {
+            self.events.push(event, &mut self.stats);
+        }
+    }
+
+    /// Others' copies of our own record only matter when they end this process.
+    fn apply_own_record(&mut self, u: MemberUpdate) {
+        let Some(body) = u.body else { return };
+        let me = self.me();
+        if u.generation > me.generation {
+            self.reject_self(format!(
+                "a newer incarnation of {} (generation {}, at {}) is in the cluster; this process (generation {}) must stop",
+                u.name, u.generation, body.address, me.generation
+            ));
+        } else if u.generation == me.generation && body.status.is_tombstone() && !me.status.is_tombstone() {
+            self.reject_self(format!(
+                "this node ({}, generation {}) was removed from the cluster by an operator; restart it to rejoin as a new generation",
+                u.name, u.generation
+            ));
+        }
+    }
+}
+
+impl EventQueue {
+    fn push(&mut self, event: Event, stats: &mut Stats) {
+        if self.events.len() == self.capacity {
+            self.events.pop_front();
+            stats.dropped_events += 1;
+        }
+        self.events.push_back(event);
+    }
+}
+
+/// A member's generation never decreases; within a generation neither its rank
+/// (tombstone, version) nor its heartbeat does.
+fn assert_progress(name: &str, before: Stamp, after: Stamp) {
+    assert!(
+        after.generation > before.generation
+            || (after.generation == before.generation
+                && after.rank() >= before.rank()
+                && after.heartbeat >= before.heartbeat),
+        "member {name} went backwards: {before:?} -> {after:?}"
+    );
+}

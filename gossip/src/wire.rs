@@ -1,0 +1,215 @@
+//! The gossip wire format: a versioned message enum and its MessagePack encoding.
+//!
+//! Owns: the shape of every message and the exact encoded size used for message
+//! budgets. Must not: decide what to send (that is `membership`) or touch a socket.
+//! A change of shape is a new `GossipMessage` variant, never an edit of `V1`.
+
+use std::collections::BTreeMap;
+use std::io;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::ClusterConfig;
+use crate::error::GossipError;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum GossipMessage {
+    V1(MessageV1),
+}
+
+impl GossipMessage {
+    /// The bytes to send: compact MessagePack (`rmp_serde::to_vec`). The bound
+    /// `Config::max_message_bytes` holds for exactly this encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        rmp_serde::to_vec(self).expect("gossip messages always serialize")
+    }
+
+    /// Decodes bytes from `encode`. A receiver should refuse frames larger than its
+    /// `max_message_bytes` before calling this.
+    pub fn decode(bytes: &[u8]) -> Result<GossipMessage, GossipError> {
+        rmp_serde::from_slice(bytes).map_err(|e| GossipError::Decode(e.to_string()))
+    }
+
+    pub fn encoded_len(&self) -> usize {
+        encoded_len(self)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MessageV1 {
+    /// The sender's cluster settings: a receiver with other settings refuses the message.
+    pub cluster: ClusterConfig,
+    pub from: Peer,
+    pub payload: Payload,
+}
+
+/// Who sent a message, with the sender's own stamp: every message is also a heartbeat.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    pub name: String,
+    pub address: String,
+    pub stamp: Stamp,
+}
+
+/// How recent one node's knowledge of a member is. Records compare by
+/// (generation, tombstone, version); the heartbeat is merged by max within a generation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stamp {
+    pub generation: u64,
+    pub tombstone: bool,
+    pub version: u64,
+    pub heartbeat: u64,
+}
+
+impl Stamp {
+    /// Order of member records: a newer generation replaces an older one; within a
+    /// generation a tombstone beats anything live, then the owner's version decides.
+    pub fn rank(&self) -> (u64, bool, u64) {
+        (self.generation, self.tombstone, self.version)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Payload {
+    /// Round opener: the sender's stamps for the members in `digest`'s name range.
+    Syn { digest: Digest },
+    /// Reply to `Syn`: what the Syn's sender lacks, and the names whose records the
+    /// replier wants in full.
+    SynAck { updates: Vec<MemberUpdate>, wants: Vec<String> },
+    /// Reply to `SynAck`: the wanted records.
+    Ack { updates: Vec<MemberUpdate> },
+    /// The sender refused our message and merged nothing. `alive_members` (how many live
+    /// members the refuser knows) lets the smaller side be the one that gives up.
+    Reject { kind: RejectKind, reason: String, alive_members: u32 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RejectKind {
+    /// Different `ClusterConfig`.
+    ClusterConfig,
+    /// The sender's name is already taken, at the same generation, by another address.
+    NameConflict,
+}
+
+/// Stamps for a contiguous slice of the sender's members, sorted by name: names in
+/// [start, end) (None = unbounded) that the digest does not list are unknown to the
+/// sender. Slicing keeps a digest within the message bound at any cluster size.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Digest {
+    pub start: Option<String>,
+    pub end: Option<String>,
+    pub entries: Vec<DigestEntry>,
+}
+
+impl Digest {
+    pub fn covers(&self, name: &str) -> bool {
+        self.start.as_deref().is_none_or(|s| name >= s) && self.end.as_deref().is_none_or(|e| name < e)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DigestEntry {
+    pub name: String,
+    pub stamp: Stamp,
+}
+
+/// One member's news. Without `body` it only advances the heartbeat of a generation the
+/// receiver already knows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberUpdate {
+    pub name: String,
+    pub generation: u64,
+    pub heartbeat: u64,
+    pub body: Option<MemberBody>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberBody {
+    pub address: String,
+    /// Bumped by the member itself on every change of its body; meaningless across
+    /// generations.
+    pub version: u64,
+    pub status: Status,
+    pub kv: BTreeMap<String, String>,
+}
+
+/// What a member said about itself (or, for `Removed`, what an operator said about it).
+/// `Left` and `Removed` are tombstones: final for their generation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Status {
+    Alive,
+    Leaving,
+    Left,
+    Removed,
+}
+
+impl Status {
+    pub fn is_tombstone(self) -> bool {
+        matches!(self, Status::Left | Status::Removed)
+    }
+}
+
+/// Exact length of `encode`'s output for any serializable value, without allocating.
+pub(crate) fn encoded_len<T: Serialize + ?Sized>(value: &T) -> usize {
+    struct Count(usize);
+    impl io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    rmp_serde::encode::write(&mut count, value).expect("gossip values always serialize");
+    count.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> GossipMessage {
+        let stamp = Stamp { generation: 7, tombstone: false, version: 3, heartbeat: 99 };
+        GossipMessage::V1(MessageV1 {
+            cluster: ClusterConfig::default(),
+            from: Peer { name: "n1".into(), address: "127.0.0.1:7001".into(), stamp },
+            payload: Payload::SynAck {
+                updates: vec![MemberUpdate {
+                    name: "n2".into(),
+                    generation: 1,
+                    heartbeat: 5,
+                    body: Some(MemberBody {
+                        address: "127.0.0.1:7002".into(),
+                        version: 2,
+                        status: Status::Leaving,
+                        kv: [("load".to_string(), "0.5".to_string())].into(),
+                    }),
+                }],
+                wants: vec!["n3".into()],
+            },
+        })
+    }
+
+    #[test]
+    fn roundtrip_and_exact_length() {
+        let m = sample();
+        let bytes = m.encode();
+        assert_eq!(bytes.len(), m.encoded_len());
+        assert_eq!(GossipMessage::decode(&bytes).unwrap(), m);
+    }
+
+    #[test]
+    fn garbage_is_a_decode_error() {
+        assert!(matches!(GossipMessage::decode(&[0xc1, 0x00]), Err(GossipError::Decode(_))));
+    }
+
+    #[test]
+    fn digest_range_is_half_open() {
+        let d = Digest { start: Some("b".into()), end: Some("d".into()), entries: vec![] };
+        assert!(!d.covers("a") && d.covers("b") && d.covers("c") && !d.covers("d"));
+        let all = Digest { start: None, end: None, entries: vec![] };
+        assert!(all.covers("") && all.covers("zzz"));
+    }
+}
