@@ -101,6 +101,15 @@ pub struct StartArgs {
     /// Phi above which a peer is suspected.
     #[arg(long, default_value_t = 8.0)]
     pub phi_threshold: f64,
+    /// Hints a fallback keeps per unreachable owner; beyond it anti-entropy repairs the owner.
+    #[arg(long, default_value_t = 100_000)]
+    pub max_hints_per_owner: u64,
+    /// Interval between healing rounds (hint delivery, ownership transfer, anti-entropy, reaping).
+    #[arg(long, default_value_t = 1000)]
+    pub healing_interval_ms: u64,
+    /// How long a tombstone held by every owner waits before it is reaped.
+    #[arg(long, default_value_t = 600_000)]
+    pub tombstone_grace_ms: u64,
     /// Storage block cache size in MiB.
     #[arg(long, default_value_t = 64)]
     pub cache_mb: u64,

@@ -198,7 +198,8 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
         // The first target that answers mints the version; the others only merge it.
         let mut stored = None;
         let mut rest = Vec::new();
-        for target in targets {
+        let candidates = targets.len();
+        for (i, target) in targets.into_iter().enumerate() {
             if stored.is_some() {
                 rest.push(target);
                 continue;
@@ -207,6 +208,8 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
             if remaining.is_zero() {
                 return Err(unavailable(0, 0));
             }
+            // A dead replica the detector has not caught yet must not eat the whole budget.
+            let remaining = remaining / (candidates - i) as u32;
             let request = Request::Coordinate { bucket: bucket.to_vec(), key: key.to_vec(), context: context.clone(), value: value.clone() };
             match self.call(&target.name, request, remaining).await {
                 Ok(Response::Stored(object)) => stored = Some((target, object)),

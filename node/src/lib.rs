@@ -8,6 +8,7 @@ pub mod certs;
 pub mod cli;
 pub mod client;
 pub mod dev;
+pub mod healing;
 pub mod http;
 pub mod server;
 pub mod coordinator;

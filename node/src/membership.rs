@@ -97,6 +97,14 @@ impl Gossip {
         self.step(|m, now, rng| m.handle(now, from, message, rng))
     }
 
+    /// Publishes a key-value about this node to the cluster (e.g. pending hints).
+    pub fn set_local_kv(&self, key: &str, value: &str) {
+        let mut membership = self.membership.lock().expect("membership lock");
+        if let Err(e) = membership.set_local_kv(key, value) {
+            tracing::warn!("cannot gossip {key}: {e}");
+        }
+    }
+
     pub fn address_of(&self, name: &str) -> Option<String> {
         self.membership.lock().expect("membership lock").address_of(name).map(str::to_string)
     }

@@ -5,16 +5,24 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
 use crate::causality::{ActorId, Context};
-use crate::object::{decode_object, encode_object, storage_key, Object, Sibling};
-use crate::rpc::{Request, Response};
+use crate::metrics::Metrics;
+use crate::object::{decode_object, encode_object, split_storage_key, storage_key, Object, Sibling};
+use crate::rpc::{KeyedObject, Request, Response};
+use crate::storage::merkle::{BRANCHES, SEGMENTS};
 use crate::storage::{PartitionId, Storage};
 
 /// Read-modify-write of a key happens under one of these locks, so two concurrent merges
 /// of the same key cannot both read the old state and lose each other's versions.
 const LOCK_STRIPES: usize = 1024;
+/// Rough cap on the bytes of one anti-entropy or transfer batch.
+pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicaError {
@@ -29,23 +37,60 @@ pub enum ReplicaError {
 }
 
 pub struct ReplicaConfig {
+    /// The actor this replica mints dots with until it next drops keys (see `retire_actor`).
     pub actor: ActorId,
+    /// Seeds the choice of new actor ids, so a simulation replays them.
+    pub actor_seed: u64,
     pub ring_size: u32,
     /// A coordinated write that would leave more siblings than this is refused.
     pub max_siblings: usize,
     /// A key reaching this many siblings is logged as a warning.
     pub warn_siblings: usize,
+    /// Hints kept per unreachable owner; beyond it, hints are dropped (and counted), and
+    /// anti-entropy repairs the owner instead.
+    pub max_hints_per_owner: u64,
 }
 
 pub struct Replica<S: Storage> {
     storage: Arc<S>,
     config: ReplicaConfig,
     stripes: Vec<Mutex<()>>,
+    actor: Mutex<(ActorId, StdRng)>,
+    /// Hints held per owner, as last counted; checked against the bound on every hint.
+    hint_counts: Mutex<HashMap<String, u64>>,
+    metrics: Arc<Metrics>,
 }
 
+/// Meta key under which the current actor id is persisted.
+pub const ACTOR_META_KEY: &str = "actor";
+
 impl<S: Storage> Replica<S> {
-    pub fn new(storage: Arc<S>, config: ReplicaConfig) -> Self {
-        Replica { storage, config, stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect() }
+    pub fn new(storage: Arc<S>, config: ReplicaConfig, metrics: Arc<Metrics>) -> Result<Self, ReplicaError> {
+        let actor = Mutex::new((config.actor, StdRng::seed_from_u64(config.actor_seed)));
+        let hint_counts = Mutex::new(storage.hint_owners()?.into_iter().collect());
+        Ok(Replica { storage, config, stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(), actor, hint_counts, metrics })
+    }
+
+    /// Replaces the per-owner hint counts with a fresh count from storage.
+    pub fn recount_hints(&self, counts: &[(String, u64)]) {
+        *self.hint_counts.lock().unwrap_or_else(|p| p.into_inner()) = counts.iter().cloned().collect();
+    }
+
+    pub fn actor(&self) -> ActorId {
+        self.actor.lock().unwrap_or_else(|p| p.into_inner()).0
+    }
+
+    /// Switches to a fresh actor id, persisted before return. Called before this replica
+    /// drops keys (handoff, ownership transfer, reaping): a replica that no longer holds a
+    /// key would otherwise mint a dot it already used for that key, and a DVV merge would
+    /// then take the new value for the old one and drop it (Riak's vnode epochs solve the
+    /// same problem).
+    pub fn retire_actor(&self) -> Result<ActorId, ReplicaError> {
+        let mut guard = self.actor.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh = ActorId(guard.1.random());
+        self.storage.meta_put(ACTOR_META_KEY, &fresh.0.to_be_bytes())?;
+        guard.0 = fresh;
+        Ok(fresh)
     }
 
     pub fn storage(&self) -> &Arc<S> {
@@ -65,6 +110,11 @@ impl<S: Storage> Replica<S> {
             Request::Merge { bucket, key, object, hint_for } => {
                 self.merge(&bucket, &key, &object, hint_for.as_deref()).map(Response::Stored)
             }
+            Request::TreeBranches { partition } => self.storage.tree(partition).map(|t| Response::Branches(t.branches())).map_err(Into::into),
+            Request::TreeLeaves { partition, branches } => self.leaves(partition, &branches).map(Response::Leaves),
+            Request::SegmentObjects { partition, segments } => self.segment_objects(partition, &segments).map(Response::Objects),
+            Request::MergeBatch { objects } => self.merge_batch(&objects).map(Response::Merged),
+            Request::ReapBatch { objects } => self.reap(&objects).map(Response::Merged),
         };
         result.unwrap_or_else(|e| match e {
             ReplicaError::TooManySiblings { .. } => {
@@ -89,7 +139,7 @@ impl<S: Storage> Replica<S> {
         let skey = storage_key(bucket, key);
         let _guard = self.lock(&skey);
         let current = self.read(partition, &skey)?.unwrap_or_else(Object::new);
-        let updated = current.update(context, self.config.actor, value);
+        let updated = current.update(context, self.actor(), value);
         let count = updated.sibling_count();
         if count > self.config.max_siblings {
             return Err(ReplicaError::TooManySiblings { count, max: self.config.max_siblings });
@@ -117,10 +167,101 @@ impl<S: Storage> Replica<S> {
             self.storage.put(partition, &skey, &encode_object(&merged))?;
         }
         if let Some(owner) = hint_for {
-            // The hint only names the key: at delivery the current merged state is sent.
-            self.storage.hint_put(owner, partition, &skey, &[])?;
+            let mut counts = self.hint_counts.lock().unwrap_or_else(|p| p.into_inner());
+            let held = counts.entry(owner.to_string()).or_insert(0);
+            if *held >= self.config.max_hints_per_owner {
+                self.metrics.hints_dropped.inc();
+                if self.metrics.hints_dropped.get() % 1000 == 1 {
+                    tracing::warn!(%owner, limit = self.config.max_hints_per_owner, "hint bound reached: dropping hints for this owner; anti-entropy will repair it");
+                }
+            } else {
+                // The hint only names the key: at delivery the current merged state is sent.
+                self.storage.hint_put(owner, partition, &skey, &[])?;
+                *held += 1;
+                self.metrics.hints_queued.inc();
+            }
         }
         Ok(merged)
+    }
+
+    fn leaves(&self, partition: PartitionId, branches: &[u32]) -> Result<Vec<(u32, Vec<[u8; 32]>)>, ReplicaError> {
+        let tree = self.storage.tree(partition)?;
+        Ok(branches
+            .iter()
+            .filter(|&&b| (b as usize) < BRANCHES)
+            .map(|&b| (b, tree.leaves_of_branch(b as usize).to_vec()))
+            .collect())
+    }
+
+    /// Every object of some tree segments, cut off at about `MAX_BATCH_BYTES` (the caller
+    /// repairs the rest on its next exchange).
+    pub fn segment_objects(&self, partition: PartitionId, segments: &[u32]) -> Result<Vec<KeyedObject>, ReplicaError> {
+        let segments: Vec<usize> = segments.iter().map(|&s| s as usize).filter(|&s| s < SEGMENTS).collect();
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for (skey, raw) in self.storage.scan_segments(partition, &segments)? {
+            if bytes > MAX_BATCH_BYTES {
+                break;
+            }
+            bytes += skey.len() + raw.len();
+            let (bucket, key) = split_storage_key(&skey)?;
+            out.push(KeyedObject { bucket: bucket.to_vec(), key: key.to_vec(), object: decode_object(&raw)? });
+        }
+        Ok(out)
+    }
+
+    /// Merges a batch; returns how many keys changed here.
+    pub fn merge_batch(&self, objects: &[KeyedObject]) -> Result<usize, ReplicaError> {
+        let mut changed = 0;
+        for o in objects {
+            let before = self.get(&o.bucket, &o.key)?;
+            if before.as_ref().is_none_or(|b| !b.descends(&o.object)) {
+                self.merge(&o.bucket, &o.key, &o.object, None)?;
+                changed += 1;
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Physically removes a key, but only if its state is still exactly `expected`: a write
+    /// that arrived since the caller looked must not be dropped with it.
+    pub fn remove_if_unchanged(&self, bucket: &[u8], key: &[u8], expected: &Object) -> Result<bool, ReplicaError> {
+        let partition = self.partition_of(bucket, key);
+        let skey = storage_key(bucket, key);
+        let _guard = self.lock(&skey);
+        if self.read(partition, &skey)?.as_ref() != Some(expected) {
+            return Ok(false);
+        }
+        self.storage.remove(partition, &skey)?;
+        Ok(true)
+    }
+
+    /// Drops the given tombstones where they are unchanged; returns how many were dropped.
+    pub fn reap(&self, tombstones: &[KeyedObject]) -> Result<usize, ReplicaError> {
+        self.retire_actor()?;
+        let mut dropped = 0;
+        for t in tombstones {
+            debug_assert!(t.object.values().iter().all(|s| s.deleted), "only tombstones are reaped");
+            dropped += usize::from(self.remove_if_unchanged(&t.bucket, &t.key, &t.object)?);
+        }
+        Ok(dropped)
+    }
+
+    /// After `owner` stored `delivered`: forget the hint, and when this node does not own
+    /// the key (`drop_local`), drop its copy too, unless a newer write arrived meanwhile.
+    pub fn finish_handoff(&self, owner: &str, bucket: &[u8], key: &[u8], delivered: Option<&Object>, drop_local: bool) -> Result<bool, ReplicaError> {
+        let partition = self.partition_of(bucket, key);
+        let skey = storage_key(bucket, key);
+        let _guard = self.lock(&skey);
+        let current = self.read(partition, &skey)?;
+        if current.as_ref() != delivered {
+            return Ok(false);
+        }
+        self.storage.hint_remove(owner, partition, &skey)?;
+        if drop_local && current.is_some() {
+            self.storage.remove(partition, &skey)?;
+        }
+        Ok(true)
     }
 
     fn read(&self, partition: PartitionId, skey: &[u8]) -> Result<Option<Object>, ReplicaError> {

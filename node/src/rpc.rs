@@ -54,6 +54,26 @@ pub enum Request {
         object: Object,
         hint_for: Option<String>,
     },
+    /// Anti-entropy: the branch hashes of a partition's tree (the root is their hash).
+    TreeBranches { partition: u32 },
+    /// Anti-entropy: the leaf hashes under some branches.
+    TreeLeaves { partition: u32, branches: Vec<u32> },
+    /// Anti-entropy and transfer: every object in some segments of a partition.
+    SegmentObjects { partition: u32, segments: Vec<u32> },
+    /// Anti-entropy and transfer: merge many objects; answered with `Merged`.
+    MergeBatch { objects: Vec<KeyedObject> },
+    /// Reaping: drop each key whose state is still exactly this fully replicated tombstone.
+    ReapBatch { objects: Vec<KeyedObject> },
+}
+
+/// An object with its bucket and key, for batches.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct KeyedObject {
+    #[serde(with = "serde_bytes")]
+    pub bucket: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    pub object: Object,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -62,6 +82,11 @@ pub enum Response {
     Object(Option<Object>),
     /// Answer to `Coordinate` and `Merge`: the state now stored.
     Stored(Object),
+    Branches(Vec<[u8; 32]>),
+    Leaves(Vec<(u32, Vec<[u8; 32]>)>),
+    Objects(Vec<KeyedObject>),
+    /// Answer to `MergeBatch`: how many keys changed; answer to `ReapBatch`: how many keys were dropped.
+    Merged(usize),
     /// The write was refused and nothing was stored (e.g. too many siblings).
     Refused { code: String, message: String },
     /// The replica failed (storage error, malformed request).

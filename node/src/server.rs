@@ -19,6 +19,7 @@ use chorus_gossip::{ClusterConfig, Config as GossipConfig, Outgoing, PhiConfig};
 use crate::causality::ActorId;
 use crate::cli::{CliError, CliResult, StartArgs, SyncArg};
 use crate::coordinator::{Coordinator, Peers};
+use crate::healing::{Healer, HealingConfig};
 use crate::membership::Gossip;
 use crate::metrics::{Metrics, PeerLabels};
 use crate::replica::{Replica, ReplicaConfig};
@@ -55,7 +56,10 @@ pub struct Node {
     pub replica: Arc<Replica<FjallStorage>>,
     pub gossip: Arc<Gossip>,
     pub metrics: Arc<Metrics>,
+    pub healer: Arc<Healer<FjallStorage, QuicPeers>>,
     transport: Arc<QuicTransport>,
+    /// Notified when the node should stop on its own (it has left the cluster).
+    stop: tokio::sync::Notify,
 }
 
 pub fn run(args: StartArgs) -> CliResult {
@@ -106,8 +110,8 @@ fn validate(args: &StartArgs) -> CliResult {
     if args.max_siblings == 0 || args.warn_siblings == 0 {
         return Err(CliError::usage("--max-siblings and --warn-siblings must be at least 1"));
     }
-    if args.timeout_ms == 0 || args.gossip_interval_ms == 0 || args.sync_interval_ms == 0 {
-        return Err(CliError::usage("--timeout-ms, --gossip-interval-ms and --sync-interval-ms must be at least 1"));
+    if [args.timeout_ms, args.gossip_interval_ms, args.sync_interval_ms, args.healing_interval_ms].contains(&0) {
+        return Err(CliError::usage("--timeout-ms, --gossip-interval-ms, --sync-interval-ms and --healing-interval-ms must be at least 1"));
     }
     if !(args.phi_threshold.is_finite() && args.phi_threshold > 0.0) {
         return Err(CliError::usage("--phi-threshold must be a positive number"));
@@ -158,14 +162,30 @@ async fn serve(args: StartArgs, security: Security) -> CliResult {
     let replica = Arc::new(Replica::new(
         storage.clone(),
         ReplicaConfig {
-            actor: ActorId(identity.actor),
+            actor: current_actor(storage.as_ref(), &identity)?,
+            actor_seed: rand::rng().random(),
             ring_size: args.ring_size,
             max_siblings: args.max_siblings,
             warn_siblings: args.warn_siblings,
+            max_hints_per_owner: args.max_hints_per_owner,
+        },
+        metrics.clone(),
+    )
+    .map_err(|e| CliError::usage(format!("cannot open data directory {}: {e}", args.data.display())))?);
+    let peers = Arc::new(QuicPeers { transport: transport.clone(), gossip: gossip.clone() });
+    let coordinator = Coordinator::new(args.name.clone(), replica.clone(), peers.clone(), gossip.view.clone(), metrics.clone());
+    let healer = Arc::new(Healer::new(
+        args.name.clone(),
+        replica.clone(),
+        peers.clone(),
+        gossip.clone(),
+        metrics.clone(),
+        HealingConfig {
+            interval: Duration::from_millis(args.healing_interval_ms),
+            tombstone_grace: Duration::from_millis(args.tombstone_grace_ms),
+            ..HealingConfig::default()
         },
     ));
-    let peers = Arc::new(QuicPeers { transport: transport.clone(), gossip: gossip.clone() });
-    let coordinator = Coordinator::new(args.name.clone(), replica.clone(), peers, gossip.view.clone(), metrics.clone());
     let node = Arc::new(Node {
         name: args.name.clone(),
         limits: Limits { max_value: args.max_value, default_timeout: Duration::from_millis(args.timeout_ms) },
@@ -173,18 +193,23 @@ async fn serve(args: StartArgs, security: Security) -> CliResult {
         replica,
         gossip: gossip.clone(),
         metrics,
+        healer: healer.clone(),
         transport: transport.clone(),
+        stop: tokio::sync::Notify::new(),
     });
+    tokio::spawn(healer.run());
 
     tokio::spawn(transport.clone().serve(Arc::new(RpcHandler { node: node.clone() })));
     tokio::spawn(gossip_loop(node.clone(), Duration::from_millis(args.gossip_interval_ms)));
 
     let router = crate::http::router(node.clone());
     let mut rejected = gossip.rejected.subscribe();
+    let stopping = node.clone();
     let stop = async move {
         tokio::select! {
             reason = rejected.wait_for(Option::is_some) => reason.ok().and_then(|r| r.clone()),
             _ = shutdown_signal() => None,
+            _ = stopping.stop.notified() => None,
         }
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<Option<String>>();
@@ -220,6 +245,18 @@ async fn shutdown_signal() {
 /// Reads (or, for a new data directory, creates) the node's identity and bumps its
 /// generation. The generation is at least the wall clock in ms so that a node whose data
 /// directory was wiped still outranks its previous incarnation in gossip.
+/// The actor id minted dots use: the last one `retire_actor` persisted, else the identity's.
+fn current_actor(storage: &FjallStorage, identity: &Identity) -> Result<ActorId, CliError> {
+    match storage.meta_get(crate::replica::ACTOR_META_KEY) {
+        Ok(Some(bytes)) => {
+            let bytes: [u8; 8] = bytes.as_slice().try_into().map_err(|_| CliError::usage("the stored actor id is corrupt"))?;
+            Ok(ActorId(u64::from_be_bytes(bytes)))
+        }
+        Ok(None) => Ok(ActorId(identity.actor)),
+        Err(e) => Err(CliError::usage(format!("cannot read the actor id: {e}"))),
+    }
+}
+
 fn load_identity(storage: &FjallStorage, args: &StartArgs) -> Result<Identity, CliError> {
     let storage_error = |e: crate::storage::StorageError| CliError::usage(format!("data directory {}: {e}", args.data.display()));
     let stored: Option<Identity> = match storage.meta_get(IDENTITY_META_KEY).map_err(storage_error)? {
@@ -306,6 +343,7 @@ impl Node {
                     "heartbeat_age_ms": m.heartbeat_age_ms,
                     "ring_share": view.ring.share(&m.name),
                     "reachable": !view.unreachable.contains(&m.name),
+                    "kv": m.kv,
                     "is_self": m.is_self,
                 })
             })
@@ -315,6 +353,7 @@ impl Node {
             "n": view.ring.n(),
             "ring_size": view.ring.ring_size(),
             "members": members,
+            "transfers": self.healer.transfer_progress().into_iter().map(|(p, keys)| json!({"partition": p, "keys_left": keys})).collect::<Vec<_>>(),
         })
     }
 
@@ -326,12 +365,38 @@ impl Node {
         }
     }
 
-    pub async fn leave(&self) -> Result<(), String> {
-        let out = self.gossip.step(|m, _, _| {
+    /// Starts leaving: the node drops out of the ring, so ownership transfer hands every
+    /// partition to its new owners; once nothing is left here it announces `left` and stops.
+    pub async fn leave(self: &Arc<Self>) -> Result<(), String> {
+        if self.gossip.members().iter().any(|m| m.is_self && m.state != chorus_gossip::MemberState::Alive) {
+            return Err(format!("{} is already leaving", self.name));
+        }
+        self.gossip.step(|m, _, _| {
             m.leave();
             Vec::new()
         });
-        send_gossip(&self.transport, out);
+        tracing::info!("leaving the cluster: handing data over to the new owners");
+        let node = self.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                ticker.tick().await;
+                let storage = node.replica.storage();
+                let empty = storage.partitions().map(|p| p.is_empty()).unwrap_or(false)
+                    && storage.hint_owners().map(|h| h.is_empty()).unwrap_or(false);
+                if empty {
+                    break;
+                }
+            }
+            node.gossip.step(|m, _, _| {
+                m.left();
+                Vec::new()
+            });
+            tracing::info!("handoff complete: left the cluster");
+            // Let a few gossip rounds carry the news before stopping.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            node.stop.notify_one();
+        });
         Ok(())
     }
 

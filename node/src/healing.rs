@@ -1,0 +1,403 @@
+//! Healing: everything that makes replicas converge without a client reading them.
+//!
+//! - Hinted handoff: a fallback delivers the writes it holds for an unreachable owner once
+//!   gossip shows the owner reachable again, then forgets the hint (and its copy, when it
+//!   does not own the key).
+//! - Ownership transfer: a node holding data for partitions it no longer owns (after a
+//!   join, a leave or a removal) streams it to the current owners and drops its copy only
+//!   after every owner acknowledged it.
+//! - Anti-entropy: replicas of a partition compare TicTac hash trees (root, then branches,
+//!   then leaves) and exchange only the objects of segments that differ, through the
+//!   normal DVV merge.
+//! - Tombstone reaping: a tombstone is dropped once every primary holds exactly it, no node
+//!   in the cluster reports pending hints, and a grace period has passed.
+//!
+//! It works through the `Peers` seam and tokio's clock, so the simulation runs this code.
+//! It never decides placement (the ring does) or liveness (gossip does).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::coordinator::{ClusterView, Peers};
+use crate::membership::Gossip;
+use crate::metrics::Metrics;
+use crate::object::{split_storage_key, Object};
+use crate::replica::Replica;
+use crate::rpc::{KeyedObject, Request, Response};
+use crate::storage::merkle::SEGMENTS_PER_BRANCH;
+use crate::storage::{PartitionId, Storage};
+
+/// Gossiped key under which a node publishes how many hints it holds.
+pub const PENDING_HINTS_KEY: &str = "pending_hints";
+
+#[derive(Clone, Debug)]
+pub struct HealingConfig {
+    /// Interval between healing rounds (hint delivery, one transfer step, one exchange).
+    pub interval: Duration,
+    /// Hints delivered per owner per round.
+    pub hint_batch: usize,
+    /// Keys moved per partition per transfer step.
+    pub transfer_batch: usize,
+    /// Segments repaired per anti-entropy exchange (rate limit).
+    pub max_segments_per_exchange: usize,
+    /// How long a fully replicated tombstone waits before it is reaped.
+    pub tombstone_grace: Duration,
+    /// Keys examined for reaping per round.
+    pub reap_batch: usize,
+    pub rpc_timeout: Duration,
+}
+
+impl Default for HealingConfig {
+    fn default() -> Self {
+        HealingConfig {
+            interval: Duration::from_millis(1000),
+            hint_batch: 1000,
+            transfer_batch: 500,
+            max_segments_per_exchange: 128,
+            tombstone_grace: Duration::from_secs(600),
+            reap_batch: 1000,
+            rpc_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What one anti-entropy exchange did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExchangeReport {
+    pub differing_segments: usize,
+    pub keys_repaired: usize,
+    pub bytes_sent: usize,
+}
+
+pub struct Healer<S: Storage, P: Peers> {
+    name: String,
+    replica: Arc<Replica<S>>,
+    peers: Arc<P>,
+    gossip: Arc<Gossip>,
+    metrics: Arc<Metrics>,
+    config: HealingConfig,
+    cursor: Mutex<usize>,
+    /// Tombstones seen fully replicated, with when they were first seen so.
+    reap_candidates: Mutex<HashMap<Vec<u8>, (Object, Instant)>>,
+    /// Progress of ownership transfer, for /status: partition -> keys moved.
+    transfer_progress: Mutex<HashMap<PartitionId, u64>>,
+}
+
+fn encoded_len(request: &Request) -> usize {
+    rmp_serde::to_vec(request).map(|v| v.len()).unwrap_or(0)
+}
+
+impl<S: Storage, P: Peers> Healer<S, P> {
+    pub fn new(name: String, replica: Arc<Replica<S>>, peers: Arc<P>, gossip: Arc<Gossip>, metrics: Arc<Metrics>, config: HealingConfig) -> Self {
+        Healer {
+            name,
+            replica,
+            peers,
+            gossip,
+            metrics,
+            config,
+            cursor: Mutex::new(0),
+            reap_candidates: Mutex::new(HashMap::new()),
+            transfer_progress: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn view(&self) -> ClusterView {
+        self.gossip.view.read().expect("view lock").clone()
+    }
+
+    async fn call(&self, to: &str, request: Request) -> Result<Response, String> {
+        if to == self.name {
+            return Ok(self.replica.handle(request));
+        }
+        self.peers.call(to, request, self.config.rpc_timeout).await
+    }
+
+    /// Runs healing rounds forever.
+    pub async fn run(self: Arc<Self>) {
+        let mut ticker = tokio::time::interval(self.config.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            self.round().await;
+        }
+    }
+
+    /// One round of every healing duty.
+    pub async fn round(&self) {
+        if let Err(e) = self.deliver_hints().await {
+            tracing::warn!("hint delivery: {e}");
+        }
+        if let Err(e) = self.transfer_step().await {
+            tracing::warn!("ownership transfer: {e}");
+        }
+        if let Err(e) = self.anti_entropy_step().await {
+            tracing::debug!("anti-entropy: {e}");
+        }
+        if let Err(e) = self.reap_step().await {
+            tracing::debug!("tombstone reaping: {e}");
+        }
+    }
+
+    /// Partitions this node holds data for but does not own, with keys left to move.
+    pub fn transfer_progress(&self) -> HashMap<PartitionId, u64> {
+        self.transfer_progress.lock().expect("progress lock").clone()
+    }
+
+    /// Delivers hints to owners that are reachable again. Returns hints delivered.
+    pub async fn deliver_hints(&self) -> Result<usize, String> {
+        let storage = self.replica.storage();
+        let owners = storage.hint_owners().map_err(|e| e.to_string())?;
+        self.replica.recount_hints(&owners);
+        let pending: u64 = owners.iter().map(|(_, n)| n).sum();
+        self.gossip.set_local_kv(PENDING_HINTS_KEY, &pending.to_string());
+        let view = self.view();
+        let mut delivered = 0;
+        let mut retired = false;
+        for (owner, _) in &owners {
+            let owner_in_ring = view.ring.members().iter().any(|m| m == owner);
+            if view.unreachable.contains(owner) {
+                continue;
+            }
+            let hints = storage.hint_scan(owner, self.config.hint_batch).map_err(|e| e.to_string())?;
+            for (partition, skey, _) in hints {
+                let (bucket, key) = split_storage_key(&skey).map_err(|e| e.to_string())?;
+                let object = self.replica.get(bucket, key).map_err(|e| e.to_string())?;
+                // A removed or departed owner no longer owns anything: its hints go to the
+                // partition's current primaries instead.
+                let recipients: Vec<String> = if owner_in_ring {
+                    vec![owner.clone()]
+                } else {
+                    view.ring.primaries(partition).iter().filter(|p| **p != self.name).cloned().collect()
+                };
+                if let Some(object) = &object {
+                    let mut all_stored = true;
+                    for recipient in &recipients {
+                        let request = Request::Merge { bucket: bucket.to_vec(), key: key.to_vec(), object: object.clone(), hint_for: None };
+                        if !matches!(self.call(recipient, request).await, Ok(Response::Stored(_))) {
+                            all_stored = false;
+                        }
+                    }
+                    if !all_stored {
+                        break;
+                    }
+                }
+                let drop_local = !view.ring.is_primary(partition, &self.name) && owners.len() == 1;
+                if drop_local && !retired {
+                    self.replica.retire_actor().map_err(|e| e.to_string())?;
+                    retired = true;
+                }
+                if self.replica.finish_handoff(owner, bucket, key, object.as_ref(), drop_local).map_err(|e| e.to_string())? {
+                    delivered += 1;
+                    self.metrics.hints_delivered.inc();
+                }
+            }
+        }
+        if delivered > 0 {
+            tracing::info!(delivered, "hinted handoff delivered writes to their owners");
+        }
+        Ok(delivered)
+    }
+
+    /// Moves one batch of every partition this node holds but does not own to the owners.
+    /// Skipped while hints are pending: hint delivery still needs the local copies.
+    pub async fn transfer_step(&self) -> Result<u64, String> {
+        let storage = self.replica.storage();
+        if !storage.hint_owners().map_err(|e| e.to_string())?.is_empty() {
+            return Ok(0);
+        }
+        let view = self.view();
+        let mut moved = 0;
+        let mut progress = HashMap::new();
+        let mut retired = false;
+        for partition in storage.partitions().map_err(|e| e.to_string())? {
+            if view.ring.is_primary(partition, &self.name) {
+                continue;
+            }
+            let owners: Vec<String> = view.ring.primaries(partition).to_vec();
+            let remaining = storage.key_count(partition).map_err(|e| e.to_string())?;
+            progress.insert(partition, remaining);
+            if owners.is_empty() || owners.iter().any(|o| view.unreachable.contains(o)) {
+                continue;
+            }
+            let page = storage.scan(partition, None, self.config.transfer_batch).map_err(|e| e.to_string())?;
+            let mut batch = Vec::with_capacity(page.len());
+            for (skey, raw) in &page {
+                let (bucket, key) = split_storage_key(skey).map_err(|e| e.to_string())?;
+                let object = crate::object::decode_object(raw).map_err(|e| e.to_string())?;
+                batch.push(KeyedObject { bucket: bucket.to_vec(), key: key.to_vec(), object });
+            }
+            let mut all_acked = true;
+            for owner in &owners {
+                let request = Request::MergeBatch { objects: batch.clone() };
+                if !matches!(self.call(owner, request).await, Ok(Response::Merged(_))) {
+                    all_acked = false;
+                }
+            }
+            if !all_acked {
+                continue;
+            }
+            if !retired {
+                self.replica.retire_actor().map_err(|e| e.to_string())?;
+                retired = true;
+            }
+            for o in &batch {
+                if self.replica.remove_if_unchanged(&o.bucket, &o.key, &o.object).map_err(|e| e.to_string())? {
+                    moved += 1;
+                }
+            }
+            tracing::info!(partition, moved = batch.len(), remaining = remaining.saturating_sub(batch.len() as u64), owners = ?owners, "ownership transfer");
+        }
+        *self.transfer_progress.lock().expect("progress lock") = progress;
+        Ok(moved)
+    }
+
+    /// One anti-entropy exchange: the next partition this node owns, with the next other
+    /// owner of it.
+    pub async fn anti_entropy_step(&self) -> Result<Option<ExchangeReport>, String> {
+        let view = self.view();
+        let mine = view.ring.primary_partitions(&self.name);
+        if mine.is_empty() {
+            return Ok(None);
+        }
+        let turn = {
+            let mut cursor = self.cursor.lock().expect("cursor lock");
+            *cursor = cursor.wrapping_add(1);
+            *cursor
+        };
+        let partition = mine[turn % mine.len()];
+        let others: Vec<&String> = view.ring.primaries(partition).iter().filter(|p| **p != self.name).collect();
+        if others.is_empty() {
+            return Ok(None);
+        }
+        let peer = others[(turn / mine.len()) % others.len()].clone();
+        if view.unreachable.contains(&peer) {
+            return Ok(None);
+        }
+        self.exchange(partition, &peer).await.map(Some)
+    }
+
+    /// Compares this node's tree of `partition` with `peer`'s and repairs both sides.
+    pub async fn exchange(&self, partition: PartitionId, peer: &str) -> Result<ExchangeReport, String> {
+        self.metrics.aae_exchanges.inc();
+        let mut report = ExchangeReport::default();
+        let ours = self.replica.storage().tree(partition).map_err(|e| e.to_string())?;
+        let request = Request::TreeBranches { partition };
+        report.bytes_sent += encoded_len(&request);
+        let Ok(Response::Branches(theirs)) = self.call(peer, request).await else {
+            return Err(format!("{peer} did not send its tree of partition {partition}"));
+        };
+        let differing: Vec<u32> = ours.branches().iter().zip(&theirs).enumerate().filter(|(_, (a, b))| a != b).map(|(i, _)| i as u32).collect();
+        if differing.is_empty() {
+            self.metrics.aae_bytes_sent.inc_by(report.bytes_sent as u64);
+            return Ok(report);
+        }
+        let request = Request::TreeLeaves { partition, branches: differing };
+        report.bytes_sent += encoded_len(&request);
+        let Ok(Response::Leaves(leaves)) = self.call(peer, request).await else {
+            return Err(format!("{peer} did not send its leaves of partition {partition}"));
+        };
+        let mut segments = Vec::new();
+        for (branch, their_leaves) in leaves {
+            let our_leaves = ours.leaves_of_branch(branch as usize);
+            for (i, (a, b)) in our_leaves.iter().zip(&their_leaves).enumerate() {
+                if a != b {
+                    segments.push(branch * SEGMENTS_PER_BRANCH as u32 + i as u32);
+                }
+            }
+        }
+        segments.truncate(self.config.max_segments_per_exchange);
+        report.differing_segments = segments.len();
+        if segments.is_empty() {
+            return Ok(report);
+        }
+        // Pull theirs into ours, then push ours (now merged) to them.
+        let request = Request::SegmentObjects { partition, segments: segments.clone() };
+        report.bytes_sent += encoded_len(&request);
+        let Ok(Response::Objects(objects)) = self.call(peer, request).await else {
+            return Err(format!("{peer} did not send the objects of partition {partition}"));
+        };
+        report.keys_repaired += self.replica.merge_batch(&objects).map_err(|e| e.to_string())?;
+        let ours = self.replica.segment_objects(partition, &segments).map_err(|e| e.to_string())?;
+        let request = Request::MergeBatch { objects: ours };
+        report.bytes_sent += encoded_len(&request);
+        if let Ok(Response::Merged(changed)) = self.call(peer, request).await {
+            report.keys_repaired += changed;
+        }
+        self.metrics.aae_keys_repaired.inc_by(report.keys_repaired as u64);
+        self.metrics.aae_bytes_sent.inc_by(report.bytes_sent as u64);
+        if report.keys_repaired > 0 {
+            tracing::info!(partition, %peer, segments = report.differing_segments, keys = report.keys_repaired, "anti-entropy repaired keys");
+        }
+        Ok(report)
+    }
+
+    /// Reaps fully replicated tombstones in the partitions this node is the first owner of.
+    pub async fn reap_step(&self) -> Result<usize, String> {
+        let view = self.view();
+        if !self.cluster_has_no_pending_hints() || !view.unreachable.is_empty() {
+            self.reap_candidates.lock().expect("reap lock").clear();
+            return Ok(0);
+        }
+        let storage = self.replica.storage();
+        let now = Instant::now();
+        let mut reaped = 0;
+        for partition in view.ring.primary_partitions(&self.name) {
+            let owners = view.ring.primaries(partition).to_vec();
+            if owners.first() != Some(&self.name) {
+                continue;
+            }
+            let page = storage.scan(partition, None, self.config.reap_batch).map_err(|e| e.to_string())?;
+            let mut ripe = Vec::new();
+            for (skey, raw) in page {
+                let object = crate::object::decode_object(&raw).map_err(|e| e.to_string())?;
+                if object.sibling_count() == 0 || !object.values().iter().all(|s| s.deleted) {
+                    continue;
+                }
+                let (bucket, key) = split_storage_key(&skey).map_err(|e| e.to_string())?;
+                let mut everywhere = true;
+                for owner in owners.iter().filter(|o| **o != self.name) {
+                    let request = Request::Get { bucket: bucket.to_vec(), key: key.to_vec() };
+                    match self.call(owner, request).await {
+                        Ok(Response::Object(Some(theirs))) if theirs == object => {}
+                        _ => everywhere = false,
+                    }
+                }
+                let mut candidates = self.reap_candidates.lock().expect("reap lock");
+                if !everywhere {
+                    candidates.remove(&skey);
+                    continue;
+                }
+                let entry = candidates.entry(skey.clone()).or_insert_with(|| (object.clone(), now));
+                if entry.0 != object {
+                    *entry = (object.clone(), now);
+                } else if now.duration_since(entry.1) >= self.config.tombstone_grace {
+                    ripe.push(KeyedObject { bucket: bucket.to_vec(), key: key.to_vec(), object });
+                    candidates.remove(&skey);
+                }
+            }
+            if ripe.is_empty() {
+                continue;
+            }
+            // Every owner drops its copy, under the same "only if unchanged" rule.
+            for owner in &owners {
+                match self.call(owner, Request::ReapBatch { objects: ripe.clone() }).await {
+                    Ok(Response::Merged(n)) if *owner == self.name => reaped += n,
+                    Ok(Response::Merged(_)) => {}
+                    other => tracing::debug!(%owner, "reap failed: {other:?}"),
+                }
+            }
+        }
+        if reaped > 0 {
+            tracing::info!(reaped, "reaped fully replicated tombstones");
+        }
+        Ok(reaped)
+    }
+
+    fn cluster_has_no_pending_hints(&self) -> bool {
+        self.gossip.members().iter().all(|m| m.kv.get(PENDING_HINTS_KEY).is_none_or(|v| v == "0"))
+    }
+}
