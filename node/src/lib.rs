@@ -8,5 +8,6 @@ pub mod certs;
 pub mod cli;
 pub mod client;
 pub mod dev;
+pub mod http_client;
 pub mod server;
 pub mod storage;
