@@ -1,21 +1,22 @@
 //! chorus-node: everything a running chorus node does that is not placement (`chorus-ring`)
 //! or membership (`chorus-gossip`): causality, storage, replication, the coordinator,
-//! QUIC RPC between nodes, the client HTTP API and the command-line interface.
+//! healing, QUIC RPC between nodes, the client HTTP API and the command-line interface.
 
 pub mod bench;
 pub mod causality;
 pub mod certs;
 pub mod cli;
 pub mod client;
+pub mod coordinator;
 pub mod dev;
 pub mod healing;
 pub mod http;
-pub mod server;
-pub mod coordinator;
+pub mod http_client;
 pub mod membership;
 pub mod metrics;
 pub mod object;
 pub mod replica;
 pub mod rpc;
+pub mod server;
 pub mod storage;
 pub mod transport;
