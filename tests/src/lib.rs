@@ -1,1 +1,5 @@
-//! chorus-tests
+//! chorus-tests: the deterministic whole-cluster simulation (`sim`) and the harness for
+//! multi-process tests against real `chorus` binaries (`cluster`).
+
+pub mod cluster;
+pub mod sim;

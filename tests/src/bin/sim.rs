@@ -1,0 +1,3 @@
+//! `sim`: runs batches of seeded cluster simulations (being written).
+
+fn main() {}
