@@ -119,6 +119,9 @@ fn primaries_note(needed: usize, replied: usize) -> String {
 
 pub struct Coordinator<S: Storage, P: Peers> {
     name: String,
+    /// Whether local storage writes block on fsync (`--sync always`): then local replica
+    /// calls run on the blocking pool instead of stalling an async worker.
+    local_writes_block: bool,
     replica: Arc<Replica<S>>,
     peers: Arc<P>,
     view: Arc<RwLock<ClusterView>>,
@@ -129,6 +132,7 @@ impl<S: Storage, P: Peers> Clone for Coordinator<S, P> {
     fn clone(&self) -> Self {
         Coordinator {
             name: self.name.clone(),
+            local_writes_block: self.local_writes_block,
             replica: self.replica.clone(),
             peers: self.peers.clone(),
             view: self.view.clone(),
@@ -144,7 +148,13 @@ struct Reply {
 
 impl<S: Storage, P: Peers> Coordinator<S, P> {
     pub fn new(name: String, replica: Arc<Replica<S>>, peers: Arc<P>, view: Arc<RwLock<ClusterView>>, metrics: Arc<Metrics>) -> Self {
-        Coordinator { name, replica, peers, view, metrics }
+        Coordinator { name, local_writes_block: false, replica, peers, view, metrics }
+    }
+
+    /// Runs local writes on tokio's blocking pool (for storage that fsyncs before returning).
+    pub fn with_blocking_local_writes(mut self, blocking: bool) -> Self {
+        self.local_writes_block = blocking;
+        self
     }
 
     pub fn view(&self) -> ClusterView {
@@ -158,10 +168,14 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
     /// Sends one request to one replica: directly to the local replica, else over `Peers`.
     fn call(&self, to: &str, request: Request, timeout: Duration) -> impl Future<Output = Result<Response, String>> + Send + 'static {
         let local = (to == self.name).then(|| self.replica.clone());
+        let blocking = self.local_writes_block && !matches!(request, Request::Get { .. });
         let peers = self.peers.clone();
         let to = to.to_string();
         async move {
             match local {
+                Some(replica) if blocking => tokio::task::spawn_blocking(move || replica.handle(request))
+                    .await
+                    .map_err(|e| format!("local replica task failed: {e}")),
                 Some(replica) => Ok(replica.handle(request)),
                 None => peers.call(&to, request, timeout).await,
             }

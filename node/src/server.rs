@@ -57,6 +57,8 @@ pub struct Node {
     pub gossip: Arc<Gossip>,
     pub metrics: Arc<Metrics>,
     pub healer: Arc<Healer<FjallStorage, QuicPeers>>,
+    /// `--sync always`: replica writes wait for fsync, so they run on the blocking pool.
+    writes_block: bool,
     transport: Arc<QuicTransport>,
     /// Notified when the node should stop on its own (it has left the cluster).
     stop: tokio::sync::Notify,
@@ -173,7 +175,9 @@ async fn serve(args: StartArgs, security: Security) -> CliResult {
     )
     .map_err(|e| CliError::usage(format!("cannot open data directory {}: {e}", args.data.display())))?);
     let peers = Arc::new(QuicPeers { transport: transport.clone(), gossip: gossip.clone() });
-    let coordinator = Coordinator::new(args.name.clone(), replica.clone(), peers.clone(), gossip.view.clone(), metrics.clone());
+    let writes_block = args.sync == SyncArg::Always;
+    let coordinator = Coordinator::new(args.name.clone(), replica.clone(), peers.clone(), gossip.view.clone(), metrics.clone())
+        .with_blocking_local_writes(writes_block);
     let healer = Arc::new(Healer::new(
         args.name.clone(),
         replica.clone(),
@@ -193,6 +197,7 @@ async fn serve(args: StartArgs, security: Security) -> CliResult {
         replica,
         gossip: gossip.clone(),
         metrics,
+        writes_block,
         healer: healer.clone(),
         transport: transport.clone(),
         stop: tokio::sync::Notify::new(),
@@ -435,13 +440,13 @@ struct RpcHandler {
 impl transport::Handler for RpcHandler {
     async fn request(&self, from: SocketAddr, body: Vec<u8>) -> Vec<u8> {
         let response = match rpc::decode(&body) {
-            Ok(Message::Request(request)) => {
+            Ok(Message::Request(request)) if self.node.writes_block && !matches!(request, Request::Get { .. }) => {
                 let replica = self.node.replica.clone();
-                // Storage calls block (fsync in --sync always): keep them off the async workers.
                 tokio::task::spawn_blocking(move || replica.handle(request))
                     .await
                     .unwrap_or_else(|e| Response::Failed(format!("replica task failed: {e}")))
             }
+            Ok(Message::Request(request)) => self.node.replica.handle(request),
             Ok(other) => Response::Failed(format!("expected a request, got {other:?}")),
             Err(e) => {
                 tracing::warn!(%from, "{e}");
