@@ -8,6 +8,7 @@
 //! unbounded state, or decide anything about data placement (the ring does that from
 //! `ring_members`).
 
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::ops::Bound;
@@ -16,7 +17,7 @@ use rand::seq::{IndexedRandom, SliceRandom};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, MAX_ADDRESS_BYTES, MAX_NAME_BYTES};
+use crate::config::{ClusterConfig, Config, MAX_ADDRESS_BYTES, MAX_NAME_BYTES};
 use crate::error::GossipError;
 use crate::phi::{PhiConfig, PhiDetector};
 use crate::wire::{
@@ -330,8 +331,7 @@ impl Membership {
             return Vec::new();
         }
         if let Payload::Reject { kind, reason, alive_members } = payload {
-            self.on_reject(now, from_address, &cluster, kind, reason, alive_members);
-            return Vec::new();
+            return self.on_reject(now, from_address, &from, &cluster, kind, reason, alive_members);
         }
         if let Some(for_peer) = self.config.cluster.mismatch_for_peer(&cluster) {
             let for_us = self.config.cluster.mismatch_for_us(&cluster).unwrap_or_default();
@@ -351,7 +351,7 @@ impl Membership {
         if self.rejected.is_some() {
             return Vec::new();
         }
-        self.merge_heartbeat(now, &from.name, from.stamp.generation, from.stamp.heartbeat);
+        self.merge_heartbeat(now, &from);
         match payload {
             Payload::Syn { digest } => vec![self.answer_syn(now, &from, digest, rng)],
             Payload::SynAck { updates, wants } => {
@@ -683,7 +683,7 @@ impl Membership {
         let mut end = None;
         for (name, m) in self.members.range::<str, _>((lower, Bound::Unbounded)) {
             let entry = DigestEntry { name: name.clone(), stamp: m.stamp() };
-            let len = encoded_len(&entry);
+            let len = entry.encoded_len();
             if used + len > budget {
                 end = Some(name.clone());
                 break;
@@ -706,21 +706,24 @@ impl Membership {
 
     /// A refusal from a peer. The side that knows fewer live members gives up, so a
     /// misconfigured node joining a cluster exits, while a cluster node whose seed list
-    /// names a misconfigured node does not.
+    /// names a misconfigured node does not: it answers with its own refusal, which makes
+    /// the smaller side give up even if that side never sends gossip itself. Only a
+    /// strictly larger side answers, so refusals never bounce back and forth.
+    #[allow(clippy::too_many_arguments)]
     fn on_reject(
         &mut self,
         now: u64,
         from_address: &str,
-        cluster: &crate::config::ClusterConfig,
+        from: &Peer,
+        cluster: &ClusterConfig,
         kind: RejectKind,
         reason: String,
         alive_members: u32,
-    ) {
+    ) -> Vec<Outgoing> {
         let ours = self.alive_count();
         if alive_members as usize > ours {
-            self.rejected = Some(reason.clone());
-            self.events.push(Event::Rejected { reason }, &mut self.stats);
-            return;
+            self.reject_self(reason);
+            return Vec::new();
         }
         let what = match kind {
             RejectKind::ClusterConfig => self.config.cluster.mismatch_for_us(cluster).unwrap_or(reason),
@@ -731,6 +734,12 @@ impl Membership {
             from_address,
             format!("ignored a refusal from a peer knowing {alive_members} live members (this node knows {ours}): {what}"),
         );
+        match self.config.cluster.mismatch_for_peer(cluster) {
+            Some(for_peer) if kind == RejectKind::ClusterConfig && ours > alive_members as usize => {
+                vec![self.reject(from, RejectKind::ClusterConfig, for_peer)]
+            }
+            _ => Vec::new(),
+        }
     }
 
     fn report_mismatch(&mut self, now: u64, from: &str, reason: String) {
@@ -785,97 +794,134 @@ impl Membership {
     }
 
     /// Reply to a digest: the records the sender lacks (most needed first) and the
-    /// names whose records we lack, both within the message bound.
+    /// names whose records we lack, both within the message bound. The digest's slice is
+    /// walked alongside ours in name order, so a round costs no per-entry lookups.
     fn answer_syn(&mut self, now: u64, from: &Peer, digest: Digest, rng: &mut impl Rng) -> Outgoing {
-        let mut theirs: BTreeMap<&str, Stamp> = digest
-            .entries
-            .iter()
-            .filter(|e| !e.name.is_empty() && e.name.len() <= MAX_NAME_BYTES)
-            .map(|e| (e.name.as_str(), e.stamp))
-            .collect();
-        theirs.insert(from.name.as_str(), from.stamp);
-        // Heartbeats spread through digests alone: take theirs before comparing.
-        for (name, stamp) in &theirs {
-            self.merge_heartbeat(now, name, stamp.generation, stamp.heartbeat);
+        let Digest { start, end, mut entries } = digest;
+        entries.retain(|e| !e.name.is_empty() && e.name.len() <= MAX_NAME_BYTES);
+        // An honest sender lists its slice sorted and once each; put anything else in
+        // that shape rather than trust it.
+        if !entries.is_sorted_by(|a, b| a.name < b.name) {
+            entries.sort_by(|a, b| a.name.cmp(&b.name));
+            entries.dedup_by(|a, b| a.name == b.name);
+        }
+        let bounds = match (&start, &end) {
+            (Some(s), Some(e)) if s >= e => None,
+            _ => Some((
+                start.as_deref().map_or(Bound::Unbounded, Bound::Included),
+                end.as_deref().map_or(Bound::Unbounded, Bound::Excluded),
+            )),
+        };
+        let slice = Digest { start: start.clone(), end: end.clone(), entries: Vec::new() };
+        let (inside, mut extra): (Vec<DigestEntry>, Vec<DigestEntry>) =
+            entries.into_iter().partition(|e| bounds.is_some() && slice.covers(&e.name));
+        if inside.binary_search_by(|e| e.name.as_str().cmp(&from.name)).is_err() {
+            extra.push(DigestEntry { name: from.name.clone(), stamp: from.stamp });
         }
 
-        // Priority: records the sender lacks outright (unknown or an older generation),
-        // then newer bodies, then heartbeats furthest behind.
-        let mut missing = Vec::new();
-        let mut stale = Vec::new();
-        let mut behind = Vec::new();
-        let mut floors = Vec::new();
-        let mut wants = Vec::new();
-        let mut refused = 0;
-        for (&name, stamp) in &theirs {
-            if let Some(m) = self.members.get_key_value(name) {
-                let (name, m) = m;
-                let ours = m.stamp();
-                match ours.rank().cmp(&stamp.rank()) {
-                    std::cmp::Ordering::Greater if ours.generation > stamp.generation => missing.push(name.as_str()),
-                    std::cmp::Ordering::Greater => stale.push(name.as_str()),
-                    std::cmp::Ordering::Less => {
-                        // Of our own record we only want news that ends this process:
-                        // a newer incarnation or a removal.
-                        let is_self = *name == self.config.name;
-                        if !is_self || stamp.generation > ours.generation || (stamp.tombstone && !ours.tombstone) {
-                            wants.push(name.as_str());
-                        }
+        // Heartbeats spread through digests alone: take theirs before comparing.
+        let me = self.config.name.as_str();
+        if let Some(bounds) = bounds {
+            let mut theirs = inside.iter().peekable();
+            for (name, m) in self.members.range_mut::<str, _>(bounds) {
+                while theirs.next_if(|e| e.name < *name).is_some() {}
+                if let Some(e) = theirs.next_if(|e| e.name == *name) {
+                    if name != me {
+                        observe_heartbeat(name, m, e.stamp, now, &mut self.events, &mut self.stats);
                     }
-                    std::cmp::Ordering::Equal if ours.heartbeat > stamp.heartbeat => {
-                        behind.push((ours.heartbeat - stamp.heartbeat, name.as_str()));
-                    }
-                    std::cmp::Ordering::Equal => {}
-                }
-            } else if let Some((name, f)) = self.floors.get_key_value(name) {
-                if f.generation > stamp.generation || (f.generation == stamp.generation && !stamp.tombstone) {
-                    floors.push(name.as_str());
-                }
-            } else if self.members.len() + wants.len() < self.config.max_members {
-                wants.push(name);
-            } else {
-                refused += 1;
-            }
-        }
-        let valid_range = match (&digest.start, &digest.end) {
-            (Some(s), Some(e)) => s < e,
-            _ => true,
-        };
-        if valid_range {
-            let lower = digest.start.as_deref().map_or(Bound::Unbounded, Bound::Included);
-            let upper = digest.end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
-            for (name, _) in self.members.range::<str, _>((lower, upper)) {
-                if !theirs.contains_key(name.as_str()) {
-                    missing.push(name.as_str());
                 }
             }
         }
-        missing.shuffle(rng);
-        stale.shuffle(rng);
-        behind.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
+        for e in &extra {
+            if e.name != me {
+                if let Some(m) = self.members.get_mut(&e.name) {
+                    observe_heartbeat(&e.name, m, e.stamp, now, &mut self.events, &mut self.stats);
+                }
+            }
+        }
+
+        let mut plan = Plan::default();
+        if let Some(bounds) = bounds {
+            let mut theirs = inside.iter().peekable();
+            for (name, m) in self.members.range::<str, _>(bounds) {
+                while let Some(e) = theirs.next_if(|e| e.name < *name) {
+                    self.plan_unknown(e, &mut plan);
+                }
+                match theirs.next_if(|e| e.name == *name) {
+                    Some(e) => self.plan_known(name, m, e.stamp, &mut plan),
+                    None => plan.missing.push(name),
+                }
+            }
+            for e in theirs {
+                self.plan_unknown(e, &mut plan);
+            }
+        }
+        for e in &extra {
+            match self.members.get_key_value(&e.name) {
+                Some((name, m)) => self.plan_known(name, m, e.stamp, &mut plan),
+                None => self.plan_unknown(e, &mut plan),
+            }
+        }
+        plan.missing.shuffle(rng);
+        plan.stale.shuffle(rng);
+        plan.behind.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
 
         let empty = self.message(Payload::SynAck { updates: Vec::new(), wants: Vec::new() });
         let budget = self.budget(&empty);
         let mut used = 0;
-        let mut wanted = Vec::new();
-        for name in wants {
+        let mut wants = Vec::new();
+        for name in plan.wants {
             let len = encoded_len(name);
             if used + len > budget / 4 {
                 break;
             }
             used += len;
-            wanted.push(name.to_string());
+            wants.push(name.to_string());
         }
-        let candidates = floors
+        let candidates = plan
+            .floors
             .into_iter()
             .map(Candidate::Floor)
-            .chain(missing.into_iter().chain(stale).map(Candidate::Full))
-            .chain(behind.into_iter().map(|(_, name)| Candidate::Heartbeat(name)));
+            .chain(plan.missing.into_iter().chain(plan.stale).map(Candidate::Full))
+            .chain(plan.behind.into_iter().map(|(_, name)| Candidate::Heartbeat(name)));
         let updates = self.fill(candidates, budget - used);
-        let message = self.message(Payload::SynAck { updates, wants: wanted });
+        let message = self.message(Payload::SynAck { updates, wants });
         debug_assert!(message.encoded_len() <= self.config.max_message_bytes);
-        self.stats.refused_members += refused;
+        self.stats.refused_members += plan.refused;
         Outgoing { to: from.address.clone(), message }
+    }
+
+    /// What the digest's sender needs of a member we know, or we of it.
+    fn plan_known<'a>(&self, name: &'a str, m: &Member, stamp: Stamp, plan: &mut Plan<'a>) {
+        let ours = m.stamp();
+        match ours.rank().cmp(&stamp.rank()) {
+            Ordering::Greater if ours.generation > stamp.generation => plan.missing.push(name),
+            Ordering::Greater => plan.stale.push(name),
+            Ordering::Less => {
+                // Of our own record we only want news that ends this process: a newer
+                // incarnation or a removal.
+                let is_self = name == self.config.name;
+                if !is_self || stamp.generation > ours.generation || (stamp.tombstone && !ours.tombstone) {
+                    plan.wants.push(name);
+                }
+            }
+            Ordering::Equal if ours.heartbeat > stamp.heartbeat => plan.behind.push((ours.heartbeat - stamp.heartbeat, name)),
+            Ordering::Equal => {}
+        }
+    }
+
+    /// A member the digest lists and we do not: a forgotten tombstone to answer with, or
+    /// a record to ask for.
+    fn plan_unknown<'a>(&'a self, e: &'a DigestEntry, plan: &mut Plan<'a>) {
+        match self.floors.get_key_value(&e.name) {
+            Some((name, f)) if f.generation >= e.stamp.generation => {
+                if f.generation > e.stamp.generation || !e.stamp.tombstone {
+                    plan.floors.push(name);
+                }
+            }
+            _ if self.members.len() + plan.wants.len() < self.config.max_members => plan.wants.push(&e.name),
+            _ => plan.refused += 1,
+        }
     }
 
     /// The records named in a peer's wants, within the message bound.
@@ -891,9 +937,12 @@ impl Membership {
         self.fill(candidates, self.budget(&empty))
     }
 
-    /// Builds updates from candidates, in order, skipping any that no longer fit.
+    /// Builds updates from candidates, in order, skipping any that do not fit; gives up
+    /// after a run of misses, when the budget is as good as spent.
     fn fill<'a>(&self, candidates: impl Iterator<Item = Candidate<'a>>, budget: usize) -> Vec<MemberUpdate> {
+        const MISSES_BEFORE_FULL: usize = 16;
         let mut used = 0;
+        let mut misses = 0;
         let mut updates = Vec::new();
         for candidate in candidates {
             let update = match candidate {
@@ -904,10 +953,16 @@ impl Membership {
                 }
                 Candidate::Floor(name) => self.floors[name].tombstone_update(name),
             };
-            let len = encoded_len(&update);
+            let len = update.encoded_len();
             if used + len <= budget {
                 used += len;
+                misses = 0;
                 updates.push(update);
+            } else {
+                misses += 1;
+                if misses == MISSES_BEFORE_FULL {
+                    break;
+                }
             }
         }
         updates
@@ -915,25 +970,13 @@ impl Membership {
 
     // ---- merging ----
 
-    fn merge_heartbeat(&mut self, now: u64, name: &str, generation: u64, heartbeat: u64) {
-        if name == self.config.name {
+    /// The heartbeat a message's sender declares for itself.
+    fn merge_heartbeat(&mut self, now: u64, from: &Peer) {
+        if from.name == self.config.name {
             return;
         }
-        let Some(m) = self.members.get_mut(name) else { return };
-        if m.generation != generation || heartbeat <= m.heartbeat {
-            return;
-        }
-        let before = m.stamp();
-        m.heartbeat = heartbeat;
-        assert_progress(name, before, m.stamp());
-        if m.status.is_tombstone() {
-            return;
-        }
-        m.detector.heartbeat(now);
-        m.last_heartbeat_ms = now;
-        if m.liveness != Liveness::Alive {
-            m.liveness = Liveness::Alive;
-            self.events.push(Event::Alive { name: name.to_string() }, &mut self.stats);
+        if let Some(m) = self.members.get_mut(&from.name) {
+            observe_heartbeat(&from.name, m, from.stamp, now, &mut self.events, &mut self.stats);
         }
     }
 
@@ -960,91 +1003,69 @@ impl Membership {
             self.apply_own_record(u);
             return;
         }
-        if self.floors.get(&u.name).is_some_and(|f| f.generation >= u.generation) {
-            return; // a stale copy of a forgotten tombstone's member
-        }
-        let name = u.name;
-        let phi = self.config.phi;
-        match self.members.get_mut(&name) {
-            None => {
-                // A heartbeat alone cannot introduce a member: the digest exchange
-                // fetches the record.
-                let Some(body) = u.body else { return };
-                if self.members.len() >= self.config.max_members {
-                    self.stats.refused_members += 1;
-                    return;
-                }
-                self.floors.remove(&name);
-                let status = body.status;
-                self.members.insert(name.clone(), Member::learned(u.generation, u.heartbeat, body, phi, now));
-                // A tombstone of a member never seen is kept silently, to stop stale
-                // copies of it elsewhere.
-                if !status.is_tombstone() {
-                    self.events.push(Event::Joined { name: name.clone() }, &mut self.stats);
-                    if status == Status::Leaving {
-                        self.events.push(Event::Leaving { name }, &mut self.stats);
-                    }
-                }
-            }
-            Some(m) if u.generation < m.generation => {}
-            Some(m) if u.generation > m.generation => {
-                let Some(body) = u.body else { return };
-                let before = m.stamp();
-                let was_tombstone = m.status.is_tombstone();
-                let status = body.status;
-                *m = Member::learned(u.generation, u.heartbeat, body, phi, now);
-                assert_progress(&name, before, m.stamp());
-                let event = match status {
-                    Status::Left | Status::Removed if was_tombstone => None,
-                    Status::Left => Some(Event::Left { name }),
-                    Status::Removed => Some(Event::Removed { name }),
-                    Status::Alive | Status::Leaving => Some(Event::Restarted { name, generation: u.generation }),
-                };
-                if let Some(event) = event {
-                    self.events.push(event, &mut self.stats);
-                }
-            }
-            Some(_) => {
-                self.merge_heartbeat(now, &name, u.generation, u.heartbeat);
-                if let Some(body) = u.body {
-                    self.merge_body(now, &name, body);
-                }
-            }
-        }
-    }
-
-    /// A newer body of the generation we know.
-    fn merge_body(&mut self, now: u64, name: &str, body: MemberBody) {
-        let m = self.members.get_mut(name).expect("caller checked");
-        let incoming = (body.status.is_tombstone(), body.version);
-        if incoming <= (m.status.is_tombstone(), m.version) {
+        let Some(m) = self.members.get_mut(&u.name) else {
+            self.learn(now, u);
+            return;
+        };
+        if u.generation < m.generation {
             return;
         }
-        if !body.status.is_tombstone() && body.address != m.address {
-            // Same name and generation at two addresses: keep the one we knew first.
-            self.stats.ignored_records += 1;
+        let Some(body) = u.body else {
+            let stamp = Stamp { generation: u.generation, tombstone: false, version: 0, heartbeat: u.heartbeat };
+            observe_heartbeat(&u.name, m, stamp, now, &mut self.events, &mut self.stats);
             return;
-        }
-        let before = m.stamp();
-        let old = m.status;
-        m.version = body.version;
-        m.status = body.status;
-        if body.status.is_tombstone() {
-            m.kv.clear();
-            m.tombstoned_at_ms = Some(now);
+        };
+        let event = if u.generation > m.generation {
+            let before = m.stamp();
+            let was_tombstone = m.status.is_tombstone();
+            let status = body.status;
+            *m = Member::learned(u.generation, u.heartbeat, body, self.config.phi, now);
+            assert_progress(&u.name, before, m.stamp());
+            match status {
+                Status::Left | Status::Removed if was_tombstone => None,
+                Status::Left => Some(Event::Left { name: u.name }),
+                Status::Removed => Some(Event::Removed { name: u.name }),
+                Status::Alive | Status::Leaving => Some(Event::Restarted { name: u.name, generation: u.generation }),
+            }
         } else {
-            m.kv = body.kv;
-        }
-        assert_progress(name, before, m.stamp());
-        let name = name.to_string();
-        let event = match (old, body.status) {
-            (Status::Alive, Status::Leaving) => Some(Event::Leaving { name }),
-            (Status::Alive | Status::Leaving, Status::Left) => Some(Event::Left { name }),
-            (Status::Alive | Status::Leaving, Status::Removed) => Some(Event::Removed { name }),
-            _ => None,
+            let stamp = Stamp { generation: u.generation, tombstone: false, version: 0, heartbeat: u.heartbeat };
+            observe_heartbeat(&u.name, m, stamp, now, &mut self.events, &mut self.stats);
+            match m.merge_body(&u.name, body, now) {
+                BodyMerge::Applied(event) => event,
+                BodyMerge::NotNewer => None,
+                BodyMerge::AddressConflict => {
+                    self.stats.ignored_records += 1;
+                    None
+                }
+            }
         };
         if let Some(event) = event {
             self.events.push(event, &mut self.stats);
+        }
+    }
+
+    /// A record of a member we do not know.
+    fn learn(&mut self, now: u64, u: MemberUpdate) {
+        if self.floors.get(&u.name).is_some_and(|f| f.generation >= u.generation) {
+            return; // a stale copy of a forgotten tombstone's member
+        }
+        // A heartbeat alone cannot introduce a member: the digest exchange fetches the
+        // record.
+        let Some(body) = u.body else { return };
+        if self.members.len() >= self.config.max_members {
+            self.stats.refused_members += 1;
+            return;
+        }
+        self.floors.remove(&u.name);
+        let status = body.status;
+        self.members.insert(u.name.clone(), Member::learned(u.generation, u.heartbeat, body, self.config.phi, now));
+        // A tombstone of a member never seen is kept silently, to stop stale copies of
+        // it elsewhere.
+        if !status.is_tombstone() {
+            self.events.push(Event::Joined { name: u.name.clone() }, &mut self.stats);
+            if status == Status::Leaving {
+                self.events.push(Event::Leaving { name: u.name }, &mut self.stats);
+            }
         }
     }
 
@@ -1063,6 +1084,78 @@ impl Membership {
                 u.name, u.generation
             ));
         }
+    }
+}
+
+/// Work found while comparing a digest with our members; names borrow from either.
+#[derive(Default)]
+struct Plan<'a> {
+    /// Records the digest's sender lacks outright (unknown, or an older generation).
+    missing: Vec<&'a str>,
+    /// Records whose body the sender has an older version of.
+    stale: Vec<&'a str>,
+    /// Heartbeats the sender lags on, with the gap.
+    behind: Vec<(u64, &'a str)>,
+    /// Forgotten tombstones the sender still has a live copy of.
+    floors: Vec<&'a str>,
+    wants: Vec<&'a str>,
+    refused: u64,
+}
+
+enum BodyMerge {
+    Applied(Option<Event>),
+    NotNewer,
+    /// Same name and generation at another address: the one known first is kept.
+    AddressConflict,
+}
+
+impl Member {
+    /// A body of the generation we know; applied only if newer.
+    fn merge_body(&mut self, name: &str, body: MemberBody, now: u64) -> BodyMerge {
+        if (body.status.is_tombstone(), body.version) <= (self.status.is_tombstone(), self.version) {
+            return BodyMerge::NotNewer;
+        }
+        if !body.status.is_tombstone() && body.address != self.address {
+            return BodyMerge::AddressConflict;
+        }
+        let before = self.stamp();
+        let old = self.status;
+        self.version = body.version;
+        self.status = body.status;
+        if body.status.is_tombstone() {
+            self.kv.clear();
+            self.tombstoned_at_ms = Some(now);
+        } else {
+            self.kv = body.kv;
+        }
+        assert_progress(name, before, self.stamp());
+        let name = name.to_string();
+        BodyMerge::Applied(match (old, body.status) {
+            (Status::Alive, Status::Leaving) => Some(Event::Leaving { name }),
+            (Status::Alive | Status::Leaving, Status::Left) => Some(Event::Left { name }),
+            (Status::Alive | Status::Leaving, Status::Removed) => Some(Event::Removed { name }),
+            _ => None,
+        })
+    }
+}
+
+/// Takes a heartbeat for `m` if it is news for the generation we know. Only a rising
+/// counter feeds the phi detector, however it arrived (directly or relayed).
+fn observe_heartbeat(name: &str, m: &mut Member, stamp: Stamp, now: u64, events: &mut EventQueue, stats: &mut Stats) {
+    if m.generation != stamp.generation || stamp.heartbeat <= m.heartbeat {
+        return;
+    }
+    let before = m.stamp();
+    m.heartbeat = stamp.heartbeat;
+    assert_progress(name, before, m.stamp());
+    if m.status.is_tombstone() {
+        return;
+    }
+    m.detector.heartbeat(now);
+    m.last_heartbeat_ms = now;
+    if m.liveness != Liveness::Alive {
+        m.liveness = Liveness::Alive;
+        events.push(Event::Alive { name: name.to_string() }, stats);
     }
 }
 

@@ -373,3 +373,127 @@ impl Sim {
         }
     }
 }
+
+impl SimConfig {
+    /// A rough network: 1-100 ms latency, 1% of messages 0.2-1 s late, 1% lost, ticks
+    /// ±100 ms off schedule.
+    pub fn jittery(seed: u64) -> SimConfig {
+        SimConfig {
+            seed,
+            latency_ms: (1, 100),
+            tail_probability: 0.01,
+            tail_latency_ms: (200, 1000),
+            drop_probability: 0.01,
+            tick_jitter_ms: 100,
+            check_wire: false,
+        }
+    }
+}
+
+/// Outcome of [`convergence`].
+#[derive(Clone, Copy, Debug)]
+pub struct Convergence {
+    /// Gossip intervals until every node saw every other alive; None past the limit.
+    pub rounds: Option<u64>,
+    pub stats: SimStats,
+}
+
+/// Starts `n` nodes at once, all seeded with node 0 only, and counts the rounds until
+/// everyone knows everyone alive (checked every interval, up to `limit_rounds`).
+pub fn convergence(n: usize, cfg: SimConfig, adjust: impl Fn(&mut Config), limit_rounds: u64) -> Convergence {
+    let mut sim = Sim::with_cluster(cfg, n, adjust);
+    let interval = sim.node(0).config.gossip_interval_ms;
+    let took = sim.run_until_true(limit_rounds * interval, interval, Sim::converged);
+    Convergence { rounds: took.map(|ms| ms / interval), stats: sim.stats }
+}
+
+/// Outcome of [`crash_detection`]: per observer, the time from the crash to its first
+/// `Suspect` and `Down` event for the victim (None if it never came).
+#[derive(Clone, Debug)]
+pub struct Detection {
+    pub suspect_ms: Vec<Option<u64>>,
+    pub down_ms: Vec<Option<u64>>,
+}
+
+/// Runs an `n`-node cluster for `warmup_ms`, crashes node `n / 2`, and times its
+/// detection by every other node (giving up `limit_ms` after the crash).
+pub fn crash_detection(n: usize, cfg: SimConfig, adjust: impl Fn(&mut Config), warmup_ms: u64, limit_ms: u64) -> Detection {
+    let mut sim = Sim::with_cluster(cfg, n, adjust);
+    sim.run_for(warmup_ms);
+    assert!(sim.converged(), "cluster converged before the crash");
+    let victim = n / 2;
+    let name = sim.node(victim).config.name.clone();
+    let crashed_at = sim.now_ms();
+    sim.crash(victim);
+    let observers: Vec<usize> = (0..n).filter(|&i| i != victim).collect();
+    sim.run_until_true(limit_ms, 100, |s| {
+        observers.iter().all(|&i| {
+            s.node(i).events.iter().any(|(t, e)| *t >= crashed_at && *e == Event::Down { name: name.clone() })
+        })
+    });
+    let first = |i: usize, pick: fn(&Event) -> Option<&String>| {
+        sim.node(i)
+            .events
+            .iter()
+            .find(|(t, e)| *t >= crashed_at && pick(e) == Some(&name))
+            .map(|(t, _)| t - crashed_at)
+    };
+    Detection {
+        suspect_ms: observers
+            .iter()
+            .map(|&i| first(i, |e| if let Event::Suspect { name } = e { Some(name) } else { None }))
+            .collect(),
+        down_ms: observers
+            .iter()
+            .map(|&i| first(i, |e| if let Event::Down { name } = e { Some(name) } else { None }))
+            .collect(),
+    }
+}
+
+/// Outcome of [`false_suspicions`].
+#[derive(Clone, Copy, Debug)]
+pub struct FalseSuspicions {
+    pub node_hours: f64,
+    pub suspects: usize,
+    pub downs: usize,
+    pub pauses: usize,
+}
+
+/// Runs a healthy `n`-node cluster for `hours` of virtual time in which every node
+/// pauses for `pause_ms` on average once every `mean_pause_every_ms`, and counts the
+/// `Suspect` and `Down` events (all false: nobody fails).
+pub fn false_suspicions(
+    n: usize,
+    cfg: SimConfig,
+    adjust: impl Fn(&mut Config),
+    hours: f64,
+    pause_ms: u64,
+    mean_pause_every_ms: u64,
+) -> FalseSuspicions {
+    let mut sim = Sim::with_cluster(cfg, n, adjust);
+    sim.run_for(30_000);
+    assert!(sim.converged(), "cluster converged before measuring");
+    for i in 0..n {
+        sim.node_mut(i).events.clear();
+    }
+    let step = 1000;
+    let end = sim.now_ms() + (hours * 3_600_000.0) as u64;
+    let mut pauses = 0;
+    while sim.now_ms() < end {
+        for i in 0..n {
+            let paused = sim.node(i).paused_until_ms > sim.now_ms();
+            if !paused && sim.rng().random_bool(step as f64 / mean_pause_every_ms as f64) {
+                sim.pause(i, pause_ms);
+                pauses += 1;
+            }
+        }
+        sim.run_for(step);
+    }
+    let count = |pick: fn(&Event) -> bool| (0..n).map(|i| sim.node(i).events.iter().filter(|(_, e)| pick(e)).count()).sum();
+    FalseSuspicions {
+        node_hours: n as f64 * hours,
+        suspects: count(|e| matches!(e, Event::Suspect { .. })),
+        downs: count(|e| matches!(e, Event::Down { .. })),
+        pauses,
+    }
+}

@@ -149,6 +149,46 @@ impl Status {
     }
 }
 
+impl DigestEntry {
+    /// Exact encoded length, computed without serializing (digests are built every
+    /// round from every member).
+    pub(crate) fn encoded_len(&self) -> usize {
+        // [name, [generation, tombstone, version, heartbeat]]
+        1 + str_len(&self.name) + 1 + uint_len(self.stamp.generation) + 1 + uint_len(self.stamp.version) + uint_len(self.stamp.heartbeat)
+    }
+}
+
+impl MemberUpdate {
+    /// Exact encoded length; cheap for heartbeat-only updates, the bulk of every round.
+    pub(crate) fn encoded_len(&self) -> usize {
+        // [name, generation, heartbeat, body or nil]
+        let body = self.body.as_ref().map_or(1, encoded_len);
+        1 + str_len(&self.name) + uint_len(self.generation) + uint_len(self.heartbeat) + body
+    }
+}
+
+/// MessagePack length of a string.
+fn str_len(s: &str) -> usize {
+    s.len()
+        + match s.len() {
+            0..32 => 1,
+            32..256 => 2,
+            256..65536 => 3,
+            _ => 5,
+        }
+}
+
+/// MessagePack length of an unsigned integer (rmp picks the smallest form).
+fn uint_len(v: u64) -> usize {
+    match v {
+        0..128 => 1,
+        128..256 => 2,
+        256..65536 => 3,
+        65536..=0xffff_ffff => 5,
+        _ => 9,
+    }
+}
+
 /// Exact length of `encode`'s output for any serializable value, without allocating.
 pub(crate) fn encoded_len<T: Serialize + ?Sized>(value: &T) -> usize {
     struct Count(usize);
@@ -203,6 +243,27 @@ mod tests {
     #[test]
     fn garbage_is_a_decode_error() {
         assert!(matches!(GossipMessage::decode(&[0xc1, 0x00]), Err(GossipError::Decode(_))));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn computed_lengths_match_the_encoder(
+            name in "[a-z0-9]{0,300}",
+            generation: u64,
+            version: u64,
+            heartbeat: u64,
+            tombstone: bool,
+            small in 0u64..70_000,
+            with_body: bool,
+        ) {
+            for (g, h) in [(generation, heartbeat), (small, small / 3), (small * 1000, version)] {
+                let entry = DigestEntry { name: name.clone(), stamp: Stamp { generation: g, tombstone, version, heartbeat: h } };
+                proptest::prop_assert_eq!(entry.encoded_len(), encoded_len(&entry));
+                let body = with_body.then(|| MemberBody { address: name.clone(), version, status: Status::Removed, kv: BTreeMap::new() });
+                let update = MemberUpdate { name: name.clone(), generation: g, heartbeat: h, body };
+                proptest::prop_assert_eq!(update.encoded_len(), encoded_len(&update));
+            }
+        }
     }
 
     #[test]
