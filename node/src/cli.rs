@@ -259,6 +259,12 @@ pub struct BenchArgs {
     /// Fraction of operations that are reads.
     #[arg(long, default_value_t = 0.5)]
     pub read_ratio: f64,
+    /// Fraction of operations that are deletes (the rest are writes).
+    #[arg(long, default_value_t = 0.0)]
+    pub delete_ratio: f64,
+    /// Client-side limit per request, e.g. 5s; a request past it counts as a timeout.
+    #[arg(long, default_value = "5s")]
+    pub timeout: String,
     #[arg(long)]
     pub r: Option<String>,
     #[arg(long)]
