@@ -267,6 +267,20 @@ impl KeyChooser {
         }
     }
 
+    fn count(&self) -> u64 {
+        match self {
+            KeyChooser::Uniform(n) => *n,
+            KeyChooser::Zipf(z) => z.n,
+        }
+    }
+
+    fn distribution(&self) -> &'static str {
+        match self {
+            KeyChooser::Uniform(_) => "uniform",
+            KeyChooser::Zipf(_) => "zipfian",
+        }
+    }
+
     fn describe(&self) -> String {
         match self {
             KeyChooser::Uniform(n) => format!("{n} keys (uniform)"),
@@ -1063,7 +1077,8 @@ impl Report {
             "warmup_s": self.config.warmup.as_secs_f64(),
             "concurrency": self.config.concurrency,
             "rate": self.config.rate,
-            "keys": self.config.keys.describe(),
+            "keys": self.config.keys.count(),
+            "distribution": self.config.keys.distribution(),
             "value_size": self.config.value_size,
             "read_ratio": self.config.read_ratio,
             "total_ops_per_s": self.per_second(self.total_ok()),
