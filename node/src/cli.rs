@@ -75,7 +75,7 @@ pub struct StartArgs {
     #[arg(long, default_value_t = 3)]
     pub n: usize,
     /// Number of ring partitions (power of two, up to 4096), fixed per cluster.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = chorus_ring::DEFAULT_RING_SIZE)]
     pub ring_size: u32,
     /// Journal durability: `periodic` fsyncs every --sync-interval-ms; `always` acks after fsync.
     #[arg(long, value_enum, default_value_t = SyncArg::Periodic)]
@@ -223,7 +223,7 @@ pub enum RingCommand {
         /// Node counts to simulate.
         #[arg(long, value_delimiter = ',', default_value = "3,5,10,50,100")]
         nodes: Vec<usize>,
-        #[arg(long, default_value_t = 64)]
+        #[arg(long, default_value_t = chorus_ring::DEFAULT_RING_SIZE)]
         ring_size: u32,
         #[arg(long, default_value_t = 3)]
         n: usize,
@@ -268,6 +268,12 @@ pub struct BenchArgs {
     /// Fraction of operations that are reads.
     #[arg(long, default_value_t = 0.5)]
     pub read_ratio: f64,
+    /// Fraction of operations that are deletes (the rest are writes).
+    #[arg(long, default_value_t = 0.0)]
+    pub delete_ratio: f64,
+    /// Client-side limit per request, e.g. 5s; a request past it counts as a timeout.
+    #[arg(long, default_value = "5s")]
+    pub timeout: String,
     #[arg(long)]
     pub r: Option<String>,
     #[arg(long)]

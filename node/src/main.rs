@@ -30,6 +30,18 @@ fn main() -> ExitCode {
 }
 
 fn simulate_ring(nodes: &[usize], ring_size: u32, n: usize) -> Result<(), CliError> {
-    let _ = (nodes, ring_size, n);
-    Err(CliError::usage("chorus ring simulate needs the ring analysis (being written)"))
+    if !ring_size.is_power_of_two() || ring_size > chorus_ring::MAX_RING_SIZE {
+        return Err(CliError::usage(format!(
+            "--ring-size must be a power of two up to {}, got {ring_size}",
+            chorus_ring::MAX_RING_SIZE
+        )));
+    }
+    if n == 0 || nodes.iter().any(|&k| k == 0 || k > chorus_ring::MAX_MEMBERS) {
+        return Err(CliError::usage(format!(
+            "--n must be at least 1 and every --nodes count in 1..={}",
+            chorus_ring::MAX_MEMBERS
+        )));
+    }
+    print!("{}", chorus_ring::analysis::report(ring_size, n, nodes));
+    Ok(())
 }
