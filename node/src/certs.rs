@@ -118,10 +118,12 @@ pub fn load(dir: &Path) -> Result<Credential, String> {
         CertificateDer::from_pem_file(&path)
             .map_err(|e| format!("cannot read certificate {}: {e} (create one with `chorus certs init --dir {}`)", path.display(), dir.display()))
     };
+    let ca = read_cert(CA_CERT)?;
+    let cert = read_cert(NODE_CERT)?;
     let key_path = dir.join(NODE_KEY);
     let key = PrivateKeyDer::from_pem_file(&key_path)
         .map_err(|e| format!("cannot read key {}: {e}", key_path.display()))?;
-    Ok(Credential { ca: read_cert(CA_CERT)?, cert: read_cert(NODE_CERT)?, key })
+    Ok(Credential { ca, cert, key })
 }
 
 #[cfg(test)]

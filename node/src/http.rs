@@ -46,6 +46,7 @@ pub fn router(node: Arc<Node>) -> Router {
 }
 
 /// An error answer: `{"error": code, "message": sentence, ...extra}`.
+#[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
     body: Value,
