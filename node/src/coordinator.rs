@@ -252,7 +252,7 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
             let Ok(Some(reply)) = tokio::time::timeout_at(deadline, rx.recv()).await else {
                 return Err(unavailable(acks, primary_acks));
             };
-            if let Ok(Response::Stored(_)) = reply.result {
+            if let Ok(Response::Merged(_)) = reply.result {
                 acks += 1;
                 primary_acks += usize::from(reply.target.primary);
             }

@@ -177,7 +177,7 @@ impl<S: Storage, P: Peers> Healer<S, P> {
                     let mut all_stored = true;
                     for recipient in &recipients {
                         let request = Request::Merge { bucket: bucket.to_vec(), key: key.to_vec(), object: object.clone(), hint_for: None };
-                        if !matches!(self.call(recipient, request).await, Ok(Response::Stored(_))) {
+                        if !matches!(self.call(recipient, request).await, Ok(Response::Merged(_))) {
                             all_stored = false;
                         }
                     }

@@ -108,7 +108,8 @@ impl<S: Storage> Replica<S> {
                 self.coordinate(&bucket, &key, &context, value).map(Response::Stored)
             }
             Request::Merge { bucket, key, object, hint_for } => {
-                self.merge(&bucket, &key, &object, hint_for.as_deref()).map(Response::Stored)
+                // The ack is enough: shipping the merged state back would double the traffic.
+                self.merge(&bucket, &key, &object, hint_for.as_deref()).map(|_| Response::Merged(1))
             }
             Request::TreeBranches { partition } => self.storage.tree(partition).map(|t| Response::Branches(t.branches())).map_err(Into::into),
             Request::TreeLeaves { partition, branches } => self.leaves(partition, &branches).map(Response::Leaves),

@@ -80,12 +80,12 @@ pub struct KeyedObject {
 pub enum Response {
     /// Answer to `Get`: `None` when the replica holds nothing for the key.
     Object(Option<Object>),
-    /// Answer to `Coordinate` and `Merge`: the state now stored.
+    /// Answer to `Coordinate`: the state now stored, which the coordinator replicates.
     Stored(Object),
     Branches(Vec<[u8; 32]>),
     Leaves(Vec<(u32, Vec<[u8; 32]>)>),
     Objects(Vec<KeyedObject>),
-    /// Answer to `MergeBatch`: how many keys changed; answer to `ReapBatch`: how many keys were dropped.
+    /// Answer to `Merge` (1), `MergeBatch` (keys changed) and `ReapBatch` (keys dropped).
     Merged(usize),
     /// The write was refused and nothing was stored (e.g. too many siblings).
     Refused { code: String, message: String },
