@@ -140,6 +140,8 @@ fn phi_of(elapsed: f64, mean: f64, std_dev: f64) -> f64 {
 
 #[cfg(test)]
 mod tests {
+    use std::f64::consts::LOG10_2;
+
     use super::*;
 
     fn close(a: f64, b: f64) {
@@ -169,7 +171,7 @@ mod tests {
         let mut d = PhiDetector::new(plain());
         d.heartbeat(10_000);
         // elapsed 1000: y = 0, a = 0, phi = log10(1 + e^0) = log10 2 = 0.30103.
-        close(d.phi(11_000), 0.30103);
+        close(d.phi(11_000), LOG10_2);
         // elapsed 1500: y = 2, a = 2 (1.5976 + 0.070566 * 4) = 3.759728,
         // e^a = 42.9375, phi = log10(43.9375) = 1.64283.
         close(d.phi(11_500), 1.64283);
@@ -188,7 +190,7 @@ mod tests {
         // phi = log10(1 + e^a) = 10.78260.
         let mut d = PhiDetector::new(PhiConfig::default());
         d.heartbeat(0);
-        close(d.phi(4000), 0.30103);
+        close(d.phi(4000), LOG10_2);
         close(d.phi(6000), 4.73669);
         close(d.phi(7000), 10.78260);
     }
@@ -204,7 +206,7 @@ mod tests {
         d.heartbeat(1000);
         d.heartbeat(2000);
         assert_eq!(d.mean_interval_ms(), Some(1000.0));
-        close(d.phi(3000), 0.30103);
+        close(d.phi(3000), LOG10_2);
         close(d.phi(3250), 1.10354);
     }
 
@@ -218,7 +220,7 @@ mod tests {
         d.heartbeat(100);
         d.heartbeat(400);
         assert_eq!(d.mean_interval_ms(), Some(200.0));
-        close(d.phi(600), 0.30103);
+        close(d.phi(600), LOG10_2);
     }
 
     #[test]
@@ -229,7 +231,7 @@ mod tests {
         assert!(d.phi(60_000) > 8.0);
         d.heartbeat(60_000);
         assert_eq!(d.mean_interval_ms(), Some(1000.0));
-        close(d.phi(61_000), 0.30103);
+        close(d.phi(61_000), LOG10_2);
     }
 
     #[test]

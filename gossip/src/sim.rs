@@ -195,9 +195,16 @@ impl Sim {
 
     /// Starts node `i` again, same name and address, generation + 1, empty view.
     pub fn restart(&mut self, i: usize) {
+        let generation = self.nodes[i].config.generation + 1;
+        self.restart_as(i, generation);
+    }
+
+    /// Starts node `i` again with the given generation (a node with a broken
+    /// generation source may reuse one).
+    pub fn restart_as(&mut self, i: usize, generation: u64) {
         let now = self.now_ms;
         let node = &mut self.nodes[i];
-        node.config.generation += 1;
+        node.config.generation = generation;
         node.membership = Membership::new(node.config.clone(), now);
         node.running = true;
         node.paused_until_ms = 0;

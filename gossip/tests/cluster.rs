@@ -142,6 +142,23 @@ fn restart_after_being_marked_down_comes_back_once() {
 }
 
 #[test]
+fn restart_reusing_its_generation_catches_up_instead_of_staying_down() {
+    let mut sim = Sim::with_cluster(SimConfig::jittery(23), 6, |_| {});
+    sim.run_for(60_000);
+    let name = Sim::name(2);
+    sim.crash(2);
+    sim.run_for(15_000);
+    sim.restart_as(2, 1);
+    sim.node_mut(2).membership.set_local_kv("k", "new").unwrap();
+    let all: Vec<usize> = (0..6).collect();
+    assert!(sim.run_until_true(20_000, 500, |s| s.all_see(&all, MemberState::Alive)).is_some());
+    let view = sim.node(0).membership.members(sim.now_ms());
+    let v = view.iter().find(|v| v.name == name).unwrap();
+    assert_eq!((v.generation, v.kv.get("k").map(String::as_str)), (1, Some("new")), "its new body won too");
+    assert!(v.heartbeat > 100, "it adopted the old incarnation's counter");
+}
+
+#[test]
 fn partition_halves_mark_each_other_down_and_heal() {
     let n = 10;
     let mut sim = Sim::with_cluster(SimConfig::jittery(31), n, |_| {});
