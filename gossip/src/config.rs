@@ -27,7 +27,10 @@ pub struct ClusterConfig {
 
 impl Default for ClusterConfig {
     fn default() -> Self {
-        ClusterConfig { n: 3, ring_size: 64 }
+        ClusterConfig {
+            n: 3,
+            ring_size: 64,
+        }
     }
 }
 
@@ -135,7 +138,10 @@ impl Config {
     pub fn validate(&self) -> Result<(), GossipError> {
         let fail = |m: String| Err(GossipError::InvalidConfig(m));
         if self.name.is_empty() || self.name.len() > MAX_NAME_BYTES {
-            return fail(format!("name must be 1 to {MAX_NAME_BYTES} bytes, got {:?}", self.name));
+            return fail(format!(
+                "name must be 1 to {MAX_NAME_BYTES} bytes, got {:?}",
+                self.name
+            ));
         }
         if self.address.is_empty() || self.address.len() > MAX_ADDRESS_BYTES {
             return fail(format!(
@@ -150,7 +156,9 @@ impl Config {
             return fail("fanout and gossip_interval_ms must be at least 1".into());
         }
         if self.max_message_bytes < MIN_MESSAGE_BYTES {
-            return fail(format!("max_message_bytes must be at least {MIN_MESSAGE_BYTES}"));
+            return fail(format!(
+                "max_message_bytes must be at least {MIN_MESSAGE_BYTES}"
+            ));
         }
         if self.max_kv_bytes > self.max_message_bytes / 4 {
             return fail("max_kv_bytes must be at most a quarter of max_message_bytes".into());

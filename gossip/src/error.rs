@@ -7,7 +7,9 @@ use thiserror::Error;
 pub enum GossipError {
     #[error("invalid gossip configuration: {0}")]
     InvalidConfig(String),
-    #[error("cannot remove {0}: it is this node; use `leave` to take this node out of the cluster")]
+    #[error(
+        "cannot remove {0}: it is this node; use `leave` to take this node out of the cluster"
+    )]
     RemoveSelf(String),
     #[error("cannot remove {0}: no member of that name is known to this node")]
     UnknownMember(String),

@@ -21,8 +21,8 @@ use crate::config::{ClusterConfig, Config, MAX_ADDRESS_BYTES, MAX_NAME_BYTES};
 use crate::error::GossipError;
 use crate::phi::{PhiConfig, PhiDetector};
 use crate::wire::{
-    encoded_len, Digest, DigestEntry, GossipMessage, MemberBody, MemberUpdate, MessageV1,
-    Payload, Peer, RejectKind, Stamp, Status,
+    encoded_len, Digest, DigestEntry, GossipMessage, MemberBody, MemberUpdate, MessageV1, Payload,
+    Peer, RejectKind, Stamp, Status,
 };
 
 /// Room left in every budget for array headers that grow (fixarray to array16 to
@@ -76,23 +76,45 @@ pub struct MemberView {
 /// `Rejected` (and `ConfigMismatch` when we refuse others).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub enum Event {
-    Joined { name: String },
-    Suspect { name: String },
-    Down { name: String },
+    Joined {
+        name: String,
+    },
+    Suspect {
+        name: String,
+    },
+    Down {
+        name: String,
+    },
     /// Back from suspect or down.
-    Alive { name: String },
+    Alive {
+        name: String,
+    },
     /// A new incarnation replaced the old one (never reported as the old one failing).
-    Restarted { name: String, generation: u64 },
-    Leaving { name: String },
-    Left { name: String },
-    Removed { name: String },
+    Restarted {
+        name: String,
+        generation: u64,
+    },
+    Leaving {
+        name: String,
+    },
+    Left {
+        name: String,
+    },
+    Removed {
+        name: String,
+    },
     /// This node was refused by the cluster (other cluster settings, its name taken, or
     /// removed by an operator). It has stopped gossiping; the node should exit with
     /// `reason`.
-    Rejected { reason: String },
+    Rejected {
+        reason: String,
+    },
     /// This node refused a peer, or ignored a refusal from a smaller group. Reported at
     /// most once a minute per peer address.
-    ConfigMismatch { from: String, reason: String },
+    ConfigMismatch {
+        from: String,
+        reason: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -140,7 +162,13 @@ struct Member {
 }
 
 impl Member {
-    fn learned(generation: u64, heartbeat: u64, body: MemberBody, phi: PhiConfig, now_ms: u64) -> Member {
+    fn learned(
+        generation: u64,
+        heartbeat: u64,
+        body: MemberBody,
+        phi: PhiConfig,
+        now_ms: u64,
+    ) -> Member {
         let tombstone = body.status.is_tombstone();
         let mut detector = PhiDetector::new(phi);
         if !tombstone {
@@ -264,7 +292,10 @@ impl Membership {
         Membership {
             members: BTreeMap::from([(config.name.clone(), me)]),
             floors: BTreeMap::new(),
-            events: EventQueue { events: VecDeque::new(), capacity },
+            events: EventQueue {
+                events: VecDeque::new(),
+                capacity,
+            },
             digest_cursor: None,
             rejected: None,
             mismatch_reported_ms: BTreeMap::new(),
@@ -308,7 +339,13 @@ impl Membership {
         }
         let digest = self.next_digest();
         let message = self.message(Payload::Syn { digest });
-        targets.into_iter().map(|to| Outgoing { to, message: message.clone() }).collect()
+        targets
+            .into_iter()
+            .map(|to| Outgoing {
+                to,
+                message: message.clone(),
+            })
+            .collect()
     }
 
     /// Takes in one message. `from_address` is the transport's idea of the sender and is
@@ -325,16 +362,37 @@ impl Membership {
         if self.rejected.is_some() {
             return Vec::new();
         }
-        let GossipMessage::V1(MessageV1 { cluster, from, payload }) = msg;
-        if from.name.is_empty() || from.name.len() > MAX_NAME_BYTES || from.address.len() > MAX_ADDRESS_BYTES {
+        let GossipMessage::V1(MessageV1 {
+            cluster,
+            from,
+            payload,
+        }) = msg;
+        if from.name.is_empty()
+            || from.name.len() > MAX_NAME_BYTES
+            || from.address.len() > MAX_ADDRESS_BYTES
+        {
             self.stats.ignored_records += 1;
             return Vec::new();
         }
-        if let Payload::Reject { kind, reason, alive_members } = payload {
-            return self.on_reject(now, from_address, &from, &cluster, kind, reason, alive_members);
+        if let Payload::Reject {
+            kind,
+            reason,
+            alive_members,
+        } = payload
+        {
+            let refusal = Refusal {
+                kind,
+                reason,
+                alive_members,
+            };
+            return self.on_reject(now, from_address, &from, &cluster, refusal);
         }
         if let Some(for_peer) = self.config.cluster.mismatch_for_peer(&cluster) {
-            let for_us = self.config.cluster.mismatch_for_us(&cluster).unwrap_or_default();
+            let for_us = self
+                .config
+                .cluster
+                .mismatch_for_us(&cluster)
+                .unwrap_or_default();
             self.stats.refused_messages += 1;
             self.report_mismatch(
                 now,
@@ -345,9 +403,14 @@ impl Membership {
         }
         if let Some(for_peer) = self.check_name(&from) {
             self.stats.refused_messages += 1;
-            self.report_mismatch(now, from_address, format!("refused {} at {}: {for_peer}", from.name, from.address));
+            self.report_mismatch(
+                now,
+                from_address,
+                format!("refused {} at {}: {for_peer}", from.name, from.address),
+            );
             return vec![self.reject(&from, RejectKind::NameConflict, for_peer)];
         }
+        // The sender may have been a newer incarnation of this very node.
         if self.rejected.is_some() {
             return Vec::new();
         }
@@ -365,7 +428,10 @@ impl Membership {
                 }
                 let message = self.message(Payload::Ack { updates });
                 debug_assert!(message.encoded_len() <= self.config.max_message_bytes);
-                vec![Outgoing { to: from.address, message }]
+                vec![Outgoing {
+                    to: from.address,
+                    message,
+                }]
             }
             Payload::Ack { updates } => {
                 self.apply_updates(now, updates);
@@ -487,7 +553,10 @@ impl Membership {
         }
         if self.liveness_at(m, now) != Liveness::Down {
             let state = self.state(name, m, now).to_string();
-            return Err(GossipError::NotDown { name: name.to_string(), state });
+            return Err(GossipError::NotDown {
+                name: name.to_string(),
+                state,
+            });
         }
         let m = self.members.get_mut(name).expect("checked above");
         let before = m.stamp();
@@ -496,7 +565,12 @@ impl Membership {
         m.kv.clear();
         m.tombstoned_at_ms = Some(now);
         assert_progress(name, before, m.stamp());
-        self.events.push(Event::Removed { name: name.to_string() }, &mut self.stats);
+        self.events.push(
+            Event::Removed {
+                name: name.to_string(),
+            },
+            &mut self.stats,
+        );
         Ok(())
     }
 
@@ -510,11 +584,15 @@ impl Membership {
     }
 
     fn me(&self) -> &Member {
-        self.members.get(&self.config.name).expect("this node is always a member")
+        self.members
+            .get(&self.config.name)
+            .expect("this node is always a member")
     }
 
     fn me_mut(&mut self) -> &mut Member {
-        self.members.get_mut(&self.config.name).expect("this node is always a member")
+        self.members
+            .get_mut(&self.config.name)
+            .expect("this node is always a member")
     }
 
     fn message(&self, payload: Payload) -> GossipMessage {
@@ -531,7 +609,9 @@ impl Membership {
 
     /// Bytes left for entries in `empty` (the message with its lists empty).
     fn budget(&self, empty: &GossipMessage) -> usize {
-        self.config.max_message_bytes.saturating_sub(empty.encoded_len() + BUDGET_SLACK)
+        self.config
+            .max_message_bytes
+            .saturating_sub(empty.encoded_len() + BUDGET_SLACK)
     }
 
     fn update_liveness(&mut self, now: u64) {
@@ -564,8 +644,14 @@ impl Membership {
 
     fn liveness_at(&self, m: &Member, now: u64) -> Liveness {
         match m.liveness {
-            Liveness::Alive if m.detector.phi(now) > self.config.phi.threshold => Liveness::Suspect { since_ms: now },
-            Liveness::Suspect { since_ms } if now - since_ms >= self.config.down_after_suspect_ms => Liveness::Down,
+            Liveness::Alive if m.detector.phi(now) > self.config.phi.threshold => {
+                Liveness::Suspect { since_ms: now }
+            }
+            Liveness::Suspect { since_ms }
+                if now - since_ms >= self.config.down_after_suspect_ms =>
+            {
+                Liveness::Down
+            }
             l => l,
         }
     }
@@ -657,7 +743,9 @@ impl Membership {
         // Probe a down member now and then, with Cassandra's odds down / (live + 1), so a
         // healed partition or a returning node is noticed even when no live peer can
         // relay it.
-        if !down.is_empty() && rng.random_bool((down.len() as f64 / (live.len() + 1) as f64).min(1.0)) {
+        if !down.is_empty()
+            && rng.random_bool((down.len() as f64 / (live.len() + 1) as f64).min(1.0))
+        {
             let probe = *down.choose(rng).expect("non-empty");
             if !targets.contains(&probe) {
                 if targets.len() >= fanout {
@@ -673,7 +761,11 @@ impl Membership {
     fn next_digest(&mut self) -> Digest {
         let start = self.digest_cursor.take();
         let empty = self.message(Payload::Syn {
-            digest: Digest { start: start.clone(), end: None, entries: Vec::new() },
+            digest: Digest {
+                start: start.clone(),
+                end: None,
+                entries: Vec::new(),
+            },
         });
         // Keep room for the `end` name that cuts the slice short.
         let budget = self.budget(&empty).saturating_sub(MAX_NAME_BYTES + 8);
@@ -682,7 +774,10 @@ impl Membership {
         let mut entries = Vec::new();
         let mut end = None;
         for (name, m) in self.members.range::<str, _>((lower, Bound::Unbounded)) {
-            let entry = DigestEntry { name: name.clone(), stamp: m.stamp() };
+            let entry = DigestEntry {
+                name: name.clone(),
+                stamp: m.stamp(),
+            };
             let len = entry.encoded_len();
             if used + len > budget {
                 end = Some(name.clone());
@@ -691,9 +786,16 @@ impl Membership {
             used += len;
             entries.push(entry);
         }
-        assert!(end.is_none() || !entries.is_empty(), "a digest always makes progress");
+        assert!(
+            end.is_none() || !entries.is_empty(),
+            "a digest always makes progress"
+        );
         self.digest_cursor = end.clone();
-        Digest { start, end, entries }
+        Digest {
+            start,
+            end,
+            entries,
+        }
     }
 
     // ---- exchanges ----
@@ -701,7 +803,14 @@ impl Membership {
     /// The refusal sent to `to`.
     fn reject(&self, to: &Peer, kind: RejectKind, reason: String) -> Outgoing {
         let alive_members = u32::try_from(self.alive_count()).unwrap_or(u32::MAX);
-        Outgoing { to: to.address.clone(), message: self.message(Payload::Reject { kind, reason, alive_members }) }
+        Outgoing {
+            to: to.address.clone(),
+            message: self.message(Payload::Reject {
+                kind,
+                reason,
+                alive_members,
+            }),
+        }
     }
 
     /// A refusal from a peer. The side that knows fewer live members gives up, so a
@@ -709,16 +818,17 @@ impl Membership {
     /// names a misconfigured node does not: it answers with its own refusal, which makes
     /// the smaller side give up even if that side never sends gossip itself. Only a
     /// strictly larger side answers, so refusals never bounce back and forth.
-    #[allow(clippy::too_many_arguments)]
     fn on_reject(
         &mut self,
         now: u64,
         from_address: &str,
         from: &Peer,
         cluster: &ClusterConfig,
-        kind: RejectKind,
-        reason: String,
-        alive_members: u32,
+        Refusal {
+            kind,
+            reason,
+            alive_members,
+        }: Refusal,
     ) -> Vec<Outgoing> {
         let ours = self.alive_count();
         if alive_members as usize > ours {
@@ -726,7 +836,11 @@ impl Membership {
             return Vec::new();
         }
         let what = match kind {
-            RejectKind::ClusterConfig => self.config.cluster.mismatch_for_us(cluster).unwrap_or(reason),
+            RejectKind::ClusterConfig => self
+                .config
+                .cluster
+                .mismatch_for_us(cluster)
+                .unwrap_or(reason),
             RejectKind::NameConflict => reason,
         };
         self.report_mismatch(
@@ -735,7 +849,9 @@ impl Membership {
             format!("ignored a refusal from a peer knowing {alive_members} live members (this node knows {ours}): {what}"),
         );
         match self.config.cluster.mismatch_for_peer(cluster) {
-            Some(for_peer) if kind == RejectKind::ClusterConfig && ours > alive_members as usize => {
+            Some(for_peer)
+                if kind == RejectKind::ClusterConfig && ours > alive_members as usize =>
+            {
                 vec![self.reject(from, RejectKind::ClusterConfig, for_peer)]
             }
             _ => Vec::new(),
@@ -743,7 +859,11 @@ impl Membership {
     }
 
     fn report_mismatch(&mut self, now: u64, from: &str, reason: String) {
-        if self.mismatch_reported_ms.get(from).is_some_and(|t| now - t < MISMATCH_REPORT_INTERVAL_MS) {
+        if self
+            .mismatch_reported_ms
+            .get(from)
+            .is_some_and(|t| now - t < MISMATCH_REPORT_INTERVAL_MS)
+        {
             return;
         }
         self.mismatch_reported_ms.insert(from.to_string(), now);
@@ -756,7 +876,13 @@ impl Membership {
                 .expect("non-empty");
             self.mismatch_reported_ms.remove(&oldest);
         }
-        self.events.push(Event::ConfigMismatch { from: from.to_string(), reason }, &mut self.stats);
+        self.events.push(
+            Event::ConfigMismatch {
+                from: from.to_string(),
+                reason,
+            },
+            &mut self.stats,
+        );
     }
 
     /// Checks the sender's claimed identity against ours and the members we know; the
@@ -781,23 +907,39 @@ impl Membership {
             ));
         }
         let m = self.members.get(&from.name)?;
-        (m.generation == generation && m.address != from.address && !m.status.is_tombstone()).then(|| {
-            format!("name {} is taken by the node at {} (generation {generation})", from.name, m.address)
-        })
+        (m.generation == generation && m.address != from.address && !m.status.is_tombstone()).then(
+            || {
+                format!(
+                    "name {} is taken by the node at {} (generation {generation})",
+                    from.name, m.address
+                )
+            },
+        )
     }
 
     fn reject_self(&mut self, reason: String) {
         if self.rejected.is_none() {
             self.rejected = Some(reason.clone());
-            self.events.push(Event::Rejected { reason }, &mut self.stats);
+            self.events
+                .push(Event::Rejected { reason }, &mut self.stats);
         }
     }
 
     /// Reply to a digest: the records the sender lacks (most needed first) and the
     /// names whose records we lack, both within the message bound. The digest's slice is
     /// walked alongside ours in name order, so a round costs no per-entry lookups.
-    fn answer_syn(&mut self, now: u64, from: &Peer, digest: Digest, rng: &mut impl Rng) -> Outgoing {
-        let Digest { start, end, mut entries } = digest;
+    fn answer_syn(
+        &mut self,
+        now: u64,
+        from: &Peer,
+        digest: Digest,
+        rng: &mut impl Rng,
+    ) -> Outgoing {
+        let Digest {
+            start,
+            end,
+            mut entries,
+        } = digest;
         entries.retain(|e| !e.name.is_empty() && e.name.len() <= MAX_NAME_BYTES);
         // An honest sender lists its slice sorted and once each; put anything else in
         // that shape rather than trust it.
@@ -812,11 +954,22 @@ impl Membership {
                 end.as_deref().map_or(Bound::Unbounded, Bound::Excluded),
             )),
         };
-        let slice = Digest { start: start.clone(), end: end.clone(), entries: Vec::new() };
-        let (inside, mut extra): (Vec<DigestEntry>, Vec<DigestEntry>) =
-            entries.into_iter().partition(|e| bounds.is_some() && slice.covers(&e.name));
-        if inside.binary_search_by(|e| e.name.as_str().cmp(&from.name)).is_err() {
-            extra.push(DigestEntry { name: from.name.clone(), stamp: from.stamp });
+        let slice = Digest {
+            start: start.clone(),
+            end: end.clone(),
+            entries: Vec::new(),
+        };
+        let (inside, mut extra): (Vec<DigestEntry>, Vec<DigestEntry>) = entries
+            .into_iter()
+            .partition(|e| bounds.is_some() && slice.covers(&e.name));
+        if inside
+            .binary_search_by(|e| e.name.as_str().cmp(&from.name))
+            .is_err()
+        {
+            extra.push(DigestEntry {
+                name: from.name.clone(),
+                stamp: from.stamp,
+            });
         }
 
         // Heartbeats spread through digests alone: take theirs before comparing.
@@ -826,15 +979,19 @@ impl Membership {
             for (name, m) in self.members.range_mut::<str, _>(bounds) {
                 while theirs.next_if(|e| e.name < *name).is_some() {}
                 if let Some(e) = theirs.next_if(|e| e.name == *name) {
-                    if name != me {
+                    if name == me {
+                        catch_up_own(name, m, e.stamp);
+                    } else {
                         observe_heartbeat(name, m, e.stamp, now, &mut self.events, &mut self.stats);
                     }
                 }
             }
         }
         for e in &extra {
-            if e.name != me {
-                if let Some(m) = self.members.get_mut(&e.name) {
+            if let Some(m) = self.members.get_mut(&e.name) {
+                if e.name == me {
+                    catch_up_own(me, m, e.stamp);
+                } else {
                     observe_heartbeat(&e.name, m, e.stamp, now, &mut self.events, &mut self.stats);
                 }
             }
@@ -866,7 +1023,10 @@ impl Membership {
         plan.stale.shuffle(rng);
         plan.behind.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
 
-        let empty = self.message(Payload::SynAck { updates: Vec::new(), wants: Vec::new() });
+        let empty = self.message(Payload::SynAck {
+            updates: Vec::new(),
+            wants: Vec::new(),
+        });
         let budget = self.budget(&empty);
         let mut used = 0;
         let mut wants = Vec::new();
@@ -882,13 +1042,25 @@ impl Membership {
             .floors
             .into_iter()
             .map(Candidate::Floor)
-            .chain(plan.missing.into_iter().chain(plan.stale).map(Candidate::Full))
-            .chain(plan.behind.into_iter().map(|(_, name)| Candidate::Heartbeat(name)));
+            .chain(
+                plan.missing
+                    .into_iter()
+                    .chain(plan.stale)
+                    .map(Candidate::Full),
+            )
+            .chain(
+                plan.behind
+                    .into_iter()
+                    .map(|(_, name)| Candidate::Heartbeat(name)),
+            );
         let updates = self.fill(candidates, budget - used);
         let message = self.message(Payload::SynAck { updates, wants });
         debug_assert!(message.encoded_len() <= self.config.max_message_bytes);
         self.stats.refused_members += plan.refused;
-        Outgoing { to: from.address.clone(), message }
+        Outgoing {
+            to: from.address.clone(),
+            message,
+        }
     }
 
     /// What the digest's sender needs of a member we know, or we of it.
@@ -901,11 +1073,16 @@ impl Membership {
                 // Of our own record we only want news that ends this process: a newer
                 // incarnation or a removal.
                 let is_self = name == self.config.name;
-                if !is_self || stamp.generation > ours.generation || (stamp.tombstone && !ours.tombstone) {
+                if !is_self
+                    || stamp.generation > ours.generation
+                    || (stamp.tombstone && !ours.tombstone)
+                {
                     plan.wants.push(name);
                 }
             }
-            Ordering::Equal if ours.heartbeat > stamp.heartbeat => plan.behind.push((ours.heartbeat - stamp.heartbeat, name)),
+            Ordering::Equal if ours.heartbeat > stamp.heartbeat => {
+                plan.behind.push((ours.heartbeat - stamp.heartbeat, name))
+            }
             Ordering::Equal => {}
         }
     }
@@ -919,19 +1096,25 @@ impl Membership {
                     plan.floors.push(name);
                 }
             }
-            _ if self.members.len() + plan.wants.len() < self.config.max_members => plan.wants.push(&e.name),
+            _ if self.members.len() + plan.wants.len() < self.config.max_members => {
+                plan.wants.push(&e.name)
+            }
             _ => plan.refused += 1,
         }
     }
 
     /// The records named in a peer's wants, within the message bound.
     fn updates_for(&self, wants: &[String]) -> Vec<MemberUpdate> {
-        let empty = self.message(Payload::Ack { updates: Vec::new() });
+        let empty = self.message(Payload::Ack {
+            updates: Vec::new(),
+        });
         let candidates = wants.iter().filter_map(|name| {
             if let Some((name, _)) = self.members.get_key_value(name.as_str()) {
                 Some(Candidate::Full(name.as_str()))
             } else {
-                self.floors.get_key_value(name.as_str()).map(|(name, _)| Candidate::Floor(name.as_str()))
+                self.floors
+                    .get_key_value(name.as_str())
+                    .map(|(name, _)| Candidate::Floor(name.as_str()))
             }
         });
         self.fill(candidates, self.budget(&empty))
@@ -939,7 +1122,11 @@ impl Membership {
 
     /// Builds updates from candidates, in order, skipping any that do not fit; gives up
     /// after a run of misses, when the budget is as good as spent.
-    fn fill<'a>(&self, candidates: impl Iterator<Item = Candidate<'a>>, budget: usize) -> Vec<MemberUpdate> {
+    fn fill<'a>(
+        &self,
+        candidates: impl Iterator<Item = Candidate<'a>>,
+        budget: usize,
+    ) -> Vec<MemberUpdate> {
         const MISSES_BEFORE_FULL: usize = 16;
         let mut used = 0;
         let mut misses = 0;
@@ -949,7 +1136,12 @@ impl Membership {
                 Candidate::Full(name) => self.members[name].full_update(name),
                 Candidate::Heartbeat(name) => {
                     let m = &self.members[name];
-                    MemberUpdate { name: name.to_string(), generation: m.generation, heartbeat: m.heartbeat, body: None }
+                    MemberUpdate {
+                        name: name.to_string(),
+                        generation: m.generation,
+                        heartbeat: m.heartbeat,
+                        body: None,
+                    }
                 }
                 Candidate::Floor(name) => self.floors[name].tombstone_update(name),
             };
@@ -976,7 +1168,14 @@ impl Membership {
             return;
         }
         if let Some(m) = self.members.get_mut(&from.name) {
-            observe_heartbeat(&from.name, m, from.stamp, now, &mut self.events, &mut self.stats);
+            observe_heartbeat(
+                &from.name,
+                m,
+                from.stamp,
+                now,
+                &mut self.events,
+                &mut self.stats,
+            );
         }
     }
 
@@ -1011,7 +1210,12 @@ impl Membership {
             return;
         }
         let Some(body) = u.body else {
-            let stamp = Stamp { generation: u.generation, tombstone: false, version: 0, heartbeat: u.heartbeat };
+            let stamp = Stamp {
+                generation: u.generation,
+                tombstone: false,
+                version: 0,
+                heartbeat: u.heartbeat,
+            };
             observe_heartbeat(&u.name, m, stamp, now, &mut self.events, &mut self.stats);
             return;
         };
@@ -1025,10 +1229,18 @@ impl Membership {
                 Status::Left | Status::Removed if was_tombstone => None,
                 Status::Left => Some(Event::Left { name: u.name }),
                 Status::Removed => Some(Event::Removed { name: u.name }),
-                Status::Alive | Status::Leaving => Some(Event::Restarted { name: u.name, generation: u.generation }),
+                Status::Alive | Status::Leaving => Some(Event::Restarted {
+                    name: u.name,
+                    generation: u.generation,
+                }),
             }
         } else {
-            let stamp = Stamp { generation: u.generation, tombstone: false, version: 0, heartbeat: u.heartbeat };
+            let stamp = Stamp {
+                generation: u.generation,
+                tombstone: false,
+                version: 0,
+                heartbeat: u.heartbeat,
+            };
             observe_heartbeat(&u.name, m, stamp, now, &mut self.events, &mut self.stats);
             match m.merge_body(&u.name, body, now) {
                 BodyMerge::Applied(event) => event,
@@ -1046,7 +1258,11 @@ impl Membership {
 
     /// A record of a member we do not know.
     fn learn(&mut self, now: u64, u: MemberUpdate) {
-        if self.floors.get(&u.name).is_some_and(|f| f.generation >= u.generation) {
+        if self
+            .floors
+            .get(&u.name)
+            .is_some_and(|f| f.generation >= u.generation)
+        {
             return; // a stale copy of a forgotten tombstone's member
         }
         // A heartbeat alone cannot introduce a member: the digest exchange fetches the
@@ -1058,33 +1274,75 @@ impl Membership {
         }
         self.floors.remove(&u.name);
         let status = body.status;
-        self.members.insert(u.name.clone(), Member::learned(u.generation, u.heartbeat, body, self.config.phi, now));
+        self.members.insert(
+            u.name.clone(),
+            Member::learned(u.generation, u.heartbeat, body, self.config.phi, now),
+        );
         // A tombstone of a member never seen is kept silently, to stop stale copies of
         // it elsewhere.
         if !status.is_tombstone() {
-            self.events.push(Event::Joined { name: u.name.clone() }, &mut self.stats);
+            self.events.push(
+                Event::Joined {
+                    name: u.name.clone(),
+                },
+                &mut self.stats,
+            );
             if status == Status::Leaving {
-                self.events.push(Event::Leaving { name: u.name }, &mut self.stats);
+                self.events
+                    .push(Event::Leaving { name: u.name }, &mut self.stats);
             }
         }
     }
 
-    /// Others' copies of our own record only matter when they end this process.
+    /// Others' copies of our own record matter when they end this process, or when they
+    /// are ahead of it.
     fn apply_own_record(&mut self, u: MemberUpdate) {
-        let Some(body) = u.body else { return };
+        let Some(body) = u.body else {
+            let stamp = Stamp {
+                generation: u.generation,
+                tombstone: false,
+                version: 0,
+                heartbeat: u.heartbeat,
+            };
+            let name = self.config.name.clone();
+            catch_up_own(&name, self.me_mut(), stamp);
+            return;
+        };
         let me = self.me();
         if u.generation > me.generation {
             self.reject_self(format!(
                 "a newer incarnation of {} (generation {}, at {}) is in the cluster; this process (generation {}) must stop",
                 u.name, u.generation, body.address, me.generation
             ));
-        } else if u.generation == me.generation && body.status.is_tombstone() && !me.status.is_tombstone() {
+        } else if u.generation == me.generation
+            && body.status.is_tombstone()
+            && !me.status.is_tombstone()
+        {
             self.reject_self(format!(
                 "this node ({}, generation {}) was removed from the cluster by an operator; restart it to rejoin as a new generation",
                 u.name, u.generation
             ));
+        } else if u.generation == me.generation
+            && !body.status.is_tombstone()
+            && body.address == me.address
+        {
+            let stamp = Stamp {
+                generation: u.generation,
+                tombstone: false,
+                version: body.version,
+                heartbeat: u.heartbeat,
+            };
+            let name = self.config.name.clone();
+            catch_up_own(&name, self.me_mut(), stamp);
         }
     }
+}
+
+/// The fields of a `Payload::Reject`.
+struct Refusal {
+    kind: RejectKind,
+    reason: String,
+    alive_members: u32,
 }
 
 /// Work found while comparing a digest with our members; names borrow from either.
@@ -1112,7 +1370,8 @@ enum BodyMerge {
 impl Member {
     /// A body of the generation we know; applied only if newer.
     fn merge_body(&mut self, name: &str, body: MemberBody, now: u64) -> BodyMerge {
-        if (body.status.is_tombstone(), body.version) <= (self.status.is_tombstone(), self.version) {
+        if (body.status.is_tombstone(), body.version) <= (self.status.is_tombstone(), self.version)
+        {
             return BodyMerge::NotNewer;
         }
         if !body.status.is_tombstone() && body.address != self.address {
@@ -1139,9 +1398,32 @@ impl Member {
     }
 }
 
+/// Others hold a later heartbeat or version of our own generation than we do: this
+/// process restarted without a new generation (or its generation source went wrong).
+/// Jump past their copy so our news is news again, as SWIM's refutation does; otherwise
+/// peers would ignore us as stale until our counters caught up.
+fn catch_up_own(name: &str, me: &mut Member, stamp: Stamp) {
+    if stamp.generation != me.generation || stamp.tombstone {
+        return;
+    }
+    let before = me.stamp();
+    me.heartbeat = me.heartbeat.max(stamp.heartbeat);
+    if stamp.version > me.version {
+        me.version = stamp.version + 1;
+    }
+    assert_progress(name, before, me.stamp());
+}
+
 /// Takes a heartbeat for `m` if it is news for the generation we know. Only a rising
 /// counter feeds the phi detector, however it arrived (directly or relayed).
-fn observe_heartbeat(name: &str, m: &mut Member, stamp: Stamp, now: u64, events: &mut EventQueue, stats: &mut Stats) {
+fn observe_heartbeat(
+    name: &str,
+    m: &mut Member,
+    stamp: Stamp,
+    now: u64,
+    events: &mut EventQueue,
+    stats: &mut Stats,
+) {
     if m.generation != stamp.generation || stamp.heartbeat <= m.heartbeat {
         return;
     }
@@ -1155,7 +1437,12 @@ fn observe_heartbeat(name: &str, m: &mut Member, stamp: Stamp, now: u64, events:
     m.last_heartbeat_ms = now;
     if m.liveness != Liveness::Alive {
         m.liveness = Liveness::Alive;
-        events.push(Event::Alive { name: name.to_string() }, stats);
+        events.push(
+            Event::Alive {
+                name: name.to_string(),
+            },
+            stats,
+        );
     }
 }
 
@@ -1179,4 +1466,494 @@ fn assert_progress(name: &str, before: Stamp, after: Stamp) {
                 && after.heartbeat >= before.heartbeat),
         "member {name} went backwards: {before:?} -> {after:?}"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    use super::*;
+    use crate::config::MIN_MESSAGE_BYTES;
+
+    fn config(name: &str) -> Config {
+        Config::new(
+            name,
+            format!("{name}:7000"),
+            1,
+            ClusterConfig::default(),
+            vec![],
+        )
+    }
+
+    fn rng() -> StdRng {
+        StdRng::seed_from_u64(9)
+    }
+
+    fn record(
+        name: &str,
+        generation: u64,
+        heartbeat: u64,
+        version: u64,
+        status: Status,
+    ) -> MemberUpdate {
+        MemberUpdate {
+            name: name.into(),
+            generation,
+            heartbeat,
+            body: Some(MemberBody {
+                address: format!("{name}:7000"),
+                version,
+                status,
+                kv: BTreeMap::new(),
+            }),
+        }
+    }
+
+    /// Hands `updates` to `m` as an Ack from a peer it does not know.
+    fn deliver(m: &mut Membership, now: u64, updates: Vec<MemberUpdate>) -> Vec<Outgoing> {
+        let msg = GossipMessage::V1(MessageV1 {
+            cluster: ClusterConfig::default(),
+            from: Peer {
+                name: "relay".into(),
+                address: "relay:7000".into(),
+                stamp: Stamp {
+                    generation: 1,
+                    tombstone: false,
+                    version: 0,
+                    heartbeat: 1,
+                },
+            },
+            payload: Payload::Ack { updates },
+        });
+        m.handle(now, "relay:7000", msg, &mut rng())
+    }
+
+    fn stamp_of(m: &Membership, name: &str) -> Option<Stamp> {
+        m.members.get(name).map(Member::stamp)
+    }
+
+    #[test]
+    fn states_display_and_serialize_lowercase() {
+        let all = [
+            MemberState::Alive,
+            MemberState::Suspect,
+            MemberState::Down,
+            MemberState::Leaving,
+            MemberState::Left,
+        ];
+        let shown: Vec<String> = all.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["alive", "suspect", "down", "leaving", "left"]);
+        assert_eq!(
+            rmp_serde::from_slice::<String>(&rmp_serde::to_vec(&MemberState::Down).unwrap())
+                .unwrap(),
+            "down"
+        );
+    }
+
+    #[test]
+    fn invalid_configs_are_refused_with_a_reason() {
+        let mut c = config("a");
+        c.max_message_bytes = 100;
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("max_message_bytes"));
+        let mut c = config("a");
+        c.name = "x".repeat(MAX_NAME_BYTES + 1);
+        assert!(c.validate().is_err());
+        let mut c = config("a");
+        c.phi.threshold = f64::NAN;
+        assert!(c.validate().is_err());
+        assert!(std::panic::catch_unwind(|| Membership::new(
+            Config {
+                fanout: 0,
+                ..config("a")
+            },
+            0
+        ))
+        .is_err());
+    }
+
+    #[test]
+    fn two_nodes_meet_through_a_seed_in_one_round() {
+        let mut a = Membership::new(
+            Config {
+                seeds: vec!["b:7000".into()],
+                ..config("a")
+            },
+            0,
+        );
+        let mut b = Membership::new(config("b"), 0);
+        let syn = a.tick(500, &mut rng());
+        assert_eq!(syn.len(), 1, "a node alone contacts its seed");
+        assert_eq!(syn[0].to, "b:7000");
+        let syn_ack = b.handle(510, "a:7000", syn[0].message.clone(), &mut rng());
+        let ack = a.handle(520, "b:7000", syn_ack[0].message.clone(), &mut rng());
+        assert!(b
+            .handle(530, "a:7000", ack[0].message.clone(), &mut rng())
+            .is_empty());
+        assert_eq!(a.drain_events(), vec![Event::Joined { name: "b".into() }]);
+        assert_eq!(b.drain_events(), vec![Event::Joined { name: "a".into() }]);
+        let names: Vec<String> = a.members(600).into_iter().map(|v| v.name).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(a.ring_members(), ["a", "b"]);
+        assert!(a.is_reachable("b", 600) && !a.is_reachable("c", 600));
+        assert_eq!(a.address_of("b"), Some("b:7000"));
+    }
+
+    #[test]
+    fn newer_generation_replaces_and_older_information_is_ignored() {
+        let mut m = Membership::new(config("me"), 0);
+        deliver(&mut m, 0, vec![record("x", 2, 10, 3, Status::Alive)]);
+        deliver(&mut m, 1, vec![record("x", 1, 99, 9, Status::Left)]);
+        assert_eq!(
+            stamp_of(&m, "x").unwrap().rank(),
+            (2, false, 3),
+            "an older generation changes nothing"
+        );
+        // A heartbeat-only update of an unknown generation cannot introduce it.
+        deliver(
+            &mut m,
+            2,
+            vec![MemberUpdate {
+                name: "x".into(),
+                generation: 3,
+                heartbeat: 1,
+                body: None,
+            }],
+        );
+        assert_eq!(stamp_of(&m, "x").unwrap().generation, 2);
+        deliver(&mut m, 3, vec![record("x", 3, 1, 0, Status::Alive)]);
+        assert_eq!(stamp_of(&m, "x").unwrap().rank(), (3, false, 0));
+        assert_eq!(
+            m.drain_events(),
+            vec![
+                Event::Joined { name: "x".into() },
+                Event::Restarted {
+                    name: "x".into(),
+                    generation: 3
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn a_tombstone_beats_any_version_of_its_generation_and_is_final() {
+        let mut m = Membership::new(config("me"), 0);
+        deliver(&mut m, 0, vec![record("x", 1, 5, 7, Status::Alive)]);
+        deliver(&mut m, 1, vec![record("x", 1, 5, 0, Status::Removed)]);
+        deliver(&mut m, 2, vec![record("x", 1, 50, 100, Status::Alive)]);
+        assert_eq!(m.state_of("x", 3), Some(MemberState::Left));
+        assert!(m.ring_members() == ["me"]);
+        assert_eq!(
+            m.drain_events(),
+            vec![
+                Event::Joined { name: "x".into() },
+                Event::Removed { name: "x".into() }
+            ]
+        );
+    }
+
+    #[test]
+    fn same_name_and_generation_at_another_address_is_ignored() {
+        let mut m = Membership::new(config("me"), 0);
+        deliver(&mut m, 0, vec![record("x", 1, 5, 0, Status::Alive)]);
+        let mut other = record("x", 1, 6, 1, Status::Leaving);
+        other.body.as_mut().unwrap().address = "elsewhere:1".into();
+        deliver(&mut m, 1, vec![other]);
+        assert_eq!(m.address_of("x"), Some("x:7000"));
+        assert_eq!(m.state_of("x", 1), Some(MemberState::Alive));
+        assert_eq!(m.stats().ignored_records, 1);
+    }
+
+    #[test]
+    fn oversized_records_and_members_past_the_bound_are_refused() {
+        let mut m = Membership::new(
+            Config {
+                max_members: 3,
+                ..config("me")
+            },
+            0,
+        );
+        let mut fat = record("fat", 1, 1, 0, Status::Alive);
+        fat.body
+            .as_mut()
+            .unwrap()
+            .kv
+            .insert("k".into(), "v".repeat(5000));
+        deliver(
+            &mut m,
+            0,
+            vec![
+                fat,
+                record(&"n".repeat(MAX_NAME_BYTES + 1), 1, 1, 0, Status::Alive),
+            ],
+        );
+        assert_eq!(m.stats().ignored_records, 2);
+        deliver(
+            &mut m,
+            0,
+            vec![
+                record("a", 1, 1, 0, Status::Alive),
+                record("b", 1, 1, 0, Status::Alive),
+                record("c", 1, 1, 0, Status::Alive),
+            ],
+        );
+        assert_eq!(m.members(0).len(), 3);
+        assert_eq!(m.stats().refused_members, 1);
+    }
+
+    #[test]
+    fn local_kv_is_versioned_and_bounded() {
+        let mut m = Membership::new(config("me"), 0);
+        m.set_local_kv("load", "1").unwrap();
+        m.set_local_kv("load", "1").unwrap();
+        assert_eq!(m.me().version, 1, "an unchanged value is not news");
+        let err = m.set_local_kv("blob", &"x".repeat(5000)).unwrap_err();
+        assert!(
+            matches!(err, GossipError::KvTooLarge { limit: 4096, .. }),
+            "{err}"
+        );
+        assert_eq!(
+            m.members(0)[0].kv.get("load").map(String::as_str),
+            Some("1")
+        );
+    }
+
+    #[test]
+    fn leave_then_left_move_self_out_of_the_ring() {
+        let mut m = Membership::new(config("me"), 0);
+        m.leave();
+        assert_eq!(
+            (m.state_of("me", 0), m.ring_members().len()),
+            (Some(MemberState::Leaving), 0)
+        );
+        m.left();
+        assert_eq!(m.state_of("me", 0), Some(MemberState::Left));
+        assert_eq!(m.me().stamp().rank(), (1, true, 2));
+    }
+
+    #[test]
+    fn digests_slice_large_views_and_cover_everyone_in_turn() {
+        let mut m = Membership::new(
+            Config {
+                max_message_bytes: MIN_MESSAGE_BYTES,
+                max_kv_bytes: 1024,
+                ..config("me")
+            },
+            0,
+        );
+        let names: Vec<String> = (0..600)
+            .map(|i| format!("member-with-a-longish-name-{i:04}"))
+            .collect();
+        deliver(
+            &mut m,
+            0,
+            names
+                .iter()
+                .map(|n| record(n, 1, 1, 0, Status::Alive))
+                .collect(),
+        );
+        let mut seen = Vec::new();
+        let mut slices = 0;
+        loop {
+            let out = m.tick(500 * (slices + 1), &mut rng());
+            let GossipMessage::V1(MessageV1 {
+                payload: Payload::Syn { digest },
+                ..
+            }) = &out[0].message
+            else {
+                panic!()
+            };
+            assert!(out[0].message.encoded_len() <= MIN_MESSAGE_BYTES);
+            assert_eq!(
+                digest.start.as_deref(),
+                seen.last().map(|_| digest.entries[0].name.as_str())
+            );
+            assert!(digest.entries.is_sorted_by(|a, b| a.name < b.name));
+            seen.extend(digest.entries.iter().map(|e| e.name.clone()));
+            slices += 1;
+            if digest.end.is_none() {
+                break;
+            }
+        }
+        assert!(slices > 2, "600 entries do not fit one 4 KiB digest");
+        let all: Vec<String> = m.members.keys().cloned().collect();
+        assert_eq!(
+            seen, all,
+            "one cycle covers every member exactly once, in order"
+        );
+    }
+
+    #[test]
+    fn smaller_side_of_a_refusal_gives_up_and_larger_side_answers() {
+        let reject = |alive_members| {
+            GossipMessage::V1(MessageV1 {
+                cluster: ClusterConfig {
+                    n: 5,
+                    ring_size: 64,
+                },
+                from: Peer {
+                    name: "p".into(),
+                    address: "p:7000".into(),
+                    stamp: Stamp {
+                        generation: 1,
+                        tombstone: false,
+                        version: 0,
+                        heartbeat: 1,
+                    },
+                },
+                payload: Payload::Reject {
+                    kind: RejectKind::ClusterConfig,
+                    reason: "cluster replication factor is 5, this node was started with --n 3"
+                        .into(),
+                    alive_members,
+                },
+            })
+        };
+        let mut lone = Membership::new(config("me"), 0);
+        assert!(
+            lone.handle(0, "p:7000", reject(1), &mut rng()).is_empty(),
+            "equal sides do not answer"
+        );
+        assert_eq!(lone.rejected(), None);
+        assert!(
+            matches!(&lone.drain_events()[..], [Event::ConfigMismatch { reason, .. }] if reason.contains("peer runs with --n 5"))
+        );
+        deliver(&mut lone, 0, vec![record("x", 1, 1, 0, Status::Alive)]);
+        let answer = lone.handle(1, "p:7000", reject(1), &mut rng());
+        assert!(matches!(
+            &answer[0].message,
+            GossipMessage::V1(MessageV1 {
+                payload: Payload::Reject {
+                    alive_members: 2,
+                    ..
+                },
+                ..
+            })
+        ));
+        assert!(
+            lone.drain_events()
+                .iter()
+                .all(|e| !matches!(e, Event::ConfigMismatch { .. })),
+            "reported once a minute"
+        );
+        lone.handle(2, "p:7000", reject(3), &mut rng());
+        assert_eq!(
+            lone.rejected(),
+            Some("cluster replication factor is 5, this node was started with --n 3")
+        );
+        assert!(lone.tick(500, &mut rng()).is_empty());
+    }
+
+    #[test]
+    fn a_full_event_queue_drops_the_oldest() {
+        let mut m = Membership::new(
+            Config {
+                max_members: 2,
+                ..config("me")
+            },
+            0,
+        );
+        let capacity = 4 * 2 + 64;
+        for i in 0..capacity + 5 {
+            let address = format!("p{i}:7000");
+            let msg = GossipMessage::V1(MessageV1 {
+                cluster: ClusterConfig {
+                    n: 1,
+                    ring_size: 64,
+                },
+                from: Peer {
+                    name: format!("p{i}"),
+                    address: address.clone(),
+                    stamp: Stamp {
+                        generation: 1,
+                        tombstone: false,
+                        version: 0,
+                        heartbeat: 1,
+                    },
+                },
+                payload: Payload::Ack { updates: vec![] },
+            });
+            assert_eq!(m.handle(0, &address, msg, &mut rng()).len(), 1, "refused");
+        }
+        let events = m.drain_events();
+        assert_eq!(events.len(), capacity);
+        assert!(matches!(&events[0], Event::ConfigMismatch { from, .. } if from == "p5:7000"));
+        assert_eq!(m.stats().dropped_events, 5);
+        assert_eq!(m.stats().refused_messages, capacity as u64 + 5);
+    }
+
+    #[test]
+    fn time_going_backwards_is_clamped() {
+        let mut m = Membership::new(config("me"), 1000);
+        deliver(&mut m, 1000, vec![record("x", 1, 1, 0, Status::Alive)]);
+        deliver(&mut m, 10, vec![record("x", 1, 2, 0, Status::Alive)]);
+        assert_eq!(m.members(0)[1].heartbeat_age_ms, Some(0));
+    }
+
+    proptest! {
+        /// Newer information always wins whatever order records arrive in: the result is
+        /// the highest generation, its highest (tombstone, version), and its highest
+        /// heartbeat.
+        #[test]
+        fn merge_result_does_not_depend_on_arrival_order(
+            records in proptest::collection::vec((1u64..4, 0u64..50, 0u64..5, 0usize..4), 1..12),
+            seed: u64,
+        ) {
+            let statuses = [Status::Alive, Status::Leaving, Status::Left, Status::Removed];
+            let updates: Vec<MemberUpdate> = records.iter().map(|&(g, h, v, s)| record("x", g, h, v, statuses[s])).collect();
+            let mut shuffled = updates.clone();
+            shuffled.shuffle(&mut StdRng::seed_from_u64(seed));
+            let mut a = Membership::new(config("me"), 0);
+            let mut b = Membership::new(config("me"), 0);
+            for u in updates.clone() {
+                deliver(&mut a, 0, vec![u]);
+            }
+            for u in shuffled {
+                deliver(&mut b, 0, vec![u]);
+            }
+            let top = records.iter().map(|r| r.0).max().unwrap();
+            let rank = records.iter().filter(|r| r.0 == top).map(|&(g, _, v, s)| (g, statuses[s].is_tombstone(), v)).max().unwrap();
+            let heartbeat = records.iter().filter(|r| r.0 == top).map(|r| r.1).max().unwrap();
+            for m in [&a, &b] {
+                let s = stamp_of(m, "x").unwrap();
+                prop_assert_eq!(s.rank(), rank);
+                prop_assert_eq!(s.heartbeat, heartbeat);
+            }
+        }
+
+        /// Whatever a node knows, every message it answers with fits the bound.
+        #[test]
+        fn answers_fit_the_message_bound(
+            members in proptest::collection::vec(("[a-z]{1,40}", 0usize..1024), 1..300),
+            max in MIN_MESSAGE_BYTES..12_000usize,
+        ) {
+            let cfg = |name: &str| Config { max_message_bytes: max, max_kv_bytes: 1024, ..config(name) };
+            let mut full = Membership::new(cfg("full"), 0);
+            let records = members.iter().map(|(name, kv)| {
+                let mut r = record(name, 1, 1, 0, Status::Alive);
+                r.body.as_mut().unwrap().kv.insert("k".into(), "v".repeat(*kv));
+                r
+            });
+            for chunk in records.collect::<Vec<_>>().chunks(8) {
+                deliver(&mut full, 0, chunk.to_vec());
+            }
+            let mut empty = Membership::new(Config { seeds: vec!["full:7000".into()], ..cfg("empty") }, 0);
+            for round in 1..4 {
+                for syn in empty.tick(round * 500, &mut rng()) {
+                    prop_assert!(syn.message.encoded_len() <= max);
+                    for syn_ack in full.handle(round * 500, "empty:7000", syn.message, &mut rng()) {
+                        prop_assert!(syn_ack.message.encoded_len() <= max);
+                        for ack in empty.handle(round * 500, "full:7000", syn_ack.message, &mut rng()) {
+                            prop_assert!(ack.message.encoded_len() <= max);
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

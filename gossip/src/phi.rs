@@ -72,7 +72,13 @@ pub struct PhiDetector {
 
 impl PhiDetector {
     pub fn new(config: PhiConfig) -> PhiDetector {
-        PhiDetector { config, intervals: VecDeque::new(), sum: 0, sum_sq: 0, last_ms: None }
+        PhiDetector {
+            config,
+            intervals: VecDeque::new(),
+            sum: 0,
+            sum_sq: 0,
+            last_ms: None,
+        }
     }
 
     /// Records a heartbeat seen at `now_ms`.
@@ -100,7 +106,10 @@ impl PhiDetector {
 
     fn record(&mut self, interval: u64) {
         if self.intervals.len() == self.config.max_samples {
-            let old = self.intervals.pop_front().expect("window is non-empty when full");
+            let old = self
+                .intervals
+                .pop_front()
+                .expect("window is non-empty when full");
             self.sum -= old;
             self.sum_sq -= u128::from(old) * u128::from(old);
         }
@@ -118,7 +127,11 @@ impl PhiDetector {
         let variance = (self.sum_sq as f64 / n - mean * mean).max(0.0);
         let std_dev = variance.sqrt().max(self.config.min_std_dev_ms);
         let elapsed = now_ms.saturating_sub(last) as f64;
-        phi_of(elapsed, mean + self.config.acceptable_pause_ms as f64, std_dev)
+        phi_of(
+            elapsed,
+            mean + self.config.acceptable_pause_ms as f64,
+            std_dev,
+        )
     }
 
     /// Mean of the recorded intervals, for display.
@@ -134,12 +147,18 @@ impl PhiDetector {
 fn phi_of(elapsed: f64, mean: f64, std_dev: f64) -> f64 {
     let y = (elapsed - mean) / std_dev;
     let a = y * (1.5976 + 0.070566 * y * y);
-    let softplus = if a > 0.0 { a + (-a).exp().ln_1p() } else { a.exp().ln_1p() };
+    let softplus = if a > 0.0 {
+        a + (-a).exp().ln_1p()
+    } else {
+        a.exp().ln_1p()
+    };
     softplus / std::f64::consts::LN_10
 }
 
 #[cfg(test)]
 mod tests {
+    use std::f64::consts::LOG10_2;
+
     use super::*;
 
     fn close(a: f64, b: f64) {
@@ -169,7 +188,7 @@ mod tests {
         let mut d = PhiDetector::new(plain());
         d.heartbeat(10_000);
         // elapsed 1000: y = 0, a = 0, phi = log10(1 + e^0) = log10 2 = 0.30103.
-        close(d.phi(11_000), 0.30103);
+        close(d.phi(11_000), LOG10_2);
         // elapsed 1500: y = 2, a = 2 (1.5976 + 0.070566 * 4) = 3.759728,
         // e^a = 42.9375, phi = log10(43.9375) = 1.64283.
         close(d.phi(11_500), 1.64283);
@@ -188,7 +207,7 @@ mod tests {
         // phi = log10(1 + e^a) = 10.78260.
         let mut d = PhiDetector::new(PhiConfig::default());
         d.heartbeat(0);
-        close(d.phi(4000), 0.30103);
+        close(d.phi(4000), LOG10_2);
         close(d.phi(6000), 4.73669);
         close(d.phi(7000), 10.78260);
     }
@@ -204,7 +223,7 @@ mod tests {
         d.heartbeat(1000);
         d.heartbeat(2000);
         assert_eq!(d.mean_interval_ms(), Some(1000.0));
-        close(d.phi(3000), 0.30103);
+        close(d.phi(3000), LOG10_2);
         close(d.phi(3250), 1.10354);
     }
 
@@ -213,12 +232,15 @@ mod tests {
         // max_samples 2: after intervals 100 and 300 the bootstrap is gone; mean 200,
         // variance (100^2 + 100^2) / 2 = 10000, std dev 100 (the floor). elapsed 200:
         // y = 0, phi = log10 2.
-        let mut d = PhiDetector::new(PhiConfig { max_samples: 2, ..plain() });
+        let mut d = PhiDetector::new(PhiConfig {
+            max_samples: 2,
+            ..plain()
+        });
         d.heartbeat(0);
         d.heartbeat(100);
         d.heartbeat(400);
         assert_eq!(d.mean_interval_ms(), Some(200.0));
-        close(d.phi(600), 0.30103);
+        close(d.phi(600), LOG10_2);
     }
 
     #[test]
@@ -229,7 +251,7 @@ mod tests {
         assert!(d.phi(60_000) > 8.0);
         d.heartbeat(60_000);
         assert_eq!(d.mean_interval_ms(), Some(1000.0));
-        close(d.phi(61_000), 0.30103);
+        close(d.phi(61_000), LOG10_2);
     }
 
     #[test]

@@ -68,8 +68,16 @@ pub struct SimNode {
 }
 
 enum Action {
-    Tick { node: usize, incarnation: u64 },
-    Deliver { to: usize, from: Option<usize>, from_address: String, message: GossipMessage },
+    Tick {
+        node: usize,
+        incarnation: u64,
+    },
+    Deliver {
+        to: usize,
+        from: Option<usize>,
+        from_address: String,
+        message: GossipMessage,
+    },
 }
 
 struct Scheduled {
@@ -133,7 +141,13 @@ impl Sim {
 
     /// A default config for node `i` with generation 1, seeded with the given nodes.
     pub fn node_config(i: usize, cluster: ClusterConfig, seeds: &[usize]) -> Config {
-        Config::new(Sim::name(i), Sim::address(i), 1, cluster, seeds.iter().map(|&s| Sim::address(s)).collect())
+        Config::new(
+            Sim::name(i),
+            Sim::address(i),
+            1,
+            cluster,
+            seeds.iter().map(|&s| Sim::address(s)).collect(),
+        )
     }
 
     /// `n` nodes with default configs, all seeded with node 0, all started now.
@@ -195,9 +209,16 @@ impl Sim {
 
     /// Starts node `i` again, same name and address, generation + 1, empty view.
     pub fn restart(&mut self, i: usize) {
+        let generation = self.nodes[i].config.generation + 1;
+        self.restart_as(i, generation);
+    }
+
+    /// Starts node `i` again with the given generation (a node with a broken
+    /// generation source may reuse one).
+    pub fn restart_as(&mut self, i: usize, generation: u64) {
         let now = self.now_ms;
         let node = &mut self.nodes[i];
-        node.config.generation += 1;
+        node.config.generation = generation;
         node.membership = Membership::new(node.config.clone(), now);
         node.running = true;
         node.paused_until_ms = 0;
@@ -229,7 +250,15 @@ impl Sim {
     /// Delivers `message` to node `to` now, as if sent from `from_address`.
     pub fn inject(&mut self, to: usize, from_address: &str, message: GossipMessage) {
         let at = self.now_ms;
-        self.push(at, Action::Deliver { to, from: None, from_address: from_address.to_string(), message });
+        self.push(
+            at,
+            Action::Deliver {
+                to,
+                from: None,
+                from_address: from_address.to_string(),
+                message,
+            },
+        );
     }
 
     pub fn run_for(&mut self, ms: u64) {
@@ -247,7 +276,12 @@ impl Sim {
 
     /// Runs in steps of `step_ms` until `done` holds (checked after every step) or
     /// `limit_ms` passed; the time it took.
-    pub fn run_until_true(&mut self, limit_ms: u64, step_ms: u64, mut done: impl FnMut(&Sim) -> bool) -> Option<u64> {
+    pub fn run_until_true(
+        &mut self,
+        limit_ms: u64,
+        step_ms: u64,
+        mut done: impl FnMut(&Sim) -> bool,
+    ) -> Option<u64> {
         let start = self.now_ms;
         while self.now_ms - start < limit_ms {
             self.run_for(step_ms);
@@ -260,7 +294,10 @@ impl Sim {
 
     /// Whether every running node of `nodes` sees every node of `nodes` in `state`.
     pub fn all_see(&self, nodes: &[usize], state: MemberState) -> bool {
-        nodes.iter().filter(|&&i| self.nodes[i].running).all(|&i| self.sees(i, nodes, state))
+        nodes
+            .iter()
+            .filter(|&&i| self.nodes[i].running)
+            .all(|&i| self.sees(i, nodes, state))
     }
 
     /// Whether node `observer` sees every node of `subjects` (other than itself) in `state`
@@ -270,17 +307,23 @@ impl Sim {
         subjects.iter().filter(|&&j| j != observer).all(|&j| {
             let name = &self.nodes[j].config.name;
             m.state_of(name, self.now_ms) == Some(state)
-                && m.members(self.now_ms).iter().any(|v| v.name == *name && v.generation == self.nodes[j].config.generation)
+                && m.members(self.now_ms)
+                    .iter()
+                    .any(|v| v.name == *name && v.generation == self.nodes[j].config.generation)
         })
     }
 
     /// Whether every running node sees all the others alive, checked cheaply enough for
     /// large clusters.
     pub fn converged(&self) -> bool {
-        let all: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.nodes[i].running).collect();
+        let all: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].running)
+            .collect();
         all.iter().all(|&i| {
             let m = &self.nodes[i].membership;
-            all.iter().all(|&j| m.state_of(&self.nodes[j].config.name, self.now_ms) == Some(MemberState::Alive))
+            all.iter().all(|&j| {
+                m.state_of(&self.nodes[j].config.name, self.now_ms) == Some(MemberState::Alive)
+            })
         })
     }
 
@@ -288,12 +331,22 @@ impl Sim {
         let interval = self.nodes[i].config.gossip_interval_ms;
         let at = self.now_ms + self.rng.random_range(0..interval);
         let incarnation = self.nodes[i].incarnation;
-        self.push(at, Action::Tick { node: i, incarnation });
+        self.push(
+            at,
+            Action::Tick {
+                node: i,
+                incarnation,
+            },
+        );
     }
 
     fn push(&mut self, at: u64, action: Action) {
         self.seq += 1;
-        self.queue.push(Reverse(Scheduled { at, seq: self.seq, action }));
+        self.queue.push(Reverse(Scheduled {
+            at,
+            seq: self.seq,
+            action,
+        }));
     }
 
     fn process(&mut self, action: Action) {
@@ -310,27 +363,45 @@ impl Sim {
                     return;
                 }
                 let out = n.membership.tick(now, &mut self.rng);
-                n.events.extend(n.membership.drain_events().into_iter().map(|e| (now, e)));
+                n.events
+                    .extend(n.membership.drain_events().into_iter().map(|e| (now, e)));
                 let jitter = self.cfg.tick_jitter_ms;
                 let interval = n.config.gossip_interval_ms;
-                let next = (now + interval + self.rng.random_range(0..=2 * jitter)).saturating_sub(jitter);
+                let next =
+                    (now + interval + self.rng.random_range(0..=2 * jitter)).saturating_sub(jitter);
                 self.push(next.max(now + 1), Action::Tick { node, incarnation });
                 self.send(node, out);
             }
-            Action::Deliver { to, from, from_address, message } => {
+            Action::Deliver {
+                to,
+                from,
+                from_address,
+                message,
+            } => {
                 if !self.nodes[to].running || from.is_some_and(|f| !self.connected(f, to)) {
                     self.stats.dropped += 1;
                     return;
                 }
                 if self.nodes[to].paused_until_ms > now {
                     let at = self.nodes[to].paused_until_ms;
-                    self.push(at, Action::Deliver { to, from, from_address, message });
+                    self.push(
+                        at,
+                        Action::Deliver {
+                            to,
+                            from,
+                            from_address,
+                            message,
+                        },
+                    );
                     return;
                 }
                 self.stats.delivered += 1;
                 let n = &mut self.nodes[to];
-                let out = n.membership.handle(now, &from_address, message, &mut self.rng);
-                n.events.extend(n.membership.drain_events().into_iter().map(|e| (now, e)));
+                let out = n
+                    .membership
+                    .handle(now, &from_address, message, &mut self.rng);
+                n.events
+                    .extend(n.membership.drain_events().into_iter().map(|e| (now, e)));
                 self.send(to, out);
             }
         }
@@ -369,7 +440,15 @@ impl Sim {
                 self.cfg.latency_ms
             };
             let at = self.now_ms + self.rng.random_range(lo..=hi);
-            self.push(at, Action::Deliver { to, from: Some(from), from_address: from_address.clone(), message });
+            self.push(
+                at,
+                Action::Deliver {
+                    to,
+                    from: Some(from),
+                    from_address: from_address.clone(),
+                    message,
+                },
+            );
         }
     }
 }
@@ -400,11 +479,19 @@ pub struct Convergence {
 
 /// Starts `n` nodes at once, all seeded with node 0 only, and counts the rounds until
 /// everyone knows everyone alive (checked every interval, up to `limit_rounds`).
-pub fn convergence(n: usize, cfg: SimConfig, adjust: impl Fn(&mut Config), limit_rounds: u64) -> Convergence {
+pub fn convergence(
+    n: usize,
+    cfg: SimConfig,
+    adjust: impl Fn(&mut Config),
+    limit_rounds: u64,
+) -> Convergence {
     let mut sim = Sim::with_cluster(cfg, n, adjust);
     let interval = sim.node(0).config.gossip_interval_ms;
     let took = sim.run_until_true(limit_rounds * interval, interval, Sim::converged);
-    Convergence { rounds: took.map(|ms| ms / interval), stats: sim.stats }
+    Convergence {
+        rounds: took.map(|ms| ms / interval),
+        stats: sim.stats,
+    }
 }
 
 /// Outcome of [`crash_detection`]: per observer, the time from the crash to its first
@@ -417,7 +504,13 @@ pub struct Detection {
 
 /// Runs an `n`-node cluster for `warmup_ms`, crashes node `n / 2`, and times its
 /// detection by every other node (giving up `limit_ms` after the crash).
-pub fn crash_detection(n: usize, cfg: SimConfig, adjust: impl Fn(&mut Config), warmup_ms: u64, limit_ms: u64) -> Detection {
+pub fn crash_detection(
+    n: usize,
+    cfg: SimConfig,
+    adjust: impl Fn(&mut Config),
+    warmup_ms: u64,
+    limit_ms: u64,
+) -> Detection {
     let mut sim = Sim::with_cluster(cfg, n, adjust);
     sim.run_for(warmup_ms);
     assert!(sim.converged(), "cluster converged before the crash");
@@ -428,7 +521,10 @@ pub fn crash_detection(n: usize, cfg: SimConfig, adjust: impl Fn(&mut Config), w
     let observers: Vec<usize> = (0..n).filter(|&i| i != victim).collect();
     sim.run_until_true(limit_ms, 100, |s| {
         observers.iter().all(|&i| {
-            s.node(i).events.iter().any(|(t, e)| *t >= crashed_at && *e == Event::Down { name: name.clone() })
+            s.node(i)
+                .events
+                .iter()
+                .any(|(t, e)| *t >= crashed_at && *e == Event::Down { name: name.clone() })
         })
     });
     let first = |i: usize, pick: fn(&Event) -> Option<&String>| {
@@ -441,11 +537,27 @@ pub fn crash_detection(n: usize, cfg: SimConfig, adjust: impl Fn(&mut Config), w
     Detection {
         suspect_ms: observers
             .iter()
-            .map(|&i| first(i, |e| if let Event::Suspect { name } = e { Some(name) } else { None }))
+            .map(|&i| {
+                first(i, |e| {
+                    if let Event::Suspect { name } = e {
+                        Some(name)
+                    } else {
+                        None
+                    }
+                })
+            })
             .collect(),
         down_ms: observers
             .iter()
-            .map(|&i| first(i, |e| if let Event::Down { name } = e { Some(name) } else { None }))
+            .map(|&i| {
+                first(i, |e| {
+                    if let Event::Down { name } = e {
+                        Some(name)
+                    } else {
+                        None
+                    }
+                })
+            })
             .collect(),
     }
 }
@@ -482,14 +594,22 @@ pub fn false_suspicions(
     while sim.now_ms() < end {
         for i in 0..n {
             let paused = sim.node(i).paused_until_ms > sim.now_ms();
-            if !paused && sim.rng().random_bool(step as f64 / mean_pause_every_ms as f64) {
+            if !paused
+                && sim
+                    .rng()
+                    .random_bool(step as f64 / mean_pause_every_ms as f64)
+            {
                 sim.pause(i, pause_ms);
                 pauses += 1;
             }
         }
         sim.run_for(step);
     }
-    let count = |pick: fn(&Event) -> bool| (0..n).map(|i| sim.node(i).events.iter().filter(|(_, e)| pick(e)).count()).sum();
+    let count = |pick: fn(&Event) -> bool| {
+        (0..n)
+            .map(|i| sim.node(i).events.iter().filter(|(_, e)| pick(e)).count())
+            .sum()
+    };
     FalseSuspicions {
         node_hours: n as f64 * hours,
         suspects: count(|e| matches!(e, Event::Suspect { .. })),

@@ -75,12 +75,19 @@ pub enum Payload {
     Syn { digest: Digest },
     /// Reply to `Syn`: what the Syn's sender lacks, and the names whose records the
     /// replier wants in full.
-    SynAck { updates: Vec<MemberUpdate>, wants: Vec<String> },
+    SynAck {
+        updates: Vec<MemberUpdate>,
+        wants: Vec<String>,
+    },
     /// Reply to `SynAck`: the wanted records.
     Ack { updates: Vec<MemberUpdate> },
     /// The sender refused our message and merged nothing. `alive_members` (how many live
     /// members the refuser knows) lets the smaller side be the one that gives up.
-    Reject { kind: RejectKind, reason: String, alive_members: u32 },
+    Reject {
+        kind: RejectKind,
+        reason: String,
+        alive_members: u32,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,7 +110,8 @@ pub struct Digest {
 
 impl Digest {
     pub fn covers(&self, name: &str) -> bool {
-        self.start.as_deref().is_none_or(|s| name >= s) && self.end.as_deref().is_none_or(|e| name < e)
+        self.start.as_deref().is_none_or(|s| name >= s)
+            && self.end.as_deref().is_none_or(|e| name < e)
     }
 }
 
@@ -154,7 +162,12 @@ impl DigestEntry {
     /// round from every member).
     pub(crate) fn encoded_len(&self) -> usize {
         // [name, [generation, tombstone, version, heartbeat]]
-        1 + str_len(&self.name) + 1 + uint_len(self.stamp.generation) + 1 + uint_len(self.stamp.version) + uint_len(self.stamp.heartbeat)
+        1 + str_len(&self.name)
+            + 1
+            + uint_len(self.stamp.generation)
+            + 1
+            + uint_len(self.stamp.version)
+            + uint_len(self.stamp.heartbeat)
     }
 }
 
@@ -211,10 +224,19 @@ mod tests {
     use super::*;
 
     fn sample() -> GossipMessage {
-        let stamp = Stamp { generation: 7, tombstone: false, version: 3, heartbeat: 99 };
+        let stamp = Stamp {
+            generation: 7,
+            tombstone: false,
+            version: 3,
+            heartbeat: 99,
+        };
         GossipMessage::V1(MessageV1 {
             cluster: ClusterConfig::default(),
-            from: Peer { name: "n1".into(), address: "127.0.0.1:7001".into(), stamp },
+            from: Peer {
+                name: "n1".into(),
+                address: "127.0.0.1:7001".into(),
+                stamp,
+            },
             payload: Payload::SynAck {
                 updates: vec![MemberUpdate {
                     name: "n2".into(),
@@ -242,7 +264,10 @@ mod tests {
 
     #[test]
     fn garbage_is_a_decode_error() {
-        assert!(matches!(GossipMessage::decode(&[0xc1, 0x00]), Err(GossipError::Decode(_))));
+        assert!(matches!(
+            GossipMessage::decode(&[0xc1, 0x00]),
+            Err(GossipError::Decode(_))
+        ));
     }
 
     proptest::proptest! {
@@ -268,9 +293,17 @@ mod tests {
 
     #[test]
     fn digest_range_is_half_open() {
-        let d = Digest { start: Some("b".into()), end: Some("d".into()), entries: vec![] };
+        let d = Digest {
+            start: Some("b".into()),
+            end: Some("d".into()),
+            entries: vec![],
+        };
         assert!(!d.covers("a") && d.covers("b") && d.covers("c") && !d.covers("d"));
-        let all = Digest { start: None, end: None, entries: vec![] };
+        let all = Digest {
+            start: None,
+            end: None,
+            entries: vec![],
+        };
         assert!(all.covers("") && all.covers("zzz"));
     }
 }

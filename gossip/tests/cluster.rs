@@ -5,12 +5,12 @@
 use std::collections::BTreeMap;
 
 use chorus_gossip::sim::{self, Sim, SimConfig};
-use rand::rngs::StdRng;
-use rand::SeedableRng;
 use chorus_gossip::{
     ClusterConfig, Event, GossipError, GossipMessage, MemberBody, MemberState, MemberUpdate,
     MessageV1, Payload, Peer, Stamp, Status,
 };
+use rand::rngs::StdRng;
+use rand::SeedableRng;
 
 fn events_about(sim: &Sim, observer: usize, name: &str) -> Vec<(u64, Event)> {
     sim.node(observer)
@@ -32,15 +32,29 @@ fn events_about(sim: &Sim, observer: usize, name: &str) -> Vec<(u64, Event)> {
 }
 
 fn listed(sim: &Sim, observer: usize, name: &str) -> bool {
-    sim.node(observer).membership.members(sim.now_ms()).iter().any(|v| v.name == name)
+    sim.node(observer)
+        .membership
+        .members(sim.now_ms())
+        .iter()
+        .any(|v| v.name == name)
 }
 
 #[test]
 fn clusters_of_10_50_200_converge_from_one_seed() {
     for n in [10, 50, 200] {
-        let c = sim::convergence(n, SimConfig { seed: n as u64, ..SimConfig::default() }, |_| {}, 40);
+        let c = sim::convergence(
+            n,
+            SimConfig {
+                seed: n as u64,
+                ..SimConfig::default()
+            },
+            |_| {},
+            40,
+        );
         println!("{n} nodes converged in {:?} rounds", c.rounds);
-        let rounds = c.rounds.unwrap_or_else(|| panic!("{n} nodes did not converge in 40 rounds"));
+        let rounds = c
+            .rounds
+            .unwrap_or_else(|| panic!("{n} nodes did not converge in 40 rounds"));
         assert!(rounds <= 15, "{n} nodes took {rounds} rounds");
     }
 }
@@ -49,24 +63,47 @@ fn clusters_of_10_50_200_converge_from_one_seed() {
 fn crashed_node_is_marked_down_by_everyone_at_thresholds_5_8_12() {
     let mut medians = Vec::new();
     for threshold in [5.0, 8.0, 12.0] {
-        let d = sim::crash_detection(10, SimConfig::jittery(7), |c| c.phi.threshold = threshold, 60_000, 60_000);
+        let d = sim::crash_detection(
+            10,
+            SimConfig::jittery(7),
+            |c| c.phi.threshold = threshold,
+            60_000,
+            60_000,
+        );
         let down: Vec<u64> = d
             .down_ms
             .iter()
-            .map(|t| t.unwrap_or_else(|| panic!("an observer never marked the crashed node down at {threshold}")))
+            .map(|t| {
+                t.unwrap_or_else(|| {
+                    panic!("an observer never marked the crashed node down at {threshold}")
+                })
+            })
             .collect();
-        let suspect: Vec<u64> = d.suspect_ms.iter().map(|t| t.expect("suspected before down")).collect();
+        let suspect: Vec<u64> = d
+            .suspect_ms
+            .iter()
+            .map(|t| t.expect("suspected before down"))
+            .collect();
         let worst = *down.iter().max().unwrap();
         println!("threshold {threshold}: suspect {suspect:?}, down {down:?}");
         // About 1 s of mean interval + 3 s acceptable pause + 2.5-3 std devs of 0.5 s,
         // then 2 s suspect-to-down: 8-10 s. 20 s leaves room for gossip lag.
-        assert!(worst <= 20_000, "threshold {threshold}: slowest observer took {worst} ms");
-        assert!(suspect.iter().all(|&s| s >= 3_000), "no suspicion before the acceptable pause");
+        assert!(
+            worst <= 20_000,
+            "threshold {threshold}: slowest observer took {worst} ms"
+        );
+        assert!(
+            suspect.iter().all(|&s| s >= 3_000),
+            "no suspicion before the acceptable pause"
+        );
         let mut sorted = down.clone();
         sorted.sort();
         medians.push(sorted[sorted.len() / 2]);
     }
-    assert!(medians[0] <= medians[1] && medians[1] <= medians[2], "higher thresholds detect later: {medians:?}");
+    assert!(
+        medians[0] <= medians[1] && medians[1] <= medians[2],
+        "higher thresholds detect later: {medians:?}"
+    );
 }
 
 #[test]
@@ -111,13 +148,27 @@ fn restarted_node_is_seen_with_new_generation_without_flapping() {
     for i in (0..10).filter(|&i| i != 4) {
         let view = sim.node(i).membership.members(sim.now_ms());
         let v = view.iter().find(|v| v.name == name).unwrap();
-        assert_eq!((v.state, v.generation), (MemberState::Alive, 2), "as seen by node {i}");
+        assert_eq!(
+            (v.state, v.generation),
+            (MemberState::Alive, 2),
+            "as seen by node {i}"
+        );
         let events = events_about(&sim, i, &name);
-        let restarts: Vec<_> = events.iter().filter(|(_, e)| matches!(e, Event::Restarted { .. })).collect();
+        let restarts: Vec<_> = events
+            .iter()
+            .filter(|(_, e)| matches!(e, Event::Restarted { .. }))
+            .collect();
         assert_eq!(restarts.len(), 1, "node {i}: {events:?}");
-        assert_eq!(restarts[0].1, Event::Restarted { name: name.clone(), generation: 2 });
+        assert_eq!(
+            restarts[0].1,
+            Event::Restarted {
+                name: name.clone(),
+                generation: 2
+            }
+        );
         assert!(
-            !events.iter().any(|(t, e)| *t >= restarted_at && matches!(e, Event::Suspect { .. } | Event::Down { .. })),
+            !events.iter().any(|(t, e)| *t >= restarted_at
+                && matches!(e, Event::Suspect { .. } | Event::Down { .. })),
             "node {i} flapped: {events:?}"
         );
     }
@@ -130,15 +181,56 @@ fn restart_after_being_marked_down_comes_back_once() {
     let name = Sim::name(3);
     sim.crash(3);
     sim.run_for(20_000);
-    assert!((0..8).filter(|&i| i != 3).all(|i| sim.node(i).membership.state_of(&name, sim.now_ms()) == Some(MemberState::Down)));
+    assert!((0..8).filter(|&i| i != 3).all(|i| sim
+        .node(i)
+        .membership
+        .state_of(&name, sim.now_ms())
+        == Some(MemberState::Down)));
     let restarted_at = sim.now_ms();
     sim.restart(3);
     sim.run_for(30_000);
     for i in (0..8).filter(|&i| i != 3) {
-        let after: Vec<_> = events_about(&sim, i, &name).into_iter().filter(|(t, _)| *t >= restarted_at).map(|(_, e)| e).collect();
-        assert_eq!(after, vec![Event::Restarted { name: name.clone(), generation: 2 }], "node {i}");
+        let after: Vec<_> = events_about(&sim, i, &name)
+            .into_iter()
+            .filter(|(t, _)| *t >= restarted_at)
+            .map(|(_, e)| e)
+            .collect();
+        assert_eq!(
+            after,
+            vec![Event::Restarted {
+                name: name.clone(),
+                generation: 2
+            }],
+            "node {i}"
+        );
         assert!(sim.node(i).membership.is_reachable(&name, sim.now_ms()));
     }
+}
+
+#[test]
+fn restart_reusing_its_generation_catches_up_instead_of_staying_down() {
+    let mut sim = Sim::with_cluster(SimConfig::jittery(23), 6, |_| {});
+    sim.run_for(60_000);
+    let name = Sim::name(2);
+    sim.crash(2);
+    sim.run_for(15_000);
+    sim.restart_as(2, 1);
+    sim.node_mut(2).membership.set_local_kv("k", "new").unwrap();
+    let all: Vec<usize> = (0..6).collect();
+    assert!(sim
+        .run_until_true(20_000, 500, |s| s.all_see(&all, MemberState::Alive))
+        .is_some());
+    let view = sim.node(0).membership.members(sim.now_ms());
+    let v = view.iter().find(|v| v.name == name).unwrap();
+    assert_eq!(
+        (v.generation, v.kv.get("k").map(String::as_str)),
+        (1, Some("new")),
+        "its new body won too"
+    );
+    assert!(
+        v.heartbeat > 100,
+        "it adopted the old incarnation's counter"
+    );
 }
 
 #[test]
@@ -151,11 +243,15 @@ fn partition_halves_mark_each_other_down_and_heal() {
     let right: Vec<usize> = (n / 2..n).collect();
     sim.partition(&[&left, &right]);
     let split = sim.run_until_true(60_000, 500, |s| {
-        left.iter().all(|&i| s.sees(i, &right, MemberState::Down)) && right.iter().all(|&i| s.sees(i, &left, MemberState::Down))
+        left.iter().all(|&i| s.sees(i, &right, MemberState::Down))
+            && right.iter().all(|&i| s.sees(i, &left, MemberState::Down))
     });
     println!("halves marked each other down after {split:?} ms");
     assert!(split.is_some(), "each half marks the other down");
-    assert!(left.iter().all(|&i| sim.sees(i, &left, MemberState::Alive)), "a half keeps its own members alive");
+    assert!(
+        left.iter().all(|&i| sim.sees(i, &left, MemberState::Alive)),
+        "a half keeps its own members alive"
+    );
     // Down members still own partitions.
     assert_eq!(sim.node(0).membership.ring_members().len(), n);
     sim.heal();
@@ -168,29 +264,52 @@ fn partition_halves_mark_each_other_down_and_heal() {
 fn leave_and_remove_spread_and_are_forgotten_and_stale_copies_do_not_resurrect() {
     let n = 8;
     let forget = 60_000;
-    let mut sim = Sim::with_cluster(SimConfig::jittery(41), n, |c| c.forget_left_after_ms = forget);
+    let mut sim = Sim::with_cluster(SimConfig::jittery(41), n, |c| {
+        c.forget_left_after_ms = forget
+    });
     sim.run_for(30_000);
     assert!(sim.converged());
     let (leaver, dead) = (Sim::name(2), Sim::name(5));
     let others: Vec<usize> = (0..n).filter(|&i| i != 2 && i != 5).collect();
 
     sim.node_mut(2).membership.leave();
-    let t = sim.run_until_true(20_000, 100, |s| others.iter().all(|&i| s.node(i).membership.state_of(&leaver, s.now_ms()) == Some(MemberState::Leaving)));
+    let t = sim.run_until_true(20_000, 100, |s| {
+        others.iter().all(|&i| {
+            s.node(i).membership.state_of(&leaver, s.now_ms()) == Some(MemberState::Leaving)
+        })
+    });
     assert!(t.is_some(), "leaving spreads");
-    assert!(!sim.node(0).membership.ring_members().contains(&leaver), "a leaving node owns nothing");
+    assert!(
+        !sim.node(0).membership.ring_members().contains(&leaver),
+        "a leaving node owns nothing"
+    );
     sim.node_mut(2).membership.left();
-    let t = sim.run_until_true(20_000, 100, |s| others.iter().all(|&i| s.node(i).membership.state_of(&leaver, s.now_ms()) == Some(MemberState::Left)));
+    let t = sim.run_until_true(20_000, 100, |s| {
+        others
+            .iter()
+            .all(|&i| s.node(i).membership.state_of(&leaver, s.now_ms()) == Some(MemberState::Left))
+    });
     assert!(t.is_some(), "left spreads");
     sim.crash(2);
 
     sim.crash(5);
     let m0 = &mut sim.node_mut(0).membership;
-    assert!(matches!(m0.remove(&Sim::name(0)), Err(GossipError::RemoveSelf(_))));
-    assert!(matches!(m0.remove("nobody"), Err(GossipError::UnknownMember(_))));
+    assert!(matches!(
+        m0.remove(&Sim::name(0)),
+        Err(GossipError::RemoveSelf(_))
+    ));
+    assert!(matches!(
+        m0.remove("nobody"),
+        Err(GossipError::UnknownMember(_))
+    ));
     let refused = m0.remove(&dead).unwrap_err();
     assert!(matches!(refused, GossipError::NotDown { .. }), "{refused}");
     assert!(refused.to_string().contains("alive"), "{refused}");
-    let t = sim.run_until_true(30_000, 100, |s| others.iter().all(|&i| s.node(i).membership.state_of(&dead, s.now_ms()) == Some(MemberState::Down)));
+    let t = sim.run_until_true(30_000, 100, |s| {
+        others
+            .iter()
+            .all(|&i| s.node(i).membership.state_of(&dead, s.now_ms()) == Some(MemberState::Down))
+    });
     assert!(t.is_some(), "the dead node is marked down");
     let dead_stamp = {
         let v = sim.node(3).membership.members(sim.now_ms());
@@ -198,13 +317,29 @@ fn leave_and_remove_spread_and_are_forgotten_and_stale_copies_do_not_resurrect()
         (v.generation, v.heartbeat)
     };
     sim.node_mut(0).membership.remove(&dead).unwrap();
-    assert_eq!(sim.node_mut(0).membership.remove(&dead), Ok(()), "removing twice is a no-op");
-    let t = sim.run_until_true(20_000, 100, |s| others.iter().all(|&i| s.node(i).membership.state_of(&dead, s.now_ms()) == Some(MemberState::Left)));
+    assert_eq!(
+        sim.node_mut(0).membership.remove(&dead),
+        Ok(()),
+        "removing twice is a no-op"
+    );
+    let t = sim.run_until_true(20_000, 100, |s| {
+        others
+            .iter()
+            .all(|&i| s.node(i).membership.state_of(&dead, s.now_ms()) == Some(MemberState::Left))
+    });
     assert!(t.is_some(), "the removal spreads");
     for &i in &others {
-        assert!(events_about(&sim, i, &leaver).iter().any(|(_, e)| *e == Event::Leaving { name: leaver.clone() }));
-        assert!(events_about(&sim, i, &leaver).iter().any(|(_, e)| *e == Event::Left { name: leaver.clone() }));
-        assert!(events_about(&sim, i, &dead).iter().any(|(_, e)| *e == Event::Removed { name: dead.clone() }));
+        assert!(events_about(&sim, i, &leaver).iter().any(|(_, e)| *e
+            == Event::Leaving {
+                name: leaver.clone()
+            }));
+        assert!(events_about(&sim, i, &leaver).iter().any(|(_, e)| *e
+            == Event::Left {
+                name: leaver.clone()
+            }));
+        assert!(events_about(&sim, i, &dead)
+            .iter()
+            .any(|(_, e)| *e == Event::Removed { name: dead.clone() }));
         let ring = sim.node(i).membership.ring_members();
         assert!(!ring.contains(&leaver) && !ring.contains(&dead));
     }
@@ -217,25 +352,41 @@ fn leave_and_remove_spread_and_are_forgotten_and_stale_copies_do_not_resurrect()
             from: Peer {
                 name: Sim::name(1),
                 address: Sim::address(1),
-                stamp: Stamp { generation: 1, tombstone: false, version: 0, heartbeat: 1 },
+                stamp: Stamp {
+                    generation: 1,
+                    tombstone: false,
+                    version: 0,
+                    heartbeat: 1,
+                },
             },
             payload: Payload::Ack {
                 updates: vec![MemberUpdate {
                     name: dead.clone(),
                     generation: dead_stamp.0,
                     heartbeat,
-                    body: Some(MemberBody { address: Sim::address(5), version: 0, status: Status::Alive, kv: BTreeMap::new() }),
+                    body: Some(MemberBody {
+                        address: Sim::address(5),
+                        version: 0,
+                        status: Status::Alive,
+                        kv: BTreeMap::new(),
+                    }),
                 }],
             },
         })
     };
     sim.inject(3, &Sim::address(1), stale_ack(dead_stamp.1 + 1000));
     sim.run_for(100);
-    assert_eq!(sim.node(3).membership.state_of(&dead, sim.now_ms()), Some(MemberState::Left));
+    assert_eq!(
+        sim.node(3).membership.state_of(&dead, sim.now_ms()),
+        Some(MemberState::Left)
+    );
 
     sim.run_for(forget + 10_000);
     for &i in &others {
-        assert!(!listed(&sim, i, &dead) && !listed(&sim, i, &leaver), "node {i} forgot both tombstones");
+        assert!(
+            !listed(&sim, i, &dead) && !listed(&sim, i, &leaver),
+            "node {i} forgot both tombstones"
+        );
     }
     sim.inject(3, &Sim::address(1), stale_ack(dead_stamp.1 + 2000));
     // The dead node's own last digest, replayed: answered with the tombstone.
@@ -244,21 +395,40 @@ fn leave_and_remove_spread_and_are_forgotten_and_stale_copies_do_not_resurrect()
         from: Peer {
             name: dead.clone(),
             address: Sim::address(5),
-            stamp: Stamp { generation: dead_stamp.0, tombstone: false, version: 0, heartbeat: dead_stamp.1 + 3000 },
+            stamp: Stamp {
+                generation: dead_stamp.0,
+                tombstone: false,
+                version: 0,
+                heartbeat: dead_stamp.1 + 3000,
+            },
         },
-        payload: Payload::Syn { digest: chorus_gossip::Digest { start: None, end: None, entries: vec![] } },
+        payload: Payload::Syn {
+            digest: chorus_gossip::Digest {
+                start: None,
+                end: None,
+                entries: vec![],
+            },
+        },
     });
     sim.inject(4, &Sim::address(5), stale_syn);
     sim.run_for(10_000);
     for &i in &others {
-        assert!(!listed(&sim, i, &dead), "node {i} resurrected the removed node");
+        assert!(
+            !listed(&sim, i, &dead),
+            "node {i} resurrected the removed node"
+        );
     }
 
     // A new generation of a removed node is a legitimate rejoin.
     sim.restart(5);
     let all_but_leaver: Vec<usize> = (0..n).filter(|&i| i != 2).collect();
-    let t = sim.run_until_true(30_000, 500, |s| s.all_see(&all_but_leaver, MemberState::Alive));
-    assert!(t.is_some(), "the removed node rejoins with a new generation");
+    let t = sim.run_until_true(30_000, 500, |s| {
+        s.all_see(&all_but_leaver, MemberState::Alive)
+    });
+    assert!(
+        t.is_some(),
+        "the removed node rejoins with a new generation"
+    );
 }
 
 #[test]
@@ -266,25 +436,61 @@ fn node_with_other_replication_factor_is_rejected_with_a_clear_reason() {
     let mut sim = Sim::with_cluster(SimConfig::default(), 5, |_| {});
     sim.run_for(10_000);
     assert!(sim.converged());
-    let bad = sim.add_node(Sim::node_config(5, ClusterConfig { n: 2, ring_size: 64 }, &[0]));
+    let bad = sim.add_node(Sim::node_config(
+        5,
+        ClusterConfig {
+            n: 2,
+            ring_size: 64,
+        },
+        &[0],
+    ));
     sim.run_for(10_000);
-    let reason = sim.node(bad).membership.rejected().expect("the joiner was refused").to_string();
-    assert_eq!(reason, "cluster replication factor is 3, this node was started with --n 2");
-    assert!(sim.node(bad).events.iter().any(|(_, e)| *e == Event::Rejected { reason: reason.clone() }));
-    assert!(sim.node(0).events.iter().any(|(_, e)| matches!(e, Event::ConfigMismatch { reason, .. } if reason.contains("--n 2"))));
+    let reason = sim
+        .node(bad)
+        .membership
+        .rejected()
+        .expect("the joiner was refused")
+        .to_string();
+    assert_eq!(
+        reason,
+        "cluster replication factor is 3, this node was started with --n 2"
+    );
+    assert!(sim.node(bad).events.iter().any(|(_, e)| *e
+        == Event::Rejected {
+            reason: reason.clone()
+        }));
+    assert!(sim.node(0).events.iter().any(
+        |(_, e)| matches!(e, Event::ConfigMismatch { reason, .. } if reason.contains("--n 2"))
+    ));
     for i in 0..5 {
-        assert!(!listed(&sim, i, &Sim::name(5)), "node {i} lists the refused node");
+        assert!(
+            !listed(&sim, i, &Sim::name(5)),
+            "node {i} lists the refused node"
+        );
         assert_eq!(sim.node(i).membership.rejected(), None);
     }
     let now = sim.now_ms();
-    assert!(sim.node_mut(bad).membership.tick(now, &mut StdRng::seed_from_u64(0)).is_empty(), "a rejected node stays quiet");
+    assert!(
+        sim.node_mut(bad)
+            .membership
+            .tick(now, &mut StdRng::seed_from_u64(0))
+            .is_empty(),
+        "a rejected node stays quiet"
+    );
 }
 
 #[test]
 fn cluster_node_seeded_with_a_misconfigured_node_is_not_the_one_rejected() {
     let mut sim = Sim::new(SimConfig::default());
     // A lone misconfigured node first, then a cluster whose seeds include it.
-    sim.add_node(Sim::node_config(0, ClusterConfig { n: 3, ring_size: 128 }, &[]));
+    sim.add_node(Sim::node_config(
+        0,
+        ClusterConfig {
+            n: 3,
+            ring_size: 128,
+        },
+        &[],
+    ));
     for i in 1..5 {
         sim.add_node(Sim::node_config(i, ClusterConfig::default(), &[0, 1]));
     }
@@ -294,8 +500,15 @@ fn cluster_node_seeded_with_a_misconfigured_node_is_not_the_one_rejected() {
     for &i in &cluster {
         assert_eq!(sim.node(i).membership.rejected(), None, "node {i}");
     }
-    let reason = sim.node(0).membership.rejected().expect("the misconfigured node gave up");
-    assert!(reason.contains("ring size is 64") && reason.contains("--ring-size 128"), "{reason}");
+    let reason = sim
+        .node(0)
+        .membership
+        .rejected()
+        .expect("the misconfigured node gave up");
+    assert!(
+        reason.contains("ring size is 64") && reason.contains("--ring-size 128"),
+        "{reason}"
+    );
 }
 
 #[test]
@@ -306,10 +519,20 @@ fn second_node_claiming_a_taken_name_is_rejected() {
     impostor.address = "10.9.9.9:7000".into();
     let i = sim.add_node(impostor);
     sim.run_for(10_000);
-    let reason = sim.node(i).membership.rejected().expect("the impostor was refused");
-    assert!(reason.contains("name n002 is taken by the node at 10.0.0.2:7000"), "{reason}");
+    let reason = sim
+        .node(i)
+        .membership
+        .rejected()
+        .expect("the impostor was refused");
+    assert!(
+        reason.contains("name n002 is taken by the node at 10.0.0.2:7000"),
+        "{reason}"
+    );
     for j in 0..4 {
-        assert_eq!(sim.node(j).membership.address_of(&Sim::name(2)), Some(Sim::address(2).as_str()));
+        assert_eq!(
+            sim.node(j).membership.address_of(&Sim::name(2)),
+            Some(Sim::address(2).as_str())
+        );
         assert_eq!(sim.node(j).membership.rejected(), None);
     }
 }
@@ -325,35 +548,67 @@ fn node_removed_while_cut_off_stops_when_it_hears_of_it() {
     sim.run_for(5_000);
     sim.heal();
     sim.run_for(30_000);
-    let reason = sim.node(5).membership.rejected().expect("the removed node learned it");
+    let reason = sim
+        .node(5)
+        .membership
+        .rejected()
+        .expect("the removed node learned it");
     assert!(reason.contains("removed from the cluster"), "{reason}");
     for i in 0..5 {
-        assert_eq!(sim.node(i).membership.state_of(&Sim::name(5), sim.now_ms()), Some(MemberState::Left));
+        assert_eq!(
+            sim.node(i).membership.state_of(&Sim::name(5), sim.now_ms()),
+            Some(MemberState::Left)
+        );
     }
 }
 
 #[test]
 fn messages_stay_under_a_small_bound_with_200_nodes_and_still_converge() {
     let bound = 4096;
-    let cfg = SimConfig { seed: 51, check_wire: true, ..SimConfig::jittery(51) };
+    let cfg = SimConfig {
+        seed: 51,
+        check_wire: true,
+        ..SimConfig::jittery(51)
+    };
     let mut sim = Sim::with_cluster(cfg, 200, |c| {
         c.max_message_bytes = bound;
         c.max_kv_bytes = 1024;
     });
     for i in 0..200 {
-        sim.node_mut(i).membership.set_local_kv("load", &format!("{:.3}", i as f64 / 7.0)).unwrap();
+        sim.node_mut(i)
+            .membership
+            .set_local_kv("load", &format!("{:.3}", i as f64 / 7.0))
+            .unwrap();
     }
     let took = sim.run_until_true(60_000, 500, Sim::converged);
     println!("converged in {took:?} ms; {:?}", sim.stats);
-    assert!(took.is_some(), "200 nodes converge with {bound}-byte messages");
+    assert!(
+        took.is_some(),
+        "200 nodes converge with {bound}-byte messages"
+    );
     // Churn: a restart and a crash on top of steady state.
     sim.crash(17);
     sim.restart(42);
     sim.run_for(10_000);
-    assert_eq!(sim.stats.oversize, 0, "every message fits {bound} bytes: {:?}", sim.stats);
+    assert_eq!(
+        sim.stats.oversize, 0,
+        "every message fits {bound} bytes: {:?}",
+        sim.stats
+    );
     assert!(sim.stats.max_message_bytes <= bound);
-    assert!(sim.stats.max_message_bytes > bound / 2, "the bound was actually exercised");
+    assert!(
+        sim.stats.max_message_bytes > bound / 2,
+        "the bound was actually exercised"
+    );
     // Key-values spread with the records.
     let v = sim.node(100).membership.members(sim.now_ms());
-    assert_eq!(v.iter().find(|v| v.name == Sim::name(7)).unwrap().kv.get("load").map(String::as_str), Some("1.000"));
+    assert_eq!(
+        v.iter()
+            .find(|v| v.name == Sim::name(7))
+            .unwrap()
+            .kv
+            .get("load")
+            .map(String::as_str),
+        Some("1.000")
+    );
 }
