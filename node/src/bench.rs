@@ -759,6 +759,8 @@ pub(crate) struct HistoryLine<'a> {
     /// For a successful get: every sibling's value (empty when not found); null otherwise.
     pub values: Option<&'a [String]>,
     pub context_out: Option<&'a str>,
+    /// The node that coordinated the request (workers move on when one is unreachable).
+    pub node: &'a str,
 }
 
 /// The value a put writes under `--history`: unique across workers and operations, so the
@@ -882,6 +884,7 @@ impl Worker {
             (_, false) => self.contexts.map.get(&key_index).cloned(),
         };
         let request = Request { op, key: &key, value: &value, context: context.as_deref() };
+        let node = if history { config.endpoints[self.node].to_string() } else { String::new() };
         let sent = Instant::now();
         let answer = match &mut self.backend {
             Backend::Chorus(client) => chorus(client, config, &request).await,
@@ -928,6 +931,7 @@ impl Worker {
             outcome: outcome.name(),
             values,
             context_out,
+            node: &node,
         };
         let line = serde_json::to_string(&line).expect("a history line serializes");
         tx.send(line).await.is_ok()
@@ -1261,10 +1265,11 @@ mod tests {
             outcome: "ok",
             values: Some(&values),
             context_out: Some("Y3R4"),
+            node: "http://127.0.0.1:8001",
         };
         assert_eq!(
             serde_json::to_string(&get).unwrap(),
-            r#"{"client":1,"seq":5,"op":"get","bucket":"bench","key":"k42","value":null,"context_in":null,"start_us":1000,"end_us":2500,"status":300,"outcome":"ok","values":["w1-4-..","w2-9-.."],"context_out":"Y3R4"}"#
+            r#"{"client":1,"seq":5,"op":"get","bucket":"bench","key":"k42","value":null,"context_in":null,"start_us":1000,"end_us":2500,"status":300,"outcome":"ok","values":["w1-4-..","w2-9-.."],"context_out":"Y3R4","node":"http://127.0.0.1:8001"}"#
         );
         let put = HistoryLine {
             op: "put",
@@ -1279,7 +1284,7 @@ mod tests {
         };
         assert_eq!(
             serde_json::to_string(&put).unwrap(),
-            r#"{"client":1,"seq":6,"op":"put","bucket":"bench","key":"k42","value":"w1-6-..","context_in":"Y3R4","start_us":1000,"end_us":2500,"status":0,"outcome":"unknown","values":null,"context_out":null}"#
+            r#"{"client":1,"seq":6,"op":"put","bucket":"bench","key":"k42","value":"w1-6-..","context_in":"Y3R4","start_us":1000,"end_us":2500,"status":0,"outcome":"unknown","values":null,"context_out":null,"node":"http://127.0.0.1:8001"}"#
         );
     }
 

@@ -179,14 +179,31 @@ fn parse_siblings(json: &Value) -> Result<Vec<(Vec<u8>, String)>, String> {
 async fn delete(args: DeleteArgs) -> CliResult {
     check_names(&args.bucket, &args.key)?;
     let mut client = connect(&args.client)?;
+    // A tombstone without a context is concurrent with the value and would leave it
+    // visible; like Riak's delete, read the current context first so `chorus delete`
+    // removes what a read sees. `--context` deletes exactly the versions it names.
+    let context = match args.context {
+        Some(context) => Some(context),
+        None => current_context(&mut client, &args.bucket, &args.key).await?,
+    };
     let path = http_client::with_query(http_client::kv_path(&args.bucket, &args.key), &[("w", args.w.as_deref())]);
-    let headers: Vec<(&str, &str)> = args.context.iter().map(|c| (CONTEXT_HEADER, c.as_str())).collect();
+    let headers: Vec<(&str, &str)> = context.iter().map(|c| (CONTEXT_HEADER, c.as_str())).collect();
     let response = client.request(Method::DELETE, &path, &headers, Bytes::new()).await.map_err(request_failed)?;
     if !is_success(response.status) {
         return Err(refused(&response));
     }
     print_context(&response);
     Ok(())
+}
+
+/// The context a read returns for the key (None when the node sends none).
+async fn current_context(client: &mut HttpClient, bucket: &str, key: &str) -> Result<Option<String>, CliError> {
+    let path = http_client::kv_path(bucket, key);
+    let response = client.request(Method::GET, &path, &[("accept", "application/json")], Bytes::new()).await.map_err(request_failed)?;
+    match response.status {
+        200 | 300 | 404 => Ok(response.header(CONTEXT_HEADER).map(str::to_string)),
+        _ => Err(refused(&response)),
+    }
 }
 
 async fn status(args: ClientArgs) -> CliResult {
@@ -235,8 +252,13 @@ fn is_success(status: u16) -> bool {
     (200..300).contains(&status)
 }
 
+/// JSON is text: always newline-terminated, for the shell and for `jq`.
 fn print_json_body(response: &Response) -> CliResult {
-    write_stdout(&response.body, true)
+    let mut body = response.body.to_vec();
+    if !body.ends_with(b"\n") {
+        body.push(b'\n');
+    }
+    write_stdout(&body, false)
 }
 
 /// Writes bytes as they are. `newline_on_terminal` adds a final newline only for a person

@@ -69,7 +69,7 @@ fn plan(nodes: usize, base_port: u16, dir: &Path) -> Result<Vec<NodePlan>, Strin
         .collect())
 }
 
-/// The `chorus start` arguments of node `i` of `nodes`.
+/// The `chorus start` arguments of `node`; every other node is a seed.
 fn start_args(node: &NodePlan, nodes: &[NodePlan], certs: &Path, n: usize, sync: SyncArg) -> Vec<String> {
     let mut args = vec![
         "start".to_string(),
