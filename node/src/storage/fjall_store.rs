@@ -18,8 +18,8 @@
 //! flushes its user-space buffer to the OS before `insert` returns, so a returned write
 //! survives the death of the process. fsync is left to the [`Syncer`].
 //!
-//! Known cost: fjall holds its journal lock during an fsync, so writes pause for one fsync
-//! each sync interval (Periodic) and queue behind the current batch (Always).
+//! fsync goes through [`JournalFsync`] rather than fjall's `persist`, which would stall
+//! every writer for the length of each fsync; see there for why that is safe.
 
 use super::sync::{Persist, Syncer};
 use super::{
@@ -89,15 +89,12 @@ impl FjallStorage {
                 fjall::Error::Locked => StorageError::Locked(dir.to_owned()),
                 e => fj(e),
             })?;
-        let objects = db
-            .keyspace("objects", KeyspaceCreateOptions::default)
-            .map_err(fj)?;
-        let hints = db
-            .keyspace("hints", KeyspaceCreateOptions::default)
-            .map_err(fj)?;
-        let meta = db
-            .keyspace("meta", KeyspaceCreateOptions::default)
-            .map_err(fj)?;
+        // Spelled out although it is fjall's default: crash safety of a returned write
+        // rests on it (each write leaves fjall's user-space buffer before returning).
+        let options = || KeyspaceCreateOptions::default().manual_journal_persist(false);
+        let objects = db.keyspace("objects", options).map_err(fj)?;
+        let hints = db.keyspace("hints", options).map_err(fj)?;
+        let meta = db.keyspace("meta", options).map_err(fj)?;
 
         let mut hint_counts = BTreeMap::<String, u64>::new();
         for item in hints.iter() {
@@ -107,8 +104,12 @@ impl FjallStorage {
         }
 
         let persist: Persist = {
-            let db = db.clone();
-            Box::new(move || db.persist(PersistMode::SyncAll).map_err(fj))
+            let mut journal = JournalFsync {
+                db: db.clone(),
+                dir: dir.join(DB_DIR),
+                active: None,
+            };
+            Box::new(move || journal.fsync())
         };
         Ok(Self {
             syncer: Syncer::start(sync, persist)?,
@@ -161,6 +162,7 @@ impl Storage for FjallStorage {
 
     fn put(&self, partition: PartitionId, key: &[u8], object: &[u8]) -> Result<(), StorageError> {
         check_key(key)?;
+        self.syncer.check()?;
         let k = object_key(partition, key);
         let index = self.index(partition);
         let mut idx = lock_index(&index);
@@ -181,6 +183,7 @@ impl Storage for FjallStorage {
 
     fn remove(&self, partition: PartitionId, key: &[u8]) -> Result<(), StorageError> {
         check_key(key)?;
+        self.syncer.check()?;
         let k = object_key(partition, key);
         let index = self.index(partition);
         let mut idx = lock_index(&index);
@@ -226,7 +229,11 @@ impl Storage for FjallStorage {
         // One seek per partition present, rather than a scan of every key.
         let mut out = Vec::new();
         let mut from = Bound::Unbounded;
-        while let Some(item) = self.objects.range::<Vec<u8>, _>((from, Bound::Unbounded)).next() {
+        while let Some(item) = self
+            .objects
+            .range::<Vec<u8>, _>((from, Bound::Unbounded))
+            .next()
+        {
             let k = item.key().map_err(fj)?;
             let p = decode_partition(&k)?;
             out.push(p);
@@ -247,7 +254,11 @@ impl Storage for FjallStorage {
     fn tree(&self, partition: PartitionId) -> Result<MerkleTree, StorageError> {
         let index = self.index(partition);
         let idx = self.loaded(partition, &index)?;
-        Ok(idx.loaded.as_ref().map(|l| l.tree.clone()).unwrap_or_default())
+        Ok(idx
+            .loaded
+            .as_ref()
+            .map(|l| l.tree.clone())
+            .unwrap_or_default())
     }
 
     fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
@@ -257,6 +268,7 @@ impl Storage for FjallStorage {
 
     fn meta_put(&self, key: &str, value: &[u8]) -> Result<(), StorageError> {
         check_name("metadata key", key)?;
+        self.syncer.check()?;
         self.meta.insert(key, value).map_err(fj)?;
         self.syncer.wait_durable()
     }
@@ -270,6 +282,7 @@ impl Storage for FjallStorage {
     ) -> Result<(), StorageError> {
         check_name("hint owner", owner)?;
         check_key(key)?;
+        self.syncer.check()?;
         let k = hint_key(owner, partition, key);
         let mut counts = lock(&self.hint_counts);
         let existed = self.hints.contains_key(&k).map_err(fj)?;
@@ -306,6 +319,7 @@ impl Storage for FjallStorage {
     ) -> Result<(), StorageError> {
         check_name("hint owner", owner)?;
         check_key(key)?;
+        self.syncer.check()?;
         let k = hint_key(owner, partition, key);
         let mut counts = lock(&self.hint_counts);
         if !self.hints.contains_key(&k).map_err(fj)? {
@@ -332,6 +346,61 @@ impl Storage for FjallStorage {
     fn flush(&self) -> Result<(), StorageError> {
         self.syncer.wait_durable()
     }
+}
+
+/// fsyncs fjall's active journal through a file handle of our own.
+///
+/// Why not `Database::persist(SyncAll)`: fjall holds its journal lock during that fsync,
+/// so every writer stalls for the whole fsync and group commit degenerates into tiny
+/// batches (measured: 3k puts/s from 64 threads in Always mode, with 5.5 ms fsyncs). An
+/// fsync through another descriptor of the same file flushes the same inode while writers
+/// keep appending, so the next batch fills up during the current fsync.
+///
+/// Why it is enough: fjall appends to one active journal, `<db>/<n>.jnl` with the highest
+/// `n`, and fsyncs a journal (and the directory) when it rotates to the next one, before
+/// any write goes to the new one. A writer takes its ticket after its write reached the
+/// OS, and this runs after reading the tickets, so the journal it lists is the one holding
+/// those writes, or a later one, in which case rotation already fsynced them.
+///
+/// If the layout is not what this expects (a future fjall), it falls back to fjall's own
+/// `persist`; `journal_fsync_finds_the_active_journal` fails loudly in that case. An
+/// fsync that fails is never retried another way: after a failed fsync the kernel may have
+/// dropped the dirty pages, and a second fsync could report success over lost data.
+struct JournalFsync {
+    db: Database,
+    dir: PathBuf,
+    /// The active journal's number and an open handle to it, reused until it rotates.
+    active: Option<(u64, std::fs::File)>,
+}
+
+impl JournalFsync {
+    fn fsync(&mut self) -> Result<(), StorageError> {
+        match self.open_active() {
+            Some(file) => Ok(file.sync_all()?),
+            None => self.db.persist(PersistMode::SyncAll).map_err(fj),
+        }
+    }
+
+    fn open_active(&mut self) -> Option<&std::fs::File> {
+        let newest = active_journal(&self.dir)?;
+        if self.active.as_ref().map(|(n, _)| *n) != Some(newest) {
+            let path = self.dir.join(format!("{newest}.jnl"));
+            // Read-only is enough: fsync flushes the inode whichever descriptor asks.
+            self.active = Some((newest, std::fs::File::open(path).ok()?));
+        }
+        self.active.as_ref().map(|(_, f)| f)
+    }
+}
+
+/// The number of the highest `<n>.jnl` in fjall's directory.
+fn active_journal(db_dir: &Path) -> Option<u64> {
+    std::fs::read_dir(db_dir)
+        .ok()?
+        .filter_map(|e| {
+            let name = e.ok()?.file_name();
+            name.to_str()?.strip_suffix(".jnl")?.parse::<u64>().ok()
+        })
+        .max()
 }
 
 /// Locks a partition index. A poisoned lock means a writer panicked between the disk
@@ -424,8 +493,12 @@ fn hint_key(owner: &str, partition: PartitionId, key: &[u8]) -> Vec<u8> {
 
 fn decode_hint_key(k: &[u8]) -> Result<(&str, PartitionId, &[u8]), StorageError> {
     let corrupt = || StorageError::Corrupt(format!("undecodable hint key of {} bytes", k.len()));
-    let len = u16::from_be_bytes(k.get(..2).ok_or_else(corrupt)?.try_into().map_err(|_| corrupt())?)
-        as usize;
+    let len = u16::from_be_bytes(
+        k.get(..2)
+            .ok_or_else(corrupt)?
+            .try_into()
+            .map_err(|_| corrupt())?,
+    ) as usize;
     let owner = k.get(2..2 + len).ok_or_else(corrupt)?;
     let owner = std::str::from_utf8(owner).map_err(|_| corrupt())?;
     let rest = &k[2 + len..];
@@ -434,10 +507,18 @@ fn decode_hint_key(k: &[u8]) -> Result<(&str, PartitionId, &[u8]), StorageError>
 }
 
 /// Maps fjall's errors onto ours: I/O stays I/O (a full disk is `Io`), a poisoned
-/// database is `Closed`, decoding and checksum failures are `Corrupt`.
+/// database is `Closed`, truncated files, decoding and checksum failures are `Corrupt`.
 fn fj(e: fjall::Error) -> StorageError {
     use fjall::{Error as F, LsmError as L};
+    use std::io::ErrorKind;
     match e {
+        // A file shorter than its own header says, or undecodable: damage, not a failing
+        // device, so the operator looks at the data rather than at dmesg.
+        F::Io(e) | F::Storage(L::Io(e))
+            if matches!(e.kind(), ErrorKind::UnexpectedEof | ErrorKind::InvalidData) =>
+        {
+            StorageError::Corrupt(e.to_string())
+        }
         F::Io(e) | F::Storage(L::Io(e)) => StorageError::Io(e),
         F::Poisoned => StorageError::Closed,
         e @ (F::Storage(_)
@@ -448,5 +529,22 @@ fn fj(e: fjall::Error) -> StorageError {
         | F::InvalidTag(_)
         | F::Unrecoverable) => StorageError::Corrupt(format!("{e:?}")),
         e => StorageError::Engine(format!("{e:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Guards the assumption of [`JournalFsync`] about fjall's layout: were it wrong,
+    /// fsyncs would silently fall back to the slow path.
+    #[test]
+    fn journal_fsync_finds_the_active_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FjallStorage::open(dir.path(), SyncMode::Always, 1 << 20).unwrap();
+        s.put(0, b"k", b"v").unwrap();
+        let db_dir = dir.path().join(DB_DIR);
+        let n = active_journal(&db_dir).expect("no <n>.jnl in fjall's directory");
+        assert!(db_dir.join(format!("{n}.jnl")).is_file());
     }
 }

@@ -1,11 +1,12 @@
 //! The in-memory engine, for the deterministic simulation and for tests.
 //!
 //! Owns: ordered maps with the same observable semantics as [`super::FjallStorage`]
-//! (ordering, limits, hash trees, hint counts). Must not: model crashes or lost writes
-//! (everything acknowledged is kept; the simulation models a crashed node by dropping
-//! messages, not data), touch the disk, or spawn threads.
+//! (ordering, limits, hash trees, hint counts). Must not: touch the disk, spawn threads,
+//! or lose anything acknowledged (it does not model un-synced writes lost in a crash).
 
-use super::{check_key, check_name, lock, read, write, MerkleTree, PartitionId, Storage, StorageError};
+use super::{
+    check_key, check_name, lock, read, write, MerkleTree, PartitionId, Storage, StorageError,
+};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -43,7 +44,10 @@ impl MemoryStorage {
         if let Some(p) = self.partition(partition) {
             return p;
         }
-        write(&self.partitions).entry(partition).or_default().clone()
+        write(&self.partitions)
+            .entry(partition)
+            .or_default()
+            .clone()
     }
 }
 

@@ -47,7 +47,9 @@ impl Default for MerkleTree {
 impl std::fmt::Debug for MerkleTree {
     // 1024 leaves are noise in a test failure; the root identifies the content.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MerkleTree").field("root", &self.root_hex()).finish()
+        f.debug_struct("MerkleTree")
+            .field("root", &self.root_hex())
+            .finish()
     }
 }
 
@@ -161,7 +163,11 @@ impl MerkleTree {
 /// If the lists differ in length: trees of different shapes are not comparable, and a
 /// peer message of the wrong length must be rejected before it gets here.
 pub fn differing_positions(ours: &[Hash], theirs: &[Hash]) -> Vec<usize> {
-    assert_eq!(ours.len(), theirs.len(), "comparing hash lists of different lengths");
+    assert_eq!(
+        ours.len(),
+        theirs.len(),
+        "comparing hash lists of different lengths"
+    );
     ours.iter()
         .zip(theirs)
         .enumerate()
@@ -180,11 +186,13 @@ fn hash_all(hashes: &[Hash]) -> Hash {
 
 fn to_hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        // Writing to a String cannot fail.
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            // Writing to a String cannot fail.
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 #[cfg(test)]
@@ -212,7 +220,10 @@ mod tests {
 
     #[test]
     fn entry_hash_separates_key_from_object() {
-        assert_ne!(MerkleTree::entry_hash(b"ab", b"c"), MerkleTree::entry_hash(b"a", b"bc"));
+        assert_ne!(
+            MerkleTree::entry_hash(b"ab", b"c"),
+            MerkleTree::entry_hash(b"a", b"bc")
+        );
     }
 
     #[test]
@@ -226,8 +237,10 @@ mod tests {
         for i in changed {
             b.replace(&i.to_be_bytes(), Some(b"x"), b"y");
         }
-        let mut expected: Vec<usize> =
-            changed.iter().map(|i| MerkleTree::segment_of(&i.to_be_bytes())).collect();
+        let mut expected: Vec<usize> = changed
+            .iter()
+            .map(|i| MerkleTree::segment_of(&i.to_be_bytes()))
+            .collect();
         expected.sort_unstable();
         expected.dedup();
         assert_eq!(a.differing_segments(&b), expected);

@@ -66,7 +66,11 @@ pub enum StorageError {
     Closed,
     /// A key, owner or metadata name over its limit.
     #[error("{what} is {len} bytes, over the limit of {max}")]
-    TooLong { what: &'static str, len: usize, max: usize },
+    TooLong {
+        what: &'static str,
+        len: usize,
+        max: usize,
+    },
     /// Any other engine failure.
     #[error("storage engine error: {0}")]
     Engine(String),
@@ -97,7 +101,9 @@ impl std::str::FromStr for SyncMode {
         match s {
             "periodic" => Ok(SyncMode::default()),
             "always" => Ok(SyncMode::Always),
-            other => Err(format!("unknown sync mode {other:?} (expected periodic or always)")),
+            other => Err(format!(
+                "unknown sync mode {other:?} (expected periodic or always)"
+            )),
         }
     }
 }
@@ -151,8 +157,12 @@ pub trait Storage: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<(PartitionId, Vec<u8>, Vec<u8>)>, StorageError>;
     /// Drops a hint once delivered. Removing an absent hint is a no-op.
-    fn hint_remove(&self, owner: &str, partition: PartitionId, key: &[u8])
-        -> Result<(), StorageError>;
+    fn hint_remove(
+        &self,
+        owner: &str,
+        partition: PartitionId,
+        key: &[u8],
+    ) -> Result<(), StorageError>;
     /// Owners with at least one hint, and how many each has, ordered by owner.
     fn hint_owners(&self) -> Result<Vec<(String, u64)>, StorageError>;
     /// fsyncs everything written so far (clean shutdown).

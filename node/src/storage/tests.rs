@@ -42,7 +42,11 @@ fn put_get_overwrite_remove(s: &dyn Storage) {
     assert_eq!(s.get(1, b"k").unwrap(), None);
     s.put(1, b"k", b"v1").unwrap();
     assert_eq!(s.get(1, b"k").unwrap().as_deref(), Some(&b"v1"[..]));
-    assert_eq!(s.get(2, b"k").unwrap(), None, "partitions are separate namespaces");
+    assert_eq!(
+        s.get(2, b"k").unwrap(),
+        None,
+        "partitions are separate namespaces"
+    );
     s.put(1, b"k", b"v2").unwrap();
     assert_eq!(s.get(1, b"k").unwrap().as_deref(), Some(&b"v2"[..]));
     s.put(1, b"", b"empty key").unwrap();
@@ -59,7 +63,8 @@ fn put_get_overwrite_remove(s: &dyn Storage) {
 
 fn scan_pages_in_key_order_within_a_partition(s: &dyn Storage) {
     for i in (0..25u32).rev() {
-        s.put(5, format!("k{i:02}").as_bytes(), &i.to_le_bytes()).unwrap();
+        s.put(5, format!("k{i:02}").as_bytes(), &i.to_le_bytes())
+            .unwrap();
     }
     // Neighbours, including the extreme partition ids, must not leak into the scan.
     s.put(4, b"zzz", b"x").unwrap();
@@ -80,7 +85,10 @@ fn scan_pages_in_key_order_within_a_partition(s: &dyn Storage) {
         .map(|i| (format!("k{i:02}").into_bytes(), i.to_le_bytes().to_vec()))
         .collect();
     assert_eq!(seen, expected);
-    assert_eq!(s.scan(u32::MAX, None, 10).unwrap(), vec![(b"a".to_vec(), b"x".to_vec())]);
+    assert_eq!(
+        s.scan(u32::MAX, None, 10).unwrap(),
+        vec![(b"a".to_vec(), b"x".to_vec())]
+    );
     assert_eq!(s.scan(5, Some(b"k03"), 2).unwrap()[0].0, b"k04");
     assert!(s.scan(7, None, 10).unwrap().is_empty());
 }
@@ -109,7 +117,10 @@ fn meta_round_trip(s: &dyn Storage) {
     s.meta_put("generation", &7u64.to_le_bytes()).unwrap();
     s.meta_put("generation", &8u64.to_le_bytes()).unwrap();
     assert_eq!(s.meta_get("node_id").unwrap().as_deref(), Some(&b"n1"[..]));
-    assert_eq!(s.meta_get("generation").unwrap(), Some(8u64.to_le_bytes().to_vec()));
+    assert_eq!(
+        s.meta_get("generation").unwrap(),
+        Some(8u64.to_le_bytes().to_vec())
+    );
 }
 
 fn hints_per_owner(s: &dyn Storage) {
@@ -138,7 +149,10 @@ fn hints_per_owner(s: &dyn Storage) {
     s.hint_remove("node-b", 1, b"k1").unwrap();
     s.hint_remove("node-b", 1, b"k1").unwrap();
     s.hint_remove("node", 1, b"k1").unwrap();
-    assert_eq!(s.hint_owners().unwrap(), vec![("a".into(), 1), ("node-b".into(), 2)]);
+    assert_eq!(
+        s.hint_owners().unwrap(),
+        vec![("a".into(), 1), ("node-b".into(), 2)]
+    );
     // Hints are not objects.
     assert!(s.partitions().unwrap().is_empty());
 }
@@ -213,16 +227,28 @@ fn scan_segment_returns_the_segment(s: &dyn Storage) {
     assert!(expected.iter().any(|(k, _)| k == &42u32.to_be_bytes()));
     assert_eq!(got, expected);
     let two = s.scan_segments(1, &[seg, seg + 1]).unwrap();
-    assert_eq!(two.len(), expected.len() + s.scan_segment(1, seg + 1).unwrap().len());
+    assert_eq!(
+        two.len(),
+        expected.len() + s.scan_segment(1, seg + 1).unwrap().len()
+    );
 }
 
 fn limits_are_errors(s: &dyn Storage) {
     let long = vec![0u8; MAX_KEY_LEN + 1];
-    assert!(matches!(s.put(1, &long, b"v"), Err(StorageError::TooLong { .. })));
+    assert!(matches!(
+        s.put(1, &long, b"v"),
+        Err(StorageError::TooLong { .. })
+    ));
     assert!(matches!(s.get(1, &long), Err(StorageError::TooLong { .. })));
     let owner = "o".repeat(MAX_NAME_LEN + 1);
-    assert!(matches!(s.hint_put(&owner, 1, b"k", b"v"), Err(StorageError::TooLong { .. })));
-    assert!(matches!(s.meta_put(&owner, b"v"), Err(StorageError::TooLong { .. })));
+    assert!(matches!(
+        s.hint_put(&owner, 1, b"k", b"v"),
+        Err(StorageError::TooLong { .. })
+    ));
+    assert!(matches!(
+        s.meta_put(&owner, b"v"),
+        Err(StorageError::TooLong { .. })
+    ));
     let max = vec![1u8; MAX_KEY_LEN];
     s.put(1, &max, b"v").unwrap();
     assert_eq!(s.scan(1, None, 1).unwrap()[0].0, max);
@@ -236,7 +262,7 @@ fn concurrent_writers_keep_tree_exact(s: &dyn Storage) {
             scope.spawn(move || {
                 for i in 0..200u32 {
                     let k = (i % 50).to_be_bytes();
-                    if (i + t as u32) % 7 == 0 {
+                    if (i + t as u32).is_multiple_of(7) {
                         s.remove(1, &k).unwrap();
                     } else {
                         s.put(1, &k, &[t, i as u8]).unwrap();
@@ -264,7 +290,8 @@ fn fjall_reopen_keeps_data_trees_meta_and_hints() {
     let (trees, counts, scans) = {
         let s = open_fjall(dir.path());
         for i in 0..400u32 {
-            s.put(i % 4, &i.to_be_bytes(), &(i * 3).to_le_bytes()).unwrap();
+            s.put(i % 4, &i.to_be_bytes(), &(i * 3).to_le_bytes())
+                .unwrap();
         }
         s.remove(1, &5u32.to_be_bytes()).unwrap();
         s.meta_put("generation", b"3").unwrap();
@@ -276,7 +303,9 @@ fn fjall_reopen_keeps_data_trees_meta_and_hints() {
         s.put(0, b"after load", b"x").unwrap();
         let trees: Vec<_> = (0..4).map(|p| s.tree(p).unwrap()).collect();
         let counts: Vec<_> = (0..4).map(|p| s.key_count(p).unwrap()).collect();
-        let scans: Vec<_> = (0..4).map(|p| s.scan(p, None, usize::MAX).unwrap()).collect();
+        let scans: Vec<_> = (0..4)
+            .map(|p| s.scan(p, None, usize::MAX).unwrap())
+            .collect();
         s.flush().unwrap();
         (trees, counts, scans)
     };
@@ -287,7 +316,10 @@ fn fjall_reopen_keeps_data_trees_meta_and_hints() {
         assert_eq!(s.tree(p).unwrap(), trees[p as usize]);
         assert_eq!(s.key_count(p).unwrap(), counts[p as usize]);
     }
-    assert_eq!(s.meta_get("generation").unwrap().as_deref(), Some(&b"3"[..]));
+    assert_eq!(
+        s.meta_get("generation").unwrap().as_deref(),
+        Some(&b"3"[..])
+    );
     assert_eq!(s.hint_owners().unwrap(), vec![("node-c".into(), 2)]);
 }
 
@@ -326,15 +358,22 @@ fn fjall_open_errors() {
 
     let file = dir.path().join("file");
     std::fs::write(&file, b"x").unwrap();
-    let err = FjallStorage::open(&file, SyncMode::default(), 1 << 20).err().unwrap();
+    let err = FjallStorage::open(&file, SyncMode::default(), 1 << 20)
+        .err()
+        .unwrap();
     assert!(matches!(err, StorageError::Open { .. }), "{err}");
 
     let foreign = dir.path().join("foreign");
     std::fs::create_dir(&foreign).unwrap();
     std::fs::write(foreign.join("data.db"), b"someone else's").unwrap();
-    let err = FjallStorage::open(&foreign, SyncMode::default(), 1 << 20).err().unwrap();
+    let err = FjallStorage::open(&foreign, SyncMode::default(), 1 << 20)
+        .err()
+        .unwrap();
     assert!(err.to_string().contains("not a chorus store"), "{err}");
-    assert!(foreign.join("data.db").exists(), "a foreign directory is left alone");
+    assert!(
+        foreign.join("data.db").exists(),
+        "a foreign directory is left alone"
+    );
 
     std::fs::write(store.join("CHORUS_STORE"), b"chorus store format 99\n").unwrap();
     assert!(FjallStorage::open(&store, SyncMode::default(), 1 << 20).is_err());
