@@ -139,12 +139,17 @@ struct KvParams {
     timeout: Duration,
 }
 
-fn kv_params(node: &Node, query: Option<&str>) -> Result<KvParams, ApiError> {
-    let n = node.coordinator.n();
+fn kv_params(n: usize, default_timeout: Duration, query: Option<&str>) -> Result<KvParams, ApiError> {
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
         .map_err(|e| ApiError::bad_request("invalid_parameter", format!("cannot parse the query string: {e}")))?;
-    let mut params = KvParams { r: n / 2 + 1, w: n / 2 + 1, pr: 0, pw: 0, timeout: node.limits.default_timeout };
+    let mut params = KvParams { r: n / 2 + 1, w: n / 2 + 1, pr: 0, pw: 0, timeout: default_timeout };
+    let mut seen = Vec::with_capacity(pairs.len());
     for (name, value) in pairs {
+        // `?w=1&w=all` has no obvious meaning; guessing (first or last wins) could weaken a write.
+        if seen.contains(&name) {
+            return Err(ApiError::bad_request("invalid_parameter", format!("parameter '{name}' is given more than once")));
+        }
+        seen.push(name.clone());
         let count = |allow_zero| {
             Quorum::parse(&value)
                 .and_then(|q| q.resolve(n, allow_zero))
@@ -220,7 +225,7 @@ fn siblings_json(siblings: &[&Sibling]) -> Vec<Value> {
 async fn kv_get(State(node): State<Arc<Node>>, params: RawPathParams, RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
     measured(&node.clone(), "get", async move {
         let (bucket, key) = bucket_and_key(&params)?;
-        let p = kv_params(&node, query.as_deref())?;
+        let p = kv_params(node.coordinator.n(), node.limits.default_timeout, query.as_deref())?;
         let object = node.coordinator.get(&bucket, &key, p.r, p.pr, p.timeout).await?;
         let live: Vec<&Sibling> = object.values().into_iter().filter(|s| !s.deleted).collect();
         let wants_json = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("application/json"));
@@ -262,7 +267,7 @@ async fn read_body(node: &Node, body: Body) -> Result<Bytes, ApiError> {
 async fn kv_put(State(node): State<Arc<Node>>, params: RawPathParams, RawQuery(query): RawQuery, headers: HeaderMap, body: Body) -> Response {
     measured(&node.clone(), "put", async move {
         let (bucket, key) = bucket_and_key(&params)?;
-        let p = kv_params(&node, query.as_deref())?;
+        let p = kv_params(node.coordinator.n(), node.limits.default_timeout, query.as_deref())?;
         let context = request_context(&headers)?;
         let content_type = match headers.get(header::CONTENT_TYPE) {
             None => None,
@@ -278,7 +283,7 @@ async fn kv_put(State(node): State<Arc<Node>>, params: RawPathParams, RawQuery(q
 async fn kv_delete(State(node): State<Arc<Node>>, params: RawPathParams, RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
     measured(&node.clone(), "delete", async move {
         let (bucket, key) = bucket_and_key(&params)?;
-        let p = kv_params(&node, query.as_deref())?;
+        let p = kv_params(node.coordinator.n(), node.limits.default_timeout, query.as_deref())?;
         let context = request_context(&headers)?;
         let object = node.coordinator.put(&bucket, &key, context, Sibling::tombstone(), p.w, p.pw, p.timeout).await?;
         Ok((StatusCode::NO_CONTENT, [(CONTEXT_HEADER, context_header(&object))]).into_response())
@@ -386,5 +391,18 @@ mod tests {
         assert!(decode_segment("key", "%FF").is_err(), "not UTF-8");
         assert!(decode_segment("key", &"a".repeat(1025)).is_err());
         assert!(decode_segment("key", &"a".repeat(1024)).is_ok());
+    }
+
+    #[test]
+    fn kv_params_default_resolve_and_refuse() {
+        let timeout = Duration::from_millis(2000);
+        let defaults = kv_params(3, timeout, None).unwrap();
+        assert_eq!((defaults.r, defaults.w, defaults.pr, defaults.pw, defaults.timeout), (2, 2, 0, 0, timeout));
+        let p = kv_params(3, timeout, Some("r=one&w=all&pw=2&timeout=50")).unwrap();
+        assert_eq!((p.r, p.w, p.pw, p.timeout), (1, 3, 2, Duration::from_millis(50)));
+        for bad in ["w=4", "r=0", "w=most", "pr=3&r=2", "timeout=0", "timeout=60001", "colour=red", "w=1&w=all", "r=2&r=2"] {
+            let err = kv_params(3, timeout, Some(bad)).err().unwrap_or_else(|| panic!("'{bad}' was accepted"));
+            assert_eq!(err.status, StatusCode::BAD_REQUEST, "{bad}");
+        }
     }
 }
