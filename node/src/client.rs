@@ -179,13 +179,9 @@ fn parse_siblings(json: &Value) -> Result<Vec<(Vec<u8>, String)>, String> {
 async fn delete(args: DeleteArgs) -> CliResult {
     check_names(&args.bucket, &args.key)?;
     let mut client = connect(&args.client)?;
-    // A tombstone without a context is concurrent with the value and would leave it
-    // visible; like Riak's delete, read the current context first so `chorus delete`
-    // removes what a read sees. `--context` deletes exactly the versions it names.
-    let context = match args.context {
-        Some(context) => Some(context),
-        None => current_context(&mut client, &args.bucket, &args.key).await?,
-    };
+    // Without `--context` the node reads the current context itself and deletes what that
+    // read sees; `--context` deletes exactly the versions it names.
+    let context = args.context;
     let path = http_client::with_query(http_client::kv_path(&args.bucket, &args.key), &[("w", args.w.as_deref())]);
     let headers: Vec<(&str, &str)> = context.iter().map(|c| (CONTEXT_HEADER, c.as_str())).collect();
     let response = client.request(Method::DELETE, &path, &headers, Bytes::new()).await.map_err(request_failed)?;
@@ -194,16 +190,6 @@ async fn delete(args: DeleteArgs) -> CliResult {
     }
     print_context(&response);
     Ok(())
-}
-
-/// The context a read returns for the key (None when the node sends none).
-async fn current_context(client: &mut HttpClient, bucket: &str, key: &str) -> Result<Option<String>, CliError> {
-    let path = http_client::kv_path(bucket, key);
-    let response = client.request(Method::GET, &path, &[("accept", "application/json")], Bytes::new()).await.map_err(request_failed)?;
-    match response.status {
-        200 | 300 | 404 => Ok(response.header(CONTEXT_HEADER).map(str::to_string)),
-        _ => Err(refused(&response)),
-    }
 }
 
 async fn status(args: ClientArgs) -> CliResult {

@@ -284,7 +284,13 @@ async fn kv_delete(State(node): State<Arc<Node>>, params: RawPathParams, RawQuer
     measured(&node.clone(), "delete", async move {
         let (bucket, key) = bucket_and_key(&params)?;
         let p = kv_params(node.coordinator.n(), node.limits.default_timeout, query.as_deref())?;
-        let context = request_context(&headers)?;
+        // Without a context a tombstone would only be a sibling of the value it meant to
+        // remove, and the value would stay visible. Like Riak, read the context first (at
+        // r = w, so the delete is as available as the caller asked for) and delete what it saw.
+        let context = match headers.get(CONTEXT_HEADER) {
+            Some(_) => request_context(&headers)?,
+            None => node.coordinator.get(&bucket, &key, p.w, 0, p.timeout).await?.context(),
+        };
         let object = node.coordinator.put(&bucket, &key, context, Sibling::tombstone(), p.w, p.pw, p.timeout).await?;
         Ok((StatusCode::NO_CONTENT, [(CONTEXT_HEADER, context_header(&object))]).into_response())
     })
