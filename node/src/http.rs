@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Path, RawPathParams, RawQuery, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -114,18 +114,15 @@ fn has_bad_escape(raw: &str) -> bool {
     })
 }
 
-fn bucket_and_key(params: &RawPathParams) -> Result<(Vec<u8>, Vec<u8>), ApiError> {
-    let mut bucket = None;
-    let mut key = None;
-    for (name, value) in params.iter() {
-        match name {
-            "bucket" => bucket = Some(decode_segment("bucket", value)?),
-            "key" => key = Some(decode_segment("key", value)?),
-            _ => {}
-        }
-    }
-    match (bucket, key) {
-        (Some(b), Some(k)) => Ok((b, k)),
+/// The bucket and key of a `/kv`, `/ring` or `/local/kv` request, taken from the raw
+/// (still percent-encoded) request path and decoded exactly once. The router matched the
+/// raw path, so the last two segments are the bucket and the key (a `%2F` in a key stays
+/// inside its segment). Axum's own path parameters are already decoded, and decoding them
+/// again would turn a key `%25` into `%`.
+fn bucket_and_key(uri: &Uri) -> Result<(Vec<u8>, Vec<u8>), ApiError> {
+    let mut segments = uri.path().rsplitn(3, '/');
+    match (segments.next(), segments.next(), segments.next()) {
+        (Some(key), Some(bucket), Some(_)) => Ok((decode_segment("bucket", bucket)?, decode_segment("key", key)?)),
         _ => Err(ApiError::bad_request("invalid_path", "expected /kv/{bucket}/{key}")),
     }
 }
@@ -217,9 +214,9 @@ fn siblings_json(siblings: &[&Sibling]) -> Vec<Value> {
         .collect()
 }
 
-async fn kv_get(State(node): State<Arc<Node>>, params: RawPathParams, RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
+async fn kv_get(State(node): State<Arc<Node>>, uri: Uri, RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
     measured(&node.clone(), "get", async move {
-        let (bucket, key) = bucket_and_key(&params)?;
+        let (bucket, key) = bucket_and_key(&uri)?;
         let p = kv_params(&node, query.as_deref())?;
         let object = node.coordinator.get(&bucket, &key, p.r, p.pr, p.timeout).await?;
         let live: Vec<&Sibling> = object.values().into_iter().filter(|s| !s.deleted).collect();
@@ -259,9 +256,9 @@ async fn read_body(node: &Node, body: Body) -> Result<Bytes, ApiError> {
     })
 }
 
-async fn kv_put(State(node): State<Arc<Node>>, params: RawPathParams, RawQuery(query): RawQuery, headers: HeaderMap, body: Body) -> Response {
+async fn kv_put(State(node): State<Arc<Node>>, uri: Uri, RawQuery(query): RawQuery, headers: HeaderMap, body: Body) -> Response {
     measured(&node.clone(), "put", async move {
-        let (bucket, key) = bucket_and_key(&params)?;
+        let (bucket, key) = bucket_and_key(&uri)?;
         let p = kv_params(&node, query.as_deref())?;
         let context = request_context(&headers)?;
         let content_type = match headers.get(header::CONTENT_TYPE) {
@@ -275,9 +272,9 @@ async fn kv_put(State(node): State<Arc<Node>>, params: RawPathParams, RawQuery(q
     .await
 }
 
-async fn kv_delete(State(node): State<Arc<Node>>, params: RawPathParams, RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
+async fn kv_delete(State(node): State<Arc<Node>>, uri: Uri, RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
     measured(&node.clone(), "delete", async move {
-        let (bucket, key) = bucket_and_key(&params)?;
+        let (bucket, key) = bucket_and_key(&uri)?;
         let p = kv_params(&node, query.as_deref())?;
         let context = request_context(&headers)?;
         let object = node.coordinator.put(&bucket, &key, context, Sibling::tombstone(), p.w, p.pw, p.timeout).await?;
@@ -286,8 +283,8 @@ async fn kv_delete(State(node): State<Arc<Node>>, params: RawPathParams, RawQuer
     .await
 }
 
-async fn ring_owners(State(node): State<Arc<Node>>, params: RawPathParams) -> Result<Json<Value>, ApiError> {
-    let (bucket, key) = bucket_and_key(&params)?;
+async fn ring_owners(State(node): State<Arc<Node>>, uri: Uri) -> Result<Json<Value>, ApiError> {
+    let (bucket, key) = bucket_and_key(&uri)?;
     let view = node.coordinator.view();
     let partition = view.ring.partition_of(&bucket, &key);
     let primaries = view.ring.primaries(partition).len();
@@ -324,8 +321,8 @@ fn object_json(object: &Object) -> Value {
     json!({"context": object.context().encode(), "siblings": siblings, "tombstone": tombstone})
 }
 
-async fn local_kv(State(node): State<Arc<Node>>, params: RawPathParams) -> Result<Response, ApiError> {
-    let (bucket, key) = bucket_and_key(&params)?;
+async fn local_kv(State(node): State<Arc<Node>>, uri: Uri) -> Result<Response, ApiError> {
+    let (bucket, key) = bucket_and_key(&uri)?;
     match node.replica.get(&bucket, &key) {
         Ok(Some(object)) => Ok(Json(object_json(&object)).into_response()),
         Ok(None) => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "this node holds nothing for the key")),
@@ -386,5 +383,18 @@ mod tests {
         assert!(decode_segment("key", "%FF").is_err(), "not UTF-8");
         assert!(decode_segment("key", &"a".repeat(1025)).is_err());
         assert!(decode_segment("key", &"a".repeat(1024)).is_ok());
+    }
+
+    #[test]
+    fn bucket_and_key_are_decoded_exactly_once_from_the_raw_path() {
+        let parse = |path: &str| bucket_and_key(&path.parse::<Uri>().unwrap());
+        assert_eq!(parse("/kv/b/a%2Fb").unwrap(), (b"b".to_vec(), b"a/b".to_vec()));
+        assert_eq!(parse("/kv/b%2F1/k").unwrap(), (b"b/1".to_vec(), b"k".to_vec()));
+        assert_eq!(parse("/kv/b/%2525").unwrap(), (b"b".to_vec(), b"%25".to_vec()));
+        assert_eq!(parse("/kv/b/100%25").unwrap(), (b"b".to_vec(), b"100%".to_vec()));
+        assert_eq!(parse("/local/kv/%E2%9C%93/x").unwrap(), ("✓".as_bytes().to_vec(), b"x".to_vec()));
+        assert!(parse("/kv/b/%25ZZ").is_ok(), "an escaped percent followed by ZZ is a valid key");
+        assert!(parse("/kv/b/%ZZ").is_err());
+        assert!(parse("/kv/b/%FF").is_err());
     }
 }

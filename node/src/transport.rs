@@ -144,6 +144,20 @@ impl QuicTransport {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
     }
 
+    /// Closes the connection to `to` (if any) and clears its backoff, so the next call dials
+    /// afresh: for a peer that restarted at the same address, whose old connection is dead
+    /// but would only be noticed at the idle timeout.
+    pub async fn reset(&self, to: SocketAddr) {
+        let slot = self.slot(to);
+        let mut state = slot.lock().await;
+        if let Some(connection) = state.connection.take() {
+            connection.close(VarInt::from_u32(0), b"peer restarted");
+            tracing::debug!(%to, "dropped the connection to a restarted peer");
+        }
+        state.retry_after = None;
+        state.backoff = Duration::ZERO;
+    }
+
     fn slot(&self, to: SocketAddr) -> Arc<tokio::sync::Mutex<PeerState>> {
         self.peers.lock().expect("peer map lock").entry(to).or_default().clone()
     }
