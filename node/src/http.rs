@@ -39,7 +39,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/health", get(health))
         .route("/admin/leave", post(admin_leave))
         .route("/admin/remove/{name}", post(admin_remove))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see the API table in the README") })
+        .fallback(no_route)
         // Bodies are read with our own limit so an oversized value gets a JSON 413.
         .layer(DefaultBodyLimit::disable())
         .with_state(node)
@@ -125,6 +125,19 @@ fn bucket_and_key(uri: &Uri) -> Result<(Vec<u8>, Vec<u8>), ApiError> {
         (Some(key), Some(bucket), Some(_)) => Ok((decode_segment("bucket", bucket)?, decode_segment("key", key)?)),
         _ => Err(ApiError::bad_request("invalid_path", "expected /kv/{bucket}/{key}")),
     }
+}
+
+/// Paths no route matched. `/kv/b/` and `/kv//k` match no route (an empty segment is no
+/// parameter) but are a client's empty key or bucket: those get the 400 the API promises.
+async fn no_route(uri: Uri) -> ApiError {
+    let path = uri.path();
+    let rest = ["/kv/", "/ring/", "/local/kv/"].iter().find_map(|prefix| path.strip_prefix(prefix));
+    if rest.is_some_and(|rest| rest.matches('/').count() == 1) {
+        if let Err(e) = bucket_and_key(&uri) {
+            return e;
+        }
+    }
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see the API table in the README")
 }
 
 /// The query parameters of a `/kv` request, validated against the replication factor.
@@ -396,5 +409,15 @@ mod tests {
         assert!(parse("/kv/b/%25ZZ").is_ok(), "an escaped percent followed by ZZ is a valid key");
         assert!(parse("/kv/b/%ZZ").is_err());
         assert!(parse("/kv/b/%FF").is_err());
+    }
+
+    #[tokio::test]
+    async fn an_empty_bucket_or_key_is_a_bad_request_not_a_missing_endpoint() {
+        let code = |e: ApiError| (e.status.as_u16(), e.body["error"].as_str().unwrap_or_default().to_string());
+        assert_eq!(code(no_route("/kv/b/".parse().unwrap()).await), (400, "invalid_key".into()));
+        assert_eq!(code(no_route("/kv//k".parse().unwrap()).await), (400, "invalid_bucket".into()));
+        assert_eq!(code(no_route("/local/kv/b/".parse().unwrap()).await), (400, "invalid_key".into()));
+        assert_eq!(code(no_route("/kv/b/k/extra".parse().unwrap()).await), (404, "not_found".into()));
+        assert_eq!(code(no_route("/nowhere".parse().unwrap()).await), (404, "not_found".into()));
     }
 }

@@ -33,7 +33,12 @@ pub fn call(base: &str, method: &str, path: &str, headers: &[(&str, &str)], body
         Ok,
     )?;
     let result = RUNTIME.with(|rt| rt.block_on(client.request(method, path, headers, Bytes::copy_from_slice(body))));
-    CLIENTS.with(|c| c.borrow_mut().insert(base.to_string(), client));
+    // A server that refused a body without reading it (413) closes the connection after
+    // answering; the next request must not be sent on it.
+    let closing = result.as_ref().is_ok_and(|r| r.status == 413 || r.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")));
+    if !closing {
+        CLIENTS.with(|c| c.borrow_mut().insert(base.to_string(), client));
+    }
     result.map_err(|e| format!("{method_path}: {e}", method_path = path))
 }
 
