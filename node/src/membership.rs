@@ -25,9 +25,6 @@ pub struct Gossip {
     pub view: Arc<RwLock<ClusterView>>,
     /// Set when the cluster refuses this node (config mismatch); the node then exits.
     pub rejected: tokio::sync::watch::Sender<Option<String>>,
-    /// Addresses of peers seen restarted (a new generation) since the last `take_restarted`:
-    /// the transport must drop its connection to the old incarnation.
-    restarted: Mutex<Vec<String>>,
 }
 
 impl Gossip {
@@ -44,7 +41,6 @@ impl Gossip {
             n,
             view: Arc::new(RwLock::new(view)),
             rejected: tokio::sync::watch::channel(None).0,
-            restarted: Mutex::new(Vec::new()),
         }
     }
 
@@ -57,11 +53,6 @@ impl Gossip {
         let mut membership = self.membership.lock().expect("membership lock");
         let out = step(&mut membership, now, &mut self.rng.lock().expect("rng lock"));
         for event in membership.drain_events() {
-            if let Event::Restarted { name, .. } = &event {
-                if let Some(address) = membership.address_of(name) {
-                    self.restarted.lock().expect("restarted lock").push(address.to_string());
-                }
-            }
             self.log_event(event);
         }
         self.refresh_view(&membership, now);
@@ -112,11 +103,6 @@ impl Gossip {
         if let Err(e) = membership.set_local_kv(key, value) {
             tracing::warn!("cannot gossip {key}: {e}");
         }
-    }
-
-    /// Addresses of peers that restarted since the last call (see `restarted`).
-    pub fn take_restarted(&self) -> Vec<String> {
-        std::mem::take(&mut *self.restarted.lock().expect("restarted lock"))
     }
 
     pub fn address_of(&self, name: &str) -> Option<String> {

@@ -310,20 +310,11 @@ async fn gossip_loop(node: Arc<Node>, interval: Duration) {
     loop {
         ticker.tick().await;
         let out = node.gossip.tick();
-        send_gossip(&node, out);
+        send_gossip(&node.transport, out);
     }
 }
 
-/// Sends gossip messages, after dropping connections to peers gossip just saw restarted: a
-/// connection to a killed incarnation would otherwise swallow requests until it idles out.
-fn send_gossip(node: &Node, out: Vec<Outgoing>) {
-    for address in node.gossip.take_restarted() {
-        if let Ok(addr) = address.parse::<SocketAddr>() {
-            let transport = node.transport.clone();
-            tokio::spawn(async move { transport.reset(addr).await });
-        }
-    }
-    let transport = &node.transport;
+fn send_gossip(transport: &Arc<QuicTransport>, out: Vec<Outgoing>) {
     for Outgoing { to, message } in out {
         let Ok(addr) = to.parse::<SocketAddr>() else {
             tracing::warn!(%to, "gossip peer has an invalid address");
@@ -469,7 +460,7 @@ impl transport::Handler for RpcHandler {
         match rpc::decode(&body) {
             Ok(Message::Gossip(message)) => {
                 let out = self.node.gossip.handle(&from.to_string(), message);
-                send_gossip(&self.node, out);
+                send_gossip(&self.node.transport, out);
             }
             Ok(other) => tracing::warn!(%from, "unexpected one-way message {other:?}"),
             Err(e) => tracing::warn!(%from, "{e}"),

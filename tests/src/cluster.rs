@@ -97,7 +97,7 @@ impl TestNode {
             Some(dir) => command.arg("--certs").arg(dir),
             None => command.arg("--insecure"),
         };
-        command.args(&self.extra_args).env("RUST_LOG", "info").stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+        command.args(&self.extra_args).env("RUST_LOG", std::env::var("CHORUS_TEST_LOG").unwrap_or_else(|_| "info".into())).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
         self.child = Some(command.spawn().expect("spawn chorus"));
     }
 
@@ -188,7 +188,12 @@ impl Default for ClusterOptions {
 impl TestCluster {
     /// Creates the credential and starts every node (without waiting for them).
     pub fn start(options: ClusterOptions) -> TestCluster {
-        let dir = tempfile::Builder::new().prefix("chorus-test-").tempdir().expect("tempdir");
+        // CHORUS_TEST_KEEP=1 keeps the data directories and logs for a post-mortem.
+        let keep = std::env::var_os("CHORUS_TEST_KEEP").is_some();
+        let dir = tempfile::Builder::new().prefix("chorus-test-").disable_cleanup(keep).tempdir().expect("tempdir");
+        if keep {
+            eprintln!("keeping {}", dir.path().display());
+        }
         let certs = dir.path().join("certs");
         let status = Command::new(chorus_bin()).args(["certs", "init", "--dir"]).arg(&certs).stdout(Stdio::null()).status().expect("run certs init");
         assert!(status.success(), "chorus certs init failed");
