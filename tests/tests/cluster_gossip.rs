@@ -42,12 +42,13 @@ fn five_nodes_from_one_seed_converge_detect_a_kill_and_see_the_restart() {
     let slowest = detected.values().max().copied().unwrap_or_default();
     let fastest = detected.values().min().copied().unwrap_or_default();
     println!("FIGURE detection after kill -9: first node {fastest:?}, last node {slowest:?} (gossip interval 200 ms)");
-    // Nothing else went down meanwhile.
+    // Nothing else went down meanwhile (a busy machine may make a live node suspect for a
+    // moment, but not down).
     for &i in &observers {
         let members = api::members(&cluster.url(i)).unwrap();
         for (name, (state, _)) in &members {
             if name != "n5" {
-                assert_eq!(state, "alive", "n{} sees {name} as {state} while only n5 was killed", i + 1);
+                assert_ne!(state, "down", "n{} sees {name} down while only n5 was killed", i + 1);
             }
         }
     }

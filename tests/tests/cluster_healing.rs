@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chorus_tests::api::{self, Local};
-use chorus_tests::cluster::{args, wait_for, ClusterOptions, TestCluster, CLUSTER_DEADLINE};
+use chorus_tests::cluster::{args, chorus_bin, wait_for, ClusterOptions, TestCluster, CLUSTER_DEADLINE};
 
 /// Twice the usual deadline, for conditions that need many healing rounds.
 const HEALING_DEADLINE: Duration = Duration::from_secs(120);
@@ -199,15 +199,17 @@ fn growing_to_four_and_leaving_under_load_loses_no_acknowledged_write() {
         let (acked, stop) = (acked.clone(), stop.clone());
         std::thread::spawn(move || {
             let started = Instant::now();
-            let mut failures = 0;
+            let mut failures: BTreeMap<String, usize> = BTreeMap::new();
             for i in 0..5000 {
                 if stop.load(Ordering::Relaxed) || started.elapsed() > Duration::from_secs(240) {
                     break;
                 }
                 let key = format!("load-{i}");
-                match api::put(&writer_urls[i % writer_urls.len()], "grow", &key, key.as_bytes(), "w=2&timeout=3000", None) {
+                let target = i % writer_urls.len();
+                match api::put(&writer_urls[target], "grow", &key, key.as_bytes(), "w=2&timeout=3000", None) {
                     Ok(r) if r.status == 204 => acked.lock().unwrap().push(key),
-                    _ => failures += 1,
+                    Ok(r) => *failures.entry(format!("n{}: HTTP {}", target + 1, r.status)).or_default() += 1,
+                    Err(_) => *failures.entry(format!("n{}: no answer", target + 1)).or_default() += 1,
                 }
                 std::thread::sleep(Duration::from_millis(20)); // a light load: ~50 writes/s at most
             }
@@ -248,8 +250,8 @@ fn growing_to_four_and_leaving_under_load_loses_no_acknowledged_write() {
 
     // Leave: n3 hands its data over and exits, still under load.
     let leaving = Instant::now();
-    let r = api::call(&cluster.url(2), "POST", "/admin/leave", &[], b"").unwrap();
-    assert_eq!(r.status, 202, "{}", r.error_message());
+    let out = std::process::Command::new(chorus_bin()).args(["leave", "--node", &cluster.url(2)]).output().unwrap();
+    assert!(out.status.success(), "chorus leave: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     let code = cluster.nodes[2].wait_exit(HEALING_DEADLINE);
     assert_eq!(code, Some(0), "n3 exits cleanly once it has handed everything over: {}", cluster.nodes[2].log_text());
     let leave_time = leaving.elapsed();
@@ -259,7 +261,7 @@ fn growing_to_four_and_leaving_under_load_loses_no_acknowledged_write() {
     stop.store(true, Ordering::Relaxed);
     let failures = writer.join().unwrap();
     let acked: Vec<String> = acked.lock().unwrap().clone();
-    println!("FIGURE leave: n3 handed over and exited in {leave_time:?}; {} writes acknowledged, {failures} refused or failed", acked.len());
+    println!("FIGURE leave: n3 handed over and exited in {leave_time:?}; {} writes acknowledged; not acknowledged: {failures:?}", acked.len());
 
     // Every acknowledged key is on exactly its N=2 owners, and on no other node.
     let remaining = [0usize, 1, 3];
@@ -317,7 +319,10 @@ fn a_deleted_key_stays_deleted_through_a_down_owner_restarts_anti_entropy_and_re
     cluster.nodes[2].start();
     cluster.nodes[2].wait_healthy();
     let restarted = Instant::now();
-    assert_eq!(api::local(&n(2), "d", "gone").unwrap(), Some(Local::Values(vec![b"alive".to_vec()])), "n3 restarted stale");
+    // (n3 restarted with the old value on disk; a healing round may already be fixing it.)
+    let at_restart = api::local(&n(2), "d", "gone").unwrap();
+    assert!(matches!(at_restart, Some(Local::Values(_)) | Some(Local::Tombstone)), "n3 at restart: {at_restart:?}");
+    println!("n3 right after its restart holds {at_restart:?}");
     wait_for("anti-entropy to bring the tombstone to n3", HEALING_DEADLINE, || match api::local(&n(2), "d", "gone")? {
         Some(Local::Tombstone) => Ok(()),
         other => Err(format!("{other:?}")),
