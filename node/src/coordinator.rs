@@ -224,7 +224,13 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
             }
             // A dead replica the detector has not caught yet must not eat the whole budget.
             let remaining = remaining / (candidates - i) as u32;
-            let request = Request::Coordinate { bucket: bucket.to_vec(), key: key.to_vec(), context: context.clone(), value: value.clone() };
+            let request = Request::Coordinate {
+                bucket: bucket.to_vec(),
+                key: key.to_vec(),
+                context: context.clone(),
+                value: value.clone(),
+                hint_for: target.hint_for.clone(),
+            };
             match self.call(&target.name, request, remaining).await {
                 Ok(Response::Stored(object)) => stored = Some((target, object)),
                 Ok(Response::Refused { message, .. }) => return Err(CoordinatorError::TooManySiblings(message)),

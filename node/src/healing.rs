@@ -27,7 +27,7 @@ use crate::metrics::Metrics;
 use crate::object::{split_storage_key, Object};
 use crate::replica::Replica;
 use crate::rpc::{KeyedObject, Request, Response};
-use crate::storage::merkle::SEGMENTS_PER_BRANCH;
+use crate::storage::merkle::{BRANCHES, SEGMENTS_PER_BRANCH};
 use crate::storage::{PartitionId, Storage};
 
 /// Gossiped key under which a node publishes how many hints it holds.
@@ -80,10 +80,30 @@ pub struct Healer<S: Storage, P: Peers> {
     metrics: Arc<Metrics>,
     config: HealingConfig,
     cursor: Mutex<usize>,
+    /// Where reaping goes on next round: a partition and the last key examined in it.
+    reap_cursor: Mutex<(PartitionId, Option<Vec<u8>>)>,
     /// Tombstones seen fully replicated, with when they were first seen so.
     reap_candidates: Mutex<HashMap<Vec<u8>, (Object, Instant)>>,
     /// Progress of ownership transfer, for /status: partition -> keys moved.
     transfer_progress: Mutex<HashMap<PartitionId, u64>>,
+}
+
+/// A peer's leaves must be exactly those of the branches asked for, each with
+/// `SEGMENTS_PER_BRANCH` hashes: a peer with another tree shape (a different version, a
+/// bug) must fail the exchange, not make us compare misaligned segments or index out of range.
+fn validate_leaves(leaves: &[(u32, Vec<[u8; 32]>)], asked: &[u32]) -> Result<(), String> {
+    if leaves.len() != asked.len() {
+        return Err(format!("{} branches of leaves for {} asked", leaves.len(), asked.len()));
+    }
+    for ((branch, hashes), wanted) in leaves.iter().zip(asked) {
+        if branch != wanted {
+            return Err(format!("leaves of branch {branch} where branch {wanted} was asked"));
+        }
+        if hashes.len() != SEGMENTS_PER_BRANCH {
+            return Err(format!("branch {branch} has {} leaves, expected {SEGMENTS_PER_BRANCH}", hashes.len()));
+        }
+    }
+    Ok(())
 }
 
 fn encoded_len(request: &Request) -> usize {
@@ -100,6 +120,7 @@ impl<S: Storage, P: Peers> Healer<S, P> {
             metrics,
             config,
             cursor: Mutex::new(0),
+            reap_cursor: Mutex::new((0, None)),
             reap_candidates: Mutex::new(HashMap::new()),
             transfer_progress: Mutex::new(HashMap::new()),
         }
@@ -290,16 +311,20 @@ impl<S: Storage, P: Peers> Healer<S, P> {
         let Ok(Response::Branches(theirs)) = self.call(peer, request).await else {
             return Err(format!("{peer} did not send its tree of partition {partition}"));
         };
+        if theirs.len() != BRANCHES {
+            return Err(format!("{peer} sent {} branches of partition {partition}, expected {BRANCHES}", theirs.len()));
+        }
         let differing: Vec<u32> = ours.branches().iter().zip(&theirs).enumerate().filter(|(_, (a, b))| a != b).map(|(i, _)| i as u32).collect();
         if differing.is_empty() {
             self.metrics.aae_bytes_sent.inc_by(report.bytes_sent as u64);
             return Ok(report);
         }
-        let request = Request::TreeLeaves { partition, branches: differing };
+        let request = Request::TreeLeaves { partition, branches: differing.clone() };
         report.bytes_sent += encoded_len(&request);
         let Ok(Response::Leaves(leaves)) = self.call(peer, request).await else {
             return Err(format!("{peer} did not send its leaves of partition {partition}"));
         };
+        validate_leaves(&leaves, &differing).map_err(|e| format!("{peer} sent a malformed tree of partition {partition}: {e}"))?;
         let mut segments = Vec::new();
         for (branch, their_leaves) in leaves {
             let our_leaves = ours.leaves_of_branch(branch as usize);
@@ -335,69 +360,99 @@ impl<S: Storage, P: Peers> Healer<S, P> {
         Ok(report)
     }
 
-    /// Reaps fully replicated tombstones in the partitions this node is the first owner of.
+    /// Examines one page (`reap_batch` keys) of one partition this node is the first owner
+    /// of, and reaps the tombstones there that every primary has held unchanged for the
+    /// grace period. A cursor walks the pages and partitions round by round, so a round
+    /// costs one page whatever the data size, and every key is examined in turn.
     pub async fn reap_step(&self) -> Result<usize, String> {
         let view = self.view();
         if !self.cluster_has_no_pending_hints() || !view.unreachable.is_empty() {
             self.reap_candidates.lock().expect("reap lock").clear();
             return Ok(0);
         }
+        let firsts: Vec<PartitionId> =
+            view.ring.primary_partitions(&self.name).into_iter().filter(|&p| view.ring.primaries(p).first() == Some(&self.name)).collect();
+        if firsts.is_empty() {
+            return Ok(0);
+        }
+        let (partition, after) = {
+            let cursor = self.reap_cursor.lock().expect("reap cursor lock");
+            match firsts.iter().find(|&&p| p >= cursor.0) {
+                Some(&p) if p == cursor.0 => (p, cursor.1.clone()),
+                Some(&p) => (p, None),
+                None => (firsts[0], None),
+            }
+        };
         let storage = self.replica.storage();
+        let page = storage.scan(partition, after.as_deref(), self.config.reap_batch).map_err(|e| e.to_string())?;
+        *self.reap_cursor.lock().expect("reap cursor lock") = match page.last() {
+            Some((last, _)) if page.len() >= self.config.reap_batch => (partition, Some(last.clone())),
+            _ => (partition.wrapping_add(1), None),
+        };
+        let owners = view.ring.primaries(partition).to_vec();
         let now = Instant::now();
+        let mut ripe = Vec::new();
+        for (skey, raw) in page {
+            let object = crate::object::decode_object(&raw).map_err(|e| e.to_string())?;
+            if object.sibling_count() == 0 || !object.values().iter().all(|s| s.deleted) {
+                continue;
+            }
+            let (bucket, key) = split_storage_key(&skey).map_err(|e| e.to_string())?;
+            let mut everywhere = true;
+            for owner in owners.iter().filter(|o| **o != self.name) {
+                let request = Request::Get { bucket: bucket.to_vec(), key: key.to_vec() };
+                match self.call(owner, request).await {
+                    Ok(Response::Object(Some(theirs))) if theirs == object => {}
+                    _ => everywhere = false,
+                }
+            }
+            let mut candidates = self.reap_candidates.lock().expect("reap lock");
+            if !everywhere {
+                candidates.remove(&skey);
+                continue;
+            }
+            let entry = candidates.entry(skey.clone()).or_insert_with(|| (object.clone(), now));
+            if entry.0 != object {
+                *entry = (object.clone(), now);
+            } else if now.duration_since(entry.1) >= self.config.tombstone_grace {
+                ripe.push(KeyedObject { bucket: bucket.to_vec(), key: key.to_vec(), object });
+                candidates.remove(&skey);
+            }
+        }
+        if ripe.is_empty() {
+            return Ok(0);
+        }
+        // Every owner drops its copy, under the same "only if unchanged" rule.
         let mut reaped = 0;
-        for partition in view.ring.primary_partitions(&self.name) {
-            let owners = view.ring.primaries(partition).to_vec();
-            if owners.first() != Some(&self.name) {
-                continue;
-            }
-            let page = storage.scan(partition, None, self.config.reap_batch).map_err(|e| e.to_string())?;
-            let mut ripe = Vec::new();
-            for (skey, raw) in page {
-                let object = crate::object::decode_object(&raw).map_err(|e| e.to_string())?;
-                if object.sibling_count() == 0 || !object.values().iter().all(|s| s.deleted) {
-                    continue;
-                }
-                let (bucket, key) = split_storage_key(&skey).map_err(|e| e.to_string())?;
-                let mut everywhere = true;
-                for owner in owners.iter().filter(|o| **o != self.name) {
-                    let request = Request::Get { bucket: bucket.to_vec(), key: key.to_vec() };
-                    match self.call(owner, request).await {
-                        Ok(Response::Object(Some(theirs))) if theirs == object => {}
-                        _ => everywhere = false,
-                    }
-                }
-                let mut candidates = self.reap_candidates.lock().expect("reap lock");
-                if !everywhere {
-                    candidates.remove(&skey);
-                    continue;
-                }
-                let entry = candidates.entry(skey.clone()).or_insert_with(|| (object.clone(), now));
-                if entry.0 != object {
-                    *entry = (object.clone(), now);
-                } else if now.duration_since(entry.1) >= self.config.tombstone_grace {
-                    ripe.push(KeyedObject { bucket: bucket.to_vec(), key: key.to_vec(), object });
-                    candidates.remove(&skey);
-                }
-            }
-            if ripe.is_empty() {
-                continue;
-            }
-            // Every owner drops its copy, under the same "only if unchanged" rule.
-            for owner in &owners {
-                match self.call(owner, Request::ReapBatch { objects: ripe.clone() }).await {
-                    Ok(Response::Merged(n)) if *owner == self.name => reaped += n,
-                    Ok(Response::Merged(_)) => {}
-                    other => tracing::debug!(%owner, "reap failed: {other:?}"),
-                }
+        for owner in &owners {
+            match self.call(owner, Request::ReapBatch { objects: ripe.clone() }).await {
+                Ok(Response::Merged(n)) if *owner == self.name => reaped += n,
+                Ok(Response::Merged(_)) => {}
+                other => tracing::debug!(%owner, "reap failed: {other:?}"),
             }
         }
         if reaped > 0 {
-            tracing::info!(reaped, "reaped fully replicated tombstones");
+            tracing::info!(partition, reaped, "reaped fully replicated tombstones");
         }
         Ok(reaped)
     }
 
     fn cluster_has_no_pending_hints(&self) -> bool {
         self.gossip.members().iter().all(|m| m.kv.get(PENDING_HINTS_KEY).is_none_or(|v| v == "0"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_tree_of_another_shape_is_refused() {
+        let good = |b: u32| (b, vec![[0u8; 32]; SEGMENTS_PER_BRANCH]);
+        assert!(validate_leaves(&[good(1), good(5)], &[1, 5]).is_ok());
+        assert!(validate_leaves(&[good(1)], &[1, 5]).is_err(), "a branch missing");
+        assert!(validate_leaves(&[good(1), good(6)], &[1, 5]).is_err(), "a branch not asked for");
+        assert!(validate_leaves(&[good(1), (5, vec![[0u8; 32]; SEGMENTS_PER_BRANCH - 1])], &[1, 5]).is_err(), "too few leaves");
+        assert!(validate_leaves(&[good(1), (5, vec![[0u8; 32]; SEGMENTS_PER_BRANCH + 1])], &[1, 5]).is_err(), "too many leaves");
     }
 }

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Path, RawPathParams, RawQuery, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -39,7 +39,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/health", get(health))
         .route("/admin/leave", post(admin_leave))
         .route("/admin/remove/{name}", post(admin_remove))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see the API table in the README") })
+        .fallback(no_route)
         // Bodies are read with our own limit so an oversized value gets a JSON 413.
         .layer(DefaultBodyLimit::disable())
         .with_state(node)
@@ -114,20 +114,30 @@ fn has_bad_escape(raw: &str) -> bool {
     })
 }
 
-fn bucket_and_key(params: &RawPathParams) -> Result<(Vec<u8>, Vec<u8>), ApiError> {
-    let mut bucket = None;
-    let mut key = None;
-    for (name, value) in params.iter() {
-        match name {
-            "bucket" => bucket = Some(decode_segment("bucket", value)?),
-            "key" => key = Some(decode_segment("key", value)?),
-            _ => {}
-        }
-    }
-    match (bucket, key) {
-        (Some(b), Some(k)) => Ok((b, k)),
+/// The bucket and key of a `/kv`, `/ring` or `/local/kv` request, taken from the raw
+/// (still percent-encoded) request path and decoded exactly once. The router matched the
+/// raw path, so the last two segments are the bucket and the key (a `%2F` in a key stays
+/// inside its segment). Axum's own path parameters are already decoded, and decoding them
+/// again would turn a key `%25` into `%`.
+fn bucket_and_key(uri: &Uri) -> Result<(Vec<u8>, Vec<u8>), ApiError> {
+    let mut segments = uri.path().rsplitn(3, '/');
+    match (segments.next(), segments.next(), segments.next()) {
+        (Some(key), Some(bucket), Some(_)) => Ok((decode_segment("bucket", bucket)?, decode_segment("key", key)?)),
         _ => Err(ApiError::bad_request("invalid_path", "expected /kv/{bucket}/{key}")),
     }
+}
+
+/// Paths no route matched. `/kv/b/` and `/kv//k` match no route (an empty segment is no
+/// parameter) but are a client's empty key or bucket: those get the 400 the API promises.
+async fn no_route(uri: Uri) -> ApiError {
+    let path = uri.path();
+    let rest = ["/kv/", "/ring/", "/local/kv/"].iter().find_map(|prefix| path.strip_prefix(prefix));
+    if rest.is_some_and(|rest| rest.matches('/').count() == 1) {
+        if let Err(e) = bucket_and_key(&uri) {
+            return e;
+        }
+    }
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see the API table in the README")
 }
 
 /// The query parameters of a `/kv` request, validated against the replication factor.
@@ -222,9 +232,9 @@ fn siblings_json(siblings: &[&Sibling]) -> Vec<Value> {
         .collect()
 }
 
-async fn kv_get(State(node): State<Arc<Node>>, params: RawPathParams, RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
+async fn kv_get(State(node): State<Arc<Node>>, uri: Uri, RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
     measured(&node.clone(), "get", async move {
-        let (bucket, key) = bucket_and_key(&params)?;
+        let (bucket, key) = bucket_and_key(&uri)?;
         let p = kv_params(node.coordinator.n(), node.limits.default_timeout, query.as_deref())?;
         let object = node.coordinator.get(&bucket, &key, p.r, p.pr, p.timeout).await?;
         let live: Vec<&Sibling> = object.values().into_iter().filter(|s| !s.deleted).collect();
@@ -264,9 +274,9 @@ async fn read_body(node: &Node, body: Body) -> Result<Bytes, ApiError> {
     })
 }
 
-async fn kv_put(State(node): State<Arc<Node>>, params: RawPathParams, RawQuery(query): RawQuery, headers: HeaderMap, body: Body) -> Response {
+async fn kv_put(State(node): State<Arc<Node>>, uri: Uri, RawQuery(query): RawQuery, headers: HeaderMap, body: Body) -> Response {
     measured(&node.clone(), "put", async move {
-        let (bucket, key) = bucket_and_key(&params)?;
+        let (bucket, key) = bucket_and_key(&uri)?;
         let p = kv_params(node.coordinator.n(), node.limits.default_timeout, query.as_deref())?;
         let context = request_context(&headers)?;
         let content_type = match headers.get(header::CONTENT_TYPE) {
@@ -280,9 +290,9 @@ async fn kv_put(State(node): State<Arc<Node>>, params: RawPathParams, RawQuery(q
     .await
 }
 
-async fn kv_delete(State(node): State<Arc<Node>>, params: RawPathParams, RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
+async fn kv_delete(State(node): State<Arc<Node>>, uri: Uri, RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
     measured(&node.clone(), "delete", async move {
-        let (bucket, key) = bucket_and_key(&params)?;
+        let (bucket, key) = bucket_and_key(&uri)?;
         let p = kv_params(node.coordinator.n(), node.limits.default_timeout, query.as_deref())?;
         // Without a context a tombstone would only be a sibling of the value it meant to
         // remove, and the value would stay visible. Like Riak, read the context first (at
@@ -297,8 +307,8 @@ async fn kv_delete(State(node): State<Arc<Node>>, params: RawPathParams, RawQuer
     .await
 }
 
-async fn ring_owners(State(node): State<Arc<Node>>, params: RawPathParams) -> Result<Json<Value>, ApiError> {
-    let (bucket, key) = bucket_and_key(&params)?;
+async fn ring_owners(State(node): State<Arc<Node>>, uri: Uri) -> Result<Json<Value>, ApiError> {
+    let (bucket, key) = bucket_and_key(&uri)?;
     let view = node.coordinator.view();
     let partition = view.ring.partition_of(&bucket, &key);
     let primaries = view.ring.primaries(partition).len();
@@ -335,8 +345,8 @@ fn object_json(object: &Object) -> Value {
     json!({"context": object.context().encode(), "siblings": siblings, "tombstone": tombstone})
 }
 
-async fn local_kv(State(node): State<Arc<Node>>, params: RawPathParams) -> Result<Response, ApiError> {
-    let (bucket, key) = bucket_and_key(&params)?;
+async fn local_kv(State(node): State<Arc<Node>>, uri: Uri) -> Result<Response, ApiError> {
+    let (bucket, key) = bucket_and_key(&uri)?;
     match node.replica.get(&bucket, &key) {
         Ok(Some(object)) => Ok(Json(object_json(&object)).into_response()),
         Ok(None) => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "this node holds nothing for the key")),
@@ -410,5 +420,28 @@ mod tests {
             let err = kv_params(3, timeout, Some(bad)).err().unwrap_or_else(|| panic!("'{bad}' was accepted"));
             assert_eq!(err.status, StatusCode::BAD_REQUEST, "{bad}");
         }
+    }
+
+    #[test]
+    fn bucket_and_key_are_decoded_exactly_once_from_the_raw_path() {
+        let parse = |path: &str| bucket_and_key(&path.parse::<Uri>().unwrap());
+        assert_eq!(parse("/kv/b/a%2Fb").unwrap(), (b"b".to_vec(), b"a/b".to_vec()));
+        assert_eq!(parse("/kv/b%2F1/k").unwrap(), (b"b/1".to_vec(), b"k".to_vec()));
+        assert_eq!(parse("/kv/b/%2525").unwrap(), (b"b".to_vec(), b"%25".to_vec()));
+        assert_eq!(parse("/kv/b/100%25").unwrap(), (b"b".to_vec(), b"100%".to_vec()));
+        assert_eq!(parse("/local/kv/%E2%9C%93/x").unwrap(), ("✓".as_bytes().to_vec(), b"x".to_vec()));
+        assert!(parse("/kv/b/%25ZZ").is_ok(), "an escaped percent followed by ZZ is a valid key");
+        assert!(parse("/kv/b/%ZZ").is_err());
+        assert!(parse("/kv/b/%FF").is_err());
+    }
+
+    #[tokio::test]
+    async fn an_empty_bucket_or_key_is_a_bad_request_not_a_missing_endpoint() {
+        let code = |e: ApiError| (e.status.as_u16(), e.body["error"].as_str().unwrap_or_default().to_string());
+        assert_eq!(code(no_route("/kv/b/".parse().unwrap()).await), (400, "invalid_key".into()));
+        assert_eq!(code(no_route("/kv//k".parse().unwrap()).await), (400, "invalid_bucket".into()));
+        assert_eq!(code(no_route("/local/kv/b/".parse().unwrap()).await), (400, "invalid_key".into()));
+        assert_eq!(code(no_route("/kv/b/k/extra".parse().unwrap()).await), (404, "not_found".into()));
+        assert_eq!(code(no_route("/nowhere".parse().unwrap()).await), (404, "not_found".into()));
     }
 }

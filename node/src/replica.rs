@@ -104,8 +104,8 @@ impl<S: Storage> Replica<S> {
     pub fn handle(&self, request: Request) -> Response {
         let result = match request {
             Request::Get { bucket, key } => self.get(&bucket, &key).map(Response::Object),
-            Request::Coordinate { bucket, key, context, value } => {
-                self.coordinate(&bucket, &key, &context, value).map(Response::Stored)
+            Request::Coordinate { bucket, key, context, value, hint_for } => {
+                self.coordinate(&bucket, &key, &context, value, hint_for.as_deref()).map(Response::Stored)
             }
             Request::Merge { bucket, key, object, hint_for } => {
                 // The ack is enough: shipping the merged state back would double the traffic.
@@ -135,7 +135,8 @@ impl<S: Storage> Replica<S> {
 
     /// The coordinating replica's part of a write: the new value gets a dot of this
     /// replica's actor, superseding exactly what `context` covers. Persisted before return.
-    pub fn coordinate(&self, bucket: &[u8], key: &[u8], context: &Context, value: Sibling) -> Result<Object, ReplicaError> {
+    /// A fallback (`hint_for` = the unreachable owner) records a hint, as in `merge`.
+    pub fn coordinate(&self, bucket: &[u8], key: &[u8], context: &Context, value: Sibling, hint_for: Option<&str>) -> Result<Object, ReplicaError> {
         let partition = self.partition_of(bucket, key);
         let skey = storage_key(bucket, key);
         let _guard = self.lock(&skey);
@@ -149,6 +150,9 @@ impl<S: Storage> Replica<S> {
             tracing::warn!(bucket = %String::from_utf8_lossy(bucket), key = %String::from_utf8_lossy(key), siblings = count, "key has many siblings; clients should resolve them by writing with a read's context");
         }
         self.storage.put(partition, &skey, &encode_object(&updated))?;
+        if let Some(owner) = hint_for {
+            self.record_hint(owner, partition, &skey)?;
+        }
         Ok(updated)
     }
 
@@ -168,21 +172,28 @@ impl<S: Storage> Replica<S> {
             self.storage.put(partition, &skey, &encode_object(&merged))?;
         }
         if let Some(owner) = hint_for {
-            let mut counts = self.hint_counts.lock().unwrap_or_else(|p| p.into_inner());
-            let held = counts.entry(owner.to_string()).or_insert(0);
-            if *held >= self.config.max_hints_per_owner {
-                self.metrics.hints_dropped.inc();
-                if self.metrics.hints_dropped.get() % 1000 == 1 {
-                    tracing::warn!(%owner, limit = self.config.max_hints_per_owner, "hint bound reached: dropping hints for this owner; anti-entropy will repair it");
-                }
-            } else {
-                // The hint only names the key: at delivery the current merged state is sent.
-                self.storage.hint_put(owner, partition, &skey, &[])?;
-                *held += 1;
-                self.metrics.hints_queued.inc();
-            }
+            self.record_hint(owner, partition, &skey)?;
         }
         Ok(merged)
+    }
+
+    /// Remembers that this node holds `skey` for the unreachable `owner`, within the bound.
+    /// Called under the key's lock, after the state was stored.
+    fn record_hint(&self, owner: &str, partition: PartitionId, skey: &[u8]) -> Result<(), ReplicaError> {
+        let mut counts = self.hint_counts.lock().unwrap_or_else(|p| p.into_inner());
+        let held = counts.entry(owner.to_string()).or_insert(0);
+        if *held >= self.config.max_hints_per_owner {
+            self.metrics.hints_dropped.inc();
+            if self.metrics.hints_dropped.get() % 1000 == 1 {
+                tracing::warn!(%owner, limit = self.config.max_hints_per_owner, "hint bound reached: dropping hints for this owner; anti-entropy will repair it");
+            }
+        } else {
+            // The hint only names the key: at delivery the current merged state is sent.
+            self.storage.hint_put(owner, partition, skey, &[])?;
+            *held += 1;
+            self.metrics.hints_queued.inc();
+        }
+        Ok(())
     }
 
     fn leaves(&self, partition: PartitionId, branches: &[u32]) -> Result<Vec<(u32, Vec<[u8; 32]>)>, ReplicaError> {
@@ -277,5 +288,37 @@ impl<S: Storage> Replica<S> {
         skey.hash(&mut hasher);
         let stripe = &self.stripes[hasher.finish() as usize % LOCK_STRIPES];
         stripe.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemoryStorage;
+
+    fn replica() -> Replica<MemoryStorage> {
+        let config = ReplicaConfig { actor: ActorId(1), actor_seed: 1, ring_size: 64, max_siblings: 100, warn_siblings: 25, max_hints_per_owner: 10 };
+        Replica::new(Arc::new(MemoryStorage::new()), config, Arc::new(Metrics::default())).unwrap()
+    }
+
+    #[test]
+    fn a_fallback_that_mints_a_write_keeps_a_hint_for_the_owner() {
+        let r = replica();
+        let request = Request::Coordinate {
+            bucket: b"b".to_vec(),
+            key: b"k".to_vec(),
+            context: Context::default(),
+            value: Sibling::value(b"v".to_vec(), None),
+            hint_for: Some("owner".into()),
+        };
+        assert!(matches!(r.handle(request), Response::Stored(_)));
+        let hints = r.storage().hint_scan("owner", 10).unwrap();
+        assert_eq!(hints.len(), 1);
+        assert_eq!(hints[0].1, storage_key(b"b", b"k"));
+        assert_eq!(r.storage().hint_owners().unwrap(), vec![("owner".to_string(), 1)]);
+
+        // A primary minting a write keeps no hint.
+        r.coordinate(b"b", b"other", &Context::default(), Sibling::value(b"v".to_vec(), None), None).unwrap();
+        assert_eq!(r.storage().hint_owners().unwrap(), vec![("owner".to_string(), 1)]);
     }
 }

@@ -36,6 +36,8 @@ pub enum Request {
     },
     /// Be the coordinating replica of a write: mint a dot for `value` over `context`,
     /// persist, and return the resulting state so the coordinator can replicate it.
+    /// `hint_for`, as for `Merge`: the unreachable primary a fallback stores this for
+    /// (a fallback can be the minting replica too, and must then keep the hint).
     Coordinate {
         #[serde(with = "serde_bytes")]
         bucket: Vec<u8>,
@@ -43,6 +45,8 @@ pub enum Request {
         key: Vec<u8>,
         context: Context,
         value: Sibling,
+        #[serde(default)]
+        hint_for: Option<String>,
     },
     /// Merge a state into the replica's own and persist before acknowledging. `hint_for`
     /// names the primary owner a fallback holds this write for (sloppy quorum).

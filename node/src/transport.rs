@@ -71,6 +71,10 @@ struct PeerState {
 pub struct QuicTransport {
     endpoint: Endpoint,
     peers: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<PeerState>>>>,
+    /// The connection each peer address last opened to us. A peer reuses its connection,
+    /// so a second one from the same address while the first still looks open means the
+    /// peer lost its state (it restarted): our own connection to it is then dead too.
+    incoming: Mutex<HashMap<SocketAddr, Connection>>,
 }
 
 impl QuicTransport {
@@ -83,7 +87,7 @@ impl QuicTransport {
         };
         let mut endpoint = Endpoint::server(server, addr).map_err(|e| format!("cannot listen on {addr} (UDP): {e}"))?;
         endpoint.set_default_client_config(client);
-        Ok(Arc::new(QuicTransport { endpoint, peers: Mutex::new(HashMap::new()) }))
+        Ok(Arc::new(QuicTransport { endpoint, peers: Mutex::new(HashMap::new()), incoming: Mutex::new(HashMap::new()) }))
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -94,6 +98,7 @@ impl QuicTransport {
     pub async fn serve<H: Handler>(self: Arc<Self>, handler: Arc<H>) {
         while let Some(incoming) = self.endpoint.accept().await {
             let handler = handler.clone();
+            let transport = self.clone();
             tokio::spawn(async move {
                 let connection = match incoming.await {
                     Ok(c) => c,
@@ -102,7 +107,13 @@ impl QuicTransport {
                         return;
                     }
                 };
-                serve_connection(connection, handler).await;
+                let from = connection.remote_address();
+                transport.accepted(from, &connection).await;
+                serve_connection(connection.clone(), handler).await;
+                let mut incoming = transport.incoming.lock().expect("incoming map lock");
+                if incoming.get(&from).is_some_and(|c| c.stable_id() == connection.stable_id()) {
+                    incoming.remove(&from);
+                }
             });
         }
     }
@@ -142,6 +153,27 @@ impl QuicTransport {
     pub async fn close(&self) {
         self.endpoint.close(VarInt::from_u32(0), b"shutdown");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+    }
+
+    /// Notes a new connection from `from`. If the previous one from that address is still
+    /// open, the peer has restarted (same address, new process): its old connection and
+    /// ours to it lead to a dead process and would swallow requests until they idle out
+    /// (10 s), so both are closed and the next call dials afresh.
+    async fn accepted(&self, from: SocketAddr, connection: &Connection) {
+        let previous = self.incoming.lock().expect("incoming map lock").insert(from, connection.clone());
+        let Some(previous) = previous else { return };
+        if previous.stable_id() == connection.stable_id() || previous.close_reason().is_some() {
+            return;
+        }
+        previous.close(VarInt::from_u32(0), b"peer restarted");
+        let slot = self.slot(from);
+        let mut state = slot.lock().await;
+        if let Some(stale) = state.connection.take() {
+            stale.close(VarInt::from_u32(0), b"peer restarted");
+        }
+        state.retry_after = None;
+        state.backoff = Duration::ZERO;
+        tracing::info!(peer = %from, "a peer reconnected (restarted?): dropped the connections to its old incarnation");
     }
 
     fn slot(&self, to: SocketAddr) -> Arc<tokio::sync::Mutex<PeerState>> {

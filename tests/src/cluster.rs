@@ -97,7 +97,7 @@ impl TestNode {
             Some(dir) => command.arg("--certs").arg(dir),
             None => command.arg("--insecure"),
         };
-        command.args(&self.extra_args).env("RUST_LOG", "info").stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+        command.args(&self.extra_args).env("RUST_LOG", std::env::var("CHORUS_TEST_LOG").unwrap_or_else(|_| "info".into())).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
         self.child = Some(command.spawn().expect("spawn chorus"));
     }
 
@@ -188,7 +188,12 @@ impl Default for ClusterOptions {
 impl TestCluster {
     /// Creates the credential and starts every node (without waiting for them).
     pub fn start(options: ClusterOptions) -> TestCluster {
-        let dir = tempfile::Builder::new().prefix("chorus-test-").tempdir().expect("tempdir");
+        // CHORUS_TEST_KEEP=1 keeps the data directories and logs for a post-mortem.
+        let keep = std::env::var_os("CHORUS_TEST_KEEP").is_some();
+        let dir = tempfile::Builder::new().prefix("chorus-test-").disable_cleanup(keep).tempdir().expect("tempdir");
+        if keep {
+            eprintln!("keeping {}", dir.path().display());
+        }
         let certs = dir.path().join("certs");
         let status = Command::new(chorus_bin()).args(["certs", "init", "--dir"]).arg(&certs).stdout(Stdio::null()).status().expect("run certs init");
         assert!(status.success(), "chorus certs init failed");
@@ -239,4 +244,83 @@ impl TestCluster {
     pub fn logs(&self) -> String {
         self.nodes.iter().map(|n| format!("---- {} ----\n{}", n.name, n.log_text())).collect::<Vec<_>>().join("\n")
     }
+}
+
+impl TestNode {
+    /// Waits until `/health` answers 200.
+    pub fn wait_healthy(&self) {
+        let url = self.url();
+        wait_for(&format!("{} to serve HTTP", self.name), CLUSTER_DEADLINE, || match crate::api::get(&url, "/health") {
+            Ok(r) if r.status == 200 => Ok(()),
+            Ok(r) => Err(format!("HTTP {}", r.status)),
+            Err(e) => Err(e),
+        });
+    }
+
+    /// `kill -9` then start again with the same data directory.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.start();
+    }
+
+    /// Replaces the extra `chorus start` flags used from the next start on.
+    pub fn set_extra_args(&mut self, args: Vec<String>) {
+        self.extra_args = args;
+    }
+}
+
+impl TestCluster {
+    /// Indexes of the nodes whose process is running.
+    pub fn running(&mut self) -> Vec<usize> {
+        (0..self.nodes.len()).filter(|&i| self.nodes[i].is_running()).collect()
+    }
+
+    /// Waits until every node in `observers` lists exactly the names in `alive` as `alive`
+    /// (and nothing else as alive). Returns how long it took.
+    pub fn wait_alive(&self, observers: &[usize], alive: &[&str]) -> Duration {
+        let started = Instant::now();
+        let mut want: Vec<String> = alive.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        for &i in observers {
+            let node = &self.nodes[i];
+            let url = node.url();
+            wait_for(&format!("{} to see {want:?} alive", node.name), CLUSTER_DEADLINE, || {
+                let members = crate::api::members(&url)?;
+                let mut seen: Vec<String> = members.iter().filter(|(_, (s, _))| s == "alive").map(|(n, _)| n.clone()).collect();
+                seen.sort();
+                if seen == want {
+                    Ok(())
+                } else {
+                    Err(format!("{members:?}"))
+                }
+            });
+        }
+        started.elapsed()
+    }
+
+    /// Starts every node, waits for each to serve HTTP and for all to see each other alive.
+    pub fn start_converged(options: ClusterOptions) -> TestCluster {
+        let cluster = TestCluster::start(options);
+        for node in &cluster.nodes {
+            node.wait_healthy();
+        }
+        let names: Vec<String> = cluster.nodes.iter().map(|n| n.name.clone()).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let all: Vec<usize> = (0..cluster.nodes.len()).collect();
+        cluster.wait_alive(&all, &names);
+        cluster
+    }
+
+    pub fn url(&self, i: usize) -> String {
+        self.nodes[i].url()
+    }
+
+    pub fn index_of(&self, name: &str) -> usize {
+        self.nodes.iter().position(|n| n.name == name).unwrap_or_else(|| panic!("no node {name}"))
+    }
+}
+
+/// `chorus start` flags as a Vec.
+pub fn args(flags: &[&str]) -> Vec<String> {
+    flags.iter().map(|s| s.to_string()).collect()
 }
