@@ -385,6 +385,15 @@ impl<V> Dvvs<V> {
         self.entries.iter().flat_map(|e| e.values.iter()).collect()
     }
 
+    /// Every live value with its dot `(actor, counter)`, in the order of [`Dvvs::values`].
+    /// For checkers (the simulation's history checker) that follow one write by its dot.
+    pub fn dotted_values(&self) -> Vec<(ActorId, u64, &V)> {
+        self.entries
+            .iter()
+            .flat_map(|e| e.values.iter().enumerate().map(move |(i, v)| (e.actor, e.counter - i as u64, v)))
+            .collect()
+    }
+
     pub fn sibling_count(&self) -> usize {
         self.entries.iter().map(|e| e.values.len()).sum()
     }

@@ -209,11 +209,15 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
             primaries_replied: primaries,
         };
 
-        // The first target that answers mints the version; the others only merge it.
+        // The first target that answers mints the version; the others only merge it. A
+        // replica that refused cleanly (`Failed`: nothing stored) is passed over for the
+        // next; one that did not answer in time is not: it may have minted and persisted the
+        // version and only its answer was lost, and asking another replica would mint a
+        // second dot for the same client write (a duplicate sibling). That write is then a
+        // 503 the client may retry; any version it left is kept and repaired like any other.
         let mut stored = None;
         let mut rest = Vec::new();
-        let candidates = targets.len();
-        for (i, target) in targets.into_iter().enumerate() {
+        for target in targets {
             if stored.is_some() {
                 rest.push(target);
                 continue;
@@ -222,8 +226,6 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
             if remaining.is_zero() {
                 return Err(unavailable(0, 0));
             }
-            // A dead replica the detector has not caught yet must not eat the whole budget.
-            let remaining = remaining / (candidates - i) as u32;
             let request = Request::Coordinate {
                 bucket: bucket.to_vec(),
                 key: key.to_vec(),
@@ -235,7 +237,10 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
                 Ok(Response::Stored(object)) => stored = Some((target, object)),
                 Ok(Response::Refused { message, .. }) => return Err(CoordinatorError::TooManySiblings(message)),
                 Ok(other) => tracing::debug!(replica = %target.name, "coordinating write failed: {other:?}"),
-                Err(e) => tracing::debug!(replica = %target.name, "coordinating write failed: {e}"),
+                Err(e) => {
+                    tracing::debug!(replica = %target.name, "coordinating write got no answer: {e}");
+                    return Err(unavailable(0, 0));
+                }
             }
         }
         let Some((coordinator, object)) = stored else { return Err(unavailable(0, 0)) };

@@ -1,1 +1,476 @@
-//! Deterministic simulation of a whole chorus cluster (being written).
+//! Deterministic simulation of a whole chorus cluster.
+//!
+//! N nodes run the production replica, coordinator, healer (hinted handoff, transfer,
+//! anti-entropy, reaping), gossip membership shell and in-memory storage engine, all on one
+//! single-threaded tokio runtime with paused (virtual) time, over a simulated message-level
+//! network (`net`). Every random choice comes from RNGs seeded by the scenario's seed, so a
+//! seed replays exactly; the event log's blake3 digest proves it.
+//!
+//! A scenario: start the cluster and wait for membership; run clients while a nemesis drops,
+//! delays, duplicates and reorders messages, partitions nodes (symmetric and one-way),
+//! crashes and restarts them and pauses them (GC-like stalls); then heal everything, wait
+//! for quiescence (bounded), and check the invariants (`check`).
+
+pub mod check;
+pub mod net;
+pub mod node;
+pub mod trace;
+pub mod workload;
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, Once};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::time::Instant;
+
+use chorus_node::object::Object;
+use chorus_node::storage::{MemoryStorage, Storage};
+use chorus_ring::Ring;
+
+use net::{NetFaults, SimNet, MAX_INFLIGHT_PER_PEER};
+use node::{Incarnation, NodeSettings, SimNode};
+use trace::Trace;
+use workload::{Client, History, Outcome, Shared};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Faults {
+    Light,
+    Heavy,
+}
+
+impl std::str::FromStr for Faults {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Faults, String> {
+        match s {
+            "light" => Ok(Faults::Light),
+            "heavy" => Ok(Faults::Heavy),
+            other => Err(format!("--faults is light or heavy, not {other:?}")),
+        }
+    }
+}
+
+impl std::fmt::Display for Faults {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Faults::Light => "light",
+            Faults::Heavy => "heavy",
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub seed: u64,
+    pub nodes: usize,
+    pub faults: Faults,
+    pub verbose: bool,
+    /// Virtual time clients run while faults are injected.
+    pub duration: Duration,
+    pub clients: usize,
+    pub keys: usize,
+}
+
+impl Options {
+    pub fn new(seed: u64) -> Options {
+        Options { seed, nodes: 5, faults: Faults::Light, verbose: false, duration: Duration::from_secs(30), clients: 4, keys: 6 }
+    }
+
+    /// The command that replays this scenario with every event printed.
+    pub fn replay_command(&self) -> String {
+        format!(
+            "cargo run -p chorus-tests --release --bin sim -- --seed {} --nodes {} --faults {} --duration {} --verbose",
+            self.seed,
+            self.nodes,
+            self.faults,
+            self.duration.as_secs()
+        )
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub seed: u64,
+    pub digest: String,
+    pub failures: Vec<String>,
+    pub writes: usize,
+    pub acked: usize,
+    pub reads: u64,
+    pub reads_ok: u64,
+    pub events: u64,
+    pub messages: u64,
+    pub virtual_ms: u64,
+}
+
+thread_local! {
+    static PANICS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Records panics per thread (tokio catches a task's panic; the scenario must still fail).
+fn install_panic_hook() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let _ = PANICS.try_with(|p| p.borrow_mut().push(info.to_string()));
+            previous(info);
+        }));
+    });
+}
+
+/// Runs one scenario to the end and judges it.
+pub fn run(options: &Options) -> Report {
+    install_panic_hook();
+    PANICS.with(|p| p.borrow_mut().clear());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("a current-thread runtime");
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runtime.block_on(scenario(options.clone()))));
+    drop(runtime);
+    let mut report = match outcome {
+        Ok(report) => report,
+        Err(_) => Report {
+            seed: options.seed,
+            digest: String::new(),
+            failures: Vec::new(),
+            writes: 0,
+            acked: 0,
+            reads: 0,
+            reads_ok: 0,
+            events: 0,
+            messages: 0,
+            virtual_ms: 0,
+        },
+    };
+    for panic in PANICS.with(|p| std::mem::take(&mut *p.borrow_mut())) {
+        report.failures.push(format!("panic: {panic}"));
+    }
+    report
+}
+
+/// Mixes the scenario seed with a purpose, so each RNG gets its own stream.
+fn sub_seed(seed: u64, purpose: u64) -> u64 {
+    let mut h = blake3::Hasher::new();
+    h.update(&seed.to_le_bytes());
+    h.update(&purpose.to_le_bytes());
+    u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
+struct Cluster {
+    net: Arc<SimNet>,
+    nodes: Vec<SimNode>,
+    names: Vec<String>,
+    settings: NodeSettings,
+    seed: u64,
+    incarnations: Mutex<u64>,
+}
+
+impl Cluster {
+    fn start(&self, index: usize) -> Arc<Incarnation> {
+        let id = {
+            let mut next = self.incarnations.lock().expect("incarnations");
+            *next += 1;
+            *next
+        };
+        self.nodes[index].start(&self.net, &self.settings, &self.names, id, sub_seed(self.seed, 1000 + id))
+    }
+
+    fn crash(&self, index: usize) {
+        let name = &self.names[index];
+        if let Some(node) = self.net.current(name) {
+            node.kill();
+            self.net.set_down(name);
+            self.net.trace.log(format!("{name} crashes (incarnation {})", node.id));
+        }
+    }
+
+    fn disks(&self) -> Vec<(String, Arc<MemoryStorage>)> {
+        self.nodes.iter().map(|n| (n.name.clone(), n.disk.clone())).collect()
+    }
+
+    /// Hint bound: no disk holds more hints for one owner than the replicas allow.
+    fn check_bounds(&self, history: &Mutex<History>) {
+        for node in &self.nodes {
+            for (owner, count) in node.disk.hint_owners().expect("memory storage") {
+                if count > self.settings.max_hints_per_owner {
+                    history.lock().expect("history").violations.push(format!(
+                        "{} holds {count} hints for {owner}, over the bound of {}",
+                        node.name, self.settings.max_hints_per_owner
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Why the cluster has not converged yet, or None when it has: everyone up and agreeing
+    /// on membership, no hints left, every primary holding the same state of every key and
+    /// any other copy superseded by it.
+    fn divergence(&self, keys: &[String]) -> Option<String> {
+        let mut names = self.names.clone();
+        names.sort();
+        for name in &self.names {
+            let Some(node) = self.net.current(name) else { return Some(format!("{name} is down")) };
+            let view = node.gossip.view.read().expect("view").clone();
+            if view.ring.members() != names.as_slice() {
+                return Some(format!("{name} sees ring members {:?}", view.ring.members()));
+            }
+            if !view.unreachable.is_empty() {
+                return Some(format!("{name} sees {:?} unreachable", view.unreachable));
+            }
+            if let Some(m) = node.gossip.members().iter().find(|m| m.state != chorus_gossip::MemberState::Alive) {
+                return Some(format!("{name} sees {} as {}", m.name, m.state));
+            }
+        }
+        for node in &self.nodes {
+            let hints = node.disk.hint_owners().expect("memory storage");
+            if !hints.is_empty() {
+                return Some(format!("{} still holds hints {hints:?}", node.name));
+            }
+        }
+        let ring = Ring::new(self.settings.ring_size, self.settings.n, names.iter().cloned()).expect("ring");
+        for key in keys {
+            let partition = ring.partition_of(workload::BUCKET, key.as_bytes());
+            let primaries = ring.primaries(partition);
+            let states: BTreeMap<&str, Option<Object>> =
+                self.nodes.iter().map(|n| (n.name.as_str(), check::stored(&n.disk, self.settings.ring_size, key))).collect();
+            let reference = &states[primaries[0].as_str()];
+            for p in primaries {
+                if &states[p.as_str()] != reference {
+                    return Some(format!("key {key}: primaries {} and {p} differ: {:?} vs {:?}", primaries[0], reference, states[p.as_str()]));
+                }
+            }
+            for (name, state) in &states {
+                if primaries.iter().any(|p| p == name) {
+                    continue;
+                }
+                if let Some(state) = state {
+                    if !reference.as_ref().is_some_and(|r| r.descends(state)) {
+                        return Some(format!("key {key}: non-owner {name} holds {state:?}, which the owners' {reference:?} lacks"));
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+async fn scenario(options: Options) -> Report {
+    let trace = Arc::new(Trace::new(options.verbose));
+    let net = SimNet::new(StdRng::seed_from_u64(sub_seed(options.seed, 1)), trace.clone());
+    let names: Vec<String> = (1..=options.nodes).map(|i| format!("n{i}")).collect();
+    let settings = NodeSettings::default();
+    let cluster = Arc::new(Cluster {
+        net: net.clone(),
+        nodes: names.iter().map(|name| SimNode { name: name.clone(), disk: Arc::new(MemoryStorage::new()) }).collect(),
+        names: names.clone(),
+        settings: settings.clone(),
+        seed: options.seed,
+        incarnations: Mutex::new(0),
+    });
+    trace.log(format!("scenario seed {} nodes {} faults {} duration {:?}", options.seed, options.nodes, options.faults, options.duration));
+    let mut failures = Vec::new();
+    for i in 0..names.len() {
+        cluster.start(i);
+    }
+    let keys: Vec<String> = (0..options.keys).map(|k| format!("k{k}")).collect();
+
+    // Membership first: the cluster must form (bounded) before clients start.
+    let formed = Instant::now() + Duration::from_secs(30);
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        match cluster.divergence(&[]) {
+            None => break,
+            Some(why) if Instant::now() >= formed => {
+                failures.push(format!("membership did not converge within 30 s of start: {why}"));
+                break;
+            }
+            Some(_) => {}
+        }
+    }
+    trace.log("cluster formed".to_string());
+
+    let disks = cluster.disks();
+    let ring_size = settings.ring_size;
+    let shared = Arc::new(Shared {
+        net: net.clone(),
+        history: Mutex::new(History::default()),
+        next_id: Mutex::new(0),
+        on_ack: Box::new(move |write, object, violations| check::check_ack(&disks, ring_size, write, object, violations)),
+        on_read: Box::new(|key, object, history| check::check_state(history, key, object, "a read")),
+    });
+    let fault_end = Instant::now() + options.duration;
+    let mut clients = Vec::new();
+    for index in 0..options.clients {
+        let client = Client {
+            index,
+            rng: StdRng::seed_from_u64(sub_seed(options.seed, 100 + index as u64)),
+            keys: options.keys,
+            nodes: names.clone(),
+            n: settings.n,
+            contexts: BTreeMap::new(),
+        };
+        clients.push(tokio::spawn(client.run(shared.clone(), fault_end)));
+    }
+    let nemesis = tokio::spawn(nemesis(cluster.clone(), shared.clone(), options.clone(), fault_end));
+    let _ = nemesis.await;
+    for client in clients {
+        let _ = client.await;
+    }
+
+    // Heal everything, then wait (bounded) for the cluster to converge.
+    trace.log("heal: network calm, partitions removed, every node running".to_string());
+    net.heal_all();
+    net.set_faults(NetFaults::calm());
+    net.unpause_all();
+    for i in 0..names.len() {
+        if net.current(&names[i]).is_none() {
+            cluster.start(i);
+        }
+    }
+    let quiet = Instant::now();
+    let bound = Duration::from_secs(300);
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        match cluster.divergence(&keys) {
+            None => {
+                trace.log(format!("converged {} ms after heal", quiet.elapsed().as_millis()));
+                break;
+            }
+            Some(why) if quiet.elapsed() >= bound => {
+                failures.push(format!("not converged {} s after heal: {why}", bound.as_secs()));
+                break;
+            }
+            Some(_) => {}
+        }
+    }
+    cluster.check_bounds(&shared.history);
+    if net.max_inflight() > MAX_INFLIGHT_PER_PEER {
+        failures.push(format!("{} concurrent requests to one peer, over the bound of {MAX_INFLIGHT_PER_PEER}", net.max_inflight()));
+    }
+
+    // Final judgement over every replica's state.
+    let mut history = std::mem::take(&mut *shared.history.lock().expect("history"));
+    let mut finals = BTreeMap::new();
+    for key in &keys {
+        let mut merged: Option<Object> = None;
+        for node in &cluster.nodes {
+            if let Some(state) = check::stored(&node.disk, ring_size, key) {
+                check::check_state(&mut history, key, &state, &format!("{}'s storage", node.name));
+                merged = Some(merged.map_or(state.clone(), |m| m.sync(&state)));
+            }
+        }
+        if let Some(m) = merged {
+            finals.insert(key.clone(), m);
+        }
+    }
+    check::check_final(&mut history, &finals);
+    failures.extend(history.violations.iter().cloned());
+    for f in &failures {
+        trace.log(format!("FAILURE: {f}"));
+    }
+
+    for node in &cluster.nodes {
+        if let Some(n) = net.current(&node.name) {
+            n.kill();
+        }
+    }
+    net.clear();
+    let acked = history.writes.values().filter(|w| matches!(w.outcome, Outcome::Acked(_))).count();
+    Report {
+        seed: options.seed,
+        digest: trace.digest(),
+        failures,
+        writes: history.writes.len(),
+        acked,
+        reads: history.reads,
+        reads_ok: history.reads_ok,
+        events: trace.events(),
+        messages: net.messages(),
+        virtual_ms: trace.now_ms(),
+    }
+}
+
+/// Injects faults until `end`: message loss, duplication, delay and slow paths; symmetric
+/// and one-way partitions; crashes with restarts; pauses.
+async fn nemesis(cluster: Arc<Cluster>, shared: Arc<Shared>, options: Options, end: Instant) {
+    let mut rng = StdRng::seed_from_u64(sub_seed(options.seed, 2));
+    let heavy = options.faults == Faults::Heavy;
+    let net = cluster.net.clone();
+    let names = cluster.names.clone();
+    let max_down = if heavy { (names.len() - 1).max(1) } else { 1 };
+    loop {
+        let wait = if heavy { rng.random_range(300..2500) } else { rng.random_range(2000..6000) };
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        cluster.check_bounds(&shared.history);
+        if Instant::now() >= end {
+            return;
+        }
+        let hold = Duration::from_millis(if heavy { rng.random_range(500..12_000) } else { rng.random_range(1000..6000) });
+        match rng.random_range(0..6) {
+            0 => {
+                let max_drop = if heavy { 0.2 } else { 0.03 };
+                let faults = NetFaults {
+                    drop: rng.random_range(0.0..max_drop),
+                    duplicate: rng.random_range(0.0..if heavy { 0.1 } else { 0.02 }),
+                    delay_ms: (1, if heavy { rng.random_range(2..150) } else { rng.random_range(2..20) }),
+                    slow: rng.random_range(0.0..if heavy { 0.05 } else { 0.01 }),
+                    slow_ms: if heavy { rng.random_range(100..3000) } else { rng.random_range(50..500) },
+                };
+                net.set_faults(faults);
+            }
+            1 | 2 => {
+                // A partition: one side against the rest, both ways or one way.
+                let mut side: Vec<&String> = names.iter().filter(|_| rng.random_bool(0.4)).collect();
+                if side.is_empty() || side.len() == names.len() {
+                    side = vec![&names[rng.random_range(0..names.len())]];
+                }
+                let one_way = rng.random_bool(0.35);
+                let mut pairs = Vec::new();
+                for a in &side {
+                    for b in names.iter().filter(|b| !side.contains(b)) {
+                        pairs.push(((*a).clone(), b.clone()));
+                        if !one_way {
+                            pairs.push((b.clone(), (*a).clone()));
+                        }
+                    }
+                }
+                net.trace.log(format!("partition {side:?} {} the rest for {hold:?}", if one_way { "cannot send to" } else { "cut from" }));
+                for (a, b) in &pairs {
+                    net.block(a, b);
+                }
+                let net = net.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(hold).await;
+                    net.trace.log(format!("partition healed: {} links", pairs.len()));
+                    for (a, b) in &pairs {
+                        net.unblock(a, b);
+                    }
+                });
+            }
+            3 | 4 => {
+                let down = names.iter().filter(|n| net.current(n).is_none()).count();
+                let index = rng.random_range(0..names.len());
+                if down >= max_down || net.current(&names[index]).is_none() {
+                    continue;
+                }
+                cluster.crash(index);
+                let cluster = cluster.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(hold).await;
+                    if cluster.net.current(&cluster.names[index]).is_none() {
+                        cluster.start(index);
+                    }
+                });
+            }
+            _ => {
+                let name = &names[rng.random_range(0..names.len())];
+                net.trace.log(format!("{name} pauses for {hold:?}"));
+                net.pause(name, Instant::now() + hold);
+            }
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! A simulated node: the production replica, coordinator, healer and gossip shell over a
+//! `MemoryStorage` that plays the node's disk, wired to the simulated network.
+//!
+//! A crash ends the incarnation: its tasks (gossip loop, healing loop, client requests it
+//! coordinates) are aborted, its disk handle is closed (so a task the coordinator spawned
+//! cannot write after the crash), and everything in memory is gone (membership, hint
+//! counts, reap candidates). The `MemoryStorage` survives: in `--sync periodic` a write is
+//! in the OS before it is acknowledged, so a process crash loses nothing written; this sim
+//! does not model a machine crash losing the last un-fsynced interval. A restart opens a
+//! new incarnation on the same disk, with a higher generation, as `chorus start` does.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chorus_gossip::{ClusterConfig, Config as GossipConfig};
+use chorus_node::causality::ActorId;
+use chorus_node::coordinator::Coordinator;
+use chorus_node::healing::{Healer, HealingConfig};
+use chorus_node::membership::Gossip;
+use chorus_node::metrics::Metrics;
+use chorus_node::replica::{Replica, ReplicaConfig, ACTOR_META_KEY};
+use chorus_node::storage::{MemoryStorage, MerkleTree, PartitionId, Storage, StorageError};
+use tokio::task::AbortHandle;
+
+use super::net::{SimNet, SimPeers};
+
+/// The settings every simulated node runs with (the production defaults, scaled down where
+/// a scenario lasts seconds instead of hours).
+#[derive(Clone, Debug)]
+pub struct NodeSettings {
+    pub ring_size: u32,
+    pub n: usize,
+    pub gossip_interval: Duration,
+    pub healing: HealingConfig,
+    pub max_hints_per_owner: u64,
+    pub max_siblings: usize,
+}
+
+impl Default for NodeSettings {
+    fn default() -> Self {
+        NodeSettings {
+            ring_size: 16,
+            n: 3,
+            gossip_interval: Duration::from_millis(500),
+            healing: HealingConfig {
+                interval: Duration::from_millis(500),
+                tombstone_grace: Duration::from_secs(5),
+                rpc_timeout: Duration::from_secs(3),
+                ..HealingConfig::default()
+            },
+            max_hints_per_owner: 50,
+            max_siblings: 100,
+        }
+    }
+}
+
+/// A node's disk as one incarnation sees it: the shared `MemoryStorage`, refused once the
+/// incarnation is dead.
+pub struct SimDisk {
+    disk: Arc<MemoryStorage>,
+    alive: Arc<AtomicBool>,
+}
+
+impl SimDisk {
+    fn check(&self) -> Result<(), StorageError> {
+        if self.alive.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err(StorageError::Closed)
+        }
+    }
+}
+
+impl Storage for SimDisk {
+    fn get(&self, partition: PartitionId, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.check()?;
+        self.disk.get(partition, key)
+    }
+    fn put(&self, partition: PartitionId, key: &[u8], object: &[u8]) -> Result<(), StorageError> {
+        self.check()?;
+        self.disk.put(partition, key, object)
+    }
+    fn remove(&self, partition: PartitionId, key: &[u8]) -> Result<(), StorageError> {
+        self.check()?;
+        self.disk.remove(partition, key)
+    }
+    fn scan(&self, partition: PartitionId, after: Option<&[u8]>, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+        self.check()?;
+        self.disk.scan(partition, after, limit)
+    }
+    fn partitions(&self) -> Result<Vec<PartitionId>, StorageError> {
+        self.check()?;
+        self.disk.partitions()
+    }
+    fn key_count(&self, partition: PartitionId) -> Result<u64, StorageError> {
+        self.check()?;
+        self.disk.key_count(partition)
+    }
+    fn tree(&self, partition: PartitionId) -> Result<MerkleTree, StorageError> {
+        self.check()?;
+        self.disk.tree(partition)
+    }
+    fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        self.check()?;
+        self.disk.meta_get(key)
+    }
+    fn meta_put(&self, key: &str, value: &[u8]) -> Result<(), StorageError> {
+        self.check()?;
+        self.disk.meta_put(key, value)
+    }
+    fn hint_put(&self, owner: &str, partition: PartitionId, key: &[u8], object: &[u8]) -> Result<(), StorageError> {
+        self.check()?;
+        self.disk.hint_put(owner, partition, key, object)
+    }
+    fn hint_scan(&self, owner: &str, limit: usize) -> Result<Vec<(PartitionId, Vec<u8>, Vec<u8>)>, StorageError> {
+        self.check()?;
+        self.disk.hint_scan(owner, limit)
+    }
+    fn hint_remove(&self, owner: &str, partition: PartitionId, key: &[u8]) -> Result<(), StorageError> {
+        self.check()?;
+        self.disk.hint_remove(owner, partition, key)
+    }
+    fn hint_owners(&self) -> Result<Vec<(String, u64)>, StorageError> {
+        self.check()?;
+        self.disk.hint_owners()
+    }
+    fn flush(&self) -> Result<(), StorageError> {
+        self.check()?;
+        self.disk.flush()
+    }
+}
+
+/// One run of a node process, from start to crash.
+pub struct Incarnation {
+    pub name: String,
+    pub id: u64,
+    pub generation: u64,
+    alive: Arc<AtomicBool>,
+    pub replica: Arc<Replica<SimDisk>>,
+    pub gossip: Arc<Gossip>,
+    pub coordinator: Coordinator<SimDisk, SimPeers>,
+    pub healer: Arc<Healer<SimDisk, SimPeers>>,
+    tasks: Mutex<Vec<AbortHandle>>,
+}
+
+impl Incarnation {
+    /// Registers a task that dies with this incarnation.
+    pub fn own(&self, handle: AbortHandle) {
+        if self.alive.load(Ordering::SeqCst) {
+            self.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(handle);
+        } else {
+            handle.abort();
+        }
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::SeqCst)
+    }
+
+    /// The process dies: tasks stop at their next await, the disk handle closes.
+    pub fn kill(&self) {
+        self.alive.store(false, Ordering::SeqCst);
+        for task in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            task.abort();
+        }
+    }
+}
+
+/// What survives a crash: the node's name and disk.
+pub struct SimNode {
+    pub name: String,
+    pub disk: Arc<MemoryStorage>,
+}
+
+const SIM_IDENTITY_KEY: &str = "sim_identity";
+
+impl SimNode {
+    /// Starts an incarnation: reads (or creates) the identity on disk and bumps the
+    /// generation, as `chorus start` does, then wires the production parts together.
+    pub fn start(&self, net: &Arc<SimNet>, settings: &NodeSettings, all: &[String], incarnation: u64, seed: u64) -> Arc<Incarnation> {
+        let alive = Arc::new(AtomicBool::new(true));
+        let disk = Arc::new(SimDisk { disk: self.disk.clone(), alive: alive.clone() });
+        let (actor, generation) = match self.disk.meta_get(SIM_IDENTITY_KEY).expect("memory storage") {
+            Some(bytes) => {
+                let actor = u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes"));
+                let generation = u64::from_be_bytes(bytes[8..16].try_into().expect("8 bytes"));
+                (actor, generation + 1)
+            }
+            None => (seed ^ 0x9e37_79b9_7f4a_7c15, 1),
+        };
+        let mut identity = actor.to_be_bytes().to_vec();
+        identity.extend_from_slice(&generation.to_be_bytes());
+        self.disk.meta_put(SIM_IDENTITY_KEY, &identity).expect("memory storage");
+        // The actor dots are minted with: the last one retired actors persisted, else the
+        // identity's (server.rs `current_actor`).
+        let actor = match self.disk.meta_get(ACTOR_META_KEY).expect("memory storage") {
+            Some(bytes) => u64::from_be_bytes(bytes.as_slice().try_into().expect("8 bytes")),
+            None => actor,
+        };
+
+        let metrics = Arc::new(Metrics::default());
+        let mut config = GossipConfig::new(
+            self.name.clone(),
+            self.name.clone(),
+            generation,
+            ClusterConfig { n: settings.n, ring_size: settings.ring_size },
+            all.iter().filter(|n| **n != self.name).cloned().collect(),
+        );
+        config.gossip_interval_ms = settings.gossip_interval.as_millis() as u64;
+        let gossip = Arc::new(Gossip::new(config, settings.ring_size, settings.n, seed.rotate_left(17)));
+        let replica = Arc::new(
+            Replica::new(
+                disk,
+                ReplicaConfig {
+                    actor: ActorId(actor),
+                    actor_seed: seed.rotate_left(31),
+                    ring_size: settings.ring_size,
+                    max_siblings: settings.max_siblings,
+                    warn_siblings: 25,
+                    max_hints_per_owner: settings.max_hints_per_owner,
+                },
+                metrics.clone(),
+            )
+            .expect("replica over memory storage"),
+        );
+        let peers = Arc::new(SimPeers { net: net.clone(), from: self.name.clone(), incarnation });
+        let coordinator = Coordinator::new(self.name.clone(), replica.clone(), peers.clone(), gossip.view.clone(), metrics.clone());
+        let healer = Arc::new(Healer::new(self.name.clone(), replica.clone(), peers, gossip.clone(), metrics, settings.healing.clone()));
+        let node = Arc::new(Incarnation {
+            name: self.name.clone(),
+            id: incarnation,
+            generation,
+            alive,
+            replica,
+            gossip,
+            coordinator,
+            healer,
+            tasks: Mutex::new(Vec::new()),
+        });
+        net.set_up(node.clone());
+        net.trace.log(format!("{} starts: incarnation {incarnation}, generation {generation}, actor {actor}", self.name));
+
+        // The gossip loop (server.rs `gossip_loop`) and the healing loop (`Healer::run`),
+        // both stopped while the node is paused.
+        let (n, netc, interval) = (node.clone(), net.clone(), settings.gossip_interval);
+        let gossip_task = tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                if netc.wait_running(&n.name, Some(n.id)).await.is_none() {
+                    return;
+                }
+                let out = n.gossip.tick();
+                netc.send_gossip(&n.name, out);
+            }
+        });
+        node.own(gossip_task.abort_handle());
+        let (n, netc, interval) = (node.clone(), net.clone(), settings.healing.interval);
+        let healing_task = tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                if netc.wait_running(&n.name, Some(n.id)).await.is_none() {
+                    return;
+                }
+                n.healer.round().await;
+            }
+        });
+        node.own(healing_task.abort_handle());
+        node
+    }
+}

@@ -1,0 +1,19 @@
+//! A scenario is a function of its seed: the same seed gives the same event log (digest),
+//! another seed a different one.
+
+use chorus_tests::sim::{self, Faults, Options};
+
+#[test]
+fn a_seed_replays_the_same_trace() {
+    let mut options = Options::new(7);
+    options.faults = Faults::Heavy;
+    let first = sim::run(&options);
+    let second = sim::run(&options);
+    assert!(first.failures.is_empty(), "seed 7 failed: {:?}", first.failures);
+    assert!(first.events > 100, "the scenario did something ({} events)", first.events);
+    assert_eq!(first.digest, second.digest, "same seed, different traces");
+    assert_eq!((first.writes, first.acked, first.events), (second.writes, second.acked, second.events));
+
+    let other = sim::run(&Options { seed: 8, ..options });
+    assert_ne!(first.digest, other.digest, "two seeds gave the same trace");
+}
