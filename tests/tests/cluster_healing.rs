@@ -186,7 +186,7 @@ fn anti_entropy_alone_restores_a_wiped_node_1k_keys() {
 }
 
 #[test]
-#[ignore = "10k keys: a few minutes on 2 cores; run with --run-ignored only"]
+#[ignore = "10k keys: about 20 s more (debug build); run with --run-ignored only"]
 fn anti_entropy_alone_restores_a_wiped_node_10k_keys() {
     anti_entropy_restores_a_wiped_node(10_000);
 }
