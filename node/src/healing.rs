@@ -70,6 +70,7 @@ pub struct ExchangeReport {
     pub differing_segments: usize,
     pub keys_repaired: usize,
     pub bytes_sent: usize,
+    pub bytes_received: usize,
 }
 
 pub struct Healer<S: Storage, P: Peers> {
@@ -301,14 +302,32 @@ impl<S: Storage, P: Peers> Healer<S, P> {
         self.exchange(partition, &peer).await.map(Some)
     }
 
-    /// Compares this node's tree of `partition` with `peer`'s and repairs both sides.
+    /// Compares this node's tree of `partition` with `peer`'s and repairs both sides. The
+    /// bytes it sent and received are counted in the metrics whether or not it completes.
     pub async fn exchange(&self, partition: PartitionId, peer: &str) -> Result<ExchangeReport, String> {
         self.metrics.aae_exchanges.inc();
         let mut report = ExchangeReport::default();
-        let ours = self.replica.storage().tree(partition).map_err(|e| e.to_string())?;
-        let request = Request::TreeBranches { partition };
+        let result = self.exchange_with(partition, peer, &mut report).await;
+        self.metrics.aae_keys_repaired.inc_by(report.keys_repaired as u64);
+        self.metrics.aae_bytes_sent.inc_by(report.bytes_sent as u64);
+        self.metrics.aae_bytes_received.inc_by(report.bytes_received as u64);
+        if report.keys_repaired > 0 {
+            tracing::info!(partition, %peer, segments = report.differing_segments, keys = report.keys_repaired, "anti-entropy repaired keys");
+        }
+        result.map(|()| report)
+    }
+
+    /// One request of an exchange, with its bytes both ways added to `report`.
+    async fn exchange_call(&self, peer: &str, request: Request, report: &mut ExchangeReport) -> Result<Response, String> {
         report.bytes_sent += encoded_len(&request);
-        let Ok(Response::Branches(theirs)) = self.call(peer, request).await else {
+        let response = self.call(peer, request).await?;
+        report.bytes_received += rmp_serde::to_vec(&response).map(|v| v.len()).unwrap_or(0);
+        Ok(response)
+    }
+
+    async fn exchange_with(&self, partition: PartitionId, peer: &str, report: &mut ExchangeReport) -> Result<(), String> {
+        let ours = self.replica.storage().tree(partition).map_err(|e| e.to_string())?;
+        let Ok(Response::Branches(theirs)) = self.exchange_call(peer, Request::TreeBranches { partition }, report).await else {
             return Err(format!("{peer} did not send its tree of partition {partition}"));
         };
         if theirs.len() != BRANCHES {
@@ -316,12 +335,10 @@ impl<S: Storage, P: Peers> Healer<S, P> {
         }
         let differing: Vec<u32> = ours.branches().iter().zip(&theirs).enumerate().filter(|(_, (a, b))| a != b).map(|(i, _)| i as u32).collect();
         if differing.is_empty() {
-            self.metrics.aae_bytes_sent.inc_by(report.bytes_sent as u64);
-            return Ok(report);
+            return Ok(());
         }
         let request = Request::TreeLeaves { partition, branches: differing.clone() };
-        report.bytes_sent += encoded_len(&request);
-        let Ok(Response::Leaves(leaves)) = self.call(peer, request).await else {
+        let Ok(Response::Leaves(leaves)) = self.exchange_call(peer, request, report).await else {
             return Err(format!("{peer} did not send its leaves of partition {partition}"));
         };
         validate_leaves(&leaves, &differing).map_err(|e| format!("{peer} sent a malformed tree of partition {partition}: {e}"))?;
@@ -337,27 +354,19 @@ impl<S: Storage, P: Peers> Healer<S, P> {
         segments.truncate(self.config.max_segments_per_exchange);
         report.differing_segments = segments.len();
         if segments.is_empty() {
-            return Ok(report);
+            return Ok(());
         }
         // Pull theirs into ours, then push ours (now merged) to them.
         let request = Request::SegmentObjects { partition, segments: segments.clone() };
-        report.bytes_sent += encoded_len(&request);
-        let Ok(Response::Objects(objects)) = self.call(peer, request).await else {
+        let Ok(Response::Objects(objects)) = self.exchange_call(peer, request, report).await else {
             return Err(format!("{peer} did not send the objects of partition {partition}"));
         };
         report.keys_repaired += self.replica.merge_batch(&objects).map_err(|e| e.to_string())?;
         let ours = self.replica.segment_objects(partition, &segments).map_err(|e| e.to_string())?;
-        let request = Request::MergeBatch { objects: ours };
-        report.bytes_sent += encoded_len(&request);
-        if let Ok(Response::Merged(changed)) = self.call(peer, request).await {
+        if let Ok(Response::Merged(changed)) = self.exchange_call(peer, Request::MergeBatch { objects: ours }, report).await {
             report.keys_repaired += changed;
         }
-        self.metrics.aae_keys_repaired.inc_by(report.keys_repaired as u64);
-        self.metrics.aae_bytes_sent.inc_by(report.bytes_sent as u64);
-        if report.keys_repaired > 0 {
-            tracing::info!(partition, %peer, segments = report.differing_segments, keys = report.keys_repaired, "anti-entropy repaired keys");
-        }
-        Ok(report)
+        Ok(())
     }
 
     /// Examines one page (`reap_batch` keys) of one partition this node is the first owner

@@ -38,6 +38,7 @@ pub struct Metrics {
     pub aae_exchanges: Counter,
     pub aae_keys_repaired: Counter,
     pub aae_bytes_sent: Counter,
+    pub aae_bytes_received: Counter,
     pub phi: Family<PeerLabels, Gauge<f64, AtomicU64>>,
 }
 
@@ -63,7 +64,13 @@ impl Default for Metrics {
         let aae_keys_repaired = Counter::default();
         registry.register("aae_keys_repaired", "Keys merged by anti-entropy", aae_keys_repaired.clone());
         let aae_bytes_sent = Counter::default();
-        registry.register("aae_bytes_sent", "Bytes sent by anti-entropy exchanges", aae_bytes_sent.clone());
+        registry.register("aae_bytes_sent", "Bytes this node sent in the anti-entropy exchanges it started", aae_bytes_sent.clone());
+        let aae_bytes_received = Counter::default();
+        registry.register(
+            "aae_bytes_received",
+            "Bytes this node received in the anti-entropy exchanges it started (trees and pulled objects)",
+            aae_bytes_received.clone(),
+        );
         let phi = Family::<PeerLabels, Gauge<f64, AtomicU64>>::default();
         registry.register("peer_phi", "Phi-accrual suspicion of each peer", phi.clone());
         Metrics {
@@ -78,6 +85,7 @@ impl Default for Metrics {
             aae_exchanges,
             aae_keys_repaired,
             aae_bytes_sent,
+            aae_bytes_received,
             phi,
         }
     }
