@@ -102,6 +102,34 @@ pub struct Report {
     pub events: u64,
     pub messages: u64,
     pub virtual_ms: u64,
+    /// What the healing paths did, summed over every incarnation: shows a scenario
+    /// exercised them.
+    pub healing: Healing,
+    /// Most siblings any read or final state held.
+    pub max_siblings: usize,
+    /// Acknowledged tombstones no longer stored anywhere at the end (reaped).
+    pub tombstones_reaped: usize,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Healing {
+    pub read_repairs: u64,
+    pub hints_queued: u64,
+    pub hints_delivered: u64,
+    pub hints_dropped: u64,
+    pub aae_keys_repaired: u64,
+    pub crashes: u64,
+}
+
+impl std::ops::AddAssign for Healing {
+    fn add_assign(&mut self, o: Healing) {
+        self.read_repairs += o.read_repairs;
+        self.hints_queued += o.hints_queued;
+        self.hints_delivered += o.hints_delivered;
+        self.hints_dropped += o.hints_dropped;
+        self.aae_keys_repaired += o.aae_keys_repaired;
+        self.crashes += o.crashes;
+    }
 }
 
 thread_local! {
@@ -144,6 +172,9 @@ pub fn run(options: &Options) -> Report {
             events: 0,
             messages: 0,
             virtual_ms: 0,
+            healing: Healing::default(),
+            max_siblings: 0,
+            tombstones_reaped: 0,
         },
     };
     for panic in PANICS.with(|p| std::mem::take(&mut *p.borrow_mut())) {
@@ -167,6 +198,7 @@ struct Cluster {
     settings: NodeSettings,
     seed: u64,
     incarnations: Mutex<u64>,
+    started: Mutex<Vec<Arc<Incarnation>>>,
 }
 
 impl Cluster {
@@ -176,7 +208,23 @@ impl Cluster {
             *next += 1;
             *next
         };
-        self.nodes[index].start(&self.net, &self.settings, &self.names, id, sub_seed(self.seed, 1000 + id))
+        let node = self.nodes[index].start(&self.net, &self.settings, &self.names, id, sub_seed(self.seed, 1000 + id));
+        self.started.lock().expect("incarnations").push(node.clone());
+        node
+    }
+
+    fn healing(&self) -> Healing {
+        let started = self.started.lock().expect("incarnations");
+        let mut h = Healing { crashes: started.len().saturating_sub(self.nodes.len()) as u64, ..Healing::default() };
+        for node in started.iter() {
+            let m = &node.metrics;
+            h.read_repairs += m.read_repairs.get();
+            h.hints_queued += m.hints_queued.get();
+            h.hints_delivered += m.hints_delivered.get();
+            h.hints_dropped += m.hints_dropped.get();
+            h.aae_keys_repaired += m.aae_keys_repaired.get();
+        }
+        h
     }
 
     fn crash(&self, index: usize) {
@@ -270,6 +318,7 @@ async fn scenario(options: Options) -> Report {
         settings: settings.clone(),
         seed: options.seed,
         incarnations: Mutex::new(0),
+        started: Mutex::new(Vec::new()),
     });
     trace.log(format!("scenario seed {} nodes {} faults {} duration {:?}", options.seed, options.nodes, options.faults, options.duration));
     let mut failures = Vec::new();
@@ -378,6 +427,8 @@ async fn scenario(options: Options) -> Report {
             n.kill();
         }
     }
+    let healing = cluster.healing();
+    cluster.started.lock().expect("incarnations").clear();
     net.clear();
     let acked = history.writes.values().filter(|w| matches!(w.outcome, Outcome::Acked(_))).count();
     Report {
@@ -391,6 +442,9 @@ async fn scenario(options: Options) -> Report {
         events: trace.events(),
         messages: net.messages(),
         virtual_ms: trace.now_ms(),
+        healing,
+        max_siblings: history.max_siblings,
+        tombstones_reaped: history.tombstones_reaped,
     }
 }
 

@@ -56,6 +56,8 @@ pub struct History {
     pub violations: Vec<String>,
     /// The dot each write was first seen with in any replica state or read.
     pub seen_dots: BTreeMap<u64, Dot>,
+    pub max_siblings: usize,
+    pub tombstones_reaped: usize,
 }
 
 pub fn value_of(id: u64) -> Vec<u8> {
