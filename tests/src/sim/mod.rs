@@ -257,23 +257,25 @@ impl Cluster {
     /// Why the cluster has not converged yet, or None when it has: everyone up and agreeing
     /// on membership, no hints left, every primary holding the same state of every key and
     /// any other copy superseded by it.
-    fn divergence(&self, keys: &[String]) -> Option<String> {
-        let mut names = self.names.clone();
+    fn divergence(&self, members: &[String], keys: &[String]) -> Option<String> {
+        let mut names = members.to_vec();
         names.sort();
-        for name in &self.names {
+        for name in members {
             let Some(node) = self.net.current(name) else { return Some(format!("{name} is down")) };
             let view = node.gossip.view.read().expect("view").clone();
             if view.ring.members() != names.as_slice() {
                 return Some(format!("{name} sees ring members {:?}", view.ring.members()));
             }
             if !view.unreachable.is_empty() {
-                return Some(format!("{name} sees {:?} unreachable", view.unreachable));
+                let mut unreachable: Vec<&String> = view.unreachable.iter().collect();
+                unreachable.sort();
+                return Some(format!("{name} sees {unreachable:?} unreachable"));
             }
             if let Some(m) = node.gossip.members().iter().find(|m| m.state != chorus_gossip::MemberState::Alive) {
                 return Some(format!("{name} sees {} as {}", m.name, m.state));
             }
         }
-        for node in &self.nodes {
+        for node in self.nodes.iter().filter(|n| members.contains(&n.name)) {
             let hints = node.disk.hint_owners().expect("memory storage");
             if !hints.is_empty() {
                 return Some(format!("{} still holds hints {hints:?}", node.name));
@@ -322,7 +324,12 @@ async fn scenario(options: Options) -> Report {
     });
     trace.log(format!("scenario seed {} nodes {} faults {} duration {:?}", options.seed, options.nodes, options.faults, options.duration));
     let mut failures = Vec::new();
-    for i in 0..names.len() {
+    // In some scenarios the last node joins later, while clients run: ownership moves to
+    // it and ownership transfer runs under faults.
+    let mut plan = StdRng::seed_from_u64(sub_seed(options.seed, 3));
+    let late_join = (options.nodes > settings.n && plan.random_bool(0.5)).then(|| Duration::from_millis(plan.random_range(0..options.duration.as_millis() as u64)));
+    let initial: Vec<String> = if late_join.is_some() { names[..names.len() - 1].to_vec() } else { names.clone() };
+    for i in 0..initial.len() {
         cluster.start(i);
     }
     let keys: Vec<String> = (0..options.keys).map(|k| format!("k{k}")).collect();
@@ -331,7 +338,7 @@ async fn scenario(options: Options) -> Report {
     let formed = Instant::now() + Duration::from_secs(30);
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        match cluster.divergence(&[]) {
+        match cluster.divergence(&initial, &[]) {
             None => break,
             Some(why) if Instant::now() >= formed => {
                 failures.push(format!("membership did not converge within 30 s of start: {why}"));
@@ -364,6 +371,17 @@ async fn scenario(options: Options) -> Report {
         };
         clients.push(tokio::spawn(client.run(shared.clone(), fault_end)));
     }
+    if let Some(after) = late_join {
+        let cluster = cluster.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            let last = cluster.names.len() - 1;
+            if cluster.net.current(&cluster.names[last]).is_none() {
+                cluster.net.trace.log(format!("{} joins the cluster", cluster.names[last]));
+                cluster.start(last);
+            }
+        });
+    }
     let nemesis = tokio::spawn(nemesis(cluster.clone(), shared.clone(), options.clone(), fault_end));
     let _ = nemesis.await;
     for client in clients {
@@ -384,7 +402,7 @@ async fn scenario(options: Options) -> Report {
     let bound = Duration::from_secs(300);
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        match cluster.divergence(&keys) {
+        match cluster.divergence(&names, &keys) {
             None => {
                 trace.log(format!("converged {} ms after heal", quiet.elapsed().as_millis()));
                 break;
