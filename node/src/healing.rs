@@ -10,7 +10,8 @@
 //!   then leaves) and exchange only the objects of segments that differ, through the
 //!   normal DVV merge.
 //! - Tombstone reaping: a tombstone is dropped once every primary holds exactly it, no node
-//!   in the cluster reports pending hints, and a grace period has passed.
+//!   in the cluster reports pending hints or data awaiting ownership transfer (a copy
+//!   that would bring the deleted value back), and a grace period has passed.
 //!
 //! It works through the `Peers` seam and tokio's clock, so the simulation runs this code.
 //! It never decides placement (the ring does) or liveness (gossip does).
@@ -32,6 +33,10 @@ use crate::storage::{PartitionId, Storage};
 
 /// Gossiped key under which a node publishes how many hints it holds.
 pub const PENDING_HINTS_KEY: &str = "pending_hints";
+/// Gossiped key under which a node publishes how many keys it holds for partitions it does
+/// not own (waiting for ownership transfer). Such a copy may predate a tombstone, so no
+/// tombstone is reaped while any node reports one: the transfer would bring it back.
+pub const PENDING_TRANSFER_KEY: &str = "pending_transfer";
 
 #[derive(Clone, Debug)]
 pub struct HealingConfig {
@@ -273,6 +278,8 @@ impl<S: Storage, P: Peers> Healer<S, P> {
             }
             tracing::info!(partition, moved = batch.len(), remaining = remaining.saturating_sub(batch.len() as u64), owners = ?owners, "ownership transfer");
         }
+        let left: u64 = progress.values().sum::<u64>().saturating_sub(moved);
+        self.gossip.set_local_kv(PENDING_TRANSFER_KEY, &left.to_string());
         *self.transfer_progress.lock().expect("progress lock") = progress;
         Ok(moved)
     }
@@ -375,7 +382,7 @@ impl<S: Storage, P: Peers> Healer<S, P> {
     /// costs one page whatever the data size, and every key is examined in turn.
     pub async fn reap_step(&self) -> Result<usize, String> {
         let view = self.view();
-        if !self.cluster_has_no_pending_hints() || !view.unreachable.is_empty() {
+        if !self.cluster_is_settled() || !view.unreachable.is_empty() {
             self.reap_candidates.lock().expect("reap lock").clear();
             return Ok(0);
         }
@@ -446,8 +453,15 @@ impl<S: Storage, P: Peers> Healer<S, P> {
         Ok(reaped)
     }
 
-    fn cluster_has_no_pending_hints(&self) -> bool {
-        self.gossip.members().iter().all(|m| m.kv.get(PENDING_HINTS_KEY).is_none_or(|v| v == "0"))
+    /// True when every member that may hold data reported no pending hints and no data
+    /// awaiting transfer. A member that has not reported yet (e.g. just restarted) counts
+    /// as not settled.
+    fn cluster_is_settled(&self) -> bool {
+        self.gossip
+            .members()
+            .iter()
+            .filter(|m| m.state != chorus_gossip::MemberState::Left)
+            .all(|m| [PENDING_HINTS_KEY, PENDING_TRANSFER_KEY].iter().all(|k| m.kv.get(*k).is_some_and(|v| v == "0")))
     }
 }
 

@@ -1,7 +1,9 @@
 //! Seeds the simulation once failed on, kept so the bugs they found stay fixed. Each test
 //! names the bug, the fix and the command that replays it.
 
-use chorus_tests::sim::{self, Options};
+use std::time::Duration;
+
+use chorus_tests::sim::{self, Faults, Options};
 
 fn assert_passes(options: Options) {
     let report = sim::run(&options);
@@ -27,4 +29,27 @@ fn coordinate_is_not_retried_after_a_lost_answer_seed_1() {
 #[test]
 fn coordinate_is_not_retried_after_a_lost_answer_seed_6() {
     assert_passes(Options::new(6));
+}
+
+/// A tombstone was reaped while a node still held an older copy of the key for a
+/// partition it did not own (left over from a fallback write whose hint was delivered);
+/// ownership transfer then merged that copy into the owners, whose history of the key was
+/// gone with the tombstone, and values the delete had superseded came back. Reaping also
+/// treated a member that had not gossiped its pending hints yet (just restarted) as having
+/// none. Fixed by gossiping keys awaiting transfer (`pending_transfer`) and reaping only
+/// when every member reported zero of both (healing.rs).
+#[test]
+fn no_reaping_while_a_node_holds_data_awaiting_transfer_seed_106() {
+    let mut options = Options::new(106);
+    options.faults = Faults::Heavy;
+    options.duration = Duration::from_secs(120);
+    assert_passes(options);
+}
+
+#[test]
+fn no_reaping_while_a_node_holds_data_awaiting_transfer_seed_184() {
+    let mut options = Options::new(184);
+    options.faults = Faults::Heavy;
+    options.duration = Duration::from_secs(120);
+    assert_passes(options);
 }

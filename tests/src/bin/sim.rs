@@ -113,12 +113,17 @@ fn main() {
     let mut done = 0u64;
     let mut failed = Vec::new();
     let (mut writes, mut acked, mut reads) = (0usize, 0usize, 0u64);
+    let mut healing = sim::Healing::default();
+    let (mut max_siblings, mut reaped) = (0usize, 0usize);
     let single = total == 1;
     for report in rx {
         done += 1;
         writes += report.writes;
         acked += report.acked;
         reads += report.reads;
+        healing += report.healing;
+        max_siblings = max_siblings.max(report.max_siblings);
+        reaped += report.tombstones_reaped;
         if single {
             println!(
                 "seed {}: digest {} ({} events, {} messages, {} writes of which {} acknowledged, {} reads, {:.1} s virtual)",
@@ -130,6 +135,10 @@ fn main() {
                 report.acked,
                 report.reads,
                 report.virtual_ms as f64 / 1000.0
+            );
+            println!(
+                "  {:?}; at most {} siblings; {} acknowledged tombstones reaped",
+                report.healing, report.max_siblings, report.tombstones_reaped
             );
         }
         if !report.failures.is_empty() {
@@ -168,6 +177,7 @@ fn main() {
         done as f64 / secs,
         failed.len()
     );
+    println!("healing over the batch: {healing:?}; at most {max_siblings} siblings on a key; {reaped} acknowledged tombstones reaped");
     if !failed.is_empty() {
         failed.sort_unstable();
         println!("failed seeds: {failed:?}");

@@ -35,6 +35,7 @@ pub fn stored(disk: &MemoryStorage, ring_size: u32, key: &str) -> Option<Object>
 /// Checks one observed state of `key` (seen at `place`).
 pub fn check_state(history: &mut History, key: &str, object: &Object, place: &str) {
     let dotted = object.dotted_values();
+    history.max_siblings = history.max_siblings.max(dotted.len());
     let mut problems = Vec::new();
     let mut ids = Vec::new();
     for (actor, counter, sibling) in &dotted {
@@ -124,6 +125,7 @@ pub fn check_final(history: &mut History, finals: &BTreeMap<String, Object>) {
             continue;
         }
         if w.deleted {
+            history.tombstones_reaped += 1;
             continue; // a tombstone may have been reaped once every replica had it
         }
         problems.push(format!(

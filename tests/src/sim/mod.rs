@@ -102,6 +102,34 @@ pub struct Report {
     pub events: u64,
     pub messages: u64,
     pub virtual_ms: u64,
+    /// What the healing paths did, summed over every incarnation: shows a scenario
+    /// exercised them.
+    pub healing: Healing,
+    /// Most siblings any read or final state held.
+    pub max_siblings: usize,
+    /// Acknowledged tombstones no longer stored anywhere at the end (reaped).
+    pub tombstones_reaped: usize,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Healing {
+    pub read_repairs: u64,
+    pub hints_queued: u64,
+    pub hints_delivered: u64,
+    pub hints_dropped: u64,
+    pub aae_keys_repaired: u64,
+    pub crashes: u64,
+}
+
+impl std::ops::AddAssign for Healing {
+    fn add_assign(&mut self, o: Healing) {
+        self.read_repairs += o.read_repairs;
+        self.hints_queued += o.hints_queued;
+        self.hints_delivered += o.hints_delivered;
+        self.hints_dropped += o.hints_dropped;
+        self.aae_keys_repaired += o.aae_keys_repaired;
+        self.crashes += o.crashes;
+    }
 }
 
 thread_local! {
@@ -144,6 +172,9 @@ pub fn run(options: &Options) -> Report {
             events: 0,
             messages: 0,
             virtual_ms: 0,
+            healing: Healing::default(),
+            max_siblings: 0,
+            tombstones_reaped: 0,
         },
     };
     for panic in PANICS.with(|p| std::mem::take(&mut *p.borrow_mut())) {
@@ -167,6 +198,7 @@ struct Cluster {
     settings: NodeSettings,
     seed: u64,
     incarnations: Mutex<u64>,
+    started: Mutex<Vec<Arc<Incarnation>>>,
 }
 
 impl Cluster {
@@ -176,7 +208,23 @@ impl Cluster {
             *next += 1;
             *next
         };
-        self.nodes[index].start(&self.net, &self.settings, &self.names, id, sub_seed(self.seed, 1000 + id))
+        let node = self.nodes[index].start(&self.net, &self.settings, &self.names, id, sub_seed(self.seed, 1000 + id));
+        self.started.lock().expect("incarnations").push(node.clone());
+        node
+    }
+
+    fn healing(&self) -> Healing {
+        let started = self.started.lock().expect("incarnations");
+        let mut h = Healing { crashes: started.len().saturating_sub(self.nodes.len()) as u64, ..Healing::default() };
+        for node in started.iter() {
+            let m = &node.metrics;
+            h.read_repairs += m.read_repairs.get();
+            h.hints_queued += m.hints_queued.get();
+            h.hints_delivered += m.hints_delivered.get();
+            h.hints_dropped += m.hints_dropped.get();
+            h.aae_keys_repaired += m.aae_keys_repaired.get();
+        }
+        h
     }
 
     fn crash(&self, index: usize) {
@@ -209,23 +257,25 @@ impl Cluster {
     /// Why the cluster has not converged yet, or None when it has: everyone up and agreeing
     /// on membership, no hints left, every primary holding the same state of every key and
     /// any other copy superseded by it.
-    fn divergence(&self, keys: &[String]) -> Option<String> {
-        let mut names = self.names.clone();
+    fn divergence(&self, members: &[String], keys: &[String]) -> Option<String> {
+        let mut names = members.to_vec();
         names.sort();
-        for name in &self.names {
+        for name in members {
             let Some(node) = self.net.current(name) else { return Some(format!("{name} is down")) };
             let view = node.gossip.view.read().expect("view").clone();
             if view.ring.members() != names.as_slice() {
                 return Some(format!("{name} sees ring members {:?}", view.ring.members()));
             }
             if !view.unreachable.is_empty() {
-                return Some(format!("{name} sees {:?} unreachable", view.unreachable));
+                let mut unreachable: Vec<&String> = view.unreachable.iter().collect();
+                unreachable.sort();
+                return Some(format!("{name} sees {unreachable:?} unreachable"));
             }
             if let Some(m) = node.gossip.members().iter().find(|m| m.state != chorus_gossip::MemberState::Alive) {
                 return Some(format!("{name} sees {} as {}", m.name, m.state));
             }
         }
-        for node in &self.nodes {
+        for node in self.nodes.iter().filter(|n| members.contains(&n.name)) {
             let hints = node.disk.hint_owners().expect("memory storage");
             if !hints.is_empty() {
                 return Some(format!("{} still holds hints {hints:?}", node.name));
@@ -270,10 +320,16 @@ async fn scenario(options: Options) -> Report {
         settings: settings.clone(),
         seed: options.seed,
         incarnations: Mutex::new(0),
+        started: Mutex::new(Vec::new()),
     });
     trace.log(format!("scenario seed {} nodes {} faults {} duration {:?}", options.seed, options.nodes, options.faults, options.duration));
     let mut failures = Vec::new();
-    for i in 0..names.len() {
+    // In some scenarios the last node joins later, while clients run: ownership moves to
+    // it and ownership transfer runs under faults.
+    let mut plan = StdRng::seed_from_u64(sub_seed(options.seed, 3));
+    let late_join = (options.nodes > settings.n && plan.random_bool(0.5)).then(|| Duration::from_millis(plan.random_range(0..options.duration.as_millis() as u64)));
+    let initial: Vec<String> = if late_join.is_some() { names[..names.len() - 1].to_vec() } else { names.clone() };
+    for i in 0..initial.len() {
         cluster.start(i);
     }
     let keys: Vec<String> = (0..options.keys).map(|k| format!("k{k}")).collect();
@@ -282,7 +338,7 @@ async fn scenario(options: Options) -> Report {
     let formed = Instant::now() + Duration::from_secs(30);
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        match cluster.divergence(&[]) {
+        match cluster.divergence(&initial, &[]) {
             None => break,
             Some(why) if Instant::now() >= formed => {
                 failures.push(format!("membership did not converge within 30 s of start: {why}"));
@@ -315,6 +371,17 @@ async fn scenario(options: Options) -> Report {
         };
         clients.push(tokio::spawn(client.run(shared.clone(), fault_end)));
     }
+    if let Some(after) = late_join {
+        let cluster = cluster.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            let last = cluster.names.len() - 1;
+            if cluster.net.current(&cluster.names[last]).is_none() {
+                cluster.net.trace.log(format!("{} joins the cluster", cluster.names[last]));
+                cluster.start(last);
+            }
+        });
+    }
     let nemesis = tokio::spawn(nemesis(cluster.clone(), shared.clone(), options.clone(), fault_end));
     let _ = nemesis.await;
     for client in clients {
@@ -335,7 +402,7 @@ async fn scenario(options: Options) -> Report {
     let bound = Duration::from_secs(300);
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        match cluster.divergence(&keys) {
+        match cluster.divergence(&names, &keys) {
             None => {
                 trace.log(format!("converged {} ms after heal", quiet.elapsed().as_millis()));
                 break;
@@ -378,6 +445,8 @@ async fn scenario(options: Options) -> Report {
             n.kill();
         }
     }
+    let healing = cluster.healing();
+    cluster.started.lock().expect("incarnations").clear();
     net.clear();
     let acked = history.writes.values().filter(|w| matches!(w.outcome, Outcome::Acked(_))).count();
     Report {
@@ -391,6 +460,9 @@ async fn scenario(options: Options) -> Report {
         events: trace.events(),
         messages: net.messages(),
         virtual_ms: trace.now_ms(),
+        healing,
+        max_siblings: history.max_siblings,
+        tombstones_reaped: history.tombstones_reaped,
     }
 }
 

@@ -141,6 +141,7 @@ pub struct Incarnation {
     pub gossip: Arc<Gossip>,
     pub coordinator: Coordinator<SimDisk, SimPeers>,
     pub healer: Arc<Healer<SimDisk, SimPeers>>,
+    pub metrics: Arc<Metrics>,
     tasks: Mutex<Vec<AbortHandle>>,
 }
 
@@ -226,7 +227,7 @@ impl SimNode {
         );
         let peers = Arc::new(SimPeers { net: net.clone(), from: self.name.clone(), incarnation });
         let coordinator = Coordinator::new(self.name.clone(), replica.clone(), peers.clone(), gossip.view.clone(), metrics.clone());
-        let healer = Arc::new(Healer::new(self.name.clone(), replica.clone(), peers, gossip.clone(), metrics, settings.healing.clone()));
+        let healer = Arc::new(Healer::new(self.name.clone(), replica.clone(), peers, gossip.clone(), metrics.clone(), settings.healing.clone()));
         let node = Arc::new(Incarnation {
             name: self.name.clone(),
             id: incarnation,
@@ -236,6 +237,7 @@ impl SimNode {
             gossip,
             coordinator,
             healer,
+            metrics,
             tasks: Mutex::new(Vec::new()),
         });
         net.set_up(node.clone());

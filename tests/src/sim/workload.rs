@@ -56,6 +56,8 @@ pub struct History {
     pub violations: Vec<String>,
     /// The dot each write was first seen with in any replica state or read.
     pub seen_dots: BTreeMap<u64, Dot>,
+    pub max_siblings: usize,
+    pub tombstones_reaped: usize,
 }
 
 pub fn value_of(id: u64) -> Vec<u8> {
@@ -118,6 +120,8 @@ impl Client {
 
     async fn read(&mut self, shared: &Arc<Shared>, key: &str, node: &str) {
         let r = quorum(&mut self.rng, self.n);
+        // Now and then a strict quorum: every replica counted must be a primary owner.
+        let pr = if self.rng.random_bool(0.1) { r } else { 0 };
         let trace = shared.net.trace.clone();
         shared.history.lock().expect("history").reads += 1;
         let Some(coordinator) = shared.net.wait_running(node, None).await else {
@@ -128,7 +132,7 @@ impl Client {
         let c = coordinator.coordinator.clone();
         let k = key.as_bytes().to_vec();
         let task = tokio::spawn(async move {
-            let _ = tx.send(c.get(BUCKET, &k, r, 0, Duration::from_millis(2000)).await);
+            let _ = tx.send(c.get(BUCKET, &k, r, pr, Duration::from_millis(2000)).await);
         });
         coordinator.own(task.abort_handle());
         match rx.await {
@@ -147,6 +151,7 @@ impl Client {
 
     async fn write(&mut self, shared: &Arc<Shared>, key: &str, node: &str, delete: bool) {
         let w = quorum(&mut self.rng, self.n);
+        let pw = if self.rng.random_bool(0.1) { w } else { 0 };
         let context = if self.rng.random_bool(0.8) { self.contexts.get(key).cloned().unwrap_or_default() } else { Context::default() };
         let id = {
             let mut next = shared.next_id.lock().expect("ids");
@@ -183,7 +188,7 @@ impl Client {
         let shared2 = shared.clone();
         let write2 = write.clone();
         let task = tokio::spawn(async move {
-            let result = c.put(BUCKET, &k, context, sibling, w, 0, Duration::from_millis(2000)).await;
+            let result = c.put(BUCKET, &k, context, sibling, w, pw, Duration::from_millis(2000)).await;
             // Checked in the same poll as the acknowledgement: nothing else ran since.
             if let Ok(object) = &result {
                 let mut violations = Vec::new();
