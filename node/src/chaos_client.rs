@@ -76,6 +76,8 @@ struct Config {
     r: Option<String>,
     w: Option<String>,
     bucket: String,
+    rate: u64,
+    sessions: usize,
 }
 
 pub fn run(args: ChaosClientArgs) -> CliResult {
@@ -107,6 +109,8 @@ pub fn run(args: ChaosClientArgs) -> CliResult {
         r: args.r,
         w: args.w,
         bucket: args.bucket,
+        rate: args.rate,
+        sessions: args.sessions,
     });
     let file = std::fs::File::create(&args.history)
         .map_err(|e| CliError::usage(format!("cannot create the history file {}: {e}", args.history.display())))?;
@@ -179,7 +183,17 @@ struct Session {
 
 impl Session {
     async fn run(mut self, deadline: Instant) {
+        // Paced: this session's share of --rate; a slow answer is not made up for later.
+        let interval = (self.config.rate > 0).then(|| Duration::from_secs_f64(self.config.sessions as f64 / self.config.rate as f64));
+        let mut next = Instant::now() + interval.map_or(Duration::ZERO, |i| i.mul_f64(self.id as f64 / self.config.sessions as f64));
         while Instant::now() < deadline {
+            if let Some(interval) = interval {
+                let now = Instant::now();
+                if next > now {
+                    tokio::time::sleep(next - now).await;
+                }
+                next = next.max(now) + interval;
+            }
             let line = self.one_operation().await;
             let backoff = line.status == 0 && line.error.as_deref().is_some_and(|e| e.starts_with("connect"));
             if self.history.send(line).await.is_err() {

@@ -87,6 +87,9 @@ pub struct ChaosClientArgs {
     pub bucket: String,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Total operations per second over all sessions (0: as fast as the cluster answers).
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
     /// The history file to write (JSON lines).
     #[arg(long)]
     pub history: PathBuf,
