@@ -575,6 +575,31 @@ fn final_key(primaries: &[String], states: &BTreeMap<String, Option<LocalState>>
     fin
 }
 
+/// One line about the run from the `config.json` scripts/chaos writes, when there is one.
+fn run_description(dir: &Path) -> Option<String> {
+    let config: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).ok()?).ok()?;
+    let list = |v: &Value| v.as_array().map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(",")).unwrap_or_default();
+    let mut line = format!(
+        "Run: {} nodes, {} s, faults {}, seed {}, {} sessions over {} keys at {} ops/s{}.",
+        config["nodes"],
+        config["duration_s"],
+        list(&config["faults"]),
+        config["seed"],
+        config["sessions"],
+        config["keys"],
+        config["rate"],
+        if config["netns"].as_bool() == Some(true) { ", one network namespace per node" } else { ", on 127.0.0.1" },
+    );
+    let skipped = list(&config["skipped"]);
+    if !skipped.is_empty() {
+        line.push_str(&format!(" Skipped (need root): {skipped}."));
+    }
+    if config["broken_node"].as_bool() == Some(true) {
+        line.push_str(&format!(" **Broken node: n{} acknowledges writes without storing them.**", config["nodes"]));
+    }
+    Some(line)
+}
+
 pub fn run(args: CheckArgs) -> CliResult {
     let history_path = args.history.clone().unwrap_or_else(|| args.dir.join("history.jsonl"));
     let history: Vec<HistoryLine> = read_jsonl(&history_path, true)?;
@@ -647,7 +672,11 @@ pub fn run(args: CheckArgs) -> CliResult {
     if missing > 0 {
         summary.errors.push(format!("{missing} keys' final states could not be read"));
     }
-    let report = markdown(&summary, &faults);
+    let mut report = markdown(&summary, &faults);
+    if let Some(line) = run_description(&args.dir) {
+        let at = report.find('\n').map_or(0, |i| i + 1);
+        report.insert_str(at, &format!("\n{line}\n"));
+    }
     let write = |name: &str, text: String| {
         std::fs::write(args.dir.join(name), text).map_err(|e| CliError::failed(format!("cannot write {}: {e}", args.dir.join(name).display())))
     };
