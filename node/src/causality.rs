@@ -231,6 +231,11 @@ impl Context {
         self.vv.is_empty()
     }
 
+    /// Every `(actor, counter)` entry, sorted by actor (for tools such as the chaos checker).
+    pub fn entries(&self) -> &[(ActorId, u64)] {
+        &self.vv
+    }
+
     /// The highest counter of `actor` this context has seen (0 when none).
     pub fn counter(&self, actor: ActorId) -> u64 {
         match self.vv.binary_search_by_key(&actor, |&(a, _)| a) {

@@ -46,6 +46,72 @@ pub enum Command {
     Remove(RemoveArgs),
     /// Closed-loop (or open-loop with --rate) load generator with latency percentiles.
     Bench(BenchArgs),
+    /// Check a chaos run: lost acknowledged writes, phantom values, divergent replicas,
+    /// availability and latency per fault phase, session guarantees (see scripts/chaos).
+    Check(CheckArgs),
+    /// The chaos workload: random gets, puts and deletes over every node, each recorded
+    /// with its outcome in a history file (used by scripts/chaos).
+    #[command(hide = true)]
+    ChaosClient(ChaosClientArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ChaosClientArgs {
+    /// Comma-separated node URLs; every operation goes to one chosen at random.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub nodes: Vec<String>,
+    /// How long to run, e.g. 60s.
+    #[arg(long, default_value = "30s")]
+    pub duration: String,
+    /// Concurrent sessions; each is one client with its own contexts and clock of what it saw.
+    #[arg(long, default_value_t = 8)]
+    pub sessions: usize,
+    /// Keys in the workload (k0..k{keys-1}); few keys make concurrent writes and siblings.
+    #[arg(long, default_value_t = 50)]
+    pub keys: u64,
+    #[arg(long, default_value_t = 0.5)]
+    pub read_ratio: f64,
+    #[arg(long, default_value_t = 0.1)]
+    pub delete_ratio: f64,
+    /// Fraction of writes that carry the context of this session's last read of the key.
+    #[arg(long, default_value_t = 0.7)]
+    pub context_ratio: f64,
+    /// Client-side limit per request, e.g. 5s: past it the outcome is unknown.
+    #[arg(long, default_value = "3s")]
+    pub timeout: String,
+    #[arg(long)]
+    pub r: Option<String>,
+    #[arg(long)]
+    pub w: Option<String>,
+    #[arg(long, default_value = "chaos")]
+    pub bucket: String,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Total operations per second over all sessions (0: as fast as the cluster answers).
+    #[arg(long, default_value_t = 0)]
+    pub rate: u64,
+    /// The history file to write (JSON lines).
+    #[arg(long)]
+    pub history: PathBuf,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CheckArgs {
+    /// The run directory: reads history.jsonl and faults.jsonl there, writes report.md and summary.json.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// The history to check (default: DIR/history.jsonl).
+    #[arg(long)]
+    pub history: Option<PathBuf>,
+    /// Comma-separated node URLs whose final replica states (/local/kv) are read.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub nodes: Vec<String>,
+    /// How long to wait for replicas to converge before counting divergent keys, e.g. 60s.
+    #[arg(long, default_value = "60s")]
+    pub converge_timeout: String,
+    /// The bucket the workload used.
+    #[arg(long, default_value = "chaos")]
+    pub bucket: String,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -209,6 +209,15 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
             primaries_replied: primaries,
         };
 
+        // A write that cannot reach W (or PW) distinct replicas even if all answer must not
+        // mint a version: it would only fail after leaving an unacknowledged sibling on the
+        // one node that took it (seen in chaos runs: a restarted node that has not heard
+        // from its peers yet sees a ring of one and piled up 90 siblings per key).
+        let reachable_primaries = targets.iter().filter(|t| t.primary).count();
+        if targets.len() < w || reachable_primaries < pw {
+            return Err(unavailable(0, 0));
+        }
+
         // The first target that answers mints the version; the others only merge it. A
         // replica that refused cleanly (`Failed`: nothing stored) is passed over for the
         // next; one that did not answer in time is not: it may have minted and persisted the
@@ -378,6 +387,40 @@ mod tests {
                 let first_reachable_fallback = v.ring.preference_list(p)[3..].iter().find(|n| **n != "b").unwrap().to_string();
                 assert_eq!(fallback.name, first_reachable_fallback);
             }
+        }
+    }
+
+    struct DeadPeers;
+    impl Peers for DeadPeers {
+        async fn call(&self, to: &str, _request: Request, _timeout: Duration) -> Result<Response, String> {
+            Err(format!("{to} is down"))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_that_cannot_reach_w_replicas_writes_nothing() {
+        let storage = Arc::new(crate::storage::MemoryStorage::new());
+        let config = crate::replica::ReplicaConfig {
+            actor: crate::causality::ActorId(1),
+            actor_seed: 1,
+            ring_size: 64,
+            max_siblings: 100,
+            warn_siblings: 25,
+            max_hints_per_owner: 10,
+        };
+        let metrics = Arc::new(Metrics::default());
+        let replica = Arc::new(Replica::new(storage, config, metrics.clone()).unwrap());
+        // A node that just restarted and knows only itself; and one that sees both peers down.
+        for (members, down) in [(&["a"][..], &[][..]), (&["a", "b", "c"][..], &["b", "c"][..])] {
+            let v = Arc::new(RwLock::new(view(members, down)));
+            let c = Coordinator::new("a".into(), replica.clone(), Arc::new(DeadPeers), v, metrics.clone());
+            let value = Sibling::value(b"v".to_vec(), None);
+            let e = c.put(b"b", b"k", Context::default(), value.clone(), 2, 0, Duration::from_secs(1)).await.unwrap_err();
+            assert!(matches!(e, CoordinatorError::Unavailable { needed: 2, replied: 0, .. }), "{e}");
+            assert!(replica.get(b"b", b"k").unwrap().is_none(), "nothing may be minted for a hopeless write");
+            // w=1 is reachable: it is written.
+            c.put(b"b", b"k1", Context::default(), value, 1, 0, Duration::from_secs(1)).await.unwrap();
+            assert!(replica.get(b"b", b"k1").unwrap().is_some());
         }
     }
 

@@ -29,7 +29,11 @@ const MAX_TIMEOUT_MS: u64 = 60_000;
 pub const CONTEXT_HEADER: &str = "x-chorus-context";
 
 pub fn router(node: Arc<Node>) -> Router {
-    Router::new()
+    let router = Router::new();
+    // Only in the test build (`--features fault-injection`): scripts/chaos drives it.
+    #[cfg(feature = "fault-injection")]
+    let router = router.route("/admin/fault", get(fault_get).post(fault_set));
+    router
         .route("/kv/{bucket}/{key}", get(kv_get).put(kv_put).delete(kv_delete))
         .route("/ring/{bucket}/{key}", get(ring_owners))
         .route("/local/kv/{bucket}/{key}", get(local_kv))
@@ -284,6 +288,10 @@ async fn kv_put(State(node): State<Arc<Node>>, uri: Uri, RawQuery(query): RawQue
             Some(v) => Some(v.to_str().map_err(|_| ApiError::bad_request("invalid_content_type", "Content-Type is not ASCII"))?.to_string()),
         };
         let value = read_body(&node, body).await?;
+        #[cfg(feature = "fault-injection")]
+        if crate::fault::broken() {
+            return Ok(broken_ack(&headers));
+        }
         let object = node.coordinator.put(&bucket, &key, context, Sibling::value(value.to_vec(), content_type), p.w, p.pw, p.timeout).await?;
         Ok((StatusCode::NO_CONTENT, [(CONTEXT_HEADER, context_header(&object))]).into_response())
     })
@@ -301,10 +309,35 @@ async fn kv_delete(State(node): State<Arc<Node>>, uri: Uri, RawQuery(query): Raw
             Some(_) => request_context(&headers)?,
             None => node.coordinator.get(&bucket, &key, p.w, 0, p.timeout).await?.context(),
         };
+        #[cfg(feature = "fault-injection")]
+        if crate::fault::broken() {
+            return Ok(broken_ack(&headers));
+        }
         let object = node.coordinator.put(&bucket, &key, context, Sibling::tombstone(), p.w, p.pw, p.timeout).await?;
         Ok((StatusCode::NO_CONTENT, [(CONTEXT_HEADER, context_header(&object))]).into_response())
     })
     .await
+}
+
+/// The deliberately broken node's answer to a write: `204` and the client's own context
+/// back, with nothing stored anywhere (fault-injection builds only).
+#[cfg(feature = "fault-injection")]
+fn broken_ack(headers: &HeaderMap) -> Response {
+    let context = headers.get(CONTEXT_HEADER).cloned().unwrap_or(HeaderValue::from_static(""));
+    (StatusCode::NO_CONTENT, [(CONTEXT_HEADER, context)]).into_response()
+}
+
+#[cfg(feature = "fault-injection")]
+async fn fault_get() -> Json<Value> {
+    Json(json!(crate::fault::current()))
+}
+
+#[cfg(feature = "fault-injection")]
+async fn fault_set(body: Bytes) -> Result<Json<Value>, ApiError> {
+    let change: crate::fault::FaultSetting =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request("invalid_fault", format!("expected JSON with delay_ms, jitter_ms, broken: {e}")))?;
+    let now = crate::fault::set(&change).map_err(|e| ApiError::bad_request("invalid_fault", e))?;
+    Ok(Json(json!(now)))
 }
 
 async fn ring_owners(State(node): State<Arc<Node>>, uri: Uri) -> Result<Json<Value>, ApiError> {

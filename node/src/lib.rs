@@ -5,10 +5,14 @@
 pub mod bench;
 pub mod causality;
 pub mod certs;
+pub mod chaos_client;
+pub mod check;
 pub mod cli;
 pub mod client;
 pub mod coordinator;
 pub mod dev;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub mod healing;
 pub mod http;
 pub mod http_client;

@@ -16,6 +16,8 @@ fn main() -> ExitCode {
             simulate_ring(&nodes, ring_size, n)
         }
         Command::Bench(args) => chorus_node::bench::run(args),
+        Command::Check(args) => chorus_node::check::run(args),
+        Command::ChaosClient(args) => chorus_node::chaos_client::run(args),
         client_command => chorus_node::client::run(client_command),
     };
     match result {

@@ -121,6 +121,8 @@ impl QuicTransport {
     /// Sends `body` and waits for the response, all within `timeout`.
     pub async fn request(&self, to: SocketAddr, body: &[u8], timeout: Duration) -> Result<Vec<u8>, TransportError> {
         let exchange = async {
+            #[cfg(feature = "fault-injection")]
+            crate::fault::delay_message().await;
             let connection = self.connection(to).await?;
             let stream_error = |e: &dyn std::fmt::Display| TransportError::Stream(to, e.to_string());
             let (mut send, mut recv) = connection.open_bi().await.map_err(|e| {
@@ -137,6 +139,8 @@ impl QuicTransport {
     /// Sends a one-way message; delivery is best effort (gossip repeats itself).
     pub async fn send(&self, to: SocketAddr, body: &[u8], timeout: Duration) -> Result<(), TransportError> {
         let exchange = async {
+            #[cfg(feature = "fault-injection")]
+            crate::fault::delay_message().await;
             let connection = self.connection(to).await?;
             let stream_error = |e: &dyn std::fmt::Display| TransportError::Stream(to, e.to_string());
             let mut send = connection.open_uni().await.map_err(|e| {
