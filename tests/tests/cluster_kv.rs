@@ -76,6 +76,18 @@ fn concurrent_writes_are_siblings_until_a_write_with_their_context() {
         let (status, _, values) = api::get_json(&cluster.url(i), "cart", "bob", "").unwrap();
         assert_eq!((status, values.len()), (404, 0));
     }
+
+    // A delete without a context removes what a read sees (siblings included), like Riak;
+    // it must not leave a tombstone beside the values that keeps them visible.
+    api::put_ok(&cluster.url(0), "cart", "eve", b"plums", "", None);
+    api::put_ok(&cluster.url(1), "cart", "eve", b"figs", "", None);
+    assert_eq!(api::get_kv(&cluster.url(2), "cart", "eve", "").unwrap().status, 300);
+    let r = api::delete(&cluster.url(2), "cart", "eve", "", None).unwrap();
+    assert_eq!(r.status, 204, "{}", r.error_message());
+    for i in 0..3 {
+        let (status, _, values) = api::get_json(&cluster.url(i), "cart", "eve", "").unwrap();
+        assert_eq!((status, values.len()), (404, 0), "through n{} after a delete without context", i + 1);
+    }
 }
 
 #[test]
