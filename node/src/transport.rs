@@ -108,7 +108,12 @@ impl QuicTransport {
                     }
                 };
                 let from = connection.remote_address();
-                transport.accepted(from, &connection).await;
+                if transport.replaces_live_connection(from, &connection) {
+                    // Not awaited here: the slot may be busy with a dial, and this
+                    // connection's streams must be served meanwhile.
+                    let transport = transport.clone();
+                    tokio::spawn(async move { transport.drop_outgoing(from).await });
+                }
                 serve_connection(connection.clone(), handler).await;
                 let mut incoming = transport.incoming.lock().expect("incoming map lock");
                 if incoming.get(&from).is_some_and(|c| c.stable_id() == connection.stable_id()) {
@@ -159,25 +164,32 @@ impl QuicTransport {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
     }
 
-    /// Notes a new connection from `from`. If the previous one from that address is still
-    /// open, the peer has restarted (same address, new process): its old connection and
-    /// ours to it lead to a dead process and would swallow requests until they idle out
-    /// (10 s), so both are closed and the next call dials afresh.
-    async fn accepted(&self, from: SocketAddr, connection: &Connection) {
+    /// Notes a new connection from `from`; true when the previous one from that address
+    /// still looked open. The peer then restarted (same address, new process): its old
+    /// connection, and ours to it, lead to a dead process and would swallow requests until
+    /// they idle out (10 s without packets). The old incoming one is closed here; the
+    /// caller drops ours (`drop_outgoing`).
+    fn replaces_live_connection(&self, from: SocketAddr, connection: &Connection) -> bool {
         let previous = self.incoming.lock().expect("incoming map lock").insert(from, connection.clone());
-        let Some(previous) = previous else { return };
-        if previous.stable_id() == connection.stable_id() || previous.close_reason().is_some() {
-            return;
+        match previous {
+            Some(previous) if previous.stable_id() != connection.stable_id() && previous.close_reason().is_none() => {
+                previous.close(VarInt::from_u32(0), b"peer restarted");
+                true
+            }
+            _ => false,
         }
-        previous.close(VarInt::from_u32(0), b"peer restarted");
-        let slot = self.slot(from);
+    }
+
+    /// Closes our connection to `to` and clears its backoff, so the next call dials afresh.
+    async fn drop_outgoing(&self, to: SocketAddr) {
+        let slot = self.slot(to);
         let mut state = slot.lock().await;
         if let Some(stale) = state.connection.take() {
             stale.close(VarInt::from_u32(0), b"peer restarted");
         }
         state.retry_after = None;
         state.backoff = Duration::ZERO;
-        tracing::info!(peer = %from, "a peer reconnected (restarted?): dropped the connections to its old incarnation");
+        tracing::info!(peer = %to, "a peer reconnected (restarted?): dropped the connections to its old incarnation");
     }
 
     fn slot(&self, to: SocketAddr) -> Arc<tokio::sync::Mutex<PeerState>> {
