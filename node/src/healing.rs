@@ -45,7 +45,9 @@ pub struct HealingConfig {
     pub max_segments_per_exchange: usize,
     /// How long a fully replicated tombstone waits before it is reaped.
     pub tombstone_grace: Duration,
-    /// Keys examined for reaping per round.
+    /// Keys examined for reaping per round: one page of one partition, so a round costs
+    /// the same however many keys the node holds (the reaper walks its partitions over
+    /// many rounds).
     pub reap_batch: usize,
     pub rpc_timeout: Duration,
 }
@@ -80,6 +82,9 @@ pub struct Healer<S: Storage, P: Peers> {
     metrics: Arc<Metrics>,
     config: HealingConfig,
     cursor: Mutex<usize>,
+    /// Where the reaper goes on next round: an index into the partitions this node is the
+    /// first owner of, and the last key it examined there.
+    reap_cursor: Mutex<(usize, Option<Vec<u8>>)>,
     /// Tombstones seen fully replicated, with when they were first seen so.
     reap_candidates: Mutex<HashMap<Vec<u8>, (Object, Instant)>>,
     /// Progress of ownership transfer, for /status: partition -> keys moved.
@@ -100,6 +105,7 @@ impl<S: Storage, P: Peers> Healer<S, P> {
             metrics,
             config,
             cursor: Mutex::new(0),
+            reap_cursor: Mutex::new((0, None)),
             reap_candidates: Mutex::new(HashMap::new()),
             transfer_progress: Mutex::new(HashMap::new()),
         }
@@ -335,53 +341,75 @@ impl<S: Storage, P: Peers> Healer<S, P> {
         Ok(report)
     }
 
-    /// Reaps fully replicated tombstones in the partitions this node is the first owner of.
+    /// Reaps fully replicated tombstones in the partitions this node is the first owner of,
+    /// one page (`reap_batch` keys) of one partition per call: successive calls walk every
+    /// such partition page by page and then start over, so a round's cost does not grow
+    /// with the data (scanning every partition each round used to cost more CPU than the
+    /// client load on a busy node).
     pub async fn reap_step(&self) -> Result<usize, String> {
         let view = self.view();
         if !self.cluster_has_no_pending_hints() || !view.unreachable.is_empty() {
             self.reap_candidates.lock().expect("reap lock").clear();
             return Ok(0);
         }
+        let mine: Vec<u32> = view
+            .ring
+            .primary_partitions(&self.name)
+            .into_iter()
+            .filter(|p| view.ring.primaries(*p).first() == Some(&self.name))
+            .collect();
+        if mine.is_empty() {
+            return Ok(0);
+        }
+        let (partition, after) = {
+            let cursor = self.reap_cursor.lock().expect("reap cursor lock");
+            match cursor.0 < mine.len() {
+                true => (mine[cursor.0], cursor.1.clone()),
+                false => (mine[0], None),
+            }
+        };
         let storage = self.replica.storage();
+        let page = storage.scan(partition, after.as_deref(), self.config.reap_batch).map_err(|e| e.to_string())?;
+        {
+            let mut cursor = self.reap_cursor.lock().expect("reap cursor lock");
+            let index = if cursor.0 < mine.len() { cursor.0 } else { 0 };
+            *cursor = match page.last() {
+                Some((last, _)) if page.len() >= self.config.reap_batch => (index, Some(last.clone())),
+                _ => ((index + 1) % mine.len(), None),
+            };
+        }
+        let owners = view.ring.primaries(partition).to_vec();
         let now = Instant::now();
         let mut reaped = 0;
-        for partition in view.ring.primary_partitions(&self.name) {
-            let owners = view.ring.primaries(partition).to_vec();
-            if owners.first() != Some(&self.name) {
+        let mut ripe = Vec::new();
+        for (skey, raw) in page {
+            let object = crate::object::decode_object(&raw).map_err(|e| e.to_string())?;
+            if object.sibling_count() == 0 || !object.values().iter().all(|s| s.deleted) {
                 continue;
             }
-            let page = storage.scan(partition, None, self.config.reap_batch).map_err(|e| e.to_string())?;
-            let mut ripe = Vec::new();
-            for (skey, raw) in page {
-                let object = crate::object::decode_object(&raw).map_err(|e| e.to_string())?;
-                if object.sibling_count() == 0 || !object.values().iter().all(|s| s.deleted) {
-                    continue;
-                }
-                let (bucket, key) = split_storage_key(&skey).map_err(|e| e.to_string())?;
-                let mut everywhere = true;
-                for owner in owners.iter().filter(|o| **o != self.name) {
-                    let request = Request::Get { bucket: bucket.to_vec(), key: key.to_vec() };
-                    match self.call(owner, request).await {
-                        Ok(Response::Object(Some(theirs))) if theirs == object => {}
-                        _ => everywhere = false,
-                    }
-                }
-                let mut candidates = self.reap_candidates.lock().expect("reap lock");
-                if !everywhere {
-                    candidates.remove(&skey);
-                    continue;
-                }
-                let entry = candidates.entry(skey.clone()).or_insert_with(|| (object.clone(), now));
-                if entry.0 != object {
-                    *entry = (object.clone(), now);
-                } else if now.duration_since(entry.1) >= self.config.tombstone_grace {
-                    ripe.push(KeyedObject { bucket: bucket.to_vec(), key: key.to_vec(), object });
-                    candidates.remove(&skey);
+            let (bucket, key) = split_storage_key(&skey).map_err(|e| e.to_string())?;
+            let mut everywhere = true;
+            for owner in owners.iter().filter(|o| **o != self.name) {
+                let request = Request::Get { bucket: bucket.to_vec(), key: key.to_vec() };
+                match self.call(owner, request).await {
+                    Ok(Response::Object(Some(theirs))) if theirs == object => {}
+                    _ => everywhere = false,
                 }
             }
-            if ripe.is_empty() {
+            let mut candidates = self.reap_candidates.lock().expect("reap lock");
+            if !everywhere {
+                candidates.remove(&skey);
                 continue;
             }
+            let entry = candidates.entry(skey.clone()).or_insert_with(|| (object.clone(), now));
+            if entry.0 != object {
+                *entry = (object.clone(), now);
+            } else if now.duration_since(entry.1) >= self.config.tombstone_grace {
+                ripe.push(KeyedObject { bucket: bucket.to_vec(), key: key.to_vec(), object });
+                candidates.remove(&skey);
+            }
+        }
+        if !ripe.is_empty() {
             // Every owner drops its copy, under the same "only if unchanged" rule.
             for owner in &owners {
                 match self.call(owner, Request::ReapBatch { objects: ripe.clone() }).await {
@@ -392,7 +420,7 @@ impl<S: Storage, P: Peers> Healer<S, P> {
             }
         }
         if reaped > 0 {
-            tracing::info!(reaped, "reaped fully replicated tombstones");
+            tracing::info!(reaped, partition, "reaped fully replicated tombstones");
         }
         Ok(reaped)
     }
