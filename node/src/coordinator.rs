@@ -420,6 +420,64 @@ mod tests {
         }
     }
 
+    /// Peers for read tests: each named node answers from its own replica, hangs, or is
+    /// refused at once.
+    struct FakePeers {
+        replicas: std::collections::HashMap<String, Arc<Replica<crate::storage::MemoryStorage>>>,
+        hang: HashSet<String>,
+    }
+
+    impl Peers for FakePeers {
+        fn call(&self, to: &str, request: Request, _timeout: Duration) -> impl Future<Output = Result<Response, String>> + Send {
+            let replica = self.replicas.get(to).cloned();
+            let hang = self.hang.contains(to);
+            async move {
+                if hang {
+                    std::future::pending::<()>().await;
+                }
+                match replica {
+                    Some(r) => Ok(r.handle(request)),
+                    None => Err("refused".into()),
+                }
+            }
+        }
+    }
+
+    fn replica(actor: u64) -> Arc<Replica<crate::storage::MemoryStorage>> {
+        let config = crate::replica::ReplicaConfig { actor: crate::causality::ActorId(actor), actor_seed: actor, ring_size: 64, max_siblings: 100, warn_siblings: 25, max_hints_per_owner: 100 };
+        Arc::new(Replica::new(Arc::new(crate::storage::MemoryStorage::new()), config, Arc::new(Metrics::default())).unwrap())
+    }
+
+    /// A coordinator "a" with peers "b" (hanging or refused) and "c" (answering).
+    fn cluster(b_hangs: bool) -> Coordinator<crate::storage::MemoryStorage, FakePeers> {
+        let mut replicas = std::collections::HashMap::new();
+        replicas.insert("c".to_string(), replica(3));
+        let hang = if b_hangs { ["b".to_string()].into_iter().collect() } else { HashSet::new() };
+        let peers = Arc::new(FakePeers { replicas, hang });
+        Coordinator::new("a".into(), replica(1), peers, Arc::new(RwLock::new(view(&["a", "b", "c"], &[]))), Arc::new(Metrics::default()))
+    }
+
+    #[tokio::test]
+    async fn reads_at_r_below_n_get_past_a_hanging_or_refusing_replica() {
+        for b_hangs in [true, false] {
+            let c = cluster(b_hangs);
+            let timeout = Duration::from_secs(5);
+            for i in 0..30 {
+                let key = format!("k{i}");
+                let value = Sibling { value: key.clone().into_bytes(), content_type: None, deleted: false };
+                c.put(b"b", key.as_bytes(), Context::default(), value, 2, 0, timeout).await.unwrap();
+                let started = tokio::time::Instant::now();
+                let read = c.get(b"b", key.as_bytes(), 2, 0, timeout).await.unwrap();
+                assert_eq!(read.values().iter().map(|s| s.value.clone()).collect::<Vec<_>>(), vec![key.into_bytes()]);
+                // The hedge (100 ms), not the 5 s timeout, bounds a read that first asked "b".
+                assert!(started.elapsed() < Duration::from_secs(2), "read took {:?}", started.elapsed());
+                assert!(c.get(b"b", b"absent", 1, 0, timeout).await.unwrap().is_empty());
+            }
+            let err = c.get(b"b", b"k1", 3, 0, Duration::from_millis(300)).await.unwrap_err();
+            assert!(matches!(err, CoordinatorError::Unavailable { needed: 3, replied: 2, .. }), "{err:?}");
+        }
+    }
+
     #[test]
     fn quorum_values_parse_and_resolve() {
         assert_eq!(Quorum::parse("quorum").unwrap().resolve(3, false), Ok(2));
