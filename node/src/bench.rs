@@ -48,14 +48,24 @@ const HISTOGRAM_MAX_US: u64 = 3_600_000_000;
 /// History lines waiting for the writer; when full, workers wait (backpressure) rather
 /// than the queue growing without bound.
 const HISTORY_QUEUE: usize = 4096;
-/// Contexts remembered per worker; beyond it an arbitrary one is forgotten (the next
-/// write of that key is then blind, which only adds a sibling).
+/// Contexts remembered per worker (with `--history`); beyond it an arbitrary one is
+/// forgotten (the next write of that key is then blind, which only adds a sibling).
 const CONTEXT_CACHE: usize = 4096;
+/// Contexts remembered for all workers together (without `--history`).
+const SHARED_CONTEXT_CACHE: usize = 1 << 20;
 /// Pause after a failed connect before trying the next node, so a dead node does not
 /// turn a worker into a busy loop.
 const CONNECT_BACKOFF: Duration = Duration::from_millis(50);
 
 pub fn run(args: BenchArgs) -> CliResult {
+    if args.target == BenchTarget::QuicFloor {
+        let duration = parse_duration(&args.duration).map_err(|e| CliError::usage(format!("--duration: {e}")))?;
+        let warmup = parse_duration(&args.warmup).map_err(|e| CliError::usage(format!("--warmup: {e}")))?;
+        if duration.is_zero() || args.concurrency == 0 {
+            return Err(CliError::usage("--duration and --concurrency must be more than zero"));
+        }
+        return crate::quic_floor::run(duration, warmup, args.concurrency, args.value_size, args.json);
+    }
     let config = Config::from_args(args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -185,6 +195,7 @@ impl Config {
                 BenchTarget::Chorus => CHORUS_DEFAULT_NODE,
                 BenchTarget::Etcd => ETCD_DEFAULT_NODE,
                 BenchTarget::Redis => REDIS_DEFAULT_NODE,
+                BenchTarget::QuicFloor => unreachable!("quic-floor is handled before the config"),
             }
             .to_string()]
         } else {
@@ -199,12 +210,14 @@ impl Config {
                 BenchTarget::Chorus => BaseUrl::parse(n).map(Endpoint::Chorus),
                 BenchTarget::Etcd => BaseUrl::parse(n).map(Endpoint::Etcd),
                 BenchTarget::Redis => parse_redis_address(n).map(Endpoint::Redis),
+                BenchTarget::QuicFloor => unreachable!("quic-floor is handled before the config"),
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(CliError::usage)?;
         let keys = match args.distribution {
             KeyDistribution::Uniform => KeyChooser::Uniform(args.keys),
             KeyDistribution::Zipfian => KeyChooser::Zipf(Zipf::new(args.keys, ZIPF_THETA)),
+            KeyDistribution::Sequential => KeyChooser::Sequential(args.keys, std::sync::atomic::AtomicU64::new(0)),
         };
         Ok(Config {
             target: args.target,
@@ -232,6 +245,7 @@ impl Config {
             BenchTarget::Chorus => "chorus",
             BenchTarget::Etcd => "etcd",
             BenchTarget::Redis => "redis",
+            BenchTarget::QuicFloor => "quic-floor",
         }
     }
 }
@@ -257,6 +271,9 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
 enum KeyChooser {
     Uniform(u64),
     Zipf(Zipf),
+    /// Keys 0, 1, 2, ... across all workers, wrapping at the count: loads every key once
+    /// in `count` operations (for a memory or disk-size test).
+    Sequential(u64, std::sync::atomic::AtomicU64),
 }
 
 impl KeyChooser {
@@ -264,6 +281,7 @@ impl KeyChooser {
         match self {
             KeyChooser::Uniform(n) => rng.random_range(0..*n),
             KeyChooser::Zipf(z) => z.sample(rng.random::<f64>()),
+            KeyChooser::Sequential(n, next) => next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % n,
         }
     }
 
@@ -271,6 +289,7 @@ impl KeyChooser {
         match self {
             KeyChooser::Uniform(n) => *n,
             KeyChooser::Zipf(z) => z.n,
+            KeyChooser::Sequential(n, _) => *n,
         }
     }
 
@@ -278,6 +297,7 @@ impl KeyChooser {
         match self {
             KeyChooser::Uniform(_) => "uniform",
             KeyChooser::Zipf(_) => "zipfian",
+            KeyChooser::Sequential(..) => "sequential",
         }
     }
 
@@ -285,6 +305,7 @@ impl KeyChooser {
         match self {
             KeyChooser::Uniform(n) => format!("{n} keys (uniform)"),
             KeyChooser::Zipf(z) => format!("{} keys (zipfian, theta {})", z.n, z.theta),
+            KeyChooser::Sequential(n, _) => format!("{n} keys (sequential)"),
         }
     }
 }
@@ -619,7 +640,10 @@ fn sibling_values(body: &[u8]) -> Result<Vec<String>, String> {
 async fn etcd(client: &mut HttpClient, request: &Request<'_>) -> Answer {
     let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes);
     let (path, body) = match request.op {
-        Op::Get => ("/v3/kv/range", json!({"key": b64(request.key.as_bytes())})),
+        // Serializable: answered by the member the client talks to, without a round of
+        // consensus, the closest etcd read to a chorus quorum read (which is not
+        // linearizable either).
+        Op::Get => ("/v3/kv/range", json!({"key": b64(request.key.as_bytes()), "serializable": true})),
         Op::Put => ("/v3/kv/put", json!({"key": b64(request.key.as_bytes()), "value": b64(request.value)})),
         Op::Delete => ("/v3/kv/deleterange", json!({"key": b64(request.key.as_bytes())})),
     };
@@ -713,6 +737,12 @@ struct Shared {
     start: Instant,
     measure_start: Instant,
     measure_end: Instant,
+    /// Without `--history`: the latest context any worker got for each key. A write
+    /// carries it, like an application that reads (or remembers) before it writes, so a
+    /// key's siblings are only the writes that were truly concurrent. With per-worker
+    /// contexts, 64 workers writing the same keys left about 11 siblings per key, and every
+    /// write then read, merged and stored all of them: a workload no real client makes.
+    contexts: Mutex<ContextCache>,
 }
 
 impl Shared {
@@ -724,11 +754,16 @@ impl Shared {
 /// Remembered causal contexts, by key index, bounded.
 struct ContextCache {
     map: HashMap<u64, String>,
+    limit: usize,
 }
 
 impl ContextCache {
+    fn new(limit: usize) -> ContextCache {
+        ContextCache { map: HashMap::new(), limit }
+    }
+
     fn insert(&mut self, key: u64, context: String) {
-        if self.map.len() >= CONTEXT_CACHE && !self.map.contains_key(&key) {
+        if self.map.len() >= self.limit && !self.map.contains_key(&key) {
             if let Some(victim) = self.map.keys().next().copied() {
                 self.map.remove(&victim);
             }
@@ -876,12 +911,13 @@ impl Worker {
         let value = if history && op == Op::Put { Bytes::from(history_value(self.id, self.seq, config.value_size)) } else { self.value.clone() };
         // With a history, a write carries the context of this worker's last read of the
         // key, once: later blind writes are concurrent with it, so the run creates both
-        // superseding and concurrent versions. Without one, every answer's context is
-        // reused, which keeps siblings few, as a real read-modify-write client would.
+        // superseding and concurrent versions. Without one, the latest context any worker
+        // saw for the key is reused, which keeps siblings few, as a real read-modify-write
+        // client would.
         let context = match (op, history) {
             (Op::Get, _) => None,
             (_, true) => self.contexts.map.remove(&key_index),
-            (_, false) => self.contexts.map.get(&key_index).cloned(),
+            (_, false) => shared.contexts.lock().expect("context lock").map.get(&key_index).cloned(),
         };
         let request = Request { op, key: &key, value: &value, context: context.as_deref() };
         let node = if history { config.endpoints[self.node].to_string() } else { String::new() };
@@ -897,8 +933,12 @@ impl Worker {
         match &answer.result {
             Ok(success) => {
                 if let Some(ctx) = &success.context {
-                    if op == Op::Get || !history {
-                        self.contexts.insert(key_index, ctx.clone());
+                    if history {
+                        if op == Op::Get {
+                            self.contexts.insert(key_index, ctx.clone());
+                        }
+                    } else {
+                        shared.contexts.lock().expect("context lock").insert(key_index, ctx.clone());
                     }
                 }
             }
@@ -961,6 +1001,7 @@ async fn bench(config: Arc<Config>) -> Result<Report, CliError> {
         start,
         measure_start: start + config.warmup,
         measure_end: start + config.warmup + config.duration,
+        contexts: Mutex::new(ContextCache::new(SHARED_CONTEXT_CACHE)),
     });
     let value = Bytes::from(vec![b'x'; config.value_size]);
     let mut workers = tokio::task::JoinSet::new();
@@ -973,7 +1014,7 @@ async fn bench(config: Arc<Config>) -> Result<Report, CliError> {
             rng: StdRng::seed_from_u64(config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(id as u64)),
             node,
             backend: Backend::new(&config.endpoints[node], config.timeout),
-            contexts: ContextCache { map: HashMap::new() },
+            contexts: ContextCache::new(CONTEXT_CACHE),
             seq: 0,
             value: value.clone(),
             history: history_tx.clone(),
@@ -1305,7 +1346,7 @@ mod tests {
 
     #[test]
     fn context_cache_is_bounded() {
-        let mut cache = ContextCache { map: HashMap::new() };
+        let mut cache = ContextCache::new(CONTEXT_CACHE);
         for k in 0..(CONTEXT_CACHE as u64 + 100) {
             cache.insert(k, format!("c{k}"));
         }

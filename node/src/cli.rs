@@ -179,6 +179,12 @@ pub struct StartArgs {
     /// Storage block cache size in MiB.
     #[arg(long, default_value_t = 64)]
     pub cache_mb: u64,
+    /// Size in MiB at which the storage's in-memory write buffer (memtable) is flushed to
+    /// disk. Every overwrite of a key adds an entry until the flush, so a larger buffer
+    /// makes every read and write search a deeper skip list; it is also memory. Taken
+    /// when the data directory is created (fjall keeps it with the keyspace).
+    #[arg(long, default_value_t = 64)]
+    pub memtable_mb: u64,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -309,7 +315,8 @@ pub struct BenchArgs {
     /// Comma-separated node URLs; clients are spread over them.
     #[arg(long, value_delimiter = ',', env = "CHORUS_NODE", default_value = "http://127.0.0.1:8001")]
     pub nodes: Vec<String>,
-    /// What to drive: chorus, etcd (v3 JSON gateway) or redis (RESP).
+    /// What to drive: chorus, etcd (v3 JSON gateway), redis (RESP), or quic-floor (no
+    /// server: a bare QUIC round trip in-process, `--value-size` bytes each way).
     #[arg(long, value_enum, default_value_t = BenchTarget::Chorus)]
     pub target: BenchTarget,
     /// Measured duration, e.g. 10s, 500ms, 1m.
@@ -363,12 +370,17 @@ pub enum BenchTarget {
     Chorus,
     Etcd,
     Redis,
+    /// No server: measures a bare QUIC request/response round trip of chorus's transport
+    /// in this process (the floor under a replicated operation's CPU cost).
+    QuicFloor,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyDistribution {
     Uniform,
     Zipfian,
+    /// Every key in turn (0, 1, 2, ...), shared by all clients: loads each key once.
+    Sequential,
 }
 
 /// A command's failure: the one line printed on stderr and the process exit code

@@ -46,6 +46,12 @@ pub struct Target {
 /// unreachable primary the next reachable fallback in preference-list order.
 pub fn targets(view: &ClusterView, partition: u32) -> Vec<Target> {
     let ring = &view.ring;
+    // The common case, every primary reachable: no fallback order to compute (that costs a
+    // hash per member and an allocation, on every request).
+    let primaries = ring.primaries(partition);
+    if primaries.iter().all(|p| !view.unreachable.contains(p)) {
+        return primaries.iter().map(|p| Target { name: p.clone(), primary: true, hint_for: None }).collect();
+    }
     let preference = ring.preference_list(partition);
     let n = ring.n().min(preference.len());
     let mut fallbacks = preference[n..].iter().filter(|name| !view.unreachable.contains(**name));
@@ -117,8 +123,16 @@ fn primaries_note(needed: usize, replied: usize) -> String {
     }
 }
 
+/// One read in this many asks every replica, not only `r` of them, so replicas that missed
+/// writes are found and read-repaired (Cassandra's read_repair_chance, 10%).
+pub const READ_REPAIR_EVERY: u64 = 10;
+/// A read whose first `r` replicas have not all answered by then asks the others too.
+pub const HEDGE_AFTER: Duration = Duration::from_millis(100);
+
 pub struct Coordinator<S: Storage, P: Peers> {
     name: String,
+    /// Reads coordinated, for read-repair sampling (shared by clones).
+    reads: Arc<std::sync::atomic::AtomicU64>,
     /// Whether local storage writes block on fsync (`--sync always`): then local replica
     /// calls run on the blocking pool instead of stalling an async worker.
     local_writes_block: bool,
@@ -132,6 +146,7 @@ impl<S: Storage, P: Peers> Clone for Coordinator<S, P> {
     fn clone(&self) -> Self {
         Coordinator {
             name: self.name.clone(),
+            reads: self.reads.clone(),
             local_writes_block: self.local_writes_block,
             replica: self.replica.clone(),
             peers: self.peers.clone(),
@@ -148,7 +163,7 @@ struct Reply {
 
 impl<S: Storage, P: Peers> Coordinator<S, P> {
     pub fn new(name: String, replica: Arc<Replica<S>>, peers: Arc<P>, view: Arc<RwLock<ClusterView>>, metrics: Arc<Metrics>) -> Self {
-        Coordinator { name, local_writes_block: false, replica, peers, view, metrics }
+        Coordinator { name, reads: Arc::new(std::sync::atomic::AtomicU64::new(0)), local_writes_block: false, replica, peers, view, metrics }
     }
 
     /// Runs local writes on tokio's blocking pool (for storage that fsyncs before returning).
@@ -280,40 +295,75 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
         Ok(object)
     }
 
-    /// Reads from every target, answers with the merge of the first `r` replies (`pr` of
-    /// them from primaries), then repairs every replica that was missing part of the merge
-    /// of all replies.
+    /// Reads from `r` targets (the local replica first), answers with the merge of the
+    /// first `r` replies (`pr` of them from primaries), then repairs every replica that was
+    /// missing part of the merge of all replies. The other targets are asked too when a
+    /// contacted one fails, when the `r` have not all answered within `HEDGE_AFTER`, when
+    /// `pr` or a fallback is involved, and on one read in `READ_REPAIR_EVERY`, so stale
+    /// replicas still get read-repaired (anti-entropy covers the rest). Asking every
+    /// replica on every read cost a remote call per read for nothing at R < N.
     pub async fn get(&self, bucket: &[u8], key: &[u8], r: usize, pr: usize, timeout: Duration) -> Result<Object, CoordinatorError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let view = self.view();
         let partition = view.ring.partition_of(bucket, key);
-        let targets = targets(&view, partition);
-        let (tx, mut rx) = tokio::sync::mpsc::channel(targets.len().max(1));
-        for target in targets {
+        let mut targets = targets(&view, partition);
+        if let Some(i) = targets.iter().position(|t| t.name == self.name) {
+            targets[..=i].rotate_right(1);
+        }
+        let sampled = self.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % READ_REPAIR_EVERY == 0;
+        let everyone = sampled || pr > 0 || r >= targets.len() || targets.iter().any(|t| !t.primary);
+        let mut waiting: std::collections::VecDeque<Target> = targets.split_off(if everyone { targets.len() } else { r }).into();
+        let (tx, mut rx) = tokio::sync::mpsc::channel((targets.len() + waiting.len()).max(1));
+        let ask = |target: Target| {
             let call = self.call(&target.name, Request::Get { bucket: bucket.to_vec(), key: key.to_vec() }, timeout);
             let tx = tx.clone();
             tokio::spawn(async move {
                 let result = call.await;
                 let _ = tx.send(Reply { target, result }).await;
             });
+        };
+        let mut outstanding = targets.len();
+        for target in targets {
+            ask(target);
         }
-        drop(tx);
+        let hedge_at = tokio::time::Instant::now() + HEDGE_AFTER;
 
         let mut answers: Vec<(Target, Option<Object>)> = Vec::new();
         let mut primaries = 0;
         while answers.len() < r || primaries < pr {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
+            let wake = if waiting.is_empty() { deadline } else { hedge_at.min(deadline) };
+            match tokio::time::timeout_at(wake, rx.recv()).await {
                 Ok(Some(Reply { target, result: Ok(Response::Object(object)) })) => {
+                    outstanding -= 1;
                     primaries += usize::from(target.primary);
                     answers.push((target, object));
                 }
-                Ok(Some(_failed)) => {}
+                Ok(Some(_failed)) => {
+                    outstanding -= 1;
+                    if let Some(next) = waiting.pop_front() {
+                        ask(next);
+                        outstanding += 1;
+                    }
+                }
+                Err(_) if tokio::time::Instant::now() < deadline => {
+                    // Slow replicas: ask the others too (speculative retry).
+                    outstanding += waiting.len();
+                    waiting.drain(..).for_each(&ask);
+                    continue;
+                }
                 Ok(None) | Err(_) => {
                     return Err(CoordinatorError::Unavailable { needed: r, replied: answers.len(), primaries_needed: pr, primaries_replied: primaries });
                 }
             }
+            if outstanding == 0 && waiting.is_empty() && (answers.len() < r || primaries < pr) {
+                return Err(CoordinatorError::Unavailable { needed: r, replied: answers.len(), primaries_needed: pr, primaries_replied: primaries });
+            }
         }
+        drop(tx);
         let merged = merge_all(answers.iter().filter_map(|(_, o)| o.as_ref()));
+        if outstanding == 0 && answers.iter().all(|(_, o)| o.as_ref().is_some_and(|o| o.descends(&merged)) || (o.is_none() && merged.is_empty())) {
+            return Ok(merged);
+        }
 
         let repairer = self.clone();
         let (bucket, key) = (bucket.to_vec(), key.to_vec());
@@ -421,6 +471,64 @@ mod tests {
             // w=1 is reachable: it is written.
             c.put(b"b", b"k1", Context::default(), value, 1, 0, Duration::from_secs(1)).await.unwrap();
             assert!(replica.get(b"b", b"k1").unwrap().is_some());
+        }
+    }
+
+    /// Peers for read tests: each named node answers from its own replica, hangs, or is
+    /// refused at once.
+    struct FakePeers {
+        replicas: std::collections::HashMap<String, Arc<Replica<crate::storage::MemoryStorage>>>,
+        hang: HashSet<String>,
+    }
+
+    impl Peers for FakePeers {
+        fn call(&self, to: &str, request: Request, _timeout: Duration) -> impl Future<Output = Result<Response, String>> + Send {
+            let replica = self.replicas.get(to).cloned();
+            let hang = self.hang.contains(to);
+            async move {
+                if hang {
+                    std::future::pending::<()>().await;
+                }
+                match replica {
+                    Some(r) => Ok(r.handle(request)),
+                    None => Err("refused".into()),
+                }
+            }
+        }
+    }
+
+    fn replica(actor: u64) -> Arc<Replica<crate::storage::MemoryStorage>> {
+        let config = crate::replica::ReplicaConfig { actor: crate::causality::ActorId(actor), actor_seed: actor, ring_size: 64, max_siblings: 100, warn_siblings: 25, max_hints_per_owner: 100 };
+        Arc::new(Replica::new(Arc::new(crate::storage::MemoryStorage::new()), config, Arc::new(Metrics::default())).unwrap())
+    }
+
+    /// A coordinator "a" with peers "b" (hanging or refused) and "c" (answering).
+    fn cluster(b_hangs: bool) -> Coordinator<crate::storage::MemoryStorage, FakePeers> {
+        let mut replicas = std::collections::HashMap::new();
+        replicas.insert("c".to_string(), replica(3));
+        let hang = if b_hangs { ["b".to_string()].into_iter().collect() } else { HashSet::new() };
+        let peers = Arc::new(FakePeers { replicas, hang });
+        Coordinator::new("a".into(), replica(1), peers, Arc::new(RwLock::new(view(&["a", "b", "c"], &[]))), Arc::new(Metrics::default()))
+    }
+
+    #[tokio::test]
+    async fn reads_at_r_below_n_get_past_a_hanging_or_refusing_replica() {
+        for b_hangs in [true, false] {
+            let c = cluster(b_hangs);
+            let timeout = Duration::from_secs(5);
+            for i in 0..30 {
+                let key = format!("k{i}");
+                let value = Sibling { value: key.clone().into_bytes(), content_type: None, deleted: false };
+                c.put(b"b", key.as_bytes(), Context::default(), value, 2, 0, timeout).await.unwrap();
+                let started = tokio::time::Instant::now();
+                let read = c.get(b"b", key.as_bytes(), 2, 0, timeout).await.unwrap();
+                assert_eq!(read.values().iter().map(|s| s.value.clone()).collect::<Vec<_>>(), vec![key.into_bytes()]);
+                // The hedge (100 ms), not the 5 s timeout, bounds a read that first asked "b".
+                assert!(started.elapsed() < Duration::from_secs(2), "read took {:?}", started.elapsed());
+                assert!(c.get(b"b", b"absent", 1, 0, timeout).await.unwrap().is_empty());
+            }
+            let err = c.get(b"b", b"k1", 3, 0, Duration::from_millis(300)).await.unwrap_err();
+            assert!(matches!(err, CoordinatorError::Unavailable { needed: 3, replied: 2, .. }), "{err:?}");
         }
     }
 

@@ -50,7 +50,9 @@ pub struct HealingConfig {
     pub max_segments_per_exchange: usize,
     /// How long a fully replicated tombstone waits before it is reaped.
     pub tombstone_grace: Duration,
-    /// Keys examined for reaping per round.
+    /// Keys examined for reaping per round: one page of one partition, so a round costs
+    /// the same however many keys the node holds (the reaper walks its partitions over
+    /// many rounds).
     pub reap_batch: usize,
     pub rpc_timeout: Duration,
 }

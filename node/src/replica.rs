@@ -140,7 +140,11 @@ impl<S: Storage> Replica<S> {
         let partition = self.partition_of(bucket, key);
         let skey = storage_key(bucket, key);
         let _guard = self.lock(&skey);
-        let current = self.read(partition, &skey)?.unwrap_or_else(Object::new);
+        let raw = self.storage.get(partition, &skey)?;
+        let current = match &raw {
+            Some(bytes) => decode_object(bytes)?,
+            None => Object::new(),
+        };
         let updated = current.update(context, self.actor(), value);
         let count = updated.sibling_count();
         if count > self.config.max_siblings {
@@ -149,7 +153,7 @@ impl<S: Storage> Replica<S> {
         if count >= self.config.warn_siblings {
             tracing::warn!(bucket = %String::from_utf8_lossy(bucket), key = %String::from_utf8_lossy(key), siblings = count, "key has many siblings; clients should resolve them by writing with a read's context");
         }
-        self.storage.put(partition, &skey, &encode_object(&updated))?;
+        self.storage.put_replacing(partition, &skey, raw.as_deref(), &encode_object(&updated))?;
         if let Some(owner) = hint_for {
             self.record_hint(owner, partition, &skey)?;
         }
@@ -163,13 +167,14 @@ impl<S: Storage> Replica<S> {
         let partition = self.partition_of(bucket, key);
         let skey = storage_key(bucket, key);
         let _guard = self.lock(&skey);
-        let current = self.read(partition, &skey)?;
+        let raw = self.storage.get(partition, &skey)?;
+        let current = raw.as_deref().map(decode_object).transpose()?;
         let merged = match &current {
             Some(current) => current.sync(incoming),
             None => incoming.clone(),
         };
         if current.as_ref() != Some(&merged) {
-            self.storage.put(partition, &skey, &encode_object(&merged))?;
+            self.storage.put_replacing(partition, &skey, raw.as_deref(), &encode_object(&merged))?;
         }
         if let Some(owner) = hint_for {
             self.record_hint(owner, partition, &skey)?;

@@ -144,7 +144,7 @@ async fn serve(args: StartArgs, security: Security) -> CliResult {
         SyncArg::Always => SyncMode::Always,
     };
     let storage = Arc::new(
-        FjallStorage::open(&args.data, sync, args.cache_mb * 1024 * 1024)
+        FjallStorage::open_with(&args.data, sync, args.cache_mb * 1024 * 1024, args.memtable_mb.max(1) * 1024 * 1024)
             .map_err(|e| CliError::usage(format!("cannot open data directory {}: {e}", args.data.display())))?,
     );
     let identity = load_identity(storage.as_ref(), &args)?;

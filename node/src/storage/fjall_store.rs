@@ -80,6 +80,16 @@ impl FjallStorage {
         sync: SyncMode,
         cache_bytes: u64,
     ) -> Result<Self, StorageError> {
+        Self::open_with(dir, sync, cache_bytes, DEFAULT_MEMTABLE_BYTES)
+    }
+
+    /// `open` with the size at which a keyspace's memtable is flushed.
+    pub fn open_with(
+        dir: impl AsRef<Path>,
+        sync: SyncMode,
+        cache_bytes: u64,
+        memtable_bytes: u64,
+    ) -> Result<Self, StorageError> {
         let dir = dir.as_ref();
         prepare_dir(dir)?;
         let db = Database::builder(dir.join(DB_DIR))
@@ -91,7 +101,7 @@ impl FjallStorage {
             })?;
         // Spelled out although it is fjall's default: crash safety of a returned write
         // rests on it (each write leaves fjall's user-space buffer before returning).
-        let options = || KeyspaceCreateOptions::default().manual_journal_persist(false);
+        let options = || KeyspaceCreateOptions::default().manual_journal_persist(false).max_memtable_size(memtable_bytes);
         let objects = db.keyspace("objects", options).map_err(fj)?;
         let hints = db.keyspace("hints", options).map_err(fj)?;
         let meta = db.keyspace("meta", options).map_err(fj)?;
@@ -150,6 +160,41 @@ impl FjallStorage {
     }
 }
 
+/// fjall's default memtable size.
+pub const DEFAULT_MEMTABLE_BYTES: u64 = 64 * 1024 * 1024;
+
+impl FjallStorage {
+    /// A put; `known_old` is the value stored now when the caller knows it (`Some(None)`:
+    /// absent), which saves a read of the key for the hash tree's update.
+    fn put_with(&self, partition: PartitionId, key: &[u8], known_old: Option<Option<&[u8]>>, object: &[u8]) -> Result<(), StorageError> {
+        check_key(key)?;
+        self.syncer.check()?;
+        let k = object_key(partition, key);
+        let index = self.index(partition);
+        let mut idx = lock_index(&index);
+        match idx.loaded.as_mut() {
+            Some(l) => {
+                let read;
+                let old = match known_old {
+                    Some(old) => old,
+                    None => {
+                        read = self.objects.get(&k).map_err(fj)?;
+                        read.as_deref()
+                    }
+                };
+                l.tree.replace(key, old, object);
+                if old.is_none() {
+                    l.keys += 1;
+                }
+                self.objects.insert(k, object).map_err(fj)?;
+            }
+            None => self.objects.insert(k, object).map_err(fj)?,
+        }
+        drop(idx);
+        self.syncer.after_write()
+    }
+}
+
 impl Storage for FjallStorage {
     fn get(&self, partition: PartitionId, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         check_key(key)?;
@@ -161,24 +206,11 @@ impl Storage for FjallStorage {
     }
 
     fn put(&self, partition: PartitionId, key: &[u8], object: &[u8]) -> Result<(), StorageError> {
-        check_key(key)?;
-        self.syncer.check()?;
-        let k = object_key(partition, key);
-        let index = self.index(partition);
-        let mut idx = lock_index(&index);
-        match idx.loaded.as_mut() {
-            Some(l) => {
-                let old = self.objects.get(&k).map_err(fj)?;
-                self.objects.insert(k, object).map_err(fj)?;
-                l.tree.replace(key, old.as_deref(), object);
-                if old.is_none() {
-                    l.keys += 1;
-                }
-            }
-            None => self.objects.insert(k, object).map_err(fj)?,
-        }
-        drop(idx);
-        self.syncer.after_write()
+        self.put_with(partition, key, None, object)
+    }
+
+    fn put_replacing(&self, partition: PartitionId, key: &[u8], old: Option<&[u8]>, object: &[u8]) -> Result<(), StorageError> {
+        self.put_with(partition, key, Some(old), object)
     }
 
     fn remove(&self, partition: PartitionId, key: &[u8]) -> Result<(), StorageError> {

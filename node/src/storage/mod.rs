@@ -116,6 +116,13 @@ pub trait Storage: Send + Sync + 'static {
     fn get(&self, partition: PartitionId, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
     /// Stores `object`, replacing any previous one. Durable per the sync mode on return.
     fn put(&self, partition: PartitionId, key: &[u8], object: &[u8]) -> Result<(), StorageError>;
+    /// `put` for a caller that just read the key under a lock every writer of the key holds
+    /// (the replica's per-key lock): `old` is what is stored now, so an engine that needs
+    /// the previous value (for its hash tree) can skip reading it again.
+    fn put_replacing(&self, partition: PartitionId, key: &[u8], old: Option<&[u8]>, object: &[u8]) -> Result<(), StorageError> {
+        let _ = old;
+        self.put(partition, key, object)
+    }
     /// Physical removal (tombstone reaping, handing a partition off). Logical deletes are
     /// tombstone objects written with `put`. Removing an absent key is a no-op.
     fn remove(&self, partition: PartitionId, key: &[u8]) -> Result<(), StorageError>;

@@ -32,6 +32,7 @@ for_both_engines!(
     scan_segment_returns_the_segment,
     limits_are_errors,
     concurrent_writers_keep_tree_exact,
+    put_replacing_matches_put,
 );
 
 fn open_fjall(dir: &std::path::Path) -> FjallStorage {
@@ -274,6 +275,17 @@ fn concurrent_writers_keep_tree_exact(s: &dyn Storage) {
     let content = s.scan(1, None, usize::MAX).unwrap();
     assert_eq!(s.tree(1).unwrap(), tree_of(&content));
     assert_eq!(s.key_count(1).unwrap(), content.len() as u64);
+}
+
+fn put_replacing_matches_put(s: &dyn Storage) {
+    s.tree(1).unwrap(); // the tree is loaded: put_replacing must keep it exact
+    s.put_replacing(1, b"a", None, b"1").unwrap();
+    s.put_replacing(1, b"b", None, b"2").unwrap();
+    s.put_replacing(1, b"a", Some(b"1"), b"3").unwrap();
+    assert_eq!(s.get(1, b"a").unwrap().as_deref(), Some(&b"3"[..]));
+    assert_eq!(s.key_count(1).unwrap(), 2);
+    let expected = tree_of(&[(b"a".to_vec(), b"3".to_vec()), (b"b".to_vec(), b"2".to_vec())]);
+    assert_eq!(s.tree(1).unwrap(), expected);
 }
 
 fn tree_of(entries: &[(Vec<u8>, Vec<u8>)]) -> MerkleTree {
