@@ -93,6 +93,8 @@ pub struct Summary {
     pub acked_puts: usize,
     pub lost: usize,
     pub lost_examples: Vec<String>,
+    /// Lost acked puts by the node that acknowledged them.
+    pub lost_by_node: BTreeMap<String, usize>,
     pub phantom: usize,
     pub phantom_examples: Vec<String>,
     pub divergent: usize,
@@ -226,6 +228,7 @@ pub fn analyze(history: &[HistoryLine], faults: &[FaultWindow], finals: &HashMap
             Ok(false) => s.superseded_by_unknown += 1,
             Err(why) => {
                 s.lost += 1;
+                *s.lost_by_node.entry(h.node.clone()).or_insert(0) += 1;
                 if s.lost_examples.len() < 10 {
                     s.lost_examples.push(format!("{} = {} (session {} via {} at {:.0} ms): {why}", h.key, value, h.session, h.node, h.start_ms));
                 }
@@ -272,21 +275,27 @@ pub fn analyze(history: &[HistoryLine], faults: &[FaultWindow], finals: &HashMap
     }
     for ops in by_session.values_mut() {
         ops.sort_by_key(|h| h.seq);
-        let mut my_write: Option<Vv> = None;
+        // This session's last acked write of the key: its value (none for a delete), its
+        // answer context, and whether that context holds a version the request's did not.
+        let mut my_write: Option<(Option<&str>, Vv, bool)> = None;
         let mut last_read: Option<Vv> = None;
         for h in ops.iter() {
             if h.outcome != "ok" {
                 continue;
             }
             if is_write(&h.op) {
-                // A broken ack carries no new version: then expect at least its input.
-                my_write = vv_of(h.context_out.as_deref());
+                let input = vv_of(h.context_in.as_deref()).unwrap_or_default();
+                let output = vv_of(h.context_out.as_deref()).unwrap_or_default();
+                let minted = descends(&output, &input) && output != input;
+                my_write = Some((h.value.as_deref(), output, minted));
                 continue;
             }
             let Some(seen) = vv_of(h.context_out.as_deref()) else { continue };
-            if let Some(w) = &my_write {
+            if let Some((value, out, minted)) = &my_write {
                 s.ryw_checked += 1;
-                if !descends(&seen, w) {
+                // The read returned the write's value, or saw its version (or a successor).
+                let read_it = value.is_some_and(|v| h.values.iter().flatten().any(|x| x == v));
+                if !read_it && !(*minted && descends(&seen, out)) {
                     s.ryw_violations += 1;
                 }
             }
@@ -358,6 +367,9 @@ pub fn markdown(s: &Summary, faults: &[FaultWindow]) -> String {
     let _ = writeln!(out, "| monotonic-reads violations (session, context) | {} of {} reads |", s.monotonic_violations, s.monotonic_checked);
     let _ = writeln!(out, "| final live siblings per key | {} |", dist(&s.final_siblings));
     let _ = writeln!(out, "| values per successful read | {} |", dist(&s.read_siblings));
+    if !s.lost_by_node.is_empty() {
+        let _ = writeln!(out, "| lost writes by acknowledging node | {} |", s.lost_by_node.iter().map(|(k, n)| format!("{k}: {n}")).collect::<Vec<_>>().join(", "));
+    }
     for e in &s.errors {
         let _ = writeln!(out, "| error | {e} |");
     }
@@ -398,6 +410,9 @@ pub fn terminal(s: &Summary) -> String {
     let _ = writeln!(out, "  operations          {}", s.ops);
     let _ = writeln!(out, "  acked puts          {} (present {}, superseded {} + {} by unknown-outcome writes)", s.acked_puts, s.present, s.superseded_by_acked, s.superseded_by_unknown);
     let _ = writeln!(out, "  LOST acked writes   {}", s.lost);
+    if !s.lost_by_node.is_empty() {
+        let _ = writeln!(out, "  lost by node        {}", s.lost_by_node.iter().map(|(k, n)| format!("{k}: {n}")).collect::<Vec<_>>().join(", "));
+    }
     let _ = writeln!(out, "  phantom values      {}", s.phantom);
     let _ = writeln!(out, "  divergent keys      {} of {}", s.divergent, s.keys);
     let _ = writeln!(out, "  read-your-writes    {} violations in {} reads", s.ryw_violations, s.ryw_checked);
@@ -794,6 +809,12 @@ mod tests {
         let s = analyze(&history, &[], &finals);
         assert_eq!(s.lost, 2, "{s:?}");
         assert!(s.lost_examples.iter().all(|e| e.contains("without a new version")));
+        assert_eq!(s.lost_by_node.get("http://n1"), Some(&2));
+        // The session reading back after the broken ack does not see its write.
+        let mut history = history;
+        history.push(get(1, 3, "k", &["s0-0"], &o1));
+        let s = analyze(&history, &[], &finals);
+        assert_eq!((s.ryw_checked, s.ryw_violations), (1, 1), "{s:?}");
     }
 
     #[test]
