@@ -21,14 +21,16 @@ fn assert_passes(options: Options) {
 /// no answer in time; the first had often stored the write and only its answer was lost,
 /// so one client write was minted as two or three dots (duplicate siblings of one value).
 /// Fixed by answering 503 instead of retrying after a missing answer (coordinator.rs).
+/// (Seeds 1 and 6 found it; seeds 4 and 5 fail with the retry put back under the current
+/// harness, whose scenarios have since gained a late joiner and strict quorums.)
 #[test]
-fn coordinate_is_not_retried_after_a_lost_answer_seed_1() {
-    assert_passes(Options::new(1));
+fn coordinate_is_not_retried_after_a_lost_answer_seed_4() {
+    assert_passes(Options::new(4));
 }
 
 #[test]
-fn coordinate_is_not_retried_after_a_lost_answer_seed_6() {
-    assert_passes(Options::new(6));
+fn coordinate_is_not_retried_after_a_lost_answer_seed_5() {
+    assert_passes(Options::new(5));
 }
 
 /// A tombstone was reaped while a node still held an older copy of the key for a
@@ -43,6 +45,9 @@ fn no_reaping_while_a_node_holds_data_awaiting_transfer_seed_106() {
     let mut options = Options::new(106);
     options.faults = Faults::Heavy;
     options.duration = Duration::from_secs(120);
+    // The scenarios of the harness that found it (before late joiners and strict quorums).
+    options.late_join = false;
+    options.strict_quorums = false;
     assert_passes(options);
 }
 
@@ -51,5 +56,8 @@ fn no_reaping_while_a_node_holds_data_awaiting_transfer_seed_184() {
     let mut options = Options::new(184);
     options.faults = Faults::Heavy;
     options.duration = Duration::from_secs(120);
+    // The scenarios of the harness that found it (before late joiners and strict quorums).
+    options.late_join = false;
+    options.strict_quorums = false;
     assert_passes(options);
 }

@@ -35,6 +35,12 @@ struct Args {
     clients: usize,
     #[arg(long, default_value_t = 6)]
     keys: usize,
+    /// No late joiner (by default about half the scenarios start one node late).
+    #[arg(long)]
+    no_join: bool,
+    /// No strict-quorum (pr/pw) requests.
+    #[arg(long)]
+    no_strict: bool,
     /// Print every event of the scenario (and debug logs of the nodes).
     #[arg(long)]
     verbose: bool,
@@ -71,6 +77,8 @@ fn main() {
         duration: Duration::from_secs(args.duration),
         clients: args.clients,
         keys: args.keys,
+        late_join: !args.no_join,
+        strict_quorums: !args.no_strict,
     };
     let options = move |seed: u64| Options { seed, ..base.clone() };
     if args.verbose {

@@ -71,22 +71,46 @@ pub struct Options {
     pub duration: Duration,
     pub clients: usize,
     pub keys: usize,
+    /// In about half the scenarios the last node joins during the workload.
+    pub late_join: bool,
+    /// About one request in ten asks for a strict quorum (`pr`/`pw`).
+    pub strict_quorums: bool,
 }
 
 impl Options {
     pub fn new(seed: u64) -> Options {
-        Options { seed, nodes: 5, faults: Faults::Light, verbose: false, duration: Duration::from_secs(30), clients: 4, keys: 6 }
+        Options {
+            seed,
+            nodes: 5,
+            faults: Faults::Light,
+            verbose: false,
+            duration: Duration::from_secs(30),
+            clients: 4,
+            keys: 6,
+            late_join: true,
+            strict_quorums: true,
+        }
     }
 
     /// The command that replays this scenario with every event printed.
     pub fn replay_command(&self) -> String {
-        format!(
-            "cargo run -p chorus-tests --release --bin sim -- --seed {} --nodes {} --faults {} --duration {} --verbose",
+        let mut command = format!(
+            "cargo run -p chorus-tests --release --bin sim -- --seed {} --nodes {} --faults {} --duration {}",
             self.seed,
             self.nodes,
             self.faults,
             self.duration.as_secs()
-        )
+        );
+        if (self.clients, self.keys) != (4, 6) {
+            command += &format!(" --clients {} --keys {}", self.clients, self.keys);
+        }
+        if !self.late_join {
+            command += " --no-join";
+        }
+        if !self.strict_quorums {
+            command += " --no-strict";
+        }
+        command + " --verbose"
     }
 }
 
@@ -327,7 +351,7 @@ async fn scenario(options: Options) -> Report {
     // In some scenarios the last node joins later, while clients run: ownership moves to
     // it and ownership transfer runs under faults.
     let mut plan = StdRng::seed_from_u64(sub_seed(options.seed, 3));
-    let late_join = (options.nodes > settings.n && plan.random_bool(0.5)).then(|| Duration::from_millis(plan.random_range(0..options.duration.as_millis() as u64)));
+    let late_join = (options.late_join && options.nodes > settings.n && plan.random_bool(0.5)).then(|| Duration::from_millis(plan.random_range(0..options.duration.as_millis() as u64)));
     let initial: Vec<String> = if late_join.is_some() { names[..names.len() - 1].to_vec() } else { names.clone() };
     for i in 0..initial.len() {
         cluster.start(i);
@@ -368,6 +392,7 @@ async fn scenario(options: Options) -> Report {
             nodes: names.clone(),
             n: settings.n,
             contexts: BTreeMap::new(),
+            strict_quorums: options.strict_quorums,
         };
         clients.push(tokio::spawn(client.run(shared.clone(), fault_end)));
     }

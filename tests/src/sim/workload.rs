@@ -82,6 +82,7 @@ pub struct Client {
     pub n: usize,
     /// Last context this client saw per key.
     pub contexts: BTreeMap<String, Context>,
+    pub strict_quorums: bool,
 }
 
 pub struct Shared {
@@ -121,7 +122,7 @@ impl Client {
     async fn read(&mut self, shared: &Arc<Shared>, key: &str, node: &str) {
         let r = quorum(&mut self.rng, self.n);
         // Now and then a strict quorum: every replica counted must be a primary owner.
-        let pr = if self.rng.random_bool(0.1) { r } else { 0 };
+        let pr = if self.strict_quorums && self.rng.random_bool(0.1) { r } else { 0 };
         let trace = shared.net.trace.clone();
         shared.history.lock().expect("history").reads += 1;
         let Some(coordinator) = shared.net.wait_running(node, None).await else {
@@ -151,7 +152,7 @@ impl Client {
 
     async fn write(&mut self, shared: &Arc<Shared>, key: &str, node: &str, delete: bool) {
         let w = quorum(&mut self.rng, self.n);
-        let pw = if self.rng.random_bool(0.1) { w } else { 0 };
+        let pw = if self.strict_quorums && self.rng.random_bool(0.1) { w } else { 0 };
         let context = if self.rng.random_bool(0.8) { self.contexts.get(key).cloned().unwrap_or_default() } else { Context::default() };
         let id = {
             let mut next = shared.next_id.lock().expect("ids");
