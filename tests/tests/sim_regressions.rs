@@ -61,3 +61,14 @@ fn no_reaping_while_a_node_holds_data_awaiting_transfer_seed_184() {
     options.strict_quorums = false;
     assert_passes(options);
 }
+
+/// A node restarted behind a partition knew only itself: its ring made it the sole owner
+/// of every partition, nobody else was "unreachable", so after the grace period it reaped
+/// its tombstones alone while other replicas still held the values they deleted, which
+/// then came back. Fixed by reaping only with a ring of at least N members (healing.rs).
+#[test]
+fn a_node_that_knows_fewer_than_n_members_reaps_nothing_seed_593() {
+    let mut options = Options::new(593);
+    options.faults = Faults::Heavy;
+    assert_passes(options);
+}
