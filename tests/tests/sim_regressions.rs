@@ -40,6 +40,11 @@ fn coordinate_is_not_retried_after_a_lost_answer_seed_5() {
 /// treated a member that had not gossiped its pending hints yet (just restarted) as having
 /// none. Fixed by gossiping keys awaiting transfer (`pending_transfer`) and reaping only
 /// when every member reported zero of both (healing.rs).
+///
+/// Caveat: the later fix for seed 3 (fallback minters keep a hint) changed these traces,
+/// and they no longer hit the reaping bug when it is put back (nor did 1000 other heavy
+/// seeds); the failing traces replay at commit 53b33f3 with `--seed 106 --faults heavy
+/// --duration 120 --no-join --no-strict`. They stay as passing scenario tests.
 #[test]
 fn no_reaping_while_a_node_holds_data_awaiting_transfer_seed_106() {
     let mut options = Options::new(106);
