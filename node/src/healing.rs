@@ -384,7 +384,11 @@ impl<S: Storage, P: Peers> Healer<S, P> {
     /// costs one page whatever the data size, and every key is examined in turn.
     pub async fn reap_step(&self) -> Result<usize, String> {
         let view = self.view();
-        if !self.cluster_is_settled() || !view.unreachable.is_empty() {
+        // A node that knows fewer than N members (just restarted and not yet reached by
+        // gossip, e.g. behind a partition) sees itself as the only owner of everything and
+        // would reap alone what other replicas still hold older versions of.
+        let knows_a_full_ring = view.ring.members().len() >= view.ring.n();
+        if !knows_a_full_ring || !self.cluster_is_settled() || !view.unreachable.is_empty() {
             self.reap_candidates.lock().expect("reap lock").clear();
             return Ok(0);
         }

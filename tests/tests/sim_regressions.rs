@@ -40,6 +40,11 @@ fn coordinate_is_not_retried_after_a_lost_answer_seed_5() {
 /// treated a member that had not gossiped its pending hints yet (just restarted) as having
 /// none. Fixed by gossiping keys awaiting transfer (`pending_transfer`) and reaping only
 /// when every member reported zero of both (healing.rs).
+///
+/// Caveat: the later fix for seed 3 (fallback minters keep a hint) changed these traces,
+/// and they no longer hit the reaping bug when it is put back (nor did 1000 other heavy
+/// seeds); the failing traces replay at commit 53b33f3 with `--seed 106 --faults heavy
+/// --duration 120 --no-join --no-strict`. They stay as passing scenario tests.
 #[test]
 fn no_reaping_while_a_node_holds_data_awaiting_transfer_seed_106() {
     let mut options = Options::new(106);
@@ -59,5 +64,28 @@ fn no_reaping_while_a_node_holds_data_awaiting_transfer_seed_184() {
     // The scenarios of the harness that found it (before late joiners and strict quorums).
     options.late_join = false;
     options.strict_quorums = false;
+    assert_passes(options);
+}
+
+/// A node restarted behind a partition knew only itself: its ring made it the sole owner
+/// of every partition, nobody else was "unreachable", so after the grace period it reaped
+/// its tombstones alone while other replicas still held the values they deleted, which
+/// then came back. Fixed by reaping only with a ring of at least N members (healing.rs).
+#[test]
+fn a_node_that_knows_fewer_than_n_members_reaps_nothing_seed_593() {
+    let mut options = Options::new(593);
+    options.faults = Faults::Heavy;
+    assert_passes(options);
+}
+
+/// A fallback that minted a write (`Coordinate` carries no hint) held it without a hint;
+/// delivering an older hint for another owner then dropped its whole copy of the key, so a
+/// write acknowledged by w=2 replicas was stored on one. Fixed by counting a fallback
+/// minter's ack only once the state is merged there with its hint (coordinator.rs).
+#[test]
+fn a_fallback_that_mints_a_write_keeps_it_with_a_hint_seed_3() {
+    let mut options = Options::new(3);
+    options.faults = Faults::Heavy;
+    options.duration = Duration::from_secs(120);
     assert_passes(options);
 }
