@@ -268,15 +268,10 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
             }
         }
         let Some((coordinator, object)) = stored else { return Err(unavailable(0, 0)) };
-        // A fallback that minted the write stored it without a hint (`Coordinate` carries
-        // none), so handoff would not know to keep it for the primary it stands in for and
-        // could drop it; it counts only once the same state is merged there with its hint.
-        let (mut acks, mut primary_acks) = if coordinator.hint_for.is_some() {
-            rest.push(coordinator);
-            (0, 0)
-        } else {
-            (1, usize::from(coordinator.primary))
-        };
+        // A fallback that minted the write recorded its hint in the same step
+        // (`Coordinate` carries `hint_for`), so its ack counts at once.
+        let mut acks = 1;
+        let mut primary_acks = usize::from(coordinator.primary);
 
         let (tx, mut rx) = tokio::sync::mpsc::channel(rest.len().max(1));
         for target in rest {
