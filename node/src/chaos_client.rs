@@ -232,8 +232,12 @@ impl Session {
         };
         let path = http_client::with_query(http_client::kv_path(&config.bucket, &key), &[quorum]);
         let mut headers = vec![("accept", "application/json")];
-        if let Some(ctx) = &context_in {
-            headers.push((CONTEXT_HEADER, ctx.as_str()));
+        match (&context_in, op) {
+            (Some(ctx), _) => headers.push((CONTEXT_HEADER, ctx.as_str())),
+            // Without the header a node reads the key and deletes what that read saw, which
+            // the history could not show; an empty context is an explicitly blind delete.
+            (None, "delete") => headers.push((CONTEXT_HEADER, "")),
+            (None, _) => {}
         }
         let body = value.clone().map(Bytes::from).unwrap_or_default();
         let start_ms = now_ms();
