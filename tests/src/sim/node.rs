@@ -245,33 +245,33 @@ impl SimNode {
 
         // The gossip loop (server.rs `gossip_loop`) and the healing loop (`Healer::run`),
         // both stopped while the node is paused.
-        let (n, netc, interval) = (node.clone(), net.clone(), settings.gossip_interval);
-        let gossip_task = tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(interval);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticker.tick().await;
-                if netc.wait_running(&n.name, Some(n.id)).await.is_none() {
-                    return;
-                }
-                let out = n.gossip.tick();
-                netc.send_gossip(&n.name, out);
-            }
+        every(&node, net, settings.gossip_interval, |n, net| async move {
+            let out = n.gossip.tick();
+            net.send_gossip(&n.name, out);
         });
-        node.own(gossip_task.abort_handle());
-        let (n, netc, interval) = (node.clone(), net.clone(), settings.healing.interval);
-        let healing_task = tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(interval);
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticker.tick().await;
-                if netc.wait_running(&n.name, Some(n.id)).await.is_none() {
-                    return;
-                }
-                n.healer.round().await;
-            }
-        });
-        node.own(healing_task.abort_handle());
+        every(&node, net, settings.healing.interval, |n, _| async move { n.healer.round().await });
         node
     }
+}
+
+/// Runs `step` on `node` every `interval` of virtual time while it runs (waiting out
+/// pauses) until the incarnation ends; the task belongs to the incarnation.
+fn every<F, Fut>(node: &Arc<Incarnation>, net: &Arc<SimNet>, interval: Duration, step: F)
+where
+    F: Fn(Arc<Incarnation>, Arc<SimNet>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let (n, net) = (node.clone(), net.clone());
+    let task = tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            if net.wait_running(&n.name, Some(n.id)).await.is_none() {
+                return;
+            }
+            step(n.clone(), net.clone()).await;
+        }
+    });
+    node.own(task.abort_handle());
 }
