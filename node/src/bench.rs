@@ -59,12 +59,22 @@ const CONNECT_BACKOFF: Duration = Duration::from_millis(50);
 
 pub fn run(args: BenchArgs) -> CliResult {
     if args.target == BenchTarget::QuicFloor {
-        let duration = parse_duration(&args.duration).map_err(|e| CliError::usage(format!("--duration: {e}")))?;
-        let warmup = parse_duration(&args.warmup).map_err(|e| CliError::usage(format!("--warmup: {e}")))?;
+        let duration = parse_duration(&args.duration)
+            .map_err(|e| CliError::usage(format!("--duration: {e}")))?;
+        let warmup =
+            parse_duration(&args.warmup).map_err(|e| CliError::usage(format!("--warmup: {e}")))?;
         if duration.is_zero() || args.concurrency == 0 {
-            return Err(CliError::usage("--duration and --concurrency must be more than zero"));
+            return Err(CliError::usage(
+                "--duration and --concurrency must be more than zero",
+            ));
         }
-        return crate::quic_floor::run(duration, warmup, args.concurrency, args.value_size, args.json);
+        return crate::quic_floor::run(
+            duration,
+            warmup,
+            args.concurrency,
+            args.value_size,
+            args.json,
+        );
     }
     let config = Config::from_args(args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -102,10 +112,14 @@ fn parse_redis_address(node: &str) -> Result<String, String> {
     let rest = node.strip_prefix("redis://").unwrap_or(node);
     let rest = rest.strip_suffix('/').unwrap_or(rest);
     if rest.is_empty() || rest.contains("://") || rest.contains(['/', '@', '?']) {
-        return Err(format!("invalid redis address '{node}' (expected redis://host:port or host:port)"));
+        return Err(format!(
+            "invalid redis address '{node}' (expected redis://host:port or host:port)"
+        ));
     }
     match rest.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0) => Ok(rest.to_string()),
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0) => {
+            Ok(rest.to_string())
+        }
         Some(_) => Err(format!("invalid redis address '{node}': bad host or port")),
         None => Ok(format!("{rest}:6379")),
     }
@@ -151,12 +165,15 @@ struct Config {
 
 impl Config {
     fn from_args(args: BenchArgs) -> Result<Config, CliError> {
-        let duration = parse_duration(&args.duration).map_err(|e| CliError::usage(format!("--duration: {e}")))?;
+        let duration = parse_duration(&args.duration)
+            .map_err(|e| CliError::usage(format!("--duration: {e}")))?;
         if duration.is_zero() {
             return Err(CliError::usage("--duration must be more than zero"));
         }
-        let warmup = parse_duration(&args.warmup).map_err(|e| CliError::usage(format!("--warmup: {e}")))?;
-        let timeout = parse_duration(&args.timeout).map_err(|e| CliError::usage(format!("--timeout: {e}")))?;
+        let warmup =
+            parse_duration(&args.warmup).map_err(|e| CliError::usage(format!("--warmup: {e}")))?;
+        let timeout = parse_duration(&args.timeout)
+            .map_err(|e| CliError::usage(format!("--timeout: {e}")))?;
         if timeout.is_zero() {
             return Err(CliError::usage("--timeout must be more than zero"));
         }
@@ -167,15 +184,24 @@ impl Config {
             return Err(CliError::usage("--keys must be at least 1"));
         }
         if args.rate == Some(0) {
-            return Err(CliError::usage("--rate must be at least 1 request per second"));
+            return Err(CliError::usage(
+                "--rate must be at least 1 request per second",
+            ));
         }
-        for (flag, ratio) in [("--read-ratio", args.read_ratio), ("--delete-ratio", args.delete_ratio)] {
+        for (flag, ratio) in [
+            ("--read-ratio", args.read_ratio),
+            ("--delete-ratio", args.delete_ratio),
+        ] {
             if !(0.0..=1.0).contains(&ratio) {
-                return Err(CliError::usage(format!("{flag} must be between 0 and 1, not {ratio}")));
+                return Err(CliError::usage(format!(
+                    "{flag} must be between 0 and 1, not {ratio}"
+                )));
             }
         }
         if args.read_ratio + args.delete_ratio > 1.0 + 1e-9 {
-            return Err(CliError::usage("--read-ratio plus --delete-ratio must not exceed 1"));
+            return Err(CliError::usage(
+                "--read-ratio plus --delete-ratio must not exceed 1",
+            ));
         }
         if args.bucket.is_empty() {
             return Err(CliError::usage("--bucket is empty"));
@@ -199,7 +225,11 @@ impl Config {
             }
             .to_string()]
         } else {
-            args.nodes.iter().map(|n| n.trim().to_string()).filter(|n| !n.is_empty()).collect()
+            args.nodes
+                .iter()
+                .map(|n| n.trim().to_string())
+                .filter(|n| !n.is_empty())
+                .collect()
         };
         if nodes.is_empty() {
             return Err(CliError::usage("--nodes is empty"));
@@ -217,7 +247,9 @@ impl Config {
         let keys = match args.distribution {
             KeyDistribution::Uniform => KeyChooser::Uniform(args.keys),
             KeyDistribution::Zipfian => KeyChooser::Zipf(Zipf::new(args.keys, ZIPF_THETA)),
-            KeyDistribution::Sequential => KeyChooser::Sequential(args.keys, std::sync::atomic::AtomicU64::new(0)),
+            KeyDistribution::Sequential => {
+                KeyChooser::Sequential(args.keys, std::sync::atomic::AtomicU64::new(0))
+            }
         };
         Ok(Config {
             target: args.target,
@@ -253,16 +285,28 @@ impl Config {
 /// `10s`, `500ms`, `1m`, `1.5h`: a number and a unit (ms, s, m, h).
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let value: f64 = number.parse().map_err(|_| format!("'{text}' is not a duration (write e.g. 10s, 500ms or 1m)"))?;
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration (write e.g. 10s, 500ms or 1m)"))?;
     let seconds = match unit {
         "ms" => value / 1000.0,
         "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
-        "" => return Err(format!("'{text}' has no unit (write e.g. {text}s or {text}ms)")),
-        other => return Err(format!("unknown unit '{other}' in '{text}' (use ms, s, m or h)")),
+        "" => {
+            return Err(format!(
+                "'{text}' has no unit (write e.g. {text}s or {text}ms)"
+            ))
+        }
+        other => {
+            return Err(format!(
+                "unknown unit '{other}' in '{text}' (use ms, s, m or h)"
+            ))
+        }
     };
     Duration::try_from_secs_f64(seconds).map_err(|_| format!("'{text}' is out of range"))
 }
@@ -281,7 +325,9 @@ impl KeyChooser {
         match self {
             KeyChooser::Uniform(n) => rng.random_range(0..*n),
             KeyChooser::Zipf(z) => z.sample(rng.random::<f64>()),
-            KeyChooser::Sequential(n, next) => next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % n,
+            KeyChooser::Sequential(n, next) => {
+                next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % n
+            }
         }
     }
 
@@ -325,11 +371,25 @@ pub(crate) struct Zipf {
 
 impl Zipf {
     pub(crate) fn new(n: u64, theta: f64) -> Zipf {
-        assert!(n >= 1 && (0.0..1.0).contains(&theta), "zipf needs n >= 1 and 0 <= theta < 1");
+        assert!(
+            n >= 1 && (0.0..1.0).contains(&theta),
+            "zipf needs n >= 1 and 0 <= theta < 1"
+        );
         let zeta_n: f64 = (1..=n).map(|i| (i as f64).powf(-theta)).sum();
         let two_ranks = 1.0 + 0.5f64.powf(theta);
-        let eta = if n > 2 { (1.0 - (2.0 / n as f64).powf(1.0 - theta)) / (1.0 - two_ranks / zeta_n) } else { 0.0 };
-        Zipf { n, theta, alpha: 1.0 / (1.0 - theta), zeta_n, eta, two_ranks }
+        let eta = if n > 2 {
+            (1.0 - (2.0 / n as f64).powf(1.0 - theta)) / (1.0 - two_ranks / zeta_n)
+        } else {
+            0.0
+        };
+        Zipf {
+            n,
+            theta,
+            alpha: 1.0 / (1.0 - theta),
+            zeta_n,
+            eta,
+            two_ranks,
+        }
     }
 
     /// Maps a uniform `u` in [0, 1) to a rank.
@@ -376,13 +436,20 @@ pub(crate) fn resp_parse(buf: &[u8]) -> Result<Option<(Resp, usize)>, String> {
 }
 
 fn resp_parse_at(buf: &[u8], start: usize) -> Result<Option<(Resp, usize)>, String> {
-    let Some(line_len) = buf.get(start..).and_then(|rest| rest.windows(2).position(|w| w == b"\r\n")) else {
+    let Some(line_len) = buf
+        .get(start..)
+        .and_then(|rest| rest.windows(2).position(|w| w == b"\r\n"))
+    else {
         return Ok(None);
     };
     let line = &buf[start + 1..start + line_len];
     let after_line = start + line_len + 2;
     let text = || String::from_utf8_lossy(line).into_owned();
-    let number = || text().parse::<i64>().map_err(|_| format!("bad RESP number '{}'", text()));
+    let number = || {
+        text()
+            .parse::<i64>()
+            .map_err(|_| format!("bad RESP number '{}'", text()))
+    };
     match buf[start] {
         b'+' => Ok(Some((Resp::Simple(text()), after_line))),
         b'-' => Ok(Some((Resp::Error(text()), after_line))),
@@ -399,7 +466,10 @@ fn resp_parse_at(buf: &[u8], start: usize) -> Result<Option<(Resp, usize)>, Stri
             if &buf[end..end + 2] != b"\r\n" {
                 return Err("RESP bulk string not followed by CRLF".into());
             }
-            Ok(Some((Resp::Bulk(Some(buf[after_line..end].to_vec())), end + 2)))
+            Ok(Some((
+                Resp::Bulk(Some(buf[after_line..end].to_vec())),
+                end + 2,
+            )))
         }
         b'*' => {
             let count = number()?;
@@ -441,28 +511,46 @@ impl RedisConn {
             }
             Err(_) => {
                 self.stream = None;
-                Err(Failure::unknown("timeout", format!("redis://{} did not answer within {:?}", self.address, self.timeout)))
+                Err(Failure::unknown(
+                    "timeout",
+                    format!(
+                        "redis://{} did not answer within {:?}",
+                        self.address, self.timeout
+                    ),
+                ))
             }
         }
     }
 
     async fn exchange(&mut self, args: &[&[u8]]) -> Result<Resp, Failure> {
         if self.stream.is_none() {
-            let stream = TcpStream::connect(&self.address).await.map_err(|e| Failure::connect(format!("cannot connect to redis://{}: {e}", self.address)))?;
-            stream.set_nodelay(true).map_err(|e| Failure::connect(e.to_string()))?;
+            let stream = TcpStream::connect(&self.address).await.map_err(|e| {
+                Failure::connect(format!("cannot connect to redis://{}: {e}", self.address))
+            })?;
+            stream
+                .set_nodelay(true)
+                .map_err(|e| Failure::connect(e.to_string()))?;
             self.stream = Some(stream);
             self.buf.clear();
         }
         let stream = self.stream.as_mut().expect("connected above");
         let transport = |e: std::io::Error| Failure::unknown("transport", e.to_string());
-        stream.write_all(&resp_command(args)).await.map_err(transport)?;
+        stream
+            .write_all(&resp_command(args))
+            .await
+            .map_err(transport)?;
         loop {
-            if let Some((reply, used)) = resp_parse(&self.buf).map_err(|e| Failure::unknown("protocol", e))? {
+            if let Some((reply, used)) =
+                resp_parse(&self.buf).map_err(|e| Failure::unknown("protocol", e))?
+            {
                 self.buf.drain(..used);
                 return Ok(reply);
             }
             if stream.read_buf(&mut self.buf).await.map_err(transport)? == 0 {
-                return Err(Failure::unknown("transport", "redis closed the connection".into()));
+                return Err(Failure::unknown(
+                    "transport",
+                    "redis closed the connection".into(),
+                ));
             }
         }
     }
@@ -504,24 +592,52 @@ struct Failure {
 
 impl Failure {
     fn connect(message: String) -> Failure {
-        Failure { kind: "connect".into(), outcome: Outcome::Fail, message, connect: true }
+        Failure {
+            kind: "connect".into(),
+            outcome: Outcome::Fail,
+            message,
+            connect: true,
+        }
     }
 
     fn unknown(kind: &str, message: String) -> Failure {
-        Failure { kind: kind.into(), outcome: Outcome::Unknown, message, connect: false }
+        Failure {
+            kind: kind.into(),
+            outcome: Outcome::Unknown,
+            message,
+            connect: false,
+        }
     }
 
     fn from_http(e: HttpError) -> Failure {
         let connect = matches!(e, HttpError::Connect { .. });
-        let outcome = if e.not_sent() { Outcome::Fail } else { Outcome::Unknown };
-        Failure { kind: e.kind().into(), outcome, message: e.to_string(), connect }
+        let outcome = if e.not_sent() {
+            Outcome::Fail
+        } else {
+            Outcome::Unknown
+        };
+        Failure {
+            kind: e.kind().into(),
+            outcome,
+            message: e.to_string(),
+            connect,
+        }
     }
 
     fn from_status(status: u16, message: String) -> Failure {
         // A 4xx was refused before anything was stored; anything else unexpected (a 503
         // above all) may have reached some replicas.
-        let outcome = if (400..500).contains(&status) { Outcome::Fail } else { Outcome::Unknown };
-        Failure { kind: status.to_string(), outcome, message, connect: false }
+        let outcome = if (400..500).contains(&status) {
+            Outcome::Fail
+        } else {
+            Outcome::Unknown
+        };
+        Failure {
+            kind: status.to_string(),
+            outcome,
+            message,
+            connect: false,
+        }
     }
 }
 
@@ -541,7 +657,10 @@ struct Answer {
 
 impl Answer {
     fn failed(failure: Failure) -> Answer {
-        Answer { status: 0, result: Err(failure) }
+        Answer {
+            status: 0,
+            result: Err(failure),
+        }
     }
 }
 
@@ -554,11 +673,18 @@ enum Backend {
 impl Backend {
     fn new(endpoint: &Endpoint, timeout: Duration) -> Backend {
         match endpoint {
-            Endpoint::Chorus(url) => Backend::Chorus(HttpClient::new(url.clone()).with_timeout(timeout)),
-            Endpoint::Etcd(url) => Backend::Etcd(HttpClient::new(url.clone()).with_timeout(timeout)),
-            Endpoint::Redis(address) => {
-                Backend::Redis(RedisConn { address: address.clone(), timeout, stream: None, buf: Vec::with_capacity(4096) })
+            Endpoint::Chorus(url) => {
+                Backend::Chorus(HttpClient::new(url.clone()).with_timeout(timeout))
             }
+            Endpoint::Etcd(url) => {
+                Backend::Etcd(HttpClient::new(url.clone()).with_timeout(timeout))
+            }
+            Endpoint::Redis(address) => Backend::Redis(RedisConn {
+                address: address.clone(),
+                timeout,
+                stream: None,
+                buf: Vec::with_capacity(4096),
+            }),
         }
     }
 
@@ -571,14 +697,21 @@ impl Backend {
             Backend::Redis(conn) => {
                 return match conn.command(&[b"PING"]).await {
                     Ok(Resp::Simple(s)) if s == "PONG" => Ok(()),
-                    Ok(other) => Err(format!("redis://{} answered {other:?} to PING", conn.address)),
+                    Ok(other) => Err(format!(
+                        "redis://{} answered {other:?} to PING",
+                        conn.address
+                    )),
                     Err(f) => Err(f.message),
                 }
             }
         };
         let response = client.get(path).await.map_err(|e| e.to_string())?;
         if response.status != 200 {
-            return Err(format!("{}{path} answered HTTP {}", client.base(), response.status));
+            return Err(format!(
+                "{}{path} answered HTTP {}",
+                client.base(),
+                response.status
+            ));
         }
         Ok(())
     }
@@ -598,12 +731,17 @@ async fn chorus(client: &mut HttpClient, config: &Config, request: &Request<'_>)
         Op::Put => (Method::PUT, ("w", config.w.as_deref())),
         Op::Delete => (Method::DELETE, ("w", config.w.as_deref())),
     };
-    let path = http_client::with_query(http_client::kv_path(&config.bucket, request.key), &[quorum]);
+    let path =
+        http_client::with_query(http_client::kv_path(&config.bucket, request.key), &[quorum]);
     let mut headers = Vec::with_capacity(1);
     if let Some(context) = request.context {
         headers.push((CONTEXT_HEADER, context));
     }
-    let body = if request.op == Op::Put { request.value.clone() } else { Bytes::new() };
+    let body = if request.op == Op::Put {
+        request.value.clone()
+    } else {
+        Bytes::new()
+    };
     let response = match client.request(method, &path, &headers, body).await {
         Ok(response) => response,
         Err(e) => return Answer::failed(Failure::from_http(e)),
@@ -611,13 +749,22 @@ async fn chorus(client: &mut HttpClient, config: &Config, request: &Request<'_>)
     let status = response.status;
     let context = response.header(CONTEXT_HEADER).map(str::to_string);
     let result = match (request.op, status) {
-        (Op::Get, 200) => Ok(Success { values: vec![String::from_utf8_lossy(&response.body).into_owned()], context }),
+        (Op::Get, 200) => Ok(Success {
+            values: vec![String::from_utf8_lossy(&response.body).into_owned()],
+            context,
+        }),
         (Op::Get, 300) => sibling_values(&response.body)
             .map(|values| Success { values, context })
             .map_err(|e| Failure::from_status(status, e)),
         // Not written yet, or deleted: a successful read of nothing.
-        (Op::Get, 404) => Ok(Success { values: Vec::new(), context }),
-        (Op::Put | Op::Delete, 200..=299) => Ok(Success { values: Vec::new(), context }),
+        (Op::Get, 404) => Ok(Success {
+            values: Vec::new(),
+            context,
+        }),
+        (Op::Put | Op::Delete, 200..=299) => Ok(Success {
+            values: Vec::new(),
+            context,
+        }),
         _ => Err(Failure::from_status(status, response.error_message())),
     };
     Answer { status, result }
@@ -625,13 +772,22 @@ async fn chorus(client: &mut HttpClient, config: &Config, request: &Request<'_>)
 
 /// The values of a `300` answer's siblings, as text (bench values are ASCII).
 fn sibling_values(body: &[u8]) -> Result<Vec<String>, String> {
-    let json: Value = serde_json::from_slice(body).map_err(|e| format!("300 with invalid JSON: {e}"))?;
-    let siblings = json.get("siblings").and_then(Value::as_array).ok_or("300 without a siblings list")?;
+    let json: Value =
+        serde_json::from_slice(body).map_err(|e| format!("300 with invalid JSON: {e}"))?;
+    let siblings = json
+        .get("siblings")
+        .and_then(Value::as_array)
+        .ok_or("300 without a siblings list")?;
     siblings
         .iter()
         .map(|s| {
-            let encoded = s.get("value").and_then(Value::as_str).ok_or("a sibling without a value")?;
-            let bytes = base64::engine::general_purpose::STANDARD.decode(encoded).map_err(|e| format!("a sibling value is not base64: {e}"))?;
+            let encoded = s
+                .get("value")
+                .and_then(Value::as_str)
+                .ok_or("a sibling without a value")?;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .map_err(|e| format!("a sibling value is not base64: {e}"))?;
             Ok(String::from_utf8_lossy(&bytes).into_owned())
         })
         .collect()
@@ -643,14 +799,32 @@ async fn etcd(client: &mut HttpClient, request: &Request<'_>) -> Answer {
         // Serializable: answered by the member the client talks to, without a round of
         // consensus, the closest etcd read to a chorus quorum read (which is not
         // linearizable either).
-        Op::Get => ("/v3/kv/range", json!({"key": b64(request.key.as_bytes()), "serializable": true})),
-        Op::Put => ("/v3/kv/put", json!({"key": b64(request.key.as_bytes()), "value": b64(request.value)})),
-        Op::Delete => ("/v3/kv/deleterange", json!({"key": b64(request.key.as_bytes())})),
+        Op::Get => (
+            "/v3/kv/range",
+            json!({"key": b64(request.key.as_bytes()), "serializable": true}),
+        ),
+        Op::Put => (
+            "/v3/kv/put",
+            json!({"key": b64(request.key.as_bytes()), "value": b64(request.value)}),
+        ),
+        Op::Delete => (
+            "/v3/kv/deleterange",
+            json!({"key": b64(request.key.as_bytes())}),
+        ),
     };
     match client.post(path, Bytes::from(body.to_string())).await {
         // A range without `kvs` is a key not written yet: still a successful read.
-        Ok(response) if response.status == 200 => Answer { status: 200, result: Ok(Success::default()) },
-        Ok(response) => Answer { status: response.status, result: Err(Failure::from_status(response.status, response.error_message())) },
+        Ok(response) if response.status == 200 => Answer {
+            status: 200,
+            result: Ok(Success::default()),
+        },
+        Ok(response) => Answer {
+            status: response.status,
+            result: Err(Failure::from_status(
+                response.status,
+                response.error_message(),
+            )),
+        },
         Err(e) => Answer::failed(Failure::from_http(e)),
     }
 }
@@ -663,10 +837,16 @@ async fn redis(conn: &mut RedisConn, request: &Request<'_>) -> Answer {
         Op::Delete => conn.command(&[b"DEL", key]).await,
     };
     match reply {
-        Ok(Resp::Error(message)) => {
-            Answer::failed(Failure { kind: "redis_error".into(), outcome: Outcome::Fail, message, connect: false })
-        }
-        Ok(_) => Answer { status: 0, result: Ok(Success::default()) },
+        Ok(Resp::Error(message)) => Answer::failed(Failure {
+            kind: "redis_error".into(),
+            outcome: Outcome::Fail,
+            message,
+            connect: false,
+        }),
+        Ok(_) => Answer {
+            status: 0,
+            result: Ok(Success::default()),
+        },
         Err(failure) => Answer::failed(failure),
     }
 }
@@ -681,7 +861,10 @@ struct OpStats {
 
 impl OpStats {
     fn new() -> OpStats {
-        OpStats { latency: new_histogram(), errors: BTreeMap::new() }
+        OpStats {
+            latency: new_histogram(),
+            errors: BTreeMap::new(),
+        }
     }
 }
 
@@ -715,15 +898,27 @@ impl Recorder {
             None => {
                 self.interval.saturating_record(us);
                 if measured {
-                    self.ops.entry(op).or_insert_with(OpStats::new).latency.saturating_record(us);
+                    self.ops
+                        .entry(op)
+                        .or_insert_with(OpStats::new)
+                        .latency
+                        .saturating_record(us);
                 }
             }
             Some(failure) => {
                 self.interval_errors += 1;
                 if measured {
-                    *self.ops.entry(op).or_insert_with(OpStats::new).errors.entry(failure.kind.clone()).or_default() += 1;
+                    *self
+                        .ops
+                        .entry(op)
+                        .or_insert_with(OpStats::new)
+                        .errors
+                        .entry(failure.kind.clone())
+                        .or_default() += 1;
                 }
-                self.first_messages.entry(failure.kind.clone()).or_insert_with(|| failure.message.clone());
+                self.first_messages
+                    .entry(failure.kind.clone())
+                    .or_insert_with(|| failure.message.clone());
             }
         }
     }
@@ -759,7 +954,10 @@ struct ContextCache {
 
 impl ContextCache {
     fn new(limit: usize) -> ContextCache {
-        ContextCache { map: HashMap::new(), limit }
+        ContextCache {
+            map: HashMap::new(),
+            limit,
+        }
     }
 
     fn insert(&mut self, key: u64, context: String) {
@@ -810,8 +1008,21 @@ pub(crate) fn history_value(worker: usize, seq: u64, size: usize) -> String {
 
 /// The history writer: drains the bounded queue into the file on a blocking thread,
 /// flushing whenever the queue runs dry so the file stays close to current.
-fn spawn_history_writer(path: &Path) -> Result<(mpsc::Sender<String>, tokio::task::JoinHandle<std::io::Result<()>>), CliError> {
-    let file = File::create(path).map_err(|e| CliError::usage(format!("cannot create the history file {}: {e}", path.display())))?;
+fn spawn_history_writer(
+    path: &Path,
+) -> Result<
+    (
+        mpsc::Sender<String>,
+        tokio::task::JoinHandle<std::io::Result<()>>,
+    ),
+    CliError,
+> {
+    let file = File::create(path).map_err(|e| {
+        CliError::usage(format!(
+            "cannot create the history file {}: {e}",
+            path.display()
+        ))
+    })?;
     let (tx, mut rx) = mpsc::channel::<String>(HISTORY_QUEUE);
     let handle = tokio::task::spawn_blocking(move || {
         let mut out = BufWriter::new(file);
@@ -908,7 +1119,11 @@ impl Worker {
             _ => format!("{}/k{key_index}", config.bucket),
         };
         let history = self.history.is_some();
-        let value = if history && op == Op::Put { Bytes::from(history_value(self.id, self.seq, config.value_size)) } else { self.value.clone() };
+        let value = if history && op == Op::Put {
+            Bytes::from(history_value(self.id, self.seq, config.value_size))
+        } else {
+            self.value.clone()
+        };
         // With a history, a write carries the context of this worker's last read of the
         // key, once: later blind writes are concurrent with it, so the run creates both
         // superseding and concurrent versions. Without one, the latest context any worker
@@ -917,10 +1132,25 @@ impl Worker {
         let context = match (op, history) {
             (Op::Get, _) => None,
             (_, true) => self.contexts.map.remove(&key_index),
-            (_, false) => shared.contexts.lock().expect("context lock").map.get(&key_index).cloned(),
+            (_, false) => shared
+                .contexts
+                .lock()
+                .expect("context lock")
+                .map
+                .get(&key_index)
+                .cloned(),
         };
-        let request = Request { op, key: &key, value: &value, context: context.as_deref() };
-        let node = if history { config.endpoints[self.node].to_string() } else { String::new() };
+        let request = Request {
+            op,
+            key: &key,
+            value: &value,
+            context: context.as_deref(),
+        };
+        let node = if history {
+            config.endpoints[self.node].to_string()
+        } else {
+            String::new()
+        };
         let sent = Instant::now();
         let answer = match &mut self.backend {
             Backend::Chorus(client) => chorus(client, config, &request).await,
@@ -929,7 +1159,12 @@ impl Worker {
         };
         let done = Instant::now();
         let measured = latency_from >= shared.measure_start && done <= shared.measure_end;
-        shared.recorder.lock().expect("recorder lock").record(op, done - latency_from, answer.result.as_ref().err(), measured);
+        shared.recorder.lock().expect("recorder lock").record(
+            op,
+            done - latency_from,
+            answer.result.as_ref().err(),
+            measured,
+        );
         match &answer.result {
             Ok(success) => {
                 if let Some(ctx) = &success.context {
@@ -938,7 +1173,11 @@ impl Worker {
                             self.contexts.insert(key_index, ctx.clone());
                         }
                     } else {
-                        shared.contexts.lock().expect("context lock").insert(key_index, ctx.clone());
+                        shared
+                            .contexts
+                            .lock()
+                            .expect("context lock")
+                            .insert(key_index, ctx.clone());
                     }
                 }
             }
@@ -954,7 +1193,11 @@ impl Worker {
         self.seq += 1;
         let Some(tx) = &self.history else { return true };
         let (outcome, values, context_out) = match &answer.result {
-            Ok(s) => (Outcome::Ok, (op == Op::Get).then_some(s.values.as_slice()), s.context.as_deref()),
+            Ok(s) => (
+                Outcome::Ok,
+                (op == Op::Get).then_some(s.values.as_slice()),
+                s.context.as_deref(),
+            ),
             Err(f) => (f.outcome, None, None),
         };
         let line = HistoryLine {
@@ -963,7 +1206,8 @@ impl Worker {
             op: op.name(),
             bucket: &config.bucket,
             key: &key,
-            value: (op == Op::Put).then(|| std::str::from_utf8(&value).expect("history values are ASCII")),
+            value: (op == Op::Put)
+                .then(|| std::str::from_utf8(&value).expect("history values are ASCII")),
             context_in: context.as_deref(),
             start_us: shared.micros(sent),
             end_us: shared.micros(done),
@@ -981,7 +1225,10 @@ impl Worker {
 async fn bench(config: Arc<Config>) -> Result<Report, CliError> {
     for endpoint in &config.endpoints {
         let mut backend = Backend::new(endpoint, config.timeout);
-        backend.ping().await.map_err(|e| CliError::failed(format!("{endpoint} is not usable: {e}")))?;
+        backend
+            .ping()
+            .await
+            .map_err(|e| CliError::failed(format!("{endpoint} is not usable: {e}")))?;
     }
     let (history_tx, history_writer) = match &config.history {
         Some(path) => {
@@ -1011,7 +1258,12 @@ async fn bench(config: Arc<Config>) -> Result<Report, CliError> {
             id,
             shared: shared.clone(),
             // Distinct, reproducible streams per worker from one seed.
-            rng: StdRng::seed_from_u64(config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(id as u64)),
+            rng: StdRng::seed_from_u64(
+                config
+                    .seed
+                    .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                    .wrapping_add(id as u64),
+            ),
             node,
             backend: Backend::new(&config.endpoints[node], config.timeout),
             contexts: ContextCache::new(CONTEXT_CACHE),
@@ -1035,23 +1287,38 @@ async fn bench(config: Arc<Config>) -> Result<Report, CliError> {
         let path = config.history.as_ref().expect("a writer implies a path");
         match writer.await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(CliError::failed(format!("cannot write the history file {}: {e}", path.display()))),
+            Ok(Err(e)) => {
+                return Err(CliError::failed(format!(
+                    "cannot write the history file {}: {e}",
+                    path.display()
+                )))
+            }
             Err(e) => return Err(CliError::failed(format!("the history writer failed: {e}"))),
         }
     }
-    let recorder = std::mem::replace(&mut *shared.recorder.lock().expect("recorder lock"), Recorder::new(&[]));
+    let recorder = std::mem::replace(
+        &mut *shared.recorder.lock().expect("recorder lock"),
+        Recorder::new(&[]),
+    );
     Ok(Report { config, recorder })
 }
 
 /// One line a second on stderr: throughput, p99 and errors over the last second.
 async fn progress(shared: Arc<Shared>) {
-    let mut ticks = tokio::time::interval_at(shared.start + Duration::from_secs(1), Duration::from_secs(1));
+    let mut ticks = tokio::time::interval_at(
+        shared.start + Duration::from_secs(1),
+        Duration::from_secs(1),
+    );
     let mut last = shared.start;
     loop {
         let now = ticks.tick().await;
         let (count, p99_us, errors) = {
             let mut recorder = shared.recorder.lock().expect("recorder lock");
-            let stats = (recorder.interval.len(), recorder.interval.value_at_quantile(0.99), recorder.interval_errors);
+            let stats = (
+                recorder.interval.len(),
+                recorder.interval.value_at_quantile(0.99),
+                recorder.interval_errors,
+            );
             recorder.interval.reset();
             recorder.interval_errors = 0;
             stats
@@ -1063,7 +1330,11 @@ async fn progress(shared: Arc<Shared>) {
         } else {
             format!("{:>5.0}s", (now - shared.measure_start).as_secs_f64())
         };
-        eprintln!("[{phase}] {:>9.0} ops/s  p99 {:>8.2} ms  errors {errors}", count as f64 / seconds, p99_us as f64 / 1000.0);
+        eprintln!(
+            "[{phase}] {:>9.0} ops/s  p99 {:>8.2} ms  errors {errors}",
+            count as f64 / seconds,
+            p99_us as f64 / 1000.0
+        );
     }
 }
 
@@ -1081,7 +1352,11 @@ impl Report {
     }
 
     fn total_errors(&self) -> u64 {
-        self.recorder.ops.values().flat_map(|s| s.errors.values()).sum()
+        self.recorder
+            .ops
+            .values()
+            .flat_map(|s| s.errors.values())
+            .sum()
     }
 
     fn per_second(&self, count: u64) -> f64 {
@@ -1089,9 +1364,16 @@ impl Report {
     }
 
     fn print(&self) -> CliResult {
-        let text = if self.config.json { format!("{}\n", self.to_json()) } else { self.to_table() };
+        let text = if self.config.json {
+            format!("{}\n", self.to_json())
+        } else {
+            self.to_table()
+        };
         let mut stdout = std::io::stdout().lock();
-        stdout.write_all(text.as_bytes()).and_then(|_| stdout.flush()).map_err(|e| CliError::failed(format!("cannot write to stdout: {e}")))
+        stdout
+            .write_all(text.as_bytes())
+            .and_then(|_| stdout.flush())
+            .map_err(|e| CliError::failed(format!("cannot write to stdout: {e}")))
     }
 
     fn to_json(&self) -> Value {
@@ -1166,12 +1448,16 @@ impl Report {
         let mut total = new_histogram();
         let mut rows = Vec::new();
         for (op, stats) in &self.recorder.ops {
-            total.add(&stats.latency).expect("histograms with the same bounds add");
+            total
+                .add(&stats.latency)
+                .expect("histograms with the same bounds add");
             rows.push(row(op.name(), &stats.latency, stats.errors.values().sum()));
         }
         rows.push(row("total", &total, self.total_errors()));
         out.push_str(&crate::client::render_table(
-            &["op", "count", "ops/s", "p50", "p90", "p99", "p99.9", "max", "errors"],
+            &[
+                "op", "count", "ops/s", "p50", "p90", "p99", "p99.9", "max", "errors",
+            ],
             &rows,
             1,
         ));
@@ -1179,7 +1465,12 @@ impl Report {
             out.push_str("\nerrors by kind (with the first message seen):\n");
             for (op, stats) in &self.recorder.ops {
                 for (kind, count) in &stats.errors {
-                    let message = self.recorder.first_messages.get(kind).map(String::as_str).unwrap_or("");
+                    let message = self
+                        .recorder
+                        .first_messages
+                        .get(kind)
+                        .map(String::as_str)
+                        .unwrap_or("");
                     out.push_str(&format!("  {} {kind}: {count}  ({message})\n", op.name()));
                 }
             }
@@ -1201,7 +1492,9 @@ mod tests {
         assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
         assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
         assert!(parse_duration("10").unwrap_err().contains("no unit"));
-        assert!(parse_duration("10x").unwrap_err().contains("unknown unit 'x'"));
+        assert!(parse_duration("10x")
+            .unwrap_err()
+            .contains("unknown unit 'x'"));
         assert!(parse_duration("s").unwrap_err().contains("not a duration"));
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("").is_err());
@@ -1221,9 +1514,16 @@ mod tests {
         }
         // P(rank 0) = 1/zeta(n); rank 0 against rank 1 is 2^theta.
         let p0 = counts[0] as f64 / samples as f64;
-        assert!((p0 - 1.0 / zipf.zeta_n).abs() < 0.01, "p0 {p0} vs {}", 1.0 / zipf.zeta_n);
+        assert!(
+            (p0 - 1.0 / zipf.zeta_n).abs() < 0.01,
+            "p0 {p0} vs {}",
+            1.0 / zipf.zeta_n
+        );
         let ratio = counts[0] as f64 / counts[1] as f64;
-        assert!((ratio - 2f64.powf(ZIPF_THETA)).abs() < 0.15, "ratio {ratio}");
+        assert!(
+            (ratio - 2f64.powf(ZIPF_THETA)).abs() < 0.15,
+            "ratio {ratio}"
+        );
         // The top 10 ranks get far more than 1% of the traffic; the tail is still reached.
         let top10: u64 = counts[..10].iter().sum();
         assert!(top10 as f64 / samples as f64 > 0.3);
@@ -1243,28 +1543,68 @@ mod tests {
 
     #[test]
     fn resp_encodes_commands() {
-        assert_eq!(resp_command(&[b"SET", b"k", b"v v"]), b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$3\r\nv v\r\n");
-        assert_eq!(resp_command(&[b"GET", b""]), b"*2\r\n$3\r\nGET\r\n$0\r\n\r\n");
+        assert_eq!(
+            resp_command(&[b"SET", b"k", b"v v"]),
+            b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$3\r\nv v\r\n"
+        );
+        assert_eq!(
+            resp_command(&[b"GET", b""]),
+            b"*2\r\n$3\r\nGET\r\n$0\r\n\r\n"
+        );
     }
 
     #[test]
     fn resp_parses_replies() {
-        assert_eq!(resp_parse(b"+OK\r\n").unwrap(), Some((Resp::Simple("OK".into()), 5)));
-        assert_eq!(resp_parse(b"-ERR wrong\r\n").unwrap(), Some((Resp::Error("ERR wrong".into()), 12)));
-        assert_eq!(resp_parse(b":42\r\n").unwrap(), Some((Resp::Integer(42), 5)));
+        assert_eq!(
+            resp_parse(b"+OK\r\n").unwrap(),
+            Some((Resp::Simple("OK".into()), 5))
+        );
+        assert_eq!(
+            resp_parse(b"-ERR wrong\r\n").unwrap(),
+            Some((Resp::Error("ERR wrong".into()), 12))
+        );
+        assert_eq!(
+            resp_parse(b":42\r\n").unwrap(),
+            Some((Resp::Integer(42), 5))
+        );
         assert_eq!(resp_parse(b"$-1\r\n").unwrap(), Some((Resp::Bulk(None), 5)));
-        assert_eq!(resp_parse(b"$5\r\nhe\r\no\r\n+next").unwrap(), Some((Resp::Bulk(Some(b"he\r\no".to_vec())), 11)));
+        assert_eq!(
+            resp_parse(b"$5\r\nhe\r\no\r\n+next").unwrap(),
+            Some((Resp::Bulk(Some(b"he\r\no".to_vec())), 11))
+        );
         assert_eq!(
             resp_parse(b"*2\r\n$1\r\na\r\n:1\r\n").unwrap(),
-            Some((Resp::Array(Some(vec![Resp::Bulk(Some(b"a".to_vec())), Resp::Integer(1)])), 15))
+            Some((
+                Resp::Array(Some(vec![
+                    Resp::Bulk(Some(b"a".to_vec())),
+                    Resp::Integer(1)
+                ])),
+                15
+            ))
         );
-        assert_eq!(resp_parse(b"*-1\r\n").unwrap(), Some((Resp::Array(None), 5)));
+        assert_eq!(
+            resp_parse(b"*-1\r\n").unwrap(),
+            Some((Resp::Array(None), 5))
+        );
     }
 
     #[test]
     fn resp_waits_for_complete_replies() {
-        for partial in [&b""[..], b"+OK", b"+OK\r", b"$5\r\nhel", b"$5\r\nhello", b"$5\r\nhello\r", b"*2\r\n:1\r\n"] {
-            assert_eq!(resp_parse(partial).unwrap(), None, "{:?}", String::from_utf8_lossy(partial));
+        for partial in [
+            &b""[..],
+            b"+OK",
+            b"+OK\r",
+            b"$5\r\nhel",
+            b"$5\r\nhello",
+            b"$5\r\nhello\r",
+            b"*2\r\n:1\r\n",
+        ] {
+            assert_eq!(
+                resp_parse(partial).unwrap(),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(partial)
+            );
         }
         assert!(resp_parse(b"?x\r\n").is_err());
         assert!(resp_parse(b":abc\r\n").is_err());
@@ -1273,9 +1613,18 @@ mod tests {
 
     #[test]
     fn redis_addresses_parse() {
-        assert_eq!(parse_redis_address("redis://127.0.0.1:6380").unwrap(), "127.0.0.1:6380");
-        assert_eq!(parse_redis_address("127.0.0.1:6380").unwrap(), "127.0.0.1:6380");
-        assert_eq!(parse_redis_address("redis://localhost").unwrap(), "localhost:6379");
+        assert_eq!(
+            parse_redis_address("redis://127.0.0.1:6380").unwrap(),
+            "127.0.0.1:6380"
+        );
+        assert_eq!(
+            parse_redis_address("127.0.0.1:6380").unwrap(),
+            "127.0.0.1:6380"
+        );
+        assert_eq!(
+            parse_redis_address("redis://localhost").unwrap(),
+            "localhost:6379"
+        );
         assert!(parse_redis_address("http://127.0.0.1:6379").is_err());
         assert!(parse_redis_address("redis://h:x").is_err());
         assert!(parse_redis_address("redis://").is_err());
@@ -1331,9 +1680,18 @@ mod tests {
 
     #[test]
     fn statuses_classify_into_outcomes() {
-        assert_eq!(Failure::from_status(503, String::new()).outcome, Outcome::Unknown);
-        assert_eq!(Failure::from_status(500, String::new()).outcome, Outcome::Unknown);
-        assert_eq!(Failure::from_status(409, String::new()).outcome, Outcome::Fail);
+        assert_eq!(
+            Failure::from_status(503, String::new()).outcome,
+            Outcome::Unknown
+        );
+        assert_eq!(
+            Failure::from_status(500, String::new()).outcome,
+            Outcome::Unknown
+        );
+        assert_eq!(
+            Failure::from_status(409, String::new()).outcome,
+            Outcome::Fail
+        );
         assert_eq!(Failure::from_status(400, String::new()).kind, "400");
     }
 

@@ -395,7 +395,12 @@ impl<V> Dvvs<V> {
     pub fn dotted_values(&self) -> Vec<(ActorId, u64, &V)> {
         self.entries
             .iter()
-            .flat_map(|e| e.values.iter().enumerate().map(move |(i, v)| (e.actor, e.counter - i as u64, v)))
+            .flat_map(|e| {
+                e.values
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, v)| (e.actor, e.counter - i as u64, v))
+            })
             .collect()
     }
 

@@ -35,7 +35,11 @@ pub struct Credential {
 
 impl Clone for Credential {
     fn clone(&self) -> Self {
-        Credential { ca: self.ca.clone(), cert: self.cert.clone(), key: self.key.clone_key() }
+        Credential {
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone_key(),
+        }
     }
 }
 
@@ -56,7 +60,10 @@ pub fn run(command: CertsCommand) -> CliResult {
 /// Creates a fresh CA and node certificate in `dir`. Refuses to overwrite an existing
 /// credential unless `force`, because replacing it splits the cluster in two.
 pub fn init(dir: &Path, force: bool) -> Result<(), String> {
-    let paths: Vec<PathBuf> = [CA_CERT, CA_KEY, NODE_CERT, NODE_KEY].iter().map(|f| dir.join(f)).collect();
+    let paths: Vec<PathBuf> = [CA_CERT, CA_KEY, NODE_CERT, NODE_KEY]
+        .iter()
+        .map(|f| dir.join(f))
+        .collect();
     if !force {
         if let Some(existing) = paths.iter().find(|p| p.exists()) {
             return Err(format!(
@@ -70,7 +77,8 @@ pub fn init(dir: &Path, force: bool) -> Result<(), String> {
     // Write to temporary names first and rename, so a failure leaves nothing half-written.
     for (path, contents) in paths.iter().zip(files.iter()) {
         let tmp = temporary_path(path);
-        write_private(&tmp, contents).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
+        write_private(&tmp, contents)
+            .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
     }
     for path in &paths {
         let tmp = temporary_path(path);
@@ -89,24 +97,43 @@ fn temporary_path(path: &Path) -> PathBuf {
 fn generate() -> Result<[String; 4], rcgen::Error> {
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, "chorus cluster CA");
-    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "chorus cluster CA");
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let ca_key = KeyPair::generate()?;
     let ca_cert = ca_params.self_signed(&ca_key)?;
 
     let mut node_params = CertificateParams::new(vec![NODE_SERVER_NAME.to_string()])?;
-    node_params.distinguished_name.push(DnType::CommonName, NODE_SERVER_NAME);
-    node_params.extended_key_usages =
-        vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    node_params
+        .distinguished_name
+        .push(DnType::CommonName, NODE_SERVER_NAME);
+    node_params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
     let node_key = KeyPair::generate()?;
     let node_cert = node_params.signed_by(&node_key, &ca_cert, &ca_key)?;
-    Ok([ca_cert.pem(), ca_key.serialize_pem(), node_cert.pem(), node_key.serialize_pem()])
+    Ok([
+        ca_cert.pem(),
+        ca_key.serialize_pem(),
+        node_cert.pem(),
+        node_key.serialize_pem(),
+    ])
 }
 
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut file = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
     file.write_all(contents.as_bytes())?;
     file.sync_all()
 }
@@ -115,8 +142,13 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
 pub fn load(dir: &Path) -> Result<Credential, String> {
     let read_cert = |name: &str| {
         let path = dir.join(name);
-        CertificateDer::from_pem_file(&path)
-            .map_err(|e| format!("cannot read certificate {}: {e} (create one with `chorus certs init --dir {}`)", path.display(), dir.display()))
+        CertificateDer::from_pem_file(&path).map_err(|e| {
+            format!(
+                "cannot read certificate {}: {e} (create one with `chorus certs init --dir {}`)",
+                path.display(),
+                dir.display()
+            )
+        })
     };
     let ca = read_cert(CA_CERT)?;
     let cert = read_cert(NODE_CERT)?;

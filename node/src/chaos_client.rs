@@ -81,20 +81,37 @@ struct Config {
 }
 
 pub fn run(args: ChaosClientArgs) -> CliResult {
-    let duration = parse_duration(&args.duration).map_err(|e| CliError::usage(format!("--duration: {e}")))?;
-    let timeout = parse_duration(&args.timeout).map_err(|e| CliError::usage(format!("--timeout: {e}")))?;
+    let duration =
+        parse_duration(&args.duration).map_err(|e| CliError::usage(format!("--duration: {e}")))?;
+    let timeout =
+        parse_duration(&args.timeout).map_err(|e| CliError::usage(format!("--timeout: {e}")))?;
     if args.sessions == 0 || args.keys == 0 || timeout.is_zero() {
-        return Err(CliError::usage("--sessions, --keys and --timeout must be more than zero"));
+        return Err(CliError::usage(
+            "--sessions, --keys and --timeout must be more than zero",
+        ));
     }
-    for (flag, ratio) in [("--read-ratio", args.read_ratio), ("--delete-ratio", args.delete_ratio), ("--context-ratio", args.context_ratio)] {
+    for (flag, ratio) in [
+        ("--read-ratio", args.read_ratio),
+        ("--delete-ratio", args.delete_ratio),
+        ("--context-ratio", args.context_ratio),
+    ] {
         if !(0.0..=1.0).contains(&ratio) {
-            return Err(CliError::usage(format!("{flag} must be between 0 and 1, not {ratio}")));
+            return Err(CliError::usage(format!(
+                "{flag} must be between 0 and 1, not {ratio}"
+            )));
         }
     }
     if args.read_ratio + args.delete_ratio > 1.0 {
-        return Err(CliError::usage("--read-ratio plus --delete-ratio must not exceed 1"));
+        return Err(CliError::usage(
+            "--read-ratio plus --delete-ratio must not exceed 1",
+        ));
     }
-    let nodes = args.nodes.iter().map(|n| BaseUrl::parse(n.trim())).collect::<Result<Vec<_>, _>>().map_err(CliError::usage)?;
+    let nodes = args
+        .nodes
+        .iter()
+        .map(|n| BaseUrl::parse(n.trim()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(CliError::usage)?;
     if nodes.is_empty() {
         return Err(CliError::usage("--nodes is empty"));
     }
@@ -112,37 +129,52 @@ pub fn run(args: ChaosClientArgs) -> CliResult {
         rate: args.rate,
         sessions: args.sessions,
     });
-    let file = std::fs::File::create(&args.history)
-        .map_err(|e| CliError::usage(format!("cannot create the history file {}: {e}", args.history.display())))?;
+    let file = std::fs::File::create(&args.history).map_err(|e| {
+        CliError::usage(format!(
+            "cannot create the history file {}: {e}",
+            args.history.display()
+        ))
+    })?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| CliError::failed(format!("cannot start the async runtime: {e}")))?;
     let counts = runtime.block_on(async move {
         let (tx, mut rx) = mpsc::channel::<HistoryLine>(HISTORY_QUEUE);
-        let writer = tokio::task::spawn_blocking(move || -> std::io::Result<HashMap<String, u64>> {
-            let mut out = BufWriter::new(file);
-            let mut counts = HashMap::new();
-            while let Some(line) = rx.blocking_recv() {
-                *counts.entry(format!("{} {}", line.op, line.outcome)).or_insert(0) += 1;
-                serde_json::to_writer(&mut out, &line)?;
-                out.write_all(b"\n")?;
-                if rx.is_empty() {
-                    out.flush()?;
+        let writer =
+            tokio::task::spawn_blocking(move || -> std::io::Result<HashMap<String, u64>> {
+                let mut out = BufWriter::new(file);
+                let mut counts = HashMap::new();
+                while let Some(line) = rx.blocking_recv() {
+                    *counts
+                        .entry(format!("{} {}", line.op, line.outcome))
+                        .or_insert(0) += 1;
+                    serde_json::to_writer(&mut out, &line)?;
+                    out.write_all(b"\n")?;
+                    if rx.is_empty() {
+                        out.flush()?;
+                    }
                 }
-            }
-            out.flush()?;
-            out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-            Ok(counts)
-        });
+                out.flush()?;
+                out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+                Ok(counts)
+            });
         let deadline = Instant::now() + config.duration;
         let mut sessions = tokio::task::JoinSet::new();
         for id in 0..args.sessions {
             let session = Session {
                 id,
                 config: config.clone(),
-                rng: StdRng::seed_from_u64(args.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(id as u64)),
-                clients: config.nodes.iter().map(|n| HttpClient::new(n.clone()).with_timeout(config.timeout)).collect(),
+                rng: StdRng::seed_from_u64(
+                    args.seed
+                        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                        .wrapping_add(id as u64),
+                ),
+                clients: config
+                    .nodes
+                    .iter()
+                    .map(|n| HttpClient::new(n.clone()).with_timeout(config.timeout))
+                    .collect(),
                 contexts: HashMap::new(),
                 seq: 0,
                 history: tx.clone(),
@@ -155,19 +187,31 @@ pub fn run(args: ChaosClientArgs) -> CliResult {
     });
     let counts = counts
         .map_err(|e| CliError::failed(format!("the history writer failed: {e}")))?
-        .map_err(|e| CliError::failed(format!("cannot write the history file {}: {e}", args.history.display())))?;
+        .map_err(|e| {
+            CliError::failed(format!(
+                "cannot write the history file {}: {e}",
+                args.history.display()
+            ))
+        })?;
     let mut lines: Vec<_> = counts.into_iter().collect();
     lines.sort();
     let total: u64 = lines.iter().map(|(_, n)| n).sum();
     eprintln!(
         "chaos-client: {total} operations ({})",
-        lines.iter().map(|(k, n)| format!("{k}: {n}")).collect::<Vec<_>>().join(", ")
+        lines
+            .iter()
+            .map(|(k, n)| format!("{k}: {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     Ok(())
 }
 
 pub fn now_ms() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .unwrap_or(0.0)
 }
 
 struct Session {
@@ -184,8 +228,13 @@ struct Session {
 impl Session {
     async fn run(mut self, deadline: Instant) {
         // Paced: this session's share of --rate; a slow answer is not made up for later.
-        let interval = (self.config.rate > 0).then(|| Duration::from_secs_f64(self.config.sessions as f64 / self.config.rate as f64));
-        let mut next = Instant::now() + interval.map_or(Duration::ZERO, |i| i.mul_f64(self.id as f64 / self.config.sessions as f64));
+        let interval = (self.config.rate > 0).then(|| {
+            Duration::from_secs_f64(self.config.sessions as f64 / self.config.rate as f64)
+        });
+        let mut next = Instant::now()
+            + interval.map_or(Duration::ZERO, |i| {
+                i.mul_f64(self.id as f64 / self.config.sessions as f64)
+            });
         while Instant::now() < deadline {
             if let Some(interval) = interval {
                 let now = Instant::now();
@@ -195,7 +244,11 @@ impl Session {
                 next = next.max(now) + interval;
             }
             let line = self.one_operation().await;
-            let backoff = line.status == 0 && line.error.as_deref().is_some_and(|e| e.starts_with("connect"));
+            let backoff = line.status == 0
+                && line
+                    .error
+                    .as_deref()
+                    .is_some_and(|e| e.starts_with("connect"));
             if self.history.send(line).await.is_err() {
                 return;
             }
@@ -241,7 +294,9 @@ impl Session {
         }
         let body = value.clone().map(Bytes::from).unwrap_or_default();
         let start_ms = now_ms();
-        let result = self.clients[node].request(method, &path, &headers, body).await;
+        let result = self.clients[node]
+            .request(method, &path, &headers, body)
+            .await;
         let end_ms = now_ms();
         let mut line = HistoryLine {
             session: self.id,
@@ -269,7 +324,10 @@ impl Session {
             }
             Ok(response) => {
                 line.status = response.status;
-                let context_out = response.header(CONTEXT_HEADER).filter(|c| !c.is_empty()).map(str::to_string);
+                let context_out = response
+                    .header(CONTEXT_HEADER)
+                    .filter(|c| !c.is_empty())
+                    .map(str::to_string);
                 match (op, response.status) {
                     ("get", 200 | 300 | 404) => match sibling_values(&response.body) {
                         Ok(values) => {
@@ -289,7 +347,12 @@ impl Session {
                     (_, status) => {
                         // A 4xx was refused before anything was stored; a 503 may have
                         // reached some replicas.
-                        line.outcome = if (400..500).contains(&status) { "fail" } else { "unknown" }.into();
+                        line.outcome = if (400..500).contains(&status) {
+                            "fail"
+                        } else {
+                            "unknown"
+                        }
+                        .into();
                         line.error = Some(response.error_message());
                     }
                 }
@@ -313,15 +376,21 @@ impl Session {
 /// a 404 of an absent key may carry an error body instead, meaning no values).
 pub fn sibling_values(body: &[u8]) -> Result<Vec<String>, String> {
     use base64::Engine;
-    let json: serde_json::Value = serde_json::from_slice(body).map_err(|e| format!("a get answered invalid JSON: {e}"))?;
+    let json: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("a get answered invalid JSON: {e}"))?;
     let Some(siblings) = json.get("siblings").and_then(|s| s.as_array()) else {
         return Ok(Vec::new());
     };
     siblings
         .iter()
         .map(|s| {
-            let encoded = s.get("value").and_then(|v| v.as_str()).ok_or("a sibling without a value")?;
-            let bytes = base64::engine::general_purpose::STANDARD.decode(encoded).map_err(|e| format!("a sibling value is not base64: {e}"))?;
+            let encoded = s
+                .get("value")
+                .and_then(|v| v.as_str())
+                .ok_or("a sibling without a value")?;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(encoded)
+                .map_err(|e| format!("a sibling value is not base64: {e}"))?;
             Ok(String::from_utf8_lossy(&bytes).into_owned())
         })
         .collect()
@@ -334,9 +403,18 @@ mod tests {
     #[test]
     fn sibling_values_read_json_answers() {
         let body = br#"{"context":"x","siblings":[{"value":"czEtMQ==","content_type":"a"},{"value":"czItNQ==","content_type":"a"}]}"#;
-        assert_eq!(sibling_values(body).unwrap(), vec!["s1-1".to_string(), "s2-5".to_string()]);
-        assert_eq!(sibling_values(br#"{"context":"","siblings":[]}"#).unwrap(), Vec::<String>::new());
-        assert_eq!(sibling_values(br#"{"error":"not_found","message":"m"}"#).unwrap(), Vec::<String>::new());
+        assert_eq!(
+            sibling_values(body).unwrap(),
+            vec!["s1-1".to_string(), "s2-5".to_string()]
+        );
+        assert_eq!(
+            sibling_values(br#"{"context":"","siblings":[]}"#).unwrap(),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            sibling_values(br#"{"error":"not_found","message":"m"}"#).unwrap(),
+            Vec::<String>::new()
+        );
         assert!(sibling_values(b"not json").is_err());
         assert!(sibling_values(br#"{"siblings":[{"value":"!!"}]}"#).is_err());
     }

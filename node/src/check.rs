@@ -42,12 +42,15 @@ pub type Vv = BTreeMap<u64, u64>;
 pub fn vv_of(token: Option<&str>) -> Option<Vv> {
     match token {
         None | Some("") => Some(Vv::new()),
-        Some(t) => Context::decode(t).ok().map(|c| c.entries().iter().map(|(a, n)| (a.0, *n)).collect()),
+        Some(t) => Context::decode(t)
+            .ok()
+            .map(|c| c.entries().iter().map(|(a, n)| (a.0, *n)).collect()),
     }
 }
 
 pub fn descends(a: &Vv, b: &Vv) -> bool {
-    b.iter().all(|(actor, n)| a.get(actor).copied().unwrap_or(0) >= *n)
+    b.iter()
+        .all(|(actor, n)| a.get(actor).copied().unwrap_or(0) >= *n)
 }
 
 fn join(a: &mut Vv, b: &Vv) {
@@ -166,7 +169,11 @@ fn round(x: f64, digits: i32) -> f64 {
 
 /// The phase an operation started in: `healthy`, or the fault kinds active then, joined by `+`.
 pub fn phase_at(faults: &[FaultWindow], t: f64) -> String {
-    let kinds: BTreeSet<&str> = faults.iter().filter(|f| f.start_ms <= t && t < f.end_ms).map(|f| f.kind.as_str()).collect();
+    let kinds: BTreeSet<&str> = faults
+        .iter()
+        .filter(|f| f.start_ms <= t && t < f.end_ms)
+        .map(|f| f.kind.as_str())
+        .collect();
     if kinds.is_empty() {
         "healthy".to_string()
     } else {
@@ -179,27 +186,49 @@ fn is_write(op: &str) -> bool {
 }
 
 /// The pure analysis: history + fault windows + final states -> summary.
-pub fn analyze(history: &[HistoryLine], faults: &[FaultWindow], finals: &HashMap<String, FinalKey>) -> Summary {
-    let mut s = Summary { ops: history.len(), keys: finals.len(), ..Summary::default() };
+pub fn analyze(
+    history: &[HistoryLine],
+    faults: &[FaultWindow],
+    finals: &HashMap<String, FinalKey>,
+) -> Summary {
+    let mut s = Summary {
+        ops: history.len(),
+        keys: finals.len(),
+        ..Summary::default()
+    };
     for h in history {
-        *s.ops_by_kind.entry(format!("{} {}", h.op, h.outcome)).or_insert(0) += 1;
+        *s.ops_by_kind
+            .entry(format!("{} {}", h.op, h.outcome))
+            .or_insert(0) += 1;
     }
 
     // Every value any client tried to write, whatever the outcome.
-    let written: HashSet<&str> = history.iter().filter(|h| h.op == "put").filter_map(|h| h.value.as_deref()).collect();
+    let written: HashSet<&str> = history
+        .iter()
+        .filter(|h| h.op == "put")
+        .filter_map(|h| h.value.as_deref())
+        .collect();
 
     // Writes that may have been applied, by key, with their request contexts.
     let mut writers: HashMap<&str, Vec<(&HistoryLine, Vv)>> = HashMap::new();
-    for h in history.iter().filter(|h| is_write(&h.op) && h.outcome != "fail") {
+    for h in history
+        .iter()
+        .filter(|h| is_write(&h.op) && h.outcome != "fail")
+    {
         if let Some(vv) = vv_of(h.context_in.as_deref()) {
             writers.entry(h.key.as_str()).or_default().push((h, vv));
         }
     }
 
     // Lost acknowledged puts.
-    for h in history.iter().filter(|h| h.op == "put" && h.outcome == "ok") {
+    for h in history
+        .iter()
+        .filter(|h| h.op == "put" && h.outcome == "ok")
+    {
         s.acked_puts += 1;
-        let Some(value) = h.value.as_deref() else { continue };
+        let Some(value) = h.value.as_deref() else {
+            continue;
+        };
         let fin = finals.get(&h.key);
         if fin.is_some_and(|f| f.values.contains(value)) {
             s.present += 1;
@@ -230,22 +259,33 @@ pub fn analyze(history: &[HistoryLine], faults: &[FaultWindow], finals: &HashMap
                 s.lost += 1;
                 *s.lost_by_node.entry(h.node.clone()).or_insert(0) += 1;
                 if s.lost_examples.len() < 10 {
-                    s.lost_examples.push(format!("{} = {} (session {} via {} at {:.0} ms): {why}", h.key, value, h.session, h.node, h.start_ms));
+                    s.lost_examples.push(format!(
+                        "{} = {} (session {} via {} at {:.0} ms): {why}",
+                        h.key, value, h.session, h.node, h.start_ms
+                    ));
                 }
             }
         }
     }
-    s.acked_writes = history.iter().filter(|h| is_write(&h.op) && h.outcome == "ok").count();
+    s.acked_writes = history
+        .iter()
+        .filter(|h| is_write(&h.op) && h.outcome == "ok")
+        .count();
 
     // Phantom values: in a read or a final state but never written.
     let mut phantoms = BTreeSet::new();
-    for h in history.iter().filter(|h| h.op == "get" && h.outcome == "ok") {
+    for h in history
+        .iter()
+        .filter(|h| h.op == "get" && h.outcome == "ok")
+    {
         for v in h.values.iter().flatten() {
             if !written.contains(v.as_str()) {
                 phantoms.insert(format!("{} = {v} (read by session {})", h.key, h.session));
             }
         }
-        *s.read_siblings.entry(h.values.as_ref().map_or(0, Vec::len)).or_insert(0) += 1;
+        *s.read_siblings
+            .entry(h.values.as_ref().map_or(0, Vec::len))
+            .or_insert(0) += 1;
     }
     let mut keys: Vec<&String> = finals.keys().collect();
     keys.sort();
@@ -261,7 +301,10 @@ pub fn analyze(history: &[HistoryLine], faults: &[FaultWindow], finals: &HashMap
         } else {
             s.divergent += 1;
             if s.divergent_examples.len() < 10 {
-                s.divergent_examples.push(format!("{key}: {}", f.divergence.as_deref().unwrap_or("replicas differ")));
+                s.divergent_examples.push(format!(
+                    "{key}: {}",
+                    f.divergence.as_deref().unwrap_or("replicas differ")
+                ));
             }
         }
     }
@@ -271,7 +314,10 @@ pub fn analyze(history: &[HistoryLine], faults: &[FaultWindow], finals: &HashMap
     // Session guarantees, per (session, key), in the session's own order.
     let mut by_session: BTreeMap<(usize, &str), Vec<&HistoryLine>> = BTreeMap::new();
     for h in history {
-        by_session.entry((h.session, h.key.as_str())).or_default().push(h);
+        by_session
+            .entry((h.session, h.key.as_str()))
+            .or_default()
+            .push(h);
     }
     for ops in by_session.values_mut() {
         ops.sort_by_key(|h| h.seq);
@@ -290,7 +336,9 @@ pub fn analyze(history: &[HistoryLine], faults: &[FaultWindow], finals: &HashMap
                 my_write = Some((h.value.as_deref(), output, minted));
                 continue;
             }
-            let Some(seen) = vv_of(h.context_out.as_deref()) else { continue };
+            let Some(seen) = vv_of(h.context_out.as_deref()) else {
+                continue;
+            };
             if let Some((value, out, minted)) = &my_write {
                 s.ryw_checked += 1;
                 // The read returned the write's value, or saw its version (or a successor).
@@ -333,9 +381,15 @@ pub fn analyze(history: &[HistoryLine], faults: &[FaultWindow], finals: &HashMap
             max_ms: round(lat.last().copied().unwrap_or(0.0), 1),
         });
     }
-    let t0 = history.iter().map(|h| h.start_ms).fold(f64::INFINITY, f64::min);
+    let t0 = history
+        .iter()
+        .map(|h| h.start_ms)
+        .fold(f64::INFINITY, f64::min);
     for f in faults {
-        let inside: Vec<&HistoryLine> = history.iter().filter(|h| f.start_ms <= h.start_ms && h.start_ms < f.end_ms).collect();
+        let inside: Vec<&HistoryLine> = history
+            .iter()
+            .filter(|h| f.start_ms <= h.start_ms && h.start_ms < f.end_ms)
+            .collect();
         let mut lat: Vec<f64> = inside.iter().map(|h| h.end_ms - h.start_ms).collect();
         lat.sort_by(f64::total_cmp);
         let bad = inside.iter().filter(|h| h.outcome != "ok").count();
@@ -343,8 +397,22 @@ pub fn analyze(history: &[HistoryLine], faults: &[FaultWindow], finals: &HashMap
             kind: f.kind.clone(),
             targets: f.targets.clone(),
             detail: f.detail.clone(),
-            start_s: round(if t0.is_finite() { (f.start_ms - t0) / 1000.0 } else { 0.0 }, 1),
-            end_s: round(if t0.is_finite() { (f.end_ms - t0) / 1000.0 } else { 0.0 }, 1),
+            start_s: round(
+                if t0.is_finite() {
+                    (f.start_ms - t0) / 1000.0
+                } else {
+                    0.0
+                },
+                1,
+            ),
+            end_s: round(
+                if t0.is_finite() {
+                    (f.end_ms - t0) / 1000.0
+                } else {
+                    0.0
+                },
+                1,
+            ),
             ops: inside.len(),
             unavailable_rate: round(bad as f64 / inside.len().max(1) as f64, 4),
             p99_ms: round(percentile(&lat, 0.99), 1),
@@ -359,21 +427,62 @@ pub fn markdown(s: &Summary, faults: &[FaultWindow]) -> String {
     let verdict = if s.passed() { "PASS" } else { "FAIL" };
     let _ = writeln!(out, "# Chaos run: {verdict}\n");
     let _ = writeln!(out, "| check | result |\n|---|---|");
-    let _ = writeln!(out, "| operations | {} ({}) |", s.ops, s.ops_by_kind.iter().map(|(k, n)| format!("{k}: {n}")).collect::<Vec<_>>().join(", "));
+    let _ = writeln!(
+        out,
+        "| operations | {} ({}) |",
+        s.ops,
+        s.ops_by_kind
+            .iter()
+            .map(|(k, n)| format!("{k}: {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let _ = writeln!(out, "| acknowledged writes lost | **{}** of {} acked puts ({} present, {} superseded by an acked write, {} by a write of unknown outcome) |", s.lost, s.acked_puts, s.present, s.superseded_by_acked, s.superseded_by_unknown);
     let _ = writeln!(out, "| values no client wrote | **{}** |", s.phantom);
-    let _ = writeln!(out, "| keys whose replicas differ after convergence | **{}** of {} |", s.divergent, s.keys);
-    let _ = writeln!(out, "| read-your-writes violations (session, context) | {} of {} reads |", s.ryw_violations, s.ryw_checked);
-    let _ = writeln!(out, "| monotonic-reads violations (session, context) | {} of {} reads |", s.monotonic_violations, s.monotonic_checked);
-    let _ = writeln!(out, "| final live siblings per key | {} |", dist(&s.final_siblings));
-    let _ = writeln!(out, "| values per successful read | {} |", dist(&s.read_siblings));
+    let _ = writeln!(
+        out,
+        "| keys whose replicas differ after convergence | **{}** of {} |",
+        s.divergent, s.keys
+    );
+    let _ = writeln!(
+        out,
+        "| read-your-writes violations (session, context) | {} of {} reads |",
+        s.ryw_violations, s.ryw_checked
+    );
+    let _ = writeln!(
+        out,
+        "| monotonic-reads violations (session, context) | {} of {} reads |",
+        s.monotonic_violations, s.monotonic_checked
+    );
+    let _ = writeln!(
+        out,
+        "| final live siblings per key | {} |",
+        dist(&s.final_siblings)
+    );
+    let _ = writeln!(
+        out,
+        "| values per successful read | {} |",
+        dist(&s.read_siblings)
+    );
     if !s.lost_by_node.is_empty() {
-        let _ = writeln!(out, "| lost writes by acknowledging node | {} |", s.lost_by_node.iter().map(|(k, n)| format!("{k}: {n}")).collect::<Vec<_>>().join(", "));
+        let _ = writeln!(
+            out,
+            "| lost writes by acknowledging node | {} |",
+            s.lost_by_node
+                .iter()
+                .map(|(k, n)| format!("{k}: {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     for e in &s.errors {
         let _ = writeln!(out, "| error | {e} |");
     }
-    for (title, list) in [("Lost writes", &s.lost_examples), ("Phantom values", &s.phantom_examples), ("Divergent keys", &s.divergent_examples)] {
+    for (title, list) in [
+        ("Lost writes", &s.lost_examples),
+        ("Phantom values", &s.phantom_examples),
+        ("Divergent keys", &s.divergent_examples),
+    ] {
         if !list.is_empty() {
             let _ = writeln!(out, "\n## {title} (first {})\n", list.len());
             for l in list {
@@ -384,13 +493,38 @@ pub fn markdown(s: &Summary, faults: &[FaultWindow]) -> String {
     let _ = writeln!(out, "\n## Per fault phase\n\nA phase is the set of faults active when a request started. Unavailable: anything but a success (503, timeout, refused connection); a 404 read is a success.\n");
     let _ = writeln!(out, "| phase | ops | unavailable | rate | p50 ms | p99 ms | p99.9 ms | max ms |\n|---|---|---|---|---|---|---|---|");
     for p in &s.phases {
-        let _ = writeln!(out, "| {} | {} | {} | {:.2}% | {} | {} | {} | {} |", p.phase, p.ops, p.unavailable, p.unavailable_rate * 100.0, p.p50_ms, p.p99_ms, p.p999_ms, p.max_ms);
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {:.2}% | {} | {} | {} | {} |",
+            p.phase,
+            p.ops,
+            p.unavailable,
+            p.unavailable_rate * 100.0,
+            p.p50_ms,
+            p.p99_ms,
+            p.p999_ms,
+            p.max_ms
+        );
     }
     if !faults.is_empty() {
-        let _ = writeln!(out, "\n## Fault schedule (seconds from the first request)\n");
+        let _ = writeln!(
+            out,
+            "\n## Fault schedule (seconds from the first request)\n"
+        );
         let _ = writeln!(out, "| from | to | fault | targets | detail | ops | unavailable | p99 ms |\n|---|---|---|---|---|---|---|---|");
         for w in &s.windows {
-            let _ = writeln!(out, "| {} | {} | {} | {} | {} | {} | {:.1}% | {} |", w.start_s, w.end_s, w.kind, w.targets.join(" "), w.detail, w.ops, w.unavailable_rate * 100.0, w.p99_ms);
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {:.1}% | {} |",
+                w.start_s,
+                w.end_s,
+                w.kind,
+                w.targets.join(" "),
+                w.detail,
+                w.ops,
+                w.unavailable_rate * 100.0,
+                w.p99_ms
+            );
         }
     }
     out
@@ -400,33 +534,79 @@ fn dist(d: &BTreeMap<usize, usize>) -> String {
     if d.is_empty() {
         return "-".into();
     }
-    d.iter().map(|(k, n)| format!("{k}: {n}")).collect::<Vec<_>>().join(", ")
+    d.iter()
+        .map(|(k, n)| format!("{k}: {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The terminal summary: the headline numbers and the per-phase table.
 pub fn terminal(s: &Summary) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "chorus check: {}", if s.passed() { "PASS" } else { "FAIL" });
+    let _ = writeln!(
+        out,
+        "chorus check: {}",
+        if s.passed() { "PASS" } else { "FAIL" }
+    );
     let _ = writeln!(out, "  operations          {}", s.ops);
-    let _ = writeln!(out, "  acked puts          {} (present {}, superseded {} + {} by unknown-outcome writes)", s.acked_puts, s.present, s.superseded_by_acked, s.superseded_by_unknown);
+    let _ = writeln!(
+        out,
+        "  acked puts          {} (present {}, superseded {} + {} by unknown-outcome writes)",
+        s.acked_puts, s.present, s.superseded_by_acked, s.superseded_by_unknown
+    );
     let _ = writeln!(out, "  LOST acked writes   {}", s.lost);
     if !s.lost_by_node.is_empty() {
-        let _ = writeln!(out, "  lost by node        {}", s.lost_by_node.iter().map(|(k, n)| format!("{k}: {n}")).collect::<Vec<_>>().join(", "));
+        let _ = writeln!(
+            out,
+            "  lost by node        {}",
+            s.lost_by_node
+                .iter()
+                .map(|(k, n)| format!("{k}: {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     let _ = writeln!(out, "  phantom values      {}", s.phantom);
     let _ = writeln!(out, "  divergent keys      {} of {}", s.divergent, s.keys);
-    let _ = writeln!(out, "  read-your-writes    {} violations in {} reads", s.ryw_violations, s.ryw_checked);
-    let _ = writeln!(out, "  monotonic reads     {} violations in {} reads", s.monotonic_violations, s.monotonic_checked);
+    let _ = writeln!(
+        out,
+        "  read-your-writes    {} violations in {} reads",
+        s.ryw_violations, s.ryw_checked
+    );
+    let _ = writeln!(
+        out,
+        "  monotonic reads     {} violations in {} reads",
+        s.monotonic_violations, s.monotonic_checked
+    );
     let _ = writeln!(out, "  final siblings/key  {}", dist(&s.final_siblings));
     for e in &s.errors {
         let _ = writeln!(out, "  error: {e}");
     }
-    for l in s.lost_examples.iter().take(3).chain(s.phantom_examples.iter().take(3)).chain(s.divergent_examples.iter().take(3)) {
+    for l in s
+        .lost_examples
+        .iter()
+        .take(3)
+        .chain(s.phantom_examples.iter().take(3))
+        .chain(s.divergent_examples.iter().take(3))
+    {
         let _ = writeln!(out, "    e.g. {l}");
     }
-    let _ = writeln!(out, "  {:<24} {:>7} {:>8} {:>8} {:>8} {:>9}", "phase", "ops", "unavail", "p50 ms", "p99 ms", "max ms");
+    let _ = writeln!(
+        out,
+        "  {:<24} {:>7} {:>8} {:>8} {:>8} {:>9}",
+        "phase", "ops", "unavail", "p50 ms", "p99 ms", "max ms"
+    );
     for p in &s.phases {
-        let _ = writeln!(out, "  {:<24} {:>7} {:>7.2}% {:>8} {:>8} {:>9}", p.phase, p.ops, p.unavailable_rate * 100.0, p.p50_ms, p.p99_ms, p.max_ms);
+        let _ = writeln!(
+            out,
+            "  {:<24} {:>7} {:>7.2}% {:>8} {:>8} {:>9}",
+            p.phase,
+            p.ops,
+            p.unavailable_rate * 100.0,
+            p.p50_ms,
+            p.p99_ms,
+            p.max_ms
+        );
     }
     out
 }
@@ -434,16 +614,27 @@ pub fn terminal(s: &Summary) -> String {
 // ---------------------------------------------------------------------------------------
 // Gathering the inputs.
 
-fn read_jsonl<T: for<'de> Deserialize<'de>>(path: &Path, required: bool) -> Result<Vec<T>, CliError> {
+fn read_jsonl<T: for<'de> Deserialize<'de>>(
+    path: &Path,
+    required: bool,
+) -> Result<Vec<T>, CliError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(CliError::usage(format!("cannot read {}: {e}", path.display()))),
+        Err(e) => {
+            return Err(CliError::usage(format!(
+                "cannot read {}: {e}",
+                path.display()
+            )))
+        }
     };
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| serde_json::from_str(l).map_err(|e| CliError::usage(format!("{}:{}: {e}", path.display(), i + 1))))
+        .map(|(i, l)| {
+            serde_json::from_str(l)
+                .map_err(|e| CliError::usage(format!("{}:{}: {e}", path.display(), i + 1)))
+        })
         .collect()
 }
 
@@ -468,11 +659,18 @@ impl Cluster {
             loop {
                 match client.get("/status").await {
                     Ok(r) if r.status == 200 => {
-                        let name = r.json()?.get("node").and_then(Value::as_str).unwrap_or_default().to_string();
+                        let name = r
+                            .json()?
+                            .get("node")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_string();
                         nodes.insert(name, client);
                         break;
                     }
-                    _ if Instant::now() > deadline => return Err(format!("{url} did not answer /status before the deadline")),
+                    _ if Instant::now() > deadline => {
+                        return Err(format!("{url} did not answer /status before the deadline"))
+                    }
                     _ => tokio::time::sleep(Duration::from_millis(500)).await,
                 }
             }
@@ -486,9 +684,16 @@ impl Cluster {
             let mut all = true;
             for client in self.nodes.values_mut() {
                 let alive = match client.get("/status").await {
-                    Ok(r) if r.status == 200 => r.json().ok().and_then(|j| j.get("members").and_then(Value::as_array).cloned()).is_some_and(|m| {
-                        m.iter().all(|m| m.get("state").and_then(Value::as_str) == Some("alive") && m.get("reachable").and_then(Value::as_bool) != Some(false))
-                    }),
+                    Ok(r) if r.status == 200 => r
+                        .json()
+                        .ok()
+                        .and_then(|j| j.get("members").and_then(Value::as_array).cloned())
+                        .is_some_and(|m| {
+                            m.iter().all(|m| {
+                                m.get("state").and_then(Value::as_str) == Some("alive")
+                                    && m.get("reachable").and_then(Value::as_bool) != Some(false)
+                            })
+                        }),
                     _ => false,
                 };
                 all &= alive;
@@ -504,13 +709,21 @@ impl Cluster {
     }
 
     async fn primaries(&mut self, bucket: &str, key: &str) -> Result<Vec<String>, String> {
-        let path = format!("/ring/{}/{}", http_client::encode_segment(bucket), http_client::encode_segment(key));
+        let path = format!(
+            "/ring/{}/{}",
+            http_client::encode_segment(bucket),
+            http_client::encode_segment(key)
+        );
         let mut last = String::new();
         for client in self.nodes.values_mut() {
             match client.get(&path).await {
                 Ok(r) if r.status == 200 => {
                     let json = r.json()?;
-                    let list = json.get("preference_list").and_then(Value::as_array).cloned().unwrap_or_default();
+                    let list = json
+                        .get("preference_list")
+                        .and_then(Value::as_array)
+                        .cloned()
+                        .unwrap_or_default();
                     return Ok(list
                         .iter()
                         .filter(|e| e.get("primary").and_then(Value::as_bool) == Some(true))
@@ -525,11 +738,22 @@ impl Cluster {
     }
 
     /// Every node's replica of the key: name -> state (None when it holds nothing).
-    async fn states(&mut self, bucket: &str, key: &str) -> Result<BTreeMap<String, Option<LocalState>>, String> {
-        let path = format!("/local/kv/{}/{}", http_client::encode_segment(bucket), http_client::encode_segment(key));
+    async fn states(
+        &mut self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<BTreeMap<String, Option<LocalState>>, String> {
+        let path = format!(
+            "/local/kv/{}/{}",
+            http_client::encode_segment(bucket),
+            http_client::encode_segment(key)
+        );
         let mut out = BTreeMap::new();
         for (name, client) in self.nodes.iter_mut() {
-            let r = client.get(&path).await.map_err(|e| format!("{name}: {e}"))?;
+            let r = client
+                .get(&path)
+                .await
+                .map_err(|e| format!("{name}: {e}"))?;
             let state = match r.status {
                 404 => None,
                 200 => {
@@ -542,11 +766,23 @@ impl Cluster {
                         .iter()
                         .map(|s| {
                             let raw = s.get("value").and_then(Value::as_str).unwrap_or_default();
-                            let bytes = base64::engine::general_purpose::STANDARD.decode(raw).unwrap_or_default();
-                            (String::from_utf8_lossy(&bytes).into_owned(), s.get("deleted").and_then(Value::as_bool).unwrap_or(false))
+                            let bytes = base64::engine::general_purpose::STANDARD
+                                .decode(raw)
+                                .unwrap_or_default();
+                            (
+                                String::from_utf8_lossy(&bytes).into_owned(),
+                                s.get("deleted").and_then(Value::as_bool).unwrap_or(false),
+                            )
                         })
                         .collect();
-                    Some(LocalState { context: json.get("context").and_then(Value::as_str).unwrap_or_default().to_string(), siblings })
+                    Some(LocalState {
+                        context: json
+                            .get("context")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_string(),
+                        siblings,
+                    })
                 }
                 _ => return Err(format!("{name}{path}: {}", r.error_message())),
             };
@@ -560,20 +796,42 @@ impl Cluster {
 fn final_key(primaries: &[String], states: &BTreeMap<String, Option<LocalState>>) -> FinalKey {
     let mut fin = FinalKey::default();
     for state in states.values().flatten() {
-        join(&mut fin.context, &vv_of(Some(&state.context)).unwrap_or_default());
-        fin.values.extend(state.siblings.iter().filter(|(_, deleted)| !deleted).map(|(v, _)| v.clone()));
+        join(
+            &mut fin.context,
+            &vv_of(Some(&state.context)).unwrap_or_default(),
+        );
+        fin.values.extend(
+            state
+                .siblings
+                .iter()
+                .filter(|(_, deleted)| !deleted)
+                .map(|(v, _)| v.clone()),
+        );
     }
-    let primary_states: Vec<&Option<LocalState>> = primaries.iter().map(|p| states.get(p).unwrap_or(&None)).collect();
+    let primary_states: Vec<&Option<LocalState>> = primaries
+        .iter()
+        .map(|p| states.get(p).unwrap_or(&None))
+        .collect();
     let first = primary_states.first().copied().cloned().flatten();
     let agree = primary_states.iter().all(|s| **s == first);
-    let primary_vv = first.as_ref().and_then(|s| vv_of(Some(&s.context))).unwrap_or_default();
+    let primary_vv = first
+        .as_ref()
+        .and_then(|s| vv_of(Some(&s.context)))
+        .unwrap_or_default();
     let stray: Vec<&String> = states
         .iter()
-        .filter(|(name, s)| !primaries.contains(name) && s.as_ref().is_some_and(|s| !descends(&primary_vv, &vv_of(Some(&s.context)).unwrap_or_default())))
+        .filter(|(name, s)| {
+            !primaries.contains(name)
+                && s.as_ref().is_some_and(|s| {
+                    !descends(&primary_vv, &vv_of(Some(&s.context)).unwrap_or_default())
+                })
+        })
         .map(|(name, _)| name)
         .collect();
     fin.converged = agree && stray.is_empty();
-    fin.siblings = first.as_ref().map_or(0, |s| s.siblings.iter().filter(|(_, d)| !d).count());
+    fin.siblings = first
+        .as_ref()
+        .map_or(0, |s| s.siblings.iter().filter(|(_, d)| !d).count());
     if !agree {
         let shown: Vec<String> = primaries
             .iter()
@@ -585,15 +843,27 @@ fn final_key(primaries: &[String], states: &BTreeMap<String, Option<LocalState>>
             .collect();
         fin.divergence = Some(format!("primaries differ ({})", shown.join(", ")));
     } else if !stray.is_empty() {
-        fin.divergence = Some(format!("non-primaries {stray:?} hold versions the primaries lack"));
+        fin.divergence = Some(format!(
+            "non-primaries {stray:?} hold versions the primaries lack"
+        ));
     }
     fin
 }
 
 /// One line about the run from the `config.json` scripts/chaos writes, when there is one.
 fn run_description(dir: &Path) -> Option<String> {
-    let config: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).ok()?).ok()?;
-    let list = |v: &Value| v.as_array().map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(",")).unwrap_or_default();
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).ok()?).ok()?;
+    let list = |v: &Value| {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default()
+    };
     let mut line = format!(
         "Run: {} nodes, {} s, faults {}, seed {}, {} sessions over {} keys at {} ops/s{}.",
         config["nodes"],
@@ -603,24 +873,40 @@ fn run_description(dir: &Path) -> Option<String> {
         config["sessions"],
         config["keys"],
         config["rate"],
-        if config["netns"].as_bool() == Some(true) { ", one network namespace per node" } else { ", on 127.0.0.1" },
+        if config["netns"].as_bool() == Some(true) {
+            ", one network namespace per node"
+        } else {
+            ", on 127.0.0.1"
+        },
     );
     let skipped = list(&config["skipped"]);
     if !skipped.is_empty() {
         line.push_str(&format!(" Skipped (need root): {skipped}."));
     }
     if config["broken_node"].as_bool() == Some(true) {
-        line.push_str(&format!(" **Broken node: n{} acknowledges writes without storing them.**", config["nodes"]));
+        line.push_str(&format!(
+            " **Broken node: n{} acknowledges writes without storing them.**",
+            config["nodes"]
+        ));
     }
     Some(line)
 }
 
 pub fn run(args: CheckArgs) -> CliResult {
-    let history_path = args.history.clone().unwrap_or_else(|| args.dir.join("history.jsonl"));
+    let history_path = args
+        .history
+        .clone()
+        .unwrap_or_else(|| args.dir.join("history.jsonl"));
     let history: Vec<HistoryLine> = read_jsonl(&history_path, true)?;
     let faults: Vec<FaultWindow> = read_jsonl(&args.dir.join("faults.jsonl"), false)?;
-    let converge = parse_duration(&args.converge_timeout).map_err(|e| CliError::usage(format!("--converge-timeout: {e}")))?;
-    let urls = args.nodes.iter().map(|n| BaseUrl::parse(n.trim())).collect::<Result<Vec<_>, _>>().map_err(CliError::usage)?;
+    let converge = parse_duration(&args.converge_timeout)
+        .map_err(|e| CliError::usage(format!("--converge-timeout: {e}")))?;
+    let urls = args
+        .nodes
+        .iter()
+        .map(|n| BaseUrl::parse(n.trim()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(CliError::usage)?;
     let keys: BTreeSet<String> = history.iter().map(|h| h.key.clone()).collect();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -678,14 +964,21 @@ pub fn run(args: CheckArgs) -> CliResult {
             }
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
-        errors.extend(read_errors.into_iter().take(3).map(|(k, e)| format!("reading {k}: {e}")));
+        errors.extend(
+            read_errors
+                .into_iter()
+                .take(3)
+                .map(|(k, e)| format!("reading {k}: {e}")),
+        );
         (finals, errors)
     });
     let mut summary = analyze(&history, &faults, &finals);
     summary.errors.extend(errors);
     let missing = keys.iter().filter(|k| !finals.contains_key(*k)).count();
     if missing > 0 {
-        summary.errors.push(format!("{missing} keys' final states could not be read"));
+        summary
+            .errors
+            .push(format!("{missing} keys' final states could not be read"));
     }
     let mut report = markdown(&summary, &faults);
     if let Some(line) = run_description(&args.dir) {
@@ -693,19 +986,33 @@ pub fn run(args: CheckArgs) -> CliResult {
         report.insert_str(at, &format!("\n{line}\n"));
     }
     let write = |name: &str, text: String| {
-        std::fs::write(args.dir.join(name), text).map_err(|e| CliError::failed(format!("cannot write {}: {e}", args.dir.join(name).display())))
+        std::fs::write(args.dir.join(name), text).map_err(|e| {
+            CliError::failed(format!(
+                "cannot write {}: {e}",
+                args.dir.join(name).display()
+            ))
+        })
     };
     write("report.md", report)?;
     let mut json = serde_json::to_value(&summary).expect("a summary serializes");
     json["passed"] = json!(summary.passed());
     json["converge_wait_s"] = json!(round(started.elapsed().as_secs_f64(), 1));
-    write("summary.json", serde_json::to_string_pretty(&json).expect("JSON"))?;
+    write(
+        "summary.json",
+        serde_json::to_string_pretty(&json).expect("JSON"),
+    )?;
     print!("{}", terminal(&summary));
-    println!("  (replicas read after {:.1} s; report: {})", started.elapsed().as_secs_f64(), args.dir.join("report.md").display());
+    println!(
+        "  (replicas read after {:.1} s; report: {})",
+        started.elapsed().as_secs_f64(),
+        args.dir.join("report.md").display()
+    );
     if summary.passed() {
         Ok(())
     } else {
-        Err(CliError::failed("the checker found lost writes, phantom values, divergent replicas or errors"))
+        Err(CliError::failed(
+            "the checker found lost writes, phantom values, divergent replicas or errors",
+        ))
     }
 }
 
@@ -719,7 +1026,16 @@ mod tests {
         Sibling::value(v.as_bytes().to_vec(), None)
     }
 
-    fn line(session: usize, seq: u64, op: &str, key: &str, value: Option<&str>, outcome: &str, ctx_in: Option<String>, ctx_out: Option<String>) -> HistoryLine {
+    fn line(
+        session: usize,
+        seq: u64,
+        op: &str,
+        key: &str,
+        value: Option<&str>,
+        outcome: &str,
+        ctx_in: Option<String>,
+        ctx_out: Option<String>,
+    ) -> HistoryLine {
         HistoryLine {
             session,
             seq,
@@ -739,7 +1055,16 @@ mod tests {
     }
 
     fn get(session: usize, seq: u64, key: &str, values: &[&str], ctx: &Object) -> HistoryLine {
-        let mut l = line(session, seq, "get", key, None, "ok", None, Some(ctx.context().encode()));
+        let mut l = line(
+            session,
+            seq,
+            "get",
+            key,
+            None,
+            "ok",
+            None,
+            Some(ctx.context().encode()),
+        );
         l.status = 200;
         l.values = Some(values.iter().map(|v| v.to_string()).collect());
         l
@@ -747,7 +1072,12 @@ mod tests {
 
     fn fin(obj: &Object) -> FinalKey {
         FinalKey {
-            values: obj.values().iter().filter(|s| !s.deleted).map(|s| String::from_utf8_lossy(&s.value).into_owned()).collect(),
+            values: obj
+                .values()
+                .iter()
+                .filter(|s| !s.deleted)
+                .map(|s| String::from_utf8_lossy(&s.value).into_owned())
+                .collect(),
             context: vv_of(Some(&obj.context().encode())).unwrap(),
             siblings: obj.values().iter().filter(|s| !s.deleted).count(),
             converged: true,
@@ -762,14 +1092,35 @@ mod tests {
         // Session 1 read o1, then wrote over it with its context: s0-0 is superseded.
         let o2 = o1.update(&o1.context(), a, value("s1-1"));
         let history = vec![
-            line(0, 0, "put", "k", Some("s0-0"), "ok", None, Some(o1.context().encode())),
+            line(
+                0,
+                0,
+                "put",
+                "k",
+                Some("s0-0"),
+                "ok",
+                None,
+                Some(o1.context().encode()),
+            ),
             get(1, 0, "k", &["s0-0"], &o1),
-            line(1, 1, "put", "k", Some("s1-1"), "ok", Some(o1.context().encode()), Some(o2.context().encode())),
+            line(
+                1,
+                1,
+                "put",
+                "k",
+                Some("s1-1"),
+                "ok",
+                Some(o1.context().encode()),
+                Some(o2.context().encode()),
+            ),
         ];
         let finals = HashMap::from([("k".to_string(), fin(&o2))]);
         let s = analyze(&history, &[], &finals);
         assert_eq!((s.lost, s.phantom, s.divergent), (0, 0, 0), "{s:?}");
-        assert_eq!((s.present, s.superseded_by_acked, s.superseded_by_unknown), (1, 1, 0));
+        assert_eq!(
+            (s.present, s.superseded_by_acked, s.superseded_by_unknown),
+            (1, 1, 0)
+        );
         assert!(s.passed());
     }
 
@@ -781,8 +1132,26 @@ mod tests {
         // carried a context that saw s0-0: it was dropped (say, by a wall-clock merge).
         let o2 = o1.update(&o1.context(), a, value("s1-1"));
         let history = vec![
-            line(0, 0, "put", "k", Some("s0-0"), "ok", None, Some(o1.context().encode())),
-            line(1, 1, "put", "k", Some("s1-1"), "ok", None, Some(o2.context().encode())),
+            line(
+                0,
+                0,
+                "put",
+                "k",
+                Some("s0-0"),
+                "ok",
+                None,
+                Some(o1.context().encode()),
+            ),
+            line(
+                1,
+                1,
+                "put",
+                "k",
+                Some("s1-1"),
+                "ok",
+                None,
+                Some(o2.context().encode()),
+            ),
         ];
         let s = analyze(&history, &[], &HashMap::from([("k".to_string(), fin(&o2))]));
         assert_eq!(s.lost, 1, "{s:?}");
@@ -790,7 +1159,16 @@ mod tests {
         assert!(!s.passed());
         // A superseding write of unknown outcome (a 503 that reached a replica) excuses it.
         let mut history = history;
-        history.push(line(2, 2, "put", "k", Some("s2-2"), "unknown", Some(o1.context().encode()), None));
+        history.push(line(
+            2,
+            2,
+            "put",
+            "k",
+            Some("s2-2"),
+            "unknown",
+            Some(o1.context().encode()),
+            None,
+        ));
         let s = analyze(&history, &[], &HashMap::from([("k".to_string(), fin(&o2))]));
         assert_eq!((s.lost, s.superseded_by_unknown), (0, 1), "{s:?}");
     }
@@ -801,14 +1179,44 @@ mod tests {
         let a = ActorId(7);
         let o1 = Object::new().update(&Default::default(), a, value("s0-0"));
         let history = vec![
-            line(0, 0, "put", "k", Some("s0-0"), "ok", None, Some(o1.context().encode())),
-            line(1, 1, "put", "k", Some("s1-1"), "ok", Some(o1.context().encode()), Some(o1.context().encode())),
+            line(
+                0,
+                0,
+                "put",
+                "k",
+                Some("s0-0"),
+                "ok",
+                None,
+                Some(o1.context().encode()),
+            ),
+            line(
+                1,
+                1,
+                "put",
+                "k",
+                Some("s1-1"),
+                "ok",
+                Some(o1.context().encode()),
+                Some(o1.context().encode()),
+            ),
             line(1, 2, "put", "j", Some("s1-2"), "ok", None, None),
         ];
-        let finals = HashMap::from([("k".to_string(), fin(&o1)), ("j".to_string(), FinalKey { converged: true, ..Default::default() })]);
+        let finals = HashMap::from([
+            ("k".to_string(), fin(&o1)),
+            (
+                "j".to_string(),
+                FinalKey {
+                    converged: true,
+                    ..Default::default()
+                },
+            ),
+        ]);
         let s = analyze(&history, &[], &finals);
         assert_eq!(s.lost, 2, "{s:?}");
-        assert!(s.lost_examples.iter().all(|e| e.contains("without a new version")));
+        assert!(s
+            .lost_examples
+            .iter()
+            .all(|e| e.contains("without a new version")));
         assert_eq!(s.lost_by_node.get("http://n1"), Some(&2));
         // The session reading back after the broken ack does not see its write.
         let mut history = history;
@@ -822,13 +1230,29 @@ mod tests {
         let a = ActorId(7);
         let o1 = Object::new().update(&Default::default(), a, value("s0-0"));
         let odd = Object::new().update(&Default::default(), ActorId(9), value("nobody-wrote-this"));
-        let history = vec![line(0, 0, "put", "k", Some("s0-0"), "ok", None, Some(o1.context().encode())), get(0, 1, "k", &["made-up"], &o1)];
+        let history = vec![
+            line(
+                0,
+                0,
+                "put",
+                "k",
+                Some("s0-0"),
+                "ok",
+                None,
+                Some(o1.context().encode()),
+            ),
+            get(0, 1, "k", &["made-up"], &o1),
+        ];
         let mut k = fin(&o1);
         k.values.insert("nobody-wrote-this".into());
         let mut j = fin(&odd);
         j.converged = false;
         j.divergence = Some("primaries differ".into());
-        let s = analyze(&history, &[], &HashMap::from([("k".to_string(), k), ("j".to_string(), j)]));
+        let s = analyze(
+            &history,
+            &[],
+            &HashMap::from([("k".to_string(), k), ("j".to_string(), j)]),
+        );
         assert_eq!((s.lost, s.phantom, s.divergent), (0, 3, 1), "{s:?}");
         assert!(!s.passed());
     }
@@ -839,16 +1263,41 @@ mod tests {
         let o1 = Object::new().update(&Default::default(), a, value("s0-0"));
         let o2 = o1.update(&o1.context(), a, value("s0-2"));
         let history = vec![
-            line(0, 0, "put", "k", Some("s0-0"), "ok", None, Some(o1.context().encode())),
+            line(
+                0,
+                0,
+                "put",
+                "k",
+                Some("s0-0"),
+                "ok",
+                None,
+                Some(o1.context().encode()),
+            ),
             get(0, 1, "k", &["s0-0"], &o1), // sees its write
-            line(0, 2, "put", "k", Some("s0-2"), "ok", Some(o1.context().encode()), Some(o2.context().encode())),
+            line(
+                0,
+                2,
+                "put",
+                "k",
+                Some("s0-2"),
+                "ok",
+                Some(o1.context().encode()),
+                Some(o2.context().encode()),
+            ),
             get(0, 3, "k", &["s0-0"], &o1), // stale: misses its own write, and goes back in time
             get(0, 4, "k", &["s0-2"], &o2),
         ];
         let s = analyze(&history, &[], &HashMap::from([("k".to_string(), fin(&o2))]));
         assert_eq!((s.ryw_checked, s.ryw_violations), (3, 1), "{s:?}");
-        assert_eq!((s.monotonic_checked, s.monotonic_violations), (2, 0), "{s:?}");
-        let history = vec![get(1, 0, "k", &["s0-2"], &o2), get(1, 1, "k", &["s0-0"], &o1)];
+        assert_eq!(
+            (s.monotonic_checked, s.monotonic_violations),
+            (2, 0),
+            "{s:?}"
+        );
+        let history = vec![
+            get(1, 0, "k", &["s0-2"], &o2),
+            get(1, 1, "k", &["s0-0"], &o1),
+        ];
         let s = analyze(&history, &[], &HashMap::new());
         assert_eq!((s.monotonic_checked, s.monotonic_violations), (1, 1));
     }
@@ -856,14 +1305,39 @@ mod tests {
     #[test]
     fn phases_split_by_active_faults() {
         let faults = vec![
-            FaultWindow { kind: "kill".into(), start_ms: 1010.0, end_ms: 1030.0, targets: vec!["n1".into()], detail: String::new() },
-            FaultWindow { kind: "delay".into(), start_ms: 1020.0, end_ms: 1040.0, targets: vec![], detail: String::new() },
+            FaultWindow {
+                kind: "kill".into(),
+                start_ms: 1010.0,
+                end_ms: 1030.0,
+                targets: vec!["n1".into()],
+                detail: String::new(),
+            },
+            FaultWindow {
+                kind: "delay".into(),
+                start_ms: 1020.0,
+                end_ms: 1040.0,
+                targets: vec![],
+                detail: String::new(),
+            },
         ];
         assert_eq!(phase_at(&faults, 1000.0), "healthy");
         assert_eq!(phase_at(&faults, 1015.0), "kill");
         assert_eq!(phase_at(&faults, 1025.0), "delay+kill");
         assert_eq!(phase_at(&faults, 1035.0), "delay");
-        let history: Vec<HistoryLine> = (0..5).map(|i| line(0, i, "get", "k", None, if i == 1 { "unknown" } else { "ok" }, None, None)).collect();
+        let history: Vec<HistoryLine> = (0..5)
+            .map(|i| {
+                line(
+                    0,
+                    i,
+                    "get",
+                    "k",
+                    None,
+                    if i == 1 { "unknown" } else { "ok" },
+                    None,
+                    None,
+                )
+            })
+            .collect();
         let s = analyze(&history, &faults, &HashMap::new());
         let kill = s.phases.iter().find(|p| p.phase == "kill").unwrap();
         assert_eq!((kill.ops, kill.unavailable), (1, 1));
@@ -880,11 +1354,19 @@ mod tests {
         let st = |o: &Object| {
             Some(LocalState {
                 context: o.context().encode(),
-                siblings: o.values().iter().map(|s| (String::from_utf8_lossy(&s.value).into_owned(), s.deleted)).collect(),
+                siblings: o
+                    .values()
+                    .iter()
+                    .map(|s| (String::from_utf8_lossy(&s.value).into_owned(), s.deleted))
+                    .collect(),
             })
         };
         let primaries = vec!["n1".to_string(), "n2".to_string()];
-        let states = BTreeMap::from([("n1".to_string(), st(&o2)), ("n2".to_string(), st(&o2)), ("n3".to_string(), st(&o1))]);
+        let states = BTreeMap::from([
+            ("n1".to_string(), st(&o2)),
+            ("n2".to_string(), st(&o2)),
+            ("n3".to_string(), st(&o1)),
+        ]);
         let f = final_key(&primaries, &states);
         assert!(f.converged, "an older copy on a fallback is fine");
         assert_eq!(f.siblings, 1);
@@ -892,7 +1374,14 @@ mod tests {
         let f = final_key(&primaries, &states);
         assert!(!f.converged);
         assert!(f.values.contains("v1") && f.values.contains("v2"));
-        let states = BTreeMap::from([("n1".to_string(), st(&o1)), ("n2".to_string(), st(&o1)), ("n3".to_string(), st(&o2))]);
-        assert!(!final_key(&primaries, &states).converged, "a fallback holding a newer version the primaries lack");
+        let states = BTreeMap::from([
+            ("n1".to_string(), st(&o1)),
+            ("n2".to_string(), st(&o1)),
+            ("n3".to_string(), st(&o2)),
+        ]);
+        assert!(
+            !final_key(&primaries, &states).converged,
+            "a fallback holding a newer version the primaries lack"
+        );
     }
 }

@@ -313,7 +313,12 @@ pub struct RemoveArgs {
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
     /// Comma-separated node URLs; clients are spread over them.
-    #[arg(long, value_delimiter = ',', env = "CHORUS_NODE", default_value = "http://127.0.0.1:8001")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        env = "CHORUS_NODE",
+        default_value = "http://127.0.0.1:8001"
+    )]
     pub nodes: Vec<String>,
     /// What to drive: chorus, etcd (v3 JSON gateway), redis (RESP), or quic-floor (no
     /// server: a bare QUIC round trip in-process, `--value-size` bytes each way).
@@ -393,10 +398,16 @@ pub struct CliError {
 
 impl CliError {
     pub fn usage(message: impl Into<String>) -> Self {
-        CliError { code: 2, message: message.into() }
+        CliError {
+            code: 2,
+            message: message.into(),
+        }
     }
     pub fn failed(message: impl Into<String>) -> Self {
-        CliError { code: 1, message: message.into() }
+        CliError {
+            code: 1,
+            message: message.into(),
+        }
     }
 }
 

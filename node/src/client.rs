@@ -14,7 +14,9 @@ use bytes::Bytes;
 use hyper::Method;
 use serde_json::Value;
 
-use crate::cli::{ClientArgs, CliError, CliResult, Command, DeleteArgs, GetArgs, PutArgs, RemoveArgs, RingCommand};
+use crate::cli::{
+    CliError, CliResult, ClientArgs, Command, DeleteArgs, GetArgs, PutArgs, RemoveArgs, RingCommand,
+};
 use crate::http_client::{self, BaseUrl, HttpClient, HttpError, Response};
 
 /// Generous, because `leave` and quorum calls to a struggling cluster may take a while;
@@ -29,7 +31,9 @@ pub fn run(command: Command) -> CliResult {
     let stdin_value = match &command {
         Command::Put(PutArgs { value, .. }) if value == "-" => {
             let mut buf = Vec::new();
-            std::io::stdin().read_to_end(&mut buf).map_err(|e| CliError::failed(format!("cannot read the value from stdin: {e}")))?;
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .map_err(|e| CliError::failed(format!("cannot read the value from stdin: {e}")))?;
             Some(buf)
         }
         _ => None,
@@ -44,10 +48,22 @@ pub fn run(command: Command) -> CliResult {
             Command::Get(args) => get(args).await,
             Command::Delete(args) => delete(args).await,
             Command::Status(args) => status(args).await,
-            Command::Ring(RingCommand::Owners { bucket, key, client }) => ring_owners(&bucket, &key, client).await,
+            Command::Ring(RingCommand::Owners {
+                bucket,
+                key,
+                client,
+            }) => ring_owners(&bucket, &key, client).await,
             Command::Leave(args) => admin(args, "/admin/leave".into()).await,
-            Command::Remove(RemoveArgs { name, client }) => admin(client, format!("/admin/remove/{}", http_client::encode_segment(&name))).await,
-            other => Err(CliError::usage(format!("{other:?} is not a client command"))),
+            Command::Remove(RemoveArgs { name, client }) => {
+                admin(
+                    client,
+                    format!("/admin/remove/{}", http_client::encode_segment(&name)),
+                )
+                .await
+            }
+            other => Err(CliError::usage(format!(
+                "{other:?} is not a client command"
+            ))),
         }
     })
 }
@@ -100,7 +116,10 @@ async fn put(args: PutArgs, stdin_value: Option<Vec<u8>>) -> CliResult {
     if let Some(content_type) = &args.content_type {
         headers.push(("content-type", content_type.as_str()));
     }
-    let response = client.request(Method::PUT, &path, &headers, Bytes::from(value)).await.map_err(request_failed)?;
+    let response = client
+        .request(Method::PUT, &path, &headers, Bytes::from(value))
+        .await
+        .map_err(request_failed)?;
     if !is_success(response.status) {
         return Err(refused(&response));
     }
@@ -115,8 +134,15 @@ async fn get(args: GetArgs) -> CliResult {
         http_client::kv_path(&args.bucket, &args.key),
         &[("r", args.r.as_deref()), ("pr", args.pr.as_deref())],
     );
-    let headers: &[(&str, &str)] = if args.client.json { &[("accept", "application/json")] } else { &[] };
-    let response = client.request(Method::GET, &path, headers, Bytes::new()).await.map_err(request_failed)?;
+    let headers: &[(&str, &str)] = if args.client.json {
+        &[("accept", "application/json")]
+    } else {
+        &[]
+    };
+    let response = client
+        .request(Method::GET, &path, headers, Bytes::new())
+        .await
+        .map_err(request_failed)?;
     let not_found = || CliError::failed(format!("{}/{} not found", args.bucket, args.key));
     if args.client.json {
         return match response.status {
@@ -126,7 +152,10 @@ async fn get(args: GetArgs) -> CliResult {
                 if response.json().is_ok() {
                     print_json_body(&response)?;
                 }
-                Err(CliError { code: 1, message: String::new() })
+                Err(CliError {
+                    code: 1,
+                    message: String::new(),
+                })
             }
             _ => Err(refused(&response)),
         };
@@ -138,11 +167,14 @@ async fn get(args: GetArgs) -> CliResult {
             Ok(())
         }
         300 => {
-            let siblings = parse_siblings(&response.json().map_err(CliError::failed)?).map_err(CliError::failed)?;
+            let siblings = parse_siblings(&response.json().map_err(CliError::failed)?)
+                .map_err(CliError::failed)?;
             let count = siblings.len();
             let mut out = Vec::new();
             for (i, (value, content_type)) in siblings.into_iter().enumerate() {
-                out.extend_from_slice(format!("--- sibling {} of {count} ({content_type}) ---\n", i + 1).as_bytes());
+                out.extend_from_slice(
+                    format!("--- sibling {} of {count} ({content_type}) ---\n", i + 1).as_bytes(),
+                );
                 out.extend_from_slice(&value);
                 if !value.ends_with(b"\n") {
                     out.push(b'\n');
@@ -163,14 +195,24 @@ async fn get(args: GetArgs) -> CliResult {
 
 /// The siblings of a `300` (or JSON) answer: decoded value and content type.
 fn parse_siblings(json: &Value) -> Result<Vec<(Vec<u8>, String)>, String> {
-    let list = json.get("siblings").and_then(Value::as_array).ok_or("the answer has no 'siblings' list")?;
+    let list = json
+        .get("siblings")
+        .and_then(Value::as_array)
+        .ok_or("the answer has no 'siblings' list")?;
     list.iter()
         .map(|s| {
-            let encoded = s.get("value").and_then(Value::as_str).ok_or("a sibling has no 'value'")?;
+            let encoded = s
+                .get("value")
+                .and_then(Value::as_str)
+                .ok_or("a sibling has no 'value'")?;
             let value = base64::engine::general_purpose::STANDARD
                 .decode(encoded)
                 .map_err(|e| format!("a sibling's value is not base64: {e}"))?;
-            let content_type = s.get("content_type").and_then(Value::as_str).unwrap_or("application/octet-stream").to_string();
+            let content_type = s
+                .get("content_type")
+                .and_then(Value::as_str)
+                .unwrap_or("application/octet-stream")
+                .to_string();
             Ok((value, content_type))
         })
         .collect()
@@ -182,9 +224,18 @@ async fn delete(args: DeleteArgs) -> CliResult {
     // Without `--context` the node reads the current context itself and deletes what that
     // read sees; `--context` deletes exactly the versions it names.
     let context = args.context;
-    let path = http_client::with_query(http_client::kv_path(&args.bucket, &args.key), &[("w", args.w.as_deref())]);
-    let headers: Vec<(&str, &str)> = context.iter().map(|c| (CONTEXT_HEADER, c.as_str())).collect();
-    let response = client.request(Method::DELETE, &path, &headers, Bytes::new()).await.map_err(request_failed)?;
+    let path = http_client::with_query(
+        http_client::kv_path(&args.bucket, &args.key),
+        &[("w", args.w.as_deref())],
+    );
+    let headers: Vec<(&str, &str)> = context
+        .iter()
+        .map(|c| (CONTEXT_HEADER, c.as_str()))
+        .collect();
+    let response = client
+        .request(Method::DELETE, &path, &headers, Bytes::new())
+        .await
+        .map_err(request_failed)?;
     if !is_success(response.status) {
         return Err(refused(&response));
     }
@@ -201,36 +252,50 @@ async fn status(args: ClientArgs) -> CliResult {
     if args.json {
         return print_json_body(&response);
     }
-    let table = render_status(&response.json().map_err(CliError::failed)?).map_err(CliError::failed)?;
+    let table =
+        render_status(&response.json().map_err(CliError::failed)?).map_err(CliError::failed)?;
     write_stdout(table.as_bytes(), false)
 }
 
 async fn ring_owners(bucket: &str, key: &str, args: ClientArgs) -> CliResult {
     check_names(bucket, key)?;
     let mut client = connect(&args)?;
-    let response = client.get(&http_client::ring_path(bucket, key)).await.map_err(request_failed)?;
+    let response = client
+        .get(&http_client::ring_path(bucket, key))
+        .await
+        .map_err(request_failed)?;
     if !is_success(response.status) {
         return Err(refused(&response));
     }
     if args.json {
         return print_json_body(&response);
     }
-    let table = render_owners(&response.json().map_err(CliError::failed)?).map_err(CliError::failed)?;
+    let table =
+        render_owners(&response.json().map_err(CliError::failed)?).map_err(CliError::failed)?;
     write_stdout(table.as_bytes(), false)
 }
 
 /// `leave` and `remove`: a POST whose answer is `{"message": ...}`.
 async fn admin(args: ClientArgs, path: String) -> CliResult {
     let mut client = connect(&args)?;
-    let response = client.request(Method::POST, &path, &[], Bytes::new()).await.map_err(request_failed)?;
+    let response = client
+        .request(Method::POST, &path, &[], Bytes::new())
+        .await
+        .map_err(request_failed)?;
     if !is_success(response.status) {
         return Err(refused(&response));
     }
     if args.json {
         return print_json_body(&response);
     }
-    let message = response.json().ok().and_then(|j| j.get("message").and_then(Value::as_str).map(str::to_string));
-    println!("{}", message.unwrap_or_else(|| format!("done (HTTP {})", response.status)));
+    let message = response
+        .json()
+        .ok()
+        .and_then(|j| j.get("message").and_then(Value::as_str).map(str::to_string));
+    println!(
+        "{}",
+        message.unwrap_or_else(|| format!("done (HTTP {})", response.status))
+    );
     Ok(())
 }
 
@@ -267,32 +332,66 @@ fn write_stdout(bytes: &[u8], newline_on_terminal: bool) -> CliResult {
 
 /// The `chorus status` table, like `nodetool status`: one row per member, this node marked.
 pub(crate) fn render_status(status: &Value) -> Result<String, String> {
-    let members = status.get("members").and_then(Value::as_array).ok_or("the status has no 'members' list")?;
+    let members = status
+        .get("members")
+        .and_then(Value::as_array)
+        .ok_or("the status has no 'members' list")?;
     let this_node = status.get("node").and_then(Value::as_str).unwrap_or("?");
     let mut out = format!("node {this_node}");
-    if let (Some(n), Some(ring_size)) = (status.get("n").and_then(Value::as_u64), status.get("ring_size").and_then(Value::as_u64)) {
+    if let (Some(n), Some(ring_size)) = (
+        status.get("n").and_then(Value::as_u64),
+        status.get("ring_size").and_then(Value::as_u64),
+    ) {
         out.push_str(&format!(", n={n}, {ring_size} partitions"));
     }
     out.push_str(&format!(", {} members\n", members.len()));
-    let text = |m: &Value, field: &str| m.get(field).and_then(Value::as_str).unwrap_or("-").to_string();
+    let text = |m: &Value, field: &str| {
+        m.get(field)
+            .and_then(Value::as_str)
+            .unwrap_or("-")
+            .to_string()
+    };
     let mut rows: Vec<Vec<String>> = members
         .iter()
         .map(|m| {
             let name = text(m, "name");
-            let is_self = m.get("is_self").and_then(Value::as_bool).unwrap_or(name == this_node);
+            let is_self = m
+                .get("is_self")
+                .and_then(Value::as_bool)
+                .unwrap_or(name == this_node);
             vec![
                 if is_self { format!("{name}*") } else { name },
                 text(m, "address"),
                 text(m, "state"),
-                m.get("phi").and_then(Value::as_f64).map_or("-".into(), format_phi),
-                m.get("generation").and_then(Value::as_u64).map_or("-".into(), |g| g.to_string()),
-                m.get("heartbeat_age_ms").and_then(Value::as_u64).map_or("-".into(), format_age),
-                m.get("ring_share").and_then(Value::as_f64).map_or("-".into(), |s| format!("{:.1}%", s * 100.0)),
+                m.get("phi")
+                    .and_then(Value::as_f64)
+                    .map_or("-".into(), format_phi),
+                m.get("generation")
+                    .and_then(Value::as_u64)
+                    .map_or("-".into(), |g| g.to_string()),
+                m.get("heartbeat_age_ms")
+                    .and_then(Value::as_u64)
+                    .map_or("-".into(), format_age),
+                m.get("ring_share")
+                    .and_then(Value::as_f64)
+                    .map_or("-".into(), |s| format!("{:.1}%", s * 100.0)),
             ]
         })
         .collect();
     rows.sort();
-    out.push_str(&render_table(&["NAME", "ADDRESS", "STATE", "PHI", "GENERATION", "HEARTBEAT AGE", "RING SHARE"], &rows, 3));
+    out.push_str(&render_table(
+        &[
+            "NAME",
+            "ADDRESS",
+            "STATE",
+            "PHI",
+            "GENERATION",
+            "HEARTBEAT AGE",
+            "RING SHARE",
+        ],
+        &rows,
+        3,
+    ));
     out.push_str("* = the node that answered\n");
     Ok(out)
 }
@@ -316,7 +415,10 @@ fn format_age(ms: u64) -> String {
 
 /// The `chorus ring owners` table: the preference list in order, primaries first.
 pub(crate) fn render_owners(ring: &Value) -> Result<String, String> {
-    let list = ring.get("preference_list").and_then(Value::as_array).ok_or("the answer has no 'preference_list'")?;
+    let list = ring
+        .get("preference_list")
+        .and_then(Value::as_array)
+        .ok_or("the answer has no 'preference_list'")?;
     let mut out = match ring.get("partition").and_then(Value::as_u64) {
         Some(p) => format!("partition {p}\n"),
         None => String::new(),
@@ -325,20 +427,35 @@ pub(crate) fn render_owners(ring: &Value) -> Result<String, String> {
         .iter()
         .enumerate()
         .map(|(i, owner)| {
-            let primary = owner.get("primary").and_then(Value::as_bool).unwrap_or(false);
+            let primary = owner
+                .get("primary")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
             let mut role = if primary { "primary" } else { "fallback" }.to_string();
             if owner.get("reachable").and_then(Value::as_bool) == Some(false) {
                 role.push_str(" (unreachable)");
             }
             vec![
                 (i + 1).to_string(),
-                owner.get("name").and_then(Value::as_str).unwrap_or("?").to_string(),
-                owner.get("address").and_then(Value::as_str).unwrap_or("-").to_string(),
+                owner
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("?")
+                    .to_string(),
+                owner
+                    .get("address")
+                    .and_then(Value::as_str)
+                    .unwrap_or("-")
+                    .to_string(),
                 role,
             ]
         })
         .collect();
-    out.push_str(&render_table(&["#", "NAME", "ADDRESS", "ROLE"], &rows, usize::MAX));
+    out.push_str(&render_table(
+        &["#", "NAME", "ADDRESS", "ROLE"],
+        &rows,
+        usize::MAX,
+    ));
     Ok(out)
 }
 
@@ -406,7 +523,9 @@ n3    127.0.0.1:7003  down     inf              7          312ms       32.8%
 
     #[test]
     fn status_without_members_is_an_error() {
-        assert!(render_status(&json!({"node": "n1"})).unwrap_err().contains("members"));
+        assert!(render_status(&json!({"node": "n1"}))
+            .unwrap_err()
+            .contains("members"));
     }
 
     #[test]
@@ -433,8 +552,16 @@ partition 17
             {"value": ""}
         ]});
         let siblings = parse_siblings(&body).unwrap();
-        assert_eq!(siblings, vec![(b"hello".to_vec(), "text/plain".into()), (vec![], "application/octet-stream".into())]);
-        assert!(parse_siblings(&json!({"siblings": [{"value": "!!"}]})).unwrap_err().contains("base64"));
+        assert_eq!(
+            siblings,
+            vec![
+                (b"hello".to_vec(), "text/plain".into()),
+                (vec![], "application/octet-stream".into())
+            ]
+        );
+        assert!(parse_siblings(&json!({"siblings": [{"value": "!!"}]}))
+            .unwrap_err()
+            .contains("base64"));
     }
 
     #[test]

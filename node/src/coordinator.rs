@@ -23,7 +23,12 @@ use crate::storage::Storage;
 
 /// How a coordinator reaches other nodes' replicas.
 pub trait Peers: Send + Sync + 'static {
-    fn call(&self, to: &str, request: Request, timeout: Duration) -> impl Future<Output = Result<Response, String>> + Send;
+    fn call(
+        &self,
+        to: &str,
+        request: Request,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Response, String>> + Send;
 }
 
 /// What a coordinator needs to know of the cluster: placement and who is reachable.
@@ -50,20 +55,40 @@ pub fn targets(view: &ClusterView, partition: u32) -> Vec<Target> {
     // hash per member and an allocation, on every request).
     let primaries = ring.primaries(partition);
     if primaries.iter().all(|p| !view.unreachable.contains(p)) {
-        return primaries.iter().map(|p| Target { name: p.clone(), primary: true, hint_for: None }).collect();
+        return primaries
+            .iter()
+            .map(|p| Target {
+                name: p.clone(),
+                primary: true,
+                hint_for: None,
+            })
+            .collect();
     }
     let preference = ring.preference_list(partition);
     let n = ring.n().min(preference.len());
-    let mut fallbacks = preference[n..].iter().filter(|name| !view.unreachable.contains(**name));
+    let mut fallbacks = preference[n..]
+        .iter()
+        .filter(|name| !view.unreachable.contains(**name));
     let mut out = Vec::with_capacity(n);
     for primary in &preference[..n] {
         if !view.unreachable.contains(*primary) {
-            out.push(Target { name: primary.to_string(), primary: true, hint_for: None });
+            out.push(Target {
+                name: primary.to_string(),
+                primary: true,
+                hint_for: None,
+            });
         } else if let Some(fallback) = fallbacks.next() {
-            out.push(Target { name: fallback.to_string(), primary: false, hint_for: Some(primary.to_string()) });
+            out.push(Target {
+                name: fallback.to_string(),
+                primary: false,
+                hint_for: Some(primary.to_string()),
+            });
         }
     }
-    debug_assert!(out.iter().map(|t| &t.name).collect::<HashSet<_>>().len() == out.len(), "targets are distinct nodes");
+    debug_assert!(
+        out.iter().map(|t| &t.name).collect::<HashSet<_>>().len() == out.len(),
+        "targets are distinct nodes"
+    );
     out
 }
 
@@ -84,7 +109,9 @@ impl Quorum {
             "all" => Ok(Quorum::All),
             other => match other.parse::<usize>() {
                 Ok(n) => Ok(Quorum::Exactly(n)),
-                Err(_) => Err(format!("'{other}' is not a replica count: use a number, one, quorum or all")),
+                Err(_) => Err(format!(
+                    "'{other}' is not a replica count: use a number, one, quorum or all"
+                )),
             },
         }
     }
@@ -98,7 +125,9 @@ impl Quorum {
             Quorum::Exactly(k) => k,
         };
         if count > n {
-            return Err(format!("{count} replicas asked for, but the replication factor is {n}"));
+            return Err(format!(
+                "{count} replicas asked for, but the replication factor is {n}"
+            ));
         }
         if count == 0 && !allow_zero {
             return Err("at least 1 replica must answer".into());
@@ -110,7 +139,12 @@ impl Quorum {
 #[derive(Debug, thiserror::Error)]
 pub enum CoordinatorError {
     #[error("{replied} of the {needed} replicas needed answered in time{}", primaries_note(*.primaries_needed, *.primaries_replied))]
-    Unavailable { needed: usize, replied: usize, primaries_needed: usize, primaries_replied: usize },
+    Unavailable {
+        needed: usize,
+        replied: usize,
+        primaries_needed: usize,
+        primaries_replied: usize,
+    },
     #[error("{0}")]
     TooManySiblings(String),
 }
@@ -162,8 +196,22 @@ struct Reply {
 }
 
 impl<S: Storage, P: Peers> Coordinator<S, P> {
-    pub fn new(name: String, replica: Arc<Replica<S>>, peers: Arc<P>, view: Arc<RwLock<ClusterView>>, metrics: Arc<Metrics>) -> Self {
-        Coordinator { name, reads: Arc::new(std::sync::atomic::AtomicU64::new(0)), local_writes_block: false, replica, peers, view, metrics }
+    pub fn new(
+        name: String,
+        replica: Arc<Replica<S>>,
+        peers: Arc<P>,
+        view: Arc<RwLock<ClusterView>>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Coordinator {
+            name,
+            reads: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            local_writes_block: false,
+            replica,
+            peers,
+            view,
+            metrics,
+        }
     }
 
     /// Runs local writes on tokio's blocking pool (for storage that fsyncs before returning).
@@ -181,16 +229,23 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
     }
 
     /// Sends one request to one replica: directly to the local replica, else over `Peers`.
-    fn call(&self, to: &str, request: Request, timeout: Duration) -> impl Future<Output = Result<Response, String>> + Send + 'static {
+    fn call(
+        &self,
+        to: &str,
+        request: Request,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<Response, String>> + Send + 'static {
         let local = (to == self.name).then(|| self.replica.clone());
         let blocking = self.local_writes_block && !matches!(request, Request::Get { .. });
         let peers = self.peers.clone();
         let to = to.to_string();
         async move {
             match local {
-                Some(replica) if blocking => tokio::task::spawn_blocking(move || replica.handle(request))
-                    .await
-                    .map_err(|e| format!("local replica task failed: {e}")),
+                Some(replica) if blocking => {
+                    tokio::task::spawn_blocking(move || replica.handle(request))
+                        .await
+                        .map_err(|e| format!("local replica task failed: {e}"))
+                }
                 Some(replica) => Ok(replica.handle(request)),
                 None => peers.call(&to, request, timeout).await,
             }
@@ -259,15 +314,21 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
             };
             match self.call(&target.name, request, remaining).await {
                 Ok(Response::Stored(object)) => stored = Some((target, object)),
-                Ok(Response::Refused { message, .. }) => return Err(CoordinatorError::TooManySiblings(message)),
-                Ok(other) => tracing::debug!(replica = %target.name, "coordinating write failed: {other:?}"),
+                Ok(Response::Refused { message, .. }) => {
+                    return Err(CoordinatorError::TooManySiblings(message))
+                }
+                Ok(other) => {
+                    tracing::debug!(replica = %target.name, "coordinating write failed: {other:?}")
+                }
                 Err(e) => {
                     tracing::debug!(replica = %target.name, "coordinating write got no answer: {e}");
                     return Err(unavailable(0, 0));
                 }
             }
         }
-        let Some((coordinator, object)) = stored else { return Err(unavailable(0, 0)) };
+        let Some((coordinator, object)) = stored else {
+            return Err(unavailable(0, 0));
+        };
         // A fallback that minted the write recorded its hint in the same step
         // (`Coordinate` carries `hint_for`), so its ack counts at once.
         let mut acks = 1;
@@ -275,7 +336,12 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
 
         let (tx, mut rx) = tokio::sync::mpsc::channel(rest.len().max(1));
         for target in rest {
-            let request = Request::Merge { bucket: bucket.to_vec(), key: key.to_vec(), object: object.clone(), hint_for: target.hint_for.clone() };
+            let request = Request::Merge {
+                bucket: bucket.to_vec(),
+                key: key.to_vec(),
+                object: object.clone(),
+                hint_for: target.hint_for.clone(),
+            };
             let call = self.call(&target.name, request, timeout);
             let tx = tx.clone();
             // Spawned, so replication goes on after the client has its answer.
@@ -304,7 +370,14 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
     /// `pr` or a fallback is involved, and on one read in `READ_REPAIR_EVERY`, so stale
     /// replicas still get read-repaired (anti-entropy covers the rest). Asking every
     /// replica on every read cost a remote call per read for nothing at R < N.
-    pub async fn get(&self, bucket: &[u8], key: &[u8], r: usize, pr: usize, timeout: Duration) -> Result<Object, CoordinatorError> {
+    pub async fn get(
+        &self,
+        bucket: &[u8],
+        key: &[u8],
+        r: usize,
+        pr: usize,
+        timeout: Duration,
+    ) -> Result<Object, CoordinatorError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let view = self.view();
         let partition = view.ring.partition_of(bucket, key);
@@ -312,12 +385,26 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
         if let Some(i) = targets.iter().position(|t| t.name == self.name) {
             targets[..=i].rotate_right(1);
         }
-        let sampled = self.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % READ_REPAIR_EVERY == 0;
-        let everyone = sampled || pr > 0 || r >= targets.len() || targets.iter().any(|t| !t.primary);
-        let mut waiting: std::collections::VecDeque<Target> = targets.split_off(if everyone { targets.len() } else { r }).into();
+        let sampled = self
+            .reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            % READ_REPAIR_EVERY
+            == 0;
+        let everyone =
+            sampled || pr > 0 || r >= targets.len() || targets.iter().any(|t| !t.primary);
+        let mut waiting: std::collections::VecDeque<Target> = targets
+            .split_off(if everyone { targets.len() } else { r })
+            .into();
         let (tx, mut rx) = tokio::sync::mpsc::channel((targets.len() + waiting.len()).max(1));
         let ask = |target: Target| {
-            let call = self.call(&target.name, Request::Get { bucket: bucket.to_vec(), key: key.to_vec() }, timeout);
+            let call = self.call(
+                &target.name,
+                Request::Get {
+                    bucket: bucket.to_vec(),
+                    key: key.to_vec(),
+                },
+                timeout,
+            );
             let tx = tx.clone();
             tokio::spawn(async move {
                 let result = call.await;
@@ -333,9 +420,16 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
         let mut answers: Vec<(Target, Option<Object>)> = Vec::new();
         let mut primaries = 0;
         while answers.len() < r || primaries < pr {
-            let wake = if waiting.is_empty() { deadline } else { hedge_at.min(deadline) };
+            let wake = if waiting.is_empty() {
+                deadline
+            } else {
+                hedge_at.min(deadline)
+            };
             match tokio::time::timeout_at(wake, rx.recv()).await {
-                Ok(Some(Reply { target, result: Ok(Response::Object(object)) })) => {
+                Ok(Some(Reply {
+                    target,
+                    result: Ok(Response::Object(object)),
+                })) => {
                     outstanding -= 1;
                     primaries += usize::from(target.primary);
                     answers.push((target, object));
@@ -354,16 +448,31 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
                     continue;
                 }
                 Ok(None) | Err(_) => {
-                    return Err(CoordinatorError::Unavailable { needed: r, replied: answers.len(), primaries_needed: pr, primaries_replied: primaries });
+                    return Err(CoordinatorError::Unavailable {
+                        needed: r,
+                        replied: answers.len(),
+                        primaries_needed: pr,
+                        primaries_replied: primaries,
+                    });
                 }
             }
             if outstanding == 0 && waiting.is_empty() && (answers.len() < r || primaries < pr) {
-                return Err(CoordinatorError::Unavailable { needed: r, replied: answers.len(), primaries_needed: pr, primaries_replied: primaries });
+                return Err(CoordinatorError::Unavailable {
+                    needed: r,
+                    replied: answers.len(),
+                    primaries_needed: pr,
+                    primaries_replied: primaries,
+                });
             }
         }
         drop(tx);
         let merged = merge_all(answers.iter().filter_map(|(_, o)| o.as_ref()));
-        if outstanding == 0 && answers.iter().all(|(_, o)| o.as_ref().is_some_and(|o| o.descends(&merged)) || (o.is_none() && merged.is_empty())) {
+        if outstanding == 0
+            && answers.iter().all(|(_, o)| {
+                o.as_ref().is_some_and(|o| o.descends(&merged))
+                    || (o.is_none() && merged.is_empty())
+            })
+        {
             return Ok(merged);
         }
 
@@ -380,7 +489,13 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
         Ok(merged)
     }
 
-    async fn read_repair(&self, bucket: &[u8], key: &[u8], answers: Vec<(Target, Option<Object>)>, timeout: Duration) {
+    async fn read_repair(
+        &self,
+        bucket: &[u8],
+        key: &[u8],
+        answers: Vec<(Target, Option<Object>)>,
+        timeout: Duration,
+    ) {
         let merged = merge_all(answers.iter().filter_map(|(_, o)| o.as_ref()));
         if merged.is_empty() {
             return;
@@ -391,7 +506,12 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
             }
             self.metrics.read_repairs.inc();
             tracing::debug!(replica = %target.name, "read repair");
-            let request = Request::Merge { bucket: bucket.to_vec(), key: key.to_vec(), object: merged.clone(), hint_for: target.hint_for.clone() };
+            let request = Request::Merge {
+                bucket: bucket.to_vec(),
+                key: key.to_vec(),
+                object: merged.clone(),
+                hint_for: target.hint_for.clone(),
+            };
             if let Err(e) = self.call(&target.name, request, timeout).await {
                 tracing::debug!(replica = %target.name, "read repair failed: {e}");
             }
@@ -420,7 +540,10 @@ mod tests {
         for p in 0..64 {
             let t = targets(&v, p);
             let primaries: Vec<&str> = v.ring.primaries(p).iter().map(String::as_str).collect();
-            assert_eq!(t.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), primaries);
+            assert_eq!(
+                t.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+                primaries
+            );
             assert!(t.iter().all(|t| t.primary && t.hint_for.is_none()));
         }
     }
@@ -436,7 +559,11 @@ mod tests {
             if primaries.iter().any(|n| n == "b") {
                 let fallback = t.iter().find(|t| !t.primary).unwrap();
                 assert_eq!(fallback.hint_for.as_deref(), Some("b"));
-                let first_reachable_fallback = v.ring.preference_list(p)[3..].iter().find(|n| **n != "b").unwrap().to_string();
+                let first_reachable_fallback = v.ring.preference_list(p)[3..]
+                    .iter()
+                    .find(|n| **n != "b")
+                    .unwrap()
+                    .to_string();
                 assert_eq!(fallback.name, first_reachable_fallback);
             }
         }
@@ -444,7 +571,12 @@ mod tests {
 
     struct DeadPeers;
     impl Peers for DeadPeers {
-        async fn call(&self, to: &str, _request: Request, _timeout: Duration) -> Result<Response, String> {
+        async fn call(
+            &self,
+            to: &str,
+            _request: Request,
+            _timeout: Duration,
+        ) -> Result<Response, String> {
             Err(format!("{to} is down"))
         }
     }
@@ -463,15 +595,58 @@ mod tests {
         let metrics = Arc::new(Metrics::default());
         let replica = Arc::new(Replica::new(storage, config, metrics.clone()).unwrap());
         // A node that just restarted and knows only itself; and one that sees both peers down.
-        for (members, down) in [(&["a"][..], &[][..]), (&["a", "b", "c"][..], &["b", "c"][..])] {
+        for (members, down) in [
+            (&["a"][..], &[][..]),
+            (&["a", "b", "c"][..], &["b", "c"][..]),
+        ] {
             let v = Arc::new(RwLock::new(view(members, down)));
-            let c = Coordinator::new("a".into(), replica.clone(), Arc::new(DeadPeers), v, metrics.clone());
+            let c = Coordinator::new(
+                "a".into(),
+                replica.clone(),
+                Arc::new(DeadPeers),
+                v,
+                metrics.clone(),
+            );
             let value = Sibling::value(b"v".to_vec(), None);
-            let e = c.put(b"b", b"k", Context::default(), value.clone(), 2, 0, Duration::from_secs(1)).await.unwrap_err();
-            assert!(matches!(e, CoordinatorError::Unavailable { needed: 2, replied: 0, .. }), "{e}");
-            assert!(replica.get(b"b", b"k").unwrap().is_none(), "nothing may be minted for a hopeless write");
+            let e = c
+                .put(
+                    b"b",
+                    b"k",
+                    Context::default(),
+                    value.clone(),
+                    2,
+                    0,
+                    Duration::from_secs(1),
+                )
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    CoordinatorError::Unavailable {
+                        needed: 2,
+                        replied: 0,
+                        ..
+                    }
+                ),
+                "{e}"
+            );
+            assert!(
+                replica.get(b"b", b"k").unwrap().is_none(),
+                "nothing may be minted for a hopeless write"
+            );
             // w=1 is reachable: it is written.
-            c.put(b"b", b"k1", Context::default(), value, 1, 0, Duration::from_secs(1)).await.unwrap();
+            c.put(
+                b"b",
+                b"k1",
+                Context::default(),
+                value,
+                1,
+                0,
+                Duration::from_secs(1),
+            )
+            .await
+            .unwrap();
             assert!(replica.get(b"b", b"k1").unwrap().is_some());
         }
     }
@@ -484,7 +659,12 @@ mod tests {
     }
 
     impl Peers for FakePeers {
-        fn call(&self, to: &str, request: Request, _timeout: Duration) -> impl Future<Output = Result<Response, String>> + Send {
+        fn call(
+            &self,
+            to: &str,
+            request: Request,
+            _timeout: Duration,
+        ) -> impl Future<Output = Result<Response, String>> + Send {
             let replica = self.replicas.get(to).cloned();
             let hang = self.hang.contains(to);
             async move {
@@ -500,17 +680,41 @@ mod tests {
     }
 
     fn replica(actor: u64) -> Arc<Replica<crate::storage::MemoryStorage>> {
-        let config = crate::replica::ReplicaConfig { actor: crate::causality::ActorId(actor), actor_seed: actor, ring_size: 64, max_siblings: 100, warn_siblings: 25, max_hints_per_owner: 100 };
-        Arc::new(Replica::new(Arc::new(crate::storage::MemoryStorage::new()), config, Arc::new(Metrics::default())).unwrap())
+        let config = crate::replica::ReplicaConfig {
+            actor: crate::causality::ActorId(actor),
+            actor_seed: actor,
+            ring_size: 64,
+            max_siblings: 100,
+            warn_siblings: 25,
+            max_hints_per_owner: 100,
+        };
+        Arc::new(
+            Replica::new(
+                Arc::new(crate::storage::MemoryStorage::new()),
+                config,
+                Arc::new(Metrics::default()),
+            )
+            .unwrap(),
+        )
     }
 
     /// A coordinator "a" with peers "b" (hanging or refused) and "c" (answering).
     fn cluster(b_hangs: bool) -> Coordinator<crate::storage::MemoryStorage, FakePeers> {
         let mut replicas = std::collections::HashMap::new();
         replicas.insert("c".to_string(), replica(3));
-        let hang = if b_hangs { ["b".to_string()].into_iter().collect() } else { HashSet::new() };
+        let hang = if b_hangs {
+            ["b".to_string()].into_iter().collect()
+        } else {
+            HashSet::new()
+        };
         let peers = Arc::new(FakePeers { replicas, hang });
-        Coordinator::new("a".into(), replica(1), peers, Arc::new(RwLock::new(view(&["a", "b", "c"], &[]))), Arc::new(Metrics::default()))
+        Coordinator::new(
+            "a".into(),
+            replica(1),
+            peers,
+            Arc::new(RwLock::new(view(&["a", "b", "c"], &[]))),
+            Arc::new(Metrics::default()),
+        )
     }
 
     #[tokio::test]
@@ -520,17 +724,58 @@ mod tests {
             let timeout = Duration::from_secs(5);
             for i in 0..30 {
                 let key = format!("k{i}");
-                let value = Sibling { value: key.clone().into_bytes(), content_type: None, deleted: false };
-                c.put(b"b", key.as_bytes(), Context::default(), value, 2, 0, timeout).await.unwrap();
+                let value = Sibling {
+                    value: key.clone().into_bytes(),
+                    content_type: None,
+                    deleted: false,
+                };
+                c.put(
+                    b"b",
+                    key.as_bytes(),
+                    Context::default(),
+                    value,
+                    2,
+                    0,
+                    timeout,
+                )
+                .await
+                .unwrap();
                 let started = tokio::time::Instant::now();
                 let read = c.get(b"b", key.as_bytes(), 2, 0, timeout).await.unwrap();
-                assert_eq!(read.values().iter().map(|s| s.value.clone()).collect::<Vec<_>>(), vec![key.into_bytes()]);
+                assert_eq!(
+                    read.values()
+                        .iter()
+                        .map(|s| s.value.clone())
+                        .collect::<Vec<_>>(),
+                    vec![key.into_bytes()]
+                );
                 // The hedge (100 ms), not the 5 s timeout, bounds a read that first asked "b".
-                assert!(started.elapsed() < Duration::from_secs(2), "read took {:?}", started.elapsed());
-                assert!(c.get(b"b", b"absent", 1, 0, timeout).await.unwrap().is_empty());
+                assert!(
+                    started.elapsed() < Duration::from_secs(2),
+                    "read took {:?}",
+                    started.elapsed()
+                );
+                assert!(c
+                    .get(b"b", b"absent", 1, 0, timeout)
+                    .await
+                    .unwrap()
+                    .is_empty());
             }
-            let err = c.get(b"b", b"k1", 3, 0, Duration::from_millis(300)).await.unwrap_err();
-            assert!(matches!(err, CoordinatorError::Unavailable { needed: 3, replied: 2, .. }), "{err:?}");
+            let err = c
+                .get(b"b", b"k1", 3, 0, Duration::from_millis(300))
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    CoordinatorError::Unavailable {
+                        needed: 3,
+                        replied: 2,
+                        ..
+                    }
+                ),
+                "{err:?}"
+            );
         }
     }
 

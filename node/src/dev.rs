@@ -52,7 +52,9 @@ fn plan(nodes: usize, base_port: u16, dir: &Path) -> Result<Vec<NodePlan>, Strin
     }
     let highest = base_port as usize + HTTP_OFFSET as usize + nodes;
     if highest > u16::MAX as usize {
-        return Err(format!("--base-port {base_port} with {nodes} nodes needs port {highest}, above 65535"));
+        return Err(format!(
+            "--base-port {base_port} with {nodes} nodes needs port {highest}, above 65535"
+        ));
     }
     Ok((1..=nodes)
         .map(|i| {
@@ -70,7 +72,13 @@ fn plan(nodes: usize, base_port: u16, dir: &Path) -> Result<Vec<NodePlan>, Strin
 }
 
 /// The `chorus start` arguments of `node`; every other node is a seed.
-fn start_args(node: &NodePlan, nodes: &[NodePlan], certs: &Path, n: usize, sync: SyncArg) -> Vec<String> {
+fn start_args(
+    node: &NodePlan,
+    nodes: &[NodePlan],
+    certs: &Path,
+    n: usize,
+    sync: SyncArg,
+) -> Vec<String> {
     let mut args = vec![
         "start".to_string(),
         "--name".into(),
@@ -82,7 +90,11 @@ fn start_args(node: &NodePlan, nodes: &[NodePlan], certs: &Path, n: usize, sync:
         "--data".into(),
         node.data.display().to_string(),
     ];
-    let seeds: Vec<String> = nodes.iter().filter(|other| other.name != node.name).map(|other| other.listen.to_string()).collect();
+    let seeds: Vec<String> = nodes
+        .iter()
+        .filter(|other| other.name != node.name)
+        .map(|other| other.listen.to_string())
+        .collect();
     if !seeds.is_empty() {
         args.push("--seeds".into());
         args.push(seeds.join(","));
@@ -124,34 +136,61 @@ pub fn run(args: DevArgs) -> CliResult {
     // A cluster cannot keep more replicas than it has nodes; `chorus dev --nodes 1`
     // should just work, so cap N instead of refusing.
     let n = if args.n > nodes.len() {
-        eprintln!("chorus dev: replication factor capped at {0} because there are only {0} nodes", nodes.len());
+        eprintln!(
+            "chorus dev: replication factor capped at {0} because there are only {0} nodes",
+            nodes.len()
+        );
         nodes.len()
     } else {
         args.n
     };
     check_ports_free(&nodes).map_err(CliError::usage)?;
-    std::fs::create_dir_all(&args.dir).map_err(|e| CliError::usage(format!("cannot create {}: {e}", args.dir.display())))?;
+    std::fs::create_dir_all(&args.dir)
+        .map_err(|e| CliError::usage(format!("cannot create {}: {e}", args.dir.display())))?;
     let certs = args.dir.join("certs");
     if certs.exists() {
-        crate::certs::load(&certs).map_err(|e| CliError::usage(format!("cannot reuse the credential in {}: {e}", certs.display())))?;
-        eprintln!("chorus dev: reusing the cluster credential in {}", certs.display());
+        crate::certs::load(&certs).map_err(|e| {
+            CliError::usage(format!(
+                "cannot reuse the credential in {}: {e}",
+                certs.display()
+            ))
+        })?;
+        eprintln!(
+            "chorus dev: reusing the cluster credential in {}",
+            certs.display()
+        );
     } else {
         crate::certs::init(&certs, false).map_err(CliError::usage)?;
-        eprintln!("chorus dev: created a cluster credential in {}", certs.display());
+        eprintln!(
+            "chorus dev: created a cluster credential in {}",
+            certs.display()
+        );
     }
-    let exe = std::env::current_exe().map_err(|e| CliError::failed(format!("cannot find the chorus executable: {e}")))?;
+    let exe = std::env::current_exe()
+        .map_err(|e| CliError::failed(format!("cannot find the chorus executable: {e}")))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| CliError::failed(format!("cannot start the async runtime: {e}")))?;
     runtime.block_on(async {
         // Before any child exists, so a Ctrl-C during startup still stops them all.
-        let signals = Signals::new().map_err(|e| CliError::failed(format!("cannot listen for signals: {e}")))?;
-        let mut cluster = Cluster { nodes: Vec::new(), signals };
-        eprintln!("chorus dev: starting {} nodes; each node's log (stderr) goes to {}/<name>.log", nodes.len(), args.dir.display());
+        let signals = Signals::new()
+            .map_err(|e| CliError::failed(format!("cannot listen for signals: {e}")))?;
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
+            signals,
+        };
+        eprintln!(
+            "chorus dev: starting {} nodes; each node's log (stderr) goes to {}/<name>.log",
+            nodes.len(),
+            args.dir.display()
+        );
         for node in &nodes {
             match spawn(&exe, node, &start_args(node, &nodes, &certs, n, args.sync)) {
-                Ok(child) => cluster.nodes.push(Running { plan: node.clone(), child: Some(child) }),
+                Ok(child) => cluster.nodes.push(Running {
+                    plan: node.clone(),
+                    child: Some(child),
+                }),
                 Err(e) => {
                     cluster.stop().await;
                     return Err(CliError::failed(format!("cannot start {}: {e}", node.name)));
@@ -163,9 +202,21 @@ pub fn run(args: DevArgs) -> CliResult {
 }
 
 fn spawn(exe: &Path, node: &NodePlan, args: &[String]) -> std::io::Result<Child> {
-    let mut log = OpenOptions::new().create(true).append(true).open(&node.log)?;
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    writeln!(log, "=== chorus dev started {} at unix time {now}: {} {} ===", node.name, exe.display(), args.join(" "))?;
+    let mut log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&node.log)?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    writeln!(
+        log,
+        "=== chorus dev started {} at unix time {now}: {} {} ===",
+        node.name,
+        exe.display(),
+        args.join(" ")
+    )?;
     let stdout: File = log.try_clone()?;
     let mut command = Command::new(exe);
     command
@@ -199,7 +250,10 @@ struct Signals {
 
 impl Signals {
     fn new() -> std::io::Result<Signals> {
-        Ok(Signals { interrupt: signal(SignalKind::interrupt())?, terminate: signal(SignalKind::terminate())? })
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
     }
 
     async fn next(&mut self) {
@@ -235,7 +289,11 @@ impl Cluster {
             .nodes
             .iter_mut()
             .enumerate()
-            .filter_map(|(i, node)| node.child.as_mut().map(|child| Box::pin(async move { (i, child.wait().await) })))
+            .filter_map(|(i, node)| {
+                node.child
+                    .as_mut()
+                    .map(|child| Box::pin(async move { (i, child.wait().await) }))
+            })
             .collect();
         let any_exit = async {
             if exits.is_empty() {
@@ -263,7 +321,11 @@ impl Cluster {
             Ok(status) => status.to_string(),
             Err(e) => format!("cannot tell how: {e}"),
         };
-        format!("{} exited ({how}); its log is {}", node.name, node.log.display())
+        format!(
+            "{} exited ({how}); its log is {}",
+            node.name,
+            node.log.display()
+        )
     }
 
     async fn supervise(mut self, dir: &Path) -> CliResult {
@@ -299,7 +361,8 @@ impl Cluster {
             .iter()
             .enumerate()
             .map(|(i, node)| {
-                let url = BaseUrl::parse(&node.plan.url()).expect("a socket address makes a valid URL");
+                let url =
+                    BaseUrl::parse(&node.plan.url()).expect("a socket address makes a valid URL");
                 (i, HttpClient::new(url).with_timeout(Duration::from_secs(1)))
             })
             .collect();
@@ -329,7 +392,9 @@ impl Cluster {
                 Event::Exited(i, status) => {
                     let message = self.mark_exited(i, &status);
                     print_log_tail(&self.nodes[i].plan.log);
-                    return Err(Some(CliError::failed(format!("{message}; it died during startup"))));
+                    return Err(Some(CliError::failed(format!(
+                        "{message}; it died during startup"
+                    ))));
                 }
                 Event::Tick => {}
             }
@@ -337,17 +402,29 @@ impl Cluster {
     }
 
     fn print_banner(&self, dir: &Path) {
-        let mut out = format!("chorus dev: {} nodes up; data, credential and logs in {}\n", self.nodes.len(), dir.display());
+        let mut out = format!(
+            "chorus dev: {} nodes up; data, credential and logs in {}\n",
+            self.nodes.len(),
+            dir.display()
+        );
         for node in &self.nodes {
             let p = &node.plan;
-            out.push_str(&format!("  {}  {}  (QUIC {}, log {})\n", p.name, p.url(), p.listen, p.log.display()));
+            out.push_str(&format!(
+                "  {}  {}  (QUIC {}, log {})\n",
+                p.name,
+                p.url(),
+                p.listen,
+                p.log.display()
+            ));
         }
         let first = self.nodes[0].plan.url();
         out.push_str("try:\n");
         if first != "http://127.0.0.1:8001" {
             out.push_str(&format!("  export CHORUS_NODE={first}\n"));
         }
-        out.push_str("  chorus put demo greeting hello\n  chorus get demo greeting\n  chorus status\n");
+        out.push_str(
+            "  chorus put demo greeting hello\n  chorus get demo greeting\n  chorus status\n",
+        );
         out.push_str("Ctrl-C stops the cluster.\n");
         print!("{out}");
         let _ = std::io::stdout().flush();
@@ -356,11 +433,17 @@ impl Cluster {
     /// SIGTERM to every live node, a bounded wait for them to exit, SIGKILL for the rest
     /// (at once if a second Ctrl-C arrives).
     async fn stop(&mut self) {
-        let live: Vec<usize> = (0..self.nodes.len()).filter(|i| self.nodes[*i].child.is_some()).collect();
+        let live: Vec<usize> = (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].child.is_some())
+            .collect();
         if live.is_empty() {
             return;
         }
-        eprintln!("chorus dev: stopping {} nodes (up to {} s; Ctrl-C again to kill them now)", live.len(), STOP_DEADLINE.as_secs());
+        eprintln!(
+            "chorus dev: stopping {} nodes (up to {} s; Ctrl-C again to kill them now)",
+            live.len(),
+            STOP_DEADLINE.as_secs()
+        );
         for &i in &live {
             if let Some(pid) = self.nodes[i].child.as_ref().and_then(Child::id) {
                 // SAFETY: kill(2) with a pid we spawned and have not reaped yet.
@@ -380,8 +463,14 @@ impl Cluster {
                 Event::Exited(i, status) => {
                     self.nodes[i].child = None;
                     if !status.as_ref().is_ok_and(ExitStatus::success) {
-                        let how = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
-                        eprintln!("chorus dev: {} stopped with {how}; see {}", self.nodes[i].plan.name, self.nodes[i].plan.log.display());
+                        let how = status
+                            .map(|s| s.to_string())
+                            .unwrap_or_else(|e| e.to_string());
+                        eprintln!(
+                            "chorus dev: {} stopped with {how}; see {}",
+                            self.nodes[i].plan.name,
+                            self.nodes[i].plan.log.display()
+                        );
                     }
                 }
                 Event::Stop => forced = true,
@@ -400,7 +489,9 @@ impl Cluster {
 
 /// The end of a node's log, so the reason it died is on the terminal.
 fn print_log_tail(log: &Path) {
-    let Ok(text) = std::fs::read_to_string(log) else { return };
+    let Ok(text) = std::fs::read_to_string(log) else {
+        return;
+    };
     let lines: Vec<&str> = text.lines().collect();
     let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
     if !tail.is_empty() {
@@ -429,31 +520,44 @@ mod tests {
 
     #[test]
     fn plans_refuse_impossible_layouts() {
-        assert!(plan(0, 7000, Path::new("d")).unwrap_err().contains("at least 1"));
-        assert!(plan(3, 64534, Path::new("d")).unwrap_err().contains("above 65535"));
+        assert!(plan(0, 7000, Path::new("d"))
+            .unwrap_err()
+            .contains("at least 1"));
+        assert!(plan(3, 64534, Path::new("d"))
+            .unwrap_err()
+            .contains("above 65535"));
         assert!(plan(1, 64534, Path::new("d")).is_ok());
     }
 
     #[test]
     fn start_arguments_name_the_other_nodes_as_seeds() {
         let nodes = plan(3, 7000, Path::new("d")).unwrap();
-        let args = start_args(&nodes[1], &nodes, Path::new("d/certs"), 3, SyncArg::Always).join(" ");
+        let args =
+            start_args(&nodes[1], &nodes, Path::new("d/certs"), 3, SyncArg::Always).join(" ");
         assert_eq!(
             args,
             "start --name n2 --listen 127.0.0.1:7002 --http 127.0.0.1:8002 --data d/n2 \
              --seeds 127.0.0.1:7001,127.0.0.1:7003 --certs d/certs --n 3 --sync always"
         );
         let single = plan(1, 7000, Path::new("d")).unwrap();
-        assert!(!start_args(&single[0], &single, Path::new("c"), 1, SyncArg::Periodic).contains(&"--seeds".to_string()));
+        assert!(
+            !start_args(&single[0], &single, Path::new("c"), 1, SyncArg::Periodic)
+                .contains(&"--seeds".to_string())
+        );
     }
 
     #[test]
     fn busy_ports_are_named() {
         let held = TcpListener::bind("127.0.0.1:0").unwrap();
         let http_port = held.local_addr().unwrap().port();
-        let Some(base) = http_port.checked_sub(HTTP_OFFSET + 1) else { return };
+        let Some(base) = http_port.checked_sub(HTTP_OFFSET + 1) else {
+            return;
+        };
         let nodes = plan(1, base, Path::new("d")).unwrap();
         let err = check_ports_free(&nodes).unwrap_err();
-        assert!(err.contains(&format!("TCP port {http_port} (HTTP of n1)")), "{err}");
+        assert!(
+            err.contains(&format!("TCP port {http_port} (HTTP of n1)")),
+            "{err}"
+        );
     }
 }

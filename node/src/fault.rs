@@ -66,7 +66,10 @@ pub fn current() -> FaultSetting {
 
 /// Applies a change; refuses delays over [`MAX_DELAY_MS`].
 pub fn set(change: &FaultSetting) -> Result<FaultSetting, String> {
-    for (name, value) in [("delay_ms", change.delay_ms), ("jitter_ms", change.jitter_ms)] {
+    for (name, value) in [
+        ("delay_ms", change.delay_ms),
+        ("jitter_ms", change.jitter_ms),
+    ] {
         if value.is_some_and(|v| v > MAX_DELAY_MS) {
             return Err(format!("{name} must be at most {MAX_DELAY_MS}"));
         }
@@ -96,7 +99,11 @@ pub fn next_delay() -> Duration {
     let f = faults();
     let delay = f.delay_ms.load(Ordering::Relaxed);
     let jitter = f.jitter_ms.load(Ordering::Relaxed);
-    let extra = if jitter == 0 { 0 } else { rand::rng().random_range(0..=jitter) };
+    let extra = if jitter == 0 {
+        0
+    } else {
+        rand::rng().random_range(0..=jitter)
+    };
     Duration::from_millis(delay + extra)
 }
 
@@ -114,17 +121,38 @@ mod tests {
 
     #[test]
     fn settings_apply_partially_and_bounds_hold() {
-        assert!(set(&FaultSetting { delay_ms: Some(MAX_DELAY_MS + 1), ..Default::default() }).is_err());
-        let now = set(&FaultSetting { delay_ms: Some(20), jitter_ms: Some(10), broken: None }).unwrap();
+        assert!(set(&FaultSetting {
+            delay_ms: Some(MAX_DELAY_MS + 1),
+            ..Default::default()
+        })
+        .is_err());
+        let now = set(&FaultSetting {
+            delay_ms: Some(20),
+            jitter_ms: Some(10),
+            broken: None,
+        })
+        .unwrap();
         assert_eq!((now.delay_ms, now.jitter_ms), (Some(20), Some(10)));
         for _ in 0..100 {
             let d = next_delay();
-            assert!(d >= Duration::from_millis(20) && d <= Duration::from_millis(30), "{d:?}");
+            assert!(
+                d >= Duration::from_millis(20) && d <= Duration::from_millis(30),
+                "{d:?}"
+            );
         }
-        let now = set(&FaultSetting { jitter_ms: Some(0), ..Default::default() }).unwrap();
+        let now = set(&FaultSetting {
+            jitter_ms: Some(0),
+            ..Default::default()
+        })
+        .unwrap();
         assert_eq!((now.delay_ms, now.jitter_ms), (Some(20), Some(0)));
         assert_eq!(next_delay(), Duration::from_millis(20));
-        set(&FaultSetting { delay_ms: Some(0), jitter_ms: Some(0), broken: Some(false) }).unwrap();
+        set(&FaultSetting {
+            delay_ms: Some(0),
+            jitter_ms: Some(0),
+            broken: Some(false),
+        })
+        .unwrap();
         assert_eq!(next_delay(), Duration::ZERO);
         assert!(!broken());
     }

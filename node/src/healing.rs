@@ -101,14 +101,23 @@ pub struct Healer<S: Storage, P: Peers> {
 /// bug) must fail the exchange, not make us compare misaligned segments or index out of range.
 fn validate_leaves(leaves: &[(u32, Vec<[u8; 32]>)], asked: &[u32]) -> Result<(), String> {
     if leaves.len() != asked.len() {
-        return Err(format!("{} branches of leaves for {} asked", leaves.len(), asked.len()));
+        return Err(format!(
+            "{} branches of leaves for {} asked",
+            leaves.len(),
+            asked.len()
+        ));
     }
     for ((branch, hashes), wanted) in leaves.iter().zip(asked) {
         if branch != wanted {
-            return Err(format!("leaves of branch {branch} where branch {wanted} was asked"));
+            return Err(format!(
+                "leaves of branch {branch} where branch {wanted} was asked"
+            ));
         }
         if hashes.len() != SEGMENTS_PER_BRANCH {
-            return Err(format!("branch {branch} has {} leaves, expected {SEGMENTS_PER_BRANCH}", hashes.len()));
+            return Err(format!(
+                "branch {branch} has {} leaves, expected {SEGMENTS_PER_BRANCH}",
+                hashes.len()
+            ));
         }
     }
     Ok(())
@@ -119,7 +128,14 @@ fn encoded_len(request: &Request) -> usize {
 }
 
 impl<S: Storage, P: Peers> Healer<S, P> {
-    pub fn new(name: String, replica: Arc<Replica<S>>, peers: Arc<P>, gossip: Arc<Gossip>, metrics: Arc<Metrics>, config: HealingConfig) -> Self {
+    pub fn new(
+        name: String,
+        replica: Arc<Replica<S>>,
+        peers: Arc<P>,
+        gossip: Arc<Gossip>,
+        metrics: Arc<Metrics>,
+        config: HealingConfig,
+    ) -> Self {
         Healer {
             name,
             replica,
@@ -173,7 +189,10 @@ impl<S: Storage, P: Peers> Healer<S, P> {
 
     /// Partitions this node holds data for but does not own, with keys left to move.
     pub fn transfer_progress(&self) -> HashMap<PartitionId, u64> {
-        self.transfer_progress.lock().expect("progress lock").clone()
+        self.transfer_progress
+            .lock()
+            .expect("progress lock")
+            .clone()
     }
 
     /// Delivers hints to owners that are reachable again. Returns hints delivered.
@@ -182,7 +201,8 @@ impl<S: Storage, P: Peers> Healer<S, P> {
         let owners = storage.hint_owners().map_err(|e| e.to_string())?;
         self.replica.recount_hints(&owners);
         let pending: u64 = owners.iter().map(|(_, n)| n).sum();
-        self.gossip.set_local_kv(PENDING_HINTS_KEY, &pending.to_string());
+        self.gossip
+            .set_local_kv(PENDING_HINTS_KEY, &pending.to_string());
         let view = self.view();
         let mut delivered = 0;
         let mut retired = false;
@@ -191,7 +211,9 @@ impl<S: Storage, P: Peers> Healer<S, P> {
             if view.unreachable.contains(owner) {
                 continue;
             }
-            let hints = storage.hint_scan(owner, self.config.hint_batch).map_err(|e| e.to_string())?;
+            let hints = storage
+                .hint_scan(owner, self.config.hint_batch)
+                .map_err(|e| e.to_string())?;
             for (partition, skey, _) in hints {
                 let (bucket, key) = split_storage_key(&skey).map_err(|e| e.to_string())?;
                 let object = self.replica.get(bucket, key).map_err(|e| e.to_string())?;
@@ -200,12 +222,22 @@ impl<S: Storage, P: Peers> Healer<S, P> {
                 let recipients: Vec<String> = if owner_in_ring {
                     vec![owner.clone()]
                 } else {
-                    view.ring.primaries(partition).iter().filter(|p| **p != self.name).cloned().collect()
+                    view.ring
+                        .primaries(partition)
+                        .iter()
+                        .filter(|p| **p != self.name)
+                        .cloned()
+                        .collect()
                 };
                 if let Some(object) = &object {
                     let mut all_stored = true;
                     for recipient in &recipients {
-                        let request = Request::Merge { bucket: bucket.to_vec(), key: key.to_vec(), object: object.clone(), hint_for: None };
+                        let request = Request::Merge {
+                            bucket: bucket.to_vec(),
+                            key: key.to_vec(),
+                            object: object.clone(),
+                            hint_for: None,
+                        };
                         if !matches!(self.call(recipient, request).await, Ok(Response::Merged(_))) {
                             all_stored = false;
                         }
@@ -219,7 +251,11 @@ impl<S: Storage, P: Peers> Healer<S, P> {
                     self.replica.retire_actor().map_err(|e| e.to_string())?;
                     retired = true;
                 }
-                if self.replica.finish_handoff(owner, bucket, key, object.as_ref(), drop_local).map_err(|e| e.to_string())? {
+                if self
+                    .replica
+                    .finish_handoff(owner, bucket, key, object.as_ref(), drop_local)
+                    .map_err(|e| e.to_string())?
+                {
                     delivered += 1;
                     self.metrics.hints_delivered.inc();
                 }
@@ -252,16 +288,24 @@ impl<S: Storage, P: Peers> Healer<S, P> {
             if owners.is_empty() || owners.iter().any(|o| view.unreachable.contains(o)) {
                 continue;
             }
-            let page = storage.scan(partition, None, self.config.transfer_batch).map_err(|e| e.to_string())?;
+            let page = storage
+                .scan(partition, None, self.config.transfer_batch)
+                .map_err(|e| e.to_string())?;
             let mut batch = Vec::with_capacity(page.len());
             for (skey, raw) in &page {
                 let (bucket, key) = split_storage_key(skey).map_err(|e| e.to_string())?;
                 let object = crate::object::decode_object(raw).map_err(|e| e.to_string())?;
-                batch.push(KeyedObject { bucket: bucket.to_vec(), key: key.to_vec(), object });
+                batch.push(KeyedObject {
+                    bucket: bucket.to_vec(),
+                    key: key.to_vec(),
+                    object,
+                });
             }
             let mut all_acked = true;
             for owner in &owners {
-                let request = Request::MergeBatch { objects: batch.clone() };
+                let request = Request::MergeBatch {
+                    objects: batch.clone(),
+                };
                 if !matches!(self.call(owner, request).await, Ok(Response::Merged(_))) {
                     all_acked = false;
                 }
@@ -274,14 +318,19 @@ impl<S: Storage, P: Peers> Healer<S, P> {
                 retired = true;
             }
             for o in &batch {
-                if self.replica.remove_if_unchanged(&o.bucket, &o.key, &o.object).map_err(|e| e.to_string())? {
+                if self
+                    .replica
+                    .remove_if_unchanged(&o.bucket, &o.key, &o.object)
+                    .map_err(|e| e.to_string())?
+                {
                     moved += 1;
                 }
             }
             tracing::info!(partition, moved = batch.len(), remaining = remaining.saturating_sub(batch.len() as u64), owners = ?owners, "ownership transfer");
         }
         let left: u64 = progress.values().sum::<u64>().saturating_sub(moved);
-        self.gossip.set_local_kv(PENDING_TRANSFER_KEY, &left.to_string());
+        self.gossip
+            .set_local_kv(PENDING_TRANSFER_KEY, &left.to_string());
         *self.transfer_progress.lock().expect("progress lock") = progress;
         Ok(moved)
     }
@@ -300,7 +349,12 @@ impl<S: Storage, P: Peers> Healer<S, P> {
             *cursor
         };
         let partition = mine[turn % mine.len()];
-        let others: Vec<&String> = view.ring.primaries(partition).iter().filter(|p| **p != self.name).collect();
+        let others: Vec<&String> = view
+            .ring
+            .primaries(partition)
+            .iter()
+            .filter(|p| **p != self.name)
+            .collect();
         if others.is_empty() {
             return Ok(None);
         }
@@ -313,13 +367,21 @@ impl<S: Storage, P: Peers> Healer<S, P> {
 
     /// Compares this node's tree of `partition` with `peer`'s and repairs both sides. The
     /// bytes it sent and received are counted in the metrics whether or not it completes.
-    pub async fn exchange(&self, partition: PartitionId, peer: &str) -> Result<ExchangeReport, String> {
+    pub async fn exchange(
+        &self,
+        partition: PartitionId,
+        peer: &str,
+    ) -> Result<ExchangeReport, String> {
         self.metrics.aae_exchanges.inc();
         let mut report = ExchangeReport::default();
         let result = self.exchange_with(partition, peer, &mut report).await;
-        self.metrics.aae_keys_repaired.inc_by(report.keys_repaired as u64);
+        self.metrics
+            .aae_keys_repaired
+            .inc_by(report.keys_repaired as u64);
         self.metrics.aae_bytes_sent.inc_by(report.bytes_sent as u64);
-        self.metrics.aae_bytes_received.inc_by(report.bytes_received as u64);
+        self.metrics
+            .aae_bytes_received
+            .inc_by(report.bytes_received as u64);
         if report.keys_repaired > 0 {
             tracing::info!(partition, %peer, segments = report.differing_segments, keys = report.keys_repaired, "anti-entropy repaired keys");
         }
@@ -327,30 +389,65 @@ impl<S: Storage, P: Peers> Healer<S, P> {
     }
 
     /// One request of an exchange, with its bytes both ways added to `report`.
-    async fn exchange_call(&self, peer: &str, request: Request, report: &mut ExchangeReport) -> Result<Response, String> {
+    async fn exchange_call(
+        &self,
+        peer: &str,
+        request: Request,
+        report: &mut ExchangeReport,
+    ) -> Result<Response, String> {
         report.bytes_sent += encoded_len(&request);
         let response = self.call(peer, request).await?;
         report.bytes_received += rmp_serde::to_vec(&response).map(|v| v.len()).unwrap_or(0);
         Ok(response)
     }
 
-    async fn exchange_with(&self, partition: PartitionId, peer: &str, report: &mut ExchangeReport) -> Result<(), String> {
-        let ours = self.replica.storage().tree(partition).map_err(|e| e.to_string())?;
-        let Ok(Response::Branches(theirs)) = self.exchange_call(peer, Request::TreeBranches { partition }, report).await else {
-            return Err(format!("{peer} did not send its tree of partition {partition}"));
+    async fn exchange_with(
+        &self,
+        partition: PartitionId,
+        peer: &str,
+        report: &mut ExchangeReport,
+    ) -> Result<(), String> {
+        let ours = self
+            .replica
+            .storage()
+            .tree(partition)
+            .map_err(|e| e.to_string())?;
+        let Ok(Response::Branches(theirs)) = self
+            .exchange_call(peer, Request::TreeBranches { partition }, report)
+            .await
+        else {
+            return Err(format!(
+                "{peer} did not send its tree of partition {partition}"
+            ));
         };
         if theirs.len() != BRANCHES {
-            return Err(format!("{peer} sent {} branches of partition {partition}, expected {BRANCHES}", theirs.len()));
+            return Err(format!(
+                "{peer} sent {} branches of partition {partition}, expected {BRANCHES}",
+                theirs.len()
+            ));
         }
-        let differing: Vec<u32> = ours.branches().iter().zip(&theirs).enumerate().filter(|(_, (a, b))| a != b).map(|(i, _)| i as u32).collect();
+        let differing: Vec<u32> = ours
+            .branches()
+            .iter()
+            .zip(&theirs)
+            .enumerate()
+            .filter(|(_, (a, b))| a != b)
+            .map(|(i, _)| i as u32)
+            .collect();
         if differing.is_empty() {
             return Ok(());
         }
-        let request = Request::TreeLeaves { partition, branches: differing.clone() };
-        let Ok(Response::Leaves(leaves)) = self.exchange_call(peer, request, report).await else {
-            return Err(format!("{peer} did not send its leaves of partition {partition}"));
+        let request = Request::TreeLeaves {
+            partition,
+            branches: differing.clone(),
         };
-        validate_leaves(&leaves, &differing).map_err(|e| format!("{peer} sent a malformed tree of partition {partition}: {e}"))?;
+        let Ok(Response::Leaves(leaves)) = self.exchange_call(peer, request, report).await else {
+            return Err(format!(
+                "{peer} did not send its leaves of partition {partition}"
+            ));
+        };
+        validate_leaves(&leaves, &differing)
+            .map_err(|e| format!("{peer} sent a malformed tree of partition {partition}: {e}"))?;
         let mut segments = Vec::new();
         for (branch, their_leaves) in leaves {
             let our_leaves = ours.leaves_of_branch(branch as usize);
@@ -366,13 +463,27 @@ impl<S: Storage, P: Peers> Healer<S, P> {
             return Ok(());
         }
         // Pull theirs into ours, then push ours (now merged) to them.
-        let request = Request::SegmentObjects { partition, segments: segments.clone() };
-        let Ok(Response::Objects(objects)) = self.exchange_call(peer, request, report).await else {
-            return Err(format!("{peer} did not send the objects of partition {partition}"));
+        let request = Request::SegmentObjects {
+            partition,
+            segments: segments.clone(),
         };
-        report.keys_repaired += self.replica.merge_batch(&objects).map_err(|e| e.to_string())?;
-        let ours = self.replica.segment_objects(partition, &segments).map_err(|e| e.to_string())?;
-        if let Ok(Response::Merged(changed)) = self.exchange_call(peer, Request::MergeBatch { objects: ours }, report).await {
+        let Ok(Response::Objects(objects)) = self.exchange_call(peer, request, report).await else {
+            return Err(format!(
+                "{peer} did not send the objects of partition {partition}"
+            ));
+        };
+        report.keys_repaired += self
+            .replica
+            .merge_batch(&objects)
+            .map_err(|e| e.to_string())?;
+        let ours = self
+            .replica
+            .segment_objects(partition, &segments)
+            .map_err(|e| e.to_string())?;
+        if let Ok(Response::Merged(changed)) = self
+            .exchange_call(peer, Request::MergeBatch { objects: ours }, report)
+            .await
+        {
             report.keys_repaired += changed;
         }
         Ok(())
@@ -392,8 +503,12 @@ impl<S: Storage, P: Peers> Healer<S, P> {
             self.reap_candidates.lock().expect("reap lock").clear();
             return Ok(0);
         }
-        let firsts: Vec<PartitionId> =
-            view.ring.primary_partitions(&self.name).into_iter().filter(|&p| view.ring.primaries(p).first() == Some(&self.name)).collect();
+        let firsts: Vec<PartitionId> = view
+            .ring
+            .primary_partitions(&self.name)
+            .into_iter()
+            .filter(|&p| view.ring.primaries(p).first() == Some(&self.name))
+            .collect();
         if firsts.is_empty() {
             return Ok(0);
         }
@@ -406,9 +521,13 @@ impl<S: Storage, P: Peers> Healer<S, P> {
             }
         };
         let storage = self.replica.storage();
-        let page = storage.scan(partition, after.as_deref(), self.config.reap_batch).map_err(|e| e.to_string())?;
+        let page = storage
+            .scan(partition, after.as_deref(), self.config.reap_batch)
+            .map_err(|e| e.to_string())?;
         *self.reap_cursor.lock().expect("reap cursor lock") = match page.last() {
-            Some((last, _)) if page.len() >= self.config.reap_batch => (partition, Some(last.clone())),
+            Some((last, _)) if page.len() >= self.config.reap_batch => {
+                (partition, Some(last.clone()))
+            }
             _ => (partition.wrapping_add(1), None),
         };
         let owners = view.ring.primaries(partition).to_vec();
@@ -422,7 +541,10 @@ impl<S: Storage, P: Peers> Healer<S, P> {
             let (bucket, key) = split_storage_key(&skey).map_err(|e| e.to_string())?;
             let mut everywhere = true;
             for owner in owners.iter().filter(|o| **o != self.name) {
-                let request = Request::Get { bucket: bucket.to_vec(), key: key.to_vec() };
+                let request = Request::Get {
+                    bucket: bucket.to_vec(),
+                    key: key.to_vec(),
+                };
                 match self.call(owner, request).await {
                     Ok(Response::Object(Some(theirs))) if theirs == object => {}
                     _ => everywhere = false,
@@ -433,11 +555,17 @@ impl<S: Storage, P: Peers> Healer<S, P> {
                 candidates.remove(&skey);
                 continue;
             }
-            let entry = candidates.entry(skey.clone()).or_insert_with(|| (object.clone(), now));
+            let entry = candidates
+                .entry(skey.clone())
+                .or_insert_with(|| (object.clone(), now));
             if entry.0 != object {
                 *entry = (object.clone(), now);
             } else if now.duration_since(entry.1) >= self.config.tombstone_grace {
-                ripe.push(KeyedObject { bucket: bucket.to_vec(), key: key.to_vec(), object });
+                ripe.push(KeyedObject {
+                    bucket: bucket.to_vec(),
+                    key: key.to_vec(),
+                    object,
+                });
                 candidates.remove(&skey);
             }
         }
@@ -447,7 +575,15 @@ impl<S: Storage, P: Peers> Healer<S, P> {
         // Every owner drops its copy, under the same "only if unchanged" rule.
         let mut reaped = 0;
         for owner in &owners {
-            match self.call(owner, Request::ReapBatch { objects: ripe.clone() }).await {
+            match self
+                .call(
+                    owner,
+                    Request::ReapBatch {
+                        objects: ripe.clone(),
+                    },
+                )
+                .await
+            {
                 Ok(Response::Merged(n)) if *owner == self.name => reaped += n,
                 Ok(Response::Merged(_)) => {}
                 other => tracing::debug!(%owner, "reap failed: {other:?}"),
@@ -467,7 +603,11 @@ impl<S: Storage, P: Peers> Healer<S, P> {
             .members()
             .iter()
             .filter(|m| m.state != chorus_gossip::MemberState::Left)
-            .all(|m| [PENDING_HINTS_KEY, PENDING_TRANSFER_KEY].iter().all(|k| m.kv.get(*k).is_some_and(|v| v == "0")))
+            .all(|m| {
+                [PENDING_HINTS_KEY, PENDING_TRANSFER_KEY]
+                    .iter()
+                    .all(|k| m.kv.get(*k).is_some_and(|v| v == "0"))
+            })
     }
 }
 
@@ -479,9 +619,29 @@ mod tests {
     fn a_peer_tree_of_another_shape_is_refused() {
         let good = |b: u32| (b, vec![[0u8; 32]; SEGMENTS_PER_BRANCH]);
         assert!(validate_leaves(&[good(1), good(5)], &[1, 5]).is_ok());
-        assert!(validate_leaves(&[good(1)], &[1, 5]).is_err(), "a branch missing");
-        assert!(validate_leaves(&[good(1), good(6)], &[1, 5]).is_err(), "a branch not asked for");
-        assert!(validate_leaves(&[good(1), (5, vec![[0u8; 32]; SEGMENTS_PER_BRANCH - 1])], &[1, 5]).is_err(), "too few leaves");
-        assert!(validate_leaves(&[good(1), (5, vec![[0u8; 32]; SEGMENTS_PER_BRANCH + 1])], &[1, 5]).is_err(), "too many leaves");
+        assert!(
+            validate_leaves(&[good(1)], &[1, 5]).is_err(),
+            "a branch missing"
+        );
+        assert!(
+            validate_leaves(&[good(1), good(6)], &[1, 5]).is_err(),
+            "a branch not asked for"
+        );
+        assert!(
+            validate_leaves(
+                &[good(1), (5, vec![[0u8; 32]; SEGMENTS_PER_BRANCH - 1])],
+                &[1, 5]
+            )
+            .is_err(),
+            "too few leaves"
+        );
+        assert!(
+            validate_leaves(
+                &[good(1), (5, vec![[0u8; 32]; SEGMENTS_PER_BRANCH + 1])],
+                &[1, 5]
+            )
+            .is_err(),
+            "too many leaves"
+        );
     }
 }

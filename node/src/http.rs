@@ -34,7 +34,10 @@ pub fn router(node: Arc<Node>) -> Router {
     #[cfg(feature = "fault-injection")]
     let router = router.route("/admin/fault", get(fault_get).post(fault_set));
     router
-        .route("/kv/{bucket}/{key}", get(kv_get).put(kv_put).delete(kv_delete))
+        .route(
+            "/kv/{bucket}/{key}",
+            get(kv_get).put(kv_put).delete(kv_delete),
+        )
         .route("/ring/{bucket}/{key}", get(ring_owners))
         .route("/local/kv/{bucket}/{key}", get(local_kv))
         .route("/local/partitions", get(local_partitions))
@@ -58,7 +61,10 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
-        ApiError { status, body: json!({"error": code, "message": message.into()}) }
+        ApiError {
+            status,
+            body: json!({"error": code, "message": message.into()}),
+        }
     }
     fn bad_request(code: &str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
@@ -74,7 +80,12 @@ impl IntoResponse for ApiError {
 impl From<CoordinatorError> for ApiError {
     fn from(e: CoordinatorError) -> Self {
         match &e {
-            CoordinatorError::Unavailable { needed, replied, primaries_needed, primaries_replied } => ApiError {
+            CoordinatorError::Unavailable {
+                needed,
+                replied,
+                primaries_needed,
+                primaries_replied,
+            } => ApiError {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 body: json!({
                     "error": "quorum_unavailable",
@@ -85,7 +96,9 @@ impl From<CoordinatorError> for ApiError {
                     "primaries_replied": primaries_replied,
                 }),
             },
-            CoordinatorError::TooManySiblings(message) => ApiError::new(StatusCode::CONFLICT, "too_many_siblings", message.clone()),
+            CoordinatorError::TooManySiblings(message) => {
+                ApiError::new(StatusCode::CONFLICT, "too_many_siblings", message.clone())
+            }
         }
     }
 }
@@ -93,19 +106,31 @@ impl From<CoordinatorError> for ApiError {
 fn decode_segment(what: &str, raw: &str) -> Result<Vec<u8>, ApiError> {
     let decoded = percent_encoding::percent_decode_str(raw).collect::<Vec<u8>>();
     if decoded.is_empty() {
-        return Err(ApiError::bad_request(&format!("invalid_{what}"), format!("the {what} is empty")));
+        return Err(ApiError::bad_request(
+            &format!("invalid_{what}"),
+            format!("the {what} is empty"),
+        ));
     }
     if decoded.len() > MAX_SEGMENT_BYTES {
         return Err(ApiError::bad_request(
             &format!("invalid_{what}"),
-            format!("the {what} is {} bytes, over the limit of {MAX_SEGMENT_BYTES}", decoded.len()),
+            format!(
+                "the {what} is {} bytes, over the limit of {MAX_SEGMENT_BYTES}",
+                decoded.len()
+            ),
         ));
     }
     if std::str::from_utf8(&decoded).is_err() {
-        return Err(ApiError::bad_request(&format!("invalid_{what}"), format!("the {what} is not percent-encoded UTF-8")));
+        return Err(ApiError::bad_request(
+            &format!("invalid_{what}"),
+            format!("the {what} is not percent-encoded UTF-8"),
+        ));
     }
     if has_bad_escape(raw) {
-        return Err(ApiError::bad_request(&format!("invalid_{what}"), format!("the {what} has a malformed percent escape")));
+        return Err(ApiError::bad_request(
+            &format!("invalid_{what}"),
+            format!("the {what} has a malformed percent escape"),
+        ));
     }
     Ok(decoded)
 }
@@ -114,7 +139,9 @@ fn decode_segment(what: &str, raw: &str) -> Result<Vec<u8>, ApiError> {
 fn has_bad_escape(raw: &str) -> bool {
     let bytes = raw.as_bytes();
     bytes.iter().enumerate().any(|(i, &b)| {
-        b == b'%' && !(bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit) && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+        b == b'%'
+            && !(bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
     })
 }
 
@@ -126,8 +153,14 @@ fn has_bad_escape(raw: &str) -> bool {
 fn bucket_and_key(uri: &Uri) -> Result<(Vec<u8>, Vec<u8>), ApiError> {
     let mut segments = uri.path().rsplitn(3, '/');
     match (segments.next(), segments.next(), segments.next()) {
-        (Some(key), Some(bucket), Some(_)) => Ok((decode_segment("bucket", bucket)?, decode_segment("key", key)?)),
-        _ => Err(ApiError::bad_request("invalid_path", "expected /kv/{bucket}/{key}")),
+        (Some(key), Some(bucket), Some(_)) => Ok((
+            decode_segment("bucket", bucket)?,
+            decode_segment("key", key)?,
+        )),
+        _ => Err(ApiError::bad_request(
+            "invalid_path",
+            "expected /kv/{bucket}/{key}",
+        )),
     }
 }
 
@@ -135,13 +168,19 @@ fn bucket_and_key(uri: &Uri) -> Result<(Vec<u8>, Vec<u8>), ApiError> {
 /// parameter) but are a client's empty key or bucket: those get the 400 the API promises.
 async fn no_route(uri: Uri) -> ApiError {
     let path = uri.path();
-    let rest = ["/kv/", "/ring/", "/local/kv/"].iter().find_map(|prefix| path.strip_prefix(prefix));
+    let rest = ["/kv/", "/ring/", "/local/kv/"]
+        .iter()
+        .find_map(|prefix| path.strip_prefix(prefix));
     if rest.is_some_and(|rest| rest.matches('/').count() == 1) {
         if let Err(e) = bucket_and_key(&uri) {
             return e;
         }
     }
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see the API table in the README")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint; see the API table in the README",
+    )
 }
 
 /// The query parameters of a `/kv` request, validated against the replication factor.
@@ -153,15 +192,33 @@ struct KvParams {
     timeout: Duration,
 }
 
-fn kv_params(n: usize, default_timeout: Duration, query: Option<&str>) -> Result<KvParams, ApiError> {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query.unwrap_or(""))
-        .map_err(|e| ApiError::bad_request("invalid_parameter", format!("cannot parse the query string: {e}")))?;
-    let mut params = KvParams { r: n / 2 + 1, w: n / 2 + 1, pr: 0, pw: 0, timeout: default_timeout };
+fn kv_params(
+    n: usize,
+    default_timeout: Duration,
+    query: Option<&str>,
+) -> Result<KvParams, ApiError> {
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(query.unwrap_or("")).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_parameter",
+                format!("cannot parse the query string: {e}"),
+            )
+        })?;
+    let mut params = KvParams {
+        r: n / 2 + 1,
+        w: n / 2 + 1,
+        pr: 0,
+        pw: 0,
+        timeout: default_timeout,
+    };
     let mut seen = Vec::with_capacity(pairs.len());
     for (name, value) in pairs {
         // `?w=1&w=all` has no obvious meaning; guessing (first or last wins) could weaken a write.
         if seen.contains(&name) {
-            return Err(ApiError::bad_request("invalid_parameter", format!("parameter '{name}' is given more than once")));
+            return Err(ApiError::bad_request(
+                "invalid_parameter",
+                format!("parameter '{name}' is given more than once"),
+            ));
         }
         seen.push(name.clone());
         let count = |allow_zero| {
@@ -181,15 +238,24 @@ fn kv_params(n: usize, default_timeout: Duration, query: Option<&str>) -> Result
                 params.timeout = Duration::from_millis(ms);
             }
             other => {
-                return Err(ApiError::bad_request("invalid_parameter", format!("unknown parameter '{other}': use r, w, pr, pw or timeout")));
+                return Err(ApiError::bad_request(
+                    "invalid_parameter",
+                    format!("unknown parameter '{other}': use r, w, pr, pw or timeout"),
+                ));
             }
         }
     }
     if params.pr > params.r {
-        return Err(ApiError::bad_request("invalid_parameter", format!("pr ({}) cannot exceed r ({})", params.pr, params.r)));
+        return Err(ApiError::bad_request(
+            "invalid_parameter",
+            format!("pr ({}) cannot exceed r ({})", params.pr, params.r),
+        ));
     }
     if params.pw > params.w {
-        return Err(ApiError::bad_request("invalid_parameter", format!("pw ({}) cannot exceed w ({})", params.pw, params.w)));
+        return Err(ApiError::bad_request(
+            "invalid_parameter",
+            format!("pw ({}) cannot exceed w ({})", params.pw, params.w),
+        ));
     }
     Ok(params)
 }
@@ -198,11 +264,14 @@ fn request_context(headers: &HeaderMap) -> Result<Context, ApiError> {
     match headers.get(CONTEXT_HEADER) {
         None => Ok(Context::default()),
         Some(value) => {
-            let text = value.to_str().map_err(|_| ApiError::bad_request("invalid_context", "X-Chorus-Context is not ASCII"))?;
+            let text = value.to_str().map_err(|_| {
+                ApiError::bad_request("invalid_context", "X-Chorus-Context is not ASCII")
+            })?;
             if text.is_empty() {
                 return Ok(Context::default());
             }
-            Context::decode(text).map_err(|e| ApiError::bad_request("invalid_context", e.to_string()))
+            Context::decode(text)
+                .map_err(|e| ApiError::bad_request("invalid_context", e.to_string()))
         }
     }
 }
@@ -212,14 +281,27 @@ fn context_header(object: &Object) -> HeaderValue {
 }
 
 /// Runs a handler body and records its status and latency in the metrics.
-async fn measured(node: &Node, op: &'static str, handler: impl std::future::Future<Output = Result<Response, ApiError>>) -> Response {
+async fn measured(
+    node: &Node,
+    op: &'static str,
+    handler: impl std::future::Future<Output = Result<Response, ApiError>>,
+) -> Response {
     let started = Instant::now();
     let response = handler.await.unwrap_or_else(IntoResponse::into_response);
     let status = response.status().as_u16();
-    node.metrics.requests.get_or_create(&RequestLabels { op, status }).inc();
-    node.metrics.latency.get_or_create(&OpLabels { op }).observe(started.elapsed().as_secs_f64());
+    node.metrics
+        .requests
+        .get_or_create(&RequestLabels { op, status })
+        .inc();
+    node.metrics
+        .latency
+        .get_or_create(&OpLabels { op })
+        .observe(started.elapsed().as_secs_f64());
     if status == 503 {
-        node.metrics.quorum_failures.get_or_create(&OpLabels { op }).inc();
+        node.metrics
+            .quorum_failures
+            .get_or_create(&OpLabels { op })
+            .inc();
     }
     response
 }
@@ -236,7 +318,12 @@ fn siblings_json(siblings: &[&Sibling]) -> Vec<Value> {
         .collect()
 }
 
-async fn kv_get(State(node): State<Arc<Node>>, uri: Uri, RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
+async fn kv_get(
+    State(node): State<Arc<Node>>,
+    uri: Uri,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
     measured(&node.clone(), "get", async move {
         let (bucket, key) = bucket_and_key(&uri)?;
         let p = kv_params(node.coordinator.n(), node.limits.default_timeout, query.as_deref())?;
@@ -274,47 +361,110 @@ async fn kv_get(State(node): State<Arc<Node>>, uri: Uri, RawQuery(query): RawQue
 async fn read_body(node: &Node, body: Body) -> Result<Bytes, ApiError> {
     let limit = node.limits.max_value;
     axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "value_too_large", format!("the value is over the limit of {limit} bytes (--max-value)"))
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "value_too_large",
+            format!("the value is over the limit of {limit} bytes (--max-value)"),
+        )
     })
 }
 
-async fn kv_put(State(node): State<Arc<Node>>, uri: Uri, RawQuery(query): RawQuery, headers: HeaderMap, body: Body) -> Response {
+async fn kv_put(
+    State(node): State<Arc<Node>>,
+    uri: Uri,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     measured(&node.clone(), "put", async move {
         let (bucket, key) = bucket_and_key(&uri)?;
-        let p = kv_params(node.coordinator.n(), node.limits.default_timeout, query.as_deref())?;
+        let p = kv_params(
+            node.coordinator.n(),
+            node.limits.default_timeout,
+            query.as_deref(),
+        )?;
         let context = request_context(&headers)?;
         let content_type = match headers.get(header::CONTENT_TYPE) {
             None => None,
-            Some(v) => Some(v.to_str().map_err(|_| ApiError::bad_request("invalid_content_type", "Content-Type is not ASCII"))?.to_string()),
+            Some(v) => Some(
+                v.to_str()
+                    .map_err(|_| {
+                        ApiError::bad_request("invalid_content_type", "Content-Type is not ASCII")
+                    })?
+                    .to_string(),
+            ),
         };
         let value = read_body(&node, body).await?;
         #[cfg(feature = "fault-injection")]
         if crate::fault::broken() {
             return Ok(broken_ack(&headers));
         }
-        let object = node.coordinator.put(&bucket, &key, context, Sibling::value(value.to_vec(), content_type), p.w, p.pw, p.timeout).await?;
-        Ok((StatusCode::NO_CONTENT, [(CONTEXT_HEADER, context_header(&object))]).into_response())
+        let object = node
+            .coordinator
+            .put(
+                &bucket,
+                &key,
+                context,
+                Sibling::value(value.to_vec(), content_type),
+                p.w,
+                p.pw,
+                p.timeout,
+            )
+            .await?;
+        Ok((
+            StatusCode::NO_CONTENT,
+            [(CONTEXT_HEADER, context_header(&object))],
+        )
+            .into_response())
     })
     .await
 }
 
-async fn kv_delete(State(node): State<Arc<Node>>, uri: Uri, RawQuery(query): RawQuery, headers: HeaderMap) -> Response {
+async fn kv_delete(
+    State(node): State<Arc<Node>>,
+    uri: Uri,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
     measured(&node.clone(), "delete", async move {
         let (bucket, key) = bucket_and_key(&uri)?;
-        let p = kv_params(node.coordinator.n(), node.limits.default_timeout, query.as_deref())?;
+        let p = kv_params(
+            node.coordinator.n(),
+            node.limits.default_timeout,
+            query.as_deref(),
+        )?;
         // Without a context a tombstone would only be a sibling of the value it meant to
         // remove, and the value would stay visible. Like Riak, read the context first (at
         // r = w, so the delete is as available as the caller asked for) and delete what it saw.
         let context = match headers.get(CONTEXT_HEADER) {
             Some(_) => request_context(&headers)?,
-            None => node.coordinator.get(&bucket, &key, p.w, 0, p.timeout).await?.context(),
+            None => node
+                .coordinator
+                .get(&bucket, &key, p.w, 0, p.timeout)
+                .await?
+                .context(),
         };
         #[cfg(feature = "fault-injection")]
         if crate::fault::broken() {
             return Ok(broken_ack(&headers));
         }
-        let object = node.coordinator.put(&bucket, &key, context, Sibling::tombstone(), p.w, p.pw, p.timeout).await?;
-        Ok((StatusCode::NO_CONTENT, [(CONTEXT_HEADER, context_header(&object))]).into_response())
+        let object = node
+            .coordinator
+            .put(
+                &bucket,
+                &key,
+                context,
+                Sibling::tombstone(),
+                p.w,
+                p.pw,
+                p.timeout,
+            )
+            .await?;
+        Ok((
+            StatusCode::NO_CONTENT,
+            [(CONTEXT_HEADER, context_header(&object))],
+        )
+            .into_response())
     })
     .await
 }
@@ -323,7 +473,10 @@ async fn kv_delete(State(node): State<Arc<Node>>, uri: Uri, RawQuery(query): Raw
 /// back, with nothing stored anywhere (fault-injection builds only).
 #[cfg(feature = "fault-injection")]
 fn broken_ack(headers: &HeaderMap) -> Response {
-    let context = headers.get(CONTEXT_HEADER).cloned().unwrap_or(HeaderValue::from_static(""));
+    let context = headers
+        .get(CONTEXT_HEADER)
+        .cloned()
+        .unwrap_or(HeaderValue::from_static(""));
     (StatusCode::NO_CONTENT, [(CONTEXT_HEADER, context)]).into_response()
 }
 
@@ -334,8 +487,12 @@ async fn fault_get() -> Json<Value> {
 
 #[cfg(feature = "fault-injection")]
 async fn fault_set(body: Bytes) -> Result<Json<Value>, ApiError> {
-    let change: crate::fault::FaultSetting =
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request("invalid_fault", format!("expected JSON with delay_ms, jitter_ms, broken: {e}")))?;
+    let change: crate::fault::FaultSetting = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(
+            "invalid_fault",
+            format!("expected JSON with delay_ms, jitter_ms, broken: {e}"),
+        )
+    })?;
     let now = crate::fault::set(&change).map_err(|e| ApiError::bad_request("invalid_fault", e))?;
     Ok(Json(json!(now)))
 }
@@ -359,7 +516,9 @@ async fn ring_owners(State(node): State<Arc<Node>>, uri: Uri) -> Result<Json<Val
             })
         })
         .collect();
-    Ok(Json(json!({"partition": partition, "preference_list": list})))
+    Ok(Json(
+        json!({"partition": partition, "preference_list": list}),
+    ))
 }
 
 fn object_json(object: &Object) -> Value {
@@ -382,13 +541,27 @@ async fn local_kv(State(node): State<Arc<Node>>, uri: Uri) -> Result<Response, A
     let (bucket, key) = bucket_and_key(&uri)?;
     match node.replica.get(&bucket, &key) {
         Ok(Some(object)) => Ok(Json(object_json(&object)).into_response()),
-        Ok(None) => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", "this node holds nothing for the key")),
-        Err(e) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", e.to_string())),
+        Ok(None) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "this node holds nothing for the key",
+        )),
+        Err(e) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "storage_error",
+            e.to_string(),
+        )),
     }
 }
 
 async fn local_partitions(State(node): State<Arc<Node>>) -> Result<Json<Value>, ApiError> {
-    let storage_error = |e: crate::storage::StorageError| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "storage_error", e.to_string());
+    let storage_error = |e: crate::storage::StorageError| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "storage_error",
+            e.to_string(),
+        )
+    };
     let view = node.coordinator.view();
     let storage = node.replica.storage();
     let mut out = Vec::new();
@@ -409,7 +582,14 @@ async fn status(State(node): State<Arc<Node>>) -> Json<Value> {
 
 async fn metrics(State(node): State<Arc<Node>>) -> Response {
     node.refresh_phi_metrics();
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], node.metrics.render()).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        node.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn health() -> Json<Value> {
@@ -417,13 +597,24 @@ async fn health() -> Json<Value> {
 }
 
 async fn admin_leave(State(node): State<Arc<Node>>) -> Result<(StatusCode, Json<Value>), ApiError> {
-    node.leave().await.map_err(|e| ApiError::new(StatusCode::CONFLICT, "cannot_leave", e))?;
-    Ok((StatusCode::ACCEPTED, Json(json!({"message": format!("{} is leaving the cluster", node.name)}))))
+    node.leave()
+        .await
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, "cannot_leave", e))?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"message": format!("{} is leaving the cluster", node.name)})),
+    ))
 }
 
-async fn admin_remove(State(node): State<Arc<Node>>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
-    node.remove(&name).map_err(|e| ApiError::bad_request("cannot_remove", e))?;
-    Ok(Json(json!({"message": format!("{name} was removed from the cluster")})))
+async fn admin_remove(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    node.remove(&name)
+        .map_err(|e| ApiError::bad_request("cannot_remove", e))?;
+    Ok(Json(
+        json!({"message": format!("{name} was removed from the cluster")}),
+    ))
 }
 
 #[cfg(test)]
@@ -446,11 +637,35 @@ mod tests {
     fn kv_params_default_resolve_and_refuse() {
         let timeout = Duration::from_millis(2000);
         let defaults = kv_params(3, timeout, None).unwrap();
-        assert_eq!((defaults.r, defaults.w, defaults.pr, defaults.pw, defaults.timeout), (2, 2, 0, 0, timeout));
+        assert_eq!(
+            (
+                defaults.r,
+                defaults.w,
+                defaults.pr,
+                defaults.pw,
+                defaults.timeout
+            ),
+            (2, 2, 0, 0, timeout)
+        );
         let p = kv_params(3, timeout, Some("r=one&w=all&pw=2&timeout=50")).unwrap();
-        assert_eq!((p.r, p.w, p.pw, p.timeout), (1, 3, 2, Duration::from_millis(50)));
-        for bad in ["w=4", "r=0", "w=most", "pr=3&r=2", "timeout=0", "timeout=60001", "colour=red", "w=1&w=all", "r=2&r=2"] {
-            let err = kv_params(3, timeout, Some(bad)).err().unwrap_or_else(|| panic!("'{bad}' was accepted"));
+        assert_eq!(
+            (p.r, p.w, p.pw, p.timeout),
+            (1, 3, 2, Duration::from_millis(50))
+        );
+        for bad in [
+            "w=4",
+            "r=0",
+            "w=most",
+            "pr=3&r=2",
+            "timeout=0",
+            "timeout=60001",
+            "colour=red",
+            "w=1&w=all",
+            "r=2&r=2",
+        ] {
+            let err = kv_params(3, timeout, Some(bad))
+                .err()
+                .unwrap_or_else(|| panic!("'{bad}' was accepted"));
             assert_eq!(err.status, StatusCode::BAD_REQUEST, "{bad}");
         }
     }
@@ -458,23 +673,61 @@ mod tests {
     #[test]
     fn bucket_and_key_are_decoded_exactly_once_from_the_raw_path() {
         let parse = |path: &str| bucket_and_key(&path.parse::<Uri>().unwrap());
-        assert_eq!(parse("/kv/b/a%2Fb").unwrap(), (b"b".to_vec(), b"a/b".to_vec()));
-        assert_eq!(parse("/kv/b%2F1/k").unwrap(), (b"b/1".to_vec(), b"k".to_vec()));
-        assert_eq!(parse("/kv/b/%2525").unwrap(), (b"b".to_vec(), b"%25".to_vec()));
-        assert_eq!(parse("/kv/b/100%25").unwrap(), (b"b".to_vec(), b"100%".to_vec()));
-        assert_eq!(parse("/local/kv/%E2%9C%93/x").unwrap(), ("✓".as_bytes().to_vec(), b"x".to_vec()));
-        assert!(parse("/kv/b/%25ZZ").is_ok(), "an escaped percent followed by ZZ is a valid key");
+        assert_eq!(
+            parse("/kv/b/a%2Fb").unwrap(),
+            (b"b".to_vec(), b"a/b".to_vec())
+        );
+        assert_eq!(
+            parse("/kv/b%2F1/k").unwrap(),
+            (b"b/1".to_vec(), b"k".to_vec())
+        );
+        assert_eq!(
+            parse("/kv/b/%2525").unwrap(),
+            (b"b".to_vec(), b"%25".to_vec())
+        );
+        assert_eq!(
+            parse("/kv/b/100%25").unwrap(),
+            (b"b".to_vec(), b"100%".to_vec())
+        );
+        assert_eq!(
+            parse("/local/kv/%E2%9C%93/x").unwrap(),
+            ("✓".as_bytes().to_vec(), b"x".to_vec())
+        );
+        assert!(
+            parse("/kv/b/%25ZZ").is_ok(),
+            "an escaped percent followed by ZZ is a valid key"
+        );
         assert!(parse("/kv/b/%ZZ").is_err());
         assert!(parse("/kv/b/%FF").is_err());
     }
 
     #[tokio::test]
     async fn an_empty_bucket_or_key_is_a_bad_request_not_a_missing_endpoint() {
-        let code = |e: ApiError| (e.status.as_u16(), e.body["error"].as_str().unwrap_or_default().to_string());
-        assert_eq!(code(no_route("/kv/b/".parse().unwrap()).await), (400, "invalid_key".into()));
-        assert_eq!(code(no_route("/kv//k".parse().unwrap()).await), (400, "invalid_bucket".into()));
-        assert_eq!(code(no_route("/local/kv/b/".parse().unwrap()).await), (400, "invalid_key".into()));
-        assert_eq!(code(no_route("/kv/b/k/extra".parse().unwrap()).await), (404, "not_found".into()));
-        assert_eq!(code(no_route("/nowhere".parse().unwrap()).await), (404, "not_found".into()));
+        let code = |e: ApiError| {
+            (
+                e.status.as_u16(),
+                e.body["error"].as_str().unwrap_or_default().to_string(),
+            )
+        };
+        assert_eq!(
+            code(no_route("/kv/b/".parse().unwrap()).await),
+            (400, "invalid_key".into())
+        );
+        assert_eq!(
+            code(no_route("/kv//k".parse().unwrap()).await),
+            (400, "invalid_bucket".into())
+        );
+        assert_eq!(
+            code(no_route("/local/kv/b/".parse().unwrap()).await),
+            (400, "invalid_key".into())
+        );
+        assert_eq!(
+            code(no_route("/kv/b/k/extra".parse().unwrap()).await),
+            (404, "not_found".into())
+        );
+        assert_eq!(
+            code(no_route("/nowhere".parse().unwrap()).await),
+            (404, "not_found".into())
+        );
     }
 }

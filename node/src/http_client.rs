@@ -22,7 +22,11 @@ use tokio::net::TcpStream;
 
 /// Everything except RFC 3986's unreserved characters is escaped, so a key holding `/`,
 /// `?`, `#`, `%`, spaces or non-ASCII text stays exactly one path segment.
-const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// The request timeout when the caller sets none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -42,7 +46,9 @@ impl BaseUrl {
     /// client API), no path, query or credentials, so a typo fails here with a clear
     /// message instead of as a confusing 404 later.
     pub fn parse(url: &str) -> Result<BaseUrl, String> {
-        let bad = |why: &str| format!("invalid node URL '{url}': {why} (expected http://host:port, e.g. http://127.0.0.1:8001)");
+        let bad = |why: &str| {
+            format!("invalid node URL '{url}': {why} (expected http://host:port, e.g. http://127.0.0.1:8001)")
+        };
         let Some(rest) = url.strip_prefix("http://") else {
             return Err(match url.split_once("://") {
                 Some((scheme, _)) => bad(&format!("scheme '{scheme}' is not supported, only http")),
@@ -57,10 +63,19 @@ impl BaseUrl {
             return Err(bad("a node URL has no path, query or user"));
         }
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let (host, after) = v6.split_once(']').ok_or_else(|| bad("unclosed '[' in IPv6 address"))?;
+            let (host, after) = v6
+                .split_once(']')
+                .ok_or_else(|| bad("unclosed '[' in IPv6 address"))?;
             match after {
                 "" => (host, None),
-                _ => (host, Some(after.strip_prefix(':').ok_or_else(|| bad("expected ':port' after ']'"))?)),
+                _ => (
+                    host,
+                    Some(
+                        after
+                            .strip_prefix(':')
+                            .ok_or_else(|| bad("expected ':port' after ']'"))?,
+                    ),
+                ),
             }
         } else {
             match authority.rsplit_once(':') {
@@ -73,9 +88,17 @@ impl BaseUrl {
         }
         let port = match port {
             None => 80,
-            Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| bad(&format!("'{p}' is not a port")))?,
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| bad(&format!("'{p}' is not a port")))?,
         };
-        Ok(BaseUrl { host: host.to_string(), port, authority: authority.to_string() })
+        Ok(BaseUrl {
+            host: host.to_string(),
+            port,
+            authority: authority.to_string(),
+        })
     }
 }
 
@@ -157,12 +180,18 @@ impl HttpError {
 impl fmt::Display for HttpError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            HttpError::Connect { url, source } if source.kind() == io::ErrorKind::ConnectionRefused => {
+            HttpError::Connect { url, source }
+                if source.kind() == io::ErrorKind::ConnectionRefused =>
+            {
                 write!(f, "cannot connect to {url}: connection refused (is a chorus node running there? use --node or CHORUS_NODE)")
             }
             HttpError::Connect { url, source } => write!(f, "cannot connect to {url}: {source}"),
-            HttpError::Timeout { url, after } => write!(f, "{url} did not answer within {} ms", after.as_millis()),
-            HttpError::Transport { url, message } => write!(f, "connection to {url} failed: {message}"),
+            HttpError::Timeout { url, after } => {
+                write!(f, "{url} did not answer within {} ms", after.as_millis())
+            }
+            HttpError::Transport { url, message } => {
+                write!(f, "connection to {url} failed: {message}")
+            }
             HttpError::Request(message) => write!(f, "invalid request: {message}"),
         }
     }
@@ -184,7 +213,12 @@ impl Response {
     }
 
     pub fn json(&self) -> Result<serde_json::Value, String> {
-        serde_json::from_slice(&self.body).map_err(|e| format!("the server sent invalid JSON ({e}) with status {}", self.status))
+        serde_json::from_slice(&self.body).map_err(|e| {
+            format!(
+                "the server sent invalid JSON ({e}) with status {}",
+                self.status
+            )
+        })
     }
 
     /// The human sentence of an error answer: the `message` of the API's error JSON,
@@ -215,8 +249,14 @@ pub struct HttpClient {
 
 impl HttpClient {
     pub fn new(base: BaseUrl) -> HttpClient {
-        let host_header = HeaderValue::from_str(&base.authority).expect("a parsed authority is a valid header value");
-        HttpClient { base, host_header, timeout: DEFAULT_TIMEOUT, sender: None }
+        let host_header = HeaderValue::from_str(&base.authority)
+            .expect("a parsed authority is a valid header value");
+        HttpClient {
+            base,
+            host_header,
+            timeout: DEFAULT_TIMEOUT,
+            sender: None,
+        }
     }
 
     /// Bounds each request as a whole: connecting, sending and reading the body.
@@ -234,25 +274,47 @@ impl HttpClient {
     }
 
     pub async fn post(&mut self, path: &str, body: Bytes) -> Result<Response, HttpError> {
-        self.request(Method::POST, path, &[("content-type", "application/json")], body).await
+        self.request(
+            Method::POST,
+            path,
+            &[("content-type", "application/json")],
+            body,
+        )
+        .await
     }
 
     /// Sends one request on the kept-alive connection (opening it if needed) and reads the
     /// whole response. `path` is the origin-form target, already encoded.
-    pub async fn request(&mut self, method: Method, path: &str, headers: &[(&str, &str)], body: Bytes) -> Result<Response, HttpError> {
-        let mut builder = Request::builder().method(method).uri(path).header(HOST, self.host_header.clone());
+    pub async fn request(
+        &mut self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<Response, HttpError> {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(HOST, self.host_header.clone());
         for (name, value) in headers {
-            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| HttpError::Request(format!("header name '{name}': {e}")))?;
-            let value = HeaderValue::from_str(value).map_err(|e| HttpError::Request(format!("{name} value: {e}")))?;
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|e| HttpError::Request(format!("header name '{name}': {e}")))?;
+            let value = HeaderValue::from_str(value)
+                .map_err(|e| HttpError::Request(format!("{name} value: {e}")))?;
             builder = builder.header(name, value);
         }
-        let request = builder.body(Full::new(body)).map_err(|e| HttpError::Request(e.to_string()))?;
+        let request = builder
+            .body(Full::new(body))
+            .map_err(|e| HttpError::Request(e.to_string()))?;
         match tokio::time::timeout(self.timeout, self.send(request)).await {
             Ok(result) => result,
             Err(_) => {
                 // The late response would otherwise be read as the answer to the next request.
                 self.sender = None;
-                Err(HttpError::Timeout { url: self.base.to_string(), after: self.timeout })
+                Err(HttpError::Timeout {
+                    url: self.base.to_string(),
+                    after: self.timeout,
+                })
             }
         }
     }
@@ -263,7 +325,9 @@ impl HttpClient {
         // noticed when used; the request was then never sent, so sending it again on a
         // fresh connection is safe whatever the method.
         for attempt in 0..2 {
-            let req = request.take().expect("the request is put back before retrying");
+            let req = request
+                .take()
+                .expect("the request is put back before retrying");
             let sender = self.connection().await?;
             if sender.ready().await.is_err() {
                 self.sender = None;
@@ -281,13 +345,23 @@ impl HttpClient {
                 }
             }
         }
-        Err(HttpError::Transport { url: self.base.to_string(), message: "the connection closed twice before the request was sent".into() })
+        Err(HttpError::Transport {
+            url: self.base.to_string(),
+            message: "the connection closed twice before the request was sent".into(),
+        })
     }
 
-    async fn read(&mut self, response: hyper::Response<hyper::body::Incoming>) -> Result<Response, HttpError> {
+    async fn read(
+        &mut self,
+        response: hyper::Response<hyper::body::Incoming>,
+    ) -> Result<Response, HttpError> {
         let (parts, body) = response.into_parts();
         match body.collect().await {
-            Ok(collected) => Ok(Response { status: parts.status.as_u16(), headers: parts.headers, body: collected.to_bytes() }),
+            Ok(collected) => Ok(Response {
+                status: parts.status.as_u16(),
+                headers: parts.headers,
+                body: collected.to_bytes(),
+            }),
             Err(e) => {
                 self.sender = None;
                 Err(self.transport(e))
@@ -300,11 +374,18 @@ impl HttpClient {
             self.sender = None;
         }
         if self.sender.is_none() {
-            let connect_error = |source| HttpError::Connect { url: self.base.to_string(), source };
-            let stream = TcpStream::connect((self.base.host.as_str(), self.base.port)).await.map_err(connect_error)?;
+            let connect_error = |source| HttpError::Connect {
+                url: self.base.to_string(),
+                source,
+            };
+            let stream = TcpStream::connect((self.base.host.as_str(), self.base.port))
+                .await
+                .map_err(connect_error)?;
             // Requests are small and latency-bound; Nagle would add delayed-ACK stalls.
             stream.set_nodelay(true).map_err(connect_error)?;
-            let (sender, connection) = http1::handshake(TokioIo::new(stream)).await.map_err(|e| self.transport(e))?;
+            let (sender, connection) = http1::handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| self.transport(e))?;
             // The connection task ends when `sender` is dropped or the peer closes.
             tokio::spawn(async move {
                 let _ = connection.await;
@@ -322,7 +403,10 @@ impl HttpClient {
             message.push_str(&cause.to_string());
             source = cause.source();
         }
-        HttpError::Transport { url: self.base.to_string(), message }
+        HttpError::Transport {
+            url: self.base.to_string(),
+            message,
+        }
     }
 }
 
@@ -346,16 +430,31 @@ mod tests {
 
     #[test]
     fn segments_round_trip() {
-        for s in ["a/b/c", " lead and trail ", "ключ", "%2F", "emoji 🎉", "tab\tnl\n"] {
+        for s in [
+            "a/b/c",
+            " lead and trail ",
+            "ключ",
+            "%2F",
+            "emoji 🎉",
+            "tab\tnl\n",
+        ] {
             let encoded = encode_segment(s);
             assert!(!encoded.contains('/'));
-            assert_eq!(percent_encoding::percent_decode_str(&encoded).decode_utf8().unwrap(), s);
+            assert_eq!(
+                percent_encoding::percent_decode_str(&encoded)
+                    .decode_utf8()
+                    .unwrap(),
+                s
+            );
         }
     }
 
     #[test]
     fn query_skips_unset_parameters() {
-        let path = with_query(kv_path("b", "k"), &[("r", Some("quorum")), ("w", None), ("timeout", Some("500"))]);
+        let path = with_query(
+            kv_path("b", "k"),
+            &[("r", Some("quorum")), ("w", None), ("timeout", Some("500"))],
+        );
         assert_eq!(path, "/kv/b/k?r=quorum&timeout=500");
         assert_eq!(with_query("/x".into(), &[("r", None)]), "/x");
     }
@@ -365,7 +464,12 @@ mod tests {
         let u = BaseUrl::parse("http://127.0.0.1:8001").unwrap();
         assert_eq!((u.host.as_str(), u.port), ("127.0.0.1", 8001));
         assert_eq!(u.to_string(), "http://127.0.0.1:8001");
-        assert_eq!(BaseUrl::parse("http://localhost:8001/").unwrap().to_string(), "http://localhost:8001");
+        assert_eq!(
+            BaseUrl::parse("http://localhost:8001/")
+                .unwrap()
+                .to_string(),
+            "http://localhost:8001"
+        );
         assert_eq!(BaseUrl::parse("http://example.com").unwrap().port, 80);
         let v6 = BaseUrl::parse("http://[::1]:8002").unwrap();
         assert_eq!((v6.host.as_str(), v6.port), ("::1", 8002));
@@ -389,20 +493,45 @@ mod tests {
 
     #[test]
     fn error_messages_prefer_the_api_message() {
-        let response = |status, body: &str| Response { status, headers: HeaderMap::new(), body: Bytes::from(body.to_string()) };
-        assert_eq!(response(503, r#"{"error":"quorum_unavailable","message":"2 needed, 1 replied"}"#).error_message(), "2 needed, 1 replied");
-        assert_eq!(response(502, "bad gateway").error_message(), "the server answered HTTP 502: bad gateway");
-        assert_eq!(response(500, "").error_message(), "the server answered HTTP 500");
+        let response = |status, body: &str| Response {
+            status,
+            headers: HeaderMap::new(),
+            body: Bytes::from(body.to_string()),
+        };
+        assert_eq!(
+            response(
+                503,
+                r#"{"error":"quorum_unavailable","message":"2 needed, 1 replied"}"#
+            )
+            .error_message(),
+            "2 needed, 1 replied"
+        );
+        assert_eq!(
+            response(502, "bad gateway").error_message(),
+            "the server answered HTTP 502: bad gateway"
+        );
+        assert_eq!(
+            response(500, "").error_message(),
+            "the server answered HTTP 500"
+        );
     }
 
     #[tokio::test]
     async fn refused_connection_names_the_url() {
         // Bind then drop to get a port nobody listens on.
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut client = HttpClient::new(BaseUrl::parse(&format!("http://127.0.0.1:{port}")).unwrap());
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut client =
+            HttpClient::new(BaseUrl::parse(&format!("http://127.0.0.1:{port}")).unwrap());
         let e = client.get("/health").await.unwrap_err();
         assert!(e.not_sent());
-        assert!(e.to_string().contains(&format!("http://127.0.0.1:{port}")), "{e}");
+        assert!(
+            e.to_string().contains(&format!("http://127.0.0.1:{port}")),
+            "{e}"
+        );
     }
 
     #[tokio::test]
@@ -429,10 +558,14 @@ mod tests {
             }
             accepted
         });
-        let mut client = HttpClient::new(BaseUrl::parse(&format!("http://127.0.0.1:{port}")).unwrap());
+        let mut client =
+            HttpClient::new(BaseUrl::parse(&format!("http://127.0.0.1:{port}")).unwrap());
         for _ in 0..3 {
             let r = client.get("/kv/b/k").await.unwrap();
-            assert_eq!((r.status, &r.body[..], r.header("X-Chorus-Context")), (200, &b"ok"[..], Some("abc")));
+            assert_eq!(
+                (r.status, &r.body[..], r.header("X-Chorus-Context")),
+                (200, &b"ok"[..], Some("abc"))
+            );
             // Let the closed connection be noticed, as it would be between bench operations.
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -449,7 +582,8 @@ mod tests {
             drop(stream);
         });
         let mut client =
-            HttpClient::new(BaseUrl::parse(&format!("http://127.0.0.1:{port}")).unwrap()).with_timeout(Duration::from_millis(100));
+            HttpClient::new(BaseUrl::parse(&format!("http://127.0.0.1:{port}")).unwrap())
+                .with_timeout(Duration::from_millis(100));
         let e = client.get("/health").await.unwrap_err();
         assert_eq!(e.kind(), "timeout");
         assert!(!e.not_sent());

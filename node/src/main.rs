@@ -12,9 +12,11 @@ fn main() -> ExitCode {
         Command::Start(args) => chorus_node::server::run(args),
         Command::Dev(args) => chorus_node::dev::run(args),
         Command::Certs(cmd) => chorus_node::certs::run(cmd),
-        Command::Ring(RingCommand::Simulate { nodes, ring_size, n }) => {
-            simulate_ring(&nodes, ring_size, n)
-        }
+        Command::Ring(RingCommand::Simulate {
+            nodes,
+            ring_size,
+            n,
+        }) => simulate_ring(&nodes, ring_size, n),
         Command::Bench(args) => chorus_node::bench::run(args),
         Command::Check(args) => chorus_node::check::run(args),
         Command::ChaosClient(args) => chorus_node::chaos_client::run(args),
@@ -38,7 +40,11 @@ fn simulate_ring(nodes: &[usize], ring_size: u32, n: usize) -> Result<(), CliErr
             chorus_ring::MAX_RING_SIZE
         )));
     }
-    if n == 0 || nodes.iter().any(|&k| k == 0 || k > chorus_ring::MAX_MEMBERS) {
+    if n == 0
+        || nodes
+            .iter()
+            .any(|&k| k == 0 || k > chorus_ring::MAX_MEMBERS)
+    {
         return Err(CliError::usage(format!(
             "--n must be at least 1 and every --nodes count in 1..={}",
             chorus_ring::MAX_MEMBERS

@@ -32,7 +32,10 @@ impl Gossip {
         let name = config.name.clone();
         let membership = Membership::new(config, 0);
         let ring = Ring::new(ring_size, n, [name]).expect("validated ring parameters");
-        let view = ClusterView { ring: Arc::new(ring), unreachable: Arc::new(HashSet::new()) };
+        let view = ClusterView {
+            ring: Arc::new(ring),
+            unreachable: Arc::new(HashSet::new()),
+        };
         Gossip {
             membership: Mutex::new(membership),
             rng: Mutex::new(StdRng::seed_from_u64(rng_seed)),
@@ -48,10 +51,17 @@ impl Gossip {
         self.started.elapsed().as_millis() as u64
     }
 
-    pub fn step(&self, step: impl FnOnce(&mut Membership, u64, &mut StdRng) -> Vec<Outgoing>) -> Vec<Outgoing> {
+    pub fn step(
+        &self,
+        step: impl FnOnce(&mut Membership, u64, &mut StdRng) -> Vec<Outgoing>,
+    ) -> Vec<Outgoing> {
         let now = self.now_ms();
         let mut membership = self.membership.lock().expect("membership lock");
-        let out = step(&mut membership, now, &mut self.rng.lock().expect("rng lock"));
+        let out = step(
+            &mut membership,
+            now,
+            &mut self.rng.lock().expect("rng lock"),
+        );
         for event in membership.drain_events() {
             self.log_event(event);
         }
@@ -65,7 +75,9 @@ impl Gossip {
                 tracing::error!("the cluster refused this node: {reason}");
                 self.rejected.send_replace(Some(reason));
             }
-            Event::ConfigMismatch { from, reason } => tracing::warn!(%from, "refused a node: {reason}"),
+            Event::ConfigMismatch { from, reason } => {
+                tracing::warn!(%from, "refused a node: {reason}")
+            }
             other => tracing::info!("membership: {other:?}"),
         }
     }
@@ -73,7 +85,11 @@ impl Gossip {
     fn refresh_view(&self, membership: &Membership, now: u64) {
         let mut members = membership.ring_members();
         members.sort();
-        let unreachable: HashSet<String> = members.iter().filter(|m| !membership.is_reachable(m, now)).cloned().collect();
+        let unreachable: HashSet<String> = members
+            .iter()
+            .filter(|m| !membership.is_reachable(m, now))
+            .cloned()
+            .collect();
         let mut view = self.view.write().expect("view lock");
         if view.ring.members() != members.as_slice() && !members.is_empty() {
             match Ring::new(self.ring_size, self.n, members.iter().cloned()) {
@@ -106,12 +122,18 @@ impl Gossip {
     }
 
     pub fn address_of(&self, name: &str) -> Option<String> {
-        self.membership.lock().expect("membership lock").address_of(name).map(str::to_string)
+        self.membership
+            .lock()
+            .expect("membership lock")
+            .address_of(name)
+            .map(str::to_string)
     }
 
     pub fn members(&self) -> Vec<MemberView> {
         let now = self.now_ms();
-        self.membership.lock().expect("membership lock").members(now)
+        self.membership
+            .lock()
+            .expect("membership lock")
+            .members(now)
     }
 }
-

@@ -46,25 +46,67 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("chorus");
         let requests = Family::<RequestLabels, Counter>::default();
-        registry.register("requests", "Client requests by operation and HTTP status", requests.clone());
-        let latency = Family::<OpLabels, Histogram>::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 2.0, 18)));
-        registry.register("request_duration_seconds", "Client request latency", latency.clone());
+        registry.register(
+            "requests",
+            "Client requests by operation and HTTP status",
+            requests.clone(),
+        );
+        let latency = Family::<OpLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+        });
+        registry.register(
+            "request_duration_seconds",
+            "Client request latency",
+            latency.clone(),
+        );
         let quorum_failures = Family::<OpLabels, Counter>::default();
-        registry.register("quorum_failures", "Requests answered 503 because too few replicas replied", quorum_failures.clone());
+        registry.register(
+            "quorum_failures",
+            "Requests answered 503 because too few replicas replied",
+            quorum_failures.clone(),
+        );
         let read_repairs = Counter::default();
-        registry.register("read_repairs", "Stale replicas sent the merged state after a read", read_repairs.clone());
+        registry.register(
+            "read_repairs",
+            "Stale replicas sent the merged state after a read",
+            read_repairs.clone(),
+        );
         let hints_queued = Counter::default();
-        registry.register("hints_queued", "Writes a fallback stored on behalf of an unreachable owner", hints_queued.clone());
+        registry.register(
+            "hints_queued",
+            "Writes a fallback stored on behalf of an unreachable owner",
+            hints_queued.clone(),
+        );
         let hints_delivered = Counter::default();
-        registry.register("hints_delivered", "Hinted writes handed to their owner", hints_delivered.clone());
+        registry.register(
+            "hints_delivered",
+            "Hinted writes handed to their owner",
+            hints_delivered.clone(),
+        );
         let hints_dropped = Counter::default();
-        registry.register("hints_dropped", "Hints dropped at the bound (anti-entropy covers them)", hints_dropped.clone());
+        registry.register(
+            "hints_dropped",
+            "Hints dropped at the bound (anti-entropy covers them)",
+            hints_dropped.clone(),
+        );
         let aae_exchanges = Counter::default();
-        registry.register("aae_exchanges", "Anti-entropy tree exchanges started", aae_exchanges.clone());
+        registry.register(
+            "aae_exchanges",
+            "Anti-entropy tree exchanges started",
+            aae_exchanges.clone(),
+        );
         let aae_keys_repaired = Counter::default();
-        registry.register("aae_keys_repaired", "Keys merged by anti-entropy", aae_keys_repaired.clone());
+        registry.register(
+            "aae_keys_repaired",
+            "Keys merged by anti-entropy",
+            aae_keys_repaired.clone(),
+        );
         let aae_bytes_sent = Counter::default();
-        registry.register("aae_bytes_sent", "Bytes this node sent in the anti-entropy exchanges it started", aae_bytes_sent.clone());
+        registry.register(
+            "aae_bytes_sent",
+            "Bytes this node sent in the anti-entropy exchanges it started",
+            aae_bytes_sent.clone(),
+        );
         let aae_bytes_received = Counter::default();
         registry.register(
             "aae_bytes_received",
@@ -72,7 +114,11 @@ impl Default for Metrics {
             aae_bytes_received.clone(),
         );
         let phi = Family::<PeerLabels, Gauge<f64, AtomicU64>>::default();
-        registry.register("peer_phi", "Phi-accrual suspicion of each peer", phi.clone());
+        registry.register(
+            "peer_phi",
+            "Phi-accrual suspicion of each peer",
+            phi.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -94,7 +140,8 @@ impl Default for Metrics {
 impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
         out
     }
 }

@@ -18,10 +18,18 @@ pub struct Sibling {
 
 impl Sibling {
     pub fn value(value: Vec<u8>, content_type: Option<String>) -> Self {
-        Sibling { value, content_type, deleted: false }
+        Sibling {
+            value,
+            content_type,
+            deleted: false,
+        }
     }
     pub fn tombstone() -> Self {
-        Sibling { value: Vec::new(), content_type: None, deleted: true }
+        Sibling {
+            value: Vec::new(),
+            content_type: None,
+            deleted: true,
+        }
     }
 }
 
@@ -49,8 +57,11 @@ pub fn encode_object(object: &Object) -> Vec<u8> {
 pub fn decode_object(bytes: &[u8]) -> Result<Object, ObjectError> {
     match bytes.split_first() {
         Some((&OBJECT_FORMAT_V1, rest)) => {
-            let object: Object = rmp_serde::from_slice(rest).map_err(|e| ObjectError::Corrupt(e.to_string()))?;
-            object.validate().map_err(|e| ObjectError::Corrupt(e.to_string()))?;
+            let object: Object =
+                rmp_serde::from_slice(rest).map_err(|e| ObjectError::Corrupt(e.to_string()))?;
+            object
+                .validate()
+                .map_err(|e| ObjectError::Corrupt(e.to_string()))?;
             Ok(object)
         }
         Some((&other, _)) => Err(ObjectError::UnknownFormat(other)),
@@ -69,7 +80,9 @@ pub fn storage_key(bucket: &[u8], key: &[u8]) -> Vec<u8> {
 }
 
 pub fn split_storage_key(stored: &[u8]) -> Result<(&[u8], &[u8]), ObjectError> {
-    let (len, rest) = stored.split_first_chunk::<2>().ok_or(ObjectError::CorruptKey)?;
+    let (len, rest) = stored
+        .split_first_chunk::<2>()
+        .ok_or(ObjectError::CorruptKey)?;
     let len = u16::from_be_bytes(*len) as usize;
     if rest.len() < len {
         return Err(ObjectError::CorruptKey);
@@ -93,7 +106,11 @@ mod tests {
 
     #[test]
     fn objects_round_trip_and_garbage_is_an_error() {
-        let object = Object::new().update(&Context::default(), ActorId(7), Sibling::value(b"v".to_vec(), None));
+        let object = Object::new().update(
+            &Context::default(),
+            ActorId(7),
+            Sibling::value(b"v".to_vec(), None),
+        );
         assert_eq!(decode_object(&encode_object(&object)).unwrap(), object);
         assert!(decode_object(&[]).is_err());
         assert!(decode_object(&[9, 1, 2]).is_err());

@@ -32,11 +32,19 @@ fn cpu_time() -> Duration {
     // SAFETY: getrusage only writes the struct we pass.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    let tv = |t: libc::timeval| Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64);
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
+    };
     tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
-pub fn run(duration: Duration, warmup: Duration, concurrency: usize, body_size: usize, json_out: bool) -> CliResult {
+pub fn run(
+    duration: Duration,
+    warmup: Duration,
+    concurrency: usize,
+    body_size: usize,
+    json_out: bool,
+) -> CliResult {
     let dir = std::env::temp_dir().join(format!("chorus-quic-floor-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     crate::certs::init(&dir, false).map_err(CliError::failed)?;
@@ -49,26 +57,42 @@ pub fn run(duration: Duration, warmup: Duration, concurrency: usize, body_size: 
         .map_err(|e| CliError::failed(format!("cannot start the async runtime: {e}")))?;
     let result = runtime.block_on(async move {
         let loopback: SocketAddr = "127.0.0.1:0".parse().expect("an address");
-        let server = QuicTransport::bind(loopback, Security::Cluster(credential.clone())).map_err(CliError::failed)?;
+        let server = QuicTransport::bind(loopback, Security::Cluster(credential.clone()))
+            .map_err(CliError::failed)?;
         tokio::spawn(server.clone().serve(Arc::new(Echo)));
         let addr = server.local_addr();
-        let client = QuicTransport::bind(loopback, Security::Cluster(credential)).map_err(CliError::failed)?;
+        let client = QuicTransport::bind(loopback, Security::Cluster(credential))
+            .map_err(CliError::failed)?;
         let body = vec![b'x'; body_size];
-        client.request(addr, &body, Duration::from_secs(10)).await.map_err(|e| CliError::failed(e.to_string()))?;
+        client
+            .request(addr, &body, Duration::from_secs(10))
+            .await
+            .map_err(|e| CliError::failed(e.to_string()))?;
 
-        let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")));
+        let histogram = Arc::new(Mutex::new(
+            Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
+        ));
         let measuring = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..concurrency {
-            let (client, body, histogram, measuring, stop) = (client.clone(), body.clone(), histogram.clone(), measuring.clone(), stop.clone());
+            let (client, body, histogram, measuring, stop) = (
+                client.clone(),
+                body.clone(),
+                histogram.clone(),
+                measuring.clone(),
+                stop.clone(),
+            );
             tasks.spawn(async move {
                 let mut errors = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     let sent = Instant::now();
                     match client.request(addr, &body, Duration::from_secs(10)).await {
                         Ok(_) if measuring.load(Ordering::Relaxed) => {
-                            let _ = histogram.lock().expect("histogram lock").record(sent.elapsed().as_micros().max(1) as u64);
+                            let _ = histogram
+                                .lock()
+                                .expect("histogram lock")
+                                .record(sent.elapsed().as_micros().max(1) as u64);
                         }
                         Ok(_) => {}
                         Err(_) => errors += 1,

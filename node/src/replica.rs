@@ -4,8 +4,8 @@
 //! stored bytes.
 
 use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
 use rand::rngs::StdRng;
@@ -13,7 +13,9 @@ use rand::{Rng, SeedableRng};
 
 use crate::causality::{ActorId, Context};
 use crate::metrics::Metrics;
-use crate::object::{decode_object, encode_object, split_storage_key, storage_key, Object, Sibling};
+use crate::object::{
+    decode_object, encode_object, split_storage_key, storage_key, Object, Sibling,
+};
 use crate::rpc::{KeyedObject, Request, Response};
 use crate::storage::merkle::{BRANCHES, SEGMENTS};
 use crate::storage::{PartitionId, Storage};
@@ -65,15 +67,27 @@ pub struct Replica<S: Storage> {
 pub const ACTOR_META_KEY: &str = "actor";
 
 impl<S: Storage> Replica<S> {
-    pub fn new(storage: Arc<S>, config: ReplicaConfig, metrics: Arc<Metrics>) -> Result<Self, ReplicaError> {
+    pub fn new(
+        storage: Arc<S>,
+        config: ReplicaConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, ReplicaError> {
         let actor = Mutex::new((config.actor, StdRng::seed_from_u64(config.actor_seed)));
         let hint_counts = Mutex::new(storage.hint_owners()?.into_iter().collect());
-        Ok(Replica { storage, config, stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(), actor, hint_counts, metrics })
+        Ok(Replica {
+            storage,
+            config,
+            stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            actor,
+            hint_counts,
+            metrics,
+        })
     }
 
     /// Replaces the per-owner hint counts with a fresh count from storage.
     pub fn recount_hints(&self, counts: &[(String, u64)]) {
-        *self.hint_counts.lock().unwrap_or_else(|p| p.into_inner()) = counts.iter().cloned().collect();
+        *self.hint_counts.lock().unwrap_or_else(|p| p.into_inner()) =
+            counts.iter().cloned().collect();
     }
 
     pub fn actor(&self) -> ActorId {
@@ -88,7 +102,8 @@ impl<S: Storage> Replica<S> {
     pub fn retire_actor(&self) -> Result<ActorId, ReplicaError> {
         let mut guard = self.actor.lock().unwrap_or_else(|p| p.into_inner());
         let fresh = ActorId(guard.1.random());
-        self.storage.meta_put(ACTOR_META_KEY, &fresh.0.to_be_bytes())?;
+        self.storage
+            .meta_put(ACTOR_META_KEY, &fresh.0.to_be_bytes())?;
         guard.0 = fresh;
         Ok(fresh)
     }
@@ -104,23 +119,48 @@ impl<S: Storage> Replica<S> {
     pub fn handle(&self, request: Request) -> Response {
         let result = match request {
             Request::Get { bucket, key } => self.get(&bucket, &key).map(Response::Object),
-            Request::Coordinate { bucket, key, context, value, hint_for } => {
-                self.coordinate(&bucket, &key, &context, value, hint_for.as_deref()).map(Response::Stored)
-            }
-            Request::Merge { bucket, key, object, hint_for } => {
+            Request::Coordinate {
+                bucket,
+                key,
+                context,
+                value,
+                hint_for,
+            } => self
+                .coordinate(&bucket, &key, &context, value, hint_for.as_deref())
+                .map(Response::Stored),
+            Request::Merge {
+                bucket,
+                key,
+                object,
+                hint_for,
+            } => {
                 // The ack is enough: shipping the merged state back would double the traffic.
-                self.merge(&bucket, &key, &object, hint_for.as_deref()).map(|_| Response::Merged(1))
+                self.merge(&bucket, &key, &object, hint_for.as_deref())
+                    .map(|_| Response::Merged(1))
             }
-            Request::TreeBranches { partition } => self.storage.tree(partition).map(|t| Response::Branches(t.branches())).map_err(Into::into),
-            Request::TreeLeaves { partition, branches } => self.leaves(partition, &branches).map(Response::Leaves),
-            Request::SegmentObjects { partition, segments } => self.segment_objects(partition, &segments).map(Response::Objects),
+            Request::TreeBranches { partition } => self
+                .storage
+                .tree(partition)
+                .map(|t| Response::Branches(t.branches()))
+                .map_err(Into::into),
+            Request::TreeLeaves {
+                partition,
+                branches,
+            } => self.leaves(partition, &branches).map(Response::Leaves),
+            Request::SegmentObjects {
+                partition,
+                segments,
+            } => self
+                .segment_objects(partition, &segments)
+                .map(Response::Objects),
             Request::MergeBatch { objects } => self.merge_batch(&objects).map(Response::Merged),
             Request::ReapBatch { objects } => self.reap(&objects).map(Response::Merged),
         };
         result.unwrap_or_else(|e| match e {
-            ReplicaError::TooManySiblings { .. } => {
-                Response::Refused { code: "too_many_siblings".into(), message: e.to_string() }
-            }
+            ReplicaError::TooManySiblings { .. } => Response::Refused {
+                code: "too_many_siblings".into(),
+                message: e.to_string(),
+            },
             other => Response::Failed(other.to_string()),
         })
     }
@@ -136,7 +176,14 @@ impl<S: Storage> Replica<S> {
     /// The coordinating replica's part of a write: the new value gets a dot of this
     /// replica's actor, superseding exactly what `context` covers. Persisted before return.
     /// A fallback (`hint_for` = the unreachable owner) records a hint, as in `merge`.
-    pub fn coordinate(&self, bucket: &[u8], key: &[u8], context: &Context, value: Sibling, hint_for: Option<&str>) -> Result<Object, ReplicaError> {
+    pub fn coordinate(
+        &self,
+        bucket: &[u8],
+        key: &[u8],
+        context: &Context,
+        value: Sibling,
+        hint_for: Option<&str>,
+    ) -> Result<Object, ReplicaError> {
         let partition = self.partition_of(bucket, key);
         let skey = storage_key(bucket, key);
         let _guard = self.lock(&skey);
@@ -148,12 +195,16 @@ impl<S: Storage> Replica<S> {
         let updated = current.update(context, self.actor(), value);
         let count = updated.sibling_count();
         if count > self.config.max_siblings {
-            return Err(ReplicaError::TooManySiblings { count, max: self.config.max_siblings });
+            return Err(ReplicaError::TooManySiblings {
+                count,
+                max: self.config.max_siblings,
+            });
         }
         if count >= self.config.warn_siblings {
             tracing::warn!(bucket = %String::from_utf8_lossy(bucket), key = %String::from_utf8_lossy(key), siblings = count, "key has many siblings; clients should resolve them by writing with a read's context");
         }
-        self.storage.put_replacing(partition, &skey, raw.as_deref(), &encode_object(&updated))?;
+        self.storage
+            .put_replacing(partition, &skey, raw.as_deref(), &encode_object(&updated))?;
         if let Some(owner) = hint_for {
             self.record_hint(owner, partition, &skey)?;
         }
@@ -162,8 +213,16 @@ impl<S: Storage> Replica<S> {
 
     /// Merges a peer's state into ours (replication, read repair, handoff, anti-entropy).
     /// Never refused for sibling count: refusing would drop a version another replica holds.
-    pub fn merge(&self, bucket: &[u8], key: &[u8], incoming: &Object, hint_for: Option<&str>) -> Result<Object, ReplicaError> {
-        incoming.validate().map_err(|e| ReplicaError::InvalidState(e.to_string()))?;
+    pub fn merge(
+        &self,
+        bucket: &[u8],
+        key: &[u8],
+        incoming: &Object,
+        hint_for: Option<&str>,
+    ) -> Result<Object, ReplicaError> {
+        incoming
+            .validate()
+            .map_err(|e| ReplicaError::InvalidState(e.to_string()))?;
         let partition = self.partition_of(bucket, key);
         let skey = storage_key(bucket, key);
         let _guard = self.lock(&skey);
@@ -174,7 +233,12 @@ impl<S: Storage> Replica<S> {
             None => incoming.clone(),
         };
         if current.as_ref() != Some(&merged) {
-            self.storage.put_replacing(partition, &skey, raw.as_deref(), &encode_object(&merged))?;
+            self.storage.put_replacing(
+                partition,
+                &skey,
+                raw.as_deref(),
+                &encode_object(&merged),
+            )?;
         }
         if let Some(owner) = hint_for {
             self.record_hint(owner, partition, &skey)?;
@@ -184,7 +248,12 @@ impl<S: Storage> Replica<S> {
 
     /// Remembers that this node holds `skey` for the unreachable `owner`, within the bound.
     /// Called under the key's lock, after the state was stored.
-    fn record_hint(&self, owner: &str, partition: PartitionId, skey: &[u8]) -> Result<(), ReplicaError> {
+    fn record_hint(
+        &self,
+        owner: &str,
+        partition: PartitionId,
+        skey: &[u8],
+    ) -> Result<(), ReplicaError> {
         let mut counts = self.hint_counts.lock().unwrap_or_else(|p| p.into_inner());
         let held = counts.entry(owner.to_string()).or_insert(0);
         if *held >= self.config.max_hints_per_owner {
@@ -201,7 +270,11 @@ impl<S: Storage> Replica<S> {
         Ok(())
     }
 
-    fn leaves(&self, partition: PartitionId, branches: &[u32]) -> Result<Vec<(u32, Vec<[u8; 32]>)>, ReplicaError> {
+    fn leaves(
+        &self,
+        partition: PartitionId,
+        branches: &[u32],
+    ) -> Result<Vec<(u32, Vec<[u8; 32]>)>, ReplicaError> {
         let tree = self.storage.tree(partition)?;
         Ok(branches
             .iter()
@@ -212,8 +285,16 @@ impl<S: Storage> Replica<S> {
 
     /// Every object of some tree segments, cut off at about `MAX_BATCH_BYTES` (the caller
     /// repairs the rest on its next exchange).
-    pub fn segment_objects(&self, partition: PartitionId, segments: &[u32]) -> Result<Vec<KeyedObject>, ReplicaError> {
-        let segments: Vec<usize> = segments.iter().map(|&s| s as usize).filter(|&s| s < SEGMENTS).collect();
+    pub fn segment_objects(
+        &self,
+        partition: PartitionId,
+        segments: &[u32],
+    ) -> Result<Vec<KeyedObject>, ReplicaError> {
+        let segments: Vec<usize> = segments
+            .iter()
+            .map(|&s| s as usize)
+            .filter(|&s| s < SEGMENTS)
+            .collect();
         let mut out = Vec::new();
         let mut bytes = 0;
         for (skey, raw) in self.storage.scan_segments(partition, &segments)? {
@@ -222,7 +303,11 @@ impl<S: Storage> Replica<S> {
             }
             bytes += skey.len() + raw.len();
             let (bucket, key) = split_storage_key(&skey)?;
-            out.push(KeyedObject { bucket: bucket.to_vec(), key: key.to_vec(), object: decode_object(&raw)? });
+            out.push(KeyedObject {
+                bucket: bucket.to_vec(),
+                key: key.to_vec(),
+                object: decode_object(&raw)?,
+            });
         }
         Ok(out)
     }
@@ -242,7 +327,12 @@ impl<S: Storage> Replica<S> {
 
     /// Physically removes a key, but only if its state is still exactly `expected`: a write
     /// that arrived since the caller looked must not be dropped with it.
-    pub fn remove_if_unchanged(&self, bucket: &[u8], key: &[u8], expected: &Object) -> Result<bool, ReplicaError> {
+    pub fn remove_if_unchanged(
+        &self,
+        bucket: &[u8],
+        key: &[u8],
+        expected: &Object,
+    ) -> Result<bool, ReplicaError> {
         let partition = self.partition_of(bucket, key);
         let skey = storage_key(bucket, key);
         let _guard = self.lock(&skey);
@@ -258,7 +348,10 @@ impl<S: Storage> Replica<S> {
         self.retire_actor()?;
         let mut dropped = 0;
         for t in tombstones {
-            debug_assert!(t.object.values().iter().all(|s| s.deleted), "only tombstones are reaped");
+            debug_assert!(
+                t.object.values().iter().all(|s| s.deleted),
+                "only tombstones are reaped"
+            );
             dropped += usize::from(self.remove_if_unchanged(&t.bucket, &t.key, &t.object)?);
         }
         Ok(dropped)
@@ -266,7 +359,14 @@ impl<S: Storage> Replica<S> {
 
     /// After `owner` stored `delivered`: forget the hint, and when this node does not own
     /// the key (`drop_local`), drop its copy too, unless a newer write arrived meanwhile.
-    pub fn finish_handoff(&self, owner: &str, bucket: &[u8], key: &[u8], delivered: Option<&Object>, drop_local: bool) -> Result<bool, ReplicaError> {
+    pub fn finish_handoff(
+        &self,
+        owner: &str,
+        bucket: &[u8],
+        key: &[u8],
+        delivered: Option<&Object>,
+        drop_local: bool,
+    ) -> Result<bool, ReplicaError> {
         let partition = self.partition_of(bucket, key);
         let skey = storage_key(bucket, key);
         let _guard = self.lock(&skey);
@@ -292,7 +392,9 @@ impl<S: Storage> Replica<S> {
         let mut hasher = DefaultHasher::new();
         skey.hash(&mut hasher);
         let stripe = &self.stripes[hasher.finish() as usize % LOCK_STRIPES];
-        stripe.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        stripe
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -302,8 +404,20 @@ mod tests {
     use crate::storage::MemoryStorage;
 
     fn replica() -> Replica<MemoryStorage> {
-        let config = ReplicaConfig { actor: ActorId(1), actor_seed: 1, ring_size: 64, max_siblings: 100, warn_siblings: 25, max_hints_per_owner: 10 };
-        Replica::new(Arc::new(MemoryStorage::new()), config, Arc::new(Metrics::default())).unwrap()
+        let config = ReplicaConfig {
+            actor: ActorId(1),
+            actor_seed: 1,
+            ring_size: 64,
+            max_siblings: 100,
+            warn_siblings: 25,
+            max_hints_per_owner: 10,
+        };
+        Replica::new(
+            Arc::new(MemoryStorage::new()),
+            config,
+            Arc::new(Metrics::default()),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -320,10 +434,23 @@ mod tests {
         let hints = r.storage().hint_scan("owner", 10).unwrap();
         assert_eq!(hints.len(), 1);
         assert_eq!(hints[0].1, storage_key(b"b", b"k"));
-        assert_eq!(r.storage().hint_owners().unwrap(), vec![("owner".to_string(), 1)]);
+        assert_eq!(
+            r.storage().hint_owners().unwrap(),
+            vec![("owner".to_string(), 1)]
+        );
 
         // A primary minting a write keeps no hint.
-        r.coordinate(b"b", b"other", &Context::default(), Sibling::value(b"v".to_vec(), None), None).unwrap();
-        assert_eq!(r.storage().hint_owners().unwrap(), vec![("owner".to_string(), 1)]);
+        r.coordinate(
+            b"b",
+            b"other",
+            &Context::default(),
+            Sibling::value(b"v".to_vec(), None),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            r.storage().hint_owners().unwrap(),
+            vec![("owner".to_string(), 1)]
+        );
     }
 }

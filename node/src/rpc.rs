@@ -92,7 +92,10 @@ pub enum Response {
     /// Answer to `Merge` (1), `MergeBatch` (keys changed) and `ReapBatch` (keys dropped).
     Merged(usize),
     /// The write was refused and nothing was stored (e.g. too many siblings).
-    Refused { code: String, message: String },
+    Refused {
+        code: String,
+        message: String,
+    },
     /// The replica failed (storage error, malformed request).
     Failed(String),
 }

@@ -89,7 +89,10 @@ pub fn run(args: StartArgs) -> CliResult {
 fn validate(args: &StartArgs) -> CliResult {
     let name_ok = !args.name.is_empty()
         && args.name.len() <= MAX_NAME_LEN
-        && args.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        && args
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
     if !name_ok {
         return Err(CliError::usage(format!(
             "--name '{}' must be 1..={MAX_NAME_LEN} characters of letters, digits, '-', '_' or '.'",
@@ -107,25 +110,40 @@ fn validate(args: &StartArgs) -> CliResult {
         )));
     }
     if args.max_value == 0 || args.max_value > transport::MAX_MESSAGE_BYTES / 4 {
-        return Err(CliError::usage(format!("--max-value must be in 1..={}", transport::MAX_MESSAGE_BYTES / 4)));
+        return Err(CliError::usage(format!(
+            "--max-value must be in 1..={}",
+            transport::MAX_MESSAGE_BYTES / 4
+        )));
     }
     if args.max_siblings == 0 || args.warn_siblings == 0 {
-        return Err(CliError::usage("--max-siblings and --warn-siblings must be at least 1"));
+        return Err(CliError::usage(
+            "--max-siblings and --warn-siblings must be at least 1",
+        ));
     }
-    if [args.timeout_ms, args.gossip_interval_ms, args.sync_interval_ms, args.healing_interval_ms].contains(&0) {
+    if [
+        args.timeout_ms,
+        args.gossip_interval_ms,
+        args.sync_interval_ms,
+        args.healing_interval_ms,
+    ]
+    .contains(&0)
+    {
         return Err(CliError::usage("--timeout-ms, --gossip-interval-ms, --sync-interval-ms and --healing-interval-ms must be at least 1"));
     }
     if !(args.phi_threshold.is_finite() && args.phi_threshold > 0.0) {
         return Err(CliError::usage("--phi-threshold must be a positive number"));
     }
     if args.listen.port() == 0 || args.http.port() == 0 {
-        return Err(CliError::usage("--listen and --http need explicit ports (other nodes must know them)"));
+        return Err(CliError::usage(
+            "--listen and --http need explicit ports (other nodes must know them)",
+        ));
     }
     Ok(())
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -140,12 +158,24 @@ async fn serve(args: StartArgs, security: Security) -> CliResult {
         .await
         .map_err(|e| CliError::usage(format!("cannot listen on {} (HTTP): {e}", args.http)))?;
     let sync = match args.sync {
-        SyncArg::Periodic => SyncMode::Periodic { interval_ms: args.sync_interval_ms },
+        SyncArg::Periodic => SyncMode::Periodic {
+            interval_ms: args.sync_interval_ms,
+        },
         SyncArg::Always => SyncMode::Always,
     };
     let storage = Arc::new(
-        FjallStorage::open_with(&args.data, sync, args.cache_mb * 1024 * 1024, args.memtable_mb.max(1) * 1024 * 1024)
-            .map_err(|e| CliError::usage(format!("cannot open data directory {}: {e}", args.data.display())))?,
+        FjallStorage::open_with(
+            &args.data,
+            sync,
+            args.cache_mb * 1024 * 1024,
+            args.memtable_mb.max(1) * 1024 * 1024,
+        )
+        .map_err(|e| {
+            CliError::usage(format!(
+                "cannot open data directory {}: {e}",
+                args.data.display()
+            ))
+        })?,
     );
     let identity = load_identity(storage.as_ref(), &args)?;
     tracing::info!(name = %args.name, generation = identity.generation, listen = %args.listen, http = %args.http, data = %args.data.display(), "starting");
@@ -155,29 +185,60 @@ async fn serve(args: StartArgs, security: Security) -> CliResult {
         args.name.clone(),
         args.listen.to_string(),
         identity.generation,
-        ClusterConfig { n: args.n, ring_size: args.ring_size },
-        args.seeds.iter().filter(|s| **s != args.listen).map(ToString::to_string).collect(),
+        ClusterConfig {
+            n: args.n,
+            ring_size: args.ring_size,
+        },
+        args.seeds
+            .iter()
+            .filter(|s| **s != args.listen)
+            .map(ToString::to_string)
+            .collect(),
     );
     gossip_config.gossip_interval_ms = args.gossip_interval_ms;
-    gossip_config.phi = PhiConfig { threshold: args.phi_threshold, ..gossip_config.phi };
-    let gossip = Arc::new(Gossip::new(gossip_config, args.ring_size, args.n, rand::rng().random()));
-    let replica = Arc::new(Replica::new(
-        storage.clone(),
-        ReplicaConfig {
-            actor: current_actor(storage.as_ref(), &identity)?,
-            actor_seed: rand::rng().random(),
-            ring_size: args.ring_size,
-            max_siblings: args.max_siblings,
-            warn_siblings: args.warn_siblings,
-            max_hints_per_owner: args.max_hints_per_owner,
-        },
+    gossip_config.phi = PhiConfig {
+        threshold: args.phi_threshold,
+        ..gossip_config.phi
+    };
+    let gossip = Arc::new(Gossip::new(
+        gossip_config,
+        args.ring_size,
+        args.n,
+        rand::rng().random(),
+    ));
+    let replica = Arc::new(
+        Replica::new(
+            storage.clone(),
+            ReplicaConfig {
+                actor: current_actor(storage.as_ref(), &identity)?,
+                actor_seed: rand::rng().random(),
+                ring_size: args.ring_size,
+                max_siblings: args.max_siblings,
+                warn_siblings: args.warn_siblings,
+                max_hints_per_owner: args.max_hints_per_owner,
+            },
+            metrics.clone(),
+        )
+        .map_err(|e| {
+            CliError::usage(format!(
+                "cannot open data directory {}: {e}",
+                args.data.display()
+            ))
+        })?,
+    );
+    let peers = Arc::new(QuicPeers {
+        transport: transport.clone(),
+        gossip: gossip.clone(),
+    });
+    let writes_block = args.sync == SyncArg::Always;
+    let coordinator = Coordinator::new(
+        args.name.clone(),
+        replica.clone(),
+        peers.clone(),
+        gossip.view.clone(),
         metrics.clone(),
     )
-    .map_err(|e| CliError::usage(format!("cannot open data directory {}: {e}", args.data.display())))?);
-    let peers = Arc::new(QuicPeers { transport: transport.clone(), gossip: gossip.clone() });
-    let writes_block = args.sync == SyncArg::Always;
-    let coordinator = Coordinator::new(args.name.clone(), replica.clone(), peers.clone(), gossip.view.clone(), metrics.clone())
-        .with_blocking_local_writes(writes_block);
+    .with_blocking_local_writes(writes_block);
     let healer = Arc::new(Healer::new(
         args.name.clone(),
         replica.clone(),
@@ -192,7 +253,10 @@ async fn serve(args: StartArgs, security: Security) -> CliResult {
     ));
     let node = Arc::new(Node {
         name: args.name.clone(),
-        limits: Limits { max_value: args.max_value, default_timeout: Duration::from_millis(args.timeout_ms) },
+        limits: Limits {
+            max_value: args.max_value,
+            default_timeout: Duration::from_millis(args.timeout_ms),
+        },
         coordinator,
         replica,
         gossip: gossip.clone(),
@@ -204,8 +268,15 @@ async fn serve(args: StartArgs, security: Security) -> CliResult {
     });
     tokio::spawn(healer.run());
 
-    tokio::spawn(transport.clone().serve(Arc::new(RpcHandler { node: node.clone() })));
-    tokio::spawn(gossip_loop(node.clone(), Duration::from_millis(args.gossip_interval_ms)));
+    tokio::spawn(
+        transport
+            .clone()
+            .serve(Arc::new(RpcHandler { node: node.clone() })),
+    );
+    tokio::spawn(gossip_loop(
+        node.clone(),
+        Duration::from_millis(args.gossip_interval_ms),
+    ));
 
     let router = crate::http::router(node.clone());
     let mut rejected = gossip.rejected.subscribe();
@@ -233,7 +304,9 @@ async fn serve(args: StartArgs, security: Security) -> CliResult {
     }
     transport.close().await;
     match reason {
-        Some(reason) => Err(CliError::usage(format!("the cluster refused this node: {reason}"))),
+        Some(reason) => Err(CliError::usage(format!(
+            "the cluster refused this node: {reason}"
+        ))),
         None => Ok(()),
     }
 }
@@ -254,7 +327,10 @@ async fn shutdown_signal() {
 fn current_actor(storage: &FjallStorage, identity: &Identity) -> Result<ActorId, CliError> {
     match storage.meta_get(crate::replica::ACTOR_META_KEY) {
         Ok(Some(bytes)) => {
-            let bytes: [u8; 8] = bytes.as_slice().try_into().map_err(|_| CliError::usage("the stored actor id is corrupt"))?;
+            let bytes: [u8; 8] = bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| CliError::usage("the stored actor id is corrupt"))?;
             Ok(ActorId(u64::from_be_bytes(bytes)))
         }
         Ok(None) => Ok(ActorId(identity.actor)),
@@ -263,14 +339,23 @@ fn current_actor(storage: &FjallStorage, identity: &Identity) -> Result<ActorId,
 }
 
 fn load_identity(storage: &FjallStorage, args: &StartArgs) -> Result<Identity, CliError> {
-    let storage_error = |e: crate::storage::StorageError| CliError::usage(format!("data directory {}: {e}", args.data.display()));
-    let stored: Option<Identity> = match storage.meta_get(IDENTITY_META_KEY).map_err(storage_error)? {
-        Some(bytes) => Some(rmp_serde::from_slice(&bytes).map_err(|e| {
-            CliError::usage(format!("data directory {} has an unreadable identity: {e}", args.data.display()))
-        })?),
-        None => None,
+    let storage_error = |e: crate::storage::StorageError| {
+        CliError::usage(format!("data directory {}: {e}", args.data.display()))
     };
-    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let stored: Option<Identity> =
+        match storage.meta_get(IDENTITY_META_KEY).map_err(storage_error)? {
+            Some(bytes) => Some(rmp_serde::from_slice(&bytes).map_err(|e| {
+                CliError::usage(format!(
+                    "data directory {} has an unreadable identity: {e}",
+                    args.data.display()
+                ))
+            })?),
+            None => None,
+        };
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
     let identity = match stored {
         Some(id) if id.name != args.name => {
             return Err(CliError::usage(format!(
@@ -300,7 +385,9 @@ fn load_identity(storage: &FjallStorage, args: &StartArgs) -> Result<Identity, C
         },
     };
     let bytes = rmp_serde::to_vec(&identity).expect("encoding to a Vec cannot fail");
-    storage.meta_put(IDENTITY_META_KEY, &bytes).map_err(storage_error)?;
+    storage
+        .meta_put(IDENTITY_META_KEY, &bytes)
+        .map_err(storage_error)?;
     Ok(identity)
 }
 
@@ -365,7 +452,10 @@ impl Node {
     pub fn refresh_phi_metrics(&self) {
         for m in self.gossip.members() {
             if !m.is_self {
-                self.metrics.phi.get_or_create(&PeerLabels { peer: m.name }).set(m.phi.min(1e9));
+                self.metrics
+                    .phi
+                    .get_or_create(&PeerLabels { peer: m.name })
+                    .set(m.phi.min(1e9));
             }
         }
     }
@@ -373,7 +463,12 @@ impl Node {
     /// Starts leaving: the node drops out of the ring, so ownership transfer hands every
     /// partition to its new owners; once nothing is left here it announces `left` and stops.
     pub async fn leave(self: &Arc<Self>) -> Result<(), String> {
-        if self.gossip.members().iter().any(|m| m.is_self && m.state != chorus_gossip::MemberState::Alive) {
+        if self
+            .gossip
+            .members()
+            .iter()
+            .any(|m| m.is_self && m.state != chorus_gossip::MemberState::Alive)
+        {
             return Err(format!("{} is already leaving", self.name));
         }
         self.gossip.step(|m, _, _| {
@@ -422,10 +517,24 @@ pub struct QuicPeers {
 }
 
 impl Peers for QuicPeers {
-    async fn call(&self, to: &str, request: Request, timeout: Duration) -> Result<Response, String> {
-        let address = self.gossip.address_of(to).ok_or_else(|| format!("no address known for {to}"))?;
-        let addr: SocketAddr = address.parse().map_err(|_| format!("{to} has an invalid address {address}"))?;
-        let bytes = self.transport.request(addr, &rpc::encode(Message::Request(request)), timeout).await.map_err(|e| e.to_string())?;
+    async fn call(
+        &self,
+        to: &str,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Response, String> {
+        let address = self
+            .gossip
+            .address_of(to)
+            .ok_or_else(|| format!("no address known for {to}"))?;
+        let addr: SocketAddr = address
+            .parse()
+            .map_err(|_| format!("{to} has an invalid address {address}"))?;
+        let bytes = self
+            .transport
+            .request(addr, &rpc::encode(Message::Request(request)), timeout)
+            .await
+            .map_err(|e| e.to_string())?;
         match rpc::decode(&bytes)? {
             Message::Response(response) => Ok(response),
             other => Err(format!("{to} answered with {other:?}")),
@@ -440,7 +549,9 @@ struct RpcHandler {
 impl transport::Handler for RpcHandler {
     async fn request(&self, from: SocketAddr, body: Vec<u8>) -> Vec<u8> {
         let response = match rpc::decode(&body) {
-            Ok(Message::Request(request)) if self.node.writes_block && !matches!(request, Request::Get { .. }) => {
+            Ok(Message::Request(request))
+                if self.node.writes_block && !matches!(request, Request::Get { .. }) =>
+            {
                 let replica = self.node.replica.clone();
                 tokio::task::spawn_blocking(move || replica.handle(request))
                     .await

@@ -56,9 +56,17 @@ pub enum Security {
 /// Receives what peers send. Implemented by the node server.
 pub trait Handler: Send + Sync + 'static {
     /// Answers a request; the returned bytes go back on the same stream.
-    fn request(&self, from: SocketAddr, body: Vec<u8>) -> impl std::future::Future<Output = Vec<u8>> + Send;
+    fn request(
+        &self,
+        from: SocketAddr,
+        body: Vec<u8>,
+    ) -> impl std::future::Future<Output = Vec<u8>> + Send;
     /// Takes a one-way message (gossip).
-    fn oneway(&self, from: SocketAddr, body: Vec<u8>) -> impl std::future::Future<Output = ()> + Send;
+    fn oneway(
+        &self,
+        from: SocketAddr,
+        body: Vec<u8>,
+    ) -> impl std::future::Future<Output = ()> + Send;
 }
 
 #[derive(Default)]
@@ -85,13 +93,20 @@ impl QuicTransport {
             Security::Cluster(credential) => mutual_tls(provider, credential)?,
             Security::Insecure => insecure_tls(provider)?,
         };
-        let mut endpoint = Endpoint::server(server, addr).map_err(|e| format!("cannot listen on {addr} (UDP): {e}"))?;
+        let mut endpoint = Endpoint::server(server, addr)
+            .map_err(|e| format!("cannot listen on {addr} (UDP): {e}"))?;
         endpoint.set_default_client_config(client);
-        Ok(Arc::new(QuicTransport { endpoint, peers: Mutex::new(HashMap::new()), incoming: Mutex::new(HashMap::new()) }))
+        Ok(Arc::new(QuicTransport {
+            endpoint,
+            peers: Mutex::new(HashMap::new()),
+            incoming: Mutex::new(HashMap::new()),
+        }))
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.endpoint.local_addr().expect("a bound endpoint has an address")
+        self.endpoint
+            .local_addr()
+            .expect("a bound endpoint has an address")
     }
 
     /// Accepts connections until the endpoint closes, handing every stream to `handler`.
@@ -116,7 +131,10 @@ impl QuicTransport {
                 }
                 serve_connection(connection.clone(), handler).await;
                 let mut incoming = transport.incoming.lock().expect("incoming map lock");
-                if incoming.get(&from).is_some_and(|c| c.stable_id() == connection.stable_id()) {
+                if incoming
+                    .get(&from)
+                    .is_some_and(|c| c.stable_id() == connection.stable_id())
+                {
                     incoming.remove(&from);
                 }
             });
@@ -124,30 +142,46 @@ impl QuicTransport {
     }
 
     /// Sends `body` and waits for the response, all within `timeout`.
-    pub async fn request(&self, to: SocketAddr, body: &[u8], timeout: Duration) -> Result<Vec<u8>, TransportError> {
+    pub async fn request(
+        &self,
+        to: SocketAddr,
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<Vec<u8>, TransportError> {
         let exchange = async {
             #[cfg(feature = "fault-injection")]
             crate::fault::delay_message().await;
             let connection = self.connection(to).await?;
-            let stream_error = |e: &dyn std::fmt::Display| TransportError::Stream(to, e.to_string());
+            let stream_error =
+                |e: &dyn std::fmt::Display| TransportError::Stream(to, e.to_string());
             let (mut send, mut recv) = connection.open_bi().await.map_err(|e| {
                 self.forget(to, &connection);
                 stream_error(&e)
             })?;
             send.write_all(body).await.map_err(|e| stream_error(&e))?;
             send.finish().map_err(|e| stream_error(&e))?;
-            recv.read_to_end(MAX_MESSAGE_BYTES).await.map_err(|e| stream_error(&e))
+            recv.read_to_end(MAX_MESSAGE_BYTES)
+                .await
+                .map_err(|e| stream_error(&e))
         };
-        tokio::time::timeout(timeout, exchange).await.map_err(|_| TransportError::Timeout(to))?
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| TransportError::Timeout(to))?
     }
 
     /// Sends a one-way message; delivery is best effort (gossip repeats itself).
-    pub async fn send(&self, to: SocketAddr, body: &[u8], timeout: Duration) -> Result<(), TransportError> {
+    pub async fn send(
+        &self,
+        to: SocketAddr,
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<(), TransportError> {
         let exchange = async {
             #[cfg(feature = "fault-injection")]
             crate::fault::delay_message().await;
             let connection = self.connection(to).await?;
-            let stream_error = |e: &dyn std::fmt::Display| TransportError::Stream(to, e.to_string());
+            let stream_error =
+                |e: &dyn std::fmt::Display| TransportError::Stream(to, e.to_string());
             let mut send = connection.open_uni().await.map_err(|e| {
                 self.forget(to, &connection);
                 stream_error(&e)
@@ -155,7 +189,9 @@ impl QuicTransport {
             send.write_all(body).await.map_err(|e| stream_error(&e))?;
             send.finish().map_err(|e| stream_error(&e))
         };
-        tokio::time::timeout(timeout, exchange).await.map_err(|_| TransportError::Timeout(to))?
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| TransportError::Timeout(to))?
     }
 
     /// Closes every connection and the endpoint, telling peers we are gone.
@@ -170,9 +206,16 @@ impl QuicTransport {
     /// they idle out (10 s without packets). The old incoming one is closed here; the
     /// caller drops ours (`drop_outgoing`).
     fn replaces_live_connection(&self, from: SocketAddr, connection: &Connection) -> bool {
-        let previous = self.incoming.lock().expect("incoming map lock").insert(from, connection.clone());
+        let previous = self
+            .incoming
+            .lock()
+            .expect("incoming map lock")
+            .insert(from, connection.clone());
         match previous {
-            Some(previous) if previous.stable_id() != connection.stable_id() && previous.close_reason().is_none() => {
+            Some(previous)
+                if previous.stable_id() != connection.stable_id()
+                    && previous.close_reason().is_none() =>
+            {
                 previous.close(VarInt::from_u32(0), b"peer restarted");
                 true
             }
@@ -193,12 +236,21 @@ impl QuicTransport {
     }
 
     fn slot(&self, to: SocketAddr) -> Arc<tokio::sync::Mutex<PeerState>> {
-        self.peers.lock().expect("peer map lock").entry(to).or_default().clone()
+        self.peers
+            .lock()
+            .expect("peer map lock")
+            .entry(to)
+            .or_default()
+            .clone()
     }
 
     fn forget(&self, to: SocketAddr, dead: &Connection) {
         if let Ok(mut state) = self.slot(to).try_lock() {
-            if state.connection.as_ref().is_some_and(|c| c.stable_id() == dead.stable_id()) {
+            if state
+                .connection
+                .as_ref()
+                .is_some_and(|c| c.stable_id() == dead.stable_id())
+            {
                 state.connection = None;
             }
         }
@@ -279,9 +331,14 @@ fn transport_config() -> Arc<TransportConfig> {
     Arc::new(config)
 }
 
-fn mutual_tls(provider: Arc<CryptoProvider>, credential: Credential) -> Result<(ServerConfig, ClientConfig), String> {
+fn mutual_tls(
+    provider: Arc<CryptoProvider>,
+    credential: Credential,
+) -> Result<(ServerConfig, ClientConfig), String> {
     let mut roots = RootCertStore::empty();
-    roots.add(credential.ca.clone()).map_err(|e| format!("invalid cluster CA certificate: {e}"))?;
+    roots
+        .add(credential.ca.clone())
+        .map_err(|e| format!("invalid cluster CA certificate: {e}"))?;
     let roots = Arc::new(roots);
     let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
         .build()
@@ -307,7 +364,8 @@ fn insecure_tls(provider: Arc<CryptoProvider>) -> Result<(ServerConfig, ClientCo
     let generated = rcgen::generate_simple_self_signed(vec![NODE_SERVER_NAME.to_string()])
         .map_err(|e| format!("cannot generate a certificate: {e}"))?;
     let cert = CertificateDer::from(generated.cert.der().to_vec());
-    let key = PrivateKeyDer::try_from(generated.key_pair.serialize_der()).map_err(|e| e.to_string())?;
+    let key =
+        PrivateKeyDer::try_from(generated.key_pair.serialize_der()).map_err(|e| e.to_string())?;
     let mut server = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| e.to_string())?
@@ -325,7 +383,10 @@ fn insecure_tls(provider: Arc<CryptoProvider>) -> Result<(ServerConfig, ClientCo
     quic_configs(server, client)
 }
 
-fn quic_configs(server: rustls::ServerConfig, client: rustls::ClientConfig) -> Result<(ServerConfig, ClientConfig), String> {
+fn quic_configs(
+    server: rustls::ServerConfig,
+    client: rustls::ClientConfig,
+) -> Result<(ServerConfig, ClientConfig), String> {
     let server_crypto = QuicServerConfig::try_from(server).map_err(|e| e.to_string())?;
     let mut server_config = ServerConfig::with_crypto(Arc::new(server_crypto));
     server_config.transport_config(transport_config());
@@ -358,7 +419,12 @@ impl ServerCertVerifier for AcceptAnyServer {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -367,7 +433,12 @@ impl ServerCertVerifier for AcceptAnyServer {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -397,20 +468,37 @@ mod tests {
     #[tokio::test]
     async fn members_talk_and_strangers_are_refused() {
         let cluster = credential();
-        let server = QuicTransport::bind("127.0.0.1:0".parse().unwrap(), Security::Cluster(cluster.clone())).unwrap();
+        let server = QuicTransport::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            Security::Cluster(cluster.clone()),
+        )
+        .unwrap();
         tokio::spawn(server.clone().serve(Arc::new(Echo)));
         let addr = server.local_addr();
         let timeout = Duration::from_secs(10);
 
-        let member = QuicTransport::bind("127.0.0.1:0".parse().unwrap(), Security::Cluster(cluster)).unwrap();
+        let member =
+            QuicTransport::bind("127.0.0.1:0".parse().unwrap(), Security::Cluster(cluster))
+                .unwrap();
         assert_eq!(member.request(addr, b"abc", timeout).await.unwrap(), b"cba");
         // The connection is reused: a second request does not dial again.
         assert_eq!(member.request(addr, b"xy", timeout).await.unwrap(), b"yx");
         assert_eq!(member.peers.lock().unwrap().len(), 1);
 
-        let stranger = QuicTransport::bind("127.0.0.1:0".parse().unwrap(), Security::Cluster(credential())).unwrap();
-        assert!(stranger.request(addr, b"abc", timeout).await.is_err(), "another CA must not get in");
-        let insecure = QuicTransport::bind("127.0.0.1:0".parse().unwrap(), Security::Insecure).unwrap();
-        assert!(insecure.request(addr, b"abc", timeout).await.is_err(), "a node without a certificate must not get in");
+        let stranger = QuicTransport::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            Security::Cluster(credential()),
+        )
+        .unwrap();
+        assert!(
+            stranger.request(addr, b"abc", timeout).await.is_err(),
+            "another CA must not get in"
+        );
+        let insecure =
+            QuicTransport::bind("127.0.0.1:0".parse().unwrap(), Security::Insecure).unwrap();
+        assert!(
+            insecure.request(addr, b"abc", timeout).await.is_err(),
+            "a node without a certificate must not get in"
+        );
     }
 }

@@ -26,16 +26,28 @@ thread_local! {
 
 /// One request to the node at `base` (`http://127.0.0.1:port`). `path` is sent as is (the
 /// caller encodes it), so tests can send malformed escapes on purpose.
-pub fn call(base: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<Response, String> {
+pub fn call(
+    base: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Response, String> {
     let method = Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
     let mut client = CLIENTS.with(|c| c.borrow_mut().remove(base)).map_or_else(
         || BaseUrl::parse(base).map(|b| HttpClient::new(b).with_timeout(REQUEST_TIMEOUT)),
         Ok,
     )?;
-    let result = RUNTIME.with(|rt| rt.block_on(client.request(method, path, headers, Bytes::copy_from_slice(body))));
+    let result = RUNTIME.with(|rt| {
+        rt.block_on(client.request(method, path, headers, Bytes::copy_from_slice(body)))
+    });
     // A server that refused a body without reading it (413) closes the connection after
     // answering; the next request must not be sent on it.
-    let closing = result.as_ref().is_ok_and(|r| r.status == 413 || r.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")));
+    let closing = result.as_ref().is_ok_and(|r| {
+        r.status == 413
+            || r.header("connection")
+                .is_some_and(|v| v.eq_ignore_ascii_case("close"))
+    });
     if !closing {
         CLIENTS.with(|c| c.borrow_mut().insert(base.to_string(), client));
     }
@@ -56,16 +68,41 @@ pub fn kv(bucket: impl AsRef<[u8]>, key: impl AsRef<[u8]>, query: &str) -> Strin
     }
 }
 
-pub fn put(base: &str, bucket: &str, key: &str, value: &[u8], query: &str, context: Option<&str>) -> Result<Response, String> {
-    let headers: Vec<(&str, &str)> = context.map(|c| ("x-chorus-context", c)).into_iter().collect();
+pub fn put(
+    base: &str,
+    bucket: &str,
+    key: &str,
+    value: &[u8],
+    query: &str,
+    context: Option<&str>,
+) -> Result<Response, String> {
+    let headers: Vec<(&str, &str)> = context
+        .map(|c| ("x-chorus-context", c))
+        .into_iter()
+        .collect();
     call(base, "PUT", &kv(bucket, key, query), &headers, value)
 }
 
 /// A PUT that must succeed (204); returns the new context.
-pub fn put_ok(base: &str, bucket: &str, key: &str, value: &[u8], query: &str, context: Option<&str>) -> String {
-    let r = put(base, bucket, key, value, query, context).unwrap_or_else(|e| panic!("PUT {bucket}/{key}: {e}"));
-    assert_eq!(r.status, 204, "PUT {bucket}/{key} on {base}: {}", r.error_message());
-    r.header("x-chorus-context").expect("a PUT answers with a context").to_string()
+pub fn put_ok(
+    base: &str,
+    bucket: &str,
+    key: &str,
+    value: &[u8],
+    query: &str,
+    context: Option<&str>,
+) -> String {
+    let r = put(base, bucket, key, value, query, context)
+        .unwrap_or_else(|e| panic!("PUT {bucket}/{key}: {e}"));
+    assert_eq!(
+        r.status,
+        204,
+        "PUT {bucket}/{key} on {base}: {}",
+        r.error_message()
+    );
+    r.header("x-chorus-context")
+        .expect("a PUT answers with a context")
+        .to_string()
 }
 
 pub fn get_kv(base: &str, bucket: &str, key: &str, query: &str) -> Result<Response, String> {
@@ -73,18 +110,42 @@ pub fn get_kv(base: &str, bucket: &str, key: &str, query: &str) -> Result<Respon
 }
 
 /// GET with `Accept: application/json`: (status, context, sibling values).
-pub fn get_json(base: &str, bucket: &str, key: &str, query: &str) -> Result<(u16, String, Vec<Vec<u8>>), String> {
-    let r = call(base, "GET", &kv(bucket, key, query), &[("accept", "application/json")], b"")?;
+pub fn get_json(
+    base: &str,
+    bucket: &str,
+    key: &str,
+    query: &str,
+) -> Result<(u16, String, Vec<Vec<u8>>), String> {
+    let r = call(
+        base,
+        "GET",
+        &kv(bucket, key, query),
+        &[("accept", "application/json")],
+        b"",
+    )?;
     if r.status != 200 && r.status != 300 && r.status != 404 {
-        return Err(format!("GET {bucket}/{key}: HTTP {} {}", r.status, r.error_message()));
+        return Err(format!(
+            "GET {bucket}/{key}: HTTP {} {}",
+            r.status,
+            r.error_message()
+        ));
     }
     let json = r.json()?;
     let context = json["context"].as_str().unwrap_or_default().to_string();
     Ok((r.status, context, siblings(&json)))
 }
 
-pub fn delete(base: &str, bucket: &str, key: &str, query: &str, context: Option<&str>) -> Result<Response, String> {
-    let headers: Vec<(&str, &str)> = context.map(|c| ("x-chorus-context", c)).into_iter().collect();
+pub fn delete(
+    base: &str,
+    bucket: &str,
+    key: &str,
+    query: &str,
+    context: Option<&str>,
+) -> Result<Response, String> {
+    let headers: Vec<(&str, &str)> = context
+        .map(|c| ("x-chorus-context", c))
+        .into_iter()
+        .collect();
     call(base, "DELETE", &kv(bucket, key, query), &headers, b"")
 }
 
@@ -95,7 +156,11 @@ pub fn siblings(json: &Value) -> Vec<Vec<u8>> {
         .map(|a| {
             a.iter()
                 .filter(|s| !s["deleted"].as_bool().unwrap_or(false))
-                .map(|s| base64::engine::general_purpose::STANDARD.decode(s["value"].as_str().unwrap_or_default()).expect("base64 sibling"))
+                .map(|s| {
+                    base64::engine::general_purpose::STANDARD
+                        .decode(s["value"].as_str().unwrap_or_default())
+                        .expect("base64 sibling")
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -105,7 +170,14 @@ pub fn siblings(json: &Value) -> Vec<Vec<u8>> {
 
 /// This node's own replica of a key (`/local/kv`), `None` on 404.
 pub fn local_kv(base: &str, bucket: &str, key: &str) -> Result<Option<Value>, String> {
-    let r = get(base, &format!("/local/kv/{}/{}", encode_segment(bucket), encode_segment(key)))?;
+    let r = get(
+        base,
+        &format!(
+            "/local/kv/{}/{}",
+            encode_segment(bucket),
+            encode_segment(key)
+        ),
+    )?;
     match r.status {
         200 => r.json().map(Some),
         404 => Ok(None),
@@ -121,7 +193,13 @@ pub enum Local {
 }
 
 pub fn local(base: &str, bucket: &str, key: &str) -> Result<Option<Local>, String> {
-    Ok(local_kv(base, bucket, key)?.map(|j| if j["tombstone"].as_bool().unwrap_or(false) { Local::Tombstone } else { Local::Values(siblings(&j)) }))
+    Ok(local_kv(base, bucket, key)?.map(|j| {
+        if j["tombstone"].as_bool().unwrap_or(false) {
+            Local::Tombstone
+        } else {
+            Local::Values(siblings(&j))
+        }
+    }))
 }
 
 pub fn status(base: &str) -> Result<Value, String> {
@@ -135,13 +213,18 @@ pub fn status(base: &str) -> Result<Value, String> {
 /// Members as this node sees them: name -> (state, generation).
 pub fn members(base: &str) -> Result<HashMap<String, (String, u64)>, String> {
     let status = status(base)?;
-    let members = status["members"].as_array().ok_or("no members in /status")?;
+    let members = status["members"]
+        .as_array()
+        .ok_or("no members in /status")?;
     Ok(members
         .iter()
         .map(|m| {
             (
                 m["name"].as_str().unwrap_or_default().to_string(),
-                (m["state"].as_str().unwrap_or_default().to_string(), m["generation"].as_u64().unwrap_or(0)),
+                (
+                    m["state"].as_str().unwrap_or_default().to_string(),
+                    m["generation"].as_u64().unwrap_or(0),
+                ),
             )
         })
         .collect())
@@ -149,19 +232,31 @@ pub fn members(base: &str) -> Result<HashMap<String, (String, u64)>, String> {
 
 /// The preference list of a key: (name, primary) in order.
 pub fn preference_list(base: &str, bucket: &str, key: &str) -> Result<Vec<(String, bool)>, String> {
-    let r = get(base, &format!("/ring/{}/{}", encode_segment(bucket), encode_segment(key)))?;
+    let r = get(
+        base,
+        &format!("/ring/{}/{}", encode_segment(bucket), encode_segment(key)),
+    )?;
     let json = r.json()?;
     Ok(json["preference_list"]
         .as_array()
         .ok_or("no preference_list")?
         .iter()
-        .map(|e| (e["name"].as_str().unwrap_or_default().to_string(), e["primary"].as_bool().unwrap_or(false)))
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap_or_default().to_string(),
+                e["primary"].as_bool().unwrap_or(false),
+            )
+        })
         .collect())
 }
 
 /// The N primary owners of a key.
 pub fn owners(base: &str, bucket: &str, key: &str) -> Result<Vec<String>, String> {
-    Ok(preference_list(base, bucket, key)?.into_iter().filter(|(_, p)| *p).map(|(n, _)| n).collect())
+    Ok(preference_list(base, bucket, key)?
+        .into_iter()
+        .filter(|(_, p)| *p)
+        .map(|(n, _)| n)
+        .collect())
 }
 
 /// `/local/partitions`: (id, role, keys, merkle_root).
@@ -190,10 +285,14 @@ pub fn metric(base: &str, name: &str) -> Result<f64, String> {
     let text = String::from_utf8_lossy(&r.body).to_string();
     let mut sum = 0.0;
     for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
         let metric_name = series.split('{').next().unwrap_or_default();
         if metric_name == name || metric_name == format!("{name}_total") {
-            sum += value.parse::<f64>().map_err(|e| format!("metric {line}: {e}"))?;
+            sum += value
+                .parse::<f64>()
+                .map_err(|e| format!("metric {line}: {e}"))?;
         }
     }
     Ok(sum)
@@ -201,8 +300,19 @@ pub fn metric(base: &str, name: &str) -> Result<f64, String> {
 
 /// Asserts an error answer: the status, and a JSON body `{"error": code, "message": ...}`.
 pub fn assert_error(r: &Response, status: u16, code: &str, what: &str) {
-    assert_eq!(r.status, status, "{what}: expected HTTP {status}, got {} {:?}", r.status, String::from_utf8_lossy(&r.body));
-    let json = r.json().unwrap_or_else(|e| panic!("{what}: {e}: {:?}", String::from_utf8_lossy(&r.body)));
+    assert_eq!(
+        r.status,
+        status,
+        "{what}: expected HTTP {status}, got {} {:?}",
+        r.status,
+        String::from_utf8_lossy(&r.body)
+    );
+    let json = r
+        .json()
+        .unwrap_or_else(|e| panic!("{what}: {e}: {:?}", String::from_utf8_lossy(&r.body)));
     assert_eq!(json["error"].as_str(), Some(code), "{what}: {json}");
-    assert!(json["message"].as_str().is_some_and(|m| !m.is_empty()), "{what}: no message in {json}");
+    assert!(
+        json["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{what}: no message in {json}"
+    );
 }

@@ -19,9 +19,16 @@ pub fn chorus_bin() -> PathBuf {
     }
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> -> target/<profile>/chorus
-    let profile_dir = exe.parent().and_then(Path::parent).expect("test executable lives in target/<profile>/deps");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable lives in target/<profile>/deps");
     let bin = profile_dir.join("chorus");
-    assert!(bin.exists(), "{} not found: run `cargo build` (or set CHORUS_BIN) before the cluster tests", bin.display());
+    assert!(
+        bin.exists(),
+        "{} not found: run `cargo build` (or set CHORUS_BIN) before the cluster tests",
+        bin.display()
+    );
     bin
 }
 
@@ -39,7 +46,11 @@ pub fn free_port() -> u16 {
 
 /// Polls `condition` every 100 ms until it holds or `deadline` passes; panics with `what`
 /// and the last observation when it never holds.
-pub fn wait_for<T: std::fmt::Debug>(what: &str, deadline: Duration, mut condition: impl FnMut() -> Result<T, String>) -> T {
+pub fn wait_for<T: std::fmt::Debug>(
+    what: &str,
+    deadline: Duration,
+    mut condition: impl FnMut() -> Result<T, String>,
+) -> T {
     let started = Instant::now();
     let mut last = String::new();
     while started.elapsed() < deadline {
@@ -74,12 +85,18 @@ impl TestNode {
     }
 
     pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "{} is already running", self.name);
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("open log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open log");
         let mut command = Command::new(chorus_bin());
         command
             .arg("start")
@@ -97,7 +114,15 @@ impl TestNode {
             Some(dir) => command.arg("--certs").arg(dir),
             None => command.arg("--insecure"),
         };
-        command.args(&self.extra_args).env("RUST_LOG", std::env::var("CHORUS_TEST_LOG").unwrap_or_else(|_| "info".into())).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+        command
+            .args(&self.extra_args)
+            .env(
+                "RUST_LOG",
+                std::env::var("CHORUS_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
         self.child = Some(command.spawn().expect("spawn chorus"));
     }
 
@@ -163,7 +188,10 @@ impl Drop for TestNode {
 }
 
 fn signal(pid: u32, name: &str) {
-    let _ = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status();
+    let _ = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status();
 }
 
 pub struct TestCluster {
@@ -181,7 +209,11 @@ pub struct ClusterOptions {
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        ClusterOptions { nodes: 3, first_node_as_seed: false, extra_args: Vec::new() }
+        ClusterOptions {
+            nodes: 3,
+            first_node_as_seed: false,
+            extra_args: Vec::new(),
+        }
     }
 }
 
@@ -190,20 +222,40 @@ impl TestCluster {
     pub fn start(options: ClusterOptions) -> TestCluster {
         // CHORUS_TEST_KEEP=1 keeps the data directories and logs for a post-mortem.
         let keep = std::env::var_os("CHORUS_TEST_KEEP").is_some();
-        let dir = tempfile::Builder::new().prefix("chorus-test-").disable_cleanup(keep).tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("chorus-test-")
+            .disable_cleanup(keep)
+            .tempdir()
+            .expect("tempdir");
         if keep {
             eprintln!("keeping {}", dir.path().display());
         }
         let certs = dir.path().join("certs");
-        let status = Command::new(chorus_bin()).args(["certs", "init", "--dir"]).arg(&certs).stdout(Stdio::null()).status().expect("run certs init");
+        let status = Command::new(chorus_bin())
+            .args(["certs", "init", "--dir"])
+            .arg(&certs)
+            .stdout(Stdio::null())
+            .status()
+            .expect("run certs init");
         assert!(status.success(), "chorus certs init failed");
-        let listens: Vec<SocketAddr> = (0..options.nodes).map(|_| SocketAddr::from(([127, 0, 0, 1], free_port()))).collect();
+        let listens: Vec<SocketAddr> = (0..options.nodes)
+            .map(|_| SocketAddr::from(([127, 0, 0, 1], free_port())))
+            .collect();
         let mut nodes = Vec::new();
         for i in 0..options.nodes {
             let seeds = if options.first_node_as_seed {
-                if i == 0 { Vec::new() } else { vec![listens[0]] }
+                if i == 0 {
+                    Vec::new()
+                } else {
+                    vec![listens[0]]
+                }
             } else {
-                listens.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, a)| *a).collect()
+                listens
+                    .iter()
+                    .enumerate()
+                    .filter(|(j, _)| *j != i)
+                    .map(|(_, a)| *a)
+                    .collect()
             };
             let name = format!("n{}", i + 1);
             nodes.push(TestNode {
@@ -226,7 +278,12 @@ impl TestCluster {
     }
 
     /// A node that is not started yet, configured to join this cluster.
-    pub fn add_node(&mut self, name: &str, certs: Option<PathBuf>, extra_args: Vec<String>) -> usize {
+    pub fn add_node(
+        &mut self,
+        name: &str,
+        certs: Option<PathBuf>,
+        extra_args: Vec<String>,
+    ) -> usize {
         self.nodes.push(TestNode {
             data: self.dir.path().join(name),
             log: self.dir.path().join(format!("{name}.log")),
@@ -242,7 +299,11 @@ impl TestCluster {
     }
 
     pub fn logs(&self) -> String {
-        self.nodes.iter().map(|n| format!("---- {} ----\n{}", n.name, n.log_text())).collect::<Vec<_>>().join("\n")
+        self.nodes
+            .iter()
+            .map(|n| format!("---- {} ----\n{}", n.name, n.log_text()))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
@@ -250,11 +311,15 @@ impl TestNode {
     /// Waits until `/health` answers 200.
     pub fn wait_healthy(&self) {
         let url = self.url();
-        wait_for(&format!("{} to serve HTTP", self.name), CLUSTER_DEADLINE, || match crate::api::get(&url, "/health") {
-            Ok(r) if r.status == 200 => Ok(()),
-            Ok(r) => Err(format!("HTTP {}", r.status)),
-            Err(e) => Err(e),
-        });
+        wait_for(
+            &format!("{} to serve HTTP", self.name),
+            CLUSTER_DEADLINE,
+            || match crate::api::get(&url, "/health") {
+                Ok(r) if r.status == 200 => Ok(()),
+                Ok(r) => Err(format!("HTTP {}", r.status)),
+                Err(e) => Err(e),
+            },
+        );
     }
 
     /// `kill -9` then start again with the same data directory.
@@ -272,7 +337,9 @@ impl TestNode {
 impl TestCluster {
     /// Indexes of the nodes whose process is running.
     pub fn running(&mut self) -> Vec<usize> {
-        (0..self.nodes.len()).filter(|&i| self.nodes[i].is_running()).collect()
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].is_running())
+            .collect()
     }
 
     /// Waits until every node in `observers` lists exactly the names in `alive` as `alive`
@@ -284,16 +351,24 @@ impl TestCluster {
         for &i in observers {
             let node = &self.nodes[i];
             let url = node.url();
-            wait_for(&format!("{} to see {want:?} alive", node.name), CLUSTER_DEADLINE, || {
-                let members = crate::api::members(&url)?;
-                let mut seen: Vec<String> = members.iter().filter(|(_, (s, _))| s == "alive").map(|(n, _)| n.clone()).collect();
-                seen.sort();
-                if seen == want {
-                    Ok(())
-                } else {
-                    Err(format!("{members:?}"))
-                }
-            });
+            wait_for(
+                &format!("{} to see {want:?} alive", node.name),
+                CLUSTER_DEADLINE,
+                || {
+                    let members = crate::api::members(&url)?;
+                    let mut seen: Vec<String> = members
+                        .iter()
+                        .filter(|(_, (s, _))| s == "alive")
+                        .map(|(n, _)| n.clone())
+                        .collect();
+                    seen.sort();
+                    if seen == want {
+                        Ok(())
+                    } else {
+                        Err(format!("{members:?}"))
+                    }
+                },
+            );
         }
         started.elapsed()
     }
@@ -316,7 +391,10 @@ impl TestCluster {
     }
 
     pub fn index_of(&self, name: &str) -> usize {
-        self.nodes.iter().position(|n| n.name == name).unwrap_or_else(|| panic!("no node {name}"))
+        self.nodes
+            .iter()
+            .position(|n| n.name == name)
+            .unwrap_or_else(|| panic!("no node {name}"))
     }
 }
 

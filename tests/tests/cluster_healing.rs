@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chorus_tests::api::{self, Local};
-use chorus_tests::cluster::{args, chorus_bin, wait_for, ClusterOptions, TestCluster, CLUSTER_DEADLINE};
+use chorus_tests::cluster::{
+    args, chorus_bin, wait_for, ClusterOptions, TestCluster, CLUSTER_DEADLINE,
+};
 
 /// Twice the usual deadline, for conditions that need many healing rounds.
 const HEALING_DEADLINE: Duration = Duration::from_secs(120);
@@ -19,13 +21,17 @@ fn wait_state(cluster: &TestCluster, observers: &[usize], name: &str, state: &st
     let started = Instant::now();
     for &i in observers {
         let url = cluster.url(i);
-        wait_for(&format!("n{} to see {name} {state}", i + 1), CLUSTER_DEADLINE, || {
-            let members = api::members(&url)?;
-            match members.get(name) {
-                Some((s, _)) if s == state => Ok(()),
-                other => Err(format!("{other:?}")),
-            }
-        });
+        wait_for(
+            &format!("n{} to see {name} {state}", i + 1),
+            CLUSTER_DEADLINE,
+            || {
+                let members = api::members(&url)?;
+                match members.get(name) {
+                    Some((s, _)) if s == state => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            },
+        );
     }
     started.elapsed()
 }
@@ -39,7 +45,14 @@ fn write_keys(urls: &[String], bucket: &str, prefix: &str, keys: usize, query: &
             let urls = urls.to_vec();
             scope.spawn(move || {
                 for i in (t..keys).step_by(threads) {
-                    api::put_ok(&urls[i % urls.len()], bucket, &format!("{prefix}-{i}"), format!("value-{i}").as_bytes(), query, None);
+                    api::put_ok(
+                        &urls[i % urls.len()],
+                        bucket,
+                        &format!("{prefix}-{i}"),
+                        format!("value-{i}").as_bytes(),
+                        query,
+                        None,
+                    );
                 }
             });
         }
@@ -47,7 +60,10 @@ fn write_keys(urls: &[String], bucket: &str, prefix: &str, keys: usize, query: &
 }
 
 fn sum_metric(cluster: &TestCluster, nodes: &[usize], name: &str) -> f64 {
-    nodes.iter().map(|&i| api::metric(&cluster.url(i), name).unwrap_or(0.0)).sum()
+    nodes
+        .iter()
+        .map(|&i| api::metric(&cluster.url(i), name).unwrap_or(0.0))
+        .sum()
 }
 
 #[test]
@@ -68,14 +84,26 @@ fn a_fallback_takes_writes_for_a_dead_owner_and_hands_them_over_after_its_restar
     for i in 0..keys {
         let key = format!("key-{i}");
         let list = api::preference_list(&live[0], "h", &key).unwrap();
-        let primaries: Vec<&str> = list.iter().filter(|(_, p)| *p).map(|(n, _)| n.as_str()).collect();
+        let primaries: Vec<&str> = list
+            .iter()
+            .filter(|(_, p)| *p)
+            .map(|(n, _)| n.as_str())
+            .collect();
         assert_eq!(primaries.len(), 3);
         if primaries.contains(&"n4") {
-            let fallback = list.iter().find(|(n, p)| !p && n != "n4").map(|(n, _)| n.clone()).expect("a fallback");
+            let fallback = list
+                .iter()
+                .find(|(n, p)| !p && n != "n4")
+                .map(|(n, _)| n.clone())
+                .expect("a fallback");
             hinted.push((key, fallback));
         }
     }
-    assert!(hinted.len() > keys / 2, "n4 owns {} of {keys} keys", hinted.len());
+    assert!(
+        hinted.len() > keys / 2,
+        "n4 owns {} of {keys} keys",
+        hinted.len()
+    );
     for (key, fallback) in &hinted {
         let i = cluster.index_of(fallback);
         let i_value = key.trim_start_matches("key-");
@@ -89,8 +117,15 @@ fn a_fallback_takes_writes_for_a_dead_owner_and_hands_them_over_after_its_restar
     let (key, _) = &hinted[0];
     api::put_ok(&live[1], "h", "sloppy", b"three copies", "w=3", None);
     let queued = sum_metric(&cluster, &[0, 1, 2], "chorus_hints_queued");
-    assert!(queued >= hinted.len() as f64, "hints queued: {queued}, keys hinted: {}", hinted.len());
-    println!("{} of {keys} keys written for n4 through fallbacks ({queued} hints queued); first: {key}", hinted.len());
+    assert!(
+        queued >= hinted.len() as f64,
+        "hints queued: {queued}, keys hinted: {}",
+        hinted.len()
+    );
+    println!(
+        "{} of {keys} keys written for n4 through fallbacks ({queued} hints queued); first: {key}",
+        hinted.len()
+    );
 
     // n4 comes back: it gets every hinted key, and the fallbacks drop their copies.
     let restarted = Instant::now();
@@ -102,7 +137,8 @@ fn a_fallback_takes_writes_for_a_dead_owner_and_hands_them_over_after_its_restar
         let mut still = Vec::new();
         for (key, fallback) in &pending {
             let on_owner = api::local(&n4, "h", key)?.is_some();
-            let on_fallback = api::local(&cluster.url(cluster.index_of(fallback)), "h", key)?.is_some();
+            let on_fallback =
+                api::local(&cluster.url(cluster.index_of(fallback)), "h", key)?.is_some();
             if !on_owner || on_fallback {
                 still.push((key.clone(), fallback.clone()));
             }
@@ -112,17 +148,29 @@ fn a_fallback_takes_writes_for_a_dead_owner_and_hands_them_over_after_its_restar
         if left == 0 {
             Ok(())
         } else {
-            Err(format!("{left} keys not yet handed over, e.g. {:?}", pending.first()))
+            Err(format!(
+                "{left} keys not yet handed over, e.g. {:?}",
+                pending.first()
+            ))
         }
     });
     let elapsed = restarted.elapsed();
     for (key, _) in &hinted {
         let i_value = key.trim_start_matches("key-");
-        assert_eq!(api::local(&n4, "h", key).unwrap(), Some(Local::Values(vec![format!("value-{i_value}").into_bytes()])));
+        assert_eq!(
+            api::local(&n4, "h", key).unwrap(),
+            Some(Local::Values(vec![format!("value-{i_value}").into_bytes()]))
+        );
     }
     let delivered = sum_metric(&cluster, &[0, 1, 2], "chorus_hints_delivered");
-    assert!(delivered >= hinted.len() as f64, "hints delivered: {delivered}");
-    println!("FIGURE hinted handoff: {} keys on n4 and off the fallbacks {elapsed:?} after its restart", hinted.len());
+    assert!(
+        delivered >= hinted.len() as f64,
+        "hints delivered: {delivered}"
+    );
+    println!(
+        "FIGURE hinted handoff: {} keys on n4 and off the fallbacks {elapsed:?} after its restart",
+        hinted.len()
+    );
 }
 
 /// Stops a node, wipes its data directory and restarts it; anti-entropy alone (no reads)
@@ -148,7 +196,10 @@ fn anti_entropy_restores_a_wiped_node(keys: usize) {
     cluster.nodes[2].wait_healthy();
 
     let roots = |i: usize| -> Result<BTreeMap<u64, (u64, String)>, String> {
-        Ok(api::partitions(&cluster.url(i))?.into_iter().map(|(id, _, keys, root)| (id, (keys, root))).collect())
+        Ok(api::partitions(&cluster.url(i))?
+            .into_iter()
+            .map(|(id, _, keys, root)| (id, (keys, root)))
+            .collect())
     };
     wait_for("anti-entropy to rebuild n3", HEALING_DEADLINE, || {
         let n3 = roots(2)?;
@@ -160,7 +211,10 @@ fn anti_entropy_restores_a_wiped_node(keys: usize) {
             let other = roots(i)?;
             if other != n3 {
                 let differing = other.iter().filter(|(id, v)| n3.get(id) != Some(v)).count();
-                return Err(format!("n{} and n3 differ in {differing} partitions", i + 1));
+                return Err(format!(
+                    "n{} and n3 differ in {differing} partitions",
+                    i + 1
+                ));
             }
         }
         Ok(())
@@ -181,7 +235,10 @@ fn anti_entropy_restores_a_wiped_node(keys: usize) {
 
 #[test]
 fn anti_entropy_alone_restores_a_wiped_node_1k_keys() {
-    let keys = std::env::var("CHORUS_AAE_KEYS").ok().and_then(|k| k.parse().ok()).unwrap_or(1000);
+    let keys = std::env::var("CHORUS_AAE_KEYS")
+        .ok()
+        .and_then(|k| k.parse().ok())
+        .unwrap_or(1000);
     anti_entropy_restores_a_wiped_node(keys);
 }
 
@@ -194,7 +251,11 @@ fn anti_entropy_alone_restores_a_wiped_node_10k_keys() {
 #[test]
 fn growing_to_four_and_leaving_under_load_loses_no_acknowledged_write() {
     let extra = args(&["--n", "2", "--healing-interval-ms", "200"]);
-    let mut cluster = TestCluster::start_converged(ClusterOptions { nodes: 3, extra_args: extra.clone(), ..Default::default() });
+    let mut cluster = TestCluster::start_converged(ClusterOptions {
+        nodes: 3,
+        extra_args: extra.clone(),
+        ..Default::default()
+    });
     let writer_urls: Vec<String> = (0..3).map(|i| cluster.url(i)).collect();
     let acked: Arc<Mutex<Vec<String>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
@@ -209,10 +270,25 @@ fn growing_to_four_and_leaving_under_load_loses_no_acknowledged_write() {
                 }
                 let key = format!("load-{i}");
                 let target = i % writer_urls.len();
-                match api::put(&writer_urls[target], "grow", &key, key.as_bytes(), "w=2&timeout=3000", None) {
+                match api::put(
+                    &writer_urls[target],
+                    "grow",
+                    &key,
+                    key.as_bytes(),
+                    "w=2&timeout=3000",
+                    None,
+                ) {
                     Ok(r) if r.status == 204 => acked.lock().unwrap().push(key),
-                    Ok(r) => *failures.entry(format!("n{}: HTTP {}", target + 1, r.status)).or_default() += 1,
-                    Err(_) => *failures.entry(format!("n{}: no answer", target + 1)).or_default() += 1,
+                    Ok(r) => {
+                        *failures
+                            .entry(format!("n{}: HTTP {}", target + 1, r.status))
+                            .or_default() += 1
+                    }
+                    Err(_) => {
+                        *failures
+                            .entry(format!("n{}: no answer", target + 1))
+                            .or_default() += 1
+                    }
                 }
                 std::thread::sleep(Duration::from_millis(20)); // a light load: ~50 writes/s at most
             }
@@ -220,7 +296,13 @@ fn growing_to_four_and_leaving_under_load_loses_no_acknowledged_write() {
         })
     };
     let acked_count = || acked.lock().unwrap().len();
-    wait_for("the load to get going", CLUSTER_DEADLINE, || if acked_count() >= 50 { Ok(()) } else { Err(format!("{} acked", acked_count())) });
+    wait_for("the load to get going", CLUSTER_DEADLINE, || {
+        if acked_count() >= 50 {
+            Ok(())
+        } else {
+            Err(format!("{} acked", acked_count()))
+        }
+    });
 
     // Grow: n4 joins under load and takes its share.
     let certs = cluster.certs.clone();
@@ -230,37 +312,69 @@ fn growing_to_four_and_leaving_under_load_loses_no_acknowledged_write() {
     cluster.nodes[n4].wait_healthy();
     cluster.wait_alive(&[0, 1, 2, 3], &["n1", "n2", "n3", "n4"]);
     let at_join = acked_count();
-    wait_for("transfers to n4 to finish under load", HEALING_DEADLINE, || {
-        for i in 0..4 {
-            let status = api::status(&cluster.url(i))?;
-            let transfers = status["transfers"].as_array().map_or(0, Vec::len);
-            if transfers > 0 {
-                return Err(format!("n{} still transfers {transfers} partitions", i + 1));
+    wait_for(
+        "transfers to n4 to finish under load",
+        HEALING_DEADLINE,
+        || {
+            for i in 0..4 {
+                let status = api::status(&cluster.url(i))?;
+                let transfers = status["transfers"].as_array().map_or(0, Vec::len);
+                if transfers > 0 {
+                    return Err(format!("n{} still transfers {transfers} partitions", i + 1));
+                }
+                if api::partitions(&cluster.url(i))?
+                    .iter()
+                    .any(|(_, role, keys, _)| role == "fallback" && *keys > 0)
+                {
+                    return Err(format!("n{} still holds data it does not own", i + 1));
+                }
             }
-            if api::partitions(&cluster.url(i))?.iter().any(|(_, role, keys, _)| role == "fallback" && *keys > 0) {
-                return Err(format!("n{} still holds data it does not own", i + 1));
+            if api::partitions(&cluster.url(n4))?.is_empty() {
+                return Err("n4 holds nothing yet".into());
             }
-        }
-        if api::partitions(&cluster.url(n4))?.is_empty() {
-            return Err("n4 holds nothing yet".into());
-        }
-        if acked_count() < at_join + 50 {
-            return Err(format!("only {} writes acknowledged since the join", acked_count() - at_join));
-        }
-        Ok(())
-    });
-    println!("FIGURE join: n4 took its share under load in {:?}", joining.elapsed());
+            if acked_count() < at_join + 50 {
+                return Err(format!(
+                    "only {} writes acknowledged since the join",
+                    acked_count() - at_join
+                ));
+            }
+            Ok(())
+        },
+    );
+    println!(
+        "FIGURE join: n4 took its share under load in {:?}",
+        joining.elapsed()
+    );
 
     // Leave: n3 hands its data over and exits, still under load.
     let leaving = Instant::now();
-    let out = std::process::Command::new(chorus_bin()).args(["leave", "--node", &cluster.url(2)]).output().unwrap();
-    assert!(out.status.success(), "chorus leave: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new(chorus_bin())
+        .args(["leave", "--node", &cluster.url(2)])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "chorus leave: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let code = cluster.nodes[2].wait_exit(HEALING_DEADLINE);
-    assert_eq!(code, Some(0), "n3 exits cleanly once it has handed everything over: {}", cluster.nodes[2].log_text());
+    assert_eq!(
+        code,
+        Some(0),
+        "n3 exits cleanly once it has handed everything over: {}",
+        cluster.nodes[2].log_text()
+    );
     let leave_time = leaving.elapsed();
     wait_state(&cluster, &[0, 1, 3], "n3", "left");
     let at_leave = acked_count();
-    wait_for("more writes after the leave", CLUSTER_DEADLINE, || if acked_count() >= at_leave + 30 { Ok(()) } else { Err(format!("{} since", acked_count() - at_leave)) });
+    wait_for("more writes after the leave", CLUSTER_DEADLINE, || {
+        if acked_count() >= at_leave + 30 {
+            Ok(())
+        } else {
+            Err(format!("{} since", acked_count() - at_leave))
+        }
+    });
     stop.store(true, Ordering::Relaxed);
     let failures = writer.join().unwrap();
     let acked: Vec<String> = acked.lock().unwrap().clone();
@@ -268,42 +382,61 @@ fn growing_to_four_and_leaving_under_load_loses_no_acknowledged_write() {
 
     // Every acknowledged key is on exactly its N=2 owners, and on no other node.
     let remaining = [0usize, 1, 3];
-    let owners: HashMap<String, Vec<String>> = acked.iter().map(|k| (k.clone(), api::owners(&cluster.url(0), "grow", k).unwrap())).collect();
-    wait_for("every acknowledged key on exactly its owners", HEALING_DEADLINE, || {
-        for key in &acked {
-            let expected = &owners[key];
-            if expected.len() != 2 || expected.contains(&"n3".to_string()) {
-                return Err(format!("{key} is owned by {expected:?}"));
-            }
-            let mut holders = Vec::new();
-            for &i in &remaining {
-                match api::local(&cluster.url(i), "grow", key)? {
-                    Some(Local::Values(v)) if v == vec![key.as_bytes().to_vec()] => holders.push(cluster.nodes[i].name.clone()),
-                    Some(other) => return Err(format!("n{} holds {other:?} for {key}", i + 1)),
-                    None => {}
+    let owners: HashMap<String, Vec<String>> = acked
+        .iter()
+        .map(|k| (k.clone(), api::owners(&cluster.url(0), "grow", k).unwrap()))
+        .collect();
+    wait_for(
+        "every acknowledged key on exactly its owners",
+        HEALING_DEADLINE,
+        || {
+            for key in &acked {
+                let expected = &owners[key];
+                if expected.len() != 2 || expected.contains(&"n3".to_string()) {
+                    return Err(format!("{key} is owned by {expected:?}"));
+                }
+                let mut holders = Vec::new();
+                for &i in &remaining {
+                    match api::local(&cluster.url(i), "grow", key)? {
+                        Some(Local::Values(v)) if v == vec![key.as_bytes().to_vec()] => {
+                            holders.push(cluster.nodes[i].name.clone())
+                        }
+                        Some(other) => return Err(format!("n{} holds {other:?} for {key}", i + 1)),
+                        None => {}
+                    }
+                }
+                holders.sort();
+                let mut want = expected.clone();
+                want.sort();
+                if holders != want {
+                    return Err(format!("{key} is on {holders:?}, owners {want:?}"));
                 }
             }
-            holders.sort();
-            let mut want = expected.clone();
-            want.sort();
-            if holders != want {
-                return Err(format!("{key} is on {holders:?}, owners {want:?}"));
-            }
-        }
-        Ok(())
-    });
+            Ok(())
+        },
+    );
     for key in &acked {
         let r = api::get_kv(&cluster.url(0), "grow", key, "r=all").unwrap();
         assert_eq!((r.status, &r.body[..]), (200, key.as_bytes()), "{key}");
     }
-    println!("{} acknowledged keys, each on exactly its 2 owners", acked.len());
+    println!(
+        "{} acknowledged keys, each on exactly its 2 owners",
+        acked.len()
+    );
 }
 
 #[test]
 fn a_deleted_key_stays_deleted_through_a_down_owner_restarts_anti_entropy_and_reaping() {
     let mut cluster = TestCluster::start_converged(ClusterOptions {
         nodes: 3,
-        extra_args: args(&["--ring-size", "16", "--healing-interval-ms", "200", "--tombstone-grace-ms", "2000"]),
+        extra_args: args(&[
+            "--ring-size",
+            "16",
+            "--healing-interval-ms",
+            "200",
+            "--tombstone-grace-ms",
+            "2000",
+        ]),
         ..Default::default()
     });
     let urls: Vec<String> = (0..3).map(|i| cluster.url(i)).collect();
@@ -324,53 +457,99 @@ fn a_deleted_key_stays_deleted_through_a_down_owner_restarts_anti_entropy_and_re
     let restarted = Instant::now();
     // (n3 restarted with the old value on disk; a healing round may already be fixing it.)
     let at_restart = api::local(&n(2), "d", "gone").unwrap();
-    assert!(matches!(at_restart, Some(Local::Values(_)) | Some(Local::Tombstone)), "n3 at restart: {at_restart:?}");
+    assert!(
+        matches!(at_restart, Some(Local::Values(_)) | Some(Local::Tombstone)),
+        "n3 at restart: {at_restart:?}"
+    );
     println!("n3 right after its restart holds {at_restart:?}");
-    wait_for("anti-entropy to bring the tombstone to n3", HEALING_DEADLINE, || match api::local(&n(2), "d", "gone")? {
-        Some(Local::Tombstone) => Ok(()),
-        other => Err(format!("{other:?}")),
-    });
-    println!("FIGURE tombstone reached the restarted node by anti-entropy in {:?}", restarted.elapsed());
+    wait_for(
+        "anti-entropy to bring the tombstone to n3",
+        HEALING_DEADLINE,
+        || match api::local(&n(2), "d", "gone")? {
+            Some(Local::Tombstone) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    println!(
+        "FIGURE tombstone reached the restarted node by anti-entropy in {:?}",
+        restarted.elapsed()
+    );
     for i in 0..3 {
         for query in ["r=all", "r=1"] {
-            assert_eq!(api::get_kv(&n(i), "d", "gone", query).unwrap().status, 404, "through n{} at {query}", i + 1);
+            assert_eq!(
+                api::get_kv(&n(i), "d", "gone", query).unwrap().status,
+                404,
+                "through n{} at {query}",
+                i + 1
+            );
         }
     }
 
     // Reaping: once every owner holds the tombstone for the grace period, it goes everywhere.
     let reaping = Instant::now();
-    wait_for("the tombstone to be reaped on every node", HEALING_DEADLINE, || {
-        for i in 0..3 {
-            if let Some(local) = api::local(&n(i), "d", "gone")? {
-                return Err(format!("n{} holds {local:?}", i + 1));
+    wait_for(
+        "the tombstone to be reaped on every node",
+        HEALING_DEADLINE,
+        || {
+            for i in 0..3 {
+                if let Some(local) = api::local(&n(i), "d", "gone")? {
+                    return Err(format!("n{} holds {local:?}", i + 1));
+                }
             }
-        }
-        Ok(())
-    });
-    println!("FIGURE tombstone reaped on all replicas {:?} after it was everywhere (grace 2 s)", reaping.elapsed());
+            Ok(())
+        },
+    );
+    println!(
+        "FIGURE tombstone reaped on all replicas {:?} after it was everywhere (grace 2 s)",
+        reaping.elapsed()
+    );
 
     // Restart n3 again, and let two full anti-entropy cycles run on every node: the key must
     // not come back from anywhere.
     cluster.nodes[2].restart();
     cluster.nodes[2].wait_healthy();
     cluster.wait_alive(&[0, 1, 2], &["n1", "n2", "n3"]);
-    let exchanges: Vec<f64> = (0..3).map(|i| api::metric(&n(i), "chorus_aae_exchanges").unwrap()).collect();
-    wait_for("two anti-entropy cycles on every node", HEALING_DEADLINE, || {
-        for i in 0..3 {
-            let now = api::metric(&n(i), "chorus_aae_exchanges")?;
-            if now < exchanges[i] + 32.0 {
-                return Err(format!("n{}: {} exchanges since", i + 1, now - exchanges[i]));
+    let exchanges: Vec<f64> = (0..3)
+        .map(|i| api::metric(&n(i), "chorus_aae_exchanges").unwrap())
+        .collect();
+    wait_for(
+        "two anti-entropy cycles on every node",
+        HEALING_DEADLINE,
+        || {
+            for i in 0..3 {
+                let now = api::metric(&n(i), "chorus_aae_exchanges")?;
+                if now < exchanges[i] + 32.0 {
+                    return Err(format!(
+                        "n{}: {} exchanges since",
+                        i + 1,
+                        now - exchanges[i]
+                    ));
+                }
+                if api::local(&n(i), "d", "gone")?.is_some() {
+                    return Err(format!("the deleted key is back on n{}", i + 1));
+                }
             }
-            if api::local(&n(i), "d", "gone")?.is_some() {
-                return Err(format!("the deleted key is back on n{}", i + 1));
-            }
-        }
-        Ok(())
-    });
+            Ok(())
+        },
+    );
     for i in 0..3 {
-        assert_eq!(api::local(&n(i), "d", "gone").unwrap(), None, "n{} holds the deleted key again", i + 1);
-        assert_eq!(api::get_kv(&n(i), "d", "gone", "r=all").unwrap().status, 404, "through n{}", i + 1);
+        assert_eq!(
+            api::local(&n(i), "d", "gone").unwrap(),
+            None,
+            "n{} holds the deleted key again",
+            i + 1
+        );
+        assert_eq!(
+            api::get_kv(&n(i), "d", "gone", "r=all").unwrap().status,
+            404,
+            "through n{}",
+            i + 1
+        );
         let r = api::get_kv(&n(i), "d", "kept", "r=all").unwrap();
-        assert_eq!((r.status, &r.body[..]), (200, &b"still here"[..]), "the other key is untouched");
+        assert_eq!(
+            (r.status, &r.body[..]),
+            (200, &b"still here"[..]),
+            "the other key is untouched"
+        );
     }
 }

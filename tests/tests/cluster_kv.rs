@@ -22,13 +22,31 @@ fn round_trip_and_read_your_writes_through_every_node() {
     for i in 0..3 {
         let key = format!("key-{i}");
         let value = format!("value written through n{}", i + 1);
-        let r = api::call(&cluster.url(i), "PUT", &api::kv("rt", &key, ""), &[("content-type", "text/plain")], value.as_bytes()).unwrap();
+        let r = api::call(
+            &cluster.url(i),
+            "PUT",
+            &api::kv("rt", &key, ""),
+            &[("content-type", "text/plain")],
+            value.as_bytes(),
+        )
+        .unwrap();
         assert_eq!(r.status, 204, "{}", r.error_message());
         assert!(r.header("x-chorus-context").is_some_and(|c| !c.is_empty()));
         for j in 0..3 {
             let r = api::get_kv(&cluster.url(j), "rt", &key, "").unwrap();
-            assert_eq!(r.status, 200, "GET {key} through n{}: {}", j + 1, r.error_message());
-            assert_eq!(&r.body[..], value.as_bytes(), "GET {key} through n{}", j + 1);
+            assert_eq!(
+                r.status,
+                200,
+                "GET {key} through n{}: {}",
+                j + 1,
+                r.error_message()
+            );
+            assert_eq!(
+                &r.body[..],
+                value.as_bytes(),
+                "GET {key} through n{}",
+                j + 1
+            );
             assert_eq!(r.header("content-type"), Some("text/plain"));
             assert!(r.header("x-chorus-context").is_some());
         }
@@ -40,10 +58,23 @@ fn round_trip_and_read_your_writes_through_every_node() {
         let writer = round % 3;
         let reader = (round + 1) % 3;
         let value = format!("version {round}");
-        context = Some(api::put_ok(&cluster.url(writer), "ryw", "counter", value.as_bytes(), "w=quorum", context.as_deref()));
+        context = Some(api::put_ok(
+            &cluster.url(writer),
+            "ryw",
+            "counter",
+            value.as_bytes(),
+            "w=quorum",
+            context.as_deref(),
+        ));
         let r = api::get_kv(&cluster.url(reader), "ryw", "counter", "r=quorum").unwrap();
         assert_eq!(r.status, 200, "round {round}: {}", r.error_message());
-        assert_eq!(String::from_utf8_lossy(&r.body), value, "round {round}: n{} read after n{} wrote", reader + 1, writer + 1);
+        assert_eq!(
+            String::from_utf8_lossy(&r.body),
+            value,
+            "round {round}: n{} read after n{} wrote",
+            reader + 1,
+            writer + 1
+        );
     }
 }
 
@@ -56,15 +87,30 @@ fn concurrent_writes_are_siblings_until_a_write_with_their_context() {
     let r = api::get_kv(&cluster.url(2), "cart", "bob", "").unwrap();
     assert_eq!(r.status, 300, "{}", String::from_utf8_lossy(&r.body));
     let json = r.json().unwrap();
-    assert_eq!(api::siblings(&json), vec![b"apples".to_vec(), b"pears".to_vec()]);
+    assert_eq!(
+        api::siblings(&json),
+        vec![b"apples".to_vec(), b"pears".to_vec()]
+    );
     let context = json["context"].as_str().unwrap().to_string();
     assert_eq!(r.header("x-chorus-context"), Some(context.as_str()));
 
     // A write with that context replaces both.
-    api::put_ok(&cluster.url(2), "cart", "bob", b"apples,pears", "", Some(&context));
+    api::put_ok(
+        &cluster.url(2),
+        "cart",
+        "bob",
+        b"apples,pears",
+        "",
+        Some(&context),
+    );
     for i in 0..3 {
         let (status, _, values) = api::get_json(&cluster.url(i), "cart", "bob", "").unwrap();
-        assert_eq!((status, values), (200, vec![b"apples,pears".to_vec()]), "through n{}", i + 1);
+        assert_eq!(
+            (status, values),
+            (200, vec![b"apples,pears".to_vec()]),
+            "through n{}",
+            i + 1
+        );
     }
     // A delete with the latest context removes it.
     let (_, context, _) = api::get_json(&cluster.url(0), "cart", "bob", "").unwrap();
@@ -81,12 +127,22 @@ fn concurrent_writes_are_siblings_until_a_write_with_their_context() {
     // it must not leave a tombstone beside the values that keeps them visible.
     api::put_ok(&cluster.url(0), "cart", "eve", b"plums", "", None);
     api::put_ok(&cluster.url(1), "cart", "eve", b"figs", "", None);
-    assert_eq!(api::get_kv(&cluster.url(2), "cart", "eve", "").unwrap().status, 300);
+    assert_eq!(
+        api::get_kv(&cluster.url(2), "cart", "eve", "")
+            .unwrap()
+            .status,
+        300
+    );
     let r = api::delete(&cluster.url(2), "cart", "eve", "", None).unwrap();
     assert_eq!(r.status, 204, "{}", r.error_message());
     for i in 0..3 {
         let (status, _, values) = api::get_json(&cluster.url(i), "cart", "eve", "").unwrap();
-        assert_eq!((status, values.len()), (404, 0), "through n{} after a delete without context", i + 1);
+        assert_eq!(
+            (status, values.len()),
+            (404, 0),
+            "through n{} after a delete without context",
+            i + 1
+        );
     }
 }
 
@@ -97,7 +153,12 @@ fn with_a_node_killed_quorums_of_two_work_all_fails_and_a_read_repairs_it_after_
     for key in &keys {
         api::put_ok(&cluster.url(0), "q", key, b"v1", "w=all", None);
         for i in 0..3 {
-            assert_eq!(api::local(&cluster.url(i), "q", key).unwrap(), Some(Local::Values(vec![b"v1".to_vec()])), "n{}", i + 1);
+            assert_eq!(
+                api::local(&cluster.url(i), "q", key).unwrap(),
+                Some(Local::Values(vec![b"v1".to_vec()])),
+                "n{}",
+                i + 1
+            );
         }
     }
     cluster.nodes[2].kill9();
@@ -110,15 +171,34 @@ fn with_a_node_killed_quorums_of_two_work_all_fails_and_a_read_repairs_it_after_
         assert_eq!((r.status, &r.body[..]), (200, &b"v2"[..]));
     }
     // w=all and r=all cannot be met: 503 quorum_unavailable with needed and replied.
-    for (method, query) in [("PUT", "w=all&timeout=1000"), ("GET", "r=all&timeout=1000"), ("DELETE", "w=3&timeout=1000")] {
-        let r = api::call(&cluster.url(0), method, &api::kv("q", "other", query), &[], b"x").unwrap();
-        assert_error(&r, 503, "quorum_unavailable", &format!("{method} ?{query} with n3 down"));
+    for (method, query) in [
+        ("PUT", "w=all&timeout=1000"),
+        ("GET", "r=all&timeout=1000"),
+        ("DELETE", "w=3&timeout=1000"),
+    ] {
+        let r = api::call(
+            &cluster.url(0),
+            method,
+            &api::kv("q", "other", query),
+            &[],
+            b"x",
+        )
+        .unwrap();
+        assert_error(
+            &r,
+            503,
+            "quorum_unavailable",
+            &format!("{method} ?{query} with n3 down"),
+        );
         let json = r.json().unwrap();
         assert_eq!(json["needed"], 3, "{json}");
         assert!(json["replied"].as_u64().is_some_and(|n| n < 3), "{json}");
         if method == "PUT" {
             // The failed write is kept where it landed (the coordinator's replica).
-            assert_eq!(api::local(&cluster.url(0), "q", "other").unwrap(), Some(Local::Values(vec![b"x".to_vec()])));
+            assert_eq!(
+                api::local(&cluster.url(0), "q", "other").unwrap(),
+                Some(Local::Values(vec![b"x".to_vec()]))
+            );
         }
     }
 
@@ -135,20 +215,39 @@ fn with_a_node_killed_quorums_of_two_work_all_fails_and_a_read_repairs_it_after_
             continue;
         }
         let repairs_before = api::metric(&n1, "chorus_read_repairs").unwrap();
-        let r = wait_for("a read at r=all to succeed after the restart", CLUSTER_DEADLINE, || {
-            let r = api::get_kv(&n1, "q", key, "r=all")?;
-            if r.status == 200 { Ok(r) } else { Err(format!("HTTP {} {}", r.status, r.error_message())) }
-        });
+        let r = wait_for(
+            "a read at r=all to succeed after the restart",
+            CLUSTER_DEADLINE,
+            || {
+                let r = api::get_kv(&n1, "q", key, "r=all")?;
+                if r.status == 200 {
+                    Ok(r)
+                } else {
+                    Err(format!("HTTP {} {}", r.status, r.error_message()))
+                }
+            },
+        );
         assert_eq!(&r.body[..], b"v2", "r=all returns the latest value");
-        wait_for("n3's replica to be repaired", CLUSTER_DEADLINE, || match api::local(&n3, "q", key)? {
-            Some(Local::Values(v)) if v == vec![b"v2".to_vec()] => Ok(()),
-            other => Err(format!("{other:?}")),
-        });
+        wait_for(
+            "n3's replica to be repaired",
+            CLUSTER_DEADLINE,
+            || match api::local(&n3, "q", key)? {
+                Some(Local::Values(v)) if v == vec![b"v2".to_vec()] => Ok(()),
+                other => Err(format!("{other:?}")),
+            },
+        );
         let repairs_after = api::metric(&n1, "chorus_read_repairs").unwrap();
-        assert!(repairs_after > repairs_before, "/metrics shows a read repair: {repairs_before} -> {repairs_after}");
+        assert!(
+            repairs_after > repairs_before,
+            "/metrics shows a read repair: {repairs_before} -> {repairs_after}"
+        );
         repaired += 1;
     }
-    assert!(repaired >= 3, "only {repaired} of {} keys were still stale on n3 for a read to repair", keys.len());
+    assert!(
+        repaired >= 3,
+        "only {repaired} of {} keys were still stale on n3 for a read to repair",
+        keys.len()
+    );
 }
 
 #[test]
@@ -159,50 +258,260 @@ fn bad_input_gets_its_status_and_json_error_and_changes_nothing() {
     let unchanged = || {
         for i in 0..3 {
             let r = api::get_kv(&cluster.url(i), "b", "k", "r=all").unwrap();
-            assert_eq!((r.status, &r.body[..]), (200, &b"original"[..]), "through n{}", i + 1);
-            assert_eq!(r.header("x-chorus-context"), Some(context.as_str()), "the context changed");
+            assert_eq!(
+                (r.status, &r.body[..]),
+                (200, &b"original"[..]),
+                "through n{}",
+                i + 1
+            );
+            assert_eq!(
+                r.header("x-chorus-context"),
+                Some(context.as_str()),
+                "the context changed"
+            );
         }
     };
     let long = "a".repeat(1025);
     let long_path = format!("/kv/b/{long}");
     let long_bucket = format!("/kv/{long}/k");
     let cases: Vec<(&str, String, Vec<(&str, &str)>, Vec<u8>, u16, &str)> = vec![
-        ("PUT", "/kv/b/k?r=0".into(), vec![], b"x".to_vec(), 400, "invalid_parameter"),
-        ("PUT", "/kv/b/k?w=0".into(), vec![], b"x".to_vec(), 400, "invalid_parameter"),
-        ("PUT", "/kv/b/k?w=4".into(), vec![], b"x".to_vec(), 400, "invalid_parameter"),
-        ("PUT", "/kv/b/k?w=many".into(), vec![], b"x".to_vec(), 400, "invalid_parameter"),
-        ("PUT", "/kv/b/k?w=-1".into(), vec![], b"x".to_vec(), 400, "invalid_parameter"),
-        ("PUT", "/kv/b/k?pw=3&w=2".into(), vec![], b"x".to_vec(), 400, "invalid_parameter"),
-        ("PUT", "/kv/b/k?timeout=0".into(), vec![], b"x".to_vec(), 400, "invalid_parameter"),
-        ("PUT", "/kv/b/k?timeout=soon".into(), vec![], b"x".to_vec(), 400, "invalid_parameter"),
-        ("PUT", "/kv/b/k?color=red".into(), vec![], b"x".to_vec(), 400, "invalid_parameter"),
-        ("GET", "/kv/b/k?r=4".into(), vec![], vec![], 400, "invalid_parameter"),
-        ("GET", "/kv/b/k?r=all&q=1".into(), vec![], vec![], 400, "invalid_parameter"),
-        ("DELETE", "/kv/b/k?w=9".into(), vec![], vec![], 400, "invalid_parameter"),
-        ("DELETE", "/kv/b/k?x=1".into(), vec![], vec![], 400, "invalid_parameter"),
-        ("PUT", "/kv/b/%ZZ".into(), vec![], b"x".to_vec(), 400, "invalid_key"),
-        ("PUT", "/kv/b/k%2".into(), vec![], b"x".to_vec(), 400, "invalid_key"),
-        ("PUT", "/kv/b/%FF%FE".into(), vec![], b"x".to_vec(), 400, "invalid_key"),
-        ("PUT", "/kv/%E2%9C/k".into(), vec![], b"x".to_vec(), 400, "invalid_bucket"),
-        ("GET", "/kv/%G1/k".into(), vec![], vec![], 400, "invalid_bucket"),
-        ("PUT", long_path.clone(), vec![], b"x".to_vec(), 400, "invalid_key"),
+        (
+            "PUT",
+            "/kv/b/k?r=0".into(),
+            vec![],
+            b"x".to_vec(),
+            400,
+            "invalid_parameter",
+        ),
+        (
+            "PUT",
+            "/kv/b/k?w=0".into(),
+            vec![],
+            b"x".to_vec(),
+            400,
+            "invalid_parameter",
+        ),
+        (
+            "PUT",
+            "/kv/b/k?w=4".into(),
+            vec![],
+            b"x".to_vec(),
+            400,
+            "invalid_parameter",
+        ),
+        (
+            "PUT",
+            "/kv/b/k?w=many".into(),
+            vec![],
+            b"x".to_vec(),
+            400,
+            "invalid_parameter",
+        ),
+        (
+            "PUT",
+            "/kv/b/k?w=-1".into(),
+            vec![],
+            b"x".to_vec(),
+            400,
+            "invalid_parameter",
+        ),
+        (
+            "PUT",
+            "/kv/b/k?pw=3&w=2".into(),
+            vec![],
+            b"x".to_vec(),
+            400,
+            "invalid_parameter",
+        ),
+        (
+            "PUT",
+            "/kv/b/k?timeout=0".into(),
+            vec![],
+            b"x".to_vec(),
+            400,
+            "invalid_parameter",
+        ),
+        (
+            "PUT",
+            "/kv/b/k?timeout=soon".into(),
+            vec![],
+            b"x".to_vec(),
+            400,
+            "invalid_parameter",
+        ),
+        (
+            "PUT",
+            "/kv/b/k?color=red".into(),
+            vec![],
+            b"x".to_vec(),
+            400,
+            "invalid_parameter",
+        ),
+        (
+            "GET",
+            "/kv/b/k?r=4".into(),
+            vec![],
+            vec![],
+            400,
+            "invalid_parameter",
+        ),
+        (
+            "GET",
+            "/kv/b/k?r=all&q=1".into(),
+            vec![],
+            vec![],
+            400,
+            "invalid_parameter",
+        ),
+        (
+            "DELETE",
+            "/kv/b/k?w=9".into(),
+            vec![],
+            vec![],
+            400,
+            "invalid_parameter",
+        ),
+        (
+            "DELETE",
+            "/kv/b/k?x=1".into(),
+            vec![],
+            vec![],
+            400,
+            "invalid_parameter",
+        ),
+        (
+            "PUT",
+            "/kv/b/%ZZ".into(),
+            vec![],
+            b"x".to_vec(),
+            400,
+            "invalid_key",
+        ),
+        (
+            "PUT",
+            "/kv/b/k%2".into(),
+            vec![],
+            b"x".to_vec(),
+            400,
+            "invalid_key",
+        ),
+        (
+            "PUT",
+            "/kv/b/%FF%FE".into(),
+            vec![],
+            b"x".to_vec(),
+            400,
+            "invalid_key",
+        ),
+        (
+            "PUT",
+            "/kv/%E2%9C/k".into(),
+            vec![],
+            b"x".to_vec(),
+            400,
+            "invalid_bucket",
+        ),
+        (
+            "GET",
+            "/kv/%G1/k".into(),
+            vec![],
+            vec![],
+            400,
+            "invalid_bucket",
+        ),
+        (
+            "PUT",
+            long_path.clone(),
+            vec![],
+            b"x".to_vec(),
+            400,
+            "invalid_key",
+        ),
         ("GET", long_path, vec![], vec![], 400, "invalid_key"),
-        ("PUT", long_bucket, vec![], b"x".to_vec(), 400, "invalid_bucket"),
-        ("PUT", "/kv/b/".into(), vec![], b"x".to_vec(), 400, "invalid_key"),
-        ("PUT", "/kv//k".into(), vec![], b"x".to_vec(), 400, "invalid_bucket"),
-        ("PUT", "/kv/b/k".into(), vec![("x-chorus-context", "not a context!")], b"x".to_vec(), 400, "invalid_context"),
-        ("PUT", "/kv/b/k".into(), vec![("x-chorus-context", "AAAA")], b"x".to_vec(), 400, "invalid_context"),
-        ("DELETE", "/kv/b/k".into(), vec![("x-chorus-context", "%%%")], vec![], 400, "invalid_context"),
-        ("PUT", "/kv/b/k".into(), vec![], vec![7u8; MAX_VALUE + 1], 413, "value_too_large"),
-        ("PUT", "/kv/b/k?w=1".into(), vec![], vec![7u8; 10 * MAX_VALUE], 413, "value_too_large"),
+        (
+            "PUT",
+            long_bucket,
+            vec![],
+            b"x".to_vec(),
+            400,
+            "invalid_bucket",
+        ),
+        (
+            "PUT",
+            "/kv/b/".into(),
+            vec![],
+            b"x".to_vec(),
+            400,
+            "invalid_key",
+        ),
+        (
+            "PUT",
+            "/kv//k".into(),
+            vec![],
+            b"x".to_vec(),
+            400,
+            "invalid_bucket",
+        ),
+        (
+            "PUT",
+            "/kv/b/k".into(),
+            vec![("x-chorus-context", "not a context!")],
+            b"x".to_vec(),
+            400,
+            "invalid_context",
+        ),
+        (
+            "PUT",
+            "/kv/b/k".into(),
+            vec![("x-chorus-context", "AAAA")],
+            b"x".to_vec(),
+            400,
+            "invalid_context",
+        ),
+        (
+            "DELETE",
+            "/kv/b/k".into(),
+            vec![("x-chorus-context", "%%%")],
+            vec![],
+            400,
+            "invalid_context",
+        ),
+        (
+            "PUT",
+            "/kv/b/k".into(),
+            vec![],
+            vec![7u8; MAX_VALUE + 1],
+            413,
+            "value_too_large",
+        ),
+        (
+            "PUT",
+            "/kv/b/k?w=1".into(),
+            vec![],
+            vec![7u8; 10 * MAX_VALUE],
+            413,
+            "value_too_large",
+        ),
     ];
     for (method, path, headers, body, status, code) in &cases {
         let r = api::call(&url, method, path, headers, body).unwrap();
-        let shown = if path.len() > 60 { format!("{}...", &path[..60]) } else { path.clone() };
-        assert_error(&r, *status, code, &format!("{method} {shown} {headers:?} ({} bytes)", body.len()));
+        let shown = if path.len() > 60 {
+            format!("{}...", &path[..60])
+        } else {
+            path.clone()
+        };
+        assert_error(
+            &r,
+            *status,
+            code,
+            &format!("{method} {shown} {headers:?} ({} bytes)", body.len()),
+        );
         unchanged();
     }
-    println!("{} bad requests refused, each leaving the key unchanged", cases.len());
+    println!(
+        "{} bad requests refused, each leaving the key unchanged",
+        cases.len()
+    );
 }
 
 #[test]
@@ -218,16 +527,40 @@ fn values_from_empty_to_the_limit_binary_values_and_unusual_keys() {
         assert_eq!(r.body.len(), size);
         assert_eq!(&r.body[..], &value[..], "{size} bytes");
     }
-    let r = api::put(&cluster.url(0), "sizes", "over", &vec![1u8; MAX_VALUE + 1], "", None).unwrap();
+    let r = api::put(
+        &cluster.url(0),
+        "sizes",
+        "over",
+        &vec![1u8; MAX_VALUE + 1],
+        "",
+        None,
+    )
+    .unwrap();
     assert_error(&r, 413, "value_too_large", "limit + 1");
-    assert_eq!(api::get_kv(&cluster.url(1), "sizes", "over", "").unwrap().status, 404, "nothing was written");
+    assert_eq!(
+        api::get_kv(&cluster.url(1), "sizes", "over", "")
+            .unwrap()
+            .status,
+        404,
+        "nothing was written"
+    );
 
     // Every byte value, through JSON (base64) too.
     let binary: Vec<u8> = (0..=255u8).chain((0..=255u8).rev()).collect();
-    let r = api::call(&cluster.url(0), "PUT", &api::kv("bin", "all-bytes", ""), &[("content-type", "application/x-raw")], &binary).unwrap();
+    let r = api::call(
+        &cluster.url(0),
+        "PUT",
+        &api::kv("bin", "all-bytes", ""),
+        &[("content-type", "application/x-raw")],
+        &binary,
+    )
+    .unwrap();
     assert_eq!(r.status, 204);
     let r = api::get_kv(&cluster.url(2), "bin", "all-bytes", "").unwrap();
-    assert_eq!((&r.body[..], r.header("content-type")), (&binary[..], Some("application/x-raw")));
+    assert_eq!(
+        (&r.body[..], r.header("content-type")),
+        (&binary[..], Some("application/x-raw"))
+    );
     let (_, _, values) = api::get_json(&cluster.url(1), "bin", "all-bytes", "").unwrap();
     assert_eq!(values, vec![binary.clone()]);
 
@@ -236,7 +569,7 @@ fn values_from_empty_to_the_limit_binary_values_and_unusual_keys() {
     let keys: Vec<(&str, String)> = vec![
         ("b", "a/b/c".to_string()),
         ("b", "a%2Fb".to_string()), // a literal percent sign, not a slash
-        ("b", "%41".to_string()),    // not "A"
+        ("b", "%41".to_string()),   // not "A"
         ("b", "A".to_string()),
         ("b", "100%".to_string()),
         ("b", "ключ ✓ 🦀".to_string()),
@@ -252,20 +585,44 @@ fn values_from_empty_to_the_limit_binary_values_and_unusual_keys() {
     ];
     for (i, (bucket, key)) in keys.iter().enumerate() {
         let value = format!("value {i}");
-        api::put_ok(&cluster.url(i % 3), bucket, key, value.as_bytes(), "w=all", None);
+        api::put_ok(
+            &cluster.url(i % 3),
+            bucket,
+            key,
+            value.as_bytes(),
+            "w=all",
+            None,
+        );
     }
     for (i, (bucket, key)) in keys.iter().enumerate() {
         let value = format!("value {i}");
         for j in 0..3 {
             let r = api::get_kv(&cluster.url(j), bucket, key, "").unwrap();
-            assert_eq!(r.status, 200, "{bucket:?}/{key:?} through n{}: {}", j + 1, r.error_message());
-            assert_eq!(String::from_utf8_lossy(&r.body), value, "{bucket:?}/{key:?} through n{}", j + 1);
-            assert_eq!(api::local(&cluster.url(j), bucket, key).unwrap(), Some(Local::Values(vec![value.as_bytes().to_vec()])));
+            assert_eq!(
+                r.status,
+                200,
+                "{bucket:?}/{key:?} through n{}: {}",
+                j + 1,
+                r.error_message()
+            );
+            assert_eq!(
+                String::from_utf8_lossy(&r.body),
+                value,
+                "{bucket:?}/{key:?} through n{}",
+                j + 1
+            );
+            assert_eq!(
+                api::local(&cluster.url(j), bucket, key).unwrap(),
+                Some(Local::Values(vec![value.as_bytes().to_vec()]))
+            );
         }
     }
     // The same key sent with a slash escaped in lower case is the same key.
     let r = api::get(&cluster.url(0), "/kv/b/a%2fb%2fc").unwrap();
-    assert_eq!((r.status, String::from_utf8_lossy(&r.body).to_string()), (200, "value 0".to_string()));
+    assert_eq!(
+        (r.status, String::from_utf8_lossy(&r.body).to_string()),
+        (200, "value 0".to_string())
+    );
     // One byte over the segment limit is refused, for keys and buckets.
     let too_long = format!("{max_key}x");
     let r = api::put(&cluster.url(0), "b", &too_long, b"v", "", None).unwrap();

@@ -9,10 +9,21 @@ fn a_seed_replays_the_same_trace() {
     options.faults = Faults::Heavy;
     let first = sim::run(&options);
     let second = sim::run(&options);
-    assert!(first.failures.is_empty(), "seed 7 failed: {:?}", first.failures);
-    assert!(first.events > 100, "the scenario did something ({} events)", first.events);
+    assert!(
+        first.failures.is_empty(),
+        "seed 7 failed: {:?}",
+        first.failures
+    );
+    assert!(
+        first.events > 100,
+        "the scenario did something ({} events)",
+        first.events
+    );
     assert_eq!(first.digest, second.digest, "same seed, different traces");
-    assert_eq!((first.writes, first.acked, first.events), (second.writes, second.acked, second.events));
+    assert_eq!(
+        (first.writes, first.acked, first.events),
+        (second.writes, second.acked, second.events)
+    );
 
     let other = sim::run(&Options { seed: 8, ..options });
     assert_ne!(first.digest, other.digest, "two seeds gave the same trace");

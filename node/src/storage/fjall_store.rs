@@ -101,7 +101,11 @@ impl FjallStorage {
             })?;
         // Spelled out although it is fjall's default: crash safety of a returned write
         // rests on it (each write leaves fjall's user-space buffer before returning).
-        let options = || KeyspaceCreateOptions::default().manual_journal_persist(false).max_memtable_size(memtable_bytes);
+        let options = || {
+            KeyspaceCreateOptions::default()
+                .manual_journal_persist(false)
+                .max_memtable_size(memtable_bytes)
+        };
         let objects = db.keyspace("objects", options).map_err(fj)?;
         let hints = db.keyspace("hints", options).map_err(fj)?;
         let meta = db.keyspace("meta", options).map_err(fj)?;
@@ -166,7 +170,13 @@ pub const DEFAULT_MEMTABLE_BYTES: u64 = 64 * 1024 * 1024;
 impl FjallStorage {
     /// A put; `known_old` is the value stored now when the caller knows it (`Some(None)`:
     /// absent), which saves a read of the key for the hash tree's update.
-    fn put_with(&self, partition: PartitionId, key: &[u8], known_old: Option<Option<&[u8]>>, object: &[u8]) -> Result<(), StorageError> {
+    fn put_with(
+        &self,
+        partition: PartitionId,
+        key: &[u8],
+        known_old: Option<Option<&[u8]>>,
+        object: &[u8],
+    ) -> Result<(), StorageError> {
         check_key(key)?;
         self.syncer.check()?;
         let k = object_key(partition, key);
@@ -209,7 +219,13 @@ impl Storage for FjallStorage {
         self.put_with(partition, key, None, object)
     }
 
-    fn put_replacing(&self, partition: PartitionId, key: &[u8], old: Option<&[u8]>, object: &[u8]) -> Result<(), StorageError> {
+    fn put_replacing(
+        &self,
+        partition: PartitionId,
+        key: &[u8],
+        old: Option<&[u8]>,
+        object: &[u8],
+    ) -> Result<(), StorageError> {
         self.put_with(partition, key, Some(old), object)
     }
 

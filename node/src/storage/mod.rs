@@ -119,7 +119,13 @@ pub trait Storage: Send + Sync + 'static {
     /// `put` for a caller that just read the key under a lock every writer of the key holds
     /// (the replica's per-key lock): `old` is what is stored now, so an engine that needs
     /// the previous value (for its hash tree) can skip reading it again.
-    fn put_replacing(&self, partition: PartitionId, key: &[u8], old: Option<&[u8]>, object: &[u8]) -> Result<(), StorageError> {
+    fn put_replacing(
+        &self,
+        partition: PartitionId,
+        key: &[u8],
+        old: Option<&[u8]>,
+        object: &[u8],
+    ) -> Result<(), StorageError> {
         let _ = old;
         self.put(partition, key, object)
     }

@@ -284,7 +284,10 @@ fn put_replacing_matches_put(s: &dyn Storage) {
     s.put_replacing(1, b"a", Some(b"1"), b"3").unwrap();
     assert_eq!(s.get(1, b"a").unwrap().as_deref(), Some(&b"3"[..]));
     assert_eq!(s.key_count(1).unwrap(), 2);
-    let expected = tree_of(&[(b"a".to_vec(), b"3".to_vec()), (b"b".to_vec(), b"2".to_vec())]);
+    let expected = tree_of(&[
+        (b"a".to_vec(), b"3".to_vec()),
+        (b"b".to_vec(), b"2".to_vec()),
+    ]);
     assert_eq!(s.tree(1).unwrap(), expected);
 }
 

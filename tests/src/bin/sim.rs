@@ -80,10 +80,16 @@ fn main() {
         late_join: !args.no_join,
         strict_quorums: !args.no_strict,
     };
-    let options = move |seed: u64| Options { seed, ..base.clone() };
+    let options = move |seed: u64| Options {
+        seed,
+        ..base.clone()
+    };
     if args.verbose {
         let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("debug")))
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("debug")),
+            )
             .without_time()
             .try_init();
     }
@@ -99,7 +105,10 @@ fn main() {
         (None, None) => (1, 2),
     };
     let total = end - start;
-    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())).clamp(1, total as usize);
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .clamp(1, total as usize);
     let began = Instant::now();
     let next = Arc::new(AtomicU64::new(start));
     let (tx, rx) = mpsc::channel();
@@ -167,7 +176,10 @@ fn main() {
         }
         if !single {
             let rate = done as f64 / began.elapsed().as_secs_f64();
-            eprint!("\r{done}/{total} scenarios, {} failed, {rate:.1} scenarios/s   ", failed.len());
+            eprint!(
+                "\r{done}/{total} scenarios, {} failed, {rate:.1} scenarios/s   ",
+                failed.len()
+            );
             let _ = std::io::stderr().flush();
         }
     }

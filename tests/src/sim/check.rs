@@ -28,7 +28,9 @@ fn covers(context: &Context, dot: Dot) -> bool {
 /// A node's stored state of a key, read straight from its disk.
 pub fn stored(disk: &MemoryStorage, ring_size: u32, key: &str) -> Option<Object> {
     let partition = chorus_ring::partition_of(ring_size, BUCKET, key.as_bytes());
-    let bytes = disk.get(partition, &storage_key(BUCKET, key.as_bytes())).expect("memory storage")?;
+    let bytes = disk
+        .get(partition, &storage_key(BUCKET, key.as_bytes()))
+        .expect("memory storage")?;
     Some(decode_object(&bytes).expect("stored objects decode"))
 }
 
@@ -41,7 +43,10 @@ pub fn check_state(history: &mut History, key: &str, object: &Object, place: &st
     for (actor, counter, sibling) in &dotted {
         let dot = (*actor, *counter);
         let Some(id) = id_of(&sibling.value) else {
-            problems.push(format!("{place}: key {key} holds a value no client wrote: {:?}", String::from_utf8_lossy(&sibling.value)));
+            problems.push(format!(
+                "{place}: key {key} holds a value no client wrote: {:?}",
+                String::from_utf8_lossy(&sibling.value)
+            ));
             continue;
         };
         match history.writes.get(&id) {
@@ -86,15 +91,26 @@ pub fn check_state(history: &mut History, key: &str, object: &Object, place: &st
 
 /// At the moment write `write` is acknowledged: at least `w` disks hold it (or a state that
 /// already superseded it). Catches a replica that acknowledges before it stores.
-pub fn check_ack(disks: &[(String, Arc<MemoryStorage>)], ring_size: u32, write: &Write, object: &Object, violations: &mut Vec<String>) {
+pub fn check_ack(
+    disks: &[(String, Arc<MemoryStorage>)],
+    ring_size: u32,
+    write: &Write,
+    object: &Object,
+    violations: &mut Vec<String>,
+) {
     let value = value_of(write.id);
-    let Some((actor, counter, _)) = object.dotted_values().into_iter().find(|(_, _, s)| s.value == value) else {
+    let Some((actor, counter, _)) = object
+        .dotted_values()
+        .into_iter()
+        .find(|(_, _, s)| s.value == value)
+    else {
         return; // reported by the client as an ack without its value
     };
     let holders: Vec<&str> = disks
         .iter()
         .filter(|(_, disk)| {
-            stored(disk, ring_size, &write.key).is_some_and(|s| s.context().counter(actor) >= counter)
+            stored(disk, ring_size, &write.key)
+                .is_some_and(|s| s.context().counter(actor) >= counter)
         })
         .map(|(name, _)| name.as_str())
         .collect();
@@ -114,13 +130,21 @@ pub fn check_final(history: &mut History, finals: &BTreeMap<String, Object>) {
     let mut problems = Vec::new();
     let writes: Vec<Write> = history.writes.values().cloned().collect();
     for w in &writes {
-        let Outcome::Acked(dot) = w.outcome else { continue };
+        let Outcome::Acked(dot) = w.outcome else {
+            continue;
+        };
         let state = finals.get(&w.key);
-        let present = state.is_some_and(|s| s.dotted_values().iter().any(|(a, c, v)| (*a, *c) == dot && v.value == value_of(w.id)));
+        let present = state.is_some_and(|s| {
+            s.dotted_values()
+                .iter()
+                .any(|(a, c, v)| (*a, *c) == dot && v.value == value_of(w.id))
+        });
         if present {
             continue;
         }
-        let superseded_by = writes.iter().find(|o| o.key == w.key && o.id != w.id && covers(&o.context, dot));
+        let superseded_by = writes
+            .iter()
+            .find(|o| o.key == w.key && o.id != w.id && covers(&o.context, dot));
         if superseded_by.is_some() {
             continue;
         }
@@ -140,9 +164,15 @@ pub fn check_final(history: &mut History, finals: &BTreeMap<String, Object>) {
     }
     for (key, state) in finals {
         for (actor, counter, sibling) in state.dotted_values() {
-            let Some(id) = id_of(&sibling.value) else { continue };
+            let Some(id) = id_of(&sibling.value) else {
+                continue;
+            };
             for o in &writes {
-                if o.key == *key && o.id != id && matches!(o.outcome, Outcome::Acked(_)) && covers(&o.context, (actor, counter)) {
+                if o.key == *key
+                    && o.id != id
+                    && matches!(o.outcome, Outcome::Acked(_))
+                    && covers(&o.context, (actor, counter))
+                {
                     problems.push(format!("key {key}: w{id} is in the final state although acknowledged write w{} superseded it (resurrected)", o.id));
                 }
             }

@@ -181,7 +181,9 @@ pub fn run(options: &Options) -> Report {
         .start_paused(true)
         .build()
         .expect("a current-thread runtime");
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runtime.block_on(scenario(options.clone()))));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        runtime.block_on(scenario(options.clone()))
+    }));
     drop(runtime);
     let mut report = match outcome {
         Ok(report) => report,
@@ -232,14 +234,26 @@ impl Cluster {
             *next += 1;
             *next
         };
-        let node = self.nodes[index].start(&self.net, &self.settings, &self.names, id, sub_seed(self.seed, 1000 + id));
-        self.started.lock().expect("incarnations").push(node.clone());
+        let node = self.nodes[index].start(
+            &self.net,
+            &self.settings,
+            &self.names,
+            id,
+            sub_seed(self.seed, 1000 + id),
+        );
+        self.started
+            .lock()
+            .expect("incarnations")
+            .push(node.clone());
         node
     }
 
     fn healing(&self) -> Healing {
         let started = self.started.lock().expect("incarnations");
-        let mut h = Healing { crashes: started.len().saturating_sub(self.nodes.len()) as u64, ..Healing::default() };
+        let mut h = Healing {
+            crashes: started.len().saturating_sub(self.nodes.len()) as u64,
+            ..Healing::default()
+        };
         for node in started.iter() {
             let m = &node.metrics;
             h.read_repairs += m.read_repairs.get();
@@ -256,12 +270,17 @@ impl Cluster {
         if let Some(node) = self.net.current(name) {
             node.kill();
             self.net.set_down(name);
-            self.net.trace.log(format!("{name} crashes (incarnation {})", node.id));
+            self.net
+                .trace
+                .log(format!("{name} crashes (incarnation {})", node.id));
         }
     }
 
     fn disks(&self) -> Vec<(String, Arc<MemoryStorage>)> {
-        self.nodes.iter().map(|n| (n.name.clone(), n.disk.clone())).collect()
+        self.nodes
+            .iter()
+            .map(|n| (n.name.clone(), n.disk.clone()))
+            .collect()
     }
 
     /// Hint bound: no disk holds more hints for one owner than the replicas allow.
@@ -285,17 +304,27 @@ impl Cluster {
         let mut names = members.to_vec();
         names.sort();
         for name in members {
-            let Some(node) = self.net.current(name) else { return Some(format!("{name} is down")) };
+            let Some(node) = self.net.current(name) else {
+                return Some(format!("{name} is down"));
+            };
             let view = node.gossip.view.read().expect("view").clone();
             if view.ring.members() != names.as_slice() {
-                return Some(format!("{name} sees ring members {:?}", view.ring.members()));
+                return Some(format!(
+                    "{name} sees ring members {:?}",
+                    view.ring.members()
+                ));
             }
             if !view.unreachable.is_empty() {
                 let mut unreachable: Vec<&String> = view.unreachable.iter().collect();
                 unreachable.sort();
                 return Some(format!("{name} sees {unreachable:?} unreachable"));
             }
-            if let Some(m) = node.gossip.members().iter().find(|m| m.state != chorus_gossip::MemberState::Alive) {
+            if let Some(m) = node
+                .gossip
+                .members()
+                .iter()
+                .find(|m| m.state != chorus_gossip::MemberState::Alive)
+            {
                 return Some(format!("{name} sees {} as {}", m.name, m.state));
             }
         }
@@ -305,16 +334,34 @@ impl Cluster {
                 return Some(format!("{} still holds hints {hints:?}", node.name));
             }
         }
-        let ring = Ring::new(self.settings.ring_size, self.settings.n, names.iter().cloned()).expect("ring");
+        let ring = Ring::new(
+            self.settings.ring_size,
+            self.settings.n,
+            names.iter().cloned(),
+        )
+        .expect("ring");
         for key in keys {
             let partition = ring.partition_of(workload::BUCKET, key.as_bytes());
             let primaries = ring.primaries(partition);
-            let states: BTreeMap<&str, Option<Object>> =
-                self.nodes.iter().map(|n| (n.name.as_str(), check::stored(&n.disk, self.settings.ring_size, key))).collect();
+            let states: BTreeMap<&str, Option<Object>> = self
+                .nodes
+                .iter()
+                .map(|n| {
+                    (
+                        n.name.as_str(),
+                        check::stored(&n.disk, self.settings.ring_size, key),
+                    )
+                })
+                .collect();
             let reference = &states[primaries[0].as_str()];
             for p in primaries {
                 if &states[p.as_str()] != reference {
-                    return Some(format!("key {key}: primaries {} and {p} differ: {:?} vs {:?}", primaries[0], reference, states[p.as_str()]));
+                    return Some(format!(
+                        "key {key}: primaries {} and {p} differ: {:?} vs {:?}",
+                        primaries[0],
+                        reference,
+                        states[p.as_str()]
+                    ));
                 }
             }
             for (name, state) in &states {
@@ -334,25 +381,42 @@ impl Cluster {
 
 async fn scenario(options: Options) -> Report {
     let trace = Arc::new(Trace::new(options.verbose));
-    let net = SimNet::new(StdRng::seed_from_u64(sub_seed(options.seed, 1)), trace.clone());
+    let net = SimNet::new(
+        StdRng::seed_from_u64(sub_seed(options.seed, 1)),
+        trace.clone(),
+    );
     let names: Vec<String> = (1..=options.nodes).map(|i| format!("n{i}")).collect();
     let settings = NodeSettings::default();
     let cluster = Arc::new(Cluster {
         net: net.clone(),
-        nodes: names.iter().map(|name| SimNode { name: name.clone(), disk: Arc::new(MemoryStorage::new()) }).collect(),
+        nodes: names
+            .iter()
+            .map(|name| SimNode {
+                name: name.clone(),
+                disk: Arc::new(MemoryStorage::new()),
+            })
+            .collect(),
         names: names.clone(),
         settings: settings.clone(),
         seed: options.seed,
         incarnations: Mutex::new(0),
         started: Mutex::new(Vec::new()),
     });
-    trace.log(format!("scenario seed {} nodes {} faults {} duration {:?}", options.seed, options.nodes, options.faults, options.duration));
+    trace.log(format!(
+        "scenario seed {} nodes {} faults {} duration {:?}",
+        options.seed, options.nodes, options.faults, options.duration
+    ));
     let mut failures = Vec::new();
     // In some scenarios the last node joins later, while clients run: ownership moves to
     // it and ownership transfer runs under faults.
     let mut plan = StdRng::seed_from_u64(sub_seed(options.seed, 3));
-    let late_join = (options.late_join && options.nodes > settings.n && plan.random_bool(0.5)).then(|| Duration::from_millis(plan.random_range(0..options.duration.as_millis() as u64)));
-    let initial: Vec<String> = if late_join.is_some() { names[..names.len() - 1].to_vec() } else { names.clone() };
+    let late_join = (options.late_join && options.nodes > settings.n && plan.random_bool(0.5))
+        .then(|| Duration::from_millis(plan.random_range(0..options.duration.as_millis() as u64)));
+    let initial: Vec<String> = if late_join.is_some() {
+        names[..names.len() - 1].to_vec()
+    } else {
+        names.clone()
+    };
     for i in 0..initial.len() {
         cluster.start(i);
     }
@@ -365,7 +429,9 @@ async fn scenario(options: Options) -> Report {
         match cluster.divergence(&initial, &[]) {
             None => break,
             Some(why) if Instant::now() >= formed => {
-                failures.push(format!("membership did not converge within 30 s of start: {why}"));
+                failures.push(format!(
+                    "membership did not converge within 30 s of start: {why}"
+                ));
                 break;
             }
             Some(_) => {}
@@ -379,8 +445,12 @@ async fn scenario(options: Options) -> Report {
         net: net.clone(),
         history: Mutex::new(History::default()),
         next_id: Mutex::new(0),
-        on_ack: Box::new(move |write, object, violations| check::check_ack(&disks, ring_size, write, object, violations)),
-        on_read: Box::new(|key, object, history| check::check_state(history, key, object, "a read")),
+        on_ack: Box::new(move |write, object, violations| {
+            check::check_ack(&disks, ring_size, write, object, violations)
+        }),
+        on_read: Box::new(|key, object, history| {
+            check::check_state(history, key, object, "a read")
+        }),
     });
     let fault_end = Instant::now() + options.duration;
     let mut clients = Vec::new();
@@ -402,12 +472,20 @@ async fn scenario(options: Options) -> Report {
             tokio::time::sleep(after).await;
             let last = cluster.names.len() - 1;
             if cluster.net.current(&cluster.names[last]).is_none() {
-                cluster.net.trace.log(format!("{} joins the cluster", cluster.names[last]));
+                cluster
+                    .net
+                    .trace
+                    .log(format!("{} joins the cluster", cluster.names[last]));
                 cluster.start(last);
             }
         });
     }
-    let nemesis = tokio::spawn(nemesis(cluster.clone(), shared.clone(), options.clone(), fault_end));
+    let nemesis = tokio::spawn(nemesis(
+        cluster.clone(),
+        shared.clone(),
+        options.clone(),
+        fault_end,
+    ));
     let _ = nemesis.await;
     for client in clients {
         let _ = client.await;
@@ -429,11 +507,17 @@ async fn scenario(options: Options) -> Report {
         tokio::time::sleep(Duration::from_secs(1)).await;
         match cluster.divergence(&names, &keys) {
             None => {
-                trace.log(format!("converged {} ms after heal", quiet.elapsed().as_millis()));
+                trace.log(format!(
+                    "converged {} ms after heal",
+                    quiet.elapsed().as_millis()
+                ));
                 break;
             }
             Some(why) if quiet.elapsed() >= bound => {
-                failures.push(format!("not converged {} s after heal: {why}", bound.as_secs()));
+                failures.push(format!(
+                    "not converged {} s after heal: {why}",
+                    bound.as_secs()
+                ));
                 break;
             }
             Some(_) => {}
@@ -441,7 +525,10 @@ async fn scenario(options: Options) -> Report {
     }
     cluster.check_bounds(&shared.history);
     if net.max_inflight() > MAX_INFLIGHT_PER_PEER {
-        failures.push(format!("{} concurrent requests to one peer, over the bound of {MAX_INFLIGHT_PER_PEER}", net.max_inflight()));
+        failures.push(format!(
+            "{} concurrent requests to one peer, over the bound of {MAX_INFLIGHT_PER_PEER}",
+            net.max_inflight()
+        ));
     }
 
     // Final judgement over every replica's state.
@@ -451,7 +538,12 @@ async fn scenario(options: Options) -> Report {
         let mut merged: Option<Object> = None;
         for node in &cluster.nodes {
             if let Some(state) = check::stored(&node.disk, ring_size, key) {
-                check::check_state(&mut history, key, &state, &format!("{}'s storage", node.name));
+                check::check_state(
+                    &mut history,
+                    key,
+                    &state,
+                    &format!("{}'s storage", node.name),
+                );
                 merged = Some(merged.map_or(state.clone(), |m| m.sync(&state)));
             }
         }
@@ -473,7 +565,11 @@ async fn scenario(options: Options) -> Report {
     let healing = cluster.healing();
     cluster.started.lock().expect("incarnations").clear();
     net.clear();
-    let acked = history.writes.values().filter(|w| matches!(w.outcome, Outcome::Acked(_))).count();
+    let acked = history
+        .writes
+        .values()
+        .filter(|w| matches!(w.outcome, Outcome::Acked(_)))
+        .count();
     Report {
         seed: options.seed,
         digest: trace.digest(),
@@ -500,28 +596,48 @@ async fn nemesis(cluster: Arc<Cluster>, shared: Arc<Shared>, options: Options, e
     let names = cluster.names.clone();
     let max_down = if heavy { (names.len() - 1).max(1) } else { 1 };
     loop {
-        let wait = if heavy { rng.random_range(300..2500) } else { rng.random_range(2000..6000) };
+        let wait = if heavy {
+            rng.random_range(300..2500)
+        } else {
+            rng.random_range(2000..6000)
+        };
         tokio::time::sleep(Duration::from_millis(wait)).await;
         cluster.check_bounds(&shared.history);
         if Instant::now() >= end {
             return;
         }
-        let hold = Duration::from_millis(if heavy { rng.random_range(500..12_000) } else { rng.random_range(1000..6000) });
+        let hold = Duration::from_millis(if heavy {
+            rng.random_range(500..12_000)
+        } else {
+            rng.random_range(1000..6000)
+        });
         match rng.random_range(0..6) {
             0 => {
                 let max_drop = if heavy { 0.2 } else { 0.03 };
                 let faults = NetFaults {
                     drop: rng.random_range(0.0..max_drop),
                     duplicate: rng.random_range(0.0..if heavy { 0.1 } else { 0.02 }),
-                    delay_ms: (1, if heavy { rng.random_range(2..150) } else { rng.random_range(2..20) }),
+                    delay_ms: (
+                        1,
+                        if heavy {
+                            rng.random_range(2..150)
+                        } else {
+                            rng.random_range(2..20)
+                        },
+                    ),
                     slow: rng.random_range(0.0..if heavy { 0.05 } else { 0.01 }),
-                    slow_ms: if heavy { rng.random_range(100..3000) } else { rng.random_range(50..500) },
+                    slow_ms: if heavy {
+                        rng.random_range(100..3000)
+                    } else {
+                        rng.random_range(50..500)
+                    },
                 };
                 net.set_faults(faults);
             }
             1 | 2 => {
                 // A partition: one side against the rest, both ways or one way.
-                let mut side: Vec<&String> = names.iter().filter(|_| rng.random_bool(0.4)).collect();
+                let mut side: Vec<&String> =
+                    names.iter().filter(|_| rng.random_bool(0.4)).collect();
                 if side.is_empty() || side.len() == names.len() {
                     side = vec![&names[rng.random_range(0..names.len())]];
                 }
@@ -535,14 +651,22 @@ async fn nemesis(cluster: Arc<Cluster>, shared: Arc<Shared>, options: Options, e
                         }
                     }
                 }
-                net.trace.log(format!("partition {side:?} {} the rest for {hold:?}", if one_way { "cannot send to" } else { "cut from" }));
+                net.trace.log(format!(
+                    "partition {side:?} {} the rest for {hold:?}",
+                    if one_way {
+                        "cannot send to"
+                    } else {
+                        "cut from"
+                    }
+                ));
                 for (a, b) in &pairs {
                     net.block(a, b);
                 }
                 let net = net.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(hold).await;
-                    net.trace.log(format!("partition healed: {} links", pairs.len()));
+                    net.trace
+                        .log(format!("partition healed: {} links", pairs.len()));
                     for (a, b) in &pairs {
                         net.unblock(a, b);
                     }

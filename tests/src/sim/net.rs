@@ -43,12 +43,21 @@ pub struct NetFaults {
 
 impl NetFaults {
     pub fn calm() -> NetFaults {
-        NetFaults { drop: 0.0, duplicate: 0.0, delay_ms: (1, 5), slow: 0.0, slow_ms: 0 }
+        NetFaults {
+            drop: 0.0,
+            duplicate: 0.0,
+            delay_ms: (1, 5),
+            slow: 0.0,
+            slow_ms: 0,
+        }
     }
 }
 
 enum Slot {
-    Up { node: Arc<Incarnation>, paused_until: Option<Instant> },
+    Up {
+        node: Arc<Incarnation>,
+        paused_until: Option<Instant>,
+    },
     Down,
 }
 
@@ -102,15 +111,20 @@ impl SimNet {
     }
 
     pub fn block(&self, from: &str, to: &str) {
-        self.lock().blocked.insert((from.to_string(), to.to_string()));
+        self.lock()
+            .blocked
+            .insert((from.to_string(), to.to_string()));
     }
 
     pub fn unblock(&self, from: &str, to: &str) {
-        self.lock().blocked.remove(&(from.to_string(), to.to_string()));
+        self.lock()
+            .blocked
+            .remove(&(from.to_string(), to.to_string()));
     }
 
     pub fn heal_all(&self) {
-        self.trace.log("net heal: every partition removed".to_string());
+        self.trace
+            .log("net heal: every partition removed".to_string());
         self.lock().blocked.clear();
     }
 
@@ -127,7 +141,13 @@ impl SimNet {
     }
 
     pub fn set_up(&self, node: Arc<Incarnation>) {
-        self.lock().slots.insert(node.name.clone(), Slot::Up { node, paused_until: None });
+        self.lock().slots.insert(
+            node.name.clone(),
+            Slot::Up {
+                node,
+                paused_until: None,
+            },
+        );
     }
 
     pub fn set_down(&self, name: &str) {
@@ -167,7 +187,11 @@ impl SimNet {
 
     /// Waits while `name` is paused; returns its incarnation if it is (still) `incarnation`
     /// (any incarnation when None) once it runs.
-    pub async fn wait_running(&self, name: &str, incarnation: Option<u64>) -> Option<Arc<Incarnation>> {
+    pub async fn wait_running(
+        &self,
+        name: &str,
+        incarnation: Option<u64>,
+    ) -> Option<Arc<Incarnation>> {
         loop {
             let until = {
                 let state = self.lock();
@@ -193,7 +217,9 @@ impl SimNet {
         state.messages += 1;
         let f = state.faults.clone();
         let lost = state.rng.random_bool(f.drop.clamp(0.0, 1.0));
-        let mut delay = state.rng.random_range(f.delay_ms.0..=f.delay_ms.1.max(f.delay_ms.0));
+        let mut delay = state
+            .rng
+            .random_range(f.delay_ms.0..=f.delay_ms.1.max(f.delay_ms.0));
         if state.rng.random_bool(f.slow.clamp(0.0, 1.0)) {
             delay += f.slow_ms;
         }
@@ -210,14 +236,26 @@ impl SimNet {
 
     /// Sends a request from `from` (incarnation `incarnation`) to `to`; the answer, if any,
     /// arrives on the returned channel.
-    fn request(self: &Arc<Self>, from: &str, incarnation: u64, to: &str, request: Request) -> tokio::sync::oneshot::Receiver<Response> {
+    fn request(
+        self: &Arc<Self>,
+        from: &str,
+        incarnation: u64,
+        to: &str,
+        request: Request,
+    ) -> tokio::sync::oneshot::Receiver<Response> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let bytes = rpc::encode(Message::Request(request));
-        let duplicable = !matches!(rpc::decode(&bytes), Ok(Message::Request(Request::Coordinate { .. })));
+        let duplicable = !matches!(
+            rpc::decode(&bytes),
+            Ok(Message::Request(Request::Coordinate { .. }))
+        );
         let copies = {
             let mut state = self.lock();
             let extra = duplicable && Self::duplicate(&mut state);
-            let count = state.inflight.entry((from.to_string(), to.to_string())).or_insert(0);
+            let count = state
+                .inflight
+                .entry((from.to_string(), to.to_string()))
+                .or_insert(0);
             *count += 1;
             let now = *count;
             state.max_inflight = state.max_inflight.max(now);
@@ -233,7 +271,8 @@ impl SimNet {
             let (from, to, bytes) = (from.to_string(), to.to_string(), bytes.clone());
             let reply = if copy == 0 { tx.take() } else { None };
             tokio::spawn(async move {
-                net.deliver_request(&from, incarnation, &to, bytes, reply).await;
+                net.deliver_request(&from, incarnation, &to, bytes, reply)
+                    .await;
                 if copy == 0 {
                     let mut state = net.lock();
                     if let Some(count) = state.inflight.get_mut(&(from.clone(), to.clone())) {
@@ -245,7 +284,14 @@ impl SimNet {
         rx
     }
 
-    async fn deliver_request(&self, from: &str, incarnation: u64, to: &str, bytes: Vec<u8>, reply: Option<tokio::sync::oneshot::Sender<Response>>) {
+    async fn deliver_request(
+        &self,
+        from: &str,
+        incarnation: u64,
+        to: &str,
+        bytes: Vec<u8>,
+        reply: Option<tokio::sync::oneshot::Sender<Response>>,
+    ) {
         // A paused sender sends nothing until it runs again; a dead one sends nothing.
         if self.wait_running(from, Some(incarnation)).await.is_none() {
             return;
@@ -257,7 +303,8 @@ impl SimNet {
         };
         tokio::time::sleep(delay).await;
         let Some(target) = self.wait_running(to, None).await else {
-            self.trace.log(format!("req {from}->{to} lost: {to} is down"));
+            self.trace
+                .log(format!("req {from}->{to} lost: {to} is down"));
             return;
         };
         let request = match rpc::decode(&bytes) {
@@ -268,8 +315,13 @@ impl SimNet {
         let response = target.replica.handle(request);
         let bytes = rpc::encode(Message::Response(response));
         let leg = Self::leg(&mut self.lock(), to, from);
-        self.trace.log(format!("req {from}->{to} {summary} handled, answer {}", if leg.is_some() { "sent" } else { "lost" }));
-        let (Some(delay), Some(reply)) = (leg, reply) else { return };
+        self.trace.log(format!(
+            "req {from}->{to} {summary} handled, answer {}",
+            if leg.is_some() { "sent" } else { "lost" }
+        ));
+        let (Some(delay), Some(reply)) = (leg, reply) else {
+            return;
+        };
         tokio::time::sleep(delay).await;
         if !self.is_current(from, incarnation) {
             return;
@@ -286,7 +338,11 @@ impl SimNet {
     pub fn send_gossip(self: &Arc<Self>, from: &str, out: Vec<Outgoing>) {
         for Outgoing { to, message } in out {
             let bytes = rpc::encode(Message::Gossip(message));
-            let copies = if Self::duplicate(&mut self.lock()) { 2 } else { 1 };
+            let copies = if Self::duplicate(&mut self.lock()) {
+                2
+            } else {
+                1
+            };
             for _ in 0..copies {
                 let leg = Self::leg(&mut self.lock(), from, &to);
                 let Some(delay) = leg else {
@@ -297,10 +353,14 @@ impl SimNet {
                 let (from, to, bytes) = (from.to_string(), to.clone(), bytes.clone());
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
-                    let Some(target) = net.wait_running(&to, None).await else { return };
+                    let Some(target) = net.wait_running(&to, None).await else {
+                        return;
+                    };
                     let message = match rpc::decode(&bytes) {
                         Ok(Message::Gossip(message)) => message,
-                        other => panic!("the simulated wire carried a non-gossip message: {other:?}"),
+                        other => {
+                            panic!("the simulated wire carried a non-gossip message: {other:?}")
+                        }
                     };
                     let out = target.gossip.handle(&from, message);
                     net.send_gossip(&to, out);
@@ -313,11 +373,31 @@ impl SimNet {
 fn summarize(request: &Request) -> String {
     match request {
         Request::Get { key, .. } => format!("get {}", String::from_utf8_lossy(key)),
-        Request::Coordinate { key, value, .. } => format!("coordinate {} {}", String::from_utf8_lossy(key), String::from_utf8_lossy(&value.value)),
-        Request::Merge { key, object, hint_for, .. } => format!("merge {} {:?} hint {:?}", String::from_utf8_lossy(key), object.context(), hint_for),
+        Request::Coordinate { key, value, .. } => format!(
+            "coordinate {} {}",
+            String::from_utf8_lossy(key),
+            String::from_utf8_lossy(&value.value)
+        ),
+        Request::Merge {
+            key,
+            object,
+            hint_for,
+            ..
+        } => format!(
+            "merge {} {:?} hint {:?}",
+            String::from_utf8_lossy(key),
+            object.context(),
+            hint_for
+        ),
         Request::TreeBranches { partition } => format!("branches {partition}"),
-        Request::TreeLeaves { partition, branches } => format!("leaves {partition} {}", branches.len()),
-        Request::SegmentObjects { partition, segments } => format!("segments {partition} {}", segments.len()),
+        Request::TreeLeaves {
+            partition,
+            branches,
+        } => format!("leaves {partition} {}", branches.len()),
+        Request::SegmentObjects {
+            partition,
+            segments,
+        } => format!("segments {partition} {}", segments.len()),
         Request::MergeBatch { objects } => format!("merge-batch {}", objects.len()),
         Request::ReapBatch { objects } => format!("reap-batch {}", objects.len()),
     }
@@ -331,7 +411,12 @@ pub struct SimPeers {
 }
 
 impl Peers for SimPeers {
-    async fn call(&self, to: &str, request: Request, timeout: Duration) -> Result<Response, String> {
+    async fn call(
+        &self,
+        to: &str,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Response, String> {
         let deadline = Instant::now() + timeout;
         let rx = self.net.request(&self.from, self.incarnation, to, request);
         match tokio::time::timeout_at(deadline, rx).await {

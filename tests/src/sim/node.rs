@@ -85,7 +85,12 @@ impl Storage for SimDisk {
         self.check()?;
         self.disk.remove(partition, key)
     }
-    fn scan(&self, partition: PartitionId, after: Option<&[u8]>, limit: usize) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    fn scan(
+        &self,
+        partition: PartitionId,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
         self.check()?;
         self.disk.scan(partition, after, limit)
     }
@@ -109,15 +114,30 @@ impl Storage for SimDisk {
         self.check()?;
         self.disk.meta_put(key, value)
     }
-    fn hint_put(&self, owner: &str, partition: PartitionId, key: &[u8], object: &[u8]) -> Result<(), StorageError> {
+    fn hint_put(
+        &self,
+        owner: &str,
+        partition: PartitionId,
+        key: &[u8],
+        object: &[u8],
+    ) -> Result<(), StorageError> {
         self.check()?;
         self.disk.hint_put(owner, partition, key, object)
     }
-    fn hint_scan(&self, owner: &str, limit: usize) -> Result<Vec<(PartitionId, Vec<u8>, Vec<u8>)>, StorageError> {
+    fn hint_scan(
+        &self,
+        owner: &str,
+        limit: usize,
+    ) -> Result<Vec<(PartitionId, Vec<u8>, Vec<u8>)>, StorageError> {
         self.check()?;
         self.disk.hint_scan(owner, limit)
     }
-    fn hint_remove(&self, owner: &str, partition: PartitionId, key: &[u8]) -> Result<(), StorageError> {
+    fn hint_remove(
+        &self,
+        owner: &str,
+        partition: PartitionId,
+        key: &[u8],
+    ) -> Result<(), StorageError> {
         self.check()?;
         self.disk.hint_remove(owner, partition, key)
     }
@@ -149,7 +169,10 @@ impl Incarnation {
     /// Registers a task that dies with this incarnation.
     pub fn own(&self, handle: AbortHandle) {
         if self.alive.load(Ordering::SeqCst) {
-            self.tasks.lock().unwrap_or_else(|p| p.into_inner()).push(handle);
+            self.tasks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(handle);
         } else {
             handle.abort();
         }
@@ -162,7 +185,12 @@ impl Incarnation {
     /// The process dies: tasks stop at their next await, the disk handle closes.
     pub fn kill(&self) {
         self.alive.store(false, Ordering::SeqCst);
-        for task in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+        for task in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
             task.abort();
         }
     }
@@ -179,10 +207,24 @@ const SIM_IDENTITY_KEY: &str = "sim_identity";
 impl SimNode {
     /// Starts an incarnation: reads (or creates) the identity on disk and bumps the
     /// generation, as `chorus start` does, then wires the production parts together.
-    pub fn start(&self, net: &Arc<SimNet>, settings: &NodeSettings, all: &[String], incarnation: u64, seed: u64) -> Arc<Incarnation> {
+    pub fn start(
+        &self,
+        net: &Arc<SimNet>,
+        settings: &NodeSettings,
+        all: &[String],
+        incarnation: u64,
+        seed: u64,
+    ) -> Arc<Incarnation> {
         let alive = Arc::new(AtomicBool::new(true));
-        let disk = Arc::new(SimDisk { disk: self.disk.clone(), alive: alive.clone() });
-        let (actor, generation) = match self.disk.meta_get(SIM_IDENTITY_KEY).expect("memory storage") {
+        let disk = Arc::new(SimDisk {
+            disk: self.disk.clone(),
+            alive: alive.clone(),
+        });
+        let (actor, generation) = match self
+            .disk
+            .meta_get(SIM_IDENTITY_KEY)
+            .expect("memory storage")
+        {
             Some(bytes) => {
                 let actor = u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes"));
                 let generation = u64::from_be_bytes(bytes[8..16].try_into().expect("8 bytes"));
@@ -192,7 +234,9 @@ impl SimNode {
         };
         let mut identity = actor.to_be_bytes().to_vec();
         identity.extend_from_slice(&generation.to_be_bytes());
-        self.disk.meta_put(SIM_IDENTITY_KEY, &identity).expect("memory storage");
+        self.disk
+            .meta_put(SIM_IDENTITY_KEY, &identity)
+            .expect("memory storage");
         // The actor dots are minted with: the last one retired actors persisted, else the
         // identity's (server.rs `current_actor`).
         let actor = match self.disk.meta_get(ACTOR_META_KEY).expect("memory storage") {
@@ -205,11 +249,19 @@ impl SimNode {
             self.name.clone(),
             self.name.clone(),
             generation,
-            ClusterConfig { n: settings.n, ring_size: settings.ring_size },
+            ClusterConfig {
+                n: settings.n,
+                ring_size: settings.ring_size,
+            },
             all.iter().filter(|n| **n != self.name).cloned().collect(),
         );
         config.gossip_interval_ms = settings.gossip_interval.as_millis() as u64;
-        let gossip = Arc::new(Gossip::new(config, settings.ring_size, settings.n, seed.rotate_left(17)));
+        let gossip = Arc::new(Gossip::new(
+            config,
+            settings.ring_size,
+            settings.n,
+            seed.rotate_left(17),
+        ));
         let replica = Arc::new(
             Replica::new(
                 disk,
@@ -225,9 +277,26 @@ impl SimNode {
             )
             .expect("replica over memory storage"),
         );
-        let peers = Arc::new(SimPeers { net: net.clone(), from: self.name.clone(), incarnation });
-        let coordinator = Coordinator::new(self.name.clone(), replica.clone(), peers.clone(), gossip.view.clone(), metrics.clone());
-        let healer = Arc::new(Healer::new(self.name.clone(), replica.clone(), peers, gossip.clone(), metrics.clone(), settings.healing.clone()));
+        let peers = Arc::new(SimPeers {
+            net: net.clone(),
+            from: self.name.clone(),
+            incarnation,
+        });
+        let coordinator = Coordinator::new(
+            self.name.clone(),
+            replica.clone(),
+            peers.clone(),
+            gossip.view.clone(),
+            metrics.clone(),
+        );
+        let healer = Arc::new(Healer::new(
+            self.name.clone(),
+            replica.clone(),
+            peers,
+            gossip.clone(),
+            metrics.clone(),
+            settings.healing.clone(),
+        ));
         let node = Arc::new(Incarnation {
             name: self.name.clone(),
             id: incarnation,
@@ -241,7 +310,10 @@ impl SimNode {
             tasks: Mutex::new(Vec::new()),
         });
         net.set_up(node.clone());
-        net.trace.log(format!("{} starts: incarnation {incarnation}, generation {generation}, actor {actor}", self.name));
+        net.trace.log(format!(
+            "{} starts: incarnation {incarnation}, generation {generation}, actor {actor}",
+            self.name
+        ));
 
         // The gossip loop (server.rs `gossip_loop`) and the healing loop (`Healer::run`),
         // both stopped while the node is paused.
@@ -249,7 +321,9 @@ impl SimNode {
             let out = n.gossip.tick();
             net.send_gossip(&n.name, out);
         });
-        every(&node, net, settings.healing.interval, |n, _| async move { n.healer.round().await });
+        every(&node, net, settings.healing.interval, |n, _| async move {
+            n.healer.round().await
+        });
         node
     }
 }

@@ -15,7 +15,12 @@ pub struct Trace {
 
 impl Trace {
     pub fn new(verbose: bool) -> Trace {
-        Trace { hasher: Mutex::new(blake3::Hasher::new()), events: Mutex::new(0), start: Instant::now(), verbose }
+        Trace {
+            hasher: Mutex::new(blake3::Hasher::new()),
+            events: Mutex::new(0),
+            start: Instant::now(),
+            verbose,
+        }
     }
 
     /// Virtual milliseconds since the scenario started.
@@ -42,6 +47,11 @@ impl Trace {
     }
 
     pub fn digest(&self) -> String {
-        self.hasher.lock().unwrap_or_else(|p| p.into_inner()).finalize().to_hex().to_string()
+        self.hasher
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .finalize()
+            .to_hex()
+            .to_string()
     }
 }

@@ -65,13 +65,21 @@ pub fn value_of(id: u64) -> Vec<u8> {
 }
 
 pub fn id_of(value: &[u8]) -> Option<u64> {
-    std::str::from_utf8(value).ok()?.strip_prefix('w')?.parse().ok()
+    std::str::from_utf8(value)
+        .ok()?
+        .strip_prefix('w')?
+        .parse()
+        .ok()
 }
 
 /// The dot the state gives the value of write `id`.
 pub fn dot_of(object: &Object, id: u64) -> Option<Dot> {
     let value = value_of(id);
-    object.dotted_values().into_iter().find(|(_, _, s)| s.value == value).map(|(a, c, _)| (a, c))
+    object
+        .dotted_values()
+        .into_iter()
+        .find(|(_, _, s)| s.value == value)
+        .map(|(a, c, _)| (a, c))
 }
 
 pub struct Client {
@@ -122,7 +130,11 @@ impl Client {
     async fn read(&mut self, shared: &Arc<Shared>, key: &str, node: &str) {
         let r = quorum(&mut self.rng, self.n);
         // Now and then a strict quorum: every replica counted must be a primary owner.
-        let pr = if self.strict_quorums && self.rng.random_bool(0.1) { r } else { 0 };
+        let pr = if self.strict_quorums && self.rng.random_bool(0.1) {
+            r
+        } else {
+            0
+        };
         let trace = shared.net.trace.clone();
         shared.history.lock().expect("history").reads += 1;
         let Some(coordinator) = shared.net.wait_running(node, None).await else {
@@ -138,22 +150,43 @@ impl Client {
         coordinator.own(task.abort_handle());
         match rx.await {
             Ok(Ok(object)) => {
-                let ids: Vec<String> = object.values().iter().map(|s| String::from_utf8_lossy(&s.value).into_owned()).collect();
-                trace.log(format!("client{} get {key} r={r} at {node}: {ids:?}", self.index));
+                let ids: Vec<String> = object
+                    .values()
+                    .iter()
+                    .map(|s| String::from_utf8_lossy(&s.value).into_owned())
+                    .collect();
+                trace.log(format!(
+                    "client{} get {key} r={r} at {node}: {ids:?}",
+                    self.index
+                ));
                 let mut history = shared.history.lock().expect("history");
                 history.reads_ok += 1;
                 (shared.on_read)(key, &object, &mut history);
                 self.contexts.insert(key.to_string(), object.context());
             }
-            Ok(Err(e)) => trace.log(format!("client{} get {key} r={r} at {node}: {e}", self.index)),
-            Err(_) => trace.log(format!("client{} get {key} at {node}: coordinator crashed", self.index)),
+            Ok(Err(e)) => trace.log(format!(
+                "client{} get {key} r={r} at {node}: {e}",
+                self.index
+            )),
+            Err(_) => trace.log(format!(
+                "client{} get {key} at {node}: coordinator crashed",
+                self.index
+            )),
         }
     }
 
     async fn write(&mut self, shared: &Arc<Shared>, key: &str, node: &str, delete: bool) {
         let w = quorum(&mut self.rng, self.n);
-        let pw = if self.strict_quorums && self.rng.random_bool(0.1) { w } else { 0 };
-        let context = if self.rng.random_bool(0.8) { self.contexts.get(key).cloned().unwrap_or_default() } else { Context::default() };
+        let pw = if self.strict_quorums && self.rng.random_bool(0.1) {
+            w
+        } else {
+            0
+        };
+        let context = if self.rng.random_bool(0.8) {
+            self.contexts.get(key).cloned().unwrap_or_default()
+        } else {
+            Context::default()
+        };
         let id = {
             let mut next = shared.next_id.lock().expect("ids");
             *next += 1;
@@ -170,7 +203,12 @@ impl Client {
             invoked_ms: trace.now_ms(),
             outcome: Outcome::Pending,
         };
-        shared.history.lock().expect("history").writes.insert(id, write.clone());
+        shared
+            .history
+            .lock()
+            .expect("history")
+            .writes
+            .insert(id, write.clone());
         let what = if delete { "delete" } else { "put" };
         let set = |outcome: Outcome| {
             if let Some(w) = shared.history.lock().expect("history").writes.get_mut(&id) {
@@ -178,23 +216,45 @@ impl Client {
             }
         };
         let Some(coordinator) = shared.net.wait_running(node, None).await else {
-            trace.log(format!("client{} {what} {key} w{id} at {node}: down", self.index));
+            trace.log(format!(
+                "client{} {what} {key} w{id} at {node}: down",
+                self.index
+            ));
             set(Outcome::Refused("coordinator down".into()));
             return;
         };
         let (tx, rx) = tokio::sync::oneshot::channel();
         let c = coordinator.coordinator.clone();
         let k = key.as_bytes().to_vec();
-        let sibling = Sibling { value: value_of(id), content_type: None, deleted: delete };
+        let sibling = Sibling {
+            value: value_of(id),
+            content_type: None,
+            deleted: delete,
+        };
         let shared2 = shared.clone();
         let write2 = write.clone();
         let task = tokio::spawn(async move {
-            let result = c.put(BUCKET, &k, context, sibling, w, pw, Duration::from_millis(2000)).await;
+            let result = c
+                .put(
+                    BUCKET,
+                    &k,
+                    context,
+                    sibling,
+                    w,
+                    pw,
+                    Duration::from_millis(2000),
+                )
+                .await;
             // Checked in the same poll as the acknowledgement: nothing else ran since.
             if let Ok(object) = &result {
                 let mut violations = Vec::new();
                 (shared2.on_ack)(&write2, object, &mut violations);
-                shared2.history.lock().expect("history").violations.extend(violations);
+                shared2
+                    .history
+                    .lock()
+                    .expect("history")
+                    .violations
+                    .extend(violations);
             }
             let _ = tx.send(result);
         });
@@ -206,20 +266,32 @@ impl Client {
                     set(Outcome::Indeterminate("acked without its value".into()));
                     return;
                 };
-                trace.log(format!("client{} {what} {key} w{id} w={w} at {node}: ok {dot:?}", self.index));
+                trace.log(format!(
+                    "client{} {what} {key} w{id} w={w} at {node}: ok {dot:?}",
+                    self.index
+                ));
                 set(Outcome::Acked(dot));
                 self.contexts.insert(key.to_string(), object.context());
             }
             Ok(Err(CoordinatorError::TooManySiblings(m))) => {
-                trace.log(format!("client{} {what} {key} w{id} at {node}: refused {m}", self.index));
+                trace.log(format!(
+                    "client{} {what} {key} w{id} at {node}: refused {m}",
+                    self.index
+                ));
                 set(Outcome::Refused(m));
             }
             Ok(Err(e)) => {
-                trace.log(format!("client{} {what} {key} w{id} w={w} at {node}: {e}", self.index));
+                trace.log(format!(
+                    "client{} {what} {key} w{id} w={w} at {node}: {e}",
+                    self.index
+                ));
                 set(Outcome::Indeterminate(e.to_string()));
             }
             Err(_) => {
-                trace.log(format!("client{} {what} {key} w{id} at {node}: coordinator crashed", self.index));
+                trace.log(format!(
+                    "client{} {what} {key} w{id} at {node}: coordinator crashed",
+                    self.index
+                ));
                 set(Outcome::Indeterminate("coordinator crashed".into()));
             }
         }
