@@ -22,11 +22,10 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::bench::parse_duration;
 use crate::cli::{ChaosClientArgs, CliError, CliResult};
-use crate::http_client::{self, BaseUrl, HttpClient, HttpError};
-
-const CONTEXT_HEADER: &str = "x-chorus-context";
+use crate::tools::bench::parse_duration;
+use chorus_api::client::{self as http_client, BaseUrl, HttpClient, HttpError};
+use chorus_api::CONTEXT_HEADER;
 /// History lines waiting for the writer; when full, sessions wait.
 const HISTORY_QUEUE: usize = 4096;
 /// Pause after a request that could not even connect, so a dead node is not a busy loop.
@@ -372,28 +371,10 @@ impl Session {
     }
 }
 
-/// The live values of a JSON get answer (`{"context", "siblings": [{"value": base64}]}`;
-/// a 404 of an absent key may carry an error body instead, meaning no values).
+/// The live values of a JSON get answer (a 404 of an absent key may carry an error body
+/// instead, meaning no values).
 pub fn sibling_values(body: &[u8]) -> Result<Vec<String>, String> {
-    use base64::Engine;
-    let json: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| format!("a get answered invalid JSON: {e}"))?;
-    let Some(siblings) = json.get("siblings").and_then(|s| s.as_array()) else {
-        return Ok(Vec::new());
-    };
-    siblings
-        .iter()
-        .map(|s| {
-            let encoded = s
-                .get("value")
-                .and_then(|v| v.as_str())
-                .ok_or("a sibling without a value")?;
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(encoded)
-                .map_err(|e| format!("a sibling value is not base64: {e}"))?;
-            Ok(String::from_utf8_lossy(&bytes).into_owned())
-        })
-        .collect()
+    chorus_api::SiblingsBody::parse(body).map(|b| b.text_values())
 }
 
 #[cfg(test)]

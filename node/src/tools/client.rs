@@ -9,7 +9,6 @@
 use std::io::{IsTerminal, Read, Write};
 use std::time::Duration;
 
-use base64::Engine;
 use bytes::Bytes;
 use hyper::Method;
 use serde_json::Value;
@@ -17,13 +16,12 @@ use serde_json::Value;
 use crate::cli::{
     CliError, CliResult, ClientArgs, Command, DeleteArgs, GetArgs, PutArgs, RemoveArgs, RingCommand,
 };
-use crate::http_client::{self, BaseUrl, HttpClient, HttpError, Response};
+use chorus_api::client::{self as http_client, BaseUrl, HttpClient, HttpError, Response};
 
 /// Generous, because `leave` and quorum calls to a struggling cluster may take a while;
 /// the node's own `timeout` answers a slow quorum with a 503 well before this.
 const CLI_TIMEOUT: Duration = Duration::from_secs(30);
-
-const CONTEXT_HEADER: &str = "x-chorus-context";
+use chorus_api::CONTEXT_HEADER;
 
 pub fn run(command: Command) -> CliResult {
     // Read a `-` value before any network work: a client that dies on a bad URL should
@@ -195,27 +193,18 @@ async fn get(args: GetArgs) -> CliResult {
 
 /// The siblings of a `300` (or JSON) answer: decoded value and content type.
 fn parse_siblings(json: &Value) -> Result<Vec<(Vec<u8>, String)>, String> {
-    let list = json
-        .get("siblings")
-        .and_then(Value::as_array)
-        .ok_or("the answer has no 'siblings' list")?;
-    list.iter()
+    let body: chorus_api::SiblingsBody = serde_json::from_value(json.clone())
+        .map_err(|e| format!("not a chorus read answer: {e}"))?;
+    Ok(body
+        .siblings
+        .into_iter()
         .map(|s| {
-            let encoded = s
-                .get("value")
-                .and_then(Value::as_str)
-                .ok_or("a sibling has no 'value'")?;
-            let value = base64::engine::general_purpose::STANDARD
-                .decode(encoded)
-                .map_err(|e| format!("a sibling's value is not base64: {e}"))?;
             let content_type = s
-                .get("content_type")
-                .and_then(Value::as_str)
-                .unwrap_or("application/octet-stream")
-                .to_string();
-            Ok((value, content_type))
+                .content_type
+                .unwrap_or_else(|| "application/octet-stream".into());
+            (s.value, content_type)
         })
-        .collect()
+        .collect())
 }
 
 async fn delete(args: DeleteArgs) -> CliResult {

@@ -15,8 +15,6 @@ use rcgen::{
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::cli::{CertsCommand, CliError, CliResult};
-
 /// The TLS server name every node presents and checks; identity is the CA signature, not the name.
 pub const NODE_SERVER_NAME: &str = "chorus-node";
 
@@ -39,20 +37,6 @@ impl Clone for Credential {
             ca: self.ca.clone(),
             cert: self.cert.clone(),
             key: self.key.clone_key(),
-        }
-    }
-}
-
-pub fn run(command: CertsCommand) -> CliResult {
-    match command {
-        CertsCommand::Init { dir, force } => {
-            init(&dir, force).map_err(CliError::usage)?;
-            println!(
-                "cluster credential written to {}; copy this directory to every node and pass --certs {}",
-                dir.display(),
-                dir.display()
-            );
-            Ok(())
         }
     }
 }

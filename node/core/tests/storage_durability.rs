@@ -8,7 +8,7 @@
 //! environment names a directory; this works under both `cargo test` and
 //! `cargo nextest run`, which both run libtest binaries.
 
-use chorus_node::storage::{FjallStorage, PartitionId, Storage, StorageError, SyncMode};
+use chorus_core::storage::{FjallStorage, PartitionId, Storage, StorageError, SyncMode};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::os::unix::process::ExitStatusExt;
@@ -176,7 +176,7 @@ fn kill_and_check(mode_name: &str, acks: usize) {
             present += 1;
         }
         let tree = store.tree(p).unwrap();
-        let mut expected = chorus_node::storage::MerkleTree::new();
+        let mut expected = chorus_core::storage::MerkleTree::new();
         for (k, v) in store.scan(p, None, usize::MAX).unwrap() {
             expected.insert(&k, &v);
         }

@@ -9,6 +9,8 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::PoisonError;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,7 +22,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use crate::certs::{Credential, NODE_SERVER_NAME};
+use crate::server::certs::{Credential, NODE_SERVER_NAME};
 
 /// Largest message accepted on a stream. Values are at most `--max-value` (1 MiB by default)
 /// times the sibling bound, so this caps a pathological object, not a normal one.
@@ -29,6 +31,10 @@ pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// slot (bounded by their own timeout), which is the transport's back-pressure.
 const MAX_CONCURRENT_STREAMS: u32 = 1024;
 /// After a failed connect, calls to that peer fail fast for this long, doubling up to the max.
+/// A handshake takes milliseconds between live nodes; a dead peer never answers, and
+/// without this bound a dial would wait for the idle timeout and use up the request's
+/// whole budget, leaving none to try the next replica.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(1500);
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const ALPN: &[u8] = b"chorus/1";
@@ -39,10 +45,30 @@ pub enum TransportError {
     Connect(SocketAddr, String),
     #[error("{0} is backing off after a failed connect")]
     BackingOff(SocketAddr),
+    /// Opening a stream failed: nothing of the message was written.
+    #[error("cannot open a stream to {0}: {1}")]
+    Open(SocketAddr, String),
     #[error("stream to {0} failed: {1}")]
     Stream(SocketAddr, String),
     #[error("request to {0} timed out")]
     Timeout(SocketAddr),
+    /// The time ran out while connecting, before a stream was opened.
+    #[error("request to {0} timed out before it was sent")]
+    TimeoutUnsent(SocketAddr),
+}
+
+impl TransportError {
+    /// Whether the message certainly never left this node (no connection, or no stream):
+    /// the peer cannot have acted on it.
+    pub fn certainly_not_sent(&self) -> bool {
+        matches!(
+            self,
+            TransportError::Connect(..)
+                | TransportError::BackingOff(_)
+                | TransportError::Open(..)
+                | TransportError::TimeoutUnsent(_)
+        )
+    }
 }
 
 /// How this node authenticates its peers.
@@ -130,7 +156,10 @@ impl QuicTransport {
                     tokio::spawn(async move { transport.drop_outgoing(from).await });
                 }
                 serve_connection(connection.clone(), handler).await;
-                let mut incoming = transport.incoming.lock().expect("incoming map lock");
+                let mut incoming = transport
+                    .incoming
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
                 if incoming
                     .get(&from)
                     .is_some_and(|c| c.stable_id() == connection.stable_id())
@@ -148,25 +177,32 @@ impl QuicTransport {
         body: &[u8],
         timeout: Duration,
     ) -> Result<Vec<u8>, TransportError> {
+        // Whether a stream was opened, so a byte of the request may have gone out: a
+        // timeout before that is a request certainly not sent.
+        let opened = AtomicBool::new(false);
         let exchange = async {
             #[cfg(feature = "fault-injection")]
-            crate::fault::delay_message().await;
+            crate::server::fault::delay_message().await;
             let connection = self.connection(to).await?;
             let stream_error =
                 |e: &dyn std::fmt::Display| TransportError::Stream(to, e.to_string());
             let (mut send, mut recv) = connection.open_bi().await.map_err(|e| {
                 self.forget(to, &connection);
-                stream_error(&e)
+                TransportError::Open(to, e.to_string())
             })?;
+            opened.store(true, Ordering::Release);
             send.write_all(body).await.map_err(|e| stream_error(&e))?;
             send.finish().map_err(|e| stream_error(&e))?;
             recv.read_to_end(MAX_MESSAGE_BYTES)
                 .await
                 .map_err(|e| stream_error(&e))
         };
-        tokio::time::timeout(timeout, exchange)
-            .await
-            .map_err(|_| TransportError::Timeout(to))?
+        tokio::time::timeout(timeout, exchange).await.map_err(|_| {
+            match opened.load(Ordering::Acquire) {
+                true => TransportError::Timeout(to),
+                false => TransportError::TimeoutUnsent(to),
+            }
+        })?
     }
 
     /// Sends a one-way message; delivery is best effort (gossip repeats itself).
@@ -178,13 +214,13 @@ impl QuicTransport {
     ) -> Result<(), TransportError> {
         let exchange = async {
             #[cfg(feature = "fault-injection")]
-            crate::fault::delay_message().await;
+            crate::server::fault::delay_message().await;
             let connection = self.connection(to).await?;
             let stream_error =
                 |e: &dyn std::fmt::Display| TransportError::Stream(to, e.to_string());
             let mut send = connection.open_uni().await.map_err(|e| {
                 self.forget(to, &connection);
-                stream_error(&e)
+                TransportError::Open(to, e.to_string())
             })?;
             send.write_all(body).await.map_err(|e| stream_error(&e))?;
             send.finish().map_err(|e| stream_error(&e))
@@ -203,13 +239,13 @@ impl QuicTransport {
     /// Notes a new connection from `from`; true when the previous one from that address
     /// still looked open. The peer then restarted (same address, new process): its old
     /// connection, and ours to it, lead to a dead process and would swallow requests until
-    /// they idle out (10 s without packets). The old incoming one is closed here; the
+    /// they idle out (4 s without packets). The old incoming one is closed here; the
     /// caller drops ours (`drop_outgoing`).
     fn replaces_live_connection(&self, from: SocketAddr, connection: &Connection) -> bool {
         let previous = self
             .incoming
             .lock()
-            .expect("incoming map lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .insert(from, connection.clone());
         match previous {
             Some(previous)
@@ -238,7 +274,7 @@ impl QuicTransport {
     fn slot(&self, to: SocketAddr) -> Arc<tokio::sync::Mutex<PeerState>> {
         self.peers
             .lock()
-            .expect("peer map lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .entry(to)
             .or_default()
             .clone()
@@ -276,6 +312,11 @@ impl QuicTransport {
                 .map_err(|e| e.to_string())?
                 .await
                 .map_err(|e| e.to_string())
+        };
+        let dial = async {
+            tokio::time::timeout(CONNECT_TIMEOUT, dial)
+                .await
+                .unwrap_or_else(|_| Err(format!("no handshake within {CONNECT_TIMEOUT:?}")))
         };
         match dial.await {
             Ok(connection) => {
@@ -326,8 +367,11 @@ fn transport_config() -> Arc<TransportConfig> {
     config.max_concurrent_bidi_streams(VarInt::from_u32(MAX_CONCURRENT_STREAMS));
     config.max_concurrent_uni_streams(VarInt::from_u32(MAX_CONCURRENT_STREAMS));
     config.keep_alive_interval(Some(Duration::from_secs(1)));
-    // A paused or partitioned peer's connection is dropped after this, and redialed later.
-    config.max_idle_timeout(Some(VarInt::from_u32(10_000).into()));
+    // A dead, paused or partitioned peer's connection is dropped after this (four missed
+    // keep-alives), and redialed later. Short, because until it is dropped a write to a
+    // killed peer cannot be told from one to a slow peer and waits for its timeout; once
+    // it is, calls fail as not sent and the coordinator moves on to the next replica.
+    config.max_idle_timeout(Some(VarInt::from_u32(4_000).into()));
     Arc::new(config)
 }
 
@@ -461,8 +505,8 @@ mod tests {
 
     fn credential() -> Credential {
         let dir = tempfile::tempdir().unwrap();
-        crate::certs::init(dir.path(), false).unwrap();
-        crate::certs::load(dir.path()).unwrap()
+        crate::server::certs::init(dir.path(), false).unwrap();
+        crate::server::certs::load(dir.path()).unwrap()
     }
 
     #[tokio::test]

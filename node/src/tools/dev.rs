@@ -17,7 +17,7 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::time::Instant;
 
 use crate::cli::{CliError, CliResult, DevArgs, SyncArg};
-use crate::http_client::{BaseUrl, HttpClient};
+use chorus_api::client::{BaseUrl, HttpClient};
 
 /// How long every node gets to answer `/health` after it was started.
 const STARTUP_DEADLINE: Duration = Duration::from_secs(30);
@@ -149,7 +149,7 @@ pub fn run(args: DevArgs) -> CliResult {
         .map_err(|e| CliError::usage(format!("cannot create {}: {e}", args.dir.display())))?;
     let certs = args.dir.join("certs");
     if certs.exists() {
-        crate::certs::load(&certs).map_err(|e| {
+        crate::server::certs::load(&certs).map_err(|e| {
             CliError::usage(format!(
                 "cannot reuse the credential in {}: {e}",
                 certs.display()
@@ -160,7 +160,7 @@ pub fn run(args: DevArgs) -> CliResult {
             certs.display()
         );
     } else {
-        crate::certs::init(&certs, false).map_err(CliError::usage)?;
+        crate::server::certs::init(&certs, false).map_err(CliError::usage)?;
         eprintln!(
             "chorus dev: created a cluster credential in {}",
             certs.display()

@@ -17,19 +17,24 @@
 //! It never decides placement (the ring does) or liveness (gossip does).
 
 use std::collections::HashMap;
+use std::sync::PoisonError;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::coordinator::{ClusterView, Peers};
 use crate::membership::Gossip;
 use crate::metrics::Metrics;
+use crate::object::ObjectError;
 use crate::object::{split_storage_key, Object};
+use crate::peers::{PeerError, Peers};
 use crate::replica::Replica;
+use crate::replica::ReplicaError;
 use crate::rpc::{KeyedObject, Request, Response};
 use crate::storage::merkle::{BRANCHES, SEGMENTS_PER_BRANCH};
+use crate::storage::StorageError;
 use crate::storage::{PartitionId, Storage};
+use crate::view::ClusterView;
 
 /// Gossiped key under which a node publishes how many hints it holds.
 pub const PENDING_HINTS_KEY: &str = "pending_hints";
@@ -96,6 +101,30 @@ pub struct Healer<S: Storage, P: Peers> {
     transfer_progress: Mutex<HashMap<PartitionId, u64>>,
 }
 
+/// Why a healing step stopped. Every step is retried next round, so these are logged, not
+/// returned to anyone; the kinds say whose fault it was.
+#[derive(Debug, thiserror::Error)]
+pub enum HealError {
+    #[error(transparent)]
+    Peer(#[from] PeerError),
+    #[error("local storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("local replica: {0}")]
+    Replica(#[from] ReplicaError),
+    #[error("stored object: {0}")]
+    Object(#[from] ObjectError),
+    /// The peer answered, but not with what the protocol says it must.
+    #[error("{peer} {reason}")]
+    BadAnswer { peer: String, reason: String },
+}
+
+fn bad_answer(peer: &str, reason: impl Into<String>) -> HealError {
+    HealError::BadAnswer {
+        peer: peer.to_string(),
+        reason: reason.into(),
+    }
+}
+
 /// A peer's leaves must be exactly those of the branches asked for, each with
 /// `SEGMENTS_PER_BRANCH` hashes: a peer with another tree shape (a different version, a
 /// bug) must fail the exchange, not make us compare misaligned segments or index out of range.
@@ -151,10 +180,14 @@ impl<S: Storage, P: Peers> Healer<S, P> {
     }
 
     fn view(&self) -> ClusterView {
-        self.gossip.view.read().expect("view lock").clone()
+        self.gossip
+            .view
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
-    async fn call(&self, to: &str, request: Request) -> Result<Response, String> {
+    async fn call(&self, to: &str, request: Request) -> Result<Response, PeerError> {
         if to == self.name {
             return Ok(self.replica.handle(request));
         }
@@ -191,14 +224,14 @@ impl<S: Storage, P: Peers> Healer<S, P> {
     pub fn transfer_progress(&self) -> HashMap<PartitionId, u64> {
         self.transfer_progress
             .lock()
-            .expect("progress lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
 
     /// Delivers hints to owners that are reachable again. Returns hints delivered.
-    pub async fn deliver_hints(&self) -> Result<usize, String> {
+    pub async fn deliver_hints(&self) -> Result<usize, HealError> {
         let storage = self.replica.storage();
-        let owners = storage.hint_owners().map_err(|e| e.to_string())?;
+        let owners = storage.hint_owners()?;
         self.replica.recount_hints(&owners);
         let pending: u64 = owners.iter().map(|(_, n)| n).sum();
         self.gossip
@@ -211,12 +244,10 @@ impl<S: Storage, P: Peers> Healer<S, P> {
             if view.unreachable.contains(owner) {
                 continue;
             }
-            let hints = storage
-                .hint_scan(owner, self.config.hint_batch)
-                .map_err(|e| e.to_string())?;
+            let hints = storage.hint_scan(owner, self.config.hint_batch)?;
             for (partition, skey, _) in hints {
-                let (bucket, key) = split_storage_key(&skey).map_err(|e| e.to_string())?;
-                let object = self.replica.get(bucket, key).map_err(|e| e.to_string())?;
+                let (bucket, key) = split_storage_key(&skey)?;
+                let object = self.replica.get(bucket, key)?;
                 // A removed or departed owner no longer owns anything: its hints go to the
                 // partition's current primaries instead.
                 let recipients: Vec<String> = if owner_in_ring {
@@ -248,13 +279,12 @@ impl<S: Storage, P: Peers> Healer<S, P> {
                 }
                 let drop_local = !view.ring.is_primary(partition, &self.name) && owners.len() == 1;
                 if drop_local && !retired {
-                    self.replica.retire_actor().map_err(|e| e.to_string())?;
+                    self.replica.retire_actor()?;
                     retired = true;
                 }
                 if self
                     .replica
-                    .finish_handoff(owner, bucket, key, object.as_ref(), drop_local)
-                    .map_err(|e| e.to_string())?
+                    .finish_handoff(owner, bucket, key, object.as_ref(), drop_local)?
                 {
                     delivered += 1;
                     self.metrics.hints_delivered.inc();
@@ -269,32 +299,30 @@ impl<S: Storage, P: Peers> Healer<S, P> {
 
     /// Moves one batch of every partition this node holds but does not own to the owners.
     /// Skipped while hints are pending: hint delivery still needs the local copies.
-    pub async fn transfer_step(&self) -> Result<u64, String> {
+    pub async fn transfer_step(&self) -> Result<u64, HealError> {
         let storage = self.replica.storage();
-        if !storage.hint_owners().map_err(|e| e.to_string())?.is_empty() {
+        if !storage.hint_owners()?.is_empty() {
             return Ok(0);
         }
         let view = self.view();
         let mut moved = 0;
         let mut progress = HashMap::new();
         let mut retired = false;
-        for partition in storage.partitions().map_err(|e| e.to_string())? {
+        for partition in storage.partitions()? {
             if view.ring.is_primary(partition, &self.name) {
                 continue;
             }
             let owners: Vec<String> = view.ring.primaries(partition).to_vec();
-            let remaining = storage.key_count(partition).map_err(|e| e.to_string())?;
+            let remaining = storage.key_count(partition)?;
             progress.insert(partition, remaining);
             if owners.is_empty() || owners.iter().any(|o| view.unreachable.contains(o)) {
                 continue;
             }
-            let page = storage
-                .scan(partition, None, self.config.transfer_batch)
-                .map_err(|e| e.to_string())?;
+            let page = storage.scan(partition, None, self.config.transfer_batch)?;
             let mut batch = Vec::with_capacity(page.len());
             for (skey, raw) in &page {
-                let (bucket, key) = split_storage_key(skey).map_err(|e| e.to_string())?;
-                let object = crate::object::decode_object(raw).map_err(|e| e.to_string())?;
+                let (bucket, key) = split_storage_key(skey)?;
+                let object = crate::object::decode_object(raw)?;
                 batch.push(KeyedObject {
                     bucket: bucket.to_vec(),
                     key: key.to_vec(),
@@ -314,14 +342,13 @@ impl<S: Storage, P: Peers> Healer<S, P> {
                 continue;
             }
             if !retired {
-                self.replica.retire_actor().map_err(|e| e.to_string())?;
+                self.replica.retire_actor()?;
                 retired = true;
             }
             for o in &batch {
                 if self
                     .replica
-                    .remove_if_unchanged(&o.bucket, &o.key, &o.object)
-                    .map_err(|e| e.to_string())?
+                    .remove_if_unchanged(&o.bucket, &o.key, &o.object)?
                 {
                     moved += 1;
                 }
@@ -331,20 +358,23 @@ impl<S: Storage, P: Peers> Healer<S, P> {
         let left: u64 = progress.values().sum::<u64>().saturating_sub(moved);
         self.gossip
             .set_local_kv(PENDING_TRANSFER_KEY, &left.to_string());
-        *self.transfer_progress.lock().expect("progress lock") = progress;
+        *self
+            .transfer_progress
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = progress;
         Ok(moved)
     }
 
     /// One anti-entropy exchange: the next partition this node owns, with the next other
     /// owner of it.
-    pub async fn anti_entropy_step(&self) -> Result<Option<ExchangeReport>, String> {
+    pub async fn anti_entropy_step(&self) -> Result<Option<ExchangeReport>, HealError> {
         let view = self.view();
         let mine = view.ring.primary_partitions(&self.name);
         if mine.is_empty() {
             return Ok(None);
         }
         let turn = {
-            let mut cursor = self.cursor.lock().expect("cursor lock");
+            let mut cursor = self.cursor.lock().unwrap_or_else(PoisonError::into_inner);
             *cursor = cursor.wrapping_add(1);
             *cursor
         };
@@ -371,7 +401,7 @@ impl<S: Storage, P: Peers> Healer<S, P> {
         &self,
         partition: PartitionId,
         peer: &str,
-    ) -> Result<ExchangeReport, String> {
+    ) -> Result<ExchangeReport, HealError> {
         self.metrics.aae_exchanges.inc();
         let mut report = ExchangeReport::default();
         let result = self.exchange_with(partition, peer, &mut report).await;
@@ -394,7 +424,7 @@ impl<S: Storage, P: Peers> Healer<S, P> {
         peer: &str,
         request: Request,
         report: &mut ExchangeReport,
-    ) -> Result<Response, String> {
+    ) -> Result<Response, PeerError> {
         report.bytes_sent += encoded_len(&request);
         let response = self.call(peer, request).await?;
         report.bytes_received += rmp_serde::to_vec(&response).map(|v| v.len()).unwrap_or(0);
@@ -406,24 +436,24 @@ impl<S: Storage, P: Peers> Healer<S, P> {
         partition: PartitionId,
         peer: &str,
         report: &mut ExchangeReport,
-    ) -> Result<(), String> {
-        let ours = self
-            .replica
-            .storage()
-            .tree(partition)
-            .map_err(|e| e.to_string())?;
+    ) -> Result<(), HealError> {
+        let ours = self.replica.storage().tree(partition)?;
         let Ok(Response::Branches(theirs)) = self
             .exchange_call(peer, Request::TreeBranches { partition }, report)
             .await
         else {
-            return Err(format!(
-                "{peer} did not send its tree of partition {partition}"
+            return Err(bad_answer(
+                peer,
+                format!("did not send its tree of partition {partition}"),
             ));
         };
         if theirs.len() != BRANCHES {
-            return Err(format!(
-                "{peer} sent {} branches of partition {partition}, expected {BRANCHES}",
-                theirs.len()
+            return Err(bad_answer(
+                peer,
+                format!(
+                    "sent {} branches of partition {partition}, expected {BRANCHES}",
+                    theirs.len()
+                ),
             ));
         }
         let differing: Vec<u32> = ours
@@ -442,12 +472,17 @@ impl<S: Storage, P: Peers> Healer<S, P> {
             branches: differing.clone(),
         };
         let Ok(Response::Leaves(leaves)) = self.exchange_call(peer, request, report).await else {
-            return Err(format!(
-                "{peer} did not send its leaves of partition {partition}"
+            return Err(bad_answer(
+                peer,
+                format!("did not send its leaves of partition {partition}"),
             ));
         };
-        validate_leaves(&leaves, &differing)
-            .map_err(|e| format!("{peer} sent a malformed tree of partition {partition}: {e}"))?;
+        validate_leaves(&leaves, &differing).map_err(|e| {
+            bad_answer(
+                peer,
+                format!("sent a malformed tree of partition {partition}: {e}"),
+            )
+        })?;
         let mut segments = Vec::new();
         for (branch, their_leaves) in leaves {
             let our_leaves = ours.leaves_of_branch(branch as usize);
@@ -468,18 +503,13 @@ impl<S: Storage, P: Peers> Healer<S, P> {
             segments: segments.clone(),
         };
         let Ok(Response::Objects(objects)) = self.exchange_call(peer, request, report).await else {
-            return Err(format!(
-                "{peer} did not send the objects of partition {partition}"
+            return Err(bad_answer(
+                peer,
+                format!("did not send the objects of partition {partition}"),
             ));
         };
-        report.keys_repaired += self
-            .replica
-            .merge_batch(&objects)
-            .map_err(|e| e.to_string())?;
-        let ours = self
-            .replica
-            .segment_objects(partition, &segments)
-            .map_err(|e| e.to_string())?;
+        report.keys_repaired += self.replica.merge_batch(&objects)?;
+        let ours = self.replica.segment_objects(partition, &segments)?;
         if let Ok(Response::Merged(changed)) = self
             .exchange_call(peer, Request::MergeBatch { objects: ours }, report)
             .await
@@ -493,14 +523,17 @@ impl<S: Storage, P: Peers> Healer<S, P> {
     /// of, and reaps the tombstones there that every primary has held unchanged for the
     /// grace period. A cursor walks the pages and partitions round by round, so a round
     /// costs one page whatever the data size, and every key is examined in turn.
-    pub async fn reap_step(&self) -> Result<usize, String> {
+    pub async fn reap_step(&self) -> Result<usize, HealError> {
         let view = self.view();
         // A node that knows fewer than N members (just restarted and not yet reached by
         // gossip, e.g. behind a partition) sees itself as the only owner of everything and
         // would reap alone what other replicas still hold older versions of.
         let knows_a_full_ring = view.ring.members().len() >= view.ring.n();
         if !knows_a_full_ring || !self.cluster_is_settled() || !view.unreachable.is_empty() {
-            self.reap_candidates.lock().expect("reap lock").clear();
+            self.reap_candidates
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clear();
             return Ok(0);
         }
         let firsts: Vec<PartitionId> = view
@@ -513,7 +546,10 @@ impl<S: Storage, P: Peers> Healer<S, P> {
             return Ok(0);
         }
         let (partition, after) = {
-            let cursor = self.reap_cursor.lock().expect("reap cursor lock");
+            let cursor = self
+                .reap_cursor
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             match firsts.iter().find(|&&p| p >= cursor.0) {
                 Some(&p) if p == cursor.0 => (p, cursor.1.clone()),
                 Some(&p) => (p, None),
@@ -521,10 +557,11 @@ impl<S: Storage, P: Peers> Healer<S, P> {
             }
         };
         let storage = self.replica.storage();
-        let page = storage
-            .scan(partition, after.as_deref(), self.config.reap_batch)
-            .map_err(|e| e.to_string())?;
-        *self.reap_cursor.lock().expect("reap cursor lock") = match page.last() {
+        let page = storage.scan(partition, after.as_deref(), self.config.reap_batch)?;
+        *self
+            .reap_cursor
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = match page.last() {
             Some((last, _)) if page.len() >= self.config.reap_batch => {
                 (partition, Some(last.clone()))
             }
@@ -534,11 +571,11 @@ impl<S: Storage, P: Peers> Healer<S, P> {
         let now = Instant::now();
         let mut ripe = Vec::new();
         for (skey, raw) in page {
-            let object = crate::object::decode_object(&raw).map_err(|e| e.to_string())?;
+            let object = crate::object::decode_object(&raw)?;
             if object.sibling_count() == 0 || !object.values().iter().all(|s| s.deleted) {
                 continue;
             }
-            let (bucket, key) = split_storage_key(&skey).map_err(|e| e.to_string())?;
+            let (bucket, key) = split_storage_key(&skey)?;
             let mut everywhere = true;
             for owner in owners.iter().filter(|o| **o != self.name) {
                 let request = Request::Get {
@@ -550,7 +587,10 @@ impl<S: Storage, P: Peers> Healer<S, P> {
                     _ => everywhere = false,
                 }
             }
-            let mut candidates = self.reap_candidates.lock().expect("reap lock");
+            let mut candidates = self
+                .reap_candidates
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             if !everywhere {
                 candidates.remove(&skey);
                 continue;

@@ -6,6 +6,7 @@
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::sync::PoisonError;
 use std::sync::{Arc, Mutex};
 
 use rand::rngs::StdRng;
@@ -86,12 +87,14 @@ impl<S: Storage> Replica<S> {
 
     /// Replaces the per-owner hint counts with a fresh count from storage.
     pub fn recount_hints(&self, counts: &[(String, u64)]) {
-        *self.hint_counts.lock().unwrap_or_else(|p| p.into_inner()) =
-            counts.iter().cloned().collect();
+        *self
+            .hint_counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = counts.iter().cloned().collect();
     }
 
     pub fn actor(&self) -> ActorId {
-        self.actor.lock().unwrap_or_else(|p| p.into_inner()).0
+        self.actor.lock().unwrap_or_else(PoisonError::into_inner).0
     }
 
     /// Switches to a fresh actor id, persisted before return. Called before this replica
@@ -100,7 +103,7 @@ impl<S: Storage> Replica<S> {
     /// then take the new value for the old one and drop it (Riak's vnode epochs solve the
     /// same problem).
     pub fn retire_actor(&self) -> Result<ActorId, ReplicaError> {
-        let mut guard = self.actor.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = self.actor.lock().unwrap_or_else(PoisonError::into_inner);
         let fresh = ActorId(guard.1.random());
         self.storage
             .meta_put(ACTOR_META_KEY, &fresh.0.to_be_bytes())?;
@@ -114,6 +117,19 @@ impl<S: Storage> Replica<S> {
 
     pub fn partition_of(&self, bucket: &[u8], key: &[u8]) -> PartitionId {
         chorus_ring::partition_of(self.config.ring_size, bucket, key)
+    }
+
+    /// [`Replica::handle`] for callers on an async runtime: a request that may wait for an
+    /// fsync (a write with `--sync always`) runs on the blocking pool, so it does not stall
+    /// an async worker; everything else runs inline. The one place this is decided, for
+    /// the coordinator's local calls and the QUIC handler alike.
+    pub async fn handle_async(self: Arc<Self>, request: Request) -> Response {
+        if !self.storage.writes_block() || matches!(request, Request::Get { .. }) {
+            return self.handle(request);
+        }
+        tokio::task::spawn_blocking(move || self.handle(request))
+            .await
+            .unwrap_or_else(|e| Response::Failed(format!("replica task failed: {e}")))
     }
 
     pub fn handle(&self, request: Request) -> Response {
@@ -254,7 +270,10 @@ impl<S: Storage> Replica<S> {
         partition: PartitionId,
         skey: &[u8],
     ) -> Result<(), ReplicaError> {
-        let mut counts = self.hint_counts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut counts = self
+            .hint_counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let held = counts.entry(owner.to_string()).or_insert(0);
         if *held >= self.config.max_hints_per_owner {
             self.metrics.hints_dropped.inc();
@@ -392,9 +411,7 @@ impl<S: Storage> Replica<S> {
         let mut hasher = DefaultHasher::new();
         skey.hash(&mut hasher);
         let stripe = &self.stripes[hasher.finish() as usize % LOCK_STRIPES];
-        stripe
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        stripe.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 

@@ -29,6 +29,7 @@ pub use memory::MemoryStorage;
 pub use merkle::MerkleTree;
 
 use std::path::PathBuf;
+use std::sync::PoisonError;
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// A partition of the ring (`chorus-ring` decides which keys go where).
@@ -180,6 +181,11 @@ pub trait Storage: Send + Sync + 'static {
     fn hint_owners(&self) -> Result<Vec<(String, u64)>, StorageError>;
     /// fsyncs everything written so far (clean shutdown).
     fn flush(&self) -> Result<(), StorageError>;
+    /// Whether a write blocks its thread until it is fsynced (`--sync always`); callers
+    /// on an async runtime then run writes on the blocking pool.
+    fn writes_block(&self) -> bool {
+        false
+    }
 
     /// The entries of one tree segment, for anti-entropy after two trees disagree on it.
     /// Cost: a full scan of the partition; see [`Storage::scan_segments`].
@@ -246,13 +252,13 @@ fn check_name(what: &'static str, name: &str) -> Result<(), StorageError> {
 // sections are map and tree updates), so a poisoned lock only means some unrelated caller
 // thread panicked; recovering keeps that from cascading into every later call.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(|e| e.into_inner())
+    l.read().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(|e| e.into_inner())
+    l.write().unwrap_or_else(PoisonError::into_inner)
 }

@@ -12,21 +12,20 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use base64::Engine;
 use serde_json::{json, Value};
 
-use crate::causality::Context;
-use crate::coordinator::{CoordinatorError, Quorum};
-use crate::metrics::{OpLabels, RequestLabels};
-use crate::object::{Object, Sibling};
-use crate::server::Node;
-use crate::storage::Storage;
+use crate::server::node::Node;
+use chorus_core::causality::Context;
+use chorus_core::coordinator::{CoordinatorError, Quorum};
+use chorus_core::metrics::{OpLabels, RequestLabels};
+use chorus_core::object::{Object, Sibling};
+use chorus_core::storage::Storage;
 
 /// Buckets and keys are at most this many bytes after percent-decoding.
 pub const MAX_SEGMENT_BYTES: usize = 1024;
 /// Longest `timeout` a client may ask for.
 const MAX_TIMEOUT_MS: u64 = 60_000;
-pub const CONTEXT_HEADER: &str = "x-chorus-context";
+use chorus_api::{SiblingBody, SiblingsBody, CONTEXT_HEADER};
 
 pub fn router(node: Arc<Node>) -> Router {
     let router = Router::new();
@@ -306,14 +305,19 @@ async fn measured(
     response
 }
 
-fn siblings_json(siblings: &[&Sibling]) -> Vec<Value> {
+/// The JSON form of a read's siblings; `/local/kv` also shows which are tombstones.
+fn siblings_body(siblings: &[&Sibling], show_deleted: bool) -> Vec<SiblingBody> {
     siblings
         .iter()
-        .map(|s| {
-            json!({
-                "value": base64::engine::general_purpose::STANDARD.encode(&s.value),
-                "content_type": s.content_type.as_deref().unwrap_or("application/octet-stream"),
-            })
+        .map(|s| SiblingBody {
+            value: s.value.clone(),
+            content_type: Some(
+                s.content_type
+                    .as_deref()
+                    .unwrap_or("application/octet-stream")
+                    .to_string(),
+            ),
+            deleted: show_deleted.then_some(s.deleted),
         })
         .collect()
 }
@@ -337,7 +341,11 @@ async fn kv_get(
         };
         let context = context_header(&object);
         if wants_json || live.len() > 1 {
-            let body = json!({"context": context.to_str().unwrap_or_default(), "siblings": siblings_json(&live)});
+            let body = SiblingsBody {
+                context: context.to_str().unwrap_or_default().to_string(),
+                siblings: siblings_body(&live, false),
+                tombstone: None,
+            };
             return Ok((status, [(CONTEXT_HEADER, context)], Json(body)).into_response());
         }
         match live.first() {
@@ -396,7 +404,7 @@ async fn kv_put(
         };
         let value = read_body(&node, body).await?;
         #[cfg(feature = "fault-injection")]
-        if crate::fault::broken() {
+        if crate::server::fault::broken() {
             return Ok(broken_ack(&headers));
         }
         let object = node
@@ -445,7 +453,7 @@ async fn kv_delete(
                 .context(),
         };
         #[cfg(feature = "fault-injection")]
-        if crate::fault::broken() {
+        if crate::server::fault::broken() {
             return Ok(broken_ack(&headers));
         }
         let object = node
@@ -482,18 +490,20 @@ fn broken_ack(headers: &HeaderMap) -> Response {
 
 #[cfg(feature = "fault-injection")]
 async fn fault_get() -> Json<Value> {
-    Json(json!(crate::fault::current()))
+    Json(json!(crate::server::fault::current()))
 }
 
 #[cfg(feature = "fault-injection")]
 async fn fault_set(body: Bytes) -> Result<Json<Value>, ApiError> {
-    let change: crate::fault::FaultSetting = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request(
-            "invalid_fault",
-            format!("expected JSON with delay_ms, jitter_ms, broken: {e}"),
-        )
-    })?;
-    let now = crate::fault::set(&change).map_err(|e| ApiError::bad_request("invalid_fault", e))?;
+    let change: crate::server::fault::FaultSetting =
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_fault",
+                format!("expected JSON with delay_ms, jitter_ms, broken: {e}"),
+            )
+        })?;
+    let now = crate::server::fault::set(&change)
+        .map_err(|e| ApiError::bad_request("invalid_fault", e))?;
     Ok(Json(json!(now)))
 }
 
@@ -521,20 +531,13 @@ async fn ring_owners(State(node): State<Arc<Node>>, uri: Uri) -> Result<Json<Val
     ))
 }
 
-fn object_json(object: &Object) -> Value {
-    let siblings: Vec<Value> = object
-        .values()
-        .into_iter()
-        .map(|s| {
-            json!({
-                "value": base64::engine::general_purpose::STANDARD.encode(&s.value),
-                "content_type": s.content_type.as_deref().unwrap_or("application/octet-stream"),
-                "deleted": s.deleted,
-            })
-        })
-        .collect();
+fn object_json(object: &Object) -> SiblingsBody {
     let tombstone = !object.is_empty() && object.values().iter().all(|s| s.deleted);
-    json!({"context": object.context().encode(), "siblings": siblings, "tombstone": tombstone})
+    SiblingsBody {
+        context: object.context().encode(),
+        siblings: siblings_body(&object.values(), true),
+        tombstone: Some(tombstone),
+    }
 }
 
 async fn local_kv(State(node): State<Arc<Node>>, uri: Uri) -> Result<Response, ApiError> {
@@ -555,7 +558,7 @@ async fn local_kv(State(node): State<Arc<Node>>, uri: Uri) -> Result<Response, A
 }
 
 async fn local_partitions(State(node): State<Arc<Node>>) -> Result<Json<Value>, ApiError> {
-    let storage_error = |e: crate::storage::StorageError| {
+    let storage_error = |e: chorus_core::storage::StorageError| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "storage_error",
@@ -599,7 +602,7 @@ async fn health() -> Json<Value> {
 async fn admin_leave(State(node): State<Arc<Node>>) -> Result<(StatusCode, Json<Value>), ApiError> {
     node.leave()
         .await
-        .map_err(|e| ApiError::new(StatusCode::CONFLICT, "cannot_leave", e))?;
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, "cannot_leave", e.to_string()))?;
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"message": format!("{} is leaving the cluster", node.name)})),
@@ -611,7 +614,7 @@ async fn admin_remove(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     node.remove(&name)
-        .map_err(|e| ApiError::bad_request("cannot_remove", e))?;
+        .map_err(|e| ApiError::bad_request("cannot_remove", e.to_string()))?;
     Ok(Json(
         json!({"message": format!("{name} was removed from the cluster")}),
     ))

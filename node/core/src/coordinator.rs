@@ -9,34 +9,18 @@
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::sync::PoisonError;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
-
-use chorus_ring::Ring;
 
 use crate::causality::Context;
 use crate::metrics::Metrics;
 use crate::object::{Object, Sibling};
+use crate::peers::{PeerError, Peers};
 use crate::replica::Replica;
 use crate::rpc::{Request, Response};
 use crate::storage::Storage;
-
-/// How a coordinator reaches other nodes' replicas.
-pub trait Peers: Send + Sync + 'static {
-    fn call(
-        &self,
-        to: &str,
-        request: Request,
-        timeout: Duration,
-    ) -> impl Future<Output = Result<Response, String>> + Send;
-}
-
-/// What a coordinator needs to know of the cluster: placement and who is reachable.
-#[derive(Clone, Debug)]
-pub struct ClusterView {
-    pub ring: Arc<Ring>,
-    pub unreachable: Arc<HashSet<String>>,
-}
+pub use crate::view::ClusterView;
 
 /// A replica a request goes to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -167,9 +151,6 @@ pub struct Coordinator<S: Storage, P: Peers> {
     name: String,
     /// Reads coordinated, for read-repair sampling (shared by clones).
     reads: Arc<std::sync::atomic::AtomicU64>,
-    /// Whether local storage writes block on fsync (`--sync always`): then local replica
-    /// calls run on the blocking pool instead of stalling an async worker.
-    local_writes_block: bool,
     replica: Arc<Replica<S>>,
     peers: Arc<P>,
     view: Arc<RwLock<ClusterView>>,
@@ -181,7 +162,6 @@ impl<S: Storage, P: Peers> Clone for Coordinator<S, P> {
         Coordinator {
             name: self.name.clone(),
             reads: self.reads.clone(),
-            local_writes_block: self.local_writes_block,
             replica: self.replica.clone(),
             peers: self.peers.clone(),
             view: self.view.clone(),
@@ -192,7 +172,7 @@ impl<S: Storage, P: Peers> Clone for Coordinator<S, P> {
 
 struct Reply {
     target: Target,
-    result: Result<Response, String>,
+    result: Result<Response, PeerError>,
 }
 
 impl<S: Storage, P: Peers> Coordinator<S, P> {
@@ -206,7 +186,6 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
         Coordinator {
             name,
             reads: Arc::new(std::sync::atomic::AtomicU64::new(0)),
-            local_writes_block: false,
             replica,
             peers,
             view,
@@ -214,18 +193,26 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
         }
     }
 
-    /// Runs local writes on tokio's blocking pool (for storage that fsyncs before returning).
-    pub fn with_blocking_local_writes(mut self, blocking: bool) -> Self {
-        self.local_writes_block = blocking;
-        self
-    }
-
     pub fn view(&self) -> ClusterView {
-        self.view.read().expect("view lock").clone()
+        self.view
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     pub fn n(&self) -> usize {
         self.view().ring.n()
+    }
+
+    /// The key's targets with this node first when it is one: coordinating or reading
+    /// locally saves a round trip.
+    fn local_first_targets(&self, bucket: &[u8], key: &[u8]) -> Vec<Target> {
+        let view = self.view();
+        let mut targets = targets(&view, view.ring.partition_of(bucket, key));
+        if let Some(i) = targets.iter().position(|t| t.name == self.name) {
+            targets[..=i].rotate_right(1);
+        }
+        targets
     }
 
     /// Sends one request to one replica: directly to the local replica, else over `Peers`.
@@ -234,19 +221,13 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
         to: &str,
         request: Request,
         timeout: Duration,
-    ) -> impl Future<Output = Result<Response, String>> + Send + 'static {
+    ) -> impl Future<Output = Result<Response, PeerError>> + Send + 'static {
         let local = (to == self.name).then(|| self.replica.clone());
-        let blocking = self.local_writes_block && !matches!(request, Request::Get { .. });
         let peers = self.peers.clone();
         let to = to.to_string();
         async move {
             match local {
-                Some(replica) if blocking => {
-                    tokio::task::spawn_blocking(move || replica.handle(request))
-                        .await
-                        .map_err(|e| format!("local replica task failed: {e}"))
-                }
-                Some(replica) => Ok(replica.handle(request)),
+                Some(replica) => Ok(replica.handle_async(request).await),
                 None => peers.call(&to, request, timeout).await,
             }
         }
@@ -265,13 +246,7 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
         timeout: Duration,
     ) -> Result<Object, CoordinatorError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let view = self.view();
-        let partition = view.ring.partition_of(bucket, key);
-        let mut targets = targets(&view, partition);
-        // Prefer coordinating locally: it saves a round trip.
-        if let Some(i) = targets.iter().position(|t| t.name == self.name) {
-            targets[..=i].rotate_right(1);
-        }
+        let targets = self.local_first_targets(bucket, key);
         let unavailable = |replied: usize, primaries: usize| CoordinatorError::Unavailable {
             needed: w,
             replied,
@@ -319,6 +294,12 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
                 }
                 Ok(other) => {
                     tracing::debug!(replica = %target.name, "coordinating write failed: {other:?}")
+                }
+                Err(e) if e.certainly_not_sent() => {
+                    // Nothing reached that replica, so nothing was minted there: the next
+                    // one may mint (a dead primary the detector has not called down yet
+                    // costs a failed connection, not the whole timeout).
+                    tracing::debug!(replica = %target.name, "coordinating write not sent: {e}");
                 }
                 Err(e) => {
                     tracing::debug!(replica = %target.name, "coordinating write got no answer: {e}");
@@ -379,12 +360,7 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
         timeout: Duration,
     ) -> Result<Object, CoordinatorError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let view = self.view();
-        let partition = view.ring.partition_of(bucket, key);
-        let mut targets = targets(&view, partition);
-        if let Some(i) = targets.iter().position(|t| t.name == self.name) {
-            targets[..=i].rotate_right(1);
-        }
+        let mut targets = self.local_first_targets(bucket, key);
         let sampled = self
             .reads
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -526,6 +502,7 @@ fn merge_all<'a>(objects: impl Iterator<Item = &'a Object>) -> Object {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chorus_ring::Ring;
 
     fn view(members: &[&str], down: &[&str]) -> ClusterView {
         ClusterView {
@@ -576,8 +553,8 @@ mod tests {
             to: &str,
             _request: Request,
             _timeout: Duration,
-        ) -> Result<Response, String> {
-            Err(format!("{to} is down"))
+        ) -> Result<Response, PeerError> {
+            Err(PeerError::not_sent(to, "down"))
         }
     }
 
@@ -651,8 +628,8 @@ mod tests {
         }
     }
 
-    /// Peers for read tests: each named node answers from its own replica, hangs, or is
-    /// refused at once.
+    /// Peers for coordinator tests: each named node answers from its own replica, hangs
+    /// until the call's timeout, or is refused at once (not sent).
     struct FakePeers {
         replicas: std::collections::HashMap<String, Arc<Replica<crate::storage::MemoryStorage>>>,
         hang: HashSet<String>,
@@ -663,17 +640,20 @@ mod tests {
             &self,
             to: &str,
             request: Request,
-            _timeout: Duration,
-        ) -> impl Future<Output = Result<Response, String>> + Send {
+            timeout: Duration,
+        ) -> impl Future<Output = Result<Response, PeerError>> + Send {
             let replica = self.replicas.get(to).cloned();
             let hang = self.hang.contains(to);
+            let to = to.to_string();
             async move {
                 if hang {
-                    std::future::pending::<()>().await;
+                    // As the transport does: the request went out, no answer came in time.
+                    tokio::time::sleep(timeout).await;
+                    return Err(PeerError::no_answer(&to, "timed out"));
                 }
                 match replica {
                     Some(r) => Ok(r.handle(request)),
-                    None => Err("refused".into()),
+                    None => Err(PeerError::not_sent(&to, "connection refused")),
                 }
             }
         }
@@ -777,6 +757,75 @@ mod tests {
                 "{err:?}"
             );
         }
+    }
+
+    /// A coordinator that is not itself a replica of any key, in front of "a", "b", "c":
+    /// its first target for every key is whichever primary comes first.
+    fn gateway(a_hangs: bool) -> Coordinator<crate::storage::MemoryStorage, FakePeers> {
+        let mut replicas = std::collections::HashMap::new();
+        replicas.insert("b".to_string(), replica(2));
+        replicas.insert("c".to_string(), replica(3));
+        if a_hangs {
+            replicas.insert("a".to_string(), replica(1));
+        }
+        let hang = a_hangs.then(|| "a".to_string()).into_iter().collect();
+        let peers = Arc::new(FakePeers { replicas, hang });
+        Coordinator::new(
+            "gateway".into(),
+            replica(9),
+            peers,
+            Arc::new(RwLock::new(view(&["a", "b", "c"], &[]))),
+            Arc::new(Metrics::default()),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_not_sent_to_its_first_primary_is_minted_by_the_next() {
+        let timeout = Duration::from_secs(8);
+        let c = gateway(false);
+        let key = (0..)
+            .map(|i| format!("k{i}"))
+            .find(|k| {
+                targets(&c.view(), c.view().ring.partition_of(b"b", k.as_bytes()))[0].name == "a"
+            })
+            .unwrap();
+        let started = tokio::time::Instant::now();
+        let value = Sibling::value(b"v".to_vec(), None);
+        c.put(
+            b"b",
+            key.as_bytes(),
+            Context::default(),
+            value.clone(),
+            2,
+            0,
+            timeout,
+        )
+        .await
+        .expect("a dead, undetected first primary that refused the connection is skipped");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        // A first primary that may have received the write (no answer) is not skipped: a
+        // second replica minting it would make one client write two siblings.
+        let c = gateway(true);
+        let err = c
+            .put(
+                b"b",
+                key.as_bytes(),
+                Context::default(),
+                value,
+                2,
+                0,
+                timeout,
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, CoordinatorError::Unavailable { .. }),
+            "{err:?}"
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! the ring. Sending the messages it returns is the caller's job.
 
 use std::collections::HashSet;
+use std::sync::PoisonError;
 use std::sync::{Arc, Mutex, RwLock};
 
 use rand::rngs::StdRng;
@@ -13,7 +14,7 @@ use tokio::time::Instant;
 use chorus_gossip::{Config as GossipConfig, Event, MemberView, Membership, Outgoing};
 use chorus_ring::Ring;
 
-use crate::coordinator::ClusterView;
+use crate::view::ClusterView;
 
 /// One node's membership, shared by the gossip loop, the RPC handler and the HTTP API.
 pub struct Gossip {
@@ -56,11 +57,14 @@ impl Gossip {
         step: impl FnOnce(&mut Membership, u64, &mut StdRng) -> Vec<Outgoing>,
     ) -> Vec<Outgoing> {
         let now = self.now_ms();
-        let mut membership = self.membership.lock().expect("membership lock");
+        let mut membership = self
+            .membership
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let out = step(
             &mut membership,
             now,
-            &mut self.rng.lock().expect("rng lock"),
+            &mut self.rng.lock().unwrap_or_else(PoisonError::into_inner),
         );
         for event in membership.drain_events() {
             self.log_event(event);
@@ -90,7 +94,7 @@ impl Gossip {
             .filter(|m| !membership.is_reachable(m, now))
             .cloned()
             .collect();
-        let mut view = self.view.write().expect("view lock");
+        let mut view = self.view.write().unwrap_or_else(PoisonError::into_inner);
         if view.ring.members() != members.as_slice() && !members.is_empty() {
             match Ring::new(self.ring_size, self.n, members.iter().cloned()) {
                 Ok(ring) => {
@@ -115,7 +119,10 @@ impl Gossip {
 
     /// Publishes a key-value about this node to the cluster (e.g. pending hints).
     pub fn set_local_kv(&self, key: &str, value: &str) {
-        let mut membership = self.membership.lock().expect("membership lock");
+        let mut membership = self
+            .membership
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Err(e) = membership.set_local_kv(key, value) {
             tracing::warn!("cannot gossip {key}: {e}");
         }
@@ -124,7 +131,7 @@ impl Gossip {
     pub fn address_of(&self, name: &str) -> Option<String> {
         self.membership
             .lock()
-            .expect("membership lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .address_of(name)
             .map(str::to_string)
     }
@@ -133,7 +140,7 @@ impl Gossip {
         let now = self.now_ms();
         self.membership
             .lock()
-            .expect("membership lock")
+            .unwrap_or_else(PoisonError::into_inner)
             .members(now)
     }
 }

@@ -24,15 +24,14 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::bench::parse_duration;
-use crate::causality::Context;
-use crate::chaos_client::HistoryLine;
 use crate::cli::{CheckArgs, CliError, CliResult};
-use crate::http_client::{self, BaseUrl, HttpClient};
+use crate::tools::bench::parse_duration;
+use crate::tools::chaos::workload::HistoryLine;
+use chorus_api::client::{self as http_client, BaseUrl, HttpClient};
+use chorus_core::causality::Context;
 
 /// A version vector as the checker handles it: actor id to counter.
 pub type Vv = BTreeMap<u64, u64>;
@@ -757,30 +756,18 @@ impl Cluster {
             let state = match r.status {
                 404 => None,
                 200 => {
-                    let json = r.json()?;
-                    let siblings = json
-                        .get("siblings")
-                        .and_then(Value::as_array)
-                        .cloned()
-                        .unwrap_or_default()
+                    let body = chorus_api::SiblingsBody::parse(&r.body)
+                        .map_err(|e| format!("{name}{path}: {e}"))?;
+                    let siblings = body
+                        .siblings
                         .iter()
                         .map(|s| {
-                            let raw = s.get("value").and_then(Value::as_str).unwrap_or_default();
-                            let bytes = base64::engine::general_purpose::STANDARD
-                                .decode(raw)
-                                .unwrap_or_default();
-                            (
-                                String::from_utf8_lossy(&bytes).into_owned(),
-                                s.get("deleted").and_then(Value::as_bool).unwrap_or(false),
-                            )
+                            let value = String::from_utf8_lossy(&s.value).into_owned();
+                            (value, s.deleted.unwrap_or(false))
                         })
                         .collect();
                     Some(LocalState {
-                        context: json
-                            .get("context")
-                            .and_then(Value::as_str)
-                            .unwrap_or_default()
-                            .to_string(),
+                        context: body.context,
                         siblings,
                     })
                 }
@@ -1019,8 +1006,8 @@ pub fn run(args: CheckArgs) -> CliResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::causality::ActorId;
-    use crate::object::{Object, Sibling};
+    use chorus_core::causality::ActorId;
+    use chorus_core::object::{Object, Sibling};
 
     fn value(v: &str) -> Sibling {
         Sibling::value(v.as_bytes().to_vec(), None)

@@ -104,9 +104,21 @@ pub fn encode(message: Message) -> Vec<u8> {
     rmp_serde::to_vec(&Envelope::V1(message)).expect("encoding to a Vec cannot fail")
 }
 
-pub fn decode(bytes: &[u8]) -> Result<Message, String> {
+/// A message from another node that could not be decoded (a different version, a bug,
+/// or an attacker holding the cluster credential): it is refused, never half-applied.
+#[derive(Debug, thiserror::Error)]
+#[error("undecodable message ({len} bytes): {reason}")]
+pub struct DecodeError {
+    pub len: usize,
+    pub reason: String,
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
     match rmp_serde::from_slice::<Envelope>(bytes) {
         Ok(Envelope::V1(message)) => Ok(message),
-        Err(e) => Err(format!("undecodable message ({} bytes): {e}", bytes.len())),
+        Err(e) => Err(DecodeError {
+            len: bytes.len(),
+            reason: e.to_string(),
+        }),
     }
 }

@@ -8,6 +8,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::PoisonError;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use serde_json::json;
 use tokio::time::Instant;
 
 use crate::cli::{CliError, CliResult};
-use crate::transport::{Handler, QuicTransport, Security};
+use crate::server::transport::{Handler, QuicTransport, Security};
 
 struct Echo;
 
@@ -47,8 +48,8 @@ pub fn run(
 ) -> CliResult {
     let dir = std::env::temp_dir().join(format!("chorus-quic-floor-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    crate::certs::init(&dir, false).map_err(CliError::failed)?;
-    let credential = crate::certs::load(&dir).map_err(CliError::failed);
+    crate::server::certs::init(&dir, false).map_err(CliError::failed)?;
+    let credential = crate::server::certs::load(&dir).map_err(CliError::failed);
     let _ = std::fs::remove_dir_all(&dir);
     let credential = credential?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -91,7 +92,7 @@ pub fn run(
                         Ok(_) if measuring.load(Ordering::Relaxed) => {
                             let _ = histogram
                                 .lock()
-                                .expect("histogram lock")
+                                .unwrap_or_else(PoisonError::into_inner)
                                 .record(sent.elapsed().as_micros().max(1) as u64);
                         }
                         Ok(_) => {}
@@ -114,7 +115,10 @@ pub fn run(
         }
         client.close().await;
         server.close().await;
-        let h = histogram.lock().expect("histogram lock").clone();
+        let h = histogram
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         Ok::<_, CliError>((h, cpu1 - cpu0, t1 - t0, errors))
     });
     let (h, cpu, elapsed, errors) = result?;

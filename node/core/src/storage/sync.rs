@@ -88,6 +88,11 @@ impl Syncer {
         Ok(())
     }
 
+    /// Whether a write waits for its fsync (`Always` mode).
+    pub(super) fn waits_for_fsync(&self) -> bool {
+        self.always
+    }
+
     /// Called after each data write reached the journal: in `Always` mode waits until it
     /// is fsynced; in `Periodic` mode only notes that the next tick has work (no lock, so
     /// periodic writers never contend here).

@@ -7,16 +7,16 @@
 //! schedule, and a request sent late because the previous one was slow has its latency
 //! counted from its scheduled time, so a stalled server shows up in the percentiles
 //! instead of silently slowing the load (coordinated omission).
-//!
-//! With `--history FILE` every chorus operation is also written as one JSON line for the
-//! chaos checker (see [`HistoryLine`]); every write then carries a globally unique value.
+
 //! This module owns the workload, the measurement and the report; it knows the APIs of
 //! the three targets only as far as one request each.
 
+pub mod quic_floor;
+
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::io::{BufWriter, Write};
-use std::path::Path;
+use std::io::Write as _;
+
+use std::sync::PoisonError;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,32 +26,25 @@ use hdrhistogram::Histogram;
 use hyper::Method;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::cli::{BenchArgs, BenchTarget, CliError, CliResult, KeyDistribution};
-use crate::http_client::{self, BaseUrl, HttpClient, HttpError};
+use chorus_api::client::{self as http_client, BaseUrl, HttpClient, HttpError};
 
 const CHORUS_DEFAULT_NODE: &str = "http://127.0.0.1:8001";
 const ETCD_DEFAULT_NODE: &str = "http://127.0.0.1:2379";
 const REDIS_DEFAULT_NODE: &str = "127.0.0.1:6379";
-const CONTEXT_HEADER: &str = "x-chorus-context";
+use chorus_api::CONTEXT_HEADER;
 /// YCSB's default skew: rank 0 gets 1/zeta(n) of the operations, about 10% of them with
 /// 10,000 keys.
 const ZIPF_THETA: f64 = 0.99;
 /// Latencies are recorded in microseconds up to an hour, to 3 significant digits.
 const HISTOGRAM_MAX_US: u64 = 3_600_000_000;
-/// History lines waiting for the writer; when full, workers wait (backpressure) rather
-/// than the queue growing without bound.
-const HISTORY_QUEUE: usize = 4096;
-/// Contexts remembered per worker (with `--history`); beyond it an arbitrary one is
-/// forgotten (the next write of that key is then blind, which only adds a sibling).
-const CONTEXT_CACHE: usize = 4096;
-/// Contexts remembered for all workers together (without `--history`).
+
+/// Contexts remembered for all workers together.
 const SHARED_CONTEXT_CACHE: usize = 1 << 20;
 /// Pause after a failed connect before trying the next node, so a dead node does not
 /// turn a worker into a busy loop.
@@ -68,7 +61,7 @@ pub fn run(args: BenchArgs) -> CliResult {
                 "--duration and --concurrency must be more than zero",
             ));
         }
-        return crate::quic_floor::run(
+        return crate::tools::bench::quic_floor::run(
             duration,
             warmup,
             args.concurrency,
@@ -160,7 +153,6 @@ struct Config {
     bucket: String,
     seed: u64,
     json: bool,
-    history: Option<std::path::PathBuf>,
 }
 
 impl Config {
@@ -209,9 +201,6 @@ impl Config {
         if args.target != BenchTarget::Chorus {
             if args.r.is_some() || args.w.is_some() {
                 return Err(CliError::usage("--r and --w apply to --target chorus only"));
-            }
-            if args.history.is_some() {
-                return Err(CliError::usage("--history applies to --target chorus only"));
             }
         }
         // The default node list is chorus's; for the other targets it means "their usual
@@ -268,7 +257,6 @@ impl Config {
             bucket: args.bucket,
             seed: args.seed,
             json: args.json,
-            history: args.history,
         })
     }
 
@@ -559,32 +547,11 @@ impl RedisConn {
 // ---------------------------------------------------------------------------------------
 // One operation against one target.
 
-/// How an operation ended, in the history's terms.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Outcome {
-    Ok,
-    /// Certainly not applied: refused (4xx) or never sent.
-    Fail,
-    /// May or may not have been applied: a timeout, a broken connection, a 5xx such as 503.
-    Unknown,
-}
-
-impl Outcome {
-    fn name(self) -> &'static str {
-        match self {
-            Outcome::Ok => "ok",
-            Outcome::Fail => "fail",
-            Outcome::Unknown => "unknown",
-        }
-    }
-}
-
 /// An operation that did not succeed.
 #[derive(Debug)]
 struct Failure {
     /// For the error table: an HTTP status, or `timeout`, `connect`, `transport`...
     kind: String,
-    outcome: Outcome,
     message: String,
     /// The node could not be reached: the worker moves to the next one.
     connect: bool,
@@ -594,7 +561,6 @@ impl Failure {
     fn connect(message: String) -> Failure {
         Failure {
             kind: "connect".into(),
-            outcome: Outcome::Fail,
             message,
             connect: true,
         }
@@ -603,7 +569,6 @@ impl Failure {
     fn unknown(kind: &str, message: String) -> Failure {
         Failure {
             kind: kind.into(),
-            outcome: Outcome::Unknown,
             message,
             connect: false,
         }
@@ -611,30 +576,16 @@ impl Failure {
 
     fn from_http(e: HttpError) -> Failure {
         let connect = matches!(e, HttpError::Connect { .. });
-        let outcome = if e.not_sent() {
-            Outcome::Fail
-        } else {
-            Outcome::Unknown
-        };
         Failure {
             kind: e.kind().into(),
-            outcome,
             message: e.to_string(),
             connect,
         }
     }
 
     fn from_status(status: u16, message: String) -> Failure {
-        // A 4xx was refused before anything was stored; anything else unexpected (a 503
-        // above all) may have reached some replicas.
-        let outcome = if (400..500).contains(&status) {
-            Outcome::Fail
-        } else {
-            Outcome::Unknown
-        };
         Failure {
             kind: status.to_string(),
-            outcome,
             message,
             connect: false,
         }
@@ -644,21 +595,16 @@ impl Failure {
 /// What a successful operation returned.
 #[derive(Debug, Default)]
 struct Success {
-    /// For a chorus get: every sibling's value (empty when not found).
-    values: Vec<String>,
     context: Option<String>,
 }
 
 struct Answer {
-    /// HTTP status, 0 when there was none (transport failure, redis).
-    status: u16,
     result: Result<Success, Failure>,
 }
 
 impl Answer {
     fn failed(failure: Failure) -> Answer {
         Answer {
-            status: 0,
             result: Err(failure),
         }
     }
@@ -749,48 +695,23 @@ async fn chorus(client: &mut HttpClient, config: &Config, request: &Request<'_>)
     let status = response.status;
     let context = response.header(CONTEXT_HEADER).map(str::to_string);
     let result = match (request.op, status) {
-        (Op::Get, 200) => Ok(Success {
-            values: vec![String::from_utf8_lossy(&response.body).into_owned()],
-            context,
-        }),
+        // 404: not written yet, or deleted: a successful read of nothing.
+        (Op::Get, 200 | 404) | (Op::Put | Op::Delete, 200..=299) => Ok(Success { context }),
         (Op::Get, 300) => sibling_values(&response.body)
-            .map(|values| Success { values, context })
+            .map(|_| Success { context })
             .map_err(|e| Failure::from_status(status, e)),
-        // Not written yet, or deleted: a successful read of nothing.
-        (Op::Get, 404) => Ok(Success {
-            values: Vec::new(),
-            context,
-        }),
-        (Op::Put | Op::Delete, 200..=299) => Ok(Success {
-            values: Vec::new(),
-            context,
-        }),
         _ => Err(Failure::from_status(status, response.error_message())),
     };
-    Answer { status, result }
+    Answer { result }
 }
 
 /// The values of a `300` answer's siblings, as text (bench values are ASCII).
 fn sibling_values(body: &[u8]) -> Result<Vec<String>, String> {
-    let json: Value =
-        serde_json::from_slice(body).map_err(|e| format!("300 with invalid JSON: {e}"))?;
-    let siblings = json
-        .get("siblings")
-        .and_then(Value::as_array)
-        .ok_or("300 without a siblings list")?;
-    siblings
-        .iter()
-        .map(|s| {
-            let encoded = s
-                .get("value")
-                .and_then(Value::as_str)
-                .ok_or("a sibling without a value")?;
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(encoded)
-                .map_err(|e| format!("a sibling value is not base64: {e}"))?;
-            Ok(String::from_utf8_lossy(&bytes).into_owned())
-        })
-        .collect()
+    let values = chorus_api::SiblingsBody::parse(body)?.text_values();
+    match values.is_empty() {
+        true => Err("300 without siblings".into()),
+        false => Ok(values),
+    }
 }
 
 async fn etcd(client: &mut HttpClient, request: &Request<'_>) -> Answer {
@@ -815,11 +736,9 @@ async fn etcd(client: &mut HttpClient, request: &Request<'_>) -> Answer {
     match client.post(path, Bytes::from(body.to_string())).await {
         // A range without `kvs` is a key not written yet: still a successful read.
         Ok(response) if response.status == 200 => Answer {
-            status: 200,
             result: Ok(Success::default()),
         },
         Ok(response) => Answer {
-            status: response.status,
             result: Err(Failure::from_status(
                 response.status,
                 response.error_message(),
@@ -839,12 +758,10 @@ async fn redis(conn: &mut RedisConn, request: &Request<'_>) -> Answer {
     match reply {
         Ok(Resp::Error(message)) => Answer::failed(Failure {
             kind: "redis_error".into(),
-            outcome: Outcome::Fail,
             message,
             connect: false,
         }),
         Ok(_) => Answer {
-            status: 0,
             result: Ok(Success::default()),
         },
         Err(failure) => Answer::failed(failure),
@@ -928,22 +845,16 @@ impl Recorder {
 struct Shared {
     config: Arc<Config>,
     recorder: Mutex<Recorder>,
-    /// Time zero of the run (and of the history's microseconds).
+    /// Time zero of the run.
     start: Instant,
     measure_start: Instant,
     measure_end: Instant,
-    /// Without `--history`: the latest context any worker got for each key. A write
+    /// The latest context any worker got for each key. A write
     /// carries it, like an application that reads (or remembers) before it writes, so a
     /// key's siblings are only the writes that were truly concurrent. With per-worker
     /// contexts, 64 workers writing the same keys left about 11 siblings per key, and every
     /// write then read, merged and stored all of them: a workload no real client makes.
     contexts: Mutex<ContextCache>,
-}
-
-impl Shared {
-    fn micros(&self, t: Instant) -> u64 {
-        t.saturating_duration_since(self.start).as_micros() as u64
-    }
 }
 
 /// Remembered causal contexts, by key index, bounded.
@@ -970,94 +881,14 @@ impl ContextCache {
     }
 }
 
-/// One line of `--history`: a complete record of one operation, in the order the client
-/// issued them. Times are microseconds since the bench started; `start_us` is when the
-/// request was sent (not the open-loop schedule).
-#[derive(Serialize, Debug)]
-pub(crate) struct HistoryLine<'a> {
-    pub client: usize,
-    pub seq: u64,
-    pub op: &'static str,
-    pub bucket: &'a str,
-    pub key: &'a str,
-    /// The value written, for a put; null otherwise.
-    pub value: Option<&'a str>,
-    pub context_in: Option<&'a str>,
-    pub start_us: u64,
-    pub end_us: u64,
-    /// HTTP status, 0 for a transport error or timeout.
-    pub status: u16,
-    /// `ok`, `fail` (certainly not applied) or `unknown` (may have been applied).
-    pub outcome: &'static str,
-    /// For a successful get: every sibling's value (empty when not found); null otherwise.
-    pub values: Option<&'a [String]>,
-    pub context_out: Option<&'a str>,
-    /// The node that coordinated the request (workers move on when one is unreachable).
-    pub node: &'a str,
-}
-
-/// The value a put writes under `--history`: unique across workers and operations, so the
-/// checker can tell exactly which write a read returned.
-pub(crate) fn history_value(worker: usize, seq: u64, size: usize) -> String {
-    let mut value = format!("w{worker}-{seq}-");
-    if value.len() < size {
-        value.push_str(&".".repeat(size - value.len()));
-    }
-    value
-}
-
-/// The history writer: drains the bounded queue into the file on a blocking thread,
-/// flushing whenever the queue runs dry so the file stays close to current.
-fn spawn_history_writer(
-    path: &Path,
-) -> Result<
-    (
-        mpsc::Sender<String>,
-        tokio::task::JoinHandle<std::io::Result<()>>,
-    ),
-    CliError,
-> {
-    let file = File::create(path).map_err(|e| {
-        CliError::usage(format!(
-            "cannot create the history file {}: {e}",
-            path.display()
-        ))
-    })?;
-    let (tx, mut rx) = mpsc::channel::<String>(HISTORY_QUEUE);
-    let handle = tokio::task::spawn_blocking(move || {
-        let mut out = BufWriter::new(file);
-        loop {
-            let line = match rx.try_recv() {
-                Ok(line) => line,
-                Err(mpsc::error::TryRecvError::Empty) => {
-                    out.flush()?;
-                    match rx.blocking_recv() {
-                        Some(line) => line,
-                        None => break,
-                    }
-                }
-                Err(mpsc::error::TryRecvError::Disconnected) => break,
-            };
-            out.write_all(line.as_bytes())?;
-            out.write_all(b"\n")?;
-        }
-        out.flush()?;
-        out.into_inner().map_err(|e| e.into_error())?.sync_all()
-    });
-    Ok((tx, handle))
-}
-
 struct Worker {
     id: usize,
     shared: Arc<Shared>,
     rng: StdRng,
     node: usize,
     backend: Backend,
-    contexts: ContextCache,
-    seq: u64,
-    /// The value every put writes when there is no history (content does not matter).
+    /// The value every put writes (its content does not matter).
     value: Bytes,
-    history: Option<mpsc::Sender<String>>,
 }
 
 impl Worker {
@@ -1094,15 +925,12 @@ impl Worker {
             if latency_from >= shared.measure_end {
                 break;
             }
-            if !self.one_operation(latency_from).await {
-                break;
-            }
+            self.one_operation(latency_from).await;
         }
     }
 
-    /// Runs, measures and logs one operation whose latency counts from `latency_from`;
-    /// false when the history writer is gone.
-    async fn one_operation(&mut self, latency_from: Instant) -> bool {
+    /// Runs and measures one operation whose latency counts from `latency_from`.
+    async fn one_operation(&mut self, latency_from: Instant) {
         let shared = self.shared.clone();
         let config = &shared.config;
         let draw: f64 = self.rng.random();
@@ -1118,40 +946,25 @@ impl Worker {
             BenchTarget::Chorus => format!("k{key_index}"),
             _ => format!("{}/k{key_index}", config.bucket),
         };
-        let history = self.history.is_some();
-        let value = if history && op == Op::Put {
-            Bytes::from(history_value(self.id, self.seq, config.value_size))
-        } else {
-            self.value.clone()
-        };
-        // With a history, a write carries the context of this worker's last read of the
-        // key, once: later blind writes are concurrent with it, so the run creates both
-        // superseding and concurrent versions. Without one, the latest context any worker
-        // saw for the key is reused, which keeps siblings few, as a real read-modify-write
-        // client would.
-        let context = match (op, history) {
-            (Op::Get, _) => None,
-            (_, true) => self.contexts.map.remove(&key_index),
-            (_, false) => shared
+        // A write carries the latest context any worker saw for the key, as a
+        // read-modify-write client would, which keeps siblings to the truly concurrent.
+        let context = match op {
+            Op::Get => None,
+            _ => shared
                 .contexts
                 .lock()
-                .expect("context lock")
+                .unwrap_or_else(PoisonError::into_inner)
                 .map
                 .get(&key_index)
                 .cloned(),
         };
+        let value = self.value.clone();
         let request = Request {
             op,
             key: &key,
             value: &value,
             context: context.as_deref(),
         };
-        let node = if history {
-            config.endpoints[self.node].to_string()
-        } else {
-            String::new()
-        };
-        let sent = Instant::now();
         let answer = match &mut self.backend {
             Backend::Chorus(client) => chorus(client, config, &request).await,
             Backend::Etcd(client) => etcd(client, &request).await,
@@ -1159,26 +972,24 @@ impl Worker {
         };
         let done = Instant::now();
         let measured = latency_from >= shared.measure_start && done <= shared.measure_end;
-        shared.recorder.lock().expect("recorder lock").record(
-            op,
-            done - latency_from,
-            answer.result.as_ref().err(),
-            measured,
-        );
+        shared
+            .recorder
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .record(
+                op,
+                done - latency_from,
+                answer.result.as_ref().err(),
+                measured,
+            );
         match &answer.result {
             Ok(success) => {
                 if let Some(ctx) = &success.context {
-                    if history {
-                        if op == Op::Get {
-                            self.contexts.insert(key_index, ctx.clone());
-                        }
-                    } else {
-                        shared
-                            .contexts
-                            .lock()
-                            .expect("context lock")
-                            .insert(key_index, ctx.clone());
-                    }
+                    shared
+                        .contexts
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(key_index, ctx.clone());
                 }
             }
             Err(failure) if failure.connect => {
@@ -1189,36 +1000,6 @@ impl Worker {
             }
             Err(_) => {}
         }
-        let seq = self.seq;
-        self.seq += 1;
-        let Some(tx) = &self.history else { return true };
-        let (outcome, values, context_out) = match &answer.result {
-            Ok(s) => (
-                Outcome::Ok,
-                (op == Op::Get).then_some(s.values.as_slice()),
-                s.context.as_deref(),
-            ),
-            Err(f) => (f.outcome, None, None),
-        };
-        let line = HistoryLine {
-            client: self.id,
-            seq,
-            op: op.name(),
-            bucket: &config.bucket,
-            key: &key,
-            value: (op == Op::Put)
-                .then(|| std::str::from_utf8(&value).expect("history values are ASCII")),
-            context_in: context.as_deref(),
-            start_us: shared.micros(sent),
-            end_us: shared.micros(done),
-            status: answer.status,
-            outcome: outcome.name(),
-            values,
-            context_out,
-            node: &node,
-        };
-        let line = serde_json::to_string(&line).expect("a history line serializes");
-        tx.send(line).await.is_ok()
     }
 }
 
@@ -1230,13 +1011,6 @@ async fn bench(config: Arc<Config>) -> Result<Report, CliError> {
             .await
             .map_err(|e| CliError::failed(format!("{endpoint} is not usable: {e}")))?;
     }
-    let (history_tx, history_writer) = match &config.history {
-        Some(path) => {
-            let (tx, handle) = spawn_history_writer(path)?;
-            (Some(tx), Some(handle))
-        }
-        None => (None, None),
-    };
     let mut ops = vec![Op::Get, Op::Put];
     if config.delete_ratio > 0.0 {
         ops.push(Op::Delete);
@@ -1266,15 +1040,10 @@ async fn bench(config: Arc<Config>) -> Result<Report, CliError> {
             ),
             node,
             backend: Backend::new(&config.endpoints[node], config.timeout),
-            contexts: ContextCache::new(CONTEXT_CACHE),
-            seq: 0,
             value: value.clone(),
-            history: history_tx.clone(),
         };
         workers.spawn(worker.run());
     }
-    // Only the workers hold senders now: the writer ends when the last worker does.
-    drop(history_tx);
     let progress = tokio::spawn(progress(shared.clone()));
     while let Some(result) = workers.join_next().await {
         if let Err(e) = result {
@@ -1283,21 +1052,11 @@ async fn bench(config: Arc<Config>) -> Result<Report, CliError> {
         }
     }
     progress.abort();
-    if let Some(writer) = history_writer {
-        let path = config.history.as_ref().expect("a writer implies a path");
-        match writer.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                return Err(CliError::failed(format!(
-                    "cannot write the history file {}: {e}",
-                    path.display()
-                )))
-            }
-            Err(e) => return Err(CliError::failed(format!("the history writer failed: {e}"))),
-        }
-    }
     let recorder = std::mem::replace(
-        &mut *shared.recorder.lock().expect("recorder lock"),
+        &mut *shared
+            .recorder
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner),
         Recorder::new(&[]),
     );
     Ok(Report { config, recorder })
@@ -1313,7 +1072,10 @@ async fn progress(shared: Arc<Shared>) {
     loop {
         let now = ticks.tick().await;
         let (count, p99_us, errors) = {
-            let mut recorder = shared.recorder.lock().expect("recorder lock");
+            let mut recorder = shared
+                .recorder
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             let stats = (
                 recorder.interval.len(),
                 recorder.interval.value_at_quantile(0.99),
@@ -1454,7 +1216,7 @@ impl Report {
             rows.push(row(op.name(), &stats.latency, stats.errors.values().sum()));
         }
         rows.push(row("total", &total, self.total_errors()));
-        out.push_str(&crate::client::render_table(
+        out.push_str(&crate::tools::client::render_table(
             &[
                 "op", "count", "ops/s", "p50", "p90", "p99", "p99.9", "max", "errors",
             ],
@@ -1631,71 +1393,6 @@ mod tests {
     }
 
     #[test]
-    fn history_values_are_unique_and_padded() {
-        assert_eq!(history_value(3, 17, 12), "w3-17-......");
-        assert_eq!(history_value(3, 17, 2), "w3-17-");
-        assert_ne!(history_value(1, 23, 100), history_value(12, 3, 100));
-        assert_eq!(history_value(0, 0, 100).len(), 100);
-    }
-
-    #[test]
-    fn history_lines_have_the_documented_shape() {
-        let values = vec!["w1-4-..".to_string(), "w2-9-..".to_string()];
-        let get = HistoryLine {
-            client: 1,
-            seq: 5,
-            op: "get",
-            bucket: "bench",
-            key: "k42",
-            value: None,
-            context_in: None,
-            start_us: 1000,
-            end_us: 2500,
-            status: 300,
-            outcome: "ok",
-            values: Some(&values),
-            context_out: Some("Y3R4"),
-            node: "http://127.0.0.1:8001",
-        };
-        assert_eq!(
-            serde_json::to_string(&get).unwrap(),
-            r#"{"client":1,"seq":5,"op":"get","bucket":"bench","key":"k42","value":null,"context_in":null,"start_us":1000,"end_us":2500,"status":300,"outcome":"ok","values":["w1-4-..","w2-9-.."],"context_out":"Y3R4","node":"http://127.0.0.1:8001"}"#
-        );
-        let put = HistoryLine {
-            op: "put",
-            value: Some("w1-6-.."),
-            context_in: Some("Y3R4"),
-            status: 0,
-            outcome: "unknown",
-            values: None,
-            context_out: None,
-            seq: 6,
-            ..get
-        };
-        assert_eq!(
-            serde_json::to_string(&put).unwrap(),
-            r#"{"client":1,"seq":6,"op":"put","bucket":"bench","key":"k42","value":"w1-6-..","context_in":"Y3R4","start_us":1000,"end_us":2500,"status":0,"outcome":"unknown","values":null,"context_out":null,"node":"http://127.0.0.1:8001"}"#
-        );
-    }
-
-    #[test]
-    fn statuses_classify_into_outcomes() {
-        assert_eq!(
-            Failure::from_status(503, String::new()).outcome,
-            Outcome::Unknown
-        );
-        assert_eq!(
-            Failure::from_status(500, String::new()).outcome,
-            Outcome::Unknown
-        );
-        assert_eq!(
-            Failure::from_status(409, String::new()).outcome,
-            Outcome::Fail
-        );
-        assert_eq!(Failure::from_status(400, String::new()).kind, "400");
-    }
-
-    #[test]
     fn three_hundred_bodies_give_every_sibling() {
         let body = br#"{"context":"c","siblings":[{"value":"dzEtMS0=","content_type":"x"},{"value":"dzItMi0="}]}"#;
         assert_eq!(sibling_values(body).unwrap(), vec!["w1-1-", "w2-2-"]);
@@ -1704,12 +1401,12 @@ mod tests {
 
     #[test]
     fn context_cache_is_bounded() {
-        let mut cache = ContextCache::new(CONTEXT_CACHE);
-        for k in 0..(CONTEXT_CACHE as u64 + 100) {
+        let mut cache = ContextCache::new(4096);
+        for k in 0..(4096 as u64 + 100) {
             cache.insert(k, format!("c{k}"));
         }
-        assert_eq!(cache.map.len(), CONTEXT_CACHE);
-        cache.insert(CONTEXT_CACHE as u64 + 99, "again".into());
-        assert_eq!(cache.map.len(), CONTEXT_CACHE);
+        assert_eq!(cache.map.len(), 4096);
+        cache.insert(4096 as u64 + 99, "again".into());
+        assert_eq!(cache.map.len(), 4096);
     }
 }
