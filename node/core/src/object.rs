@@ -69,9 +69,19 @@ pub fn decode_object(bytes: &[u8]) -> Result<Object, ObjectError> {
     }
 }
 
+/// Longest bucket and longest key, in bytes. The HTTP API refuses longer ones; a replica
+/// refuses them in peer requests too (`Replica::handle`), so [`storage_key`] never sees one.
+pub const MAX_NAME_BYTES: usize = 1024;
+
 /// Storage key of (bucket, key): the bucket's length first, so no two pairs collide.
+/// Callers keep `bucket` within [`MAX_NAME_BYTES`] (asserted: a longer one is a bug here).
 pub fn storage_key(bucket: &[u8], key: &[u8]) -> Vec<u8> {
-    let len = u16::try_from(bucket.len()).expect("buckets are limited to 1024 bytes");
+    assert!(
+        bucket.len() <= MAX_NAME_BYTES,
+        "bucket of {} bytes",
+        bucket.len()
+    );
+    let len = bucket.len() as u16;
     let mut out = Vec::with_capacity(2 + bucket.len() + key.len());
     out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(bucket);

@@ -15,7 +15,7 @@ use rand::{Rng, SeedableRng};
 use crate::causality::{ActorId, Context};
 use crate::metrics::Metrics;
 use crate::object::{
-    decode_object, encode_object, split_storage_key, storage_key, Object, Sibling,
+    decode_object, encode_object, split_storage_key, storage_key, Object, Sibling, MAX_NAME_BYTES,
 };
 use crate::rpc::{KeyedObject, Request, Response};
 use crate::storage::merkle::{BRANCHES, SEGMENTS};
@@ -133,6 +133,9 @@ impl<S: Storage> Replica<S> {
     }
 
     pub fn handle(&self, request: Request) -> Response {
+        if let Err(refusal) = check_peer_request(&request) {
+            return Response::Failed(refusal);
+        }
         let result = match request {
             Request::Get { bucket, key } => self.get(&bucket, &key).map(Response::Object),
             Request::Coordinate {
@@ -363,14 +366,11 @@ impl<S: Storage> Replica<S> {
     }
 
     /// Drops the given tombstones where they are unchanged; returns how many were dropped.
+    /// The batch holds only tombstones (`check_peer_request` refuses any other).
     pub fn reap(&self, tombstones: &[KeyedObject]) -> Result<usize, ReplicaError> {
         self.retire_actor()?;
         let mut dropped = 0;
         for t in tombstones {
-            debug_assert!(
-                t.object.values().iter().all(|s| s.deleted),
-                "only tombstones are reaped"
-            );
             dropped += usize::from(self.remove_if_unchanged(&t.bucket, &t.key, &t.object)?);
         }
         Ok(dropped)
@@ -415,6 +415,45 @@ impl<S: Storage> Replica<S> {
     }
 }
 
+/// Refuses a peer's request that would break an invariant of this replica, before it is
+/// applied: a bucket or key longer than [`MAX_NAME_BYTES`], or a reap batch holding a live
+/// value (reaping one would delete it). A refusal changes nothing.
+fn check_peer_request(request: &Request) -> Result<(), String> {
+    let names: Vec<(&[u8], &[u8])> = match request {
+        Request::Get { bucket, key }
+        | Request::Coordinate { bucket, key, .. }
+        | Request::Merge { bucket, key, .. } => vec![(bucket, key)],
+        Request::MergeBatch { objects } | Request::ReapBatch { objects } => objects
+            .iter()
+            .map(|o| (o.bucket.as_slice(), o.key.as_slice()))
+            .collect(),
+        Request::TreeBranches { .. }
+        | Request::TreeLeaves { .. }
+        | Request::SegmentObjects { .. } => Vec::new(),
+    };
+    if let Some((bucket, key)) = names
+        .iter()
+        .find(|(b, k)| b.len() > MAX_NAME_BYTES || k.len() > MAX_NAME_BYTES)
+    {
+        return Err(format!(
+            "refused: a bucket of {} bytes and key of {} bytes, over the limit of {MAX_NAME_BYTES}",
+            bucket.len(),
+            key.len()
+        ));
+    }
+    if let Request::ReapBatch { objects } = request {
+        if objects
+            .iter()
+            .any(|o| o.object.values().iter().any(|s| !s.deleted))
+        {
+            return Err(
+                "refused: a reap batch holds a live value, only tombstones are reaped".into(),
+            );
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -435,6 +474,96 @@ mod tests {
             Arc::new(Metrics::default()),
         )
         .unwrap()
+    }
+
+    fn keyed(bucket: Vec<u8>, key: Vec<u8>, deleted: bool) -> KeyedObject {
+        let value = Sibling {
+            value: b"v".to_vec(),
+            content_type: None,
+            deleted,
+        };
+        let object = Object::new().update(&Context::default(), ActorId(7), value);
+        KeyedObject {
+            bucket,
+            key,
+            object,
+        }
+    }
+
+    /// Requests a peer could send, with bucket and key lengths around the limit.
+    fn peer_request() -> impl proptest::strategy::Strategy<Value = Request> {
+        use proptest::prelude::*;
+        let name = prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..8),
+            (MAX_NAME_BYTES - 1..MAX_NAME_BYTES + 2).prop_map(|n| vec![b'x'; n]),
+            Just(vec![b'y'; 70_000]),
+        ];
+        (name.clone(), name, any::<bool>(), 0..5u8).prop_map(|(bucket, key, deleted, kind)| {
+            let object = keyed(bucket.clone(), key.clone(), deleted);
+            match kind {
+                0 => Request::Get { bucket, key },
+                1 => Request::Coordinate {
+                    bucket,
+                    key,
+                    context: Context::default(),
+                    value: Sibling::value(b"v".to_vec(), None),
+                    hint_for: None,
+                },
+                2 => Request::Merge {
+                    bucket,
+                    key,
+                    object: object.object,
+                    hint_for: None,
+                },
+                3 => Request::MergeBatch {
+                    objects: vec![object],
+                },
+                _ => Request::ReapBatch {
+                    objects: vec![object],
+                },
+            }
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn peer_input_never_panics_and_oversized_names_change_nothing(
+            request in peer_request(),
+            junk in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+        ) {
+            // Arbitrary bytes decode to a message or an error, never a panic.
+            let _ = crate::rpc::decode(&junk);
+            let r = replica();
+            let oversized = match &request {
+                Request::Get { bucket, key }
+                | Request::Coordinate { bucket, key, .. }
+                | Request::Merge { bucket, key, .. } => bucket.len().max(key.len()) > MAX_NAME_BYTES,
+                Request::MergeBatch { objects } | Request::ReapBatch { objects } => objects
+                    .iter()
+                    .any(|o| o.bucket.len().max(o.key.len()) > MAX_NAME_BYTES),
+                _ => false,
+            };
+            let response = r.handle(request);
+            if oversized {
+                proptest::prop_assert!(matches!(response, Response::Failed(_)), "{response:?}");
+                proptest::prop_assert!(r.storage().partitions().unwrap().is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn a_reap_batch_holding_a_live_value_is_refused_and_removes_nothing() {
+        let r = replica();
+        let live = keyed(b"b".to_vec(), b"k".to_vec(), false);
+        let request = Request::MergeBatch {
+            objects: vec![live.clone()],
+        };
+        assert!(matches!(r.handle(request), Response::Merged(1)));
+        let response = r.handle(Request::ReapBatch {
+            objects: vec![live],
+        });
+        assert!(matches!(response, Response::Failed(_)), "{response:?}");
+        assert!(r.get(b"b", b"k").unwrap().is_some(), "the live value stays");
     }
 
     #[test]

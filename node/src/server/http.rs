@@ -22,7 +22,7 @@ use chorus_core::object::{Object, Sibling};
 use chorus_core::storage::Storage;
 
 /// Buckets and keys are at most this many bytes after percent-decoding.
-pub const MAX_SEGMENT_BYTES: usize = 1024;
+pub use chorus_core::object::MAX_NAME_BYTES as MAX_SEGMENT_BYTES;
 /// Longest `timeout` a client may ask for.
 const MAX_TIMEOUT_MS: u64 = 60_000;
 use chorus_api::{SiblingBody, SiblingsBody, CONTEXT_HEADER};
