@@ -276,8 +276,13 @@ fn request_context(headers: &HeaderMap) -> Result<Context, ApiError> {
     }
 }
 
-fn context_header(object: &Object) -> HeaderValue {
-    HeaderValue::from_str(&object.context().encode()).expect("base64 is a valid header value")
+/// The context a client gets back. A GET's is the merged state's vector (it covers what
+/// the answer shows and what those values superseded); a write's comes from the
+/// coordinator ([`crate::coordinator::Written`]): the request's context plus the new
+/// version, never the whole state, which may hold concurrent siblings this client was
+/// not shown.
+fn header_value(context: &Context) -> HeaderValue {
+    HeaderValue::from_str(&context.encode()).expect("base64 is a valid header value")
 }
 
 /// Runs a handler body and records its status and latency in the metrics.
@@ -335,7 +340,7 @@ async fn kv_get(
             1 => StatusCode::OK,
             _ => StatusCode::MULTIPLE_CHOICES,
         };
-        let context = context_header(&object);
+        let context = header_value(&object.context());
         if wants_json || live.len() > 1 {
             let body = json!({"context": context.to_str().unwrap_or_default(), "siblings": siblings_json(&live)});
             return Ok((status, [(CONTEXT_HEADER, context)], Json(body)).into_response());
@@ -399,7 +404,7 @@ async fn kv_put(
         if crate::fault::broken() {
             return Ok(broken_ack(&headers));
         }
-        let object = node
+        let written = node
             .coordinator
             .put(
                 &bucket,
@@ -413,7 +418,7 @@ async fn kv_put(
             .await?;
         Ok((
             StatusCode::NO_CONTENT,
-            [(CONTEXT_HEADER, context_header(&object))],
+            [(CONTEXT_HEADER, header_value(&written.context))],
         )
             .into_response())
     })
@@ -448,7 +453,7 @@ async fn kv_delete(
         if crate::fault::broken() {
             return Ok(broken_ack(&headers));
         }
-        let object = node
+        let written = node
             .coordinator
             .put(
                 &bucket,
@@ -462,7 +467,7 @@ async fn kv_delete(
             .await?;
         Ok((
             StatusCode::NO_CONTENT,
-            [(CONTEXT_HEADER, context_header(&object))],
+            [(CONTEXT_HEADER, header_value(&written.context))],
         )
             .into_response())
     })

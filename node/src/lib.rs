@@ -19,6 +19,7 @@ pub mod http_client;
 pub mod membership;
 pub mod metrics;
 pub mod object;
+pub mod observed;
 pub mod quic_floor;
 pub mod replica;
 pub mod rpc;

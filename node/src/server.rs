@@ -239,6 +239,8 @@ async fn serve(args: StartArgs, security: Security) -> CliResult {
         metrics.clone(),
     )
     .with_blocking_local_writes(writes_block);
+    #[cfg(feature = "fault-injection")]
+    let coordinator = coordinator.with_old_answer_context(crate::fault::old_answer_context());
     let healer = Arc::new(Healer::new(
         args.name.clone(),
         replica.clone(),
