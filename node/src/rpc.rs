@@ -35,7 +35,8 @@ pub enum Request {
         key: Vec<u8>,
     },
     /// Be the coordinating replica of a write: mint a dot for `value` over `context`,
-    /// persist, and return the resulting state so the coordinator can replicate it.
+    /// persist, and return the resulting state and the dot (`Minted`), so the
+    /// coordinator can replicate it and answer the client.
     /// `hint_for`, as for `Merge`: the unreachable primary a fallback stores this for
     /// (a fallback can be the minting replica too, and must then keep the hint).
     Coordinate {
