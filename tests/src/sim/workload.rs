@@ -14,10 +14,10 @@ use rand::rngs::StdRng;
 use rand::Rng;
 use tokio::time::Instant;
 
-use chorus_node::causality::Context;
-pub use chorus_node::causality::Dot;
-use chorus_node::coordinator::{CoordinatorError, Written};
-use chorus_node::object::{Object, Sibling};
+use chorus_core::causality::Context;
+pub use chorus_core::causality::Dot;
+use chorus_core::coordinator::{CoordinatorError, Written};
+use chorus_core::object::{Object, Sibling};
 
 use super::net::SimNet;
 
