@@ -13,7 +13,7 @@ use std::sync::PoisonError;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use crate::causality::Context;
+use crate::causality::{Context, Dot};
 use crate::metrics::Metrics;
 use crate::object::{Object, Sibling};
 use crate::peers::{PeerError, Peers};
@@ -147,8 +147,23 @@ pub const READ_REPAIR_EVERY: u64 = 10;
 /// A read whose first `r` replicas have not all answered by then asks the others too.
 pub const HEDGE_AFTER: Duration = Duration::from_millis(100);
 
+/// An acknowledged write: the state the minting replica stored (what the others merged),
+/// the write's dot, and the context to answer the client with ([`Object::write_answer`]:
+/// it covers only what the request covered and this write).
+#[derive(Clone, Debug)]
+pub struct Written {
+    pub object: Object,
+    pub dot: Dot,
+    pub context: Context,
+}
+
 pub struct Coordinator<S: Storage, P: Peers> {
     name: String,
+    /// Test-only: answer writes with the minted state's whole vector, the first build's
+    /// bug (issue 14: it covers concurrent siblings the writer never saw), so the
+    /// simulation and chaos runs can show their checkers catch it. Set only by the
+    /// simulation and by `fault-injection` builds (`CHORUS_FAULT_OLD_ANSWER_CONTEXT=1`).
+    old_answer_context: bool,
     /// Reads coordinated, for read-repair sampling (shared by clones).
     reads: Arc<std::sync::atomic::AtomicU64>,
     replica: Arc<Replica<S>>,
@@ -161,6 +176,7 @@ impl<S: Storage, P: Peers> Clone for Coordinator<S, P> {
     fn clone(&self) -> Self {
         Coordinator {
             name: self.name.clone(),
+            old_answer_context: self.old_answer_context,
             reads: self.reads.clone(),
             replica: self.replica.clone(),
             peers: self.peers.clone(),
@@ -185,12 +201,19 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
     ) -> Self {
         Coordinator {
             name,
+            old_answer_context: false,
             reads: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             replica,
             peers,
             view,
             metrics,
         }
+    }
+
+    /// Test-only (see the field): puts the first build's answer context back.
+    pub fn with_old_answer_context(mut self, old: bool) -> Self {
+        self.old_answer_context = old;
+        self
     }
 
     pub fn view(&self) -> ClusterView {
@@ -234,7 +257,8 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
     }
 
     /// Writes `value` (or a tombstone) over `context`: one replica mints the version, the
-    /// others merge it; answers once `w` replicas (`pw` of them primaries) stored it.
+    /// others merge it; answers once `w` replicas (`pw` of them primaries) stored it, with
+    /// the context the client may write again with.
     pub async fn put(
         &self,
         bucket: &[u8],
@@ -244,7 +268,7 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
         w: usize,
         pw: usize,
         timeout: Duration,
-    ) -> Result<Object, CoordinatorError> {
+    ) -> Result<Written, CoordinatorError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let targets = self.local_first_targets(bucket, key);
         let unavailable = |replied: usize, primaries: usize| CoordinatorError::Unavailable {
@@ -288,7 +312,7 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
                 hint_for: target.hint_for.clone(),
             };
             match self.call(&target.name, request, remaining).await {
-                Ok(Response::Stored(object)) => stored = Some((target, object)),
+                Ok(Response::Minted { object, dot }) => stored = Some((target, object, dot)),
                 Ok(Response::Refused { message, .. }) => {
                     return Err(CoordinatorError::TooManySiblings(message))
                 }
@@ -307,7 +331,7 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
                 }
             }
         }
-        let Some((coordinator, object)) = stored else {
+        let Some((coordinator, object, dot)) = stored else {
             return Err(unavailable(0, 0));
         };
         // A fallback that minted the write recorded its hint in the same step
@@ -341,7 +365,16 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
                 primary_acks += usize::from(reply.target.primary);
             }
         }
-        Ok(object)
+        let context = if self.old_answer_context {
+            object.context()
+        } else {
+            object.write_answer(&context, dot)
+        };
+        Ok(Written {
+            object,
+            dot,
+            context,
+        })
     }
 
     /// Reads from `r` targets (the local replica first), answers with the merge of the
@@ -756,6 +789,51 @@ mod tests {
                 ),
                 "{err:?}"
             );
+        }
+    }
+
+    /// Issue 14's four steps through real coordinators: v1 written everywhere through
+    /// a; v2 written blind through b; v3 through b with v2's answer. v3's writer never saw
+    /// v1, so both must survive. With the first build's answer (the switch) v1 is lost.
+    #[tokio::test]
+    async fn a_write_with_its_answer_context_keeps_a_sibling_its_client_never_saw() {
+        for old in [false, true] {
+            let replicas: std::collections::HashMap<_, _> = ["a", "b", "c"]
+                .iter()
+                .zip(1..)
+                .map(|(name, actor)| (name.to_string(), replica(actor)))
+                .collect();
+            let peers = Arc::new(FakePeers {
+                replicas: replicas.clone(),
+                hang: HashSet::new(),
+            });
+            let view = Arc::new(RwLock::new(view(&["a", "b", "c"], &[])));
+            let coordinator = |name: &str| {
+                Coordinator::new(
+                    name.into(),
+                    replicas[name].clone(),
+                    peers.clone(),
+                    view.clone(),
+                    Arc::new(Metrics::default()),
+                )
+                .with_old_answer_context(old)
+            };
+            let (a, b) = (coordinator("a"), coordinator("b"));
+            let t = Duration::from_secs(5);
+            let put = |c: &Coordinator<_, _>, ctx: Context, v: &str, w| {
+                let c = c.clone();
+                let v = Sibling::value(v.as_bytes().to_vec(), None);
+                async move { c.put(b"b", b"k", ctx, v, w, 0, t).await.unwrap() }
+            };
+            put(&a, Context::default(), "v1", 3).await;
+            let v2 = put(&b, Context::default(), "v2", 2).await;
+            let v3 = put(&b, v2.context.clone(), "v3", 2).await;
+            assert!(v3.context.covers(v3.dot) && v3.context.covers(v2.dot));
+            let read = a.get(b"b", b"k", 3, 0, t).await.unwrap();
+            let mut values: Vec<&[u8]> = read.values().iter().map(|s| &s.value[..]).collect();
+            values.sort();
+            let expected: Vec<&[u8]> = if old { vec![b"v3"] } else { vec![b"v1", b"v3"] };
+            assert_eq!(values, expected, "old answer context: {old}");
         }
     }
 

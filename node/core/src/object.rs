@@ -122,6 +122,13 @@ mod tests {
             Sibling::value(b"v".to_vec(), None),
         );
         assert_eq!(decode_object(&encode_object(&object)).unwrap(), object);
+        // Byte for byte the first build's layout (format 1, entry [actor, counter,
+        // values]), so existing data dirs open and their Merkle hashes do not change.
+        let first_build = [
+            1, 0x91, 0x91, 0x93, 7, 1, 0x91, 0x93, 0xc4, 1, b'v', 0xc0, 0xc2,
+        ];
+        assert_eq!(encode_object(&object), first_build);
+        assert_eq!(decode_object(&first_build).unwrap(), object);
         assert!(decode_object(&[]).is_err());
         assert!(decode_object(&[9, 1, 2]).is_err());
         assert!(decode_object(&[1, 0xc1]).is_err());

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::causality::{ActorId, Context};
+use crate::causality::{ActorId, Context, Dot};
 use crate::metrics::Metrics;
 use crate::object::{
     decode_object, encode_object, split_storage_key, storage_key, Object, Sibling, MAX_NAME_BYTES,
@@ -146,7 +146,7 @@ impl<S: Storage> Replica<S> {
                 hint_for,
             } => self
                 .coordinate(&bucket, &key, &context, value, hint_for.as_deref())
-                .map(Response::Stored),
+                .map(|(object, dot)| Response::Minted { object, dot }),
             Request::Merge {
                 bucket,
                 key,
@@ -193,8 +193,9 @@ impl<S: Storage> Replica<S> {
     }
 
     /// The coordinating replica's part of a write: the new value gets a dot of this
-    /// replica's actor, superseding exactly what `context` covers. Persisted before return.
-    /// A fallback (`hint_for` = the unreachable owner) records a hint, as in `merge`.
+    /// replica's actor, superseding exactly what `context` covers. Persisted before return;
+    /// returns the stored state and the new dot. A fallback (`hint_for` = the unreachable
+    /// owner) records a hint, as in `merge`.
     pub fn coordinate(
         &self,
         bucket: &[u8],
@@ -202,7 +203,7 @@ impl<S: Storage> Replica<S> {
         context: &Context,
         value: Sibling,
         hint_for: Option<&str>,
-    ) -> Result<Object, ReplicaError> {
+    ) -> Result<(Object, Dot), ReplicaError> {
         let partition = self.partition_of(bucket, key);
         let skey = storage_key(bucket, key);
         let _guard = self.lock(&skey);
@@ -211,7 +212,9 @@ impl<S: Storage> Replica<S> {
             Some(bytes) => decode_object(bytes)?,
             None => Object::new(),
         };
-        let updated = current.update(context, self.actor(), value);
+        let actor = self.actor();
+        let updated = current.update(context, actor, value);
+        let dot = (actor, updated.counter(actor));
         let count = updated.sibling_count();
         if count > self.config.max_siblings {
             return Err(ReplicaError::TooManySiblings {
@@ -227,7 +230,7 @@ impl<S: Storage> Replica<S> {
         if let Some(owner) = hint_for {
             self.record_hint(owner, partition, &skey)?;
         }
-        Ok(updated)
+        Ok((updated, dot))
     }
 
     /// Merges a peer's state into ours (replication, read repair, handoff, anti-entropy).
@@ -576,7 +579,11 @@ mod tests {
             value: Sibling::value(b"v".to_vec(), None),
             hint_for: Some("owner".into()),
         };
-        assert!(matches!(r.handle(request), Response::Stored(_)));
+        let Response::Minted { object, dot } = r.handle(request) else {
+            panic!("the write was not minted");
+        };
+        assert_eq!(dot, (ActorId(1), 1));
+        assert_eq!(object.dotted_values()[0].0, ActorId(1));
         let hints = r.storage().hint_scan("owner", 10).unwrap();
         assert_eq!(hints.len(), 1);
         assert_eq!(hints[0].1, storage_key(b"b", b"k"));

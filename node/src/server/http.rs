@@ -275,8 +275,13 @@ fn request_context(headers: &HeaderMap) -> Result<Context, ApiError> {
     }
 }
 
-fn context_header(object: &Object) -> HeaderValue {
-    HeaderValue::from_str(&object.context().encode()).expect("base64 is a valid header value")
+/// The context a client gets back. A GET's is the merged state's vector (it covers what
+/// the answer shows and what those values superseded); a write's comes from the
+/// coordinator ([`crate::coordinator::Written`]): the request's context plus the new
+/// version, never the whole state, which may hold concurrent siblings this client was
+/// not shown.
+fn header_value(context: &Context) -> HeaderValue {
+    HeaderValue::from_str(&context.encode()).expect("base64 is a valid header value")
 }
 
 /// Runs a handler body and records its status and latency in the metrics.
@@ -339,7 +344,7 @@ async fn kv_get(
             1 => StatusCode::OK,
             _ => StatusCode::MULTIPLE_CHOICES,
         };
-        let context = context_header(&object);
+        let context = header_value(&object.context());
         if wants_json || live.len() > 1 {
             let body = SiblingsBody {
                 context: context.to_str().unwrap_or_default().to_string(),
@@ -407,7 +412,7 @@ async fn kv_put(
         if crate::server::fault::broken() {
             return Ok(broken_ack(&headers));
         }
-        let object = node
+        let written = node
             .coordinator
             .put(
                 &bucket,
@@ -421,7 +426,7 @@ async fn kv_put(
             .await?;
         Ok((
             StatusCode::NO_CONTENT,
-            [(CONTEXT_HEADER, context_header(&object))],
+            [(CONTEXT_HEADER, header_value(&written.context))],
         )
             .into_response())
     })
@@ -456,7 +461,7 @@ async fn kv_delete(
         if crate::server::fault::broken() {
             return Ok(broken_ack(&headers));
         }
-        let object = node
+        let written = node
             .coordinator
             .put(
                 &bucket,
@@ -470,7 +475,7 @@ async fn kv_delete(
             .await?;
         Ok((
             StatusCode::NO_CONTENT,
-            [(CONTEXT_HEADER, context_header(&object))],
+            [(CONTEXT_HEADER, header_value(&written.context))],
         )
             .into_response())
     })

@@ -162,6 +162,8 @@ async fn serve(config: NodeConfig, security: Security) -> Result<(), StartError>
         gossip.view.clone(),
         metrics.clone(),
     );
+    #[cfg(feature = "fault-injection")]
+    let coordinator = coordinator.with_old_answer_context(fault::old_answer_context());
     let healer = Arc::new(Healer::new(
         config.name.clone(),
         replica.clone(),
