@@ -149,16 +149,18 @@ pub struct StartArgs {
     /// Interval between journal fsyncs in periodic mode.
     #[arg(long, default_value_t = 100)]
     pub sync_interval_ms: u64,
-    /// Largest value accepted, in bytes.
+    /// Largest value accepted, in bytes. --max-value x --max-siblings must fit half a
+    /// node-to-node message (about 31 MiB), or the node refuses to start.
     #[arg(long, default_value_t = 1024 * 1024)]
     pub max_value: usize,
-    /// A write that would leave more siblings than this on a key is refused (409 too_many_siblings).
-    #[arg(long, default_value_t = 100)]
+    /// A write that would leave more siblings than this on a key is refused (409
+    /// too_many_siblings); at most 2048 (half the hard limit, for concurrent writers).
+    #[arg(long, default_value_t = 30)]
     pub max_siblings: usize,
     /// Log a warning when a key reaches this many siblings.
-    #[arg(long, default_value_t = 25)]
+    #[arg(long, default_value_t = 10)]
     pub warn_siblings: usize,
-    /// Default request timeout in milliseconds (per request: `?timeout=`).
+    /// Default request timeout in milliseconds (per request: `?timeout=`), at most 60000.
     #[arg(long, default_value_t = 2000)]
     pub timeout_ms: u64,
     /// Interval between gossip rounds in milliseconds.

@@ -145,8 +145,10 @@ pub enum CoordinatorError {
         primaries_needed: usize,
         primaries_replied: usize,
     },
-    #[error("{0}")]
-    TooManySiblings(String),
+    /// The minting replica refused the write cleanly (a limit: `code` is the HTTP error
+    /// code, e.g. `too_many_siblings`); nothing was stored.
+    #[error("{message}")]
+    Refused { code: String, message: String },
 }
 
 fn primaries_note(needed: usize, replied: usize) -> String {
@@ -314,8 +316,8 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
             };
             match self.call(&target.name, request, remaining).await {
                 Ok(Response::Stored(object)) => stored = Some((target, object)),
-                Ok(Response::Refused { message, .. }) => {
-                    return Err(CoordinatorError::TooManySiblings(message))
+                Ok(Response::Refused { code, message }) => {
+                    return Err(CoordinatorError::Refused { code, message })
                 }
                 Ok(other) => {
                     tracing::debug!(replica = %target.name, "coordinating write failed: {other:?}")
@@ -500,6 +502,13 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
         if merged.is_empty() {
             return;
         }
+        // Replicas that grew apart past the hard limits cannot take their merge (they would
+        // refuse it); each keeps its versions until a client writes with this read's context.
+        if let Err(e) = crate::object::Limits::HARD.check(&merged) {
+            self.metrics.merges_refused.inc();
+            tracing::warn!(bucket = %String::from_utf8_lossy(bucket), key = %String::from_utf8_lossy(key), "read repair skipped: {e}");
+            return;
+        }
         for (target, object) in answers {
             if object.as_ref().is_some_and(|o| o.descends(&merged)) {
                 continue;
@@ -589,6 +598,7 @@ mod tests {
             actor_seed: 1,
             ring_size: 64,
             max_siblings: 100,
+            max_object_bytes: crate::object::WRITE_MAX_OBJECT_BYTES,
             warn_siblings: 25,
             max_hints_per_owner: 10,
         };
@@ -685,6 +695,7 @@ mod tests {
             actor_seed: actor,
             ring_size: 64,
             max_siblings: 100,
+            max_object_bytes: crate::object::WRITE_MAX_OBJECT_BYTES,
             warn_siblings: 25,
             max_hints_per_owner: 100,
         };

@@ -26,7 +26,7 @@ use crate::coordinator::{ClusterView, Peers};
 use crate::membership::Gossip;
 use crate::metrics::Metrics;
 use crate::object::{split_storage_key, Object};
-use crate::replica::Replica;
+use crate::replica::{Replica, MAX_BATCH_BYTES};
 use crate::rpc::{KeyedObject, Request, Response};
 use crate::storage::merkle::{BRANCHES, SEGMENTS_PER_BRANCH};
 use crate::storage::{PartitionId, Storage};
@@ -292,7 +292,14 @@ impl<S: Storage, P: Peers> Healer<S, P> {
                 .scan(partition, None, self.config.transfer_batch)
                 .map_err(|e| e.to_string())?;
             let mut batch = Vec::with_capacity(page.len());
+            let mut bytes = 0;
             for (skey, raw) in &page {
+                // A batch is one message: stop before it crosses the batch bound (it always
+                // holds one object, and every stored object fits a message).
+                if !batch.is_empty() && bytes + skey.len() + raw.len() > MAX_BATCH_BYTES {
+                    break;
+                }
+                bytes += skey.len() + raw.len();
                 let (bucket, key) = split_storage_key(skey).map_err(|e| e.to_string())?;
                 let object = crate::object::decode_object(raw).map_err(|e| e.to_string())?;
                 batch.push(KeyedObject {

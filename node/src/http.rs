@@ -18,14 +18,14 @@ use serde_json::{json, Value};
 use crate::causality::Context;
 use crate::coordinator::{CoordinatorError, Quorum};
 use crate::metrics::{OpLabels, RequestLabels};
-use crate::object::{Object, Sibling};
+use crate::object::{Object, Sibling, MAX_CONTENT_TYPE_BYTES};
 use crate::server::Node;
 use crate::storage::Storage;
 
 /// Buckets and keys are at most this many bytes after percent-decoding.
 pub const MAX_SEGMENT_BYTES: usize = 1024;
-/// Longest `timeout` a client may ask for.
-const MAX_TIMEOUT_MS: u64 = 60_000;
+/// Longest `timeout` a client may ask for (and longest `--timeout-ms`).
+pub const MAX_TIMEOUT_MS: u64 = 60_000;
 pub const CONTEXT_HEADER: &str = "x-chorus-context";
 
 pub fn router(node: Arc<Node>) -> Router {
@@ -96,8 +96,13 @@ impl From<CoordinatorError> for ApiError {
                     "primaries_replied": primaries_replied,
                 }),
             },
-            CoordinatorError::TooManySiblings(message) => {
-                ApiError::new(StatusCode::CONFLICT, "too_many_siblings", message.clone())
+            CoordinatorError::Refused { code, message } => {
+                let status = match code.as_str() {
+                    "invalid_context" => StatusCode::BAD_REQUEST,
+                    "object_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
+                    _ => StatusCode::CONFLICT,
+                };
+                ApiError::new(status, code, message.clone())
             }
         }
     }
@@ -276,6 +281,26 @@ fn request_context(headers: &HeaderMap) -> Result<Context, ApiError> {
     }
 }
 
+/// The value's `Content-Type`, bounded so a key's size at the sibling limit is known.
+fn request_content_type(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(None);
+    };
+    let text = v
+        .to_str()
+        .map_err(|_| ApiError::bad_request("invalid_content_type", "Content-Type is not ASCII"))?;
+    if text.len() > MAX_CONTENT_TYPE_BYTES {
+        return Err(ApiError::bad_request(
+            "invalid_content_type",
+            format!(
+                "Content-Type is {} bytes, over the limit of {MAX_CONTENT_TYPE_BYTES}",
+                text.len()
+            ),
+        ));
+    }
+    Ok(Some(text.to_string()))
+}
+
 fn context_header(object: &Object) -> HeaderValue {
     HeaderValue::from_str(&object.context().encode()).expect("base64 is a valid header value")
 }
@@ -384,16 +409,7 @@ async fn kv_put(
             query.as_deref(),
         )?;
         let context = request_context(&headers)?;
-        let content_type = match headers.get(header::CONTENT_TYPE) {
-            None => None,
-            Some(v) => Some(
-                v.to_str()
-                    .map_err(|_| {
-                        ApiError::bad_request("invalid_content_type", "Content-Type is not ASCII")
-                    })?
-                    .to_string(),
-            ),
-        };
+        let content_type = request_content_type(&headers)?;
         let value = read_body(&node, body).await?;
         #[cfg(feature = "fault-injection")]
         if crate::fault::broken() {

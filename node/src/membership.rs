@@ -95,6 +95,9 @@ impl Gossip {
             match Ring::new(self.ring_size, self.n, members.iter().cloned()) {
                 Ok(ring) => {
                     tracing::info!(members = ?members, "ring recomputed");
+                    if members.len() < self.n {
+                        tracing::warn!(members = members.len(), n = self.n, "the cluster has fewer members than --n: a key has only {} replicas, so requests needing more (w=all, or a quorum of {}) fail until more nodes join", members.len(), self.n / 2 + 1);
+                    }
                     view.ring = Arc::new(ring);
                 }
                 Err(e) => tracing::error!("cannot build the ring: {e}"),

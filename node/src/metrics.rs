@@ -35,6 +35,7 @@ pub struct Metrics {
     pub hints_queued: Counter,
     pub hints_delivered: Counter,
     pub hints_dropped: Counter,
+    pub merges_refused: Counter,
     pub aae_exchanges: Counter,
     pub aae_keys_repaired: Counter,
     pub aae_bytes_sent: Counter,
@@ -89,6 +90,12 @@ impl Default for Metrics {
             "Hints dropped at the bound (anti-entropy covers them)",
             hints_dropped.clone(),
         );
+        let merges_refused = Counter::default();
+        registry.register(
+            "merges_refused",
+            "Merges (replication, read repair, handoff, anti-entropy) refused or skipped because the merged state would cross a hard limit; each replica keeps its own versions",
+            merges_refused.clone(),
+        );
         let aae_exchanges = Counter::default();
         registry.register(
             "aae_exchanges",
@@ -128,6 +135,7 @@ impl Default for Metrics {
             hints_queued,
             hints_delivered,
             hints_dropped,
+            merges_refused,
             aae_exchanges,
             aae_keys_repaired,
             aae_bytes_sent,

@@ -29,6 +29,9 @@ use crate::transport::{self, QuicTransport, Security};
 
 /// How long a gossip message may take to send before it is dropped (gossip repeats).
 const GOSSIP_SEND_TIMEOUT: Duration = Duration::from_secs(2);
+/// Highest `--n`: replication beyond this buys no durability a cluster needs and makes
+/// every quorum wait on that many replicas.
+pub const MAX_N: usize = 16;
 /// Longest node name; names appear in every gossip digest.
 const MAX_NAME_LEN: usize = 64;
 const IDENTITY_META_KEY: &str = "identity";
@@ -99,8 +102,11 @@ fn validate(args: &StartArgs) -> CliResult {
             args.name
         )));
     }
-    if args.n == 0 {
-        return Err(CliError::usage("--n must be at least 1"));
+    if !(1..=MAX_N).contains(&args.n) {
+        return Err(CliError::usage(format!(
+            "--n must be in 1..={MAX_N}, got {}",
+            args.n
+        )));
     }
     if !args.ring_size.is_power_of_two() || args.ring_size > chorus_ring::MAX_RING_SIZE {
         return Err(CliError::usage(format!(
@@ -109,34 +115,61 @@ fn validate(args: &StartArgs) -> CliResult {
             args.ring_size
         )));
     }
-    if args.max_value == 0 || args.max_value > transport::MAX_MESSAGE_BYTES / 4 {
-        return Err(CliError::usage(format!(
-            "--max-value must be in 1..={}",
-            transport::MAX_MESSAGE_BYTES / 4
-        )));
+    validate_object_limits(args)?;
+    for (flag, value, max) in [
+        ("--timeout-ms", args.timeout_ms, crate::http::MAX_TIMEOUT_MS),
+        ("--gossip-interval-ms", args.gossip_interval_ms, 60_000),
+        ("--sync-interval-ms", args.sync_interval_ms, 60_000),
+        ("--healing-interval-ms", args.healing_interval_ms, 3_600_000),
+        ("--cache-mb", args.cache_mb, 1 << 20),
+        ("--memtable-mb", args.memtable_mb, 4096),
+    ] {
+        if !(1..=max).contains(&value) {
+            return Err(CliError::usage(format!(
+                "{flag} must be in 1..={max}, got {value}"
+            )));
+        }
     }
-    if args.max_siblings == 0 || args.warn_siblings == 0 {
-        return Err(CliError::usage(
-            "--max-siblings and --warn-siblings must be at least 1",
-        ));
-    }
-    if [
-        args.timeout_ms,
-        args.gossip_interval_ms,
-        args.sync_interval_ms,
-        args.healing_interval_ms,
-    ]
-    .contains(&0)
+    if !(args.phi_threshold.is_finite() && args.phi_threshold > 0.0 && args.phi_threshold <= 1000.0)
     {
-        return Err(CliError::usage("--timeout-ms, --gossip-interval-ms, --sync-interval-ms and --healing-interval-ms must be at least 1"));
-    }
-    if !(args.phi_threshold.is_finite() && args.phi_threshold > 0.0) {
-        return Err(CliError::usage("--phi-threshold must be a positive number"));
+        return Err(CliError::usage(
+            "--phi-threshold must be a positive number up to 1000",
+        ));
     }
     if args.listen.port() == 0 || args.http.port() == 0 {
         return Err(CliError::usage(
             "--listen and --http need explicit ports (other nodes must know them)",
         ));
+    }
+    Ok(())
+}
+
+/// `--max-value` and `--max-siblings` against the hard limits and each other: a key at both
+/// limits must still fit the write limit of one object (half a node-to-node message), or it
+/// could never be replicated.
+fn validate_object_limits(args: &StartArgs) -> CliResult {
+    use crate::object::{object_bytes_at_limits, WRITE_MAX_OBJECT_BYTES, WRITE_MAX_SIBLINGS};
+    if args.max_value == 0 {
+        return Err(CliError::usage("--max-value must be at least 1"));
+    }
+    if !(1..=WRITE_MAX_SIBLINGS).contains(&args.max_siblings) || args.warn_siblings == 0 {
+        return Err(CliError::usage(format!(
+            "--max-siblings must be in 1..={WRITE_MAX_SIBLINGS} (half the hard limit of {}, leaving room for concurrent writers), got {}; --warn-siblings must be at least 1",
+            crate::causality::MAX_SIBLINGS,
+            args.max_siblings
+        )));
+    }
+    let bytes = object_bytes_at_limits(args.max_value, args.max_siblings);
+    if bytes > WRITE_MAX_OBJECT_BYTES {
+        let fits = (1..=args.max_siblings)
+            .rev()
+            .find(|&s| object_bytes_at_limits(args.max_value, s) <= WRITE_MAX_OBJECT_BYTES);
+        return Err(CliError::usage(format!(
+            "--max-value {} with --max-siblings {} allows keys of {bytes} bytes, over the limit of {WRITE_MAX_OBJECT_BYTES} that fits node-to-node messages: lower one of them{}",
+            args.max_value,
+            args.max_siblings,
+            fits.map(|s| format!(" (at this --max-value, --max-siblings {s} fits)")).unwrap_or_default()
+        )));
     }
     Ok(())
 }
@@ -168,7 +201,7 @@ async fn serve(args: StartArgs, security: Security) -> CliResult {
             &args.data,
             sync,
             args.cache_mb * 1024 * 1024,
-            args.memtable_mb.max(1) * 1024 * 1024,
+            args.memtable_mb * 1024 * 1024,
         )
         .map_err(|e| {
             CliError::usage(format!(
@@ -214,6 +247,7 @@ async fn serve(args: StartArgs, security: Security) -> CliResult {
                 actor_seed: rand::rng().random(),
                 ring_size: args.ring_size,
                 max_siblings: args.max_siblings,
+                max_object_bytes: crate::object::WRITE_MAX_OBJECT_BYTES,
                 warn_siblings: args.warn_siblings,
                 max_hints_per_owner: args.max_hints_per_owner,
             },

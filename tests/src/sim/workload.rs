@@ -273,7 +273,7 @@ impl Client {
                 set(Outcome::Acked(dot));
                 self.contexts.insert(key.to_string(), object.context());
             }
-            Ok(Err(CoordinatorError::TooManySiblings(m))) => {
+            Ok(Err(CoordinatorError::Refused { message: m, .. })) => {
                 trace.log(format!(
                     "client{} {what} {key} w{id} at {node}: refused {m}",
                     self.index
