@@ -496,6 +496,11 @@ impl Membership {
             .is_some_and(|m| !m.status.is_tombstone() && self.liveness_at(m, now) != Liveness::Down)
     }
 
+    /// One gossiped key-value of a member (see `set_local_kv`).
+    pub fn kv_of(&self, name: &str, key: &str) -> Option<&str> {
+        self.members.get(name)?.kv.get(key).map(String::as_str)
+    }
+
     pub fn address_of(&self, name: &str) -> Option<&str> {
         self.members.get(name).map(|m| m.address.as_str())
     }

@@ -178,6 +178,11 @@ pub struct StartArgs {
     /// How long a tombstone held by every owner waits before it is reaped.
     #[arg(long, default_value_t = 600_000)]
     pub tombstone_grace_ms: u64,
+    /// How long a node whose storage failed (an I/O error, a poisoned engine) keeps
+    /// answering 503 and probing for recovery before it exits with code 3, so that a
+    /// supervisor restarts it and the journal is replayed.
+    #[arg(long, default_value_t = 10_000)]
+    pub storage_failure_exit_ms: u64,
     /// Storage block cache size in MiB.
     #[arg(long, default_value_t = 64)]
     pub cache_mb: u64,

@@ -149,6 +149,10 @@ pub enum CoordinatorError {
     /// code, e.g. `too_many_siblings`); nothing was stored.
     #[error("{message}")]
     Refused { code: String, message: String },
+    /// This node's own storage failed: it coordinates no write, since it could not tell
+    /// the client the truth about its own replica.
+    #[error("this node's storage failed ({0}); send the request to another node")]
+    StorageFailed(String),
 }
 
 fn primaries_note(needed: usize, replied: usize) -> String {
@@ -266,6 +270,9 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
         pw: usize,
         timeout: Duration,
     ) -> Result<Object, CoordinatorError> {
+        if let Some(reason) = self.replica.health().failure() {
+            return Err(CoordinatorError::StorageFailed(reason));
+        }
         let deadline = tokio::time::Instant::now() + timeout;
         let view = self.view();
         let partition = view.ring.partition_of(bucket, key);
@@ -788,6 +795,67 @@ mod tests {
                 "{err:?}"
             );
         }
+    }
+
+    /// Issue 15, defect 2: after a storage error a node kept acknowledging w=one writes it
+    /// did not store, and its replica kept failing silently.
+    #[tokio::test]
+    async fn a_node_whose_storage_failed_acknowledges_no_write_until_it_recovers() {
+        let disk = Arc::new(crate::storage::MemoryStorage::new());
+        let config = crate::replica::ReplicaConfig {
+            actor: crate::causality::ActorId(1),
+            actor_seed: 1,
+            ring_size: 64,
+            max_siblings: 100,
+            max_object_bytes: crate::object::WRITE_MAX_OBJECT_BYTES,
+            warn_siblings: 25,
+            max_hints_per_owner: 100,
+        };
+        let metrics = Arc::new(Metrics::default());
+        let local = Arc::new(Replica::new(disk.clone(), config, metrics.clone()).unwrap());
+        let mut replicas = std::collections::HashMap::new();
+        replicas.insert("b".to_string(), replica(2));
+        replicas.insert("c".to_string(), replica(3));
+        let peers = Arc::new(FakePeers {
+            replicas,
+            hang: HashSet::new(),
+        });
+        let view = Arc::new(RwLock::new(view(&["a", "b", "c"], &[])));
+        let c = Coordinator::new("a".into(), local.clone(), peers, view, metrics.clone());
+        let timeout = Duration::from_secs(5);
+        let value = || Sibling::value(b"v".to_vec(), None);
+        c.put(b"b", b"before", Context::default(), value(), 1, 0, timeout)
+            .await
+            .unwrap();
+
+        disk.set_write_failure(Some("No space left on device (os error 28)"));
+        // The first write meets the failing disk: the local replica refuses it cleanly
+        // (another replica mints), and from then on the node is failed.
+        let _ = c
+            .put(b"b", b"during", Context::default(), value(), 1, 0, timeout)
+            .await;
+        assert!(local.health().is_failed());
+        assert_eq!(metrics.storage_failed.get(), 1);
+        let e = c
+            .put(b"b", b"k", Context::default(), value(), 1, 0, timeout)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, CoordinatorError::StorageFailed(_)), "{e}");
+        // Its replica answers nothing, reads included; reads coordinated here go elsewhere.
+        let answer = local.handle(Request::Get {
+            bucket: b"b".to_vec(),
+            key: b"before".to_vec(),
+        });
+        assert!(matches!(answer, Response::Failed(_)), "{answer:?}");
+        let read = c.get(b"b", b"before", 1, 0, timeout).await.unwrap();
+        assert_eq!(read.sibling_count(), 1);
+
+        disk.set_write_failure(None);
+        assert!(local.probe_storage());
+        c.put(b"b", b"k", Context::default(), value(), 3, 0, timeout)
+            .await
+            .unwrap();
+        assert!(local.get(b"b", b"k").unwrap().is_some());
     }
 
     #[test]

@@ -104,6 +104,11 @@ impl From<CoordinatorError> for ApiError {
                 };
                 ApiError::new(status, code, message.clone())
             }
+            CoordinatorError::StorageFailed(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_failed",
+                e.to_string(),
+            ),
         }
     }
 }
@@ -608,8 +613,17 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
         .into_response()
 }
 
-async fn health() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+/// 200 while the node serves requests; 503 with the reason once its storage failed, so
+/// load balancers and operators stop sending it traffic.
+async fn health(State(node): State<Arc<Node>>) -> Response {
+    match node.replica.health().failure() {
+        None => Json(json!({"status": "ok"})).into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "storage_failed", "error": "storage_failed", "message": format!("this node's storage failed: {reason}")})),
+        )
+            .into_response(),
+    }
 }
 
 async fn admin_leave(State(node): State<Arc<Node>>) -> Result<(StatusCode, Json<Value>), ApiError> {

@@ -15,6 +15,9 @@ use chorus_ring::Ring;
 
 use crate::coordinator::ClusterView;
 
+/// Gossiped key-value saying whether a node's storage works (`ok` or `failed`).
+pub const STORAGE_KV: &str = "storage";
+
 /// One node's membership, shared by the gossip loop, the RPC handler and the HTTP API.
 pub struct Gossip {
     membership: Mutex<Membership>,
@@ -85,9 +88,14 @@ impl Gossip {
     fn refresh_view(&self, membership: &Membership, now: u64) {
         let mut members = membership.ring_members();
         members.sort();
+        // A member whose storage failed answers no replica request: route around it as if
+        // it were down (its own coordinator refuses writes anyway).
         let unreachable: HashSet<String> = members
             .iter()
-            .filter(|m| !membership.is_reachable(m, now))
+            .filter(|m| {
+                !membership.is_reachable(m, now)
+                    || membership.kv_of(m, STORAGE_KV) == Some("failed")
+            })
             .cloned()
             .collect();
         let mut view = self.view.write().expect("view lock");

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub hints_delivered: Counter,
     pub hints_dropped: Counter,
     pub merges_refused: Counter,
+    pub storage_failed: Gauge,
+    pub storage_errors: Counter,
     pub aae_exchanges: Counter,
     pub aae_keys_repaired: Counter,
     pub aae_bytes_sent: Counter,
@@ -96,6 +98,18 @@ impl Default for Metrics {
             "Merges (replication, read repair, handoff, anti-entropy) refused or skipped because the merged state would cross a hard limit; each replica keeps its own versions",
             merges_refused.clone(),
         );
+        let storage_failed = Gauge::default();
+        registry.register(
+            "storage_failed",
+            "1 while this node's storage engine is failed (I/O error, poisoned engine): it refuses requests and /health answers 503",
+            storage_failed.clone(),
+        );
+        let storage_errors = Counter::default();
+        registry.register(
+            "storage_errors",
+            "Storage engine errors (I/O, corruption, a closed engine) seen by this node",
+            storage_errors.clone(),
+        );
         let aae_exchanges = Counter::default();
         registry.register(
             "aae_exchanges",
@@ -136,6 +150,8 @@ impl Default for Metrics {
             hints_delivered,
             hints_dropped,
             merges_refused,
+            storage_failed,
+            storage_errors,
             aae_exchanges,
             aae_keys_repaired,
             aae_bytes_sent,

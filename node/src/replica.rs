@@ -19,7 +19,7 @@ use crate::object::{
 };
 use crate::rpc::{KeyedObject, Request, Response};
 use crate::storage::merkle::{BRANCHES, SEGMENTS};
-use crate::storage::{PartitionId, Storage};
+use crate::storage::{Monitored, PartitionId, Storage, StorageHealth};
 
 /// Read-modify-write of a key happens under one of these locks, so two concurrent merges
 /// of the same key cannot both read the old state and lose each other's versions.
@@ -64,7 +64,9 @@ pub struct ReplicaConfig {
 }
 
 pub struct Replica<S: Storage> {
-    storage: Arc<S>,
+    /// Every storage call goes through the health monitor, so an engine error anywhere
+    /// fails the node's storage (see `storage::Monitored`).
+    storage: Arc<Monitored<S>>,
     config: ReplicaConfig,
     stripes: Vec<Mutex<()>>,
     actor: Mutex<(ActorId, StdRng)>,
@@ -82,6 +84,7 @@ impl<S: Storage> Replica<S> {
         config: ReplicaConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Self, ReplicaError> {
+        let storage = Arc::new(Monitored::new(storage, metrics.clone()));
         let actor = Mutex::new((config.actor, StdRng::seed_from_u64(config.actor_seed)));
         let hint_counts = Mutex::new(storage.hint_owners()?.into_iter().collect());
         Ok(Replica {
@@ -118,8 +121,18 @@ impl<S: Storage> Replica<S> {
         Ok(fresh)
     }
 
-    pub fn storage(&self) -> &Arc<S> {
+    pub fn storage(&self) -> &Arc<Monitored<S>> {
         &self.storage
+    }
+
+    /// Whether (and why) this node's storage failed.
+    pub fn health(&self) -> &Arc<StorageHealth> {
+        self.storage.health()
+    }
+
+    /// Tries a durable write to see whether failed storage works again; true when healthy.
+    pub fn probe_storage(&self) -> bool {
+        self.storage.probe()
     }
 
     pub fn partition_of(&self, bucket: &[u8], key: &[u8]) -> PartitionId {
@@ -127,6 +140,11 @@ impl<S: Storage> Replica<S> {
     }
 
     pub fn handle(&self, request: Request) -> Response {
+        // A replica whose storage failed answers nothing: it cannot store a write, and what
+        // it would read may miss writes it refused since. Coordinators ask other replicas.
+        if let Some(reason) = self.health().failure() {
+            return Response::Failed(format!("this node's storage failed: {reason}"));
+        }
         let result = match request {
             Request::Get { bucket, key } => self.get(&bucket, &key).map(Response::Object),
             Request::Coordinate {

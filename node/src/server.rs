@@ -65,6 +65,8 @@ pub struct Node {
     transport: Arc<QuicTransport>,
     /// Notified when the node should stop on its own (it has left the cluster).
     stop: tokio::sync::Notify,
+    /// Set when the node stops because its storage failed and did not recover.
+    storage_exit: std::sync::Mutex<Option<String>>,
 }
 
 pub fn run(args: StartArgs) -> CliResult {
@@ -121,6 +123,11 @@ fn validate(args: &StartArgs) -> CliResult {
         ("--gossip-interval-ms", args.gossip_interval_ms, 60_000),
         ("--sync-interval-ms", args.sync_interval_ms, 60_000),
         ("--healing-interval-ms", args.healing_interval_ms, 3_600_000),
+        (
+            "--storage-failure-exit-ms",
+            args.storage_failure_exit_ms,
+            3_600_000,
+        ),
         ("--cache-mb", args.cache_mb, 1 << 20),
         ("--memtable-mb", args.memtable_mb, 4096),
     ] {
@@ -299,7 +306,12 @@ async fn serve(args: StartArgs, security: Security) -> CliResult {
         healer: healer.clone(),
         transport: transport.clone(),
         stop: tokio::sync::Notify::new(),
+        storage_exit: std::sync::Mutex::new(None),
     });
+    tokio::spawn(storage_watchdog(
+        node.clone(),
+        Duration::from_millis(args.storage_failure_exit_ms),
+    ));
     tokio::spawn(healer.run());
 
     tokio::spawn(
@@ -337,11 +349,75 @@ async fn serve(args: StartArgs, security: Security) -> CliResult {
         tracing::error!("flushing storage failed: {e}");
     }
     transport.close().await;
+    if let Some(failure) = node
+        .storage_exit
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+    {
+        return Err(CliError {
+            code: STORAGE_FAILED_EXIT,
+            message: format!("storage failed and did not recover: {failure}; restart the node (the journal is replayed)"),
+        });
+    }
     match reason {
         Some(reason) => Err(CliError::usage(format!(
             "the cluster refused this node: {reason}"
         ))),
         None => Ok(()),
+    }
+}
+
+/// Exit code of a node whose storage failed for good: a supervisor should restart it.
+pub const STORAGE_FAILED_EXIT: u8 = 3;
+/// Gossiped key under which a node says whether its storage works (`ok` or `failed`);
+/// peers route around a node whose storage failed (see `membership`).
+pub const STORAGE_KV: &str = crate::membership::STORAGE_KV;
+/// While storage is failed, the reason is logged again this often.
+const STORAGE_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Watches the storage's health once a second. On a failure it gossips it, probes for
+/// recovery with a durable write, logs the reason at least once a minute, and when the
+/// engine has not come back after `exit_after` (fjall does not recover in-process once
+/// poisoned), stops the node, which then exits with [`STORAGE_FAILED_EXIT`].
+async fn storage_watchdog(node: Arc<Node>, exit_after: Duration) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    let mut failed_since: Option<tokio::time::Instant> = None;
+    let mut logged_at = tokio::time::Instant::now();
+    node.gossip.set_local_kv(STORAGE_KV, "ok");
+    loop {
+        ticker.tick().await;
+        let Some(reason) = node.replica.health().failure() else {
+            continue;
+        };
+        let now = tokio::time::Instant::now();
+        let since = *failed_since.get_or_insert_with(|| {
+            node.gossip.set_local_kv(STORAGE_KV, "failed");
+            logged_at = now;
+            now
+        });
+        let probe = node.replica.clone();
+        if tokio::task::spawn_blocking(move || probe.probe_storage())
+            .await
+            .unwrap_or(false)
+        {
+            failed_since = None;
+            node.gossip.set_local_kv(STORAGE_KV, "ok");
+            continue;
+        }
+        if now.duration_since(logged_at) >= STORAGE_LOG_EVERY {
+            logged_at = now;
+            tracing::error!(
+                failed_for_s = now.duration_since(since).as_secs(),
+                "storage still failed: {reason}"
+            );
+        }
+        if now.duration_since(since) >= exit_after {
+            tracing::error!("storage did not recover in {exit_after:?}: stopping so that a supervisor restarts this node");
+            *node.storage_exit.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+            node.stop.notify_one();
+            return;
+        }
     }
 }
 

@@ -19,6 +19,7 @@
 mod fjall_store;
 mod memory;
 pub mod merkle;
+mod monitored;
 mod sync;
 
 #[cfg(test)]
@@ -27,6 +28,7 @@ mod tests;
 pub use fjall_store::FjallStorage;
 pub use memory::MemoryStorage;
 pub use merkle::MerkleTree;
+pub use monitored::{Monitored, StorageHealth};
 
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -64,6 +66,10 @@ pub enum StorageError {
     /// disk is no longer known. Restarting recovers from the journal.
     #[error("storage is closed after an earlier write failure; restart the node")]
     Closed,
+    /// Refused without trying: an earlier error showed the engine failing (see
+    /// [`Monitored`]); the reason is that error.
+    #[error("storage failed earlier ({0}); writes are refused until it recovers")]
+    Failed(String),
     /// A key, owner or metadata name over its limit.
     #[error("{what} is {len} bytes, over the limit of {max}")]
     TooLong {
