@@ -178,6 +178,12 @@ pub struct StartArgs {
     /// How long a tombstone held by every owner waits before it is reaped.
     #[arg(long, default_value_t = 600_000)]
     pub tombstone_grace_ms: u64,
+    /// Start in repair mode: this node's data may be incomplete (its journal was damaged,
+    /// or its directory was lost and starts empty), so it answers no read from its own
+    /// replica until anti-entropy has compared every partition it owns with each other
+    /// owner. Required to start on a journal found damaged.
+    #[arg(long)]
+    pub repair: bool,
     /// How long a node whose storage failed (an I/O error, a poisoned engine) keeps
     /// answering 503 and probing for recovery before it exits with code 3, so that a
     /// supervisor restarts it and the journal is replayed.

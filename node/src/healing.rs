@@ -94,7 +94,12 @@ pub struct Healer<S: Storage, P: Peers> {
     reap_candidates: Mutex<HashMap<Vec<u8>, (Object, Instant)>>,
     /// Progress of ownership transfer, for /status: partition -> keys moved.
     transfer_progress: Mutex<HashMap<PartitionId, u64>>,
+    /// While the replica repairs: (partition, other owner) pairs whose trees were equal.
+    repaired: Mutex<std::collections::HashSet<(PartitionId, String)>>,
 }
+
+/// Exchanges per healing round while the replica repairs.
+pub const REPAIR_EXCHANGES_PER_ROUND: usize = 8;
 
 /// A peer's leaves must be exactly those of the branches asked for, each with
 /// `SEGMENTS_PER_BRANCH` hashes: a peer with another tree shape (a different version, a
@@ -147,6 +152,7 @@ impl<S: Storage, P: Peers> Healer<S, P> {
             reap_cursor: Mutex::new((0, None)),
             reap_candidates: Mutex::new(HashMap::new()),
             transfer_progress: Mutex::new(HashMap::new()),
+            repaired: Mutex::default(),
         }
     }
 
@@ -343,8 +349,11 @@ impl<S: Storage, P: Peers> Healer<S, P> {
     }
 
     /// One anti-entropy exchange: the next partition this node owns, with the next other
-    /// owner of it.
+    /// owner of it. While the replica repairs, several exchanges toward finishing it.
     pub async fn anti_entropy_step(&self) -> Result<Option<ExchangeReport>, String> {
+        if self.replica.is_repairing() {
+            return self.repair_step().await;
+        }
         let view = self.view();
         let mine = view.ring.primary_partitions(&self.name);
         if mine.is_empty() {
@@ -370,6 +379,54 @@ impl<S: Storage, P: Peers> Healer<S, P> {
             return Ok(None);
         }
         self.exchange(partition, &peer).await.map(Some)
+    }
+
+    /// Repair (after journal damage or a lost directory): exchanges with up to
+    /// [`REPAIR_EXCHANGES_PER_ROUND`] (partition, other owner) pairs not yet found equal,
+    /// and ends the repair once every pair of the ring was. A pair counts once an exchange
+    /// finds the two trees equal (after repairing them, the next exchange does). Waits for
+    /// a ring of at least N members, so a node that has not heard of its peers yet (every
+    /// partition its own) cannot finish at once.
+    async fn repair_step(&self) -> Result<Option<ExchangeReport>, String> {
+        let view = self.view();
+        if view.ring.members().len() < view.ring.n() {
+            return Ok(None);
+        }
+        let pending: Vec<(PartitionId, String)> = {
+            let equal = self.repaired.lock().expect("repair lock");
+            view.ring
+                .primary_partitions(&self.name)
+                .into_iter()
+                .flat_map(|p| {
+                    view.ring
+                        .primaries(p)
+                        .iter()
+                        .filter(|o| **o != self.name)
+                        .map(move |o| (p, o.clone()))
+                })
+                .filter(|pair| !equal.contains(pair))
+                .collect()
+        };
+        if pending.is_empty() {
+            self.replica.finish_repair().map_err(|e| e.to_string())?;
+            return Ok(None);
+        }
+        let mut last = None;
+        for (partition, peer) in pending
+            .into_iter()
+            .filter(|(_, peer)| !view.unreachable.contains(peer))
+            .take(REPAIR_EXCHANGES_PER_ROUND)
+        {
+            let report = self.exchange(partition, &peer).await?;
+            if report.differing_segments == 0 {
+                self.repaired
+                    .lock()
+                    .expect("repair lock")
+                    .insert((partition, peer));
+            }
+            last = Some(report);
+        }
+        Ok(last)
     }
 
     /// Compares this node's tree of `partition` with `peer`'s and repairs both sides. The

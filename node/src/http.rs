@@ -617,7 +617,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
 /// load balancers and operators stop sending it traffic.
 async fn health(State(node): State<Arc<Node>>) -> Response {
     match node.replica.health().failure() {
-        None => Json(json!({"status": "ok"})).into_response(),
+        None => Json(json!({"status": "ok", "repairing": node.replica.is_repairing()})).into_response(),
         Some(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "storage_failed", "error": "storage_failed", "message": format!("this node's storage failed: {reason}")})),

@@ -38,6 +38,8 @@ pub struct Metrics {
     pub merges_refused: Counter,
     pub storage_failed: Gauge,
     pub storage_errors: Counter,
+    pub journal_damaged: Gauge,
+    pub repairing: Gauge,
     pub aae_exchanges: Counter,
     pub aae_keys_repaired: Counter,
     pub aae_bytes_sent: Counter,
@@ -110,6 +112,18 @@ impl Default for Metrics {
             "Storage engine errors (I/O, corruption, a closed engine) seen by this node",
             storage_errors.clone(),
         );
+        let journal_damaged = Gauge::default();
+        registry.register(
+            "journal_damaged",
+            "1 when this node found its journal damaged or truncated at start (writes fsynced before it stopped were missing)",
+            journal_damaged.clone(),
+        );
+        let repairing = Gauge::default();
+        registry.register(
+            "repairing",
+            "1 while this node repairs its data from its peers (--repair): it answers no read from its own replica",
+            repairing.clone(),
+        );
         let aae_exchanges = Counter::default();
         registry.register(
             "aae_exchanges",
@@ -152,6 +166,8 @@ impl Default for Metrics {
             merges_refused,
             storage_failed,
             storage_errors,
+            journal_damaged,
+            repairing,
             aae_exchanges,
             aae_keys_repaired,
             aae_bytes_sent,

@@ -72,8 +72,14 @@ pub struct Replica<S: Storage> {
     actor: Mutex<(ActorId, StdRng)>,
     /// Hints held per owner, as last counted; checked against the bound on every hint.
     hint_counts: Mutex<HashMap<String, u64>>,
+    /// This replica's data may be incomplete (journal damage, a lost directory): it answers
+    /// no `Get` until healing has compared it with every other owner. Persisted.
+    repairing: std::sync::atomic::AtomicBool,
     metrics: Arc<Metrics>,
 }
+
+/// Meta key under which an unfinished repair is remembered across restarts.
+const REPAIR_META_KEY: &str = "repair_pending";
 
 /// Meta key under which the current actor id is persisted.
 pub const ACTOR_META_KEY: &str = "actor";
@@ -87,14 +93,43 @@ impl<S: Storage> Replica<S> {
         let storage = Arc::new(Monitored::new(storage, metrics.clone()));
         let actor = Mutex::new((config.actor, StdRng::seed_from_u64(config.actor_seed)));
         let hint_counts = Mutex::new(storage.hint_owners()?.into_iter().collect());
+        let repairing = storage.meta_get(REPAIR_META_KEY)?.as_deref() == Some(&[1]);
+        metrics.repairing.set(i64::from(repairing));
         Ok(Replica {
             storage,
             config,
             stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             actor,
             hint_counts,
+            repairing: repairing.into(),
             metrics,
         })
+    }
+
+    /// Whether this replica still repairs (see [`Replica::begin_repair`]).
+    pub fn is_repairing(&self) -> bool {
+        self.repairing.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// From now on, and across restarts until [`Replica::finish_repair`], this replica
+    /// answers no `Get`: its data may lack writes it acknowledged, and a read it answered
+    /// alone (r=one) would report them absent. Writes and merges are taken as usual.
+    pub fn begin_repair(&self) -> Result<(), ReplicaError> {
+        self.storage.meta_put(REPAIR_META_KEY, &[1])?;
+        self.repairing
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.metrics.repairing.set(1);
+        Ok(())
+    }
+
+    /// Healing compared every partition this replica owns with every other owner.
+    pub fn finish_repair(&self) -> Result<(), ReplicaError> {
+        self.storage.meta_put(REPAIR_META_KEY, &[0])?;
+        self.repairing
+            .store(false, std::sync::atomic::Ordering::Release);
+        self.metrics.repairing.set(0);
+        tracing::warn!("repair complete: every owned partition matched its other owners; reads are answered from this replica again");
+        Ok(())
     }
 
     /// Replaces the per-owner hint counts with a fresh count from storage.
@@ -144,6 +179,11 @@ impl<S: Storage> Replica<S> {
         // it would read may miss writes it refused since. Coordinators ask other replicas.
         if let Some(reason) = self.health().failure() {
             return Response::Failed(format!("this node's storage failed: {reason}"));
+        }
+        if self.is_repairing() && matches!(request, Request::Get { .. }) {
+            return Response::Failed(
+                "this replica is being repaired and may lack writes; ask another".into(),
+            );
         }
         let result = match request {
             Request::Get { bucket, key } => self.get(&bucket, &key).map(Response::Object),

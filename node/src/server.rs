@@ -211,12 +211,27 @@ async fn serve(args: StartArgs, security: Security) -> CliResult {
             args.memtable_mb * 1024 * 1024,
         )
         .map_err(|e| {
+            let hint = match e {
+                crate::storage::StorageError::Corrupt(_) => "; if its journal is damaged, move the directory aside and start with --repair to rebuild it from the peers",
+                _ => "",
+            };
             CliError::usage(format!(
-                "cannot open data directory {}: {e}",
+                "cannot open data directory {}: {e}{hint}",
                 args.data.display()
             ))
         })?,
     );
+    // Before anything is written: the next fsync moves the journal mark on.
+    let journal_damage = storage.journal_damage().map(str::to_string);
+    if let Some(damage) = &journal_damage {
+        if !args.repair {
+            return Err(CliError::usage(format!(
+                "data directory {}: {damage}. Start with --repair to serve anyway: the node then answers no read from its own replica until anti-entropy has compared every partition it owns with the other owners",
+                args.data.display()
+            )));
+        }
+        tracing::error!("{damage}; --repair: this node answers no read from its own replica until anti-entropy has repaired it from the other owners");
+    }
     let identity = load_identity(storage.as_ref(), &args)?;
     tracing::info!(name = %args.name, generation = identity.generation, listen = %args.listen, http = %args.http, data = %args.data.display(), "starting");
 
@@ -267,6 +282,14 @@ async fn serve(args: StartArgs, security: Security) -> CliResult {
             ))
         })?,
     );
+    metrics
+        .journal_damaged
+        .set(i64::from(journal_damage.is_some()));
+    if args.repair && !replica.is_repairing() {
+        replica
+            .begin_repair()
+            .map_err(|e| CliError::usage(format!("cannot start the repair: {e}")))?;
+    }
     let peers = Arc::new(QuicPeers {
         transport: transport.clone(),
         gossip: gossip.clone(),
@@ -554,6 +577,8 @@ impl Node {
             "node": self.name,
             "n": view.ring.n(),
             "ring_size": view.ring.ring_size(),
+            "repairing": self.replica.is_repairing(),
+            "storage_failure": self.replica.health().failure(),
             "members": members,
             "transfers": self.healer.transfer_progress().into_iter().map(|(p, keys)| json!({"partition": p, "keys_left": keys})).collect::<Vec<_>>(),
         })

@@ -104,3 +104,102 @@ fn a_node_whose_storage_fails_stops_acknowledging_says_so_and_exits_for_its_supe
     );
     api::put_ok(&n1, "disk", "after", b"x", "w=all", None);
 }
+
+/// fjall's active journal in a node's data directory and how many bytes of it are written
+/// (it is preallocated with zeros).
+fn journal(data: &std::path::Path) -> (std::path::PathBuf, u64) {
+    let path = std::fs::read_dir(data.join("db"))
+        .expect("the node's fjall directory")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "jnl"))
+        .max_by_key(|p| {
+            p.file_stem()
+                .and_then(|s| s.to_str()?.parse::<u64>().ok())
+                .unwrap_or(0)
+        })
+        .expect("a journal");
+    let bytes = std::fs::read(&path).unwrap();
+    let used = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    (path, used as u64)
+}
+
+fn write_keys(url: &str, prefix: &str) {
+    for i in 0..300 {
+        let key = format!("{prefix}{i}");
+        api::put_ok(url, "journal", &key, key.as_bytes(), "w=all", None);
+    }
+}
+
+/// Every key answers 200 with its value through `url` at r=one.
+fn all_readable_at_r_one(url: &str, prefix: &str) {
+    for i in 0..300 {
+        let key = format!("{prefix}{i}");
+        let r = api::get_kv(url, "journal", &key, "r=one").unwrap();
+        assert_eq!(
+            r.status,
+            200,
+            "GET {key} r=one through the repaired node: {}",
+            r.error_message()
+        );
+        assert_eq!(r.body, key.as_bytes());
+    }
+}
+
+/// Issue 15, defect 5: a truncated journal made a node start silently without the writes
+/// it held, and answer 404 at r=one for values acknowledged at w=all.
+#[test]
+fn a_node_with_a_truncated_journal_refuses_to_start_and_with_repair_reports_no_write_absent() {
+    let mut cluster = TestCluster::start_converged(ClusterOptions {
+        extra_args: args(&["--healing-interval-ms", "200"]),
+        ..Default::default()
+    });
+    let n1 = cluster.url(0);
+    let n3 = cluster.url(2);
+    for (round, prefix) in ["a", "b"].into_iter().enumerate() {
+        write_keys(&n1, prefix);
+        assert_eq!(cluster.nodes[2].stop(), Some(0), "a clean stop");
+        let (path, used) = journal(&cluster.nodes[2].data);
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(used / 2).unwrap();
+        drop(file);
+
+        cluster.nodes[2].start();
+        let code = cluster.nodes[2].wait_exit(CLUSTER_DEADLINE);
+        assert_eq!(
+            code,
+            Some(2),
+            "round {round}: a damaged journal must stop the start"
+        );
+        let log = cluster.nodes[2].log_text();
+        assert!(log.contains("journal") && log.contains("--repair"), "{log}");
+
+        cluster.nodes[2].set_extra_args(args(&["--healing-interval-ms", "200", "--repair"]));
+        cluster.nodes[2].start();
+        cluster.nodes[2].wait_healthy();
+        assert_eq!(api::metric(&n3, "chorus_journal_damaged").unwrap(), 1.0);
+        // Before it hears from its peers it can only refuse (503), never say absent.
+        for i in 0..300 {
+            let r = api::get_kv(&n3, "journal", &format!("{prefix}{i}"), "r=one").unwrap();
+            assert!(matches!(r.status, 200 | 503), "{prefix}{i}: {}", r.status);
+        }
+        cluster.wait_alive(&[2], &["n1", "n2", "n3"]);
+        all_readable_at_r_one(&n3, prefix);
+        wait_for(
+            "the repair to finish",
+            CLUSTER_DEADLINE,
+            || match api::metric(&n3, "chorus_repairing")? {
+                0.0 => Ok(()),
+                other => Err(format!("repairing {other}")),
+            },
+        );
+        for i in 0..300 {
+            let key = format!("{prefix}{i}");
+            assert!(
+                api::local(&n3, "journal", &key).unwrap().is_some(),
+                "round {round}: the repair left {key} missing on n3"
+            );
+        }
+        all_readable_at_r_one(&n3, prefix);
+        cluster.nodes[2].set_extra_args(args(&["--healing-interval-ms", "200"]));
+    }
+}

@@ -21,6 +21,7 @@
 //! fsync goes through [`JournalFsync`] rather than fjall's `persist`, which would stall
 //! every writer for the length of each fsync; see there for why that is safe.
 
+use super::journal_mark::JournalMark;
 use super::sync::{Persist, Syncer};
 use super::{
     check_key, check_name, lock, read, write, MerkleTree, PartitionId, Storage, StorageError,
@@ -52,6 +53,8 @@ pub struct FjallStorage {
     /// bounded by the layer above) so `hint_owners` costs no disk read. Its lock is held
     /// across the existence check and the write of a hint so the counts stay exact.
     hint_counts: Mutex<BTreeMap<String, u64>>,
+    /// Set when the journal replayed short of the last fsynced write mark.
+    journal_damage: Option<String>,
 }
 
 /// The lock of a partition serialises its writers, so "read the old object, write the
@@ -117,15 +120,24 @@ impl FjallStorage {
             *hint_counts.entry(owner.to_owned()).or_default() += 1;
         }
 
+        let (mut mark, journal_damage) = JournalMark::open(dir, &meta)?;
         let persist: Persist = {
             let mut journal = JournalFsync {
                 db: db.clone(),
                 dir: dir.join(DB_DIR),
                 active: None,
             };
-            Box::new(move || journal.fsync())
+            Box::new(move || {
+                let covered = mark.before_fsync()?;
+                journal.fsync()?;
+                if let Some(m) = covered {
+                    mark.after_fsync(m);
+                }
+                Ok(())
+            })
         };
         Ok(Self {
+            journal_damage,
             syncer: Syncer::start(sync, persist)?,
             objects,
             hints,
@@ -133,6 +145,12 @@ impl FjallStorage {
             indexes: Default::default(),
             hint_counts: Mutex::new(hint_counts),
         })
+    }
+
+    /// Why the journal lost writes that were fsynced before the last stop, if it did (see
+    /// `journal_mark`). Reported once per open; the next fsync moves the mark on.
+    pub fn journal_damage(&self) -> Option<&str> {
+        self.journal_damage.as_deref()
     }
 
     fn index(&self, partition: PartitionId) -> Arc<Mutex<PartitionIndex>> {

@@ -17,6 +17,7 @@
 //! `meta_put` and `flush` are fsynced on return in both modes.
 
 mod fjall_store;
+pub mod journal_mark;
 mod memory;
 pub mod merkle;
 mod monitored;
