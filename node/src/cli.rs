@@ -178,6 +178,18 @@ pub struct StartArgs {
     /// How long a tombstone held by every owner waits before it is reaped.
     #[arg(long, default_value_t = 600_000)]
     pub tombstone_grace_ms: u64,
+    /// Most client HTTP connections open at once; one more is answered 503
+    /// too_many_connections. Lowered at start to what the file descriptor limit allows
+    /// after keeping 640 for storage and node-to-node traffic.
+    #[arg(long, default_value_t = 1024)]
+    pub http_max_connections: usize,
+    /// A client must send a request's headers within this long, or the connection is
+    /// closed; it also closes idle keep-alive connections.
+    #[arg(long, default_value_t = 10_000)]
+    pub http_header_timeout_ms: u64,
+    /// A client must send a request's body within this long, or it gets 408.
+    #[arg(long, default_value_t = 30_000)]
+    pub http_body_timeout_ms: u64,
     /// Start in repair mode: this node's data may be incomplete (its journal was damaged,
     /// or its directory was lost and starts empty), so it answers no read from its own
     /// replica until anti-entropy has compared every partition it owns with each other

@@ -47,6 +47,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/admin/leave", post(admin_leave))
         .route("/admin/remove/{name}", post(admin_remove))
         .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(plain_framing))
         // Bodies are read with our own limit so an oversized value gets a JSON 413.
         .layer(DefaultBodyLimit::disable())
         .with_state(node)
@@ -271,6 +273,12 @@ fn kv_params(
 }
 
 fn request_context(headers: &HeaderMap) -> Result<Context, ApiError> {
+    if headers.get_all(CONTEXT_HEADER).iter().count() > 1 {
+        return Err(ApiError::bad_request(
+            "invalid_context",
+            "X-Chorus-Context is given more than once",
+        ));
+    }
     match headers.get(CONTEXT_HEADER) {
         None => Ok(Context::default()),
         Some(value) => {
@@ -388,15 +396,66 @@ async fn kv_get(
     .await
 }
 
+/// Reads a request body within `--max-value` and `--http-body-timeout-ms`. Only a body
+/// over the limit is a 413; one that cannot be read (shorter than its Content-Length, a
+/// malformed chunked encoding, a reset) is the client's 400, and a slow one a 408.
 async fn read_body(node: &Node, body: Body) -> Result<Bytes, ApiError> {
     let limit = node.limits.max_value;
-    axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::new(
+    let timeout = node.limits.body_timeout;
+    let read = tokio::time::timeout(timeout, axum::body::to_bytes(body, limit));
+    match read.await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) if is_over_limit(&e) => Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "value_too_large",
             format!("the value is over the limit of {limit} bytes (--max-value)"),
+        )),
+        Ok(Err(e)) => Err(ApiError::bad_request(
+            "invalid_body",
+            format!("the request body could not be read: {e}"),
+        )),
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request body did not arrive within {} ms (--http-body-timeout-ms)",
+                timeout.as_millis()
+            ),
+        )),
+    }
+}
+
+fn is_over_limit(e: &axum::Error) -> bool {
+    std::error::Error::source(e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+}
+
+/// Refuses framing chorus would misread: a `Transfer-Encoding` other than plain `chunked`
+/// (hyper decodes only chunked and would store a gzip body as it came), or several.
+async fn plain_framing(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let mut encodings = request.headers().get_all(header::TRANSFER_ENCODING).iter();
+    let ok = match (encodings.next(), encodings.next()) {
+        (None, _) => true,
+        (Some(v), None) => v
+            .to_str()
+            .is_ok_and(|v| v.trim().eq_ignore_ascii_case("chunked")),
+        (Some(_), Some(_)) => false,
+    };
+    if !ok {
+        return ApiError::bad_request(
+            "unsupported_transfer_encoding",
+            "only Transfer-Encoding: chunked is accepted (no gzip or other codings)",
         )
-    })
+        .into_response();
+    }
+    next.run(request).await
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take that method; see the API table in the README",
+    )
 }
 
 async fn kv_put(

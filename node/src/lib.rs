@@ -16,6 +16,7 @@ pub mod fault;
 pub mod healing;
 pub mod http;
 pub mod http_client;
+pub mod http_server;
 pub mod membership;
 pub mod metrics;
 pub mod object;

@@ -39,6 +39,8 @@ pub struct Metrics {
     pub storage_failed: Gauge,
     pub storage_errors: Counter,
     pub journal_damaged: Gauge,
+    pub http_connections: Gauge,
+    pub http_connections_refused: Counter,
     pub repairing: Gauge,
     pub aae_exchanges: Counter,
     pub aae_keys_repaired: Counter,
@@ -124,6 +126,18 @@ impl Default for Metrics {
             "1 while this node repairs its data from its peers (--repair): it answers no read from its own replica",
             repairing.clone(),
         );
+        let http_connections = Gauge::default();
+        registry.register(
+            "http_connections",
+            "Client HTTP connections open",
+            http_connections.clone(),
+        );
+        let http_connections_refused = Counter::default();
+        registry.register(
+            "http_connections_refused",
+            "Client HTTP connections refused at --http-max-connections",
+            http_connections_refused.clone(),
+        );
         let aae_exchanges = Counter::default();
         registry.register(
             "aae_exchanges",
@@ -167,6 +181,8 @@ impl Default for Metrics {
             storage_failed,
             storage_errors,
             journal_damaged,
+            http_connections,
+            http_connections_refused,
             repairing,
             aae_exchanges,
             aae_keys_repaired,

@@ -40,7 +40,15 @@ const IDENTITY_META_KEY: &str = "identity";
 pub struct Limits {
     pub max_value: usize,
     pub default_timeout: Duration,
+    /// How long a request body may take to arrive.
+    pub body_timeout: Duration,
 }
+
+/// File descriptors kept out of reach of client connections: fjall's table files, its
+/// journals, the QUIC socket, logs.
+const FD_RESERVE: u64 = crate::storage::MAX_OPEN_TABLE_FILES as u64 + 128;
+/// A node that cannot take this many client connections refuses to start.
+const MIN_HTTP_CONNECTIONS: u64 = 16;
 
 /// What a data directory remembers about the node that owns it.
 #[derive(Serialize, Deserialize)]
@@ -128,6 +136,17 @@ fn validate(args: &StartArgs) -> CliResult {
             args.storage_failure_exit_ms,
             3_600_000,
         ),
+        (
+            "--http-header-timeout-ms",
+            args.http_header_timeout_ms,
+            600_000,
+        ),
+        ("--http-body-timeout-ms", args.http_body_timeout_ms, 600_000),
+        (
+            "--http-max-connections",
+            args.http_max_connections as u64,
+            1 << 20,
+        ),
         ("--cache-mb", args.cache_mb, 1 << 20),
         ("--memtable-mb", args.memtable_mb, 4096),
     ] {
@@ -181,6 +200,29 @@ fn validate_object_limits(args: &StartArgs) -> CliResult {
     Ok(())
 }
 
+/// The client port's limits: `--http-max-connections`, lowered to what the file
+/// descriptor limit (raised to its hard limit) allows after [`FD_RESERVE`].
+fn http_limits(args: &StartArgs) -> Result<crate::http_server::HttpLimits, CliError> {
+    let budget = crate::http_server::connection_budget(FD_RESERVE).map_err(CliError::usage)?;
+    if budget < MIN_HTTP_CONNECTIONS {
+        return Err(CliError::usage(format!(
+            "the file descriptor limit (ulimit -n) leaves {budget} for client connections after {FD_RESERVE} kept for storage; raise it to at least {}",
+            FD_RESERVE + MIN_HTTP_CONNECTIONS
+        )));
+    }
+    let max_connections = (args.http_max_connections as u64).min(budget) as usize;
+    if max_connections < args.http_max_connections {
+        tracing::warn!(
+            "--http-max-connections {} lowered to {max_connections}: the file descriptor limit keeps {FD_RESERVE} for storage",
+            args.http_max_connections
+        );
+    }
+    Ok(crate::http_server::HttpLimits {
+        max_connections,
+        header_timeout: Duration::from_millis(args.http_header_timeout_ms),
+    })
+}
+
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -197,6 +239,7 @@ async fn serve(args: StartArgs, security: Security) -> CliResult {
     let http_listener = tokio::net::TcpListener::bind(args.http)
         .await
         .map_err(|e| CliError::usage(format!("cannot listen on {} (HTTP): {e}", args.http)))?;
+    let http_limits = http_limits(&args)?;
     let sync = match args.sync {
         SyncArg::Periodic => SyncMode::Periodic {
             interval_ms: args.sync_interval_ms,
@@ -320,6 +363,7 @@ async fn serve(args: StartArgs, security: Security) -> CliResult {
         limits: Limits {
             max_value: args.max_value,
             default_timeout: Duration::from_millis(args.timeout_ms),
+            body_timeout: Duration::from_millis(args.http_body_timeout_ms),
         },
         coordinator,
         replica,
@@ -358,14 +402,23 @@ async fn serve(args: StartArgs, security: Security) -> CliResult {
         }
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<Option<String>>();
-    let http = axum::serve(http_listener, router).with_graceful_shutdown(async move {
-        let reason = stop.await;
-        let _ = stop_tx.send(reason);
-    });
-    tracing::info!("serving HTTP on {} and QUIC on {}", args.http, args.listen);
-    if let Err(e) = http.await {
-        tracing::error!("HTTP server failed: {e}");
-    }
+    tracing::info!(
+        max_connections = http_limits.max_connections,
+        "serving HTTP on {} and QUIC on {}",
+        args.http,
+        args.listen
+    );
+    crate::http_server::serve(
+        http_listener,
+        router,
+        http_limits,
+        node.metrics.clone(),
+        async move {
+            let reason = stop.await;
+            let _ = stop_tx.send(reason);
+        },
+    )
+    .await;
     let reason = stop_rx.await.ok().flatten();
     tracing::info!("stopping: flushing storage");
     if let Err(e) = storage.flush() {

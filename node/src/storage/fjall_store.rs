@@ -97,6 +97,7 @@ impl FjallStorage {
         prepare_dir(dir)?;
         let db = Database::builder(dir.join(DB_DIR))
             .cache_size(cache_bytes)
+            .max_cached_files(Some(MAX_OPEN_TABLE_FILES))
             .open()
             .map_err(|e| match e {
                 fjall::Error::Locked => StorageError::Locked(dir.to_owned()),
@@ -181,6 +182,10 @@ impl FjallStorage {
         Ok(idx)
     }
 }
+
+/// Table files fjall keeps open at most; the node keeps this many descriptors (and some)
+/// out of reach of client connections (see `http_server::connection_budget`).
+pub const MAX_OPEN_TABLE_FILES: usize = 512;
 
 /// fjall's default memtable size.
 pub const DEFAULT_MEMTABLE_BYTES: u64 = 64 * 1024 * 1024;

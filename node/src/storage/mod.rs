@@ -26,7 +26,7 @@ mod sync;
 #[cfg(test)]
 mod tests;
 
-pub use fjall_store::FjallStorage;
+pub use fjall_store::{FjallStorage, MAX_OPEN_TABLE_FILES};
 pub use memory::MemoryStorage;
 pub use merkle::MerkleTree;
 pub use monitored::{Monitored, StorageHealth};
