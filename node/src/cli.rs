@@ -41,7 +41,7 @@ pub enum Command {
     #[command(subcommand)]
     Ring(RingCommand),
     /// Ask a node to hand its data over and leave the cluster.
-    Leave(ClientArgs),
+    Leave(AdminArgs),
     /// Drop a dead node from the cluster.
     Remove(RemoveArgs),
     /// Closed-loop (or open-loop with --rate) load generator with latency percentiles.
@@ -332,7 +332,18 @@ pub struct RemoveArgs {
     /// Name of the dead node to drop.
     pub name: String,
     #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+/// An admin call (`leave`, `remove`): the node, and the credential whose admin token it
+/// needs.
+#[derive(Args, Debug, Clone)]
+pub struct AdminArgs {
+    #[command(flatten)]
     pub client: ClientArgs,
+    /// The cluster credential directory (`chorus certs init`); its admin.token is sent.
+    #[arg(long, env = "CHORUS_CERTS")]
+    pub certs: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]

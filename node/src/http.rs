@@ -19,7 +19,7 @@ use crate::causality::Context;
 use crate::coordinator::{CoordinatorError, Quorum};
 use crate::metrics::{OpLabels, RequestLabels};
 use crate::object::{Object, Sibling, MAX_CONTENT_TYPE_BYTES};
-use crate::server::Node;
+use crate::server::{AdminAuth, Node};
 use crate::storage::Storage;
 
 /// Buckets and keys are at most this many bytes after percent-decoding.
@@ -685,7 +685,39 @@ async fn health(State(node): State<Arc<Node>>) -> Response {
     }
 }
 
-async fn admin_leave(State(node): State<Arc<Node>>) -> Result<(StatusCode, Json<Value>), ApiError> {
+/// `/admin/*` needs the cluster's admin token (`Authorization: Bearer <admin.token>`),
+/// unless the node runs `--insecure`.
+fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
+    let token = match &node.admin {
+        AdminAuth::Open => return Ok(()),
+        AdminAuth::Token(token) => token,
+        AdminAuth::Missing(dir) => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "admin_disabled",
+                format!("this node's credential {} has no admin token; make one with `chorus certs init --force` and copy it to every node", dir.display()),
+            ))
+        }
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(presented) if crate::certs::token_matches(presented.trim(), token) => Ok(()),
+        _ => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "admin calls need Authorization: Bearer <the admin.token of the cluster credential>; `chorus leave` and `chorus remove` send it with --certs DIR",
+        )),
+    }
+}
+
+async fn admin_leave(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    authorize(&node, &headers)?;
     node.leave()
         .await
         .map_err(|e| ApiError::new(StatusCode::CONFLICT, "cannot_leave", e))?;
@@ -697,8 +729,10 @@ async fn admin_leave(State(node): State<Arc<Node>>) -> Result<(StatusCode, Json<
 
 async fn admin_remove(
     State(node): State<Arc<Node>>,
+    headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    authorize(&node, &headers)?;
     node.remove(&name)
         .map_err(|e| ApiError::bad_request("cannot_remove", e))?;
     Ok(Json(

@@ -60,8 +60,20 @@ struct Identity {
     generation: u64,
 }
 
+/// Who may call `/admin/*` (leave, remove).
+pub enum AdminAuth {
+    /// Requests carrying `Authorization: Bearer <token>` (the credential's admin.token).
+    Token(String),
+    /// The credential has no admin token: admin calls are refused, saying how to make one.
+    Missing(std::path::PathBuf),
+    /// `--insecure`: anyone who reaches the QUIC port can join anyway, so admin calls are
+    /// open too (a throwaway test setup).
+    Open,
+}
+
 pub struct Node {
     pub name: String,
+    pub admin: AdminAuth,
     pub limits: Limits,
     pub coordinator: Coordinator<FjallStorage, QuicPeers>,
     pub replica: Arc<Replica<FjallStorage>>,
@@ -80,6 +92,13 @@ pub struct Node {
 pub fn run(args: StartArgs) -> CliResult {
     validate(&args)?;
     init_logging();
+    let admin = match &args.certs {
+        Some(dir) => match crate::certs::load_admin_token(dir).map_err(CliError::usage)? {
+            Some(token) => AdminAuth::Token(token),
+            None => AdminAuth::Missing(dir.clone()),
+        },
+        None => AdminAuth::Open,
+    };
     let security = match (&args.certs, args.insecure) {
         (Some(dir), _) => Security::Cluster(crate::certs::load(dir).map_err(CliError::usage)?),
         (None, true) => {
@@ -96,7 +115,7 @@ pub fn run(args: StartArgs) -> CliResult {
         .enable_all()
         .build()
         .map_err(|e| CliError::usage(format!("cannot start the runtime: {e}")))?;
-    runtime.block_on(serve(args, security))
+    runtime.block_on(serve(args, security, admin))
 }
 
 fn validate(args: &StartArgs) -> CliResult {
@@ -233,7 +252,7 @@ fn init_logging() {
         .try_init();
 }
 
-async fn serve(args: StartArgs, security: Security) -> CliResult {
+async fn serve(args: StartArgs, security: Security, admin: AdminAuth) -> CliResult {
     // Ports first: a busy port must fail before anything is written to the data directory.
     let transport = QuicTransport::bind(args.listen, security).map_err(CliError::usage)?;
     let http_listener = tokio::net::TcpListener::bind(args.http)
@@ -358,8 +377,12 @@ async fn serve(args: StartArgs, security: Security) -> CliResult {
             ..HealingConfig::default()
         },
     ));
+    if let AdminAuth::Missing(dir) = &admin {
+        tracing::warn!("{} has no {}: /admin calls (leave, remove) are refused; make a credential with one using `chorus certs init --force`", dir.display(), crate::certs::ADMIN_TOKEN);
+    }
     let node = Arc::new(Node {
         name: args.name.clone(),
+        admin,
         limits: Limits {
             max_value: args.max_value,
             default_timeout: Duration::from_millis(args.timeout_ms),

@@ -178,3 +178,41 @@ fn connections_are_capped_with_a_clear_refusal_and_idle_or_slow_clients_are_cut_
     );
     assert!(api::metric(&url, "chorus_http_connections_refused").unwrap() >= 1.0);
 }
+
+/// Issue 15, concern: `POST /admin/leave` worked for any HTTP client.
+#[test]
+fn admin_calls_need_the_cluster_admin_token() {
+    let mut cluster = TestCluster::start_converged(ClusterOptions::default());
+    let n3 = cluster.url(2);
+    for (path, headers) in [
+        ("/admin/leave", vec![]),
+        (
+            "/admin/leave",
+            vec![("authorization", "Bearer 0123456789abcdef0123456789abcdef")],
+        ),
+        ("/admin/remove/n2", vec![]),
+    ] {
+        let r = api::call(&n3, "POST", path, &headers, b"").unwrap();
+        api::assert_error(&r, 401, "unauthorized", path);
+    }
+    let members = api::members(&cluster.url(0)).unwrap();
+    assert_eq!(members["n3"].0, "alive", "{members:?}");
+    assert_eq!(members["n2"].0, "alive", "{members:?}");
+
+    // The command line sends the token of the credential it is given.
+    let out = std::process::Command::new(chorus_tests::cluster::chorus_bin())
+        .args(["leave", "--node", &n3, "--certs"])
+        .arg(&cluster.certs)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        cluster.nodes[2].wait_exit(CLUSTER_DEADLINE),
+        Some(0),
+        "n3 left"
+    );
+}
