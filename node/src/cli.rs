@@ -7,6 +7,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use chorus_core::storage::SyncMode;
+
+use crate::server::config::{NodeConfig, StartError};
+
 #[derive(Parser, Debug)]
 #[command(
     name = "chorus",
@@ -218,6 +222,45 @@ pub enum SyncArg {
     Always,
 }
 
+impl StartArgs {
+    /// The node's configuration as plain data: the server never sees clap's types.
+    pub fn config(&self) -> NodeConfig {
+        NodeConfig {
+            name: self.name.clone(),
+            listen: self.listen,
+            http: self.http,
+            data: self.data.clone(),
+            seeds: self.seeds.clone(),
+            certs: self.certs.clone(),
+            insecure: self.insecure,
+            n: self.n,
+            ring_size: self.ring_size,
+            sync: match self.sync {
+                SyncArg::Periodic => SyncMode::Periodic {
+                    interval_ms: self.sync_interval_ms,
+                },
+                SyncArg::Always => SyncMode::Always,
+            },
+            max_value: self.max_value,
+            max_siblings: self.max_siblings,
+            warn_siblings: self.warn_siblings,
+            timeout_ms: self.timeout_ms,
+            gossip_interval_ms: self.gossip_interval_ms,
+            phi_threshold: self.phi_threshold,
+            max_hints_per_owner: self.max_hints_per_owner,
+            healing_interval_ms: self.healing_interval_ms,
+            tombstone_grace_ms: self.tombstone_grace_ms,
+            cache_mb: self.cache_mb,
+            memtable_mb: self.memtable_mb,
+            storage_failure_exit_ms: self.storage_failure_exit_ms,
+            repair: self.repair,
+            http_max_connections: self.http_max_connections,
+            http_header_timeout_ms: self.http_header_timeout_ms,
+            http_body_timeout_ms: self.http_body_timeout_ms,
+        }
+    }
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct DevArgs {
     /// Number of nodes.
@@ -401,9 +444,6 @@ pub struct BenchArgs {
     /// Print one JSON object with the results.
     #[arg(long)]
     pub json: bool,
-    /// Write every operation to this file as JSON lines (for the chaos checker).
-    #[arg(long)]
-    pub history: Option<PathBuf>,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -448,3 +488,21 @@ impl CliError {
 }
 
 pub type CliResult = Result<(), CliError>;
+
+/// Exit code of a node whose storage failed and did not recover: a supervisor restarts it.
+pub const STORAGE_FAILED_EXIT: u8 = 3;
+
+/// The one place a node's start errors become exit codes: the operator's to fix (a flag,
+/// a port, a data directory, the cluster refusing the node) exit 2; a storage engine that
+/// failed while running exits 3, for a supervisor to restart the node.
+impl From<StartError> for CliError {
+    fn from(e: StartError) -> CliError {
+        match e {
+            StartError::StorageFailed(_) => CliError {
+                code: STORAGE_FAILED_EXIT,
+                message: e.to_string(),
+            },
+            other => CliError::usage(other.to_string()),
+        }
+    }
+}

@@ -5,8 +5,8 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use chorus_node::causality::{ActorId, Context, MAX_ACTORS};
-use chorus_node::object::{Object, Sibling};
+use chorus_core::causality::{ActorId, Context, MAX_ACTORS};
+use chorus_core::object::{Object, Sibling};
 use chorus_tests::api::{self, assert_error, Local};
 use chorus_tests::cluster::{chorus_bin, free_port, ClusterOptions, TestCluster};
 

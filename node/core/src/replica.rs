@@ -1,0 +1,821 @@
+//! One node's role as a replica: reads, coordinated writes and merges of per-key state
+//! against local storage. A replica never talks to other nodes and never reads a clock; it
+//! only merges states through the DVV laws, so replaying the same requests gives the same
+//! stored bytes.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::PoisonError;
+use std::sync::{Arc, Mutex};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::causality::{ActorId, Context};
+use crate::metrics::Metrics;
+use crate::object::{
+    decode_object, split_storage_key, storage_key, LimitError, Limits, Object, Sibling,
+    MAX_NAME_BYTES, WRITE_MAX_ACTORS,
+};
+use crate::rpc::{KeyedObject, Request, Response};
+use crate::storage::merkle::{BRANCHES, SEGMENTS};
+use crate::storage::{Monitored, PartitionId, Storage, StorageHealth};
+
+/// Read-modify-write of a key happens under one of these locks, so two concurrent merges
+/// of the same key cannot both read the old state and lose each other's versions.
+const LOCK_STRIPES: usize = 1024;
+/// Rough cap on the bytes of one anti-entropy or transfer batch.
+pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    #[error("storage: {0}")]
+    Storage(#[from] crate::storage::StorageError),
+    #[error("{0}")]
+    Object(#[from] crate::object::ObjectError),
+    /// A new write refused: its result would cross a write limit. Nothing was stored.
+    #[error("{0}")]
+    Limit(#[from] LimitError),
+    /// A merge refused: the merged state would cross a hard limit. Nothing was stored; the
+    /// sender keeps its versions, so none is dropped.
+    #[error("merge refused: {0}")]
+    MergeRefused(LimitError),
+    #[error("invalid state from a peer: {0}")]
+    InvalidState(String),
+}
+
+pub struct ReplicaConfig {
+    /// The actor this replica mints dots with until it next drops keys (see `retire_actor`).
+    pub actor: ActorId,
+    /// Seeds the choice of new actor ids, so a simulation replays them.
+    pub actor_seed: u64,
+    pub ring_size: u32,
+    /// A coordinated write that would leave more siblings than this is refused (at most
+    /// `object::WRITE_MAX_SIBLINGS`).
+    pub max_siblings: usize,
+    /// A coordinated write that would leave a larger encoded object is refused (at most
+    /// `object::WRITE_MAX_OBJECT_BYTES`).
+    pub max_object_bytes: usize,
+    /// A key reaching this many siblings is logged as a warning.
+    pub warn_siblings: usize,
+    /// Hints kept per unreachable owner; beyond it, hints are dropped (and counted), and
+    /// anti-entropy repairs the owner instead.
+    pub max_hints_per_owner: u64,
+}
+
+pub struct Replica<S: Storage> {
+    /// Every storage call goes through the health monitor, so an engine error anywhere
+    /// fails the node's storage (see `storage::Monitored`).
+    storage: Arc<Monitored<S>>,
+    config: ReplicaConfig,
+    stripes: Vec<Mutex<()>>,
+    actor: Mutex<(ActorId, StdRng)>,
+    /// Hints held per owner, as last counted; checked against the bound on every hint.
+    hint_counts: Mutex<HashMap<String, u64>>,
+    /// This replica's data may be incomplete (journal damage, a lost directory): it answers
+    /// no `Get` until healing has compared it with every other owner. Persisted.
+    repairing: std::sync::atomic::AtomicBool,
+    metrics: Arc<Metrics>,
+}
+
+/// Meta key under which an unfinished repair is remembered across restarts.
+const REPAIR_META_KEY: &str = "repair_pending";
+
+/// Meta key under which the current actor id is persisted.
+pub const ACTOR_META_KEY: &str = "actor";
+
+impl<S: Storage> Replica<S> {
+    pub fn new(
+        storage: Arc<S>,
+        config: ReplicaConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, ReplicaError> {
+        let storage = Arc::new(Monitored::new(storage, metrics.clone()));
+        let actor = Mutex::new((config.actor, StdRng::seed_from_u64(config.actor_seed)));
+        let hint_counts = Mutex::new(storage.hint_owners()?.into_iter().collect());
+        let repairing = storage.meta_get(REPAIR_META_KEY)?.as_deref() == Some(&[1]);
+        metrics.repairing.set(i64::from(repairing));
+        Ok(Replica {
+            storage,
+            config,
+            stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            actor,
+            hint_counts,
+            repairing: repairing.into(),
+            metrics,
+        })
+    }
+
+    /// Whether this replica still repairs (see [`Replica::begin_repair`]).
+    pub fn is_repairing(&self) -> bool {
+        self.repairing.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// From now on, and across restarts until [`Replica::finish_repair`], this replica
+    /// answers no `Get`: its data may lack writes it acknowledged, and a read it answered
+    /// alone (r=one) would report them absent. Writes and merges are taken as usual.
+    pub fn begin_repair(&self) -> Result<(), ReplicaError> {
+        self.storage.meta_put(REPAIR_META_KEY, &[1])?;
+        self.repairing
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.metrics.repairing.set(1);
+        Ok(())
+    }
+
+    /// Healing compared every partition this replica owns with every other owner.
+    pub fn finish_repair(&self) -> Result<(), ReplicaError> {
+        self.storage.meta_put(REPAIR_META_KEY, &[0])?;
+        self.repairing
+            .store(false, std::sync::atomic::Ordering::Release);
+        self.metrics.repairing.set(0);
+        tracing::warn!("repair complete: every owned partition matched its other owners; reads are answered from this replica again");
+        Ok(())
+    }
+
+    /// Replaces the per-owner hint counts with a fresh count from storage.
+    pub fn recount_hints(&self, counts: &[(String, u64)]) {
+        *self
+            .hint_counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = counts.iter().cloned().collect();
+    }
+
+    pub fn actor(&self) -> ActorId {
+        self.actor.lock().unwrap_or_else(PoisonError::into_inner).0
+    }
+
+    /// Switches to a fresh actor id, persisted before return. Called before this replica
+    /// drops keys (handoff, ownership transfer, reaping): a replica that no longer holds a
+    /// key would otherwise mint a dot it already used for that key, and a DVV merge would
+    /// then take the new value for the old one and drop it (Riak's vnode epochs solve the
+    /// same problem).
+    pub fn retire_actor(&self) -> Result<ActorId, ReplicaError> {
+        let mut guard = self.actor.lock().unwrap_or_else(PoisonError::into_inner);
+        let fresh = ActorId(guard.1.random());
+        self.storage
+            .meta_put(ACTOR_META_KEY, &fresh.0.to_be_bytes())?;
+        guard.0 = fresh;
+        Ok(fresh)
+    }
+
+    pub fn storage(&self) -> &Arc<Monitored<S>> {
+        &self.storage
+    }
+
+    /// Whether (and why) this node's storage failed.
+    pub fn health(&self) -> &Arc<StorageHealth> {
+        self.storage.health()
+    }
+
+    /// Tries a durable write to see whether failed storage works again; true when healthy.
+    pub fn probe_storage(&self) -> bool {
+        self.storage.probe()
+    }
+
+    pub fn partition_of(&self, bucket: &[u8], key: &[u8]) -> PartitionId {
+        chorus_ring::partition_of(self.config.ring_size, bucket, key)
+    }
+
+    /// [`Replica::handle`] for callers on an async runtime: a request that may wait for an
+    /// fsync (a write with `--sync always`) runs on the blocking pool, so it does not stall
+    /// an async worker; everything else runs inline. The one place this is decided, for
+    /// the coordinator's local calls and the QUIC handler alike.
+    pub async fn handle_async(self: Arc<Self>, request: Request) -> Response {
+        if !self.storage.writes_block() || matches!(request, Request::Get { .. }) {
+            return self.handle(request);
+        }
+        tokio::task::spawn_blocking(move || self.handle(request))
+            .await
+            .unwrap_or_else(|e| Response::Failed(format!("replica task failed: {e}")))
+    }
+
+    pub fn handle(&self, request: Request) -> Response {
+        // A replica whose storage failed answers nothing: it cannot store a write, and what
+        // it would read may miss writes it refused since. Coordinators ask other replicas.
+        if let Some(reason) = self.health().failure() {
+            return Response::Failed(format!("this node's storage failed: {reason}"));
+        }
+        if self.is_repairing() && matches!(request, Request::Get { .. }) {
+            return Response::Failed(
+                "this replica is being repaired and may lack writes; ask another".into(),
+            );
+        }
+        if let Err(refusal) = check_peer_request(&request) {
+            return Response::Failed(refusal);
+        }
+        let result = match request {
+            Request::Get { bucket, key } => self.get(&bucket, &key).map(Response::Object),
+            Request::Coordinate {
+                bucket,
+                key,
+                context,
+                value,
+                hint_for,
+            } => self
+                .coordinate(&bucket, &key, &context, value, hint_for.as_deref())
+                .map(Response::Stored),
+            Request::Merge {
+                bucket,
+                key,
+                object,
+                hint_for,
+            } => {
+                // The ack is enough: shipping the merged state back would double the traffic.
+                self.merge(&bucket, &key, &object, hint_for.as_deref())
+                    .map(|_| Response::Merged(1))
+            }
+            Request::TreeBranches { partition } => self
+                .storage
+                .tree(partition)
+                .map(|t| Response::Branches(t.branches()))
+                .map_err(Into::into),
+            Request::TreeLeaves {
+                partition,
+                branches,
+            } => self.leaves(partition, &branches).map(Response::Leaves),
+            Request::SegmentObjects {
+                partition,
+                segments,
+            } => self
+                .segment_objects(partition, &segments)
+                .map(Response::Objects),
+            Request::MergeBatch { objects } => self.merge_batch(&objects).map(Response::Merged),
+            Request::ReapBatch { objects } => self.reap(&objects).map(Response::Merged),
+        };
+        result.unwrap_or_else(|e| match e {
+            ReplicaError::Limit(limit) => Response::Refused {
+                code: limit.code().into(),
+                message: limit.to_string(),
+            },
+            ReplicaError::MergeRefused(_) => Response::Refused {
+                code: "merge_over_limit".into(),
+                message: e.to_string(),
+            },
+            other => Response::Failed(other.to_string()),
+        })
+    }
+
+    /// What a new write may leave on a key: half of each hard limit, and the flags.
+    fn write_limits(&self) -> Limits {
+        Limits {
+            actors: WRITE_MAX_ACTORS,
+            siblings: self.config.max_siblings,
+            bytes: self.config.max_object_bytes,
+        }
+    }
+
+    pub fn get(&self, bucket: &[u8], key: &[u8]) -> Result<Option<Object>, ReplicaError> {
+        let partition = self.partition_of(bucket, key);
+        match self.storage.get(partition, &storage_key(bucket, key))? {
+            Some(bytes) => Ok(Some(decode_object(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The coordinating replica's part of a write: the new value gets a dot of this
+    /// replica's actor, superseding exactly what `context` covers. Persisted before return.
+    /// A fallback (`hint_for` = the unreachable owner) records a hint, as in `merge`.
+    /// Refused, with nothing stored, when the result would cross a write limit.
+    pub fn coordinate(
+        &self,
+        bucket: &[u8],
+        key: &[u8],
+        context: &Context,
+        value: Sibling,
+        hint_for: Option<&str>,
+    ) -> Result<Object, ReplicaError> {
+        let actors = context.entries().len();
+        if actors > WRITE_MAX_ACTORS {
+            return Err(LimitError::ContextActors {
+                count: actors,
+                max: WRITE_MAX_ACTORS,
+            }
+            .into());
+        }
+        let partition = self.partition_of(bucket, key);
+        let skey = storage_key(bucket, key);
+        let _guard = self.lock(&skey);
+        let raw = self.storage.get(partition, &skey)?;
+        let current = match &raw {
+            Some(bytes) => decode_object(bytes)?,
+            None => Object::new(),
+        };
+        let updated = current.update(context, self.actor(), value);
+        let encoded = self.write_limits().check(&updated)?;
+        let count = updated.sibling_count();
+        if count >= self.config.warn_siblings {
+            tracing::warn!(bucket = %String::from_utf8_lossy(bucket), key = %String::from_utf8_lossy(key), siblings = count, "key has many siblings; clients should resolve them by writing with a read's context");
+        }
+        self.storage
+            .put_replacing(partition, &skey, raw.as_deref(), &encoded)?;
+        if let Some(owner) = hint_for {
+            self.record_hint(owner, partition, &skey)?;
+        }
+        Ok(updated)
+    }
+
+    /// Merges a peer's state into ours (replication, read repair, handoff, anti-entropy).
+    /// Not refused at the write limits (refusing would leave a version unreplicated), only
+    /// when the merged state would cross a hard limit the decoder enforces: storing it would
+    /// make the key unreadable everywhere. Then nothing is stored here and the sender keeps
+    /// its versions; no version is dropped.
+    pub fn merge(
+        &self,
+        bucket: &[u8],
+        key: &[u8],
+        incoming: &Object,
+        hint_for: Option<&str>,
+    ) -> Result<Object, ReplicaError> {
+        incoming
+            .validate()
+            .map_err(|e| ReplicaError::InvalidState(e.to_string()))?;
+        let partition = self.partition_of(bucket, key);
+        let skey = storage_key(bucket, key);
+        let _guard = self.lock(&skey);
+        let raw = self.storage.get(partition, &skey)?;
+        let current = raw.as_deref().map(decode_object).transpose()?;
+        let merged = match &current {
+            Some(current) => current.sync(incoming),
+            None => incoming.clone(),
+        };
+        if current.as_ref() != Some(&merged) {
+            let encoded = Limits::HARD.check(&merged).map_err(|e| {
+                self.metrics.merges_refused.inc();
+                if self.metrics.merges_refused.get() % 100 == 1 {
+                    tracing::warn!(bucket = %String::from_utf8_lossy(bucket), key = %String::from_utf8_lossy(key), "merge refused, the replicas of this key keep their own versions until a client resolves them: {e}");
+                }
+                ReplicaError::MergeRefused(e)
+            })?;
+            self.storage
+                .put_replacing(partition, &skey, raw.as_deref(), &encoded)?;
+        }
+        if let Some(owner) = hint_for {
+            self.record_hint(owner, partition, &skey)?;
+        }
+        Ok(merged)
+    }
+
+    /// Remembers that this node holds `skey` for the unreachable `owner`, within the bound.
+    /// Called under the key's lock, after the state was stored.
+    fn record_hint(
+        &self,
+        owner: &str,
+        partition: PartitionId,
+        skey: &[u8],
+    ) -> Result<(), ReplicaError> {
+        let mut counts = self
+            .hint_counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let held = counts.entry(owner.to_string()).or_insert(0);
+        if *held >= self.config.max_hints_per_owner {
+            self.metrics.hints_dropped.inc();
+            if self.metrics.hints_dropped.get() % 1000 == 1 {
+                tracing::warn!(%owner, limit = self.config.max_hints_per_owner, "hint bound reached: dropping hints for this owner; anti-entropy will repair it");
+            }
+        } else {
+            // The hint only names the key: at delivery the current merged state is sent.
+            self.storage.hint_put(owner, partition, skey, &[])?;
+            *held += 1;
+            self.metrics.hints_queued.inc();
+        }
+        Ok(())
+    }
+
+    fn leaves(
+        &self,
+        partition: PartitionId,
+        branches: &[u32],
+    ) -> Result<Vec<(u32, Vec<[u8; 32]>)>, ReplicaError> {
+        let tree = self.storage.tree(partition)?;
+        Ok(branches
+            .iter()
+            .filter(|&&b| (b as usize) < BRANCHES)
+            .map(|&b| (b, tree.leaves_of_branch(b as usize).to_vec()))
+            .collect())
+    }
+
+    /// Every object of some tree segments, cut off at about `MAX_BATCH_BYTES` (the caller
+    /// repairs the rest on its next exchange).
+    pub fn segment_objects(
+        &self,
+        partition: PartitionId,
+        segments: &[u32],
+    ) -> Result<Vec<KeyedObject>, ReplicaError> {
+        let segments: Vec<usize> = segments
+            .iter()
+            .map(|&s| s as usize)
+            .filter(|&s| s < SEGMENTS)
+            .collect();
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for (skey, raw) in self.storage.scan_segments(partition, &segments)? {
+            // Stop before the batch crosses the bound, so an answer holds at most one
+            // object beyond it and always fits a message.
+            let size = skey.len() + raw.len();
+            if !out.is_empty() && bytes + size > MAX_BATCH_BYTES {
+                break;
+            }
+            bytes += size;
+            let (bucket, key) = split_storage_key(&skey)?;
+            out.push(KeyedObject {
+                bucket: bucket.to_vec(),
+                key: key.to_vec(),
+                object: decode_object(&raw)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Merges a batch; returns how many keys changed here. A key whose merge is refused
+    /// does not stop the others, but the batch then fails, so a sender waiting for the
+    /// ack before dropping its copy (ownership transfer) keeps it.
+    pub fn merge_batch(&self, objects: &[KeyedObject]) -> Result<usize, ReplicaError> {
+        let mut changed = 0;
+        let mut refused = None;
+        for o in objects {
+            let before = self.get(&o.bucket, &o.key)?;
+            if before.as_ref().is_none_or(|b| !b.descends(&o.object)) {
+                match self.merge(&o.bucket, &o.key, &o.object, None) {
+                    Ok(_) => changed += 1,
+                    Err(e @ ReplicaError::MergeRefused(_)) => refused = Some(e),
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        refused.map_or(Ok(changed), Err)
+    }
+
+    /// Physically removes a key, but only if its state is still exactly `expected`: a write
+    /// that arrived since the caller looked must not be dropped with it.
+    pub fn remove_if_unchanged(
+        &self,
+        bucket: &[u8],
+        key: &[u8],
+        expected: &Object,
+    ) -> Result<bool, ReplicaError> {
+        let partition = self.partition_of(bucket, key);
+        let skey = storage_key(bucket, key);
+        let _guard = self.lock(&skey);
+        if self.read(partition, &skey)?.as_ref() != Some(expected) {
+            return Ok(false);
+        }
+        self.storage.remove(partition, &skey)?;
+        Ok(true)
+    }
+
+    /// Drops the given tombstones where they are unchanged; returns how many were dropped.
+    /// The batch holds only tombstones (`check_peer_request` refuses any other).
+    pub fn reap(&self, tombstones: &[KeyedObject]) -> Result<usize, ReplicaError> {
+        self.retire_actor()?;
+        let mut dropped = 0;
+        for t in tombstones {
+            dropped += usize::from(self.remove_if_unchanged(&t.bucket, &t.key, &t.object)?);
+        }
+        Ok(dropped)
+    }
+
+    /// After `owner` stored `delivered`: forget the hint, and when this node does not own
+    /// the key (`drop_local`), drop its copy too, unless a newer write arrived meanwhile.
+    pub fn finish_handoff(
+        &self,
+        owner: &str,
+        bucket: &[u8],
+        key: &[u8],
+        delivered: Option<&Object>,
+        drop_local: bool,
+    ) -> Result<bool, ReplicaError> {
+        let partition = self.partition_of(bucket, key);
+        let skey = storage_key(bucket, key);
+        let _guard = self.lock(&skey);
+        let current = self.read(partition, &skey)?;
+        if current.as_ref() != delivered {
+            return Ok(false);
+        }
+        self.storage.hint_remove(owner, partition, &skey)?;
+        if drop_local && current.is_some() {
+            self.storage.remove(partition, &skey)?;
+        }
+        Ok(true)
+    }
+
+    fn read(&self, partition: PartitionId, skey: &[u8]) -> Result<Option<Object>, ReplicaError> {
+        match self.storage.get(partition, skey)? {
+            Some(bytes) => Ok(Some(decode_object(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn lock(&self, skey: &[u8]) -> std::sync::MutexGuard<'_, ()> {
+        let mut hasher = DefaultHasher::new();
+        skey.hash(&mut hasher);
+        let stripe = &self.stripes[hasher.finish() as usize % LOCK_STRIPES];
+        stripe.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Refuses a peer's request that would break an invariant of this replica, before it is
+/// applied: a bucket or key longer than [`MAX_NAME_BYTES`], or a reap batch holding a live
+/// value (reaping one would delete it). A refusal changes nothing.
+fn check_peer_request(request: &Request) -> Result<(), String> {
+    let names: Vec<(&[u8], &[u8])> = match request {
+        Request::Get { bucket, key }
+        | Request::Coordinate { bucket, key, .. }
+        | Request::Merge { bucket, key, .. } => vec![(bucket, key)],
+        Request::MergeBatch { objects } | Request::ReapBatch { objects } => objects
+            .iter()
+            .map(|o| (o.bucket.as_slice(), o.key.as_slice()))
+            .collect(),
+        Request::TreeBranches { .. }
+        | Request::TreeLeaves { .. }
+        | Request::SegmentObjects { .. } => Vec::new(),
+    };
+    if let Some((bucket, key)) = names
+        .iter()
+        .find(|(b, k)| b.len() > MAX_NAME_BYTES || k.len() > MAX_NAME_BYTES)
+    {
+        return Err(format!(
+            "refused: a bucket of {} bytes and key of {} bytes, over the limit of {MAX_NAME_BYTES}",
+            bucket.len(),
+            key.len()
+        ));
+    }
+    if let Request::ReapBatch { objects } = request {
+        if objects
+            .iter()
+            .any(|o| o.object.values().iter().any(|s| !s.deleted))
+        {
+            return Err(
+                "refused: a reap batch holds a live value, only tombstones are reaped".into(),
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemoryStorage;
+
+    fn replica() -> Replica<MemoryStorage> {
+        let config = ReplicaConfig {
+            actor: ActorId(1),
+            actor_seed: 1,
+            ring_size: 64,
+            max_siblings: 100,
+            max_object_bytes: crate::object::WRITE_MAX_OBJECT_BYTES,
+            warn_siblings: 25,
+            max_hints_per_owner: 10,
+        };
+        Replica::new(
+            Arc::new(MemoryStorage::new()),
+            config,
+            Arc::new(Metrics::default()),
+        )
+        .unwrap()
+    }
+
+    fn keyed(bucket: Vec<u8>, key: Vec<u8>, deleted: bool) -> KeyedObject {
+        let value = Sibling {
+            value: b"v".to_vec(),
+            content_type: None,
+            deleted,
+        };
+        let object = Object::new().update(&Context::default(), ActorId(7), value);
+        KeyedObject {
+            bucket,
+            key,
+            object,
+        }
+    }
+
+    /// Requests a peer could send, with bucket and key lengths around the limit.
+    fn peer_request() -> impl proptest::strategy::Strategy<Value = Request> {
+        use proptest::prelude::*;
+        let name = prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..8),
+            (MAX_NAME_BYTES - 1..MAX_NAME_BYTES + 2).prop_map(|n| vec![b'x'; n]),
+            Just(vec![b'y'; 70_000]),
+        ];
+        (name.clone(), name, any::<bool>(), 0..5u8).prop_map(|(bucket, key, deleted, kind)| {
+            let object = keyed(bucket.clone(), key.clone(), deleted);
+            match kind {
+                0 => Request::Get { bucket, key },
+                1 => Request::Coordinate {
+                    bucket,
+                    key,
+                    context: Context::default(),
+                    value: Sibling::value(b"v".to_vec(), None),
+                    hint_for: None,
+                },
+                2 => Request::Merge {
+                    bucket,
+                    key,
+                    object: object.object,
+                    hint_for: None,
+                },
+                3 => Request::MergeBatch {
+                    objects: vec![object],
+                },
+                _ => Request::ReapBatch {
+                    objects: vec![object],
+                },
+            }
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn peer_input_never_panics_and_oversized_names_change_nothing(
+            request in peer_request(),
+            junk in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+        ) {
+            // Arbitrary bytes decode to a message or an error, never a panic.
+            let _ = crate::rpc::decode(&junk);
+            let r = replica();
+            let oversized = match &request {
+                Request::Get { bucket, key }
+                | Request::Coordinate { bucket, key, .. }
+                | Request::Merge { bucket, key, .. } => bucket.len().max(key.len()) > MAX_NAME_BYTES,
+                Request::MergeBatch { objects } | Request::ReapBatch { objects } => objects
+                    .iter()
+                    .any(|o| o.bucket.len().max(o.key.len()) > MAX_NAME_BYTES),
+                _ => false,
+            };
+            let response = r.handle(request);
+            if oversized {
+                proptest::prop_assert!(matches!(response, Response::Failed(_)), "{response:?}");
+                proptest::prop_assert!(r.storage().partitions().unwrap().is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn a_reap_batch_holding_a_live_value_is_refused_and_removes_nothing() {
+        let r = replica();
+        let live = keyed(b"b".to_vec(), b"k".to_vec(), false);
+        let request = Request::MergeBatch {
+            objects: vec![live.clone()],
+        };
+        assert!(matches!(r.handle(request), Response::Merged(1)));
+        let response = r.handle(Request::ReapBatch {
+            objects: vec![live],
+        });
+        assert!(matches!(response, Response::Failed(_)), "{response:?}");
+        assert!(r.get(b"b", b"k").unwrap().is_some(), "the live value stays");
+    }
+
+    #[test]
+    fn a_fallback_that_mints_a_write_keeps_a_hint_for_the_owner() {
+        let r = replica();
+        let request = Request::Coordinate {
+            bucket: b"b".to_vec(),
+            key: b"k".to_vec(),
+            context: Context::default(),
+            value: Sibling::value(b"v".to_vec(), None),
+            hint_for: Some("owner".into()),
+        };
+        assert!(matches!(r.handle(request), Response::Stored(_)));
+        let hints = r.storage().hint_scan("owner", 10).unwrap();
+        assert_eq!(hints.len(), 1);
+        assert_eq!(hints[0].1, storage_key(b"b", b"k"));
+        assert_eq!(
+            r.storage().hint_owners().unwrap(),
+            vec![("owner".to_string(), 1)]
+        );
+
+        // A primary minting a write keeps no hint.
+        r.coordinate(
+            b"b",
+            b"other",
+            &Context::default(),
+            Sibling::value(b"v".to_vec(), None),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            r.storage().hint_owners().unwrap(),
+            vec![("owner".to_string(), 1)]
+        );
+    }
+
+    /// A state naming actors `from..to`, each with one tombstone sibling.
+    fn history(actors: std::ops::Range<u64>) -> Object {
+        actors.fold(Object::new(), |state, a| {
+            state.sync(&Object::new().update(&Context::default(), ActorId(a), Sibling::tombstone()))
+        })
+    }
+
+    fn coordinate(r: &Replica<MemoryStorage>, context: Context, value: Vec<u8>) -> Response {
+        r.handle(Request::Coordinate {
+            bucket: b"b".to_vec(),
+            key: b"k".to_vec(),
+            context,
+            value: Sibling::value(value, None),
+            hint_for: None,
+        })
+    }
+
+    fn refused_code(response: Response) -> String {
+        match response {
+            Response::Refused { code, message } => {
+                assert!(!message.is_empty());
+                code
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    /// Issue 15, defect 1: a context naming the decoder's actor limit used to be merged,
+    /// given the coordinator's own actor, and stored as a state no decoder accepts.
+    #[test]
+    fn a_write_whose_context_names_too_many_actors_is_refused_and_the_key_stays_readable() {
+        let r = replica();
+        assert!(matches!(
+            coordinate(&r, Context::default(), b"acked".to_vec()),
+            Response::Stored(_)
+        ));
+        let before = r.get(b"b", b"k").unwrap();
+        let hostile = history(1000..1000 + crate::causality::MAX_ACTORS as u64).context();
+        assert_eq!(
+            refused_code(coordinate(&r, hostile, b"x".to_vec())),
+            "invalid_context"
+        );
+        // Within the context bound, but together with the key's history over the write limit.
+        let wide = history(5000..5000 + WRITE_MAX_ACTORS as u64).context();
+        assert_eq!(
+            refused_code(coordinate(&r, wide, b"x".to_vec())),
+            "too_many_actors"
+        );
+        assert_eq!(r.get(b"b", b"k").unwrap(), before, "nothing was stored");
+        let stored = r
+            .storage()
+            .get(r.partition_of(b"b", b"k"), &storage_key(b"b", b"k"))
+            .unwrap()
+            .unwrap();
+        decode_object(&stored).expect("the stored state still decodes");
+    }
+
+    #[test]
+    fn a_write_that_would_grow_the_key_past_its_size_limit_is_refused() {
+        let mut r = replica();
+        r.config.max_object_bytes = 10_000;
+        assert!(matches!(
+            coordinate(&r, Context::default(), vec![1; 6000]),
+            Response::Stored(_)
+        ));
+        let before = r.get(b"b", b"k").unwrap();
+        assert_eq!(
+            refused_code(coordinate(&r, Context::default(), vec![2; 6000])),
+            "object_too_large"
+        );
+        assert_eq!(r.get(b"b", b"k").unwrap(), before);
+        // A write that supersedes what is there still fits.
+        let context = before.unwrap().context();
+        assert!(matches!(
+            coordinate(&r, context, vec![3; 6000]),
+            Response::Stored(_)
+        ));
+    }
+
+    /// Merges are refused only at the hard limits, with nothing stored; the sender keeps
+    /// its versions. A batch goes on past a refused key but then fails.
+    #[test]
+    fn a_merge_that_would_cross_a_hard_limit_stores_nothing_and_fails_its_batch() {
+        let r = replica();
+        let ours = history(1..700);
+        let theirs = history(10_000..10_400);
+        r.merge(b"b", b"k", &ours, None).unwrap();
+        assert!(matches!(
+            r.merge(b"b", b"k", &theirs, None),
+            Err(ReplicaError::MergeRefused(LimitError::TooManyActors {
+                count: 1099,
+                ..
+            }))
+        ));
+        assert_eq!(r.get(b"b", b"k").unwrap(), Some(ours.clone()));
+        assert_eq!(r.metrics.merges_refused.get(), 1);
+        let batch = [
+            KeyedObject {
+                bucket: b"b".to_vec(),
+                key: b"k".to_vec(),
+                object: theirs,
+            },
+            KeyedObject {
+                bucket: b"b".to_vec(),
+                key: b"other".to_vec(),
+                object: history(1..3),
+            },
+        ];
+        assert!(matches!(
+            r.handle(Request::MergeBatch {
+                objects: batch.to_vec()
+            }),
+            Response::Refused { ref code, .. } if code == "merge_over_limit"
+        ));
+        assert_eq!(r.get(b"b", b"other").unwrap(), Some(history(1..3)));
+        assert_eq!(r.get(b"b", b"k").unwrap(), Some(ours));
+    }
+}
