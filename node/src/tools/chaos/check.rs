@@ -41,7 +41,7 @@ pub type Vv = BTreeMap<u64, u64>;
 pub fn vv_of(token: Option<&str>) -> Option<Vv> {
     match token {
         None | Some("") => Some(Vv::new()),
-        Some(t) => Context::decode(t)
+        Some(t) => Context::decode(chorus_api::context_token(t))
             .ok()
             .map(|c| c.entries().iter().map(|(a, n)| (a.0, *n)).collect()),
     }
