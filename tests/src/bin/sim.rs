@@ -41,6 +41,9 @@ struct Args {
     /// No strict-quorum (pr/pw) requests.
     #[arg(long)]
     no_strict: bool,
+    /// Also fail nodes' disks for a while (every write an I/O error), then recover them.
+    #[arg(long)]
+    disk_faults: bool,
     /// Print every event of the scenario (and debug logs of the nodes).
     #[arg(long)]
     verbose: bool,
@@ -79,6 +82,7 @@ fn main() {
         keys: args.keys,
         late_join: !args.no_join,
         strict_quorums: !args.no_strict,
+        disk_faults: args.disk_faults,
     };
     let options = move |seed: u64| Options {
         seed,
