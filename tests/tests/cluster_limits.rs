@@ -10,13 +10,13 @@ use chorus_core::object::{Object, Sibling};
 use chorus_tests::api::{self, assert_error, Local};
 use chorus_tests::cluster::{chorus_bin, free_port, ClusterOptions, TestCluster};
 
-/// A context token naming actors `1..=actors`, each at counter 1: what a hostile client
-/// can send without having read anything.
-fn context_naming(actors: u64) -> String {
+/// A context naming actors `1..=actors`, each at counter 1, bound to `bucket`/`key`: what a
+/// hostile client can send without having read anything.
+fn context_naming(actors: u64, bucket: &str, key: &str) -> String {
     let state = (1..=actors).fold(Object::new(), |state, a| {
         state.sync(&Object::new().update(&Context::default(), ActorId(a), Sibling::tombstone()))
     });
-    state.context().encode()
+    chorus_api::bind_context(&state.context().encode(), bucket.as_bytes(), key.as_bytes())
 }
 
 /// Issue 15, defect 1: one PUT whose context named the decoder's 1024 actors made the
@@ -27,7 +27,7 @@ fn a_context_naming_the_actor_limit_is_refused_and_the_key_stays_readable_everyw
     let cluster = TestCluster::start_converged(ClusterOptions::default());
     let urls: Vec<String> = (0..cluster.nodes.len()).map(|i| cluster.url(i)).collect();
     api::put_ok(&urls[0], "poison", "k", b"acked", "w=all", None);
-    let hostile = context_naming(MAX_ACTORS as u64);
+    let hostile = context_naming(MAX_ACTORS as u64, "poison", "k");
     for url in &urls {
         let r = api::put(url, "poison", "k", b"evil", "", Some(&hostile)).unwrap();
         assert_error(
@@ -35,6 +35,14 @@ fn a_context_naming_the_actor_limit_is_refused_and_the_key_stays_readable_everyw
             400,
             "invalid_context",
             "a PUT whose context names 1024 actors",
+        );
+        let message = r.json().unwrap()["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            message.contains("1024 actors"),
+            "the actor limit refused it: {message}"
         );
         let r = api::delete(url, "poison", "k", "", Some(&hostile)).unwrap();
         assert_error(
@@ -58,6 +66,38 @@ fn a_context_naming_the_actor_limit_is_refused_and_the_key_stays_readable_everyw
     api::put_ok(&urls[1], "poison", "k", b"next", "w=all", Some(&context));
     let (_, _, values) = api::get_json(&urls[2], "poison", "k", "r=all").unwrap();
     assert_eq!(values, vec![b"next".to_vec()]);
+}
+
+/// Issue 15, concern: a context taken from another key was accepted and superseded a
+/// sibling of the target key that the client never read (actors are shared by keys, so
+/// the other key's version vector covers dots here).
+#[test]
+fn a_context_from_another_key_is_refused_and_supersedes_nothing() {
+    let cluster = TestCluster::start_converged(ClusterOptions::default());
+    let url = cluster.url(0);
+    api::put_ok(&url, "ctx", "a", b"a1", "w=all", None);
+    let (_, from_a, _) = api::get_json(&url, "ctx", "a", "r=all").unwrap();
+    api::put_ok(&url, "ctx", "b", b"b1", "w=all", None);
+    api::put_ok(&url, "ctx", "b", b"b2", "w=all", None);
+    let r = api::put(&url, "ctx", "b", b"b3", "w=all", Some(&from_a)).unwrap();
+    assert_error(
+        &r,
+        400,
+        "invalid_context",
+        "a PUT with another key's context",
+    );
+    let unbound = chorus_api::context_token(&from_a).to_string();
+    let r = api::put(&url, "ctx", "b", b"b3", "w=all", Some(&unbound)).unwrap();
+    assert_error(&r, 400, "invalid_context", "a PUT with an unbound context");
+    let (status, from_b, values) = api::get_json(&url, "ctx", "b", "r=all").unwrap();
+    assert_eq!(
+        (status, values),
+        (300, vec![b"b1".to_vec(), b"b2".to_vec()]),
+        "both siblings the client never resolved are still there"
+    );
+    api::put_ok(&url, "ctx", "b", b"b3", "w=all", Some(&from_b));
+    let (_, _, values) = api::get_json(&url, "ctx", "b", "r=all").unwrap();
+    assert_eq!(values, vec![b"b3".to_vec()]);
 }
 
 /// What `chorus start` did with some flags: its exit code (None: it served `/health`, or

@@ -117,3 +117,26 @@ fn a_write_with_its_answer_context_keeps_a_sibling_its_client_never_saw() {
         report.failures
     );
 }
+
+/// Issue 15: a node whose disk fails must stop acknowledging, refuse requests, and recover
+/// once the disk works again (its healing rounds probe it); the nemesis fails one node's
+/// disk at a time with `disk_faults`. With the probe taken out of `Healer::round`, a
+/// node whose disk failed never takes a write again and its replicas diverge (seeds 1-8
+/// fail the convergence check).
+#[test]
+fn nodes_whose_disks_fail_for_a_while_lose_nothing_and_recover() {
+    let mut errors = 0;
+    for seed in 1..=8 {
+        let mut options = Options::new(seed);
+        options.disk_faults = true;
+        let report = sim::run(&options);
+        assert!(
+            report.failures.is_empty(),
+            "seed {seed} failed:\n  {}\nreplay: {}",
+            report.failures.join("\n  "),
+            options.replay_command()
+        );
+        errors += report.healing.storage_errors;
+    }
+    assert!(errors > 0, "no disk fault hit a node's storage in 8 seeds");
+}

@@ -18,6 +18,62 @@ pub use client::{kv_path, ring_path, BaseUrl, HttpClient, HttpError, Response};
 /// has one, and by a client with a write that should supersede what it saw.
 pub const CONTEXT_HEADER: &str = "x-chorus-context";
 
+/// Separates a context's causal token from the tag binding it to its key.
+const BINDING_SEPARATOR: char = '.';
+
+/// A context as a node hands it out for `bucket`/`key`: the causal token, then a tag
+/// derived from the key. A context only means something for the key it was read from:
+/// used on another key, its version vector (actors are shared across keys) would
+/// supersede versions there the client never saw, so a node refuses it.
+pub fn bind_context(token: &str, bucket: &[u8], key: &[u8]) -> String {
+    format!(
+        "{token}{BINDING_SEPARATOR}{}",
+        binding_tag(token, bucket, key)
+    )
+}
+
+/// Why a context was refused for the key it came with.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BindingError {
+    #[error(
+        "the context has no key binding: send the context a read or write of this key returned"
+    )]
+    Unbound,
+    #[error("the context was handed out for another key: send the context a read or write of this key returned")]
+    OtherKey,
+}
+
+/// The causal token of a context sent with a request on `bucket`/`key`, once its tag
+/// shows it was handed out for that key.
+pub fn bound_token<'a>(text: &'a str, bucket: &[u8], key: &[u8]) -> Result<&'a str, BindingError> {
+    let (token, tag) = text
+        .rsplit_once(BINDING_SEPARATOR)
+        .ok_or(BindingError::Unbound)?;
+    if tag != binding_tag(token, bucket, key) {
+        return Err(BindingError::OtherKey);
+    }
+    Ok(token)
+}
+
+/// The causal token of a bound context, not checked against any key: for tools that only
+/// read contexts (the history checker).
+pub fn context_token(text: &str) -> &str {
+    text.rsplit_once(BINDING_SEPARATOR)
+        .map_or(text, |(token, _)| token)
+}
+
+/// 72 bits of blake3 over the key and the token, base64url: a mistake detector, not a
+/// secret (a client can forge any context for any key anyway).
+fn binding_tag(token: &str, bucket: &[u8], key: &[u8]) -> String {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"chorus context binding v1\0");
+    for part in [bucket, key, token.as_bytes()] {
+        hasher.update(&(part.len() as u64).to_be_bytes());
+        hasher.update(part);
+    }
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&hasher.finalize().as_bytes()[..9])
+}
+
 /// One version of a value in a JSON answer (`GET` with `Accept: application/json`, a
 /// `300`, `/local/kv`). The value travels as standard base64.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,5 +157,29 @@ mod tests {
         assert!(SiblingsBody::parse(br#"{"siblings":[{"value":"!!"}]}"#).is_err());
         let error = br#"{"error":"not_found","message":"no such key"}"#;
         assert!(SiblingsBody::parse(error).unwrap().siblings.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod binding_tests {
+    use super::*;
+
+    #[test]
+    fn a_context_is_accepted_for_its_own_key_only() {
+        let bound = bind_context("AQID", b"b", b"k");
+        assert_eq!(bound_token(&bound, b"b", b"k"), Ok("AQID"));
+        assert_eq!(
+            bound_token(&bound, b"b", b"k2"),
+            Err(BindingError::OtherKey)
+        );
+        assert_eq!(bound_token(&bound, b"bk", b""), Err(BindingError::OtherKey));
+        assert_eq!(bound_token("AQID", b"b", b"k"), Err(BindingError::Unbound));
+        let tampered = bind_context("AQIE", b"b", b"k").replace("AQIE", "AQID");
+        assert_eq!(
+            bound_token(&tampered, b"b", b"k"),
+            Err(BindingError::OtherKey)
+        );
+        assert_eq!(context_token(&bound), "AQID");
+        assert_eq!(context_token("AQID"), "AQID");
     }
 }

@@ -13,6 +13,8 @@
 //!   in the cluster reports pending hints or data awaiting ownership transfer (a copy
 //!   that would bring the deleted value back), and a grace period has passed.
 //!
+//! - Storage recovery: while the storage is failed, each round first probes it.
+//!
 //! It works through the `Peers` seam and tokio's clock, so the simulation runs this code.
 //! It never decides placement (the ring does) or liveness (gossip does).
 
@@ -211,7 +213,13 @@ impl<S: Storage, P: Peers> Healer<S, P> {
     }
 
     /// One round of every healing duty.
+    /// A failed storage is probed first (a durable write), which is how the node recovers
+    /// when the cause goes away; while it stays failed the duties are skipped, as every
+    /// one of them needs it.
     pub async fn round(&self) {
+        if self.replica.health().is_failed() && !self.replica.probe_storage() {
+            return;
+        }
         if let Err(e) = self.deliver_hints().await {
             tracing::warn!("hint delivery: {e}");
         }

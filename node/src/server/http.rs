@@ -271,7 +271,10 @@ fn kv_params(
     Ok(params)
 }
 
-fn request_context(headers: &HeaderMap) -> Result<Context, ApiError> {
+/// The context a write carries. It must have been handed out for this very key (see
+/// `chorus_api::bind_context`): another key's context would supersede versions here the
+/// client never saw.
+fn request_context(headers: &HeaderMap, bucket: &[u8], key: &[u8]) -> Result<Context, ApiError> {
     if headers.get_all(CONTEXT_HEADER).iter().count() > 1 {
         return Err(ApiError::bad_request(
             "invalid_context",
@@ -287,7 +290,9 @@ fn request_context(headers: &HeaderMap) -> Result<Context, ApiError> {
             if text.is_empty() {
                 return Ok(Context::default());
             }
-            Context::decode(text)
+            let token = chorus_api::bound_token(text, bucket, key)
+                .map_err(|e| ApiError::bad_request("invalid_context", e.to_string()))?;
+            Context::decode(token)
                 .map_err(|e| ApiError::bad_request("invalid_context", e.to_string()))
         }
     }
@@ -313,13 +318,14 @@ fn request_content_type(headers: &HeaderMap) -> Result<Option<String>, ApiError>
     Ok(Some(text.to_string()))
 }
 
-/// The context a client gets back. A GET's is the merged state's vector (it covers what
-/// the answer shows and what those values superseded); a write's comes from the
-/// coordinator ([`crate::coordinator::Written`]): the request's context plus the new
-/// version, never the whole state, which may hold concurrent siblings this client was
-/// not shown.
-fn header_value(context: &Context) -> HeaderValue {
-    HeaderValue::from_str(&context.encode()).expect("base64 is a valid header value")
+/// The context a client gets back, bound to `bucket`/`key`. A GET's is the merged state's
+/// vector (it covers what the answer shows and what those values superseded); a write's
+/// comes from the coordinator ([`crate::coordinator::Written`]): the request's context
+/// plus the new version, never the whole state, which may hold concurrent siblings this
+/// client was not shown.
+fn header_value(context: &Context, bucket: &[u8], key: &[u8]) -> HeaderValue {
+    HeaderValue::from_str(&chorus_api::bind_context(&context.encode(), bucket, key))
+        .expect("base64 is a valid header value")
 }
 
 /// Runs a handler body and records its status and latency in the metrics.
@@ -382,7 +388,7 @@ async fn kv_get(
             1 => StatusCode::OK,
             _ => StatusCode::MULTIPLE_CHOICES,
         };
-        let context = header_value(&object.context());
+        let context = header_value(&object.context(), &bucket, &key);
         if wants_json || live.len() > 1 {
             let body = SiblingsBody {
                 context: context.to_str().unwrap_or_default().to_string(),
@@ -485,7 +491,7 @@ async fn kv_put(
             node.limits.default_timeout,
             query.as_deref(),
         )?;
-        let context = request_context(&headers)?;
+        let context = request_context(&headers, &bucket, &key)?;
         let content_type = request_content_type(&headers)?;
         let value = read_body(&node, body).await?;
         #[cfg(feature = "fault-injection")]
@@ -506,7 +512,7 @@ async fn kv_put(
             .await?;
         Ok((
             StatusCode::NO_CONTENT,
-            [(CONTEXT_HEADER, header_value(&written.context))],
+            [(CONTEXT_HEADER, header_value(&written.context, &bucket, &key))],
         )
             .into_response())
     })
@@ -530,7 +536,7 @@ async fn kv_delete(
         // remove, and the value would stay visible. Like Riak, read the context first (at
         // r = w, so the delete is as available as the caller asked for) and delete what it saw.
         let context = match headers.get(CONTEXT_HEADER) {
-            Some(_) => request_context(&headers)?,
+            Some(_) => request_context(&headers, &bucket, &key)?,
             None => node
                 .coordinator
                 .get(&bucket, &key, p.w, 0, p.timeout)
@@ -555,7 +561,7 @@ async fn kv_delete(
             .await?;
         Ok((
             StatusCode::NO_CONTENT,
-            [(CONTEXT_HEADER, header_value(&written.context))],
+            [(CONTEXT_HEADER, header_value(&written.context, &bucket, &key))],
         )
             .into_response())
     })
@@ -616,10 +622,10 @@ async fn ring_owners(State(node): State<Arc<Node>>, uri: Uri) -> Result<Json<Val
     ))
 }
 
-fn object_json(object: &Object) -> SiblingsBody {
+fn object_json(object: &Object, bucket: &[u8], key: &[u8]) -> SiblingsBody {
     let tombstone = !object.is_empty() && object.values().iter().all(|s| s.deleted);
     SiblingsBody {
-        context: object.context().encode(),
+        context: chorus_api::bind_context(&object.context().encode(), bucket, key),
         siblings: siblings_body(&object.values(), true),
         tombstone: Some(tombstone),
     }
@@ -628,7 +634,7 @@ fn object_json(object: &Object) -> SiblingsBody {
 async fn local_kv(State(node): State<Arc<Node>>, uri: Uri) -> Result<Response, ApiError> {
     let (bucket, key) = bucket_and_key(&uri)?;
     match node.replica.get(&bucket, &key) {
-        Ok(Some(object)) => Ok(Json(object_json(&object)).into_response()),
+        Ok(Some(object)) => Ok(Json(object_json(&object, &bucket, &key)).into_response()),
         Ok(None) => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",

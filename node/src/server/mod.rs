@@ -338,10 +338,10 @@ fn check_journal(
     Ok(damage)
 }
 
-/// Watches the storage's health once a second. On a failure it gossips it, probes for
-/// recovery with a durable write, logs the reason at least once a minute, and when the
-/// engine has not come back after `exit_after` (fjall does not recover in-process once
-/// poisoned), stops the node, which then exits with code 3
+/// Watches the storage's health once a second. On a failure it gossips it, logs the
+/// reason at least once a minute, and when the engine has not come back after
+/// `exit_after` (healing rounds probe it with a durable write; fjall does not recover
+/// in-process once poisoned), stops the node, which then exits with code 3
 /// ([`StartError::StorageFailed`]).
 async fn storage_watchdog(node: Arc<Node>, exit_after: Duration) {
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
@@ -351,6 +351,9 @@ async fn storage_watchdog(node: Arc<Node>, exit_after: Duration) {
     loop {
         ticker.tick().await;
         let Some(reason) = node.replica.health().failure() else {
+            if failed_since.take().is_some() {
+                node.gossip.set_local_kv(STORAGE_KV, "ok");
+            }
             continue;
         };
         let now = tokio::time::Instant::now();
@@ -359,15 +362,6 @@ async fn storage_watchdog(node: Arc<Node>, exit_after: Duration) {
             logged_at = now;
             now
         });
-        let probe = node.replica.clone();
-        if tokio::task::spawn_blocking(move || probe.probe_storage())
-            .await
-            .unwrap_or(false)
-        {
-            failed_since = None;
-            node.gossip.set_local_kv(STORAGE_KV, "ok");
-            continue;
-        }
         if now.duration_since(logged_at) >= STORAGE_LOG_EVERY {
             logged_at = now;
             tracing::error!(

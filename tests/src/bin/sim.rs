@@ -45,6 +45,9 @@ struct Args {
     /// siblings the writer never saw). The checker must then report lost writes.
     #[arg(long)]
     old_answer_context: bool,
+    /// Also fail nodes' disks for a while (every write an I/O error), then recover them.
+    #[arg(long)]
+    disk_faults: bool,
     /// Print every event of the scenario (and debug logs of the nodes).
     #[arg(long)]
     verbose: bool,
@@ -85,6 +88,7 @@ fn main() {
         strict_quorums: !args.no_strict,
         old_answer_context: args.old_answer_context,
         script: None,
+        disk_faults: args.disk_faults,
     };
     let options = move |seed: u64| Options {
         seed,

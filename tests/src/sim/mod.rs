@@ -84,6 +84,9 @@ pub struct Options {
     pub old_answer_context: bool,
     /// One client following this script instead of `clients` random ones.
     pub script: Option<Vec<workload::Step>>,
+    /// The nemesis also fails nodes' disks for a while (every write an I/O error), then
+    /// lets them recover. Off by default, so the seeds of other runs replay unchanged.
+    pub disk_faults: bool,
 }
 
 impl Options {
@@ -100,6 +103,7 @@ impl Options {
             strict_quorums: true,
             old_answer_context: false,
             script: None,
+            disk_faults: false,
         }
     }
 
@@ -123,6 +127,9 @@ impl Options {
         }
         if self.old_answer_context {
             command += " --old-answer-context";
+        }
+        if self.disk_faults {
+            command += " --disk-faults";
         }
         if self.script.is_some() {
             command += " (scripted: replay the test instead)";
@@ -162,6 +169,9 @@ pub struct Healing {
     pub hints_dropped: u64,
     pub aae_keys_repaired: u64,
     pub crashes: u64,
+    /// Storage errors the nodes saw (with `disk_faults`): each failed its node's storage
+    /// until a healing round's probe found the disk working.
+    pub storage_errors: u64,
 }
 
 impl std::ops::AddAssign for Healing {
@@ -170,6 +180,7 @@ impl std::ops::AddAssign for Healing {
         self.hints_queued += o.hints_queued;
         self.hints_delivered += o.hints_delivered;
         self.hints_dropped += o.hints_dropped;
+        self.storage_errors += o.storage_errors;
         self.aae_keys_repaired += o.aae_keys_repaired;
         self.crashes += o.crashes;
     }
@@ -280,6 +291,7 @@ impl Cluster {
             h.hints_queued += m.hints_queued.get();
             h.hints_delivered += m.hints_delivered.get();
             h.hints_dropped += m.hints_dropped.get();
+            h.storage_errors += m.storage_errors.get();
             h.aae_keys_repaired += m.aae_keys_repaired.get();
         }
         h
@@ -524,6 +536,9 @@ async fn scenario(options: Options) -> Report {
     trace.log("heal: network calm, partitions removed, every node running".to_string());
     net.heal_all();
     net.set_faults(NetFaults::calm());
+    for node in &cluster.nodes {
+        node.disk.set_write_failure(None);
+    }
     net.unpause_all();
     for i in 0..names.len() {
         if net.current(&names[i]).is_none() {
@@ -617,8 +632,49 @@ async fn scenario(options: Options) -> Report {
     }
 }
 
+/// With probability 1/4, when no disk is failing: one node's disk fails every write (an
+/// I/O error, as a full disk does) for `hold`, then works again. The node must refuse
+/// requests meanwhile, acknowledge nothing it did not store, and recover by its healing
+/// rounds' probe.
+fn fail_a_disk(
+    cluster: &Arc<Cluster>,
+    rng: &mut StdRng,
+    failing: &Arc<Mutex<Option<usize>>>,
+    hold: Duration,
+) {
+    if !rng.random_bool(0.25) {
+        return;
+    }
+    let index = rng.random_range(0..cluster.nodes.len());
+    let node = &cluster.nodes[index];
+    // A node restarted on a failing disk would not start (it writes its identity), so
+    // only running nodes' disks fail, and a node whose disk fails is not crashed.
+    let mut current = failing.lock().expect("disk fault");
+    if current.is_some() || cluster.net.current(&node.name).is_none() {
+        return;
+    }
+    *current = Some(index);
+    drop(current);
+    cluster.net.trace.log(format!(
+        "{}'s disk fails every write for {hold:?}",
+        node.name
+    ));
+    node.disk.set_write_failure(Some("simulated disk failure"));
+    let (cluster, failing) = (cluster.clone(), failing.clone());
+    tokio::spawn(async move {
+        tokio::time::sleep(hold).await;
+        let node = &cluster.nodes[index];
+        cluster
+            .net
+            .trace
+            .log(format!("{}'s disk works again", node.name));
+        node.disk.set_write_failure(None);
+        *failing.lock().expect("disk fault") = None;
+    });
+}
+
 /// Injects faults until `end`: message loss, duplication, delay and slow paths; symmetric
-/// and one-way partitions; crashes with restarts; pauses.
+/// and one-way partitions; crashes with restarts; pauses; with `disk_faults`, failing disks.
 async fn nemesis(cluster: Arc<Cluster>, shared: Arc<Shared>, options: Options, end: Instant) {
     if options.faults == Faults::None {
         return;
@@ -628,6 +684,9 @@ async fn nemesis(cluster: Arc<Cluster>, shared: Arc<Shared>, options: Options, e
     let net = cluster.net.clone();
     let names = cluster.names.clone();
     let max_down = if heavy { (names.len() - 1).max(1) } else { 1 };
+    // Disk faults draw from their own stream, so the other faults of a seed stay the same.
+    let mut disk_rng = StdRng::seed_from_u64(sub_seed(options.seed, 9));
+    let disk_failing: Arc<Mutex<Option<usize>>> = Arc::default();
     loop {
         let wait = if heavy {
             rng.random_range(300..2500)
@@ -644,6 +703,9 @@ async fn nemesis(cluster: Arc<Cluster>, shared: Arc<Shared>, options: Options, e
         } else {
             rng.random_range(1000..6000)
         });
+        if options.disk_faults {
+            fail_a_disk(&cluster, &mut disk_rng, &disk_failing, hold);
+        }
         match rng.random_range(0..6) {
             0 => {
                 let max_drop = if heavy { 0.2 } else { 0.03 };
@@ -708,7 +770,10 @@ async fn nemesis(cluster: Arc<Cluster>, shared: Arc<Shared>, options: Options, e
             3 | 4 => {
                 let down = names.iter().filter(|n| net.current(n).is_none()).count();
                 let index = rng.random_range(0..names.len());
-                if down >= max_down || net.current(&names[index]).is_none() {
+                if down >= max_down
+                    || net.current(&names[index]).is_none()
+                    || *disk_failing.lock().expect("disk fault") == Some(index)
+                {
                     continue;
                 }
                 cluster.crash(index);

@@ -43,7 +43,7 @@ use chorus_core::causality::Context;
 pub fn context_of(token: Option<&str>) -> Option<Context> {
     match token {
         None | Some("") => Some(Context::default()),
-        Some(t) => Context::decode(t).ok(),
+        Some(t) => Context::decode(chorus_api::context_token(t)).ok(),
     }
 }
 
