@@ -277,7 +277,7 @@ fn request_context(headers: &HeaderMap) -> Result<Context, ApiError> {
 
 /// The context a client gets back. A GET's is the merged state's vector (it covers what
 /// the answer shows and what those values superseded); a write's comes from the
-/// coordinator ([`crate::coordinator::Written`]): the request's context plus the new
+/// coordinator ([`chorus_core::coordinator::Written`]): the request's context plus the new
 /// version, never the whole state, which may hold concurrent siblings this client was
 /// not shown.
 fn header_value(context: &Context) -> HeaderValue {
