@@ -57,7 +57,9 @@ fn a_write_whose_first_primary_was_just_killed_succeeds_before_detection() {
         killed.elapsed()
     );
     assert!(succeeded < Duration::from_millis(2000), "{attempts:?}");
+    // Written blind, "after" is a sibling of "before" (and of any 503'd attempt that a
+    // replica did store): it must be among what a quorum read returns.
     let (status, _, values) = api::get_json(&coordinator, "b", &key, "r=2").expect("GET");
-    assert_eq!(status, 200);
+    assert!(status == 200 || status == 300, "GET answered {status}");
     assert!(values.contains(&b"after".to_vec()), "{values:?}");
 }

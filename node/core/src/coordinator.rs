@@ -129,8 +129,14 @@ pub enum CoordinatorError {
         primaries_needed: usize,
         primaries_replied: usize,
     },
-    #[error("{0}")]
-    TooManySiblings(String),
+    /// The minting replica refused the write cleanly (a limit: `code` is the HTTP error
+    /// code, e.g. `too_many_siblings`); nothing was stored.
+    #[error("{message}")]
+    Refused { code: String, message: String },
+    /// This node's own storage failed: it coordinates no write, since it could not tell
+    /// the client the truth about its own replica.
+    #[error("this node's storage failed ({0}); send the request to another node")]
+    StorageFailed(String),
 }
 
 fn primaries_note(needed: usize, replied: usize) -> String {
@@ -269,6 +275,9 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
         pw: usize,
         timeout: Duration,
     ) -> Result<Written, CoordinatorError> {
+        if let Some(reason) = self.replica.health().failure() {
+            return Err(CoordinatorError::StorageFailed(reason));
+        }
         let deadline = tokio::time::Instant::now() + timeout;
         let targets = self.local_first_targets(bucket, key);
         let unavailable = |replied: usize, primaries: usize| CoordinatorError::Unavailable {
@@ -313,8 +322,8 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
             };
             match self.call(&target.name, request, remaining).await {
                 Ok(Response::Minted { object, dot }) => stored = Some((target, object, dot)),
-                Ok(Response::Refused { message, .. }) => {
-                    return Err(CoordinatorError::TooManySiblings(message))
+                Ok(Response::Refused { code, message }) => {
+                    return Err(CoordinatorError::Refused { code, message })
                 }
                 Ok(other) => {
                     tracing::debug!(replica = %target.name, "coordinating write failed: {other:?}")
@@ -509,6 +518,13 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
         if merged.is_empty() {
             return;
         }
+        // Replicas that grew apart past the hard limits cannot take their merge (they would
+        // refuse it); each keeps its versions until a client writes with this read's context.
+        if let Err(e) = crate::object::Limits::HARD.check(&merged) {
+            self.metrics.merges_refused.inc();
+            tracing::warn!(bucket = %String::from_utf8_lossy(bucket), key = %String::from_utf8_lossy(key), "read repair skipped: {e}");
+            return;
+        }
         for (target, object) in answers {
             if object.as_ref().is_some_and(|o| o.descends(&merged)) {
                 continue;
@@ -599,6 +615,7 @@ mod tests {
             actor_seed: 1,
             ring_size: 64,
             max_siblings: 100,
+            max_object_bytes: crate::object::WRITE_MAX_OBJECT_BYTES,
             warn_siblings: 25,
             max_hints_per_owner: 10,
         };
@@ -698,6 +715,7 @@ mod tests {
             actor_seed: actor,
             ring_size: 64,
             max_siblings: 100,
+            max_object_bytes: crate::object::WRITE_MAX_OBJECT_BYTES,
             warn_siblings: 25,
             max_hints_per_owner: 100,
         };
@@ -835,6 +853,67 @@ mod tests {
             let expected: Vec<&[u8]> = if old { vec![b"v3"] } else { vec![b"v1", b"v3"] };
             assert_eq!(values, expected, "old answer context: {old}");
         }
+    }
+
+    /// Issue 15, defect 2: after a storage error a node kept acknowledging w=one writes it
+    /// did not store, and its replica kept failing silently.
+    #[tokio::test]
+    async fn a_node_whose_storage_failed_acknowledges_no_write_until_it_recovers() {
+        let disk = Arc::new(crate::storage::MemoryStorage::new());
+        let config = crate::replica::ReplicaConfig {
+            actor: crate::causality::ActorId(1),
+            actor_seed: 1,
+            ring_size: 64,
+            max_siblings: 100,
+            max_object_bytes: crate::object::WRITE_MAX_OBJECT_BYTES,
+            warn_siblings: 25,
+            max_hints_per_owner: 100,
+        };
+        let metrics = Arc::new(Metrics::default());
+        let local = Arc::new(Replica::new(disk.clone(), config, metrics.clone()).unwrap());
+        let mut replicas = std::collections::HashMap::new();
+        replicas.insert("b".to_string(), replica(2));
+        replicas.insert("c".to_string(), replica(3));
+        let peers = Arc::new(FakePeers {
+            replicas,
+            hang: HashSet::new(),
+        });
+        let view = Arc::new(RwLock::new(view(&["a", "b", "c"], &[])));
+        let c = Coordinator::new("a".into(), local.clone(), peers, view, metrics.clone());
+        let timeout = Duration::from_secs(5);
+        let value = || Sibling::value(b"v".to_vec(), None);
+        c.put(b"b", b"before", Context::default(), value(), 1, 0, timeout)
+            .await
+            .unwrap();
+
+        disk.set_write_failure(Some("No space left on device (os error 28)"));
+        // The first write meets the failing disk: the local replica refuses it cleanly
+        // (another replica mints), and from then on the node is failed.
+        let _ = c
+            .put(b"b", b"during", Context::default(), value(), 1, 0, timeout)
+            .await;
+        assert!(local.health().is_failed());
+        assert_eq!(metrics.storage_failed.get(), 1);
+        let e = c
+            .put(b"b", b"k", Context::default(), value(), 1, 0, timeout)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, CoordinatorError::StorageFailed(_)), "{e}");
+        // Its replica answers nothing, reads included; reads coordinated here go elsewhere.
+        let answer = local.handle(Request::Get {
+            bucket: b"b".to_vec(),
+            key: b"before".to_vec(),
+        });
+        assert!(matches!(answer, Response::Failed(_)), "{answer:?}");
+        let read = c.get(b"b", b"before", 1, 0, timeout).await.unwrap();
+        assert_eq!(read.sibling_count(), 1);
+
+        disk.set_write_failure(None);
+        assert!(local.probe_storage());
+        c.put(b"b", b"k", Context::default(), value(), 3, 0, timeout)
+            .await
+            .unwrap();
+        assert!(local.get(b"b", b"k").unwrap().is_some());
     }
 
     /// A coordinator that is not itself a replica of any key, in front of "a", "b", "c":

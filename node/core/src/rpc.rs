@@ -9,6 +9,11 @@ use chorus_gossip::GossipMessage;
 use crate::causality::{Context, Dot};
 use crate::object::{Object, Sibling};
 
+/// Largest node-to-node message, request or response; the transport refuses anything
+/// longer. Every object a replica stores must fit in one (see `object::MAX_OBJECT_BYTES`),
+/// or it could never be replicated, repaired or handed off.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
 /// Everything on a stream is one `Envelope`. Adding a variant is compatible; changing one
 /// needs a `V2`.
 #[derive(Debug, Serialize, Deserialize)]

@@ -274,6 +274,7 @@ impl SimNode {
                     actor_seed: seed.rotate_left(31),
                     ring_size: settings.ring_size,
                     max_siblings: settings.max_siblings,
+                    max_object_bytes: chorus_core::object::WRITE_MAX_OBJECT_BYTES,
                     warn_siblings: 25,
                     max_hints_per_owner: settings.max_hints_per_owner,
                 },

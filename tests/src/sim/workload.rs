@@ -396,7 +396,7 @@ impl Client {
                 self.contexts
                     .insert(key.to_string(), Held { context, shown });
             }
-            Ok(Err(CoordinatorError::TooManySiblings(m))) => {
+            Ok(Err(CoordinatorError::Refused { message: m, .. })) => {
                 trace.log(format!(
                     "client{} {what} {key} w{id} at {node}: refused {m}",
                     self.index
