@@ -320,7 +320,7 @@ fn request_content_type(headers: &HeaderMap) -> Result<Option<String>, ApiError>
 
 /// The context a client gets back, bound to `bucket`/`key`. A GET's is the merged state's
 /// vector (it covers what the answer shows and what those values superseded); a write's
-/// comes from the coordinator ([`crate::coordinator::Written`]): the request's context
+/// comes from the coordinator ([`chorus_core::coordinator::Written`]): the request's context
 /// plus the new version, never the whole state, which may hold concurrent siblings this
 /// client was not shown.
 fn header_value(context: &Context, bucket: &[u8], key: &[u8]) -> HeaderValue {
