@@ -185,6 +185,9 @@ pub struct StartArgs {
     /// when the data directory is created (fjall keeps it with the keyspace).
     #[arg(long, default_value_t = 64)]
     pub memtable_mb: u64,
+    /// The Redis-protocol front (`--resp ADDR` and its options).
+    #[command(flatten)]
+    pub resp: crate::resp::RespArgs,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

@@ -264,6 +264,36 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
         pw: usize,
         timeout: Duration,
     ) -> Result<Object, CoordinatorError> {
+        self.write(bucket, key, Some(context), value, (w, pw), timeout)
+            .await
+    }
+
+    /// Writes `value` over whatever the minting replica holds for the key (its own state
+    /// is the context, taken under its key lock): a client that sends no context, like a
+    /// RESP `SET`, replaces its own earlier writes, and only versions minted concurrently
+    /// elsewhere and not yet merged into that replica stay siblings. Otherwise as `put`.
+    pub async fn put_over_current(
+        &self,
+        bucket: &[u8],
+        key: &[u8],
+        value: Sibling,
+        w: usize,
+        pw: usize,
+        timeout: Duration,
+    ) -> Result<Object, CoordinatorError> {
+        self.write(bucket, key, None, value, (w, pw), timeout).await
+    }
+
+    /// `put` and `put_over_current`: `context` None mints over the replica's own state.
+    async fn write(
+        &self,
+        bucket: &[u8],
+        key: &[u8],
+        context: Option<Context>,
+        value: Sibling,
+        (w, pw): (usize, usize),
+        timeout: Duration,
+    ) -> Result<Object, CoordinatorError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let view = self.view();
         let partition = view.ring.partition_of(bucket, key);
@@ -308,9 +338,10 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
             let request = Request::Coordinate {
                 bucket: bucket.to_vec(),
                 key: key.to_vec(),
-                context: context.clone(),
+                context: context.clone().unwrap_or_default(),
                 value: value.clone(),
                 hint_for: target.hint_for.clone(),
+                over_current: context.is_none(),
             };
             match self.call(&target.name, request, remaining).await {
                 Ok(Response::Stored(object)) => stored = Some((target, object)),

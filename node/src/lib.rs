@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod object;
 pub mod quic_floor;
 pub mod replica;
+pub mod resp;
 pub mod rpc;
 pub mod server;
 pub mod storage;

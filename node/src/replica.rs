@@ -125,9 +125,12 @@ impl<S: Storage> Replica<S> {
                 context,
                 value,
                 hint_for,
-            } => self
-                .coordinate(&bucket, &key, &context, value, hint_for.as_deref())
-                .map(Response::Stored),
+                over_current,
+            } => {
+                let context = (!over_current).then_some(&context);
+                self.coordinate(&bucket, &key, context, value, hint_for.as_deref())
+                    .map(Response::Stored)
+            }
             Request::Merge {
                 bucket,
                 key,
@@ -174,13 +177,15 @@ impl<S: Storage> Replica<S> {
     }
 
     /// The coordinating replica's part of a write: the new value gets a dot of this
-    /// replica's actor, superseding exactly what `context` covers. Persisted before return.
+    /// replica's actor, superseding exactly what `context` covers, or with `None` everything
+    /// this replica holds for the key (read under the same lock as the write, so no version
+    /// that arrives meanwhile is superseded unseen). Persisted before return.
     /// A fallback (`hint_for` = the unreachable owner) records a hint, as in `merge`.
     pub fn coordinate(
         &self,
         bucket: &[u8],
         key: &[u8],
-        context: &Context,
+        context: Option<&Context>,
         value: Sibling,
         hint_for: Option<&str>,
     ) -> Result<Object, ReplicaError> {
@@ -192,7 +197,10 @@ impl<S: Storage> Replica<S> {
             Some(bytes) => decode_object(bytes)?,
             None => Object::new(),
         };
-        let updated = current.update(context, self.actor(), value);
+        let updated = match context {
+            Some(context) => current.update(context, self.actor(), value),
+            None => current.update(&current.context(), self.actor(), value),
+        };
         let count = updated.sibling_count();
         if count > self.config.max_siblings {
             return Err(ReplicaError::TooManySiblings {
@@ -421,6 +429,30 @@ mod tests {
     }
 
     #[test]
+    fn a_write_over_the_current_state_supersedes_what_this_replica_holds_and_nothing_else() {
+        let r = replica();
+        let v = |s: &str| Sibling::value(s.as_bytes().to_vec(), None);
+        let blind = Context::default();
+        r.coordinate(b"b", b"k", Some(&blind), v("1"), None)
+            .unwrap();
+        r.coordinate(b"b", b"k", Some(&blind), v("2"), None)
+            .unwrap();
+        assert_eq!(r.get(b"b", b"k").unwrap().unwrap().sibling_count(), 2);
+        let over = r.coordinate(b"b", b"k", None, v("3"), None).unwrap();
+        assert_eq!(
+            over.values(),
+            vec![&v("3")],
+            "both siblings held here are superseded"
+        );
+        // A version minted elsewhere without seeing "3" stays a sibling when it arrives.
+        let elsewhere = Object::new().update(&blind, ActorId(2), v("other"));
+        let merged = r.merge(b"b", b"k", &elsewhere, None).unwrap();
+        assert_eq!(merged.sibling_count(), 2);
+        let over = r.coordinate(b"b", b"k", None, v("4"), None).unwrap();
+        assert_eq!(over.values(), vec![&v("4")]);
+    }
+
+    #[test]
     fn a_fallback_that_mints_a_write_keeps_a_hint_for_the_owner() {
         let r = replica();
         let request = Request::Coordinate {
@@ -429,6 +461,7 @@ mod tests {
             context: Context::default(),
             value: Sibling::value(b"v".to_vec(), None),
             hint_for: Some("owner".into()),
+            over_current: false,
         };
         assert!(matches!(r.handle(request), Response::Stored(_)));
         let hints = r.storage().hint_scan("owner", 10).unwrap();
@@ -443,7 +476,7 @@ mod tests {
         r.coordinate(
             b"b",
             b"other",
-            &Context::default(),
+            Some(&Context::default()),
             Sibling::value(b"v".to_vec(), None),
             None,
         )

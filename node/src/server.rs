@@ -157,6 +157,7 @@ async fn serve(args: StartArgs, security: Security) -> CliResult {
     let http_listener = tokio::net::TcpListener::bind(args.http)
         .await
         .map_err(|e| CliError::usage(format!("cannot listen on {} (HTTP): {e}", args.http)))?;
+    let resp = crate::resp::prepare(&args).await.map_err(CliError::usage)?;
     let sync = match args.sync {
         SyncArg::Periodic => SyncMode::Periodic {
             interval_ms: args.sync_interval_ms,
@@ -267,6 +268,9 @@ async fn serve(args: StartArgs, security: Security) -> CliResult {
         stop: tokio::sync::Notify::new(),
     });
     tokio::spawn(healer.run());
+    if let Some(resp) = resp {
+        tokio::spawn(crate::resp::serve(resp, node.clone()));
+    }
 
     tokio::spawn(
         transport

@@ -1,0 +1,356 @@
+//! The Redis-protocol (RESP2/RESP3) front, `chorus start --resp ADDR`: a TCP listener and
+//! one task per connection, so that redis-cli, redis-benchmark and every Redis client
+//! library drive chorus unchanged. Commands (`commands`) call the same coordinator API as
+//! the HTTP layer.
+//!
+//! Owns the connection loop and its bounds: at most `--resp-max-connections` connections
+//! (one more is answered `-ERR max number of clients reached` and closed), frames within
+//! `FrameLimits`, at most `MAX_PIPELINE` parsed commands per connection awaiting their
+//! answer (the rest wait in the socket: TCP backpressure), a half-sent command completed
+//! within `FRAME_TIMEOUT`. A pipeline's commands run concurrently in waves; a command that
+//! shares a key with one before it in the wave, or changes the session, starts a new wave,
+//! so every answer is what running them one by one would give, in order.
+//! Must not: hold command semantics (`commands`) or frame syntax (`frame`).
+
+pub mod commands;
+pub mod frame;
+mod info;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::future::join_all;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::cli::StartArgs;
+use crate::coordinator::{Peers, Quorum};
+use crate::http::MAX_SEGMENT_BYTES;
+use crate::server::Node;
+use crate::storage::Storage;
+use commands::{Front, FrontConfig, Kind, Plan, Session};
+use frame::{FrameLimits, ProtocolError, Reply};
+
+/// Arguments in one command (the name included): `MSET` of 2047 pairs.
+pub const MAX_ARGS: usize = 4096;
+/// Bytes of one inline command line (Redis's limit too).
+pub const MAX_INLINE: usize = 64 * 1024;
+/// A command's frame may hold this much beyond its largest bulk string.
+pub const COMMAND_SLACK: usize = 1024 * 1024;
+/// Commands of one connection parsed and not yet answered.
+pub const MAX_PIPELINE: usize = 64;
+/// A command whose first bytes arrived must be complete this soon.
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+const READ_CHUNK: usize = 16 * 1024;
+
+/// `chorus start` flags of the RESP front (flattened into `StartArgs`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct RespArgs {
+    /// Redis-protocol (RESP2/RESP3) listener address (TCP); off unless given. It binds
+    /// exactly there: use 127.0.0.1 unless clients elsewhere must reach it.
+    #[arg(long = "resp", id = "resp", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Require `AUTH <password>` (or `HELLO 3 AUTH default <password>`) on the RESP port,
+    /// like Redis's requirepass.
+    #[arg(long, requires = "resp", conflicts_with = "resp_password_file")]
+    pub resp_password: Option<String>,
+    /// Like --resp-password, read from the first line of this file.
+    #[arg(long, requires = "resp")]
+    pub resp_password_file: Option<PathBuf>,
+    /// The bucket of RESP database 0; database N > 0 (`SELECT N`) is the bucket `db<N>`.
+    #[arg(long, default_value = "db0")]
+    pub resp_bucket: String,
+    /// Read quorum of a new RESP connection: a number, one, quorum or all
+    /// (`CHORUS.CONSISTENCY r=...` changes it per connection).
+    #[arg(long, env = "CHORUS_RESP_R", default_value = "quorum")]
+    pub resp_r: String,
+    /// Write quorum of a new RESP connection (`CHORUS.CONSISTENCY w=...` per connection).
+    #[arg(long, env = "CHORUS_RESP_W", default_value = "quorum")]
+    pub resp_w: String,
+    /// Most RESP connections at once; one more is refused with a clear error.
+    #[arg(long, default_value_t = 1024)]
+    pub resp_max_connections: usize,
+    /// Close a RESP connection idle this many seconds (0: never, as Redis's `timeout 0`).
+    #[arg(long, default_value_t = 0)]
+    pub resp_idle_timeout_s: u64,
+}
+
+/// A bound listener and its checked configuration, made before the data directory is
+/// touched (a busy port or a bad flag fails first).
+pub struct Prepared {
+    listener: TcpListener,
+    config: FrontConfig,
+    idle_timeout: Option<Duration>,
+}
+
+/// Checks the RESP flags and binds the port; `None` without `--resp`.
+pub async fn prepare(args: &StartArgs) -> Result<Option<Prepared>, String> {
+    let resp = &args.resp;
+    let Some(address) = resp.listen else {
+        return Ok(None);
+    };
+    let password = match (&resp.resp_password, &resp.resp_password_file) {
+        (Some(p), _) => Some(p.clone()),
+        (None, Some(file)) => {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| format!("--resp-password-file {}: {e}", file.display()))?;
+            Some(text.lines().next().unwrap_or_default().to_string())
+        }
+        (None, None) => None,
+    };
+    if password.as_ref().is_some_and(String::is_empty) {
+        return Err("the RESP password is empty".into());
+    }
+    if resp.resp_bucket.is_empty() || resp.resp_bucket.len() > MAX_SEGMENT_BYTES {
+        return Err(format!(
+            "--resp-bucket must be 1..={MAX_SEGMENT_BYTES} bytes"
+        ));
+    }
+    if resp.resp_max_connections == 0 {
+        return Err("--resp-max-connections must be at least 1".into());
+    }
+    let count = |flag: &str, value: &str| {
+        Quorum::parse(value)
+            .and_then(|q| q.resolve(args.n, false))
+            .map_err(|e| format!("--{flag}: {e}"))
+    };
+    let config = FrontConfig {
+        node_name: args.name.clone(),
+        address,
+        password: password.map(String::into_bytes),
+        default_bucket: resp.resp_bucket.clone().into_bytes(),
+        r: count("resp-r", &resp.resp_r)?,
+        w: count("resp-w", &resp.resp_w)?,
+        max_value: args.max_value,
+        timeout: Duration::from_millis(args.timeout_ms),
+        max_connections: resp.resp_max_connections,
+    };
+    let listener = TcpListener::bind(address)
+        .await
+        .map_err(|e| format!("cannot listen on {address} (RESP): {e}"))?;
+    if config.password.is_none() && !address.ip().is_loopback() {
+        tracing::warn!(%address, "the RESP port is reachable beyond this machine and has no --resp-password: anyone who reaches it can read and write data");
+    }
+    let idle_timeout =
+        (resp.resp_idle_timeout_s > 0).then(|| Duration::from_secs(resp.resp_idle_timeout_s));
+    Ok(Some(Prepared {
+        listener,
+        config,
+        idle_timeout,
+    }))
+}
+
+/// Serves the RESP front of `node` until the process stops.
+pub async fn serve(prepared: Prepared, node: Arc<Node>) {
+    tracing::info!("serving RESP on {}", prepared.config.address);
+    let front = Front::new(
+        node.coordinator.clone(),
+        node.replica.clone(),
+        node.metrics.clone(),
+        prepared.config,
+    );
+    accept_loop(prepared.listener, Arc::new(front), prepared.idle_timeout).await;
+}
+
+/// Accepts connections within the cap; one over it gets Redis's refusal and is closed.
+pub async fn accept_loop<S: Storage, P: Peers>(
+    listener: TcpListener,
+    front: Arc<Front<S, P>>,
+    idle_timeout: Option<Duration>,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(front.config.max_connections));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors, typically: wait instead of spinning.
+                tracing::warn!("RESP accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        front
+            .stats
+            .connections_received
+            .fetch_add(1, Ordering::Relaxed);
+        match slots.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let front = front.clone();
+                tokio::spawn(async move {
+                    front.stats.connected.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = connection(&front, stream, peer, idle_timeout).await {
+                        tracing::debug!(%peer, "RESP connection ended: {e}");
+                    }
+                    front.stats.connected.fetch_sub(1, Ordering::Relaxed);
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                front.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                // A fresh socket's send buffer is empty, so this never blocks the loop.
+                let _ = stream.try_write(b"-ERR max number of clients reached\r\n");
+            }
+        }
+    }
+}
+
+fn limits(config: &FrontConfig) -> FrameLimits {
+    let max_bulk = config.max_value.max(MAX_SEGMENT_BYTES);
+    FrameLimits {
+        max_args: MAX_ARGS,
+        max_bulk,
+        max_inline: MAX_INLINE,
+        max_command: max_bulk + COMMAND_SLACK,
+    }
+}
+
+/// One connection: parse what has arrived, answer it, read more. A protocol error is
+/// answered after the commands before it, then the connection is closed.
+async fn connection<S: Storage, P: Peers>(
+    front: &Front<S, P>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    idle_timeout: Option<Duration>,
+) -> std::io::Result<()> {
+    let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().unwrap_or(front.config.address);
+    let mut session = front.session(peer, local);
+    let limits = limits(&front.config);
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut out = BytesMut::new();
+    loop {
+        let (batch, fatal) = take_batch(&mut buf, &limits);
+        let full = batch.len() == MAX_PIPELINE;
+        run_batch(front, &mut session, &batch, &mut out).await;
+        if let Some(e) = &fatal {
+            emit(
+                front,
+                &session,
+                &Reply::error(format!("ERR Protocol error: {e}")),
+                &mut out,
+            );
+        }
+        if !out.is_empty() {
+            stream.write_all(&out).await?;
+            out.clear();
+        }
+        if fatal.is_some() || session.closing {
+            return stream.shutdown().await;
+        }
+        if full {
+            continue;
+        }
+        buf.reserve(READ_CHUNK);
+        let wait = if buf.is_empty() {
+            idle_timeout
+        } else {
+            Some(FRAME_TIMEOUT)
+        };
+        let read = stream.read_buf(&mut buf);
+        let n = match wait {
+            None => read.await?,
+            Some(limit) => match tokio::time::timeout(limit, read).await {
+                Ok(n) => n?,
+                Err(_) => return stream.shutdown().await,
+            },
+        };
+        if n == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// Up to `MAX_PIPELINE` complete commands from the front of `buf`, and the protocol error
+/// that stopped parsing, if any.
+fn take_batch(
+    buf: &mut BytesMut,
+    limits: &FrameLimits,
+) -> (Vec<Vec<Bytes>>, Option<ProtocolError>) {
+    let mut batch = Vec::new();
+    while batch.len() < MAX_PIPELINE {
+        match frame::parse(buf, limits) {
+            Ok(Some(args)) if args.is_empty() => {}
+            Ok(Some(args)) => batch.push(args),
+            Ok(None) => break,
+            Err(e) => return (batch, Some(e)),
+        }
+    }
+    (batch, None)
+}
+
+/// Answers a batch in order: data commands in concurrent waves of distinct keys, session
+/// commands alone; nothing after a `QUIT` runs.
+async fn run_batch<S: Storage, P: Peers>(
+    front: &Front<S, P>,
+    session: &mut Session,
+    batch: &[Vec<Bytes>],
+    out: &mut BytesMut,
+) {
+    let mut wave: Vec<(Plan, &[Bytes])> = Vec::new();
+    let mut keys: HashSet<&[u8]> = HashSet::new();
+    for args in batch {
+        let plan = commands::plan(session, args);
+        if let Plan::Run(spec) = plan {
+            if spec.kind == Kind::Session {
+                run_wave(front, session, &mut wave, out).await;
+                keys.clear();
+                let reply = commands::run_session(front, session, spec, args);
+                emit(front, session, &reply, out);
+                if session.closing {
+                    return;
+                }
+                continue;
+            }
+        }
+        let touched: Vec<&[u8]> = match &plan {
+            Plan::Run(spec) => commands::keys_of(spec, args).collect(),
+            Plan::Reply(_) => Vec::new(),
+        };
+        if touched.iter().any(|k| keys.contains(k)) {
+            run_wave(front, session, &mut wave, out).await;
+            keys.clear();
+        }
+        keys.extend(touched);
+        wave.push((plan, args));
+    }
+    run_wave(front, session, &mut wave, out).await;
+}
+
+async fn run_wave<S: Storage, P: Peers>(
+    front: &Front<S, P>,
+    session: &Session,
+    wave: &mut Vec<(Plan, &[Bytes])>,
+    out: &mut BytesMut,
+) {
+    let replies = join_all(wave.drain(..).map(|(plan, args)| async move {
+        match plan {
+            Plan::Reply(reply) => reply,
+            Plan::Run(spec) => commands::run_data(front, session, spec, args).await,
+        }
+    }))
+    .await;
+    for reply in &replies {
+        emit(front, session, reply, out);
+    }
+}
+
+fn emit<S: Storage, P: Peers>(
+    front: &Front<S, P>,
+    session: &Session,
+    reply: &Reply,
+    out: &mut BytesMut,
+) {
+    front.stats.commands.fetch_add(1, Ordering::Relaxed);
+    if reply.is_error() {
+        front.stats.errors.fetch_add(1, Ordering::Relaxed);
+    }
+    reply.encode(session.protocol, out);
+}
+
+#[cfg(test)]
+mod tests;
