@@ -47,6 +47,10 @@ pub const MAX_PIPELINE: usize = 64;
 /// A command whose first bytes arrived must be complete this soon.
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 const READ_CHUNK: usize = 16 * 1024;
+/// After a protocol error: how long, and how many bytes, the rest of the client's input
+/// is read and dropped before the socket is closed (see `close_after_error`).
+const DRAIN_TIME: Duration = Duration::from_secs(1);
+const DRAIN_BYTES: usize = 4 * 1024 * 1024;
 
 /// `chorus start` flags of the RESP front (flattened into `StartArgs`).
 #[derive(clap::Args, Debug, Clone)]
@@ -239,7 +243,10 @@ async fn connection<S: Storage, P: Peers>(
             stream.write_all(&out).await?;
             out.clear();
         }
-        if fatal.is_some() || session.closing {
+        if fatal.is_some() {
+            return close_after_error(&mut stream).await;
+        }
+        if session.closing {
             return stream.shutdown().await;
         }
         if full {
@@ -263,6 +270,23 @@ async fn connection<S: Storage, P: Peers>(
             return Ok(());
         }
     }
+}
+
+/// Closes after a protocol error without a reset: closing a socket with unread input
+/// sends a TCP RST, which can destroy the error answer before the client reads it. So it
+/// stops sending first, then reads and drops what the client still sends, within bounds.
+async fn close_after_error(stream: &mut TcpStream) -> std::io::Result<()> {
+    stream.shutdown().await?;
+    let deadline = tokio::time::Instant::now() + DRAIN_TIME;
+    let mut scratch = vec![0u8; READ_CHUNK];
+    let mut left = DRAIN_BYTES;
+    while left > 0 {
+        match tokio::time::timeout_at(deadline, stream.read(&mut scratch)).await {
+            Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
+            _ => break,
+        }
+    }
+    Ok(())
 }
 
 /// Up to `MAX_PIPELINE` complete commands from the front of `buf`, and the protocol error
