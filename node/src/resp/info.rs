@@ -1,4 +1,5 @@
-//! The commands about the server itself: `PING`, `ECHO`, `COMMAND` (and `COUNT`, `DOCS`,
+//! The commands about the server itself: `PING`, `ECHO`, `CONFIG GET` (an empty answer:
+//! redis-benchmark asks for `save` and `appendonly`), `COMMAND` (and `COUNT`, `DOCS`,
 //! `INFO`, `LIST`, from the command table: enough for redis-cli's hints and redis-py's
 //! `command()`), and `INFO` (server, clients, stats, cluster and keyspace figures from the
 //! front's counters and the node's metrics). Must not: change any state.
@@ -12,7 +13,7 @@ use super::frame::Reply;
 use crate::coordinator::Peers;
 use crate::storage::Storage;
 
-/// Answers `PING`, `ECHO`, `COMMAND` and `INFO`.
+/// Answers `PING`, `ECHO`, `CONFIG`, `COMMAND` and `INFO`.
 pub fn run<S: Storage, P: Peers>(front: &Front<S, P>, args: &[Bytes]) -> Reply {
     match &args[0].to_ascii_lowercase()[..] {
         b"ping" => match args.len() {
@@ -22,6 +23,11 @@ pub fn run<S: Storage, P: Peers>(front: &Front<S, P>, args: &[Bytes]) -> Reply {
         },
         b"echo" => Reply::Bulk(args[1].clone()),
         b"command" => command(&args[1..]),
+        b"config" if args[1].eq_ignore_ascii_case(b"get") => Reply::Map(Vec::new()),
+        b"config" => Reply::error(format!(
+            "ERR unknown subcommand '{}'. chorus has no Redis configuration: see chorus start --help",
+            String::from_utf8_lossy(&args[1][..args[1].len().min(64)]).replace(|c: char| c.is_control(), "?")
+        )),
         b"info" => Reply::bulk(info(front, &args[1..])),
         other => unreachable!("{} is not a server command", String::from_utf8_lossy(other)),
     }

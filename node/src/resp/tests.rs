@@ -313,6 +313,7 @@ async fn pipelined_commands_answer_in_order_and_sets_replace_each_other() {
             &["GET", "k"],
             &["PING"],
             &["ECHO", "hi"],
+            &["CONFIG", "GET", "save"],
         ])
         .await;
     assert_eq!(&replies[..4], &[ok(), bulk("1"), ok(), bulk("2")]);
@@ -324,7 +325,9 @@ async fn pipelined_commands_answer_in_order_and_sets_replace_each_other() {
             Reply::Integer(1),
             Reply::Null,
             Reply::simple("PONG"),
-            bulk("hi")
+            bulk("hi"),
+            // What redis-benchmark asks first: no Redis configuration, no error.
+            Reply::Array(Vec::new()),
         ]
     );
 }
