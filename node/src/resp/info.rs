@@ -121,91 +121,97 @@ fn info<S: Storage, P: Peers>(front: &Front<S, P>, sections: &[Bytes]) -> String
                         .any(|all| s.eq_ignore_ascii_case(all))
             })
     };
-    let stats = &front.stats;
-    let count = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-    let view = front.coordinator.view();
-    let metrics = &front.metrics;
     let mut out = String::new();
-    let mut section = |name: &str, lines: Vec<(&str, String)>| {
-        if wanted(name) {
-            let title = format!("{}{}", name[..1].to_ascii_uppercase(), &name[1..]);
-            out.push_str(&format!("# {title}\r\n"));
-            lines
-                .iter()
-                .for_each(|(k, v)| out.push_str(&format!("{k}:{v}\r\n")));
-            out.push_str("\r\n");
+    for (name, lines) in info_sections(front, &wanted) {
+        let title = format!("{}{}", name[..1].to_ascii_uppercase(), &name[1..]);
+        out.push_str(&format!("# {title}\r\n"));
+        for (key, value) in lines {
+            out.push_str(&format!("{key}:{value}\r\n"));
         }
-    };
-    section(
-        "server",
-        vec![
-            ("redis_version", super::commands::REDIS_VERSION.to_string()),
-            ("chorus_version", env!("CARGO_PKG_VERSION").to_string()),
-            ("redis_mode", "standalone".into()),
-            ("chorus_node", front.config.node_name.clone()),
-            ("process_id", std::process::id().to_string()),
-            ("tcp_port", front.config.address.port().to_string()),
-            ("uptime_in_seconds", front.uptime().as_secs().to_string()),
-        ],
-    );
-    section(
-        "clients",
-        vec![
-            ("connected_clients", count(&stats.connected).to_string()),
-            ("maxclients", front.config.max_connections.to_string()),
-        ],
-    );
-    section(
-        "stats",
-        vec![
-            (
-                "total_connections_received",
-                count(&stats.connections_received).to_string(),
-            ),
-            (
-                "total_commands_processed",
-                count(&stats.commands).to_string(),
-            ),
-            ("total_error_replies", count(&stats.errors).to_string()),
-            ("rejected_connections", count(&stats.rejected).to_string()),
-            (
-                "chorus_read_repairs",
-                metrics.read_repairs.get().to_string(),
-            ),
-            (
-                "chorus_hints_queued",
-                metrics.hints_queued.get().to_string(),
-            ),
-            (
-                "chorus_hints_delivered",
-                metrics.hints_delivered.get().to_string(),
-            ),
-            (
-                "chorus_aae_keys_repaired",
-                metrics.aae_keys_repaired.get().to_string(),
-            ),
-        ],
-    );
-    section(
-        "cluster",
-        vec![
-            ("chorus_n", view.ring.n().to_string()),
-            ("chorus_members", view.ring.members().len().to_string()),
-            ("chorus_unreachable", view.unreachable.len().to_string()),
-        ],
-    );
-    let storage = front.replica.storage();
-    let local_keys: u64 = storage
-        .partitions()
-        .map(|ps| {
-            ps.into_iter()
-                .filter_map(|p| storage.key_count(p).ok())
-                .sum()
-        })
-        .unwrap_or(0);
-    section(
-        "keyspace",
-        vec![("chorus_local_keys", local_keys.to_string())],
-    );
+        out.push_str("\r\n");
+    }
     out
+}
+
+type Lines = Vec<(&'static str, String)>;
+type Section = (&'static str, Lines);
+
+/// The sections `wanted` asks for, each computed only then (the keyspace reads storage).
+fn info_sections<S: Storage, P: Peers>(
+    front: &Front<S, P>,
+    wanted: &dyn Fn(&str) -> bool,
+) -> Vec<Section> {
+    let count = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed).to_string();
+    let (stats, metrics) = (&front.stats, &front.metrics);
+    let builders: [(&'static str, &dyn Fn() -> Lines); 5] = [
+        ("server", &|| {
+            vec![
+                ("redis_version", super::commands::REDIS_VERSION.to_string()),
+                ("chorus_version", env!("CARGO_PKG_VERSION").to_string()),
+                ("redis_mode", "standalone".into()),
+                ("chorus_node", front.config.node_name.clone()),
+                ("process_id", std::process::id().to_string()),
+                ("tcp_port", front.config.address.port().to_string()),
+                ("uptime_in_seconds", front.uptime().as_secs().to_string()),
+            ]
+        }),
+        ("clients", &|| {
+            vec![
+                ("connected_clients", count(&stats.connected)),
+                ("maxclients", front.config.max_connections.to_string()),
+            ]
+        }),
+        ("stats", &|| {
+            vec![
+                (
+                    "total_connections_received",
+                    count(&stats.connections_received),
+                ),
+                ("total_commands_processed", count(&stats.commands)),
+                ("total_error_replies", count(&stats.errors)),
+                ("rejected_connections", count(&stats.rejected)),
+                (
+                    "chorus_read_repairs",
+                    metrics.read_repairs.get().to_string(),
+                ),
+                (
+                    "chorus_hints_queued",
+                    metrics.hints_queued.get().to_string(),
+                ),
+                (
+                    "chorus_hints_delivered",
+                    metrics.hints_delivered.get().to_string(),
+                ),
+                (
+                    "chorus_aae_keys_repaired",
+                    metrics.aae_keys_repaired.get().to_string(),
+                ),
+            ]
+        }),
+        ("cluster", &|| {
+            let view = front.coordinator.view();
+            vec![
+                ("chorus_n", view.ring.n().to_string()),
+                ("chorus_members", view.ring.members().len().to_string()),
+                ("chorus_unreachable", view.unreachable.len().to_string()),
+            ]
+        }),
+        ("keyspace", &|| {
+            let storage = front.replica.storage();
+            let keys: u64 = storage
+                .partitions()
+                .map(|ps| {
+                    ps.into_iter()
+                        .filter_map(|p| storage.key_count(p).ok())
+                        .sum()
+                })
+                .unwrap_or(0);
+            vec![("chorus_local_keys", keys.to_string())]
+        }),
+    ];
+    builders
+        .into_iter()
+        .filter(|(name, _)| wanted(name))
+        .map(|(name, build)| (name, build()))
+        .collect()
 }
