@@ -52,6 +52,8 @@ pub struct FrontConfig {
     pub max_value: usize,
     pub timeout: Duration,
     pub max_connections: usize,
+    /// A command whose first bytes arrived must be complete this soon (`FRAME_TIMEOUT`).
+    pub frame_timeout: Duration,
 }
 
 /// Counters for `INFO`.
@@ -286,16 +288,16 @@ pub fn run_session<S: Storage, P: Peers>(
     args: &[Bytes],
 ) -> Reply {
     match spec.name {
+        "auth" if args.len() > 3 => syntax_error(),
         "auth" => match auth(
             front,
             args.get(2).map(|_| &args[1][..]),
             args.last().expect("arity"),
         ) {
-            Ok(()) if args.len() <= 3 => {
+            Ok(()) => {
                 session.authenticated = true;
                 Reply::ok()
             }
-            Ok(()) => syntax_error(),
             Err(e) => e,
         },
         "hello" => hello(front, session, args),
@@ -813,14 +815,14 @@ async fn exists<S: Storage, P: Peers>(
         Ok(chosen(&read(front, session, &unique[i], session.r).await?).is_some())
     })
     .await?;
-    let present: Vec<&Bytes> = unique
+    let present: std::collections::HashSet<&[u8]> = unique
         .iter()
         .zip(found)
         .filter(|(_, f)| *f)
-        .map(|(k, _)| k)
+        .map(|(k, _)| &k[..])
         .collect();
     Ok(Reply::Integer(
-        keys.iter().filter(|k| present.contains(k)).count() as i64,
+        keys.iter().filter(|k| present.contains(&k[..])).count() as i64,
     ))
 }
 

@@ -27,6 +27,7 @@ use bytes::{Bytes, BytesMut};
 use futures::future::join_all;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 
 use crate::cli::StartArgs;
 use crate::coordinator::{Peers, Quorum};
@@ -133,6 +134,7 @@ pub async fn prepare(args: &StartArgs) -> Result<Option<Prepared>, String> {
         max_value: args.max_value,
         timeout: Duration::from_millis(args.timeout_ms),
         max_connections: resp.resp_max_connections,
+        frame_timeout: FRAME_TIMEOUT,
     };
     let listener = TcpListener::bind(address)
         .await
@@ -227,6 +229,7 @@ async fn connection<S: Storage, P: Peers>(
     let limits = limits(&front.config);
     let mut buf = BytesMut::with_capacity(READ_CHUNK);
     let mut out = BytesMut::new();
+    let mut partial_since = None;
     loop {
         let (batch, fatal) = take_batch(&mut buf, &limits);
         let full = batch.len() == MAX_PIPELINE;
@@ -252,23 +255,46 @@ async fn connection<S: Storage, P: Peers>(
         if full {
             continue;
         }
-        buf.reserve(READ_CHUNK);
-        let wait = if buf.is_empty() {
-            idle_timeout
+        // A frame's deadline runs from its first bytes, however slowly the rest trickles in.
+        if !batch.is_empty() || buf.is_empty() {
+            partial_since = None;
+        }
+        let deadline = if buf.is_empty() {
+            idle_timeout.map(|idle| Instant::now() + idle)
         } else {
-            Some(FRAME_TIMEOUT)
+            Some(*partial_since.get_or_insert_with(Instant::now) + front.config.frame_timeout)
         };
-        let read = stream.read_buf(&mut buf);
-        let n = match wait {
-            None => read.await?,
-            Some(limit) => match tokio::time::timeout(limit, read).await {
-                Ok(n) => n?,
-                Err(_) => return stream.shutdown().await,
-            },
+        let Some(n) = read_before(&mut stream, &mut buf, deadline).await? else {
+            if !buf.is_empty() {
+                let late = Reply::error(format!(
+                    "ERR Protocol error: a command was not completed within {} s",
+                    front.config.frame_timeout.as_secs_f64()
+                ));
+                emit(front, &session, &late, &mut out);
+                stream.write_all(&out).await?;
+            }
+            return stream.shutdown().await;
         };
         if n == 0 {
             return Ok(());
         }
+    }
+}
+
+/// Reads more into `buf`; `None` when `deadline` passed first.
+async fn read_before(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    deadline: Option<Instant>,
+) -> std::io::Result<Option<usize>> {
+    buf.reserve(READ_CHUNK);
+    let read = stream.read_buf(buf);
+    match deadline {
+        None => read.await.map(Some),
+        Some(deadline) => match tokio::time::timeout_at(deadline, read).await {
+            Ok(n) => n.map(Some),
+            Err(_) => Ok(None),
+        },
     }
 }
 

@@ -61,8 +61,12 @@ fn config(
         max_value: 100,
         timeout: Duration::from_secs(5),
         max_connections,
+        frame_timeout: FRAME_TEST_TIMEOUT,
     }
 }
+
+/// The frame timeout in these tests (30 s in a node).
+const FRAME_TEST_TIMEOUT: Duration = Duration::from_millis(300);
 
 /// Nodes a, b, ... with N = their number, each serving RESP on a free port; quorums of 1.
 async fn cluster(nodes: usize, password: Option<&str>, max_connections: usize) -> Cluster {
@@ -687,4 +691,38 @@ async fn select_client_consistency_command_and_info_answer_what_clients_expect()
     }
     assert_eq!(client.one(&["QUIT"]).await, ok());
     assert!(client.closed().await);
+}
+
+#[tokio::test]
+async fn a_half_sent_command_is_closed_at_its_deadline_even_while_bytes_trickle_in() {
+    let c = cluster(1, None, 16).await;
+    let mut client = Client::connect(c.addresses[0]).await;
+    let started = tokio::time::Instant::now();
+    // A SET whose value never completes, one byte every 50 ms: progress, but no command.
+    client
+        .send(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1000\r\n")
+        .await;
+    let mut writer = client.writer.take().unwrap();
+    let trickle = tokio::spawn(async move {
+        while writer.write_all(b"x").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let reply = client.replies(1).await.remove(0);
+    assert!(
+        error_starts(&reply, "ERR Protocol error: a command was not completed"),
+        "{reply:?}"
+    );
+    assert!(client.closed().await);
+    let took = started.elapsed();
+    assert!(
+        took >= FRAME_TEST_TIMEOUT && took < FRAME_TEST_TIMEOUT * 10,
+        "closed after {took:?}"
+    );
+    trickle.abort();
+    assert!(!c.holds(0, b"k"));
+    // An idle connection (nothing half-sent) is not closed by the frame timeout.
+    let mut idle = Client::connect(c.addresses[0]).await;
+    tokio::time::sleep(FRAME_TEST_TIMEOUT * 2).await;
+    assert_eq!(idle.one(&["PING"]).await, Reply::simple("PONG"));
 }
