@@ -15,10 +15,13 @@ use crate::storage::MemoryStorage;
 
 type TestReplica = Arc<Replica<MemoryStorage>>;
 
-/// Peers that call the named replica in this process, unless its name is in `down`.
+/// Peers that call the named replica in this process, unless its name is in `down`;
+/// each call takes `delay`, and `calls` counts those in progress and their maximum.
 struct LocalPeers {
     replicas: HashMap<String, TestReplica>,
     down: Arc<Mutex<HashSet<String>>>,
+    delay: Duration,
+    calls: Arc<Mutex<(usize, usize)>>,
 }
 
 impl Peers for LocalPeers {
@@ -30,7 +33,15 @@ impl Peers for LocalPeers {
     ) -> impl std::future::Future<Output = Result<Response, String>> + Send {
         let down = self.down.lock().unwrap().contains(to);
         let replica = self.replicas.get(to).cloned();
+        let (delay, calls) = (self.delay, self.calls.clone());
         async move {
+            {
+                let mut c = calls.lock().unwrap();
+                c.0 += 1;
+                c.1 = c.1.max(c.0);
+            }
+            tokio::time::sleep(delay).await;
+            calls.lock().unwrap().0 -= 1;
             match replica {
                 Some(r) if !down => Ok(r.handle(request)),
                 _ => Err("unreachable".into()),
@@ -43,6 +54,8 @@ struct Cluster {
     addresses: Vec<SocketAddr>,
     replicas: Vec<TestReplica>,
     down: Arc<Mutex<HashSet<String>>>,
+    /// Peer calls in progress and their maximum (see `LocalPeers`).
+    calls: Arc<Mutex<(usize, usize)>>,
 }
 
 fn config(
@@ -70,6 +83,16 @@ const FRAME_TEST_TIMEOUT: Duration = Duration::from_millis(300);
 
 /// Nodes a, b, ... with N = their number, each serving RESP on a free port; quorums of 1.
 async fn cluster(nodes: usize, password: Option<&str>, max_connections: usize) -> Cluster {
+    slow_cluster(nodes, password, max_connections, Duration::ZERO).await
+}
+
+/// As `cluster`, with every peer call taking `delay`.
+async fn slow_cluster(
+    nodes: usize,
+    password: Option<&str>,
+    max_connections: usize,
+    delay: Duration,
+) -> Cluster {
     let names: Vec<String> = (0..nodes)
         .map(|i| ((b'a' + i as u8) as char).to_string())
         .collect();
@@ -94,6 +117,7 @@ async fn cluster(nodes: usize, password: Option<&str>, max_connections: usize) -
         })
         .collect();
     let down = Arc::new(Mutex::new(HashSet::new()));
+    let calls = Arc::new(Mutex::new((0, 0)));
     let view = ClusterView {
         ring: Arc::new(
             chorus_ring::Ring::new(64, nodes, names.iter().map(String::as_str)).unwrap(),
@@ -109,6 +133,8 @@ async fn cluster(nodes: usize, password: Option<&str>, max_connections: usize) -
                 .zip(replicas.iter().cloned())
                 .collect(),
             down: down.clone(),
+            delay,
+            calls: calls.clone(),
         };
         let metrics = Arc::new(Metrics::default());
         let coordinator = Coordinator::new(
@@ -132,6 +158,7 @@ async fn cluster(nodes: usize, password: Option<&str>, max_connections: usize) -
         addresses,
         replicas,
         down,
+        calls,
     }
 }
 
@@ -725,4 +752,36 @@ async fn a_half_sent_command_is_closed_at_its_deadline_even_while_bytes_trickle_
     let mut idle = Client::connect(c.addresses[0]).await;
     tokio::time::sleep(FRAME_TEST_TIMEOUT * 2).await;
     assert_eq!(idle.one(&["PING"]).await, Reply::simple("PONG"));
+}
+
+#[tokio::test]
+async fn pipelines_of_many_connections_keep_at_most_max_in_flight_keys_in_the_coordinator() {
+    let c = slow_cluster(2, None, 16, Duration::from_millis(20)).await;
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        clients.push(Client::connect(c.addresses[0]).await);
+    }
+    // Four connections of 100 pipelined writes of distinct keys at w=2: up to 4 x 64 of
+    // them would be in flight without the bound, each waiting 20 ms for the peer.
+    let runs = clients
+        .iter_mut()
+        .enumerate()
+        .map(|(n, client)| async move {
+            let mut bytes = command(&[b"CHORUS.CONSISTENCY", b"w=2"]);
+            for i in 0..100 {
+                bytes.extend(command(&[b"SET", format!("c{n}k{i}").as_bytes(), b"v"]));
+            }
+            client.send(&bytes).await;
+            client.replies(101).await
+        });
+    for replies in futures::future::join_all(runs).await {
+        assert!(replies.iter().all(|r| *r == ok()), "{replies:?}");
+    }
+    let (now, max) = *c.calls.lock().unwrap();
+    assert!(max <= commands::MAX_IN_FLIGHT, "{max} peer calls at once");
+    assert!(
+        max > commands::MAX_IN_FLIGHT / 2,
+        "only {max} at once: the test does not load the bound"
+    );
+    assert_eq!(now, 0);
 }
