@@ -80,6 +80,10 @@ pub struct RespArgs {
     /// Most RESP connections at once; one more is refused with a clear error.
     #[arg(long, default_value_t = 1024)]
     pub resp_max_connections: usize,
+    /// Keys of RESP commands inside the coordinator at once, over all connections; the
+    /// commands of further keys wait their turn (pipelines beyond it gain nothing).
+    #[arg(long, default_value_t = 64)]
+    pub resp_max_in_flight: usize,
     /// Close a RESP connection idle this many seconds (0: never, as Redis's `timeout 0`).
     #[arg(long, default_value_t = 0)]
     pub resp_idle_timeout_s: u64,
@@ -116,8 +120,8 @@ pub async fn prepare(args: &StartArgs) -> Result<Option<Prepared>, String> {
             "--resp-bucket must be 1..={MAX_SEGMENT_BYTES} bytes"
         ));
     }
-    if resp.resp_max_connections == 0 {
-        return Err("--resp-max-connections must be at least 1".into());
+    if resp.resp_max_connections == 0 || resp.resp_max_in_flight == 0 {
+        return Err("--resp-max-connections and --resp-max-in-flight must be at least 1".into());
     }
     let count = |flag: &str, value: &str| {
         Quorum::parse(value)
@@ -135,6 +139,7 @@ pub async fn prepare(args: &StartArgs) -> Result<Option<Prepared>, String> {
         timeout: Duration::from_millis(args.timeout_ms),
         max_connections: resp.resp_max_connections,
         frame_timeout: FRAME_TIMEOUT,
+        max_in_flight: resp.resp_max_in_flight,
     };
     let listener = TcpListener::bind(address)
         .await
