@@ -7,6 +7,11 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use chorus_core::storage::SyncMode;
+
+use crate::server::config::{NodeConfig, StartError};
+use crate::server::resp::RespSettings;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "chorus",
@@ -187,13 +192,102 @@ pub struct StartArgs {
     pub memtable_mb: u64,
     /// The Redis-protocol front (`--resp ADDR` and its options).
     #[command(flatten)]
-    pub resp: crate::resp::RespArgs,
+    /// Boxed: it would make `StartArgs` the one large variant of `Command`.
+    pub resp: Box<RespArgs>,
+}
+
+/// `chorus start` flags of the RESP front (flattened into `StartArgs`).
+#[derive(Args, Debug, Clone)]
+pub struct RespArgs {
+    /// Redis-protocol (RESP2/RESP3) listener address (TCP); off unless given. It binds
+    /// exactly there: use 127.0.0.1 unless clients elsewhere must reach it.
+    #[arg(long = "resp", id = "resp", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Require `AUTH <password>` (or `HELLO 3 AUTH default <password>`) on the RESP port,
+    /// like Redis's requirepass.
+    #[arg(long, requires = "resp", conflicts_with = "resp_password_file")]
+    pub resp_password: Option<String>,
+    /// Like --resp-password, read from the first line of this file.
+    #[arg(long, requires = "resp")]
+    pub resp_password_file: Option<PathBuf>,
+    /// The bucket of RESP database 0; database N > 0 (`SELECT N`) is the bucket `db<N>`.
+    #[arg(long, default_value = "db0")]
+    pub resp_bucket: String,
+    /// Read quorum of a new RESP connection: a number, one, quorum or all
+    /// (`CHORUS.CONSISTENCY r=...` changes it per connection).
+    #[arg(long, env = "CHORUS_RESP_R", default_value = "quorum")]
+    pub resp_r: String,
+    /// Write quorum of a new RESP connection (`CHORUS.CONSISTENCY w=...` per connection).
+    #[arg(long, env = "CHORUS_RESP_W", default_value = "quorum")]
+    pub resp_w: String,
+    /// Most RESP connections at once; one more is refused with a clear error.
+    #[arg(long, default_value_t = 1024)]
+    pub resp_max_connections: usize,
+    /// Keys of RESP commands inside the coordinator at once, over all connections; the
+    /// commands of further keys wait their turn (pipelines beyond it gain nothing).
+    #[arg(long, default_value_t = 64)]
+    pub resp_max_in_flight: usize,
+    /// Close a RESP connection idle this many seconds (0: never, as Redis's `timeout 0`).
+    #[arg(long, default_value_t = 0)]
+    pub resp_idle_timeout_s: u64,
+}
+
+impl RespArgs {
+    /// The RESP front's settings as plain data; None without `--resp`.
+    fn settings(&self) -> Option<RespSettings> {
+        Some(RespSettings {
+            listen: self.listen?,
+            password: self.resp_password.clone(),
+            password_file: self.resp_password_file.clone(),
+            bucket: self.resp_bucket.clone(),
+            r: self.resp_r.clone(),
+            w: self.resp_w.clone(),
+            max_connections: self.resp_max_connections,
+            max_in_flight: self.resp_max_in_flight,
+            idle_timeout_s: self.resp_idle_timeout_s,
+        })
+    }
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SyncArg {
     Periodic,
     Always,
+}
+
+impl StartArgs {
+    /// The node's configuration as plain data: the server never sees clap's types.
+    pub fn config(&self) -> NodeConfig {
+        NodeConfig {
+            name: self.name.clone(),
+            listen: self.listen,
+            http: self.http,
+            data: self.data.clone(),
+            seeds: self.seeds.clone(),
+            certs: self.certs.clone(),
+            insecure: self.insecure,
+            n: self.n,
+            ring_size: self.ring_size,
+            sync: match self.sync {
+                SyncArg::Periodic => SyncMode::Periodic {
+                    interval_ms: self.sync_interval_ms,
+                },
+                SyncArg::Always => SyncMode::Always,
+            },
+            max_value: self.max_value,
+            max_siblings: self.max_siblings,
+            warn_siblings: self.warn_siblings,
+            timeout_ms: self.timeout_ms,
+            gossip_interval_ms: self.gossip_interval_ms,
+            phi_threshold: self.phi_threshold,
+            max_hints_per_owner: self.max_hints_per_owner,
+            healing_interval_ms: self.healing_interval_ms,
+            tombstone_grace_ms: self.tombstone_grace_ms,
+            cache_mb: self.cache_mb,
+            memtable_mb: self.memtable_mb,
+            resp: self.resp.settings(),
+        }
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -368,9 +462,6 @@ pub struct BenchArgs {
     /// Print one JSON object with the results.
     #[arg(long)]
     pub json: bool,
-    /// Write every operation to this file as JSON lines (for the chaos checker).
-    #[arg(long)]
-    pub history: Option<PathBuf>,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -415,3 +506,11 @@ impl CliError {
 }
 
 pub type CliResult = Result<(), CliError>;
+
+/// The one place a node's start errors become exit codes: every one is the operator's to
+/// fix (a flag, a port, a data directory, the cluster refusing the node), so exit 2.
+impl From<StartError> for CliError {
+    fn from(e: StartError) -> CliError {
+        CliError::usage(e.to_string())
+    }
+}

@@ -1,28 +1,14 @@
-//! chorus-node: everything a running chorus node does that is not placement (`chorus-ring`)
-//! or membership (`chorus-gossip`): causality, storage, replication, the coordinator,
-//! healing, QUIC RPC between nodes, the client HTTP API and the command-line interface.
+//! The `chorus` binary crate: the shell around the protocol core (`chorus-core`).
+//!
+//! - [`server`]: `chorus start` — wiring from a plain config, the shared [`server::node::Node`],
+//!   the client HTTP API, the QUIC transport, certificates and the test-only fault layer.
+//! - [`cli`]: the command line (clap definitions) and the one place exit codes are chosen.
+//! - [`tools`]: what users run besides a node — the CLI client, `chorus dev`, `chorus bench`
+//!   (with the QUIC floor) and the chaos workload and history checker.
+//!
+//! Must not: hold protocol logic (replication, causality, healing live in `chorus-core`).
+//! The HTTP contract (header names, bodies, the client) lives in `chorus-api`.
 
-pub mod bench;
-pub mod causality;
-pub mod certs;
-pub mod chaos_client;
-pub mod check;
 pub mod cli;
-pub mod client;
-pub mod coordinator;
-pub mod dev;
-#[cfg(feature = "fault-injection")]
-pub mod fault;
-pub mod healing;
-pub mod http;
-pub mod http_client;
-pub mod membership;
-pub mod metrics;
-pub mod object;
-pub mod quic_floor;
-pub mod replica;
-pub mod resp;
-pub mod rpc;
 pub mod server;
-pub mod storage;
-pub mod transport;
+pub mod tools;

@@ -9,18 +9,18 @@ use chorus_node::cli::{Cli, CliError, Command, RingCommand};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Start(args) => chorus_node::server::run(args),
-        Command::Dev(args) => chorus_node::dev::run(args),
-        Command::Certs(cmd) => chorus_node::certs::run(cmd),
+        Command::Start(args) => chorus_node::server::run(args.config()).map_err(CliError::from),
+        Command::Dev(args) => chorus_node::tools::dev::run(args),
+        Command::Certs(cmd) => chorus_node::tools::certs(cmd),
         Command::Ring(RingCommand::Simulate {
             nodes,
             ring_size,
             n,
         }) => simulate_ring(&nodes, ring_size, n),
-        Command::Bench(args) => chorus_node::bench::run(args),
-        Command::Check(args) => chorus_node::check::run(args),
-        Command::ChaosClient(args) => chorus_node::chaos_client::run(args),
-        client_command => chorus_node::client::run(client_command),
+        Command::Bench(args) => chorus_node::tools::bench::run(args),
+        Command::Check(args) => chorus_node::tools::chaos::check::run(args),
+        Command::ChaosClient(args) => chorus_node::tools::chaos::workload::run(args),
+        client_command => chorus_node::tools::client::run(client_command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,5 +1,5 @@
 //! Blocking helpers over the client HTTP API for the multi-process tests. They reuse the
-//! node's own HTTP client (`chorus_node::http_client`, one kept-alive connection per node
+//! node's own HTTP client (`chorus_api::client`, one kept-alive connection per node
 //! per test thread) on a per-thread current-thread runtime, so a test reads like a script.
 //! Every call is bounded by the client's timeout; nothing here retries or sleeps.
 
@@ -7,13 +7,13 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use base64::Engine;
 use bytes::Bytes;
-use chorus_node::http_client::{encode_segment, BaseUrl, HttpClient};
+use chorus_api::client::{encode_segment, BaseUrl, HttpClient};
+pub use chorus_api::CONTEXT_HEADER;
 use hyper::Method;
 use serde_json::Value;
 
-pub use chorus_node::http_client::{kv_path, Response};
+pub use chorus_api::client::{kv_path, Response};
 
 /// Bound of one HTTP request (a coordinator answers within its own `timeout`, 2 s default).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
@@ -76,10 +76,7 @@ pub fn put(
     query: &str,
     context: Option<&str>,
 ) -> Result<Response, String> {
-    let headers: Vec<(&str, &str)> = context
-        .map(|c| ("x-chorus-context", c))
-        .into_iter()
-        .collect();
+    let headers: Vec<(&str, &str)> = context.map(|c| (CONTEXT_HEADER, c)).into_iter().collect();
     call(base, "PUT", &kv(bucket, key, query), &headers, value)
 }
 
@@ -100,7 +97,7 @@ pub fn put_ok(
         "PUT {bucket}/{key} on {base}: {}",
         r.error_message()
     );
-    r.header("x-chorus-context")
+    r.header(CONTEXT_HEADER)
         .expect("a PUT answers with a context")
         .to_string()
 }
@@ -142,28 +139,20 @@ pub fn delete(
     query: &str,
     context: Option<&str>,
 ) -> Result<Response, String> {
-    let headers: Vec<(&str, &str)> = context
-        .map(|c| ("x-chorus-context", c))
-        .into_iter()
-        .collect();
+    let headers: Vec<(&str, &str)> = context.map(|c| (CONTEXT_HEADER, c)).into_iter().collect();
     call(base, "DELETE", &kv(bucket, key, query), &headers, b"")
 }
 
 /// The decoded sibling values of a `{"siblings": [{"value": base64}, ...]}` body, sorted.
 pub fn siblings(json: &Value) -> Vec<Vec<u8>> {
-    let mut out: Vec<Vec<u8>> = json["siblings"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter(|s| !s["deleted"].as_bool().unwrap_or(false))
-                .map(|s| {
-                    base64::engine::general_purpose::STANDARD
-                        .decode(s["value"].as_str().unwrap_or_default())
-                        .expect("base64 sibling")
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let body: chorus_api::SiblingsBody =
+        serde_json::from_value(json.clone()).expect("a chorus read answer");
+    let mut out: Vec<Vec<u8>> = body
+        .siblings
+        .into_iter()
+        .filter(|s| !s.deleted.unwrap_or(false))
+        .map(|s| s.value)
+        .collect();
     out.sort();
     out
 }

@@ -31,7 +31,7 @@ fn round_trip_and_read_your_writes_through_every_node() {
         )
         .unwrap();
         assert_eq!(r.status, 204, "{}", r.error_message());
-        assert!(r.header("x-chorus-context").is_some_and(|c| !c.is_empty()));
+        assert!(r.header(api::CONTEXT_HEADER).is_some_and(|c| !c.is_empty()));
         for j in 0..3 {
             let r = api::get_kv(&cluster.url(j), "rt", &key, "").unwrap();
             assert_eq!(
@@ -48,7 +48,7 @@ fn round_trip_and_read_your_writes_through_every_node() {
                 j + 1
             );
             assert_eq!(r.header("content-type"), Some("text/plain"));
-            assert!(r.header("x-chorus-context").is_some());
+            assert!(r.header(api::CONTEXT_HEADER).is_some());
         }
     }
     // Read your writes: write through one node at w=quorum, read at once through the next
@@ -92,7 +92,7 @@ fn concurrent_writes_are_siblings_until_a_write_with_their_context() {
         vec![b"apples".to_vec(), b"pears".to_vec()]
     );
     let context = json["context"].as_str().unwrap().to_string();
-    assert_eq!(r.header("x-chorus-context"), Some(context.as_str()));
+    assert_eq!(r.header(api::CONTEXT_HEADER), Some(context.as_str()));
 
     // A write with that context replaces both.
     api::put_ok(
@@ -265,7 +265,7 @@ fn bad_input_gets_its_status_and_json_error_and_changes_nothing() {
                 i + 1
             );
             assert_eq!(
-                r.header("x-chorus-context"),
+                r.header(api::CONTEXT_HEADER),
                 Some(context.as_str()),
                 "the context changed"
             );
@@ -455,7 +455,7 @@ fn bad_input_gets_its_status_and_json_error_and_changes_nothing() {
         (
             "PUT",
             "/kv/b/k".into(),
-            vec![("x-chorus-context", "not a context!")],
+            vec![(api::CONTEXT_HEADER, "not a context!")],
             b"x".to_vec(),
             400,
             "invalid_context",
@@ -463,7 +463,7 @@ fn bad_input_gets_its_status_and_json_error_and_changes_nothing() {
         (
             "PUT",
             "/kv/b/k".into(),
-            vec![("x-chorus-context", "AAAA")],
+            vec![(api::CONTEXT_HEADER, "AAAA")],
             b"x".to_vec(),
             400,
             "invalid_context",
@@ -471,7 +471,7 @@ fn bad_input_gets_its_status_and_json_error_and_changes_nothing() {
         (
             "DELETE",
             "/kv/b/k".into(),
-            vec![("x-chorus-context", "%%%")],
+            vec![(api::CONTEXT_HEADER, "%%%")],
             vec![],
             400,
             "invalid_context",

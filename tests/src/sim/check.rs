@@ -15,9 +15,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use chorus_node::causality::Context;
-use chorus_node::object::{decode_object, storage_key, Object};
-use chorus_node::storage::{MemoryStorage, Storage};
+use chorus_core::causality::Context;
+use chorus_core::object::{decode_object, storage_key, Object};
+use chorus_core::storage::{MemoryStorage, Storage};
 
 use super::workload::{id_of, value_of, Dot, History, Outcome, Write, BUCKET};
 

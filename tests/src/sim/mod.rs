@@ -26,8 +26,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
-use chorus_node::object::Object;
-use chorus_node::storage::{MemoryStorage, Storage};
+use chorus_core::object::Object;
+use chorus_core::storage::{MemoryStorage, Storage};
 use chorus_ring::Ring;
 
 use net::{NetFaults, SimNet, MAX_INFLIGHT_PER_PEER};

@@ -16,9 +16,9 @@ use rand::rngs::StdRng;
 use rand::Rng;
 use tokio::time::Instant;
 
+use chorus_core::peers::{PeerError, Peers};
+use chorus_core::rpc::{self, Message, Request, Response};
 use chorus_gossip::Outgoing;
-use chorus_node::coordinator::Peers;
-use chorus_node::rpc::{self, Message, Request, Response};
 
 use super::node::Incarnation;
 use super::trace::Trace;
@@ -416,7 +416,7 @@ impl Peers for SimPeers {
         to: &str,
         request: Request,
         timeout: Duration,
-    ) -> Result<Response, String> {
+    ) -> Result<Response, PeerError> {
         let deadline = Instant::now() + timeout;
         let rx = self.net.request(&self.from, self.incarnation, to, request);
         match tokio::time::timeout_at(deadline, rx).await {
@@ -424,9 +424,15 @@ impl Peers for SimPeers {
             // Lost on the way: the caller learns only from its timeout, as with QUIC.
             Ok(Err(_)) => {
                 tokio::time::sleep_until(deadline).await;
-                Err(format!("{to} did not answer in {timeout:?}"))
+                Err(PeerError::no_answer(
+                    to,
+                    format!("no answer in {timeout:?}"),
+                ))
             }
-            Err(_) => Err(format!("{to} did not answer in {timeout:?}")),
+            Err(_) => Err(PeerError::no_answer(
+                to,
+                format!("no answer in {timeout:?}"),
+            )),
         }
     }
 }

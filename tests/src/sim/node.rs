@@ -13,14 +13,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use chorus_core::causality::ActorId;
+use chorus_core::coordinator::Coordinator;
+use chorus_core::healing::{Healer, HealingConfig};
+use chorus_core::membership::Gossip;
+use chorus_core::metrics::Metrics;
+use chorus_core::replica::{Replica, ReplicaConfig, ACTOR_META_KEY};
+use chorus_core::storage::{MemoryStorage, MerkleTree, PartitionId, Storage, StorageError};
 use chorus_gossip::{ClusterConfig, Config as GossipConfig};
-use chorus_node::causality::ActorId;
-use chorus_node::coordinator::Coordinator;
-use chorus_node::healing::{Healer, HealingConfig};
-use chorus_node::membership::Gossip;
-use chorus_node::metrics::Metrics;
-use chorus_node::replica::{Replica, ReplicaConfig, ACTOR_META_KEY};
-use chorus_node::storage::{MemoryStorage, MerkleTree, PartitionId, Storage, StorageError};
 use tokio::task::AbortHandle;
 
 use super::net::{SimNet, SimPeers};

@@ -12,9 +12,9 @@ use rand::rngs::StdRng;
 use rand::Rng;
 use tokio::time::Instant;
 
-use chorus_node::causality::{ActorId, Context};
-use chorus_node::coordinator::CoordinatorError;
-use chorus_node::object::{Object, Sibling};
+use chorus_core::causality::{ActorId, Context};
+use chorus_core::coordinator::CoordinatorError;
+use chorus_core::object::{Object, Sibling};
 
 use super::net::SimNet;
 

@@ -1,0 +1,20 @@
+//! chorus-core: the protocol core of a chorus node — causality, objects, node-to-node
+//! messages, storage, replicas, the coordinator, healing, the membership shell and metrics.
+//!
+//! Must not: know about HTTP, QUIC, TLS or the command line. Its dependencies exclude
+//! axum, hyper, quinn, rustls, rcgen and clap (the workspace test `core_stays_free_of_io`
+//! checks `cargo tree`), so the simulation builds a whole cluster from this crate alone,
+//! and the `chorus` binary is a shell around it. Other nodes are reached only through the
+//! [`peers::Peers`] seam; time only through tokio's clock.
+
+pub mod causality;
+pub mod coordinator;
+pub mod healing;
+pub mod membership;
+pub mod metrics;
+pub mod object;
+pub mod peers;
+pub mod replica;
+pub mod rpc;
+pub mod storage;
+pub mod view;

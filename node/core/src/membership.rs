@@ -1,0 +1,146 @@
+//! The runtime side of membership: owns the sans-IO gossip state machine, feeds it time
+//! (tokio's clock, so a simulation with paused time drives it deterministically) and
+//! randomness (a seeded RNG), and after every step republishes the coordinator's view of
+//! the ring. Sending the messages it returns is the caller's job.
+
+use std::collections::HashSet;
+use std::sync::PoisonError;
+use std::sync::{Arc, Mutex, RwLock};
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tokio::time::Instant;
+
+use chorus_gossip::{Config as GossipConfig, Event, MemberView, Membership, Outgoing};
+use chorus_ring::Ring;
+
+use crate::view::ClusterView;
+
+/// One node's membership, shared by the gossip loop, the RPC handler and the HTTP API.
+pub struct Gossip {
+    membership: Mutex<Membership>,
+    rng: Mutex<StdRng>,
+    started: Instant,
+    ring_size: u32,
+    n: usize,
+    pub view: Arc<RwLock<ClusterView>>,
+    /// Set when the cluster refuses this node (config mismatch); the node then exits.
+    pub rejected: tokio::sync::watch::Sender<Option<String>>,
+}
+
+impl Gossip {
+    pub fn new(config: GossipConfig, ring_size: u32, n: usize, rng_seed: u64) -> Gossip {
+        let name = config.name.clone();
+        let membership = Membership::new(config, 0);
+        let ring = Ring::new(ring_size, n, [name]).expect("validated ring parameters");
+        let view = ClusterView {
+            ring: Arc::new(ring),
+            unreachable: Arc::new(HashSet::new()),
+        };
+        Gossip {
+            membership: Mutex::new(membership),
+            rng: Mutex::new(StdRng::seed_from_u64(rng_seed)),
+            started: Instant::now(),
+            ring_size,
+            n,
+            view: Arc::new(RwLock::new(view)),
+            rejected: tokio::sync::watch::channel(None).0,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    pub fn step(
+        &self,
+        step: impl FnOnce(&mut Membership, u64, &mut StdRng) -> Vec<Outgoing>,
+    ) -> Vec<Outgoing> {
+        let now = self.now_ms();
+        let mut membership = self
+            .membership
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let out = step(
+            &mut membership,
+            now,
+            &mut self.rng.lock().unwrap_or_else(PoisonError::into_inner),
+        );
+        for event in membership.drain_events() {
+            self.log_event(event);
+        }
+        self.refresh_view(&membership, now);
+        out
+    }
+
+    fn log_event(&self, event: Event) {
+        match event {
+            Event::Rejected { reason } => {
+                tracing::error!("the cluster refused this node: {reason}");
+                self.rejected.send_replace(Some(reason));
+            }
+            Event::ConfigMismatch { from, reason } => {
+                tracing::warn!(%from, "refused a node: {reason}")
+            }
+            other => tracing::info!("membership: {other:?}"),
+        }
+    }
+
+    fn refresh_view(&self, membership: &Membership, now: u64) {
+        let mut members = membership.ring_members();
+        members.sort();
+        let unreachable: HashSet<String> = members
+            .iter()
+            .filter(|m| !membership.is_reachable(m, now))
+            .cloned()
+            .collect();
+        let mut view = self.view.write().unwrap_or_else(PoisonError::into_inner);
+        if view.ring.members() != members.as_slice() && !members.is_empty() {
+            match Ring::new(self.ring_size, self.n, members.iter().cloned()) {
+                Ok(ring) => {
+                    tracing::info!(members = ?members, "ring recomputed");
+                    view.ring = Arc::new(ring);
+                }
+                Err(e) => tracing::error!("cannot build the ring: {e}"),
+            }
+        }
+        if *view.unreachable != unreachable {
+            view.unreachable = Arc::new(unreachable);
+        }
+    }
+
+    pub fn tick(&self) -> Vec<Outgoing> {
+        self.step(|m, now, rng| m.tick(now, rng))
+    }
+
+    pub fn handle(&self, from: &str, message: chorus_gossip::GossipMessage) -> Vec<Outgoing> {
+        self.step(|m, now, rng| m.handle(now, from, message, rng))
+    }
+
+    /// Publishes a key-value about this node to the cluster (e.g. pending hints).
+    pub fn set_local_kv(&self, key: &str, value: &str) {
+        let mut membership = self
+            .membership
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Err(e) = membership.set_local_kv(key, value) {
+            tracing::warn!("cannot gossip {key}: {e}");
+        }
+    }
+
+    pub fn address_of(&self, name: &str) -> Option<String> {
+        self.membership
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .address_of(name)
+            .map(str::to_string)
+    }
+
+    pub fn members(&self) -> Vec<MemberView> {
+        let now = self.now_ms();
+        self.membership
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .members(now)
+    }
+}

@@ -1,0 +1,637 @@
+//! One node's role as a replica: reads, coordinated writes and merges of per-key state
+//! against local storage. A replica never talks to other nodes and never reads a clock; it
+//! only merges states through the DVV laws, so replaying the same requests gives the same
+//! stored bytes.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::PoisonError;
+use std::sync::{Arc, Mutex};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::causality::{ActorId, Context};
+use crate::metrics::Metrics;
+use crate::object::{
+    decode_object, encode_object, split_storage_key, storage_key, Object, Sibling, MAX_NAME_BYTES,
+};
+use crate::rpc::{KeyedObject, Request, Response};
+use crate::storage::merkle::{BRANCHES, SEGMENTS};
+use crate::storage::{PartitionId, Storage};
+
+/// Read-modify-write of a key happens under one of these locks, so two concurrent merges
+/// of the same key cannot both read the old state and lose each other's versions.
+const LOCK_STRIPES: usize = 1024;
+/// Rough cap on the bytes of one anti-entropy or transfer batch.
+pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    #[error("storage: {0}")]
+    Storage(#[from] crate::storage::StorageError),
+    #[error("{0}")]
+    Object(#[from] crate::object::ObjectError),
+    #[error("the key would have {count} siblings, over the limit of {max}; read it and write back with its context to resolve them")]
+    TooManySiblings { count: usize, max: usize },
+    #[error("invalid state from a peer: {0}")]
+    InvalidState(String),
+}
+
+pub struct ReplicaConfig {
+    /// The actor this replica mints dots with until it next drops keys (see `retire_actor`).
+    pub actor: ActorId,
+    /// Seeds the choice of new actor ids, so a simulation replays them.
+    pub actor_seed: u64,
+    pub ring_size: u32,
+    /// A coordinated write that would leave more siblings than this is refused.
+    pub max_siblings: usize,
+    /// A key reaching this many siblings is logged as a warning.
+    pub warn_siblings: usize,
+    /// Hints kept per unreachable owner; beyond it, hints are dropped (and counted), and
+    /// anti-entropy repairs the owner instead.
+    pub max_hints_per_owner: u64,
+}
+
+pub struct Replica<S: Storage> {
+    storage: Arc<S>,
+    config: ReplicaConfig,
+    stripes: Vec<Mutex<()>>,
+    actor: Mutex<(ActorId, StdRng)>,
+    /// Hints held per owner, as last counted; checked against the bound on every hint.
+    hint_counts: Mutex<HashMap<String, u64>>,
+    metrics: Arc<Metrics>,
+}
+
+/// Meta key under which the current actor id is persisted.
+pub const ACTOR_META_KEY: &str = "actor";
+
+impl<S: Storage> Replica<S> {
+    pub fn new(
+        storage: Arc<S>,
+        config: ReplicaConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, ReplicaError> {
+        let actor = Mutex::new((config.actor, StdRng::seed_from_u64(config.actor_seed)));
+        let hint_counts = Mutex::new(storage.hint_owners()?.into_iter().collect());
+        Ok(Replica {
+            storage,
+            config,
+            stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            actor,
+            hint_counts,
+            metrics,
+        })
+    }
+
+    /// Replaces the per-owner hint counts with a fresh count from storage.
+    pub fn recount_hints(&self, counts: &[(String, u64)]) {
+        *self
+            .hint_counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = counts.iter().cloned().collect();
+    }
+
+    pub fn actor(&self) -> ActorId {
+        self.actor.lock().unwrap_or_else(PoisonError::into_inner).0
+    }
+
+    /// Switches to a fresh actor id, persisted before return. Called before this replica
+    /// drops keys (handoff, ownership transfer, reaping): a replica that no longer holds a
+    /// key would otherwise mint a dot it already used for that key, and a DVV merge would
+    /// then take the new value for the old one and drop it (Riak's vnode epochs solve the
+    /// same problem).
+    pub fn retire_actor(&self) -> Result<ActorId, ReplicaError> {
+        let mut guard = self.actor.lock().unwrap_or_else(PoisonError::into_inner);
+        let fresh = ActorId(guard.1.random());
+        self.storage
+            .meta_put(ACTOR_META_KEY, &fresh.0.to_be_bytes())?;
+        guard.0 = fresh;
+        Ok(fresh)
+    }
+
+    pub fn storage(&self) -> &Arc<S> {
+        &self.storage
+    }
+
+    pub fn partition_of(&self, bucket: &[u8], key: &[u8]) -> PartitionId {
+        chorus_ring::partition_of(self.config.ring_size, bucket, key)
+    }
+
+    /// [`Replica::handle`] for callers on an async runtime: a request that may wait for an
+    /// fsync (a write with `--sync always`) runs on the blocking pool, so it does not stall
+    /// an async worker; everything else runs inline. The one place this is decided, for
+    /// the coordinator's local calls and the QUIC handler alike.
+    pub async fn handle_async(self: Arc<Self>, request: Request) -> Response {
+        if !self.storage.writes_block() || matches!(request, Request::Get { .. }) {
+            return self.handle(request);
+        }
+        tokio::task::spawn_blocking(move || self.handle(request))
+            .await
+            .unwrap_or_else(|e| Response::Failed(format!("replica task failed: {e}")))
+    }
+
+    pub fn handle(&self, request: Request) -> Response {
+        if let Err(refusal) = check_peer_request(&request) {
+            return Response::Failed(refusal);
+        }
+        let result = match request {
+            Request::Get { bucket, key } => self.get(&bucket, &key).map(Response::Object),
+            Request::Coordinate {
+                bucket,
+                key,
+                context,
+                value,
+                hint_for,
+                over_current,
+            } => {
+                let context = (!over_current).then_some(&context);
+                self.coordinate(&bucket, &key, context, value, hint_for.as_deref())
+                    .map(Response::Stored)
+            }
+            Request::Merge {
+                bucket,
+                key,
+                object,
+                hint_for,
+            } => {
+                // The ack is enough: shipping the merged state back would double the traffic.
+                self.merge(&bucket, &key, &object, hint_for.as_deref())
+                    .map(|_| Response::Merged(1))
+            }
+            Request::TreeBranches { partition } => self
+                .storage
+                .tree(partition)
+                .map(|t| Response::Branches(t.branches()))
+                .map_err(Into::into),
+            Request::TreeLeaves {
+                partition,
+                branches,
+            } => self.leaves(partition, &branches).map(Response::Leaves),
+            Request::SegmentObjects {
+                partition,
+                segments,
+            } => self
+                .segment_objects(partition, &segments)
+                .map(Response::Objects),
+            Request::MergeBatch { objects } => self.merge_batch(&objects).map(Response::Merged),
+            Request::ReapBatch { objects } => self.reap(&objects).map(Response::Merged),
+        };
+        result.unwrap_or_else(|e| match e {
+            ReplicaError::TooManySiblings { .. } => Response::Refused {
+                code: "too_many_siblings".into(),
+                message: e.to_string(),
+            },
+            other => Response::Failed(other.to_string()),
+        })
+    }
+
+    pub fn get(&self, bucket: &[u8], key: &[u8]) -> Result<Option<Object>, ReplicaError> {
+        let partition = self.partition_of(bucket, key);
+        match self.storage.get(partition, &storage_key(bucket, key))? {
+            Some(bytes) => Ok(Some(decode_object(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The coordinating replica's part of a write: the new value gets a dot of this
+    /// replica's actor, superseding exactly what `context` covers, or with `None` everything
+    /// this replica holds for the key (read under the same lock as the write, so no version
+    /// that arrives meanwhile is superseded unseen). Persisted before return.
+    /// A fallback (`hint_for` = the unreachable owner) records a hint, as in `merge`.
+    pub fn coordinate(
+        &self,
+        bucket: &[u8],
+        key: &[u8],
+        context: Option<&Context>,
+        value: Sibling,
+        hint_for: Option<&str>,
+    ) -> Result<Object, ReplicaError> {
+        let partition = self.partition_of(bucket, key);
+        let skey = storage_key(bucket, key);
+        let _guard = self.lock(&skey);
+        let raw = self.storage.get(partition, &skey)?;
+        let current = match &raw {
+            Some(bytes) => decode_object(bytes)?,
+            None => Object::new(),
+        };
+        let updated = match context {
+            Some(context) => current.update(context, self.actor(), value),
+            None => current.update(&current.context(), self.actor(), value),
+        };
+        let count = updated.sibling_count();
+        if count > self.config.max_siblings {
+            return Err(ReplicaError::TooManySiblings {
+                count,
+                max: self.config.max_siblings,
+            });
+        }
+        if count >= self.config.warn_siblings {
+            tracing::warn!(bucket = %String::from_utf8_lossy(bucket), key = %String::from_utf8_lossy(key), siblings = count, "key has many siblings; clients should resolve them by writing with a read's context");
+        }
+        self.storage
+            .put_replacing(partition, &skey, raw.as_deref(), &encode_object(&updated))?;
+        if let Some(owner) = hint_for {
+            self.record_hint(owner, partition, &skey)?;
+        }
+        Ok(updated)
+    }
+
+    /// Merges a peer's state into ours (replication, read repair, handoff, anti-entropy).
+    /// Never refused for sibling count: refusing would drop a version another replica holds.
+    pub fn merge(
+        &self,
+        bucket: &[u8],
+        key: &[u8],
+        incoming: &Object,
+        hint_for: Option<&str>,
+    ) -> Result<Object, ReplicaError> {
+        incoming
+            .validate()
+            .map_err(|e| ReplicaError::InvalidState(e.to_string()))?;
+        let partition = self.partition_of(bucket, key);
+        let skey = storage_key(bucket, key);
+        let _guard = self.lock(&skey);
+        let raw = self.storage.get(partition, &skey)?;
+        let current = raw.as_deref().map(decode_object).transpose()?;
+        let merged = match &current {
+            Some(current) => current.sync(incoming),
+            None => incoming.clone(),
+        };
+        if current.as_ref() != Some(&merged) {
+            self.storage.put_replacing(
+                partition,
+                &skey,
+                raw.as_deref(),
+                &encode_object(&merged),
+            )?;
+        }
+        if let Some(owner) = hint_for {
+            self.record_hint(owner, partition, &skey)?;
+        }
+        Ok(merged)
+    }
+
+    /// Remembers that this node holds `skey` for the unreachable `owner`, within the bound.
+    /// Called under the key's lock, after the state was stored.
+    fn record_hint(
+        &self,
+        owner: &str,
+        partition: PartitionId,
+        skey: &[u8],
+    ) -> Result<(), ReplicaError> {
+        let mut counts = self
+            .hint_counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let held = counts.entry(owner.to_string()).or_insert(0);
+        if *held >= self.config.max_hints_per_owner {
+            self.metrics.hints_dropped.inc();
+            if self.metrics.hints_dropped.get() % 1000 == 1 {
+                tracing::warn!(%owner, limit = self.config.max_hints_per_owner, "hint bound reached: dropping hints for this owner; anti-entropy will repair it");
+            }
+        } else {
+            // The hint only names the key: at delivery the current merged state is sent.
+            self.storage.hint_put(owner, partition, skey, &[])?;
+            *held += 1;
+            self.metrics.hints_queued.inc();
+        }
+        Ok(())
+    }
+
+    fn leaves(
+        &self,
+        partition: PartitionId,
+        branches: &[u32],
+    ) -> Result<Vec<(u32, Vec<[u8; 32]>)>, ReplicaError> {
+        let tree = self.storage.tree(partition)?;
+        Ok(branches
+            .iter()
+            .filter(|&&b| (b as usize) < BRANCHES)
+            .map(|&b| (b, tree.leaves_of_branch(b as usize).to_vec()))
+            .collect())
+    }
+
+    /// Every object of some tree segments, cut off at about `MAX_BATCH_BYTES` (the caller
+    /// repairs the rest on its next exchange).
+    pub fn segment_objects(
+        &self,
+        partition: PartitionId,
+        segments: &[u32],
+    ) -> Result<Vec<KeyedObject>, ReplicaError> {
+        let segments: Vec<usize> = segments
+            .iter()
+            .map(|&s| s as usize)
+            .filter(|&s| s < SEGMENTS)
+            .collect();
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for (skey, raw) in self.storage.scan_segments(partition, &segments)? {
+            if bytes > MAX_BATCH_BYTES {
+                break;
+            }
+            bytes += skey.len() + raw.len();
+            let (bucket, key) = split_storage_key(&skey)?;
+            out.push(KeyedObject {
+                bucket: bucket.to_vec(),
+                key: key.to_vec(),
+                object: decode_object(&raw)?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Merges a batch; returns how many keys changed here.
+    pub fn merge_batch(&self, objects: &[KeyedObject]) -> Result<usize, ReplicaError> {
+        let mut changed = 0;
+        for o in objects {
+            let before = self.get(&o.bucket, &o.key)?;
+            if before.as_ref().is_none_or(|b| !b.descends(&o.object)) {
+                self.merge(&o.bucket, &o.key, &o.object, None)?;
+                changed += 1;
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Physically removes a key, but only if its state is still exactly `expected`: a write
+    /// that arrived since the caller looked must not be dropped with it.
+    pub fn remove_if_unchanged(
+        &self,
+        bucket: &[u8],
+        key: &[u8],
+        expected: &Object,
+    ) -> Result<bool, ReplicaError> {
+        let partition = self.partition_of(bucket, key);
+        let skey = storage_key(bucket, key);
+        let _guard = self.lock(&skey);
+        if self.read(partition, &skey)?.as_ref() != Some(expected) {
+            return Ok(false);
+        }
+        self.storage.remove(partition, &skey)?;
+        Ok(true)
+    }
+
+    /// Drops the given tombstones where they are unchanged; returns how many were dropped.
+    /// The batch holds only tombstones (`check_peer_request` refuses any other).
+    pub fn reap(&self, tombstones: &[KeyedObject]) -> Result<usize, ReplicaError> {
+        self.retire_actor()?;
+        let mut dropped = 0;
+        for t in tombstones {
+            dropped += usize::from(self.remove_if_unchanged(&t.bucket, &t.key, &t.object)?);
+        }
+        Ok(dropped)
+    }
+
+    /// After `owner` stored `delivered`: forget the hint, and when this node does not own
+    /// the key (`drop_local`), drop its copy too, unless a newer write arrived meanwhile.
+    pub fn finish_handoff(
+        &self,
+        owner: &str,
+        bucket: &[u8],
+        key: &[u8],
+        delivered: Option<&Object>,
+        drop_local: bool,
+    ) -> Result<bool, ReplicaError> {
+        let partition = self.partition_of(bucket, key);
+        let skey = storage_key(bucket, key);
+        let _guard = self.lock(&skey);
+        let current = self.read(partition, &skey)?;
+        if current.as_ref() != delivered {
+            return Ok(false);
+        }
+        self.storage.hint_remove(owner, partition, &skey)?;
+        if drop_local && current.is_some() {
+            self.storage.remove(partition, &skey)?;
+        }
+        Ok(true)
+    }
+
+    fn read(&self, partition: PartitionId, skey: &[u8]) -> Result<Option<Object>, ReplicaError> {
+        match self.storage.get(partition, skey)? {
+            Some(bytes) => Ok(Some(decode_object(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn lock(&self, skey: &[u8]) -> std::sync::MutexGuard<'_, ()> {
+        let mut hasher = DefaultHasher::new();
+        skey.hash(&mut hasher);
+        let stripe = &self.stripes[hasher.finish() as usize % LOCK_STRIPES];
+        stripe.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Refuses a peer's request that would break an invariant of this replica, before it is
+/// applied: a bucket or key longer than [`MAX_NAME_BYTES`], or a reap batch holding a live
+/// value (reaping one would delete it). A refusal changes nothing.
+fn check_peer_request(request: &Request) -> Result<(), String> {
+    let names: Vec<(&[u8], &[u8])> = match request {
+        Request::Get { bucket, key }
+        | Request::Coordinate { bucket, key, .. }
+        | Request::Merge { bucket, key, .. } => vec![(bucket, key)],
+        Request::MergeBatch { objects } | Request::ReapBatch { objects } => objects
+            .iter()
+            .map(|o| (o.bucket.as_slice(), o.key.as_slice()))
+            .collect(),
+        Request::TreeBranches { .. }
+        | Request::TreeLeaves { .. }
+        | Request::SegmentObjects { .. } => Vec::new(),
+    };
+    if let Some((bucket, key)) = names
+        .iter()
+        .find(|(b, k)| b.len() > MAX_NAME_BYTES || k.len() > MAX_NAME_BYTES)
+    {
+        return Err(format!(
+            "refused: a bucket of {} bytes and key of {} bytes, over the limit of {MAX_NAME_BYTES}",
+            bucket.len(),
+            key.len()
+        ));
+    }
+    if let Request::ReapBatch { objects } = request {
+        if objects
+            .iter()
+            .any(|o| o.object.values().iter().any(|s| !s.deleted))
+        {
+            return Err(
+                "refused: a reap batch holds a live value, only tombstones are reaped".into(),
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemoryStorage;
+
+    fn replica() -> Replica<MemoryStorage> {
+        let config = ReplicaConfig {
+            actor: ActorId(1),
+            actor_seed: 1,
+            ring_size: 64,
+            max_siblings: 100,
+            warn_siblings: 25,
+            max_hints_per_owner: 10,
+        };
+        Replica::new(
+            Arc::new(MemoryStorage::new()),
+            config,
+            Arc::new(Metrics::default()),
+        )
+        .unwrap()
+    }
+
+    fn keyed(bucket: Vec<u8>, key: Vec<u8>, deleted: bool) -> KeyedObject {
+        let value = Sibling {
+            value: b"v".to_vec(),
+            content_type: None,
+            deleted,
+        };
+        let object = Object::new().update(&Context::default(), ActorId(7), value);
+        KeyedObject {
+            bucket,
+            key,
+            object,
+        }
+    }
+
+    /// Requests a peer could send, with bucket and key lengths around the limit.
+    fn peer_request() -> impl proptest::strategy::Strategy<Value = Request> {
+        use proptest::prelude::*;
+        let name = prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..8),
+            (MAX_NAME_BYTES - 1..MAX_NAME_BYTES + 2).prop_map(|n| vec![b'x'; n]),
+            Just(vec![b'y'; 70_000]),
+        ];
+        (name.clone(), name, any::<bool>(), 0..5u8).prop_map(|(bucket, key, deleted, kind)| {
+            let object = keyed(bucket.clone(), key.clone(), deleted);
+            match kind {
+                0 => Request::Get { bucket, key },
+                1 => Request::Coordinate {
+                    bucket,
+                    key,
+                    context: Context::default(),
+                    value: Sibling::value(b"v".to_vec(), None),
+                    hint_for: None,
+                    // Either way of minting: the limits hold for both.
+                    over_current: deleted,
+                },
+                2 => Request::Merge {
+                    bucket,
+                    key,
+                    object: object.object,
+                    hint_for: None,
+                },
+                3 => Request::MergeBatch {
+                    objects: vec![object],
+                },
+                _ => Request::ReapBatch {
+                    objects: vec![object],
+                },
+            }
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn peer_input_never_panics_and_oversized_names_change_nothing(
+            request in peer_request(),
+            junk in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+        ) {
+            // Arbitrary bytes decode to a message or an error, never a panic.
+            let _ = crate::rpc::decode(&junk);
+            let r = replica();
+            let oversized = match &request {
+                Request::Get { bucket, key }
+                | Request::Coordinate { bucket, key, .. }
+                | Request::Merge { bucket, key, .. } => bucket.len().max(key.len()) > MAX_NAME_BYTES,
+                Request::MergeBatch { objects } | Request::ReapBatch { objects } => objects
+                    .iter()
+                    .any(|o| o.bucket.len().max(o.key.len()) > MAX_NAME_BYTES),
+                _ => false,
+            };
+            let response = r.handle(request);
+            if oversized {
+                proptest::prop_assert!(matches!(response, Response::Failed(_)), "{response:?}");
+                proptest::prop_assert!(r.storage().partitions().unwrap().is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn a_reap_batch_holding_a_live_value_is_refused_and_removes_nothing() {
+        let r = replica();
+        let live = keyed(b"b".to_vec(), b"k".to_vec(), false);
+        let request = Request::MergeBatch {
+            objects: vec![live.clone()],
+        };
+        assert!(matches!(r.handle(request), Response::Merged(1)));
+        let response = r.handle(Request::ReapBatch {
+            objects: vec![live],
+        });
+        assert!(matches!(response, Response::Failed(_)), "{response:?}");
+        assert!(r.get(b"b", b"k").unwrap().is_some(), "the live value stays");
+    }
+
+    #[test]
+    fn a_write_over_the_current_state_supersedes_what_this_replica_holds_and_nothing_else() {
+        let r = replica();
+        let v = |s: &str| Sibling::value(s.as_bytes().to_vec(), None);
+        let blind = Context::default();
+        r.coordinate(b"b", b"k", Some(&blind), v("1"), None)
+            .unwrap();
+        r.coordinate(b"b", b"k", Some(&blind), v("2"), None)
+            .unwrap();
+        assert_eq!(r.get(b"b", b"k").unwrap().unwrap().sibling_count(), 2);
+        let over = r.coordinate(b"b", b"k", None, v("3"), None).unwrap();
+        assert_eq!(
+            over.values(),
+            vec![&v("3")],
+            "both siblings held here are superseded"
+        );
+        // A version minted elsewhere without seeing "3" stays a sibling when it arrives.
+        let elsewhere = Object::new().update(&blind, ActorId(2), v("other"));
+        let merged = r.merge(b"b", b"k", &elsewhere, None).unwrap();
+        assert_eq!(merged.sibling_count(), 2);
+        let over = r.coordinate(b"b", b"k", None, v("4"), None).unwrap();
+        assert_eq!(over.values(), vec![&v("4")]);
+    }
+
+    #[test]
+    fn a_fallback_that_mints_a_write_keeps_a_hint_for_the_owner() {
+        let r = replica();
+        let request = Request::Coordinate {
+            bucket: b"b".to_vec(),
+            key: b"k".to_vec(),
+            context: Context::default(),
+            value: Sibling::value(b"v".to_vec(), None),
+            hint_for: Some("owner".into()),
+            over_current: false,
+        };
+        assert!(matches!(r.handle(request), Response::Stored(_)));
+        let hints = r.storage().hint_scan("owner", 10).unwrap();
+        assert_eq!(hints.len(), 1);
+        assert_eq!(hints[0].1, storage_key(b"b", b"k"));
+        assert_eq!(
+            r.storage().hint_owners().unwrap(),
+            vec![("owner".to_string(), 1)]
+        );
+
+        // A primary minting a write keeps no hint.
+        r.coordinate(
+            b"b",
+            b"other",
+            Some(&Context::default()),
+            Sibling::value(b"v".to_vec(), None),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            r.storage().hint_owners().unwrap(),
+            vec![("owner".to_string(), 1)]
+        );
+    }
+}

@@ -1,0 +1,129 @@
+//! The messages nodes exchange over the transport, versioned so a node can refuse (rather
+//! than misread) a peer speaking a format it does not know. Pure data; sending is in
+//! `transport`, handling in `replica` and `server`.
+
+use serde::{Deserialize, Serialize};
+
+use chorus_gossip::GossipMessage;
+
+use crate::causality::Context;
+use crate::object::{Object, Sibling};
+
+/// Everything on a stream is one `Envelope`. Adding a variant is compatible; changing one
+/// needs a `V2`.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Envelope {
+    V1(Message),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Message {
+    /// One-way membership gossip.
+    Gossip(GossipMessage),
+    Request(Request),
+    Response(Response),
+}
+
+/// A coordinator's (or healer's) request to one replica.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Request {
+    /// The replica's state for a key.
+    Get {
+        #[serde(with = "serde_bytes")]
+        bucket: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
+    /// Be the coordinating replica of a write: mint a dot for `value` over `context`,
+    /// persist, and return the resulting state so the coordinator can replicate it.
+    /// `hint_for`, as for `Merge`: the unreachable primary a fallback stores this for
+    /// (a fallback can be the minting replica too, and must then keep the hint).
+    /// `over_current`: mint over the replica's own current state instead of `context`
+    /// (which is then empty), so the value supersedes every version this replica holds
+    /// under its key lock; a RESP `SET`, which carries no context, is written so.
+    Coordinate {
+        #[serde(with = "serde_bytes")]
+        bucket: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        context: Context,
+        value: Sibling,
+        #[serde(default)]
+        hint_for: Option<String>,
+        #[serde(default)]
+        over_current: bool,
+    },
+    /// Merge a state into the replica's own and persist before acknowledging. `hint_for`
+    /// names the primary owner a fallback holds this write for (sloppy quorum).
+    Merge {
+        #[serde(with = "serde_bytes")]
+        bucket: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        object: Object,
+        hint_for: Option<String>,
+    },
+    /// Anti-entropy: the branch hashes of a partition's tree (the root is their hash).
+    TreeBranches { partition: u32 },
+    /// Anti-entropy: the leaf hashes under some branches.
+    TreeLeaves { partition: u32, branches: Vec<u32> },
+    /// Anti-entropy and transfer: every object in some segments of a partition.
+    SegmentObjects { partition: u32, segments: Vec<u32> },
+    /// Anti-entropy and transfer: merge many objects; answered with `Merged`.
+    MergeBatch { objects: Vec<KeyedObject> },
+    /// Reaping: drop each key whose state is still exactly this fully replicated tombstone.
+    ReapBatch { objects: Vec<KeyedObject> },
+}
+
+/// An object with its bucket and key, for batches.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct KeyedObject {
+    #[serde(with = "serde_bytes")]
+    pub bucket: Vec<u8>,
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    pub object: Object,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Response {
+    /// Answer to `Get`: `None` when the replica holds nothing for the key.
+    Object(Option<Object>),
+    /// Answer to `Coordinate`: the state now stored, which the coordinator replicates.
+    Stored(Object),
+    Branches(Vec<[u8; 32]>),
+    Leaves(Vec<(u32, Vec<[u8; 32]>)>),
+    Objects(Vec<KeyedObject>),
+    /// Answer to `Merge` (1), `MergeBatch` (keys changed) and `ReapBatch` (keys dropped).
+    Merged(usize),
+    /// The write was refused and nothing was stored (e.g. too many siblings).
+    Refused {
+        code: String,
+        message: String,
+    },
+    /// The replica failed (storage error, malformed request).
+    Failed(String),
+}
+
+pub fn encode(message: Message) -> Vec<u8> {
+    rmp_serde::to_vec(&Envelope::V1(message)).expect("encoding to a Vec cannot fail")
+}
+
+/// A message from another node that could not be decoded (a different version, a bug,
+/// or an attacker holding the cluster credential): it is refused, never half-applied.
+#[derive(Debug, thiserror::Error)]
+#[error("undecodable message ({len} bytes): {reason}")]
+pub struct DecodeError {
+    pub len: usize,
+    pub reason: String,
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
+    match rmp_serde::from_slice::<Envelope>(bytes) {
+        Ok(Envelope::V1(message)) => Ok(message),
+        Err(e) => Err(DecodeError {
+            len: bytes.len(),
+            reason: e.to_string(),
+        }),
+    }
+}

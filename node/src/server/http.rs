@@ -1,0 +1,736 @@
+//! The client HTTP API (axum), exactly as CONTRACT.md lists it: `/kv`, `/ring`, `/status`,
+//! `/metrics`, `/health`, the `/local` views of this node's own replicas, and the admin
+//! calls behind `chorus leave` / `chorus remove`. It validates input, turns requests into
+//! coordinator calls and results into status codes; it holds no replication logic.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use crate::server::node::Node;
+use chorus_core::causality::Context;
+use chorus_core::coordinator::{CoordinatorError, Quorum};
+use chorus_core::metrics::{OpLabels, RequestLabels};
+use chorus_core::object::{Object, Sibling};
+use chorus_core::storage::Storage;
+
+/// Buckets and keys are at most this many bytes after percent-decoding.
+pub use chorus_core::object::MAX_NAME_BYTES as MAX_SEGMENT_BYTES;
+/// Longest `timeout` a client may ask for.
+const MAX_TIMEOUT_MS: u64 = 60_000;
+use chorus_api::{SiblingBody, SiblingsBody, CONTEXT_HEADER};
+
+pub fn router(node: Arc<Node>) -> Router {
+    let router = Router::new();
+    // Only in the test build (`--features fault-injection`): scripts/chaos drives it.
+    #[cfg(feature = "fault-injection")]
+    let router = router.route("/admin/fault", get(fault_get).post(fault_set));
+    router
+        .route(
+            "/kv/{bucket}/{key}",
+            get(kv_get).put(kv_put).delete(kv_delete),
+        )
+        .route("/ring/{bucket}/{key}", get(ring_owners))
+        .route("/local/kv/{bucket}/{key}", get(local_kv))
+        .route("/local/partitions", get(local_partitions))
+        .route("/status", get(status))
+        .route("/metrics", get(metrics))
+        .route("/health", get(health))
+        .route("/admin/leave", post(admin_leave))
+        .route("/admin/remove/{name}", post(admin_remove))
+        .fallback(no_route)
+        // Bodies are read with our own limit so an oversized value gets a JSON 413.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(node)
+}
+
+/// An error answer: `{"error": code, "message": sentence, ...extra}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    body: Value,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            body: json!({"error": code, "message": message.into()}),
+        }
+    }
+    fn bad_request(code: &str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+impl From<CoordinatorError> for ApiError {
+    fn from(e: CoordinatorError) -> Self {
+        match &e {
+            CoordinatorError::Unavailable {
+                needed,
+                replied,
+                primaries_needed,
+                primaries_replied,
+            } => ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                body: json!({
+                    "error": "quorum_unavailable",
+                    "message": e.to_string(),
+                    "needed": needed,
+                    "replied": replied,
+                    "primaries_needed": primaries_needed,
+                    "primaries_replied": primaries_replied,
+                }),
+            },
+            CoordinatorError::TooManySiblings(message) => {
+                ApiError::new(StatusCode::CONFLICT, "too_many_siblings", message.clone())
+            }
+        }
+    }
+}
+
+fn decode_segment(what: &str, raw: &str) -> Result<Vec<u8>, ApiError> {
+    let decoded = percent_encoding::percent_decode_str(raw).collect::<Vec<u8>>();
+    if decoded.is_empty() {
+        return Err(ApiError::bad_request(
+            &format!("invalid_{what}"),
+            format!("the {what} is empty"),
+        ));
+    }
+    if decoded.len() > MAX_SEGMENT_BYTES {
+        return Err(ApiError::bad_request(
+            &format!("invalid_{what}"),
+            format!(
+                "the {what} is {} bytes, over the limit of {MAX_SEGMENT_BYTES}",
+                decoded.len()
+            ),
+        ));
+    }
+    if std::str::from_utf8(&decoded).is_err() {
+        return Err(ApiError::bad_request(
+            &format!("invalid_{what}"),
+            format!("the {what} is not percent-encoded UTF-8"),
+        ));
+    }
+    if has_bad_escape(raw) {
+        return Err(ApiError::bad_request(
+            &format!("invalid_{what}"),
+            format!("the {what} has a malformed percent escape"),
+        ));
+    }
+    Ok(decoded)
+}
+
+/// `%` must be followed by two hex digits; percent_decode passes malformed escapes through.
+fn has_bad_escape(raw: &str) -> bool {
+    let bytes = raw.as_bytes();
+    bytes.iter().enumerate().any(|(i, &b)| {
+        b == b'%'
+            && !(bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+    })
+}
+
+/// The bucket and key of a `/kv`, `/ring` or `/local/kv` request, taken from the raw
+/// (still percent-encoded) request path and decoded exactly once. The router matched the
+/// raw path, so the last two segments are the bucket and the key (a `%2F` in a key stays
+/// inside its segment). Axum's own path parameters are already decoded, and decoding them
+/// again would turn a key `%25` into `%`.
+fn bucket_and_key(uri: &Uri) -> Result<(Vec<u8>, Vec<u8>), ApiError> {
+    let mut segments = uri.path().rsplitn(3, '/');
+    match (segments.next(), segments.next(), segments.next()) {
+        (Some(key), Some(bucket), Some(_)) => Ok((
+            decode_segment("bucket", bucket)?,
+            decode_segment("key", key)?,
+        )),
+        _ => Err(ApiError::bad_request(
+            "invalid_path",
+            "expected /kv/{bucket}/{key}",
+        )),
+    }
+}
+
+/// Paths no route matched. `/kv/b/` and `/kv//k` match no route (an empty segment is no
+/// parameter) but are a client's empty key or bucket: those get the 400 the API promises.
+async fn no_route(uri: Uri) -> ApiError {
+    let path = uri.path();
+    let rest = ["/kv/", "/ring/", "/local/kv/"]
+        .iter()
+        .find_map(|prefix| path.strip_prefix(prefix));
+    if rest.is_some_and(|rest| rest.matches('/').count() == 1) {
+        if let Err(e) = bucket_and_key(&uri) {
+            return e;
+        }
+    }
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint; see the API table in the README",
+    )
+}
+
+/// The query parameters of a `/kv` request, validated against the replication factor.
+struct KvParams {
+    r: usize,
+    w: usize,
+    pr: usize,
+    pw: usize,
+    timeout: Duration,
+}
+
+fn kv_params(
+    n: usize,
+    default_timeout: Duration,
+    query: Option<&str>,
+) -> Result<KvParams, ApiError> {
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(query.unwrap_or("")).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_parameter",
+                format!("cannot parse the query string: {e}"),
+            )
+        })?;
+    let mut params = KvParams {
+        r: n / 2 + 1,
+        w: n / 2 + 1,
+        pr: 0,
+        pw: 0,
+        timeout: default_timeout,
+    };
+    let mut seen = Vec::with_capacity(pairs.len());
+    for (name, value) in pairs {
+        // `?w=1&w=all` has no obvious meaning; guessing (first or last wins) could weaken a write.
+        if seen.contains(&name) {
+            return Err(ApiError::bad_request(
+                "invalid_parameter",
+                format!("parameter '{name}' is given more than once"),
+            ));
+        }
+        seen.push(name.clone());
+        let count = |allow_zero| {
+            Quorum::parse(&value)
+                .and_then(|q| q.resolve(n, allow_zero))
+                .map_err(|e| ApiError::bad_request("invalid_parameter", format!("{name}: {e}")))
+        };
+        match name.as_str() {
+            "r" => params.r = count(false)?,
+            "w" => params.w = count(false)?,
+            "pr" => params.pr = count(true)?,
+            "pw" => params.pw = count(true)?,
+            "timeout" => {
+                let ms: u64 = value.parse().ok().filter(|ms| (1..=MAX_TIMEOUT_MS).contains(ms)).ok_or_else(|| {
+                    ApiError::bad_request("invalid_parameter", format!("timeout: '{value}' is not a number of milliseconds in 1..={MAX_TIMEOUT_MS}"))
+                })?;
+                params.timeout = Duration::from_millis(ms);
+            }
+            other => {
+                return Err(ApiError::bad_request(
+                    "invalid_parameter",
+                    format!("unknown parameter '{other}': use r, w, pr, pw or timeout"),
+                ));
+            }
+        }
+    }
+    if params.pr > params.r {
+        return Err(ApiError::bad_request(
+            "invalid_parameter",
+            format!("pr ({}) cannot exceed r ({})", params.pr, params.r),
+        ));
+    }
+    if params.pw > params.w {
+        return Err(ApiError::bad_request(
+            "invalid_parameter",
+            format!("pw ({}) cannot exceed w ({})", params.pw, params.w),
+        ));
+    }
+    Ok(params)
+}
+
+fn request_context(headers: &HeaderMap) -> Result<Context, ApiError> {
+    match headers.get(CONTEXT_HEADER) {
+        None => Ok(Context::default()),
+        Some(value) => {
+            let text = value.to_str().map_err(|_| {
+                ApiError::bad_request("invalid_context", "X-Chorus-Context is not ASCII")
+            })?;
+            if text.is_empty() {
+                return Ok(Context::default());
+            }
+            Context::decode(text)
+                .map_err(|e| ApiError::bad_request("invalid_context", e.to_string()))
+        }
+    }
+}
+
+fn context_header(object: &Object) -> HeaderValue {
+    HeaderValue::from_str(&object.context().encode()).expect("base64 is a valid header value")
+}
+
+/// Runs a handler body and records its status and latency in the metrics.
+async fn measured(
+    node: &Node,
+    op: &'static str,
+    handler: impl std::future::Future<Output = Result<Response, ApiError>>,
+) -> Response {
+    let started = Instant::now();
+    let response = handler.await.unwrap_or_else(IntoResponse::into_response);
+    let status = response.status().as_u16();
+    node.metrics
+        .requests
+        .get_or_create(&RequestLabels { op, status })
+        .inc();
+    node.metrics
+        .latency
+        .get_or_create(&OpLabels { op })
+        .observe(started.elapsed().as_secs_f64());
+    if status == 503 {
+        node.metrics
+            .quorum_failures
+            .get_or_create(&OpLabels { op })
+            .inc();
+    }
+    response
+}
+
+/// The JSON form of a read's siblings; `/local/kv` also shows which are tombstones.
+fn siblings_body(siblings: &[&Sibling], show_deleted: bool) -> Vec<SiblingBody> {
+    siblings
+        .iter()
+        .map(|s| SiblingBody {
+            value: s.value.clone(),
+            content_type: Some(
+                s.content_type
+                    .as_deref()
+                    .unwrap_or("application/octet-stream")
+                    .to_string(),
+            ),
+            deleted: show_deleted.then_some(s.deleted),
+        })
+        .collect()
+}
+
+async fn kv_get(
+    State(node): State<Arc<Node>>,
+    uri: Uri,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    measured(&node.clone(), "get", async move {
+        let (bucket, key) = bucket_and_key(&uri)?;
+        let p = kv_params(node.coordinator.n(), node.limits.default_timeout, query.as_deref())?;
+        let object = node.coordinator.get(&bucket, &key, p.r, p.pr, p.timeout).await?;
+        let live: Vec<&Sibling> = object.values().into_iter().filter(|s| !s.deleted).collect();
+        let wants_json = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("application/json"));
+        let status = match live.len() {
+            0 => StatusCode::NOT_FOUND,
+            1 => StatusCode::OK,
+            _ => StatusCode::MULTIPLE_CHOICES,
+        };
+        let context = context_header(&object);
+        if wants_json || live.len() > 1 {
+            let body = SiblingsBody {
+                context: context.to_str().unwrap_or_default().to_string(),
+                siblings: siblings_body(&live, false),
+                tombstone: None,
+            };
+            return Ok((status, [(CONTEXT_HEADER, context)], Json(body)).into_response());
+        }
+        match live.first() {
+            None => Ok((
+                status,
+                [(CONTEXT_HEADER, context)],
+                Json(json!({"error": "not_found", "message": "the key does not exist or was deleted"})),
+            )
+                .into_response()),
+            Some(sibling) => {
+                let content_type = sibling.content_type.clone().unwrap_or_else(|| "application/octet-stream".into());
+                let content_type = HeaderValue::from_str(&content_type).unwrap_or(HeaderValue::from_static("application/octet-stream"));
+                Ok((status, [(header::CONTENT_TYPE, content_type), (CONTEXT_HEADER.parse().expect("static"), context)], Body::from(sibling.value.clone()))
+                    .into_response())
+            }
+        }
+    })
+    .await
+}
+
+async fn read_body(node: &Node, body: Body) -> Result<Bytes, ApiError> {
+    let limit = node.limits.max_value;
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "value_too_large",
+            format!("the value is over the limit of {limit} bytes (--max-value)"),
+        )
+    })
+}
+
+async fn kv_put(
+    State(node): State<Arc<Node>>,
+    uri: Uri,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    measured(&node.clone(), "put", async move {
+        let (bucket, key) = bucket_and_key(&uri)?;
+        let p = kv_params(
+            node.coordinator.n(),
+            node.limits.default_timeout,
+            query.as_deref(),
+        )?;
+        let context = request_context(&headers)?;
+        let content_type = match headers.get(header::CONTENT_TYPE) {
+            None => None,
+            Some(v) => Some(
+                v.to_str()
+                    .map_err(|_| {
+                        ApiError::bad_request("invalid_content_type", "Content-Type is not ASCII")
+                    })?
+                    .to_string(),
+            ),
+        };
+        let value = read_body(&node, body).await?;
+        #[cfg(feature = "fault-injection")]
+        if crate::server::fault::broken() {
+            return Ok(broken_ack(&headers));
+        }
+        let object = node
+            .coordinator
+            .put(
+                &bucket,
+                &key,
+                context,
+                Sibling::value(value.to_vec(), content_type),
+                p.w,
+                p.pw,
+                p.timeout,
+            )
+            .await?;
+        Ok((
+            StatusCode::NO_CONTENT,
+            [(CONTEXT_HEADER, context_header(&object))],
+        )
+            .into_response())
+    })
+    .await
+}
+
+async fn kv_delete(
+    State(node): State<Arc<Node>>,
+    uri: Uri,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    measured(&node.clone(), "delete", async move {
+        let (bucket, key) = bucket_and_key(&uri)?;
+        let p = kv_params(
+            node.coordinator.n(),
+            node.limits.default_timeout,
+            query.as_deref(),
+        )?;
+        // Without a context a tombstone would only be a sibling of the value it meant to
+        // remove, and the value would stay visible. Like Riak, read the context first (at
+        // r = w, so the delete is as available as the caller asked for) and delete what it saw.
+        let context = match headers.get(CONTEXT_HEADER) {
+            Some(_) => request_context(&headers)?,
+            None => node
+                .coordinator
+                .get(&bucket, &key, p.w, 0, p.timeout)
+                .await?
+                .context(),
+        };
+        #[cfg(feature = "fault-injection")]
+        if crate::server::fault::broken() {
+            return Ok(broken_ack(&headers));
+        }
+        let object = node
+            .coordinator
+            .put(
+                &bucket,
+                &key,
+                context,
+                Sibling::tombstone(),
+                p.w,
+                p.pw,
+                p.timeout,
+            )
+            .await?;
+        Ok((
+            StatusCode::NO_CONTENT,
+            [(CONTEXT_HEADER, context_header(&object))],
+        )
+            .into_response())
+    })
+    .await
+}
+
+/// The deliberately broken node's answer to a write: `204` and the client's own context
+/// back, with nothing stored anywhere (fault-injection builds only).
+#[cfg(feature = "fault-injection")]
+fn broken_ack(headers: &HeaderMap) -> Response {
+    let context = headers
+        .get(CONTEXT_HEADER)
+        .cloned()
+        .unwrap_or(HeaderValue::from_static(""));
+    (StatusCode::NO_CONTENT, [(CONTEXT_HEADER, context)]).into_response()
+}
+
+#[cfg(feature = "fault-injection")]
+async fn fault_get() -> Json<Value> {
+    Json(json!(crate::server::fault::current()))
+}
+
+#[cfg(feature = "fault-injection")]
+async fn fault_set(body: Bytes) -> Result<Json<Value>, ApiError> {
+    let change: crate::server::fault::FaultSetting =
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request(
+                "invalid_fault",
+                format!("expected JSON with delay_ms, jitter_ms, broken: {e}"),
+            )
+        })?;
+    let now = crate::server::fault::set(&change)
+        .map_err(|e| ApiError::bad_request("invalid_fault", e))?;
+    Ok(Json(json!(now)))
+}
+
+async fn ring_owners(State(node): State<Arc<Node>>, uri: Uri) -> Result<Json<Value>, ApiError> {
+    let (bucket, key) = bucket_and_key(&uri)?;
+    let view = node.coordinator.view();
+    let partition = view.ring.partition_of(&bucket, &key);
+    let primaries = view.ring.primaries(partition).len();
+    let list: Vec<Value> = view
+        .ring
+        .preference_list(partition)
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            json!({
+                "name": name,
+                "address": node.gossip.address_of(name).unwrap_or_default(),
+                "primary": i < primaries,
+                "reachable": !view.unreachable.contains(*name),
+            })
+        })
+        .collect();
+    Ok(Json(
+        json!({"partition": partition, "preference_list": list}),
+    ))
+}
+
+fn object_json(object: &Object) -> SiblingsBody {
+    let tombstone = !object.is_empty() && object.values().iter().all(|s| s.deleted);
+    SiblingsBody {
+        context: object.context().encode(),
+        siblings: siblings_body(&object.values(), true),
+        tombstone: Some(tombstone),
+    }
+}
+
+async fn local_kv(State(node): State<Arc<Node>>, uri: Uri) -> Result<Response, ApiError> {
+    let (bucket, key) = bucket_and_key(&uri)?;
+    match node.replica.get(&bucket, &key) {
+        Ok(Some(object)) => Ok(Json(object_json(&object)).into_response()),
+        Ok(None) => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "this node holds nothing for the key",
+        )),
+        Err(e) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "storage_error",
+            e.to_string(),
+        )),
+    }
+}
+
+async fn local_partitions(State(node): State<Arc<Node>>) -> Result<Json<Value>, ApiError> {
+    let storage_error = |e: chorus_core::storage::StorageError| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "storage_error",
+            e.to_string(),
+        )
+    };
+    let view = node.coordinator.view();
+    let storage = node.replica.storage();
+    let mut out = Vec::new();
+    for partition in storage.partitions().map_err(storage_error)? {
+        out.push(json!({
+            "id": partition,
+            "role": if view.ring.is_primary(partition, &node.name) { "primary" } else { "fallback" },
+            "keys": storage.key_count(partition).map_err(storage_error)?,
+            "merkle_root": storage.tree(partition).map_err(storage_error)?.root_hex(),
+        }));
+    }
+    Ok(Json(Value::Array(out)))
+}
+
+async fn status(State(node): State<Arc<Node>>) -> Json<Value> {
+    Json(node.status_json())
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    node.refresh_phi_metrics();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        node.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn admin_leave(State(node): State<Arc<Node>>) -> Result<(StatusCode, Json<Value>), ApiError> {
+    node.leave()
+        .await
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, "cannot_leave", e.to_string()))?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"message": format!("{} is leaving the cluster", node.name)})),
+    ))
+}
+
+async fn admin_remove(
+    State(node): State<Arc<Node>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    node.remove(&name)
+        .map_err(|e| ApiError::bad_request("cannot_remove", e.to_string()))?;
+    Ok(Json(
+        json!({"message": format!("{name} was removed from the cluster")}),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_decode_and_bad_ones_are_refused() {
+        assert_eq!(decode_segment("key", "a%2Fb").unwrap(), b"a/b");
+        assert_eq!(decode_segment("key", "%E2%9C%93").unwrap(), "✓".as_bytes());
+        assert!(decode_segment("key", "").is_err());
+        assert!(decode_segment("key", "%ZZ").is_err());
+        assert!(decode_segment("key", "abc%2").is_err());
+        assert!(decode_segment("key", "%FF").is_err(), "not UTF-8");
+        assert!(decode_segment("key", &"a".repeat(1025)).is_err());
+        assert!(decode_segment("key", &"a".repeat(1024)).is_ok());
+    }
+
+    #[test]
+    fn kv_params_default_resolve_and_refuse() {
+        let timeout = Duration::from_millis(2000);
+        let defaults = kv_params(3, timeout, None).unwrap();
+        assert_eq!(
+            (
+                defaults.r,
+                defaults.w,
+                defaults.pr,
+                defaults.pw,
+                defaults.timeout
+            ),
+            (2, 2, 0, 0, timeout)
+        );
+        let p = kv_params(3, timeout, Some("r=one&w=all&pw=2&timeout=50")).unwrap();
+        assert_eq!(
+            (p.r, p.w, p.pw, p.timeout),
+            (1, 3, 2, Duration::from_millis(50))
+        );
+        for bad in [
+            "w=4",
+            "r=0",
+            "w=most",
+            "pr=3&r=2",
+            "timeout=0",
+            "timeout=60001",
+            "colour=red",
+            "w=1&w=all",
+            "r=2&r=2",
+        ] {
+            let err = kv_params(3, timeout, Some(bad))
+                .err()
+                .unwrap_or_else(|| panic!("'{bad}' was accepted"));
+            assert_eq!(err.status, StatusCode::BAD_REQUEST, "{bad}");
+        }
+    }
+
+    #[test]
+    fn bucket_and_key_are_decoded_exactly_once_from_the_raw_path() {
+        let parse = |path: &str| bucket_and_key(&path.parse::<Uri>().unwrap());
+        assert_eq!(
+            parse("/kv/b/a%2Fb").unwrap(),
+            (b"b".to_vec(), b"a/b".to_vec())
+        );
+        assert_eq!(
+            parse("/kv/b%2F1/k").unwrap(),
+            (b"b/1".to_vec(), b"k".to_vec())
+        );
+        assert_eq!(
+            parse("/kv/b/%2525").unwrap(),
+            (b"b".to_vec(), b"%25".to_vec())
+        );
+        assert_eq!(
+            parse("/kv/b/100%25").unwrap(),
+            (b"b".to_vec(), b"100%".to_vec())
+        );
+        assert_eq!(
+            parse("/local/kv/%E2%9C%93/x").unwrap(),
+            ("✓".as_bytes().to_vec(), b"x".to_vec())
+        );
+        assert!(
+            parse("/kv/b/%25ZZ").is_ok(),
+            "an escaped percent followed by ZZ is a valid key"
+        );
+        assert!(parse("/kv/b/%ZZ").is_err());
+        assert!(parse("/kv/b/%FF").is_err());
+    }
+
+    #[tokio::test]
+    async fn an_empty_bucket_or_key_is_a_bad_request_not_a_missing_endpoint() {
+        let code = |e: ApiError| {
+            (
+                e.status.as_u16(),
+                e.body["error"].as_str().unwrap_or_default().to_string(),
+            )
+        };
+        assert_eq!(
+            code(no_route("/kv/b/".parse().unwrap()).await),
+            (400, "invalid_key".into())
+        );
+        assert_eq!(
+            code(no_route("/kv//k".parse().unwrap()).await),
+            (400, "invalid_bucket".into())
+        );
+        assert_eq!(
+            code(no_route("/local/kv/b/".parse().unwrap()).await),
+            (400, "invalid_key".into())
+        );
+        assert_eq!(
+            code(no_route("/kv/b/k/extra".parse().unwrap()).await),
+            (404, "not_found".into())
+        );
+        assert_eq!(
+            code(no_route("/nowhere".parse().unwrap()).await),
+            (404, "not_found".into())
+        );
+    }
+}

@@ -1,0 +1,162 @@
+//! The running node as the HTTP API and the QUIC handler both see it: its coordinator,
+//! replica, membership, healer, metrics and transport, and the operations on the node as a
+//! whole (status, leave, remove). The wiring in `server/mod.rs` builds it; `http.rs` and
+//! `peers.rs` use it; none of them imports the wiring.
+//!
+//! Must not: hold protocol logic (that is `chorus-core`'s), or parse flags.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use chorus_core::coordinator::Coordinator;
+use chorus_core::healing::Healer;
+use chorus_core::membership::Gossip;
+use chorus_core::metrics::{Metrics, PeerLabels};
+use chorus_core::replica::Replica;
+use chorus_core::rpc::{self, Message};
+use chorus_core::storage::{FjallStorage, Storage};
+use chorus_gossip::{GossipError, Outgoing};
+
+use crate::server::peers::QuicPeers;
+use crate::server::transport::QuicTransport;
+
+/// How long a gossip message may take to send before it is dropped (gossip repeats).
+const GOSSIP_SEND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `leave` asked of a node that is already leaving.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} is already leaving")]
+pub struct AlreadyLeaving(pub String);
+
+/// Limits the HTTP layer enforces.
+pub struct Limits {
+    pub max_value: usize,
+    pub default_timeout: Duration,
+}
+
+/// One running node: what the HTTP API and the QUIC handler act on.
+pub struct Node {
+    pub name: String,
+    pub limits: Limits,
+    pub coordinator: Coordinator<FjallStorage, QuicPeers>,
+    pub replica: Arc<Replica<FjallStorage>>,
+    pub gossip: Arc<Gossip>,
+    pub metrics: Arc<Metrics>,
+    pub healer: Arc<Healer<FjallStorage, QuicPeers>>,
+    pub transport: Arc<QuicTransport>,
+    /// Notified when the node should stop on its own (it has left the cluster).
+    pub stop: tokio::sync::Notify,
+}
+
+impl Node {
+    pub fn status_json(&self) -> Value {
+        let view = self.coordinator.view();
+        let members: Vec<Value> = self
+            .gossip
+            .members()
+            .into_iter()
+            .map(|m| {
+                json!({
+                    "name": m.name,
+                    "address": m.address,
+                    "state": m.state.to_string(),
+                    "phi": if m.phi.is_finite() { m.phi } else { f64::MAX },
+                    "generation": m.generation,
+                    "heartbeat": m.heartbeat,
+                    "heartbeat_age_ms": m.heartbeat_age_ms,
+                    "ring_share": view.ring.share(&m.name),
+                    "reachable": !view.unreachable.contains(&m.name),
+                    "kv": m.kv,
+                    "is_self": m.is_self,
+                })
+            })
+            .collect();
+        json!({
+            "node": self.name,
+            "n": view.ring.n(),
+            "ring_size": view.ring.ring_size(),
+            "members": members,
+            "transfers": self.healer.transfer_progress().into_iter().map(|(p, keys)| json!({"partition": p, "keys_left": keys})).collect::<Vec<_>>(),
+        })
+    }
+
+    pub fn refresh_phi_metrics(&self) {
+        for m in self.gossip.members() {
+            if !m.is_self {
+                self.metrics
+                    .phi
+                    .get_or_create(&PeerLabels { peer: m.name })
+                    .set(m.phi.min(1e9));
+            }
+        }
+    }
+
+    /// Starts leaving: the node drops out of the ring, so ownership transfer hands every
+    /// partition to its new owners; once nothing is left here it announces `left` and stops.
+    pub async fn leave(self: &Arc<Self>) -> Result<(), AlreadyLeaving> {
+        if self
+            .gossip
+            .members()
+            .iter()
+            .any(|m| m.is_self && m.state != chorus_gossip::MemberState::Alive)
+        {
+            return Err(AlreadyLeaving(self.name.clone()));
+        }
+        self.gossip.step(|m, _, _| {
+            m.leave();
+            Vec::new()
+        });
+        tracing::info!("leaving the cluster: handing data over to the new owners");
+        let node = self.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                ticker.tick().await;
+                let storage = node.replica.storage();
+                let empty = storage.partitions().map(|p| p.is_empty()).unwrap_or(false)
+                    && storage.hint_owners().map(|h| h.is_empty()).unwrap_or(false);
+                if empty {
+                    break;
+                }
+            }
+            node.gossip.step(|m, _, _| {
+                m.left();
+                Vec::new()
+            });
+            tracing::info!("handoff complete: left the cluster");
+            // Let a few gossip rounds carry the news before stopping.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            node.stop.notify_one();
+        });
+        Ok(())
+    }
+
+    pub fn remove(&self, name: &str) -> Result<(), GossipError> {
+        let mut result = Ok(());
+        self.gossip.step(|m, _, _| {
+            result = m.remove(name);
+            Vec::new()
+        });
+        result
+    }
+}
+
+/// Sends gossip messages, each on its own task: a slow peer delays only its own message.
+pub fn send_gossip(transport: &Arc<QuicTransport>, out: Vec<Outgoing>) {
+    for Outgoing { to, message } in out {
+        let Ok(addr) = to.parse::<SocketAddr>() else {
+            tracing::warn!(%to, "gossip peer has an invalid address");
+            continue;
+        };
+        let bytes = rpc::encode(Message::Gossip(message));
+        let transport = transport.clone();
+        tokio::spawn(async move {
+            if let Err(e) = transport.send(addr, &bytes, GOSSIP_SEND_TIMEOUT).await {
+                tracing::debug!("gossip to {addr} failed: {e}");
+            }
+        });
+    }
+}
