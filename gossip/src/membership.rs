@@ -28,6 +28,9 @@ use crate::wire::{
 /// Room left in every budget for array headers that grow (fixarray to array16 to
 /// array32: 4 bytes each) once entries are added to an empty message.
 const BUDGET_SLACK: usize = 16;
+/// Refusals between sides of equal size are decided (the older side wins) only once they
+/// have lasted this long, so a cluster still forming is not decided by whoever came first.
+const TIE_GRACE_MS: u64 = 10_000;
 /// A peer that keeps sending refused messages is reported at most this often.
 const MISMATCH_REPORT_INTERVAL_MS: u64 = 60_000;
 /// Peers whose refusals are being rate-limited; the oldest is forgotten beyond this.
@@ -266,6 +269,8 @@ pub struct Membership {
     digest_cursor: Option<String>,
     rejected: Option<String>,
     mismatch_reported_ms: BTreeMap<String, u64>,
+    /// Since when refusals come from a side exactly as large as ours (see `on_reject`).
+    tied_since_ms: Option<u64>,
     now_ms: u64,
     stats: Stats,
 }
@@ -299,6 +304,7 @@ impl Membership {
             digest_cursor: None,
             rejected: None,
             mismatch_reported_ms: BTreeMap::new(),
+            tied_since_ms: None,
             now_ms,
             stats: Stats::default(),
             config,
@@ -494,6 +500,11 @@ impl Membership {
         self.members
             .get(name)
             .is_some_and(|m| !m.status.is_tombstone() && self.liveness_at(m, now) != Liveness::Down)
+    }
+
+    /// One gossiped key-value of a member (see `set_local_kv`).
+    pub fn kv_of(&self, name: &str, key: &str) -> Option<&str> {
+        self.members.get(name)?.kv.get(key).map(String::as_str)
     }
 
     pub fn address_of(&self, name: &str) -> Option<&str> {
@@ -816,8 +827,11 @@ impl Membership {
     /// A refusal from a peer. The side that knows fewer live members gives up, so a
     /// misconfigured node joining a cluster exits, while a cluster node whose seed list
     /// names a misconfigured node does not: it answers with its own refusal, which makes
-    /// the smaller side give up even if that side never sends gossip itself. Only a
-    /// strictly larger side answers, so refusals never bounce back and forth.
+    /// the smaller side give up even if that side never sends gossip itself. Between sides
+    /// of the same size the one that started first (lower generation, then lower name)
+    /// wins once the tie has lasted `TIE_GRACE_MS`, so two lone nodes with different
+    /// settings do not both keep serving as separate clusters (see [`outranks`]). Only the
+    /// winning side answers, so refusals never bounce back and forth.
     fn on_reject(
         &mut self,
         now: u64,
@@ -831,7 +845,20 @@ impl Membership {
         }: Refusal,
     ) -> Vec<Outgoing> {
         let ours = self.alive_count();
-        if alive_members as usize > ours {
+        let theirs = alive_members as usize;
+        // A tie is normal while a cluster forms (a node alone refused by a lone
+        // misconfigured seed soon knows more members); only a tie that lasts is decided.
+        let tie_lasts = if theirs == ours {
+            let since = *self.tied_since_ms.get_or_insert(now);
+            now.saturating_sub(since) >= TIE_GRACE_MS
+        } else {
+            self.tied_since_ms = None;
+            false
+        };
+        let our_name = self.config.name.clone();
+        let us = (self.config.generation, our_name.as_str());
+        let them = (from.stamp.generation, from.name.as_str());
+        if theirs > ours || (tie_lasts && outranks((theirs, them.0, them.1), (ours, us.0, us.1))) {
             self.reject_self(reason);
             return Vec::new();
         }
@@ -850,7 +877,8 @@ impl Membership {
         );
         match self.config.cluster.mismatch_for_peer(cluster) {
             Some(for_peer)
-                if kind == RejectKind::ClusterConfig && ours > alive_members as usize =>
+                if kind == RejectKind::ClusterConfig
+                    && outranks((ours, us.0, us.1), (theirs, them.0, them.1)) =>
             {
                 vec![self.reject(from, RejectKind::ClusterConfig, for_peer)]
             }
@@ -894,7 +922,10 @@ impl Membership {
             if from.address == self.config.address && generation == self.config.generation {
                 return None;
             }
-            if generation > self.config.generation {
+            // A newer incarnation at our own address is our restart (we are a stale
+            // process); at another address it is a second process claiming a name this
+            // live process holds, and it must not evict us.
+            if generation > self.config.generation && from.address == self.config.address {
                 self.reject_self(format!(
                     "a newer incarnation of {} (generation {generation}, at {}) is in the cluster; this process (generation {}) must stop",
                     from.name, from.address, self.config.generation
@@ -907,14 +938,26 @@ impl Membership {
             ));
         }
         let m = self.members.get(&from.name)?;
-        (m.generation == generation && m.address != from.address && !m.status.is_tombstone()).then(
-            || {
-                format!(
-                    "name {} is taken by the node at {} (generation {generation})",
-                    from.name, m.address
-                )
-            },
-        )
+        let taken =
+            m.generation == generation && m.address != from.address && !m.status.is_tombstone();
+        (taken || self.held_live_elsewhere(&from.name, &from.address, generation)).then(|| {
+            format!(
+                "name {} is taken by the live node at {} (generation {}); stop it first or start this node with another --name",
+                from.name, m.address, m.generation
+            )
+        })
+    }
+
+    /// Whether a newer incarnation of `name` at `address` would evict a live one elsewhere:
+    /// the member is known at another address, not a tombstone, and not suspected. A node
+    /// that moved to a new address is accepted once its old incarnation is seen failing.
+    fn held_live_elsewhere(&self, name: &str, address: &str, generation: u64) -> bool {
+        self.members.get(name).is_some_and(|m| {
+            generation > m.generation
+                && m.address != address
+                && !m.status.is_tombstone()
+                && self.liveness_at(m, self.now_ms) == Liveness::Alive
+        })
     }
 
     fn reject_self(&mut self, reason: String) {
@@ -1202,6 +1245,12 @@ impl Membership {
             self.apply_own_record(u);
             return;
         }
+        if let Some(body) = &u.body {
+            if self.held_live_elsewhere(&u.name, &body.address, u.generation) {
+                self.stats.ignored_records += 1;
+                return;
+            }
+        }
         let Some(m) = self.members.get_mut(&u.name) else {
             self.learn(now, u);
             return;
@@ -1309,7 +1358,10 @@ impl Membership {
             return;
         };
         let me = self.me();
-        if u.generation > me.generation {
+        if u.generation > me.generation && body.address != me.address {
+            // Another process claiming our name elsewhere: this live one keeps it.
+            self.stats.ignored_records += 1;
+        } else if u.generation > me.generation {
             self.reject_self(format!(
                 "a newer incarnation of {} (generation {}, at {}) is in the cluster; this process (generation {}) must stop",
                 u.name, u.generation, body.address, me.generation
@@ -1336,6 +1388,14 @@ impl Membership {
             catch_up_own(&name, self.me_mut(), stamp);
         }
     }
+}
+
+/// Whether side `a` wins a refusal against side `b`, each given as (live members it knows,
+/// generation, name): more live members wins; then the older process (lower generation,
+/// started first); then the lower name.
+fn outranks(a: (usize, u64, &str), b: (usize, u64, &str)) -> bool {
+    use std::cmp::Reverse;
+    (a.0, Reverse(a.1), Reverse(a.2)) > (b.0, Reverse(b.1), Reverse(b.2))
 }
 
 /// The fields of a `Payload::Reject`.
@@ -1814,12 +1874,32 @@ mod tests {
                 },
             })
         };
-        let mut lone = Membership::new(config("me"), 0);
-        assert!(
-            lone.handle(0, "p:7000", reject(1), &mut rng()).is_empty(),
-            "equal sides do not answer"
+        // Equal sides (issue 15: two lone nodes with different --n both kept serving): the
+        // one that started later gives up, the older one answers.
+        let mut younger = Membership::new(
+            Config {
+                generation: 2,
+                ..config("a")
+            },
+            0,
         );
-        assert_eq!(lone.rejected(), None);
+        assert!(younger
+            .handle(0, "p:7000", reject(1), &mut rng())
+            .is_empty());
+        assert!(younger.rejected().is_none(), "a tie is not decided at once");
+        younger.handle(TIE_GRACE_MS, "p:7000", reject(1), &mut rng());
+        assert!(
+            younger.rejected().is_some(),
+            "the younger of two lone nodes gives up"
+        );
+        let mut lone = Membership::new(config("me"), 0);
+        let answer = lone.handle(0, "p:7000", reject(1), &mut rng());
+        assert_eq!(
+            lone.rejected(),
+            None,
+            "same generation: the lower name wins"
+        );
+        assert_eq!(answer.len(), 1, "the winner of a tie answers");
         assert!(
             matches!(&lone.drain_events()[..], [Event::ConfigMismatch { reason, .. }] if reason.contains("peer runs with --n 5"))
         );

@@ -525,7 +525,7 @@ fn second_node_claiming_a_taken_name_is_rejected() {
         .rejected()
         .expect("the impostor was refused");
     assert!(
-        reason.contains("name n002 is taken by the node at 10.0.0.2:7000"),
+        reason.contains("name n002 is taken by the live node at 10.0.0.2:7000"),
         "{reason}"
     );
     for j in 0..4 {
@@ -535,6 +535,86 @@ fn second_node_claiming_a_taken_name_is_rejected() {
         );
         assert_eq!(sim.node(j).membership.rejected(), None);
     }
+}
+
+/// Issue 15, defect 6: a second process started with a live node's name (a newer
+/// generation, another address) evicted the live node, which held the data.
+#[test]
+fn a_newer_process_claiming_a_live_nodes_name_is_refused_and_the_live_node_stays() {
+    let mut sim = Sim::with_cluster(SimConfig::default(), 4, |_| {});
+    sim.run_for(10_000);
+    let mut impostor = Sim::node_config(2, ClusterConfig::default(), &[0]);
+    impostor.address = "10.9.9.9:7000".into();
+    impostor.generation = 99;
+    let i = sim.add_node(impostor);
+    sim.run_for(20_000);
+    let reason = sim
+        .node(i)
+        .membership
+        .rejected()
+        .expect("the newcomer was refused");
+    assert!(
+        reason.contains("is taken by the live node at 10.0.0.2:7000"),
+        "{reason}"
+    );
+    for j in 0..4 {
+        assert_eq!(sim.node(j).membership.rejected(), None, "node {j}");
+        assert_eq!(
+            sim.node(j).membership.address_of(&Sim::name(2)),
+            Some(Sim::address(2).as_str()),
+            "node {j}"
+        );
+    }
+    assert!(sim.all_see(&[0, 1, 2, 3], MemberState::Alive));
+}
+
+/// A node that really moved (its old process is dead) is accepted at its new address once
+/// the old incarnation is seen failing.
+#[test]
+fn a_node_restarted_at_a_new_address_after_its_old_process_died_is_accepted() {
+    let mut sim = Sim::with_cluster(SimConfig::default(), 4, |_| {});
+    sim.run_for(10_000);
+    sim.crash(2);
+    sim.run_for(20_000);
+    let mut moved = Sim::node_config(2, ClusterConfig::default(), &[0]);
+    moved.address = "10.9.9.9:7000".into();
+    moved.generation = 99;
+    let i = sim.add_node(moved);
+    sim.run_for(20_000);
+    assert_eq!(sim.node(i).membership.rejected(), None);
+    for j in [0, 1, 3] {
+        assert_eq!(
+            sim.node(j).membership.address_of(&Sim::name(2)),
+            Some("10.9.9.9:7000"),
+            "node {j}"
+        );
+    }
+}
+
+/// Issue 15: two lone nodes with different `--n` each kept serving as a one-node cluster
+/// (a tie: neither knew more live members). The one started later gives up.
+#[test]
+fn two_lone_nodes_with_different_settings_do_not_both_keep_serving() {
+    let mut sim = Sim::new(SimConfig::default());
+    let older = sim.add_node(Sim::node_config(0, ClusterConfig::default(), &[1]));
+    let mut config = Sim::node_config(
+        1,
+        ClusterConfig {
+            n: 2,
+            ring_size: 64,
+        },
+        &[0],
+    );
+    config.generation = 2;
+    let younger = sim.add_node(config);
+    sim.run_for(30_000);
+    assert_eq!(sim.node(older).membership.rejected(), None);
+    let reason = sim
+        .node(younger)
+        .membership
+        .rejected()
+        .expect("the younger node gave up");
+    assert!(reason.contains("--n 2"), "{reason}");
 }
 
 #[test]

@@ -46,7 +46,7 @@ pub enum Command {
     #[command(subcommand)]
     Ring(RingCommand),
     /// Ask a node to hand its data over and leave the cluster.
-    Leave(ClientArgs),
+    Leave(AdminArgs),
     /// Drop a dead node from the cluster.
     Remove(RemoveArgs),
     /// Closed-loop (or open-loop with --rate) load generator with latency percentiles.
@@ -154,16 +154,18 @@ pub struct StartArgs {
     /// Interval between journal fsyncs in periodic mode.
     #[arg(long, default_value_t = 100)]
     pub sync_interval_ms: u64,
-    /// Largest value accepted, in bytes.
+    /// Largest value accepted, in bytes. --max-value x --max-siblings must fit half a
+    /// node-to-node message (about 31 MiB), or the node refuses to start.
     #[arg(long, default_value_t = 1024 * 1024)]
     pub max_value: usize,
-    /// A write that would leave more siblings than this on a key is refused (409 too_many_siblings).
-    #[arg(long, default_value_t = 100)]
+    /// A write that would leave more siblings than this on a key is refused (409
+    /// too_many_siblings); at most 2048 (half the hard limit, for concurrent writers).
+    #[arg(long, default_value_t = 30)]
     pub max_siblings: usize,
     /// Log a warning when a key reaches this many siblings.
-    #[arg(long, default_value_t = 25)]
+    #[arg(long, default_value_t = 10)]
     pub warn_siblings: usize,
-    /// Default request timeout in milliseconds (per request: `?timeout=`).
+    /// Default request timeout in milliseconds (per request: `?timeout=`), at most 60000.
     #[arg(long, default_value_t = 2000)]
     pub timeout_ms: u64,
     /// Interval between gossip rounds in milliseconds.
@@ -181,6 +183,29 @@ pub struct StartArgs {
     /// How long a tombstone held by every owner waits before it is reaped.
     #[arg(long, default_value_t = 600_000)]
     pub tombstone_grace_ms: u64,
+    /// Most client HTTP connections open at once; one more is answered 503
+    /// too_many_connections. Lowered at start to what the file descriptor limit allows
+    /// after keeping 640 for storage and node-to-node traffic.
+    #[arg(long, default_value_t = 1024)]
+    pub http_max_connections: usize,
+    /// A client must send a request's headers within this long, or the connection is
+    /// closed; it also closes idle keep-alive connections.
+    #[arg(long, default_value_t = 10_000)]
+    pub http_header_timeout_ms: u64,
+    /// A client must send a request's body within this long, or it gets 408.
+    #[arg(long, default_value_t = 30_000)]
+    pub http_body_timeout_ms: u64,
+    /// Start in repair mode: this node's data may be incomplete (its journal was damaged,
+    /// or its directory was lost and starts empty), so it answers no read from its own
+    /// replica until anti-entropy has compared every partition it owns with each other
+    /// owner. Required to start on a journal found damaged.
+    #[arg(long)]
+    pub repair: bool,
+    /// How long a node whose storage failed (an I/O error, a poisoned engine) keeps
+    /// answering 503 and probing for recovery before it exits with code 3, so that a
+    /// supervisor restarts it and the journal is replayed.
+    #[arg(long, default_value_t = 10_000)]
+    pub storage_failure_exit_ms: u64,
     /// Storage block cache size in MiB.
     #[arg(long, default_value_t = 64)]
     pub cache_mb: u64,
@@ -285,6 +310,11 @@ impl StartArgs {
             tombstone_grace_ms: self.tombstone_grace_ms,
             cache_mb: self.cache_mb,
             memtable_mb: self.memtable_mb,
+            storage_failure_exit_ms: self.storage_failure_exit_ms,
+            repair: self.repair,
+            http_max_connections: self.http_max_connections,
+            http_header_timeout_ms: self.http_header_timeout_ms,
+            http_body_timeout_ms: self.http_body_timeout_ms,
             resp: self.resp.settings(),
         }
     }
@@ -404,7 +434,18 @@ pub struct RemoveArgs {
     /// Name of the dead node to drop.
     pub name: String,
     #[command(flatten)]
+    pub admin: AdminArgs,
+}
+
+/// An admin call (`leave`, `remove`): the node, and the credential whose admin token it
+/// needs.
+#[derive(Args, Debug, Clone)]
+pub struct AdminArgs {
+    #[command(flatten)]
     pub client: ClientArgs,
+    /// The cluster credential directory (`chorus certs init`); its admin.token is sent.
+    #[arg(long, env = "CHORUS_CERTS")]
+    pub certs: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -507,10 +548,20 @@ impl CliError {
 
 pub type CliResult = Result<(), CliError>;
 
-/// The one place a node's start errors become exit codes: every one is the operator's to
-/// fix (a flag, a port, a data directory, the cluster refusing the node), so exit 2.
+/// Exit code of a node whose storage failed and did not recover: a supervisor restarts it.
+pub const STORAGE_FAILED_EXIT: u8 = 3;
+
+/// The one place a node's start errors become exit codes: the operator's to fix (a flag,
+/// a port, a data directory, the cluster refusing the node) exit 2; a storage engine that
+/// failed while running exits 3, for a supervisor to restart the node.
 impl From<StartError> for CliError {
     fn from(e: StartError) -> CliError {
-        CliError::usage(e.to_string())
+        match e {
+            StartError::StorageFailed(_) => CliError {
+                code: STORAGE_FAILED_EXIT,
+                message: e.to_string(),
+            },
+            other => CliError::usage(other.to_string()),
+        }
     }
 }

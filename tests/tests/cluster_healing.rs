@@ -349,7 +349,8 @@ fn growing_to_four_and_leaving_under_load_loses_no_acknowledged_write() {
     // Leave: n3 hands its data over and exits, still under load.
     let leaving = Instant::now();
     let out = std::process::Command::new(chorus_bin())
-        .args(["leave", "--node", &cluster.url(2)])
+        .args(["leave", "--node", &cluster.url(2), "--certs"])
+        .arg(&cluster.certs)
         .output()
         .unwrap();
     assert!(

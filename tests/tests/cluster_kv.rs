@@ -146,6 +146,37 @@ fn concurrent_writes_are_siblings_until_a_write_with_their_context() {
     }
 }
 
+/// Issue 14: a PUT's answer context covers only what its client was shown. v1 is written
+/// to every replica through n1; a client writes v2 blind through n2, then v3 through n2
+/// with v2's answer context. It never saw v1, so v1 must stay a sibling of v3. (The first
+/// build answered with n2's whole state, which covered v1, and v3 dropped it.) Then the
+/// read-modify-write recipe: a write with a read's context resolves the siblings, and a
+/// write with that write's answer replaces it again.
+#[test]
+fn a_write_with_a_put_answer_keeps_the_siblings_its_client_never_saw() {
+    let cluster = kv_cluster();
+    api::put_ok(&cluster.url(0), "b", "k", b"v1", "w=all", None);
+    let answer = api::put_ok(&cluster.url(1), "b", "k", b"v2", "", None);
+    api::put_ok(&cluster.url(1), "b", "k", b"v3", "", Some(&answer));
+    let both = vec![b"v1".to_vec(), b"v3".to_vec()];
+    for i in 0..3 {
+        let (status, _, values) = api::get_json(&cluster.url(i), "b", "k", "r=all").unwrap();
+        assert_eq!((status, &values), (300, &both), "through n{}", i + 1);
+    }
+    let (_, context, _) = api::get_json(&cluster.url(2), "b", "k", "r=all").unwrap();
+    let answer = api::put_ok(&cluster.url(2), "b", "k", b"v1+v3", "w=all", Some(&context));
+    api::put_ok(&cluster.url(0), "b", "k", b"v4", "w=all", Some(&answer));
+    for i in 0..3 {
+        let (status, _, values) = api::get_json(&cluster.url(i), "b", "k", "r=all").unwrap();
+        assert_eq!(
+            (status, values),
+            (200, vec![b"v4".to_vec()]),
+            "through n{}",
+            i + 1
+        );
+    }
+}
+
 #[test]
 fn with_a_node_killed_quorums_of_two_work_all_fails_and_a_read_repairs_it_after_restart() {
     let mut cluster = kv_cluster();

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use chorus_tests::sim::{self, Faults, Options};
+use chorus_tests::sim::{self, workload, Faults, Options};
 
 fn assert_passes(options: Options) {
     let report = sim::run(&options);
@@ -91,4 +91,29 @@ fn a_fallback_that_mints_a_write_keeps_it_with_a_hint_seed_3() {
     options.faults = Faults::Heavy;
     options.duration = Duration::from_secs(120);
     assert_passes(options);
+}
+
+/// Issue 14, scripted: v1 written through n1 to every replica; v2 written blind through
+/// n2; v3 through n2 with v2's answer context; a read of every replica. v3's client never
+/// saw v1, so v1 must survive. The first build answered a write with the coordinator's
+/// whole state, whose vector covered v1, and v3 dropped it; with that answer put back
+/// (the test-only switch) the checker must name w1 as lost, dropped by w3.
+#[test]
+fn a_write_with_its_answer_context_keeps_a_sibling_its_client_never_saw() {
+    let mut options = Options::new(1);
+    options.nodes = 3;
+    options.faults = Faults::None;
+    options.late_join = false;
+    options.strict_quorums = false;
+    options.script = Some(workload::four_steps());
+    assert_passes(options.clone());
+    options.old_answer_context = true;
+    let report = sim::run(&options);
+    assert!(
+        report.failures.iter().any(|f| f.contains("write w1 on k0")
+            && f.contains("is lost")
+            && f.contains("dropped by w3")),
+        "the old answer context must lose w1: {:?}",
+        report.failures
+    );
 }

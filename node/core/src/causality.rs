@@ -1,12 +1,13 @@
 //! Per-key causality: dotted version vector sets (DVVSets, Almeida et al., "Dotted
 //! Version Vectors: Logical Clocks for Optimistic Replication"; the design Riak 2.0
 //! adopted in `dvvset.erl`), and the opaque [`Context`] token clients carry from a read
-//! to the write that follows it.
+//! (or a write's answer) to the write that follows it.
 //!
-//! Owns: which versions of a key supersede which. A write carrying the context of a read
-//! replaces exactly the versions that read saw; anything it did not see stays as a
-//! sibling. Merging two replica states ([`Dvvs::sync`]) never drops a version the other
-//! side has not superseded, whatever the merge order.
+//! Owns: which versions of a key supersede which. A write carrying a context replaces
+//! exactly the versions that context covers; anything else stays as a sibling. Merging
+//! two replica states ([`Dvvs::sync`]) never drops a version the other side has not
+//! superseded, whatever the merge order. And what a context handed to a client covers
+//! ([`Dvvs::write_answer`]): only versions that client was shown.
 //!
 //! Must not: do I/O, read clocks or use randomness. Causality never looks at wall time,
 //! because a wall clock is how last-write-wins stores lose acknowledged writes. It does
@@ -14,11 +15,20 @@
 //!
 //! Representation. A state is a list of entries `(actor, counter, values)` sorted by
 //! actor. `counter` says the state has seen the dots `(actor, 1..=counter)`; `values`
-//! holds the still-live values among the newest of them, newest first: `values[i]` has
-//! the dot `(actor, counter - i)`. Everything below `counter - values.len()` (the entry's
-//! *floor*) was seen and superseded. Live dots of one actor always form such a top
-//! range, because a context is a version vector: covering a dot covers every older dot
-//! of the same actor.
+//! holds the still-live values among them with their dot counters, newest first. A dot
+//! at or below `counter` that `values` does not hold was seen and superseded. Live dots
+//! of one actor need not be the newest ones: a dotted context (below) supersedes one
+//! dot without covering the older dots of the same actor.
+//!
+//! Contexts. A context is a version vector plus a few extra dots ([`MAX_EXTRA_DOTS`]).
+//! A version vector cannot say "a:5 but not a:4", so the context a write answers with
+//! is the request's context plus exactly the new dot, unless the write left its value
+//! alone in the state (then nothing unseen is left to cover and the state's whole vector
+//! is returned). A GET answers with the merged state's vector: it covers what it shows
+//! and what those values superseded. [`Dvvs::update`] drops a value whose dot the
+//! context covers, but raises the state's counters by the vector part only: an extra dot
+//! the minting replica has not received yet then survives as a (spurious) sibling when
+//! it arrives, never a lost value.
 //!
 //! The one assumption everything rests on: a dot names one value cluster-wide. Only the
 //! replica owning an [`ActorId`] mints its dots, and it mints them on top of its own
@@ -31,11 +41,19 @@ use std::io::Cursor;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use serde::{Deserialize, Serialize};
+use serde::de::{self, IgnoredAny, SeqAccess, Visitor};
+use serde::ser::SerializeTuple;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// Most actors a state or a context may name. An actor is a node that coordinated a
-/// write of the key, so honest states stay far below; the bound only stops hostile input.
+/// Most actors a state or a context's version vector may name. An actor is a node that
+/// coordinated a write of the key, so honest states stay far below; the bound only stops
+/// hostile input.
 pub const MAX_ACTORS: usize = 1024;
+
+/// Most extra dots a context carries besides its version vector. A write's answer adds
+/// one; past the bound the oldest is dropped, which only makes the context cover less (a
+/// later write with it leaves a sibling it could have replaced, never drops one).
+pub const MAX_EXTRA_DOTS: usize = 32;
 
 /// Most values (siblings) a state may hold before it is rejected as corrupt or hostile.
 /// This is a hard limit for validation, far above the soft limit the node should enforce
@@ -54,11 +72,14 @@ pub const MAX_COUNTER: u64 = 1 << 62;
 /// one key (about 9 years at a million writes a second) is not reachable honestly.
 pub const MAX_CONTEXT_COUNTER: u64 = 1 << 48;
 
-/// Longest context token accepted. [`MAX_ACTORS`] entries encode to about 26 KiB.
+/// Longest context token accepted. [`MAX_ACTORS`] entries plus [`MAX_EXTRA_DOTS`] dots
+/// encode to about 27 KiB.
 pub const MAX_TOKEN_LEN: usize = 64 * 1024;
 
-/// Version of the context token format; bumped if its layout ever changes.
-const CONTEXT_VERSION: u8 = 1;
+/// Token format versions: 1 is a bare version vector (`[1, vv]`), 2 adds the extra dots
+/// (`[2, vv, dots]`). A context without extra dots is still written as version 1.
+const CONTEXT_V1: u8 = 1;
+const CONTEXT_V2: u8 = 2;
 
 /// Nesting depth the token decoder accepts: the format nests three levels deep, so
 /// anything deeper is garbage and is refused before it can recurse.
@@ -75,6 +96,9 @@ impl fmt::Display for ActorId {
     }
 }
 
+/// One version's name: the actor that minted it and its counter.
+pub type Dot = (ActorId, u64);
+
 /// Why a context token was refused. Every message is a sentence a client can act on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ContextError {
@@ -88,12 +112,16 @@ pub enum ContextError {
     Malformed(String),
     #[error("context token has {0} unexpected bytes after its end")]
     TrailingBytes(usize),
-    #[error("context token has format version {0}, this node only understands version {CONTEXT_VERSION}")]
+    #[error("context token has format version {0}, this node only understands versions {CONTEXT_V1} and {CONTEXT_V2}")]
     UnsupportedVersion(u8),
     #[error("context token names {count} actors, over the limit of {max}")]
     TooManyActors { count: usize, max: usize },
+    #[error("context token has {count} extra dots, over the limit of {max}")]
+    TooManyDots { count: usize, max: usize },
     #[error("context token names actor {0} twice")]
     DuplicateActor(ActorId),
+    #[error("context token has the dot {counter} of actor {actor} twice")]
+    DuplicateDot { actor: ActorId, counter: u64 },
     #[error("context token has a zero counter for actor {0}")]
     ZeroCounter(ActorId),
     #[error("context token has counter {counter} for actor {actor}, over the limit of {max}")]
@@ -123,49 +151,96 @@ pub enum StateError {
         values: usize,
         counter: u64,
     },
+    #[error("causal state lists {dots} dots for {values} values of actor {actor}")]
+    DotCountMismatch {
+        actor: ActorId,
+        values: usize,
+        dots: usize,
+    },
+    #[error("causal state has live dot {dot} of actor {actor} out of order or outside 1..={counter}: dots must be distinct, newest first")]
+    BadDot {
+        actor: ActorId,
+        dot: u64,
+        counter: u64,
+    },
     #[error("causal state names {count} actors, over the limit of {max}")]
     TooManyActors { count: usize, max: usize },
     #[error("causal state has {count} siblings, over the limit of {max}")]
     TooManySiblings { count: usize, max: usize },
 }
 
-/// What a client saw: a version vector, actor -> highest counter seen. Every dot at or
-/// below it counts as seen. Opaque to clients ([`Context::encode`]); the default is the
-/// empty context of a client that saw nothing (a blind write).
+/// What a client saw: a version vector (actor -> highest counter seen; every dot at or
+/// below it counts as seen) plus a few extra dots seen without the dots below them.
+/// Opaque to clients ([`Context::encode`]); the default is the empty context of a client
+/// that saw nothing (a blind write).
 ///
-/// Invariant: sorted by actor, no duplicates, counters at least 1. Contexts built from
-/// a state carry its counters; decoded ones are limited to [`MAX_CONTEXT_COUNTER`].
+/// Invariant: the vector is sorted by actor, without duplicates, counters at least 1;
+/// the extra dots are distinct, oldest first, at most [`MAX_EXTRA_DOTS`], and each is
+/// neither covered by the vector nor next above it (such a dot is folded into the
+/// vector). Decoded contexts are limited to [`MAX_CONTEXT_COUNTER`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "ContextWire", into = "ContextWire")]
 pub struct Context {
     vv: Vec<(ActorId, u64)>,
+    dots: Vec<Dot>,
 }
 
-/// The versioned layout of a context, on the wire as a msgpack array `[version, vv]`.
+/// The versioned layout of a context, on the wire as a msgpack array `[1, vv]` or
+/// `[2, vv, dots]`.
 #[derive(Serialize, Deserialize)]
 struct ContextWire {
     version: u8,
     vv: Vec<(ActorId, u64)>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    dots: Vec<Dot>,
 }
 
 impl From<Context> for ContextWire {
     fn from(context: Context) -> Self {
+        let version = if context.dots.is_empty() {
+            CONTEXT_V1
+        } else {
+            CONTEXT_V2
+        };
         ContextWire {
-            version: CONTEXT_VERSION,
+            version,
             vv: context.vv,
+            dots: context.dots,
         }
     }
+}
+
+/// Refuses a zero counter or one over [`MAX_CONTEXT_COUNTER`].
+fn check_context_counter(actor: ActorId, counter: u64) -> Result<(), ContextError> {
+    if counter == 0 {
+        return Err(ContextError::ZeroCounter(actor));
+    }
+    if counter > MAX_CONTEXT_COUNTER {
+        return Err(ContextError::CounterTooLarge {
+            actor,
+            counter,
+            max: MAX_CONTEXT_COUNTER,
+        });
+    }
+    Ok(())
 }
 
 impl TryFrom<ContextWire> for Context {
     type Error = ContextError;
 
-    /// Checks what a client could have tampered with. Order is not meaningful, so the
-    /// vector is sorted rather than refused; duplicates would be ambiguous, so they are
-    /// refused.
+    /// Checks what a client could have tampered with. Order of the vector is not
+    /// meaningful, so it is sorted rather than refused; duplicates would be ambiguous, so
+    /// they are refused. Extra dots the vector covers or continues are folded into it.
     fn try_from(wire: ContextWire) -> Result<Self, ContextError> {
-        if wire.version != CONTEXT_VERSION {
-            return Err(ContextError::UnsupportedVersion(wire.version));
+        match wire.version {
+            CONTEXT_V2 => {}
+            CONTEXT_V1 if wire.dots.is_empty() => {}
+            CONTEXT_V1 => {
+                return Err(ContextError::Malformed(
+                    "a version 1 token has no extra dots".into(),
+                ))
+            }
+            other => return Err(ContextError::UnsupportedVersion(other)),
         }
         let mut vv = wire.vv;
         if vv.len() > MAX_ACTORS {
@@ -174,23 +249,57 @@ impl TryFrom<ContextWire> for Context {
                 max: MAX_ACTORS,
             });
         }
+        if wire.dots.len() > MAX_EXTRA_DOTS {
+            return Err(ContextError::TooManyDots {
+                count: wire.dots.len(),
+                max: MAX_EXTRA_DOTS,
+            });
+        }
         vv.sort_unstable();
         for (i, &(actor, counter)) in vv.iter().enumerate() {
             if i > 0 && vv[i - 1].0 == actor {
                 return Err(ContextError::DuplicateActor(actor));
             }
-            if counter == 0 {
-                return Err(ContextError::ZeroCounter(actor));
-            }
-            if counter > MAX_CONTEXT_COUNTER {
-                return Err(ContextError::CounterTooLarge {
-                    actor,
-                    counter,
-                    max: MAX_CONTEXT_COUNTER,
-                });
+            check_context_counter(actor, counter)?;
+        }
+        for (i, &(actor, counter)) in wire.dots.iter().enumerate() {
+            check_context_counter(actor, counter)?;
+            if wire.dots[..i].contains(&(actor, counter)) {
+                return Err(ContextError::DuplicateDot { actor, counter });
             }
         }
-        Ok(Context { vv })
+        let mut context = Context {
+            vv,
+            dots: Vec::new(),
+        };
+        for dot in wire.dots {
+            context.add_dot(dot);
+        }
+        Ok(context)
+    }
+}
+
+/// The first element of a token's array, read alone, so a token from a future format
+/// gets a clear "unsupported version" rather than a parse error about its body.
+struct TokenVersion(u8);
+
+impl<'de> Deserialize<'de> for TokenVersion {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct First;
+        impl<'de> Visitor<'de> for First {
+            type Value = TokenVersion;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an array starting with a format version")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<TokenVersion, A::Error> {
+                let version = seq
+                    .next_element()?
+                    .ok_or_else(|| de::Error::invalid_length(0, &self))?;
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(TokenVersion(version))
+            }
+        }
+        deserializer.deserialize_seq(First)
     }
 }
 
@@ -203,7 +312,7 @@ impl Context {
     }
 
     /// Parses a token from a client. Never panics: anything but a token this node could
-    /// have produced (up to order) is an error with a readable message.
+    /// have produced (up to order and folding) is an error with a readable message.
     pub fn decode(token: &str) -> Result<Context, ContextError> {
         if token.is_empty() {
             return Err(ContextError::Empty);
@@ -217,10 +326,8 @@ impl Context {
         let bytes = URL_SAFE_NO_PAD
             .decode(token)
             .map_err(|e| ContextError::Base64(e.to_string()))?;
-        // Look at the version alone first, so a token from a future format gets a clear
-        // "unsupported version" rather than a parse error about its body.
-        let (version, _): (u8, serde::de::IgnoredAny) = from_msgpack(&bytes)?;
-        if version != CONTEXT_VERSION {
+        let TokenVersion(version) = from_msgpack(&bytes)?;
+        if version != CONTEXT_V1 && version != CONTEXT_V2 {
             return Err(ContextError::UnsupportedVersion(version));
         }
         let wire: ContextWire = from_msgpack(&bytes)?;
@@ -228,15 +335,20 @@ impl Context {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.vv.is_empty()
+        self.vv.is_empty() && self.dots.is_empty()
     }
 
-    /// Every `(actor, counter)` entry, sorted by actor (for tools such as the chaos checker).
+    /// The version vector's `(actor, counter)` entries, sorted by actor.
     pub fn entries(&self) -> &[(ActorId, u64)] {
         &self.vv
     }
 
-    /// The highest counter of `actor` this context has seen (0 when none).
+    /// The extra dots, oldest first.
+    pub fn extra_dots(&self) -> &[Dot] {
+        &self.dots
+    }
+
+    /// The version vector's counter of `actor` (0 when none); extra dots not included.
     pub fn counter(&self, actor: ActorId) -> u64 {
         match self.vv.binary_search_by_key(&actor, |&(a, _)| a) {
             Ok(i) => self.vv[i].1,
@@ -244,12 +356,87 @@ impl Context {
         }
     }
 
+    /// True when this context has seen the dot.
+    pub fn covers(&self, (actor, counter): Dot) -> bool {
+        self.counter(actor) >= counter || self.dots.contains(&(actor, counter))
+    }
+
     /// True when this context has seen every dot `other` has seen.
     pub fn descends(&self, other: &Context) -> bool {
+        // No extra dot continues the vector (it would be folded), so a vector entry of
+        // `other` is covered only by a vector entry at least as high.
         other
             .vv
             .iter()
             .all(|&(actor, counter)| self.counter(actor) >= counter)
+            && other.dots.iter().all(|&dot| self.covers(dot))
+    }
+
+    /// This context plus one dot: what a write's answer carries (see [`Dvvs::write_answer`]).
+    pub fn with_dot(&self, dot: Dot) -> Context {
+        let mut context = self.clone();
+        context.add_dot(dot);
+        context
+    }
+
+    /// Everything either context has seen (extra dots past the bound dropped, oldest
+    /// first, and never a new actor in the vector beyond [`MAX_ACTORS`]: both only make
+    /// the result cover less).
+    pub fn join(&self, other: &Context) -> Context {
+        let mut vv = self.vv.clone();
+        for &(actor, counter) in &other.vv {
+            match vv.binary_search_by_key(&actor, |&(a, _)| a) {
+                Ok(i) => vv[i].1 = vv[i].1.max(counter),
+                Err(i) if vv.len() < MAX_ACTORS => vv.insert(i, (actor, counter)),
+                Err(_) => {}
+            }
+        }
+        let mut joined = Context {
+            vv,
+            dots: Vec::new(),
+        };
+        for &dot in self.dots.iter().chain(&other.dots) {
+            joined.add_dot(dot);
+        }
+        joined
+    }
+
+    /// Adds a dot, keeping the invariant: a covered dot changes nothing, one next above
+    /// the vector is folded into it (with any extra dots it then reaches), any other is
+    /// appended, dropping the oldest past [`MAX_EXTRA_DOTS`].
+    fn add_dot(&mut self, (actor, counter): Dot) {
+        if self.covers((actor, counter)) {
+            return;
+        }
+        if counter == self.counter(actor) + 1 {
+            match self.vv.binary_search_by_key(&actor, |&(a, _)| a) {
+                Ok(i) => self.vv[i].1 = counter,
+                Err(i) if self.vv.len() < MAX_ACTORS => self.vv.insert(i, (actor, counter)),
+                // A new actor past the bound: leaving the dot out only covers less.
+                Err(_) => return,
+            }
+            let mut top = counter;
+            while let Some(j) = self.dots.iter().position(|&d| d == (actor, top + 1)) {
+                self.dots.remove(j);
+                top += 1;
+            }
+            if top != counter {
+                let i = self
+                    .vv
+                    .binary_search_by_key(&actor, |&(a, _)| a)
+                    .expect("just inserted");
+                self.vv[i].1 = top;
+            }
+            return;
+        }
+        self.push_extra((actor, counter));
+    }
+
+    fn push_extra(&mut self, dot: Dot) {
+        self.dots.push(dot);
+        if self.dots.len() > MAX_EXTRA_DOTS {
+            self.dots.remove(0);
+        }
     }
 }
 
@@ -270,38 +457,145 @@ fn from_msgpack<'de, T: Deserialize<'de>>(bytes: &[u8]) -> Result<T, ContextErro
 ///
 /// Invariant (checked by [`Dvvs::validate`] whenever a state is deserialized, so a
 /// corrupt or hostile state never exists as a `Dvvs`): entries sorted by actor without
-/// duplicates, counters in `1..=MAX_COUNTER`, at most `counter` values per entry, at
-/// most [`MAX_ACTORS`] entries and [`MAX_SIBLINGS`] values. `update` and `sync` keep the
-/// structural part; the size limits are the node's to enforce on writes (see
-/// [`MAX_SIBLINGS`]). The representation is canonical, so `==` compares states by meaning.
+/// duplicates, counters in `1..=MAX_COUNTER`, each entry's live dots distinct, newest
+/// first and in `1..=counter`, at most [`MAX_ACTORS`] entries and [`MAX_SIBLINGS`]
+/// values. `update` and `sync` keep the structural part; the size limits are the node's
+/// to enforce on writes (see [`MAX_SIBLINGS`]). The representation is canonical, so `==`
+/// compares states by meaning.
+///
+/// Encoding: an entry is the array `[actor, counter, values]` when its live dots are the
+/// newest ones (`counter`, `counter - 1`, ...), exactly the layout of the first build, so
+/// existing data and its Merkle hashes stay byte-identical; otherwise
+/// `[actor, counter, values, dots]`, the dot counters aligned with the values.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "DvvsWire<V>", bound(deserialize = "V: Deserialize<'de>"))]
 pub struct Dvvs<V> {
     entries: Vec<Entry<V>>,
 }
 
-/// One actor's part of a state: dots `(actor, 1..=counter)` seen; `values` live, newest
-/// first.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// One actor's part of a state: dots `(actor, 1..=counter)` seen; `values` live, with
+/// their dot counters, newest first.
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct Entry<V> {
     actor: ActorId,
     counter: u64,
-    values: Vec<V>,
+    values: Vec<(u64, V)>,
 }
 
 impl<V> Entry<V> {
-    /// Dots at or below the floor were seen and superseded.
-    fn floor(&self) -> u64 {
-        let len = self.values.len() as u64;
-        debug_assert!(len <= self.counter, "an entry holds more values than dots");
-        self.counter - len
+    /// True when the live dots are the newest ones, `counter` down (the first layout).
+    fn is_top_range(&self) -> bool {
+        self.values
+            .iter()
+            .enumerate()
+            .all(|(i, &(dot, _))| dot == self.counter - i as u64)
+    }
+
+    /// Whether the value with dot `(actor, dot)` is live here.
+    fn holds(&self, dot: u64) -> bool {
+        // Newest first: larger dots come before.
+        self.values.binary_search_by(|&(d, _)| dot.cmp(&d)).is_ok()
+    }
+}
+
+impl<V: Serialize> Serialize for Entry<V> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        struct Values<'a, V>(&'a [(u64, V)]);
+        impl<V: Serialize> Serialize for Values<'_, V> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_seq(self.0.iter().map(|(_, v)| v))
+            }
+        }
+        struct Dots<'a, V>(&'a [(u64, V)]);
+        impl<V> Serialize for Dots<'_, V> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_seq(self.0.iter().map(|(d, _)| d))
+            }
+        }
+        let top = self.is_top_range();
+        let mut tuple = serializer.serialize_tuple(if top { 3 } else { 4 })?;
+        tuple.serialize_element(&self.actor)?;
+        tuple.serialize_element(&self.counter)?;
+        tuple.serialize_element(&Values(&self.values))?;
+        if !top {
+            tuple.serialize_element(&Dots(&self.values))?;
+        }
+        tuple.end()
+    }
+}
+
+/// An entry as deserialized: `dots` is absent in the first (top-range) layout.
+struct EntryWire<V> {
+    actor: ActorId,
+    counter: u64,
+    values: Vec<V>,
+    dots: Option<Vec<u64>>,
+}
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for EntryWire<V> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct EntryVisitor<V>(std::marker::PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> Visitor<'de> for EntryVisitor<V> {
+            type Value = EntryWire<V>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an entry [actor, counter, values] or [actor, counter, values, dots]")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<EntryWire<V>, A::Error> {
+                let missing = |i| de::Error::invalid_length(i, &"3 or 4 elements");
+                let actor = seq.next_element()?.ok_or_else(|| missing(0))?;
+                let counter = seq.next_element()?.ok_or_else(|| missing(1))?;
+                let values = seq.next_element()?.ok_or_else(|| missing(2))?;
+                let dots = seq.next_element()?;
+                if seq.next_element::<IgnoredAny>()?.is_some() {
+                    return Err(de::Error::invalid_length(5, &"3 or 4 elements"));
+                }
+                Ok(EntryWire {
+                    actor,
+                    counter,
+                    values,
+                    dots,
+                })
+            }
+        }
+        deserializer.deserialize_seq(EntryVisitor(std::marker::PhantomData))
+    }
+}
+
+impl<V> EntryWire<V> {
+    /// Pairs values with their dots: the listed ones, or the top range below `counter`.
+    fn into_entry(self) -> Result<Entry<V>, StateError> {
+        let (actor, counter) = (self.actor, self.counter);
+        let dots = match self.dots {
+            Some(dots) if dots.len() != self.values.len() => {
+                return Err(StateError::DotCountMismatch {
+                    actor,
+                    values: self.values.len(),
+                    dots: dots.len(),
+                })
+            }
+            Some(dots) => dots,
+            None if self.values.len() as u64 > counter => {
+                return Err(StateError::MoreValuesThanDots {
+                    actor,
+                    values: self.values.len(),
+                    counter,
+                })
+            }
+            None => (0..self.values.len() as u64).map(|i| counter - i).collect(),
+        };
+        Ok(Entry {
+            actor,
+            counter,
+            values: dots.into_iter().zip(self.values).collect(),
+        })
     }
 }
 
 /// Layout of a state as deserialized, before [`Dvvs::validate`] lets it become one.
 #[derive(Deserialize)]
+#[serde(bound(deserialize = "V: Deserialize<'de>"))]
 struct DvvsWire<V> {
-    entries: Vec<Entry<V>>,
+    entries: Vec<EntryWire<V>>,
 }
 
 impl<V> TryFrom<DvvsWire<V>> for Dvvs<V> {
@@ -309,7 +603,11 @@ impl<V> TryFrom<DvvsWire<V>> for Dvvs<V> {
 
     fn try_from(wire: DvvsWire<V>) -> Result<Self, StateError> {
         let state = Dvvs {
-            entries: wire.entries,
+            entries: wire
+                .entries
+                .into_iter()
+                .map(EntryWire::into_entry)
+                .collect::<Result<_, _>>()?,
         };
         state.validate()?;
         Ok(state)
@@ -358,12 +656,16 @@ impl<V> Dvvs<V> {
                     max: MAX_COUNTER,
                 });
             }
-            if entry.values.len() as u64 > entry.counter {
-                return Err(StateError::MoreValuesThanDots {
-                    actor,
-                    values: entry.values.len(),
-                    counter: entry.counter,
-                });
+            let mut above = entry.counter + 1;
+            for &(dot, _) in &entry.values {
+                if dot == 0 || dot >= above {
+                    return Err(StateError::BadDot {
+                        actor,
+                        dot,
+                        counter: entry.counter,
+                    });
+                }
+                above = dot;
             }
             siblings += entry.values.len();
         }
@@ -377,17 +679,27 @@ impl<V> Dvvs<V> {
     }
 
     /// The context to hand a client that read this state: the version vector covering
-    /// every dot it has seen (Riak's `join`).
+    /// every dot it has seen (Riak's `join`). It covers the values shown and what they
+    /// superseded, nothing concurrent the client is not shown.
     pub fn context(&self) -> Context {
         Context {
             vv: self.entries.iter().map(|e| (e.actor, e.counter)).collect(),
+            dots: Vec::new(),
         }
+    }
+
+    /// The highest counter of `actor` this state has seen (0 when none).
+    pub fn counter(&self, actor: ActorId) -> u64 {
+        self.entry(actor).map_or(0, |e| e.counter)
     }
 
     /// The siblings: by actor, then newest first. Deterministic, so every replica
     /// holding the same state lists the same values in the same order.
     pub fn values(&self) -> Vec<&V> {
-        self.entries.iter().flat_map(|e| e.values.iter()).collect()
+        self.entries
+            .iter()
+            .flat_map(|e| e.values.iter().map(|(_, v)| v))
+            .collect()
     }
 
     /// Every live value with its dot `(actor, counter)`, in the order of [`Dvvs::values`].
@@ -395,12 +707,7 @@ impl<V> Dvvs<V> {
     pub fn dotted_values(&self) -> Vec<(ActorId, u64, &V)> {
         self.entries
             .iter()
-            .flat_map(|e| {
-                e.values
-                    .iter()
-                    .enumerate()
-                    .map(move |(i, v)| (e.actor, e.counter - i as u64, v))
-            })
+            .flat_map(|e| e.values.iter().map(move |(d, v)| (e.actor, *d, v)))
             .collect()
     }
 
@@ -419,15 +726,41 @@ impl<V> Dvvs<V> {
     /// self`: read repair sends the merged state to replicas that do not descend it.
     pub fn descends(&self, other: &Self) -> bool {
         // Per actor, sync keeps our entry unchanged exactly when we have seen every dot
-        // `other` has seen (counter) and we do not still hold a value `other` already
-        // knows to be superseded (floor).
+        // `other` has seen (counter) and we do not still hold a value `other` has seen
+        // and no longer holds (it knows that value was superseded).
         other
             .entries
             .iter()
             .all(|theirs| match self.entry(theirs.actor) {
-                Some(ours) => ours.counter >= theirs.counter && ours.floor() >= theirs.floor(),
+                Some(ours) => {
+                    ours.counter >= theirs.counter
+                        && ours
+                            .values
+                            .iter()
+                            .filter(|&&(dot, _)| dot <= theirs.counter)
+                            .all(|&(dot, _)| theirs.holds(dot))
+                }
                 None => false,
             })
+    }
+
+    /// The context a write's answer carries, for the state `self` it minted with `dot`
+    /// over the `request` context. It covers only what that client was shown: what the
+    /// request covered and its own write. When the write left its value alone in the
+    /// state, every other dot the state has seen was superseded by values the client saw
+    /// (transitively), so the state's whole vector is safe and keeps the token small;
+    /// otherwise a concurrent sibling is live and only the new dot is added (a vector
+    /// would cover the sibling too).
+    pub fn write_answer(&self, request: &Context, dot: Dot) -> Context {
+        let alone = self.sibling_count() == 1
+            && self
+                .entry(dot.0)
+                .is_some_and(|e| e.values.first().is_some_and(|&(d, _)| d == dot.1));
+        if alone {
+            self.context().join(request)
+        } else {
+            request.with_dot(dot)
+        }
     }
 
     fn entry(&self, actor: ActorId) -> Option<&Entry<V>> {
@@ -440,17 +773,20 @@ impl<V> Dvvs<V> {
 
 impl<V: Clone + PartialEq> Dvvs<V> {
     /// The coordinating replica's write. `self` is its local state, `context` what the
-    /// client read (empty for a blind write), `actor` the coordinator's own id.
+    /// client was shown (empty for a blind write), `actor` the coordinator's own id.
     ///
-    /// Every value whose dot `context` covers is discarded: the client saw it (or saw
-    /// something that superseded it) and this write replaces it. Values the context does
-    /// not cover stay as siblings. The new value gets the dot `(actor, n + 1)` where `n`
-    /// is the larger of `actor`'s counter in `self` and in `context`, so it is newer than
-    /// every dot of `actor` either has seen.
+    /// Every value whose dot `context` covers (by its vector or as an extra dot) is
+    /// discarded: the client saw it (or saw something that superseded it) and this write
+    /// replaces it. Values the context does not cover stay as siblings. The new value
+    /// gets the dot `(actor, n + 1)` where `n` is the larger of `actor`'s counter in
+    /// `self` and in the context's vector, so it is newer than every dot of `actor`
+    /// either has seen.
     ///
     /// The context may come from any replica or from a merge of several (a quorum read):
-    /// it is merged in as history, so values this replica has not received yet but the
-    /// client saw are recorded as superseded and dropped when they arrive.
+    /// its vector is merged in as history, so values this replica has not received yet
+    /// but the client saw are recorded as superseded and dropped when they arrive. Extra
+    /// dots are not: counting `a:5` as seen would also count `a:4`, which the client may
+    /// not have seen. A value named by an extra dot that arrives later stays a sibling.
     ///
     /// Dots must never be reused, so `self` must hold every dot `actor` minted before
     /// for this key: coordinate on the replica's current stored state, never on a copy
@@ -468,6 +804,14 @@ impl<V: Clone + PartialEq> Dvvs<V> {
                 .collect(),
         };
         let mut next = self.sync(&seen);
+        if !context.dots.is_empty() {
+            for entry in &mut next.entries {
+                let actor = entry.actor;
+                entry
+                    .values
+                    .retain(|&(dot, _)| !context.dots.contains(&(actor, dot)));
+            }
+        }
         match next.entries.binary_search_by_key(&actor, |e| e.actor) {
             Ok(i) => {
                 let entry = &mut next.entries[i];
@@ -475,14 +819,14 @@ impl<V: Clone + PartialEq> Dvvs<V> {
                     .counter
                     .checked_add(1)
                     .expect("counters stay far below u64::MAX: states and contexts bound them");
-                entry.values.insert(0, value);
+                entry.values.insert(0, (entry.counter, value));
             }
             Err(i) => next.entries.insert(
                 i,
                 Entry {
                     actor,
                     counter: 1,
-                    values: vec![value],
+                    values: vec![(1, value)],
                 },
             ),
         }
@@ -491,12 +835,12 @@ impl<V: Clone + PartialEq> Dvvs<V> {
             "a counter shrank in update"
         );
         debug_assert!(
-            next.context().descends(context),
+            context.vv.iter().all(|&(a, n)| next.counter(a) >= n),
             "update forgot part of the context"
         );
         debug_assert_eq!(
-            next.context().counter(actor),
-            self.context().counter(actor).max(context.counter(actor)) + 1
+            next.counter(actor),
+            self.counter(actor).max(context.counter(actor)) + 1
         );
         next
     }
@@ -546,31 +890,33 @@ impl<V: Clone + PartialEq> Dvvs<V> {
     }
 }
 
-/// Merges one actor's entries from two states.
+/// Merges one actor's entries from two states: a value stays live when both hold it, or
+/// when the side lacking it has not seen its dot yet. A dot one side has seen and no
+/// longer holds was superseded there. (A dot names one value, so when both hold it,
+/// either copy will do.)
 fn merge_entry<V: Clone>(a: &Entry<V>, b: &Entry<V>) -> Entry<V> {
     debug_assert_eq!(a.actor, b.actor);
-    let (high, low) = if a.counter >= b.counter {
-        (a, b)
-    } else {
-        (b, a)
-    };
-    // `low` has seen only dots `high` has seen too, so any value of `low` still live is
-    // also in `high` (a dot names one value): the result's values come from `high`
-    // alone. A value of `high` is dropped when `low` has seen its dot but no longer
-    // holds it (the dot is at or below `low`'s floor): something `low` saw superseded it.
-    let above_low_floor = high.counter - low.floor();
-    let keep =
-        usize::try_from(above_low_floor).map_or(high.values.len(), |n| n.min(high.values.len()));
-    let merged = Entry {
-        actor: high.actor,
-        counter: high.counter,
-        values: high.values[..keep].to_vec(),
-    };
-    assert!(
-        merged.values.len() as u64 <= merged.counter,
-        "an entry holds more values than dots"
-    );
-    merged
+    let mut values = Vec::with_capacity(a.values.len().max(b.values.len()));
+    let (mut x, mut y) = (a.values.iter().peekable(), b.values.iter().peekable());
+    loop {
+        let next = match (x.peek(), y.peek()) {
+            (Some(&&(da, _)), Some(&&(db, _))) if da == db => {
+                y.next();
+                x.next()
+            }
+            (Some(&&(da, _)), Some(&&(db, _))) if da > db => x.next().filter(|_| da > b.counter),
+            (Some(_), Some(&&(db, _))) => y.next().filter(|_| db > a.counter),
+            (Some(&&(da, _)), None) => x.next().filter(|_| da > b.counter),
+            (None, Some(&&(db, _))) => y.next().filter(|_| db > a.counter),
+            (None, None) => break,
+        };
+        values.extend(next.cloned());
+    }
+    Entry {
+        actor: a.actor,
+        counter: a.counter.max(b.counter),
+        values,
+    }
 }
 
 #[cfg(test)]
@@ -592,14 +938,34 @@ mod tests {
 
     type S = Dvvs<&'static str>;
 
+    /// A state whose live dots are the newest of each actor (the layout of Riak's DVVSet).
     fn state(entries: &[(ActorId, u64, &[&'static str])]) -> S {
+        let dotted: Vec<DottedEntry> = entries
+            .iter()
+            .map(|&(actor, counter, values)| {
+                let values = values
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| (counter - i as u64, *v))
+                    .collect();
+                (actor, counter, values)
+            })
+            .collect();
+        dotted_state(&dotted)
+    }
+
+    /// One entry of an example state: actor, counter, live `(dot, value)`s newest first.
+    type DottedEntry = (ActorId, u64, Vec<(u64, &'static str)>);
+
+    /// A state with explicit live dots.
+    fn dotted_state(entries: &[DottedEntry]) -> S {
         let s = Dvvs {
             entries: entries
                 .iter()
-                .map(|&(actor, counter, values)| Entry {
-                    actor,
-                    counter,
-                    values: values.to_vec(),
+                .map(|(actor, counter, values)| Entry {
+                    actor: *actor,
+                    counter: *counter,
+                    values: values.clone(),
                 })
                 .collect(),
         };
@@ -688,6 +1054,11 @@ mod tests {
         let z = state(&[(A, 2, &["v2", "v1"])]);
         assert!(w.descends(&z) && !z.descends(&w));
         assert!(a1.context().descends(&a0.context()) && !a0.context().descends(&a1.context()));
+        // A gap: `g` dropped A:2 but holds A:1, which `w` knows was superseded.
+        let g = dotted_state(&[(A, 3, vec![(3, "v3"), (1, "v1")])]);
+        let h = dotted_state(&[(A, 3, vec![(3, "v3")])]);
+        assert!(h.descends(&g) && !g.descends(&h));
+        assert_eq!(g.sync(&h), h);
     }
 
     #[test]
@@ -719,27 +1090,184 @@ mod tests {
     }
 
     // ---------------------------------------------------------------------------------
-    // Random histories against a model. The model knows, for each replica, the set of
-    // writes in its causal history, and for each write, the writes its context covered
-    // (what it superseded). The values a state must hold are then exactly
-    // live(H) = H minus everything superseded by some write in H.
+    // Dotted contexts and write answers, by example.
+
+    /// Issue 14's four steps on one key of a 3-replica cluster (replicas' actors A, B, C):
+    /// v1 written blind through A, replicated everywhere; v2 written blind through B; v3
+    /// written through B with the answer of v2's write. v1 was never shown to that writer,
+    /// so it must survive; with the state's whole vector as the answer (the first build)
+    /// it was dropped.
+    #[test]
+    fn a_write_with_its_answer_context_keeps_a_sibling_it_never_saw() {
+        let v1 = S::new().update(&blind(), A, "v1");
+        let (at_a, at_b) = (v1.clone(), v1.clone());
+        let v2 = at_b.update(&blind(), B, "v2");
+        let answer = v2.write_answer(&blind(), (B, 1));
+        assert!(!answer.covers((A, 1)), "v1 was not shown: {answer:?}");
+        assert!(answer.covers((B, 1)));
+        let v3 = v2.update(&answer, B, "v3");
+        let merged = v3.sync(&at_a);
+        assert_eq!(set(&merged), BTreeSet::from(["v1", "v3"]));
+        // The bug, put back: the whole state's vector covers v1.
+        let old = v2.update(&v2.context(), B, "v3");
+        assert_eq!(set(&old.sync(&at_a)), BTreeSet::from(["v3"]));
+    }
+
+    fn set(state: &S) -> BTreeSet<&'static str> {
+        state.values().into_iter().copied().collect()
+    }
+
+    #[test]
+    fn an_answer_is_the_whole_vector_when_the_write_left_its_value_alone() {
+        let v1 = S::new().update(&blind(), A, "v1");
+        let v2 = v1.update(&v1.context(), A, "v2");
+        assert_eq!(v2.write_answer(&v1.context(), (A, 2)), v2.context());
+        // A request's extra dot the state has not seen stays in the answer.
+        let request = Context::default().with_dot((B, 7));
+        let v3 = v2.update(&request.join(&v2.context()), A, "v3");
+        let answer = v3.write_answer(&request.join(&v2.context()), (A, 3));
+        assert_eq!(answer.vv, vec![(A, 3)]);
+        assert_eq!(answer.dots, vec![(B, 7)]);
+    }
+
+    #[test]
+    fn an_extra_dot_drops_one_value_and_leaves_older_ones() {
+        // A:1 and A:2 are concurrent siblings; a client shown only A:2 (its own write).
+        let s = S::new().update(&blind(), A, "v1").update(&blind(), A, "v2");
+        let shown = Context::default().with_dot((A, 2));
+        assert_eq!(shown.vv, vec![]);
+        assert_eq!(shown.dots, vec![(A, 2)]);
+        let w = s.update(&shown, A, "v3");
+        assert_eq!(w, dotted_state(&[(A, 3, vec![(3, "v3"), (1, "v1")])]));
+        // A replica that still holds A:2 learns it was superseded; A:1 stays live.
+        assert_eq!(w.sync(&s), w);
+        assert_eq!(s.sync(&w), w);
+        // Its encoding lists the dots; a top-range state keeps the first build's layout.
+        let bytes = rmp_serde::to_vec(&w).unwrap();
+        let back: Dvvs<String> = rmp_serde::from_slice(&bytes).unwrap();
+        let dots = |s: Vec<(ActorId, u64, String)>| s;
+        assert_eq!(
+            dots(
+                back.dotted_values()
+                    .into_iter()
+                    .map(|(a, n, v)| (a, n, v.clone()))
+                    .collect()
+            ),
+            dots(
+                w.dotted_values()
+                    .into_iter()
+                    .map(|(a, n, v)| (a, n, v.to_string()))
+                    .collect()
+            )
+        );
+        type Layout = (Vec<(u64, u64, Vec<String>, Vec<u64>)>,);
+        let layout: Layout = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(layout.0[0].3, vec![3, 1]);
+        let top: (Vec<(u64, u64, Vec<String>)>,) =
+            rmp_serde::from_slice(&rmp_serde::to_vec(&s).unwrap()).unwrap();
+        assert_eq!(
+            top.0,
+            vec![(1, 2, vec!["v2".to_string(), "v1".to_string()])]
+        );
+    }
+
+    /// The first build's entry type, as its nodes decode it: a dotted entry (four
+    /// elements) must be refused there, not misread as a top range.
+    #[test]
+    fn a_first_build_node_refuses_a_dotted_entry() {
+        #[derive(Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct FirstBuildEntry {
+            actor: u64,
+            counter: u64,
+            values: Vec<String>,
+        }
+        let dotted = dotted_state(&[(A, 3, vec![(3, "v3"), (1, "v1")])]);
+        let bytes = rmp_serde::to_vec(&dotted).unwrap();
+        assert!(rmp_serde::from_slice::<(Vec<FirstBuildEntry>,)>(&bytes).is_err());
+        let top = rmp_serde::to_vec(&state(&[(A, 3, &["v3", "v2"])])).unwrap();
+        assert!(rmp_serde::from_slice::<(Vec<FirstBuildEntry>,)>(&top).is_ok());
+    }
+
+    #[test]
+    fn an_extra_dot_the_replica_has_not_seen_leaves_a_sibling_not_a_loss() {
+        // Replica A holds v0 (A:1) and v1 (A:2), concurrent. The client was shown only v1
+        // (its own write) and writes v2 through B, which has seen nothing of A yet.
+        let at_a = S::new().update(&blind(), A, "v0").update(&blind(), A, "v1");
+        let shown = Context::default().with_dot((A, 2));
+        let at_b = S::new().update(&shown, B, "v2");
+        assert_eq!(at_b.counter(A), 0, "extra dots do not raise counters");
+        // Counting A:2 as seen would count A:1 too and drop v0, which nobody was shown.
+        // So when A's state arrives, v0 stays, and v1 stays too (a spurious sibling).
+        assert_eq!(set(&at_b.sync(&at_a)), BTreeSet::from(["v0", "v1", "v2"]));
+        // Through A itself, which holds v1, the same write drops exactly v1.
+        assert_eq!(
+            set(&at_a.update(&shown, A, "v2")),
+            BTreeSet::from(["v0", "v2"])
+        );
+    }
+
+    #[test]
+    fn extra_dots_fold_and_are_bounded() {
+        let mut c = Context::default();
+        for n in (2..=40u64).rev() {
+            c = c.with_dot((A, n * 2));
+        }
+        assert_eq!(c.dots.len(), MAX_EXTRA_DOTS);
+        assert_eq!(c.dots[0], (A, 66), "the oldest went first");
+        let d = Context::default()
+            .with_dot((B, 3))
+            .with_dot((B, 2))
+            .with_dot((B, 1));
+        assert_eq!((d.vv.clone(), d.dots.clone()), (vec![(B, 3)], vec![]));
+        assert!(d.descends(&Context::default().with_dot((B, 2))));
+        let e = Context::default().with_dot((B, 2));
+        assert!(!e.descends(&d) && d.descends(&e));
+        assert_eq!(e.join(&d), d);
+        assert_eq!(d.join(&e), d);
+    }
+
+    // ---------------------------------------------------------------------------------
+    // Random histories against a model. The model follows each replica as two sets of
+    // write ids: its history H (the writes whose dots its vector covers) and its live
+    // writes L. A write with a context adds what the context's vector covers to H and
+    // removes it from L, and removes from L the writes its extra dots name; a merge keeps
+    // a write live when it is live on one side and no side that has seen it dropped it.
+    // States must agree with the model exactly. On top of that, declared properties:
+    // a write no longer live was superseded by some write's context; a write whose dot a
+    // write's *vector* covered is never live next to it (those siblings are never
+    // spurious); and, by observation, a write supersedes only what its client was shown
+    // (a read shows its values and what their writers were shown; a write's answer
+    // shows the write and what its request was shown) or what was already superseded.
+
+    #[derive(Clone, Debug)]
+    enum Source {
+        Blind,
+        /// The context of an earlier read (biased to recent ones, sometimes stale).
+        Read(Index),
+        /// The answer of an earlier write, as a client that writes again would use it.
+        Answer(Index),
+    }
 
     #[derive(Clone, Debug)]
     enum Op {
         /// Quorum read: merge of the replicas in a bitmask (0 means all of them).
         Read(u8),
-        /// A write coordinated by a replica, with the context of an earlier read (biased
-        /// to recent ones, sometimes stale) or none.
-        Write { replica: Index, read: Option<Index> },
+        /// A write coordinated by a replica.
+        Write { replica: Index, source: Source },
         /// One-way repair: `to` merges in the state of `from`.
         Sync { from: Index, to: Index },
     }
 
     fn op() -> impl Strategy<Value = Op> {
+        let source = prop_oneof![
+            1 => Just(Source::Blind),
+            2 => any::<Index>().prop_map(Source::Read),
+            2 => any::<Index>().prop_map(Source::Answer),
+        ];
         prop_oneof![
             2 => any::<u8>().prop_map(Op::Read),
-            3 => (any::<Index>(), proptest::option::weighted(0.7, any::<Index>()))
-                .prop_map(|(replica, read)| Op::Write { replica, read }),
+            3 => (any::<Index>(), source).prop_map(|(replica, source)| Op::Write { replica, source }),
             2 => (any::<Index>(), any::<Index>()).prop_map(|(from, to)| Op::Sync { from, to }),
         ]
     }
@@ -757,27 +1285,59 @@ mod tests {
 
     type Writes = BTreeSet<u32>;
 
-    struct Read {
+    /// A replica state in the model: history and live writes.
+    #[derive(Clone, Debug, Default, PartialEq)]
+    struct Model {
+        h: Writes,
+        l: Writes,
+    }
+
+    impl Model {
+        fn sync(&self, other: &Model) -> Model {
+            let kept = |x: &u32| {
+                (!self.h.contains(x) || self.l.contains(x))
+                    && (!other.h.contains(x) || other.l.contains(x))
+            };
+            Model {
+                h: self.h.union(&other.h).copied().collect(),
+                l: self.l.union(&other.l).copied().filter(kept).collect(),
+            }
+        }
+    }
+
+    /// A context a client holds, and what it was shown.
+    #[derive(Clone, Default)]
+    struct Held {
         context: Context,
-        values: Writes,
-        history: Writes,
+        shown: Writes,
     }
 
     struct Sim {
         actors: Vec<ActorId>,
         states: Vec<Dvvs<u32>>,
-        histories: Vec<Writes>,
-        /// Per write id: the writes its context covered.
+        models: Vec<Model>,
+        /// Per write id: the writes its context's vector covered.
+        by_vector: Vec<Writes>,
+        /// Per write id: the writes it may have superseded: those its vector covered, and
+        /// those its extra dots named that its replica had seen.
         superseded: Vec<Writes>,
+        /// Per write id: what its request context was shown.
+        shown: Vec<Writes>,
         /// Per write id: its dot.
-        dots: Vec<(ActorId, u64)>,
-        reads: Vec<Read>,
-        /// Every state seen, with its model history, for the algebraic properties.
-        pool: Vec<(Dvvs<u32>, Writes)>,
+        dots: Vec<Dot>,
+        reads: Vec<Held>,
+        /// Per write id: the context its answer carried.
+        answers: Vec<Held>,
+        /// Every state seen, with its model, for the algebraic properties.
+        pool: Vec<(Dvvs<u32>, Model)>,
     }
 
     fn set_of(state: &Dvvs<u32>) -> Writes {
         state.values().into_iter().copied().collect()
+    }
+
+    fn recent<'a, T>(items: &'a [T], i: &Index) -> Option<&'a T> {
+        (!items.is_empty()).then(|| &items[items.len() - 1 - i.index(items.len().min(4))])
     }
 
     impl Sim {
@@ -786,43 +1346,84 @@ mod tests {
             let mut sim = Sim {
                 actors,
                 states: vec![Dvvs::new(); n],
-                histories: vec![Writes::new(); n],
+                models: vec![Model::default(); n],
+                by_vector: Vec::new(),
                 superseded: Vec::new(),
+                shown: Vec::new(),
                 dots: Vec::new(),
                 reads: Vec::new(),
+                answers: Vec::new(),
                 pool: Vec::new(),
             };
             for op in ops {
                 sim.apply(op)?;
                 for i in 0..n {
-                    sim.check(&sim.states[i], &sim.histories[i])?;
+                    sim.check(&sim.states[i], &sim.models[i])?;
                     sim.pool
-                        .push((sim.states[i].clone(), sim.histories[i].clone()));
+                        .push((sim.states[i].clone(), sim.models[i].clone()));
                 }
+                sim.check_nothing_unseen_lost()?;
             }
             Ok(sim)
         }
 
-        fn live(&self, history: &Writes) -> Writes {
-            let dead: Writes = history
-                .iter()
-                .flat_map(|&w| self.superseded[w as usize].iter().copied())
+        /// The writes a context covers, by its vector and by its extra dots.
+        fn covered(&self, context: &Context) -> (Writes, Writes) {
+            let ids = 0..self.dots.len() as u32;
+            let by_vv = ids
+                .clone()
+                .filter(|&w| {
+                    let (actor, counter) = self.dots[w as usize];
+                    context.counter(actor) >= counter
+                })
                 .collect();
-            history.difference(&dead).copied().collect()
+            let by_dot = ids
+                .filter(|&w| context.extra_dots().contains(&self.dots[w as usize]))
+                .collect();
+            (by_vv, by_dot)
         }
 
-        /// A state agrees with its model history: exactly the live writes as values
-        /// (each once), a context covering exactly the history, and valid invariants.
-        fn check(&self, state: &Dvvs<u32>, history: &Writes) -> Result<(), TestCaseError> {
+        /// A state agrees with its model: exactly the live writes as values (each once),
+        /// a vector covering exactly the history, valid invariants; and the declared
+        /// properties hold.
+        fn check(&self, state: &Dvvs<u32>, model: &Model) -> Result<(), TestCaseError> {
             prop_assert_eq!(state.validate(), Ok(()));
             let values = set_of(state);
             prop_assert_eq!(values.len(), state.sibling_count(), "a value is held twice");
-            prop_assert_eq!(&values, &self.live(history));
-            let context = state.context();
-            for (w, &(actor, counter)) in self.dots.iter().enumerate() {
-                prop_assert_eq!(
-                    context.counter(actor) >= counter,
-                    history.contains(&(w as u32))
+            prop_assert_eq!(&values, &model.l);
+            prop_assert_eq!(&self.covered(&state.context()).0, &model.h);
+            let superseded: Writes = self.superseded.iter().flatten().copied().collect();
+            for x in model.h.difference(&model.l) {
+                prop_assert!(
+                    superseded.contains(x),
+                    "write {} gone, superseded by nobody",
+                    x
+                );
+            }
+            for &w in &model.h {
+                for x in &self.by_vector[w as usize] {
+                    prop_assert!(
+                        !model.l.contains(x),
+                        "write {} live next to {} whose vector covered it",
+                        x,
+                        w
+                    );
+                }
+            }
+            Ok(())
+        }
+
+        /// The checkers' rule: a write missing from the merge of every replica was
+        /// superseded by a write whose client had been shown it.
+        fn check_nothing_unseen_lost(&self) -> Result<(), TestCaseError> {
+            let merged = self.states.iter().fold(Dvvs::new(), |acc, s| acc.sync(s));
+            let values = set_of(&merged);
+            let shown: Writes = self.shown.iter().flatten().copied().collect();
+            for w in self.models.iter().flat_map(|m| &m.h) {
+                prop_assert!(
+                    values.contains(w) || shown.contains(w),
+                    "write {} lost though no client was shown it",
+                    w
                 );
             }
             Ok(())
@@ -838,79 +1439,109 @@ mod tests {
                         mask % (1 << n)
                     };
                     let mut merged = Dvvs::new();
-                    let mut history = Writes::new();
+                    let mut model = Model::default();
                     for i in (0..n).filter(|i| mask & (1 << i) != 0) {
                         merged = merged.sync(&self.states[i]);
-                        history.extend(&self.histories[i]);
+                        model = model.sync(&self.models[i]);
                     }
-                    self.check(&merged, &history)?;
-                    self.reads.push(Read {
-                        context: merged.context(),
-                        values: set_of(&merged),
-                        history: history.clone(),
-                    });
-                    self.pool.push((merged, history));
+                    self.check(&merged, &model)?;
+                    let mut shown = set_of(&merged);
+                    for &v in &set_of(&merged) {
+                        shown.extend(&self.shown[v as usize]);
+                    }
+                    let context = merged.context();
+                    self.reads.push(Held { context, shown });
+                    self.pool.push((merged, model));
                 }
-                Op::Write { replica, read } => {
-                    let r = replica.index(n);
-                    let actor = self.actors[r];
-                    let w = self.superseded.len() as u32;
-                    let read = match read {
-                        Some(i) if !self.reads.is_empty() => {
-                            let back = i.index(self.reads.len().min(4));
-                            Some(&self.reads[self.reads.len() - 1 - back])
-                        }
-                        _ => None,
-                    };
-                    let empty = Context::default();
-                    let (context, seen, saw) = match read {
-                        Some(read) => (&read.context, read.history.clone(), read.values.clone()),
-                        None => (&empty, Writes::new(), Writes::new()),
-                    };
-                    let old = &self.states[r];
-                    let new = old.update(context, actor, w);
-                    let counter = old.context().counter(actor).max(context.counter(actor)) + 1;
-                    prop_assert_eq!(new.context().counter(actor), counter);
-                    // Supersedes exactly what the read saw: its values are gone, local
-                    // values it did not see remain, next to the new one.
-                    let values = set_of(&new);
-                    prop_assert!(saw.iter().all(|v| !values.contains(v)));
-                    let mut expected: Writes = set_of(old).difference(&seen).copied().collect();
-                    expected.insert(w);
-                    prop_assert_eq!(values, expected);
-                    self.states[r] = new;
-                    self.histories[r].extend(&seen);
-                    self.histories[r].insert(w);
-                    self.superseded.push(seen);
-                    self.dots.push((actor, counter));
-                }
-                Op::Sync { from, to } => {
-                    let (from, to) = (from.index(n), to.index(n));
-                    self.states[to] = self.states[to].sync(&self.states[from]);
-                    let from_history = self.histories[from].clone();
-                    self.histories[to].extend(from_history);
-                    prop_assert!(self.states[to].descends(&self.states[from]));
-                }
+                Op::Write { replica, source } => self.write(replica.index(n), source)?,
+                Op::Sync { from, to } => self.sync(from.index(n), to.index(n))?,
             }
+            Ok(())
+        }
+
+        fn sync(&mut self, from: usize, to: usize) -> Result<(), TestCaseError> {
+            self.states[to] = self.states[to].sync(&self.states[from]);
+            self.models[to] = self.models[to].sync(&self.models[from]);
+            prop_assert!(self.states[to].descends(&self.states[from]));
+            Ok(())
+        }
+
+        fn write(&mut self, r: usize, source: &Source) -> Result<(), TestCaseError> {
+            let held = match source {
+                Source::Blind => None,
+                Source::Read(i) => recent(&self.reads, i).cloned(),
+                Source::Answer(i) => recent(&self.answers, i).cloned(),
+            }
+            .unwrap_or_default();
+            self.write_held(r, held)
+        }
+
+        /// Replica `r` coordinates a write with a context its client holds.
+        fn write_held(&mut self, r: usize, held: Held) -> Result<(), TestCaseError> {
+            let actor = self.actors[r];
+            let w = self.dots.len() as u32;
+            let old = &self.states[r];
+            let new = old.update(&held.context, actor, w);
+            let counter = old.counter(actor).max(held.context.counter(actor)) + 1;
+            prop_assert_eq!(new.counter(actor), counter);
+            let (by_vv, by_dot) = self.covered(&held.context);
+            let model = &mut self.models[r];
+            let superseded: Writes = by_dot
+                .intersection(&model.h)
+                .chain(&by_vv)
+                .copied()
+                .collect();
+            // What this write superseded was shown to its client, or already superseded.
+            let dead: Writes = self.superseded.iter().flatten().copied().collect();
+            for s in &superseded {
+                prop_assert!(
+                    held.shown.contains(s) || dead.contains(s),
+                    "write {} superseded {} which its client was never shown",
+                    w,
+                    s
+                );
+            }
+            model.h.extend(&by_vv);
+            model.h.insert(w);
+            model
+                .l
+                .retain(|x| !by_vv.contains(x) && !by_dot.contains(x));
+            model.l.insert(w);
+            let answer = new.write_answer(&held.context, (actor, counter));
+            prop_assert!(answer.descends(&held.context) && answer.covers((actor, counter)));
+            self.states[r] = new;
+            self.by_vector.push(by_vv);
+            self.superseded.push(superseded);
+            self.dots.push((actor, counter));
+            let mut shown = held.shown.clone();
+            shown.insert(w);
+            self.shown.push(held.shown);
+            self.answers.push(Held {
+                context: answer,
+                shown,
+            });
             Ok(())
         }
     }
 
-    /// A valid state with few actors and small counters, so entries often collide.
+    /// A valid state with few actors and small counters, so entries often collide, and
+    /// arbitrary gaps between live dots. A value is a function of its dot, as the
+    /// representation assumes (a dot names one value).
     fn arbitrary_state() -> impl Strategy<Value = Dvvs<u32>> {
-        proptest::collection::btree_map(0u64..4, (1u64..5, 0usize..5), 0..4).prop_map(|entries| {
-            Dvvs {
-                entries: entries
-                    .into_iter()
-                    .map(|(actor, (counter, len))| Entry {
-                        actor: ActorId(actor),
-                        counter,
-                        values: (0..len.min(counter as usize))
-                            .map(|i| (actor * 100 + counter) as u32 - i as u32)
-                            .collect(),
-                    })
-                    .collect(),
-            }
+        let entry = (1u64..7, proptest::collection::vec(any::<bool>(), 6));
+        proptest::collection::btree_map(0u64..4, entry, 0..4).prop_map(|entries| Dvvs {
+            entries: entries
+                .into_iter()
+                .map(|(actor, (counter, live))| Entry {
+                    actor: ActorId(actor),
+                    counter,
+                    values: (1..=counter)
+                        .rev()
+                        .filter(|&d| live[d as usize - 1])
+                        .map(|d| (d, (actor * 100 + d) as u32))
+                        .collect(),
+                })
+                .collect(),
         })
     }
 
@@ -920,11 +1551,52 @@ mod tests {
             .fold(Dvvs::new(), |acc, &i| acc.sync(&states[i]))
     }
 
+    /// A state's entries on the wire: the first layout, or with the dots listed.
+    #[derive(Clone, Debug, Serialize)]
+    #[serde(untagged)]
+    enum RawEntry {
+        TopRange(u64, u64, Vec<u32>),
+        Dotted(u64, u64, Vec<u32>, Vec<u64>),
+    }
+
+    fn raw_entry() -> impl Strategy<Value = RawEntry> {
+        let actor = 0u64..6;
+        let counter = prop_oneof![Just(0u64), 1u64..6, Just(MAX_COUNTER), Just(u64::MAX)];
+        let values = proptest::collection::vec(any::<u32>(), 0..5);
+        let dots = proptest::collection::vec(prop_oneof![Just(0u64), 1u64..7], 0..5);
+        prop_oneof![
+            (actor.clone(), counter.clone(), values.clone())
+                .prop_map(|(a, n, vs)| RawEntry::TopRange(a, n, vs)),
+            (actor, counter, values, dots)
+                .prop_map(|(a, n, vs, ds)| RawEntry::Dotted(a, n, vs, ds)),
+        ]
+    }
+
+    fn raw_entry_is_sane(entry: &RawEntry) -> bool {
+        let ok_counter = |n: u64| (1..=MAX_COUNTER).contains(&n);
+        match entry {
+            RawEntry::TopRange(_, n, vs) => ok_counter(*n) && vs.len() as u64 <= *n,
+            RawEntry::Dotted(_, n, vs, ds) => {
+                ok_counter(*n)
+                    && vs.len() == ds.len()
+                    && ds.iter().all(|d| (1..=*n).contains(d))
+                    && ds.windows(2).all(|w| w[0] > w[1])
+            }
+        }
+    }
+
+    fn raw_actor(entry: &RawEntry) -> u64 {
+        match entry {
+            RawEntry::TopRange(a, ..) | RawEntry::Dotted(a, ..) => *a,
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
 
-        /// The model agrees after every step, and no acknowledged write is lost by any
-        /// merge order: each write is in the final state or superseded by a later write.
+        /// The model agrees after every step (including: no write supersedes a value its
+        /// client was not shown, however it got its context), and no write is lost by
+        /// any merge order: each is in the final state or superseded by a later write.
         #[test]
         fn histories_match_model_and_lose_nothing(
             (actors, ops) in history(),
@@ -938,13 +1610,43 @@ mod tests {
             let final3 = sim.states[order1[2]].sync(&sim.states[order1[0]].sync(&sim.states[order1[1]]));
             prop_assert_eq!(&final1, &final2);
             prop_assert_eq!(&final1, &final3);
-            let all: Writes = sim.histories.iter().flatten().copied().collect();
-            sim.check(&final1, &all)?;
+            let model = sim.models.iter().fold(Model::default(), |acc, m| acc.sync(m));
+            sim.check(&final1, &model)?;
             let superseded: Writes = sim.superseded.iter().flatten().copied().collect();
             let values = set_of(&final1);
-            for w in 0..sim.superseded.len() as u32 {
-                prop_assert!(values.contains(&w) != superseded.contains(&w), "write {} lost or resurrected", w);
+            for w in 0..sim.dots.len() as u32 {
+                prop_assert!(values.contains(&w) || superseded.contains(&w), "write {} lost", w);
             }
+        }
+
+        /// A client that writes, then writes again with the answer's context, never drops
+        /// a concurrent sibling, wherever each write is coordinated: after any history,
+        /// a blind write, another client's blind write on a replica that already holds
+        /// the first, then the first client's write with its answer on a replica that
+        /// holds both.
+        #[test]
+        fn a_write_with_the_answer_context_never_drops_a_concurrent_sibling(
+            (actors, ops) in history(),
+            first in any::<Index>(),
+            second in any::<Index>(),
+            third in any::<Index>(),
+        ) {
+            let mut sim = Sim::run(actors, &ops)?;
+            let (r1, r2, r3) = (first.index(3), second.index(3), third.index(3));
+            sim.write_held(r1, Held::default())?;
+            let mine = sim.dots.len() - 1;
+            sim.sync(r1, r2)?;
+            sim.write_held(r2, Held::default())?;
+            let theirs = sim.dots.len() - 1;
+            for i in 0..3 {
+                sim.sync(i, r3)?;
+            }
+            let answer = sim.answers[mine].clone();
+            prop_assert!(!answer.context.covers(sim.dots[theirs]));
+            sim.write_held(r3, answer)?;
+            let values = set_of(&sim.states[r3]);
+            prop_assert!(values.contains(&(theirs as u32)) && !values.contains(&(mine as u32)));
+            sim.check_nothing_unseen_lost()?;
         }
 
         /// sync is commutative, associative and idempotent, its result descends both
@@ -957,8 +1659,8 @@ mod tests {
         ) {
             let sim = Sim::run(actors, &ops)?;
             for (i, j, k) in picks {
-                let (a, ha) = &sim.pool[i.index(sim.pool.len())];
-                let (b, hb) = &sim.pool[j.index(sim.pool.len())];
+                let (a, ma) = &sim.pool[i.index(sim.pool.len())];
+                let (b, mb) = &sim.pool[j.index(sim.pool.len())];
                 let (c, _) = &sim.pool[k.index(sim.pool.len())];
                 let ab = a.sync(b);
                 prop_assert_eq!(&ab, &b.sync(a));
@@ -968,9 +1670,25 @@ mod tests {
                 prop_assert!(ab.context().descends(&a.context()));
                 prop_assert_eq!(a.descends(b), &ab == a);
                 prop_assert_eq!(b.descends(a), &ab == b);
-                let both: Writes = ha.union(hb).copied().collect();
-                sim.check(&ab, &both)?;
+                sim.check(&ab, &ma.sync(mb))?;
             }
+        }
+
+        /// The same laws on arbitrary valid states, where live dots have arbitrary gaps.
+        #[test]
+        fn sync_laws_hold_on_arbitrary_states(
+            a in arbitrary_state(),
+            b in arbitrary_state(),
+            c in arbitrary_state(),
+        ) {
+            let ab = a.sync(&b);
+            prop_assert_eq!(ab.validate(), Ok(()));
+            prop_assert_eq!(&ab, &b.sync(&a));
+            prop_assert_eq!(a.sync(&b.sync(&c)), ab.sync(&c));
+            prop_assert_eq!(&a.sync(&a), &a);
+            prop_assert!(ab.descends(&a) && ab.descends(&b));
+            prop_assert_eq!(a.descends(&b), ab == a);
+            prop_assert_eq!(b.descends(&a), ab == b);
         }
 
         /// Two writes that did not see each other both survive as siblings, through the
@@ -997,26 +1715,30 @@ mod tests {
             }
         }
 
-        /// States from the wire: deserialization accepts exactly the valid ones, and
-        /// whatever it accepts can be merged and written without a panic.
+        /// States from the wire, in either entry layout: deserialization accepts exactly
+        /// the valid ones, and whatever it accepts can be merged and written without a
+        /// panic, and written back in the same layout.
         #[test]
-        fn deserialized_states_are_validated(
-            raw in proptest::collection::vec(
-                (0u64..6, prop_oneof![Just(0u64), 1u64..6, Just(MAX_COUNTER), Just(u64::MAX)],
-                 proptest::collection::vec(any::<u32>(), 0..5)),
-                0..5),
-        ) {
+        fn deserialized_states_are_validated(raw in proptest::collection::vec(raw_entry(), 0..5)) {
             let bytes = rmp_serde::to_vec(&(raw.clone(),)).unwrap();
             let parsed = rmp_serde::from_slice::<Dvvs<u32>>(&bytes);
-            let sorted = raw.windows(2).all(|w| w[0].0 < w[1].0);
-            let sane = raw.iter().all(|(_, n, vs)| *n >= 1 && *n <= MAX_COUNTER && vs.len() as u64 <= *n);
+            let sorted = raw.windows(2).all(|w| raw_actor(&w[0]) < raw_actor(&w[1]));
+            let sane = raw.iter().all(raw_entry_is_sane);
             prop_assert_eq!(parsed.is_ok(), sorted && sane, "{:?}", parsed);
             if let Ok(state) = parsed {
                 prop_assert_eq!(&state.sync(&state), &state);
                 prop_assert!(state.descends(&state));
+                let again = rmp_serde::to_vec(&state).unwrap();
+                let top_ranges = raw.iter().all(|e| match e {
+                    RawEntry::TopRange(..) => true,
+                    RawEntry::Dotted(_, n, _, ds) => !ds.iter().enumerate().all(|(i, d)| *d == n - i as u64),
+                });
+                if top_ranges {
+                    prop_assert_eq!(&again, &bytes, "a valid state is written back byte for byte");
+                }
                 let written = state.update(&state.context(), ActorId(3), 7);
                 // A write on a counter already at the limit leaves it (unreachable honestly).
-                let at_limit = state.context().counter(ActorId(3)) == MAX_COUNTER;
+                let at_limit = state.counter(ActorId(3)) == MAX_COUNTER;
                 prop_assert_eq!(written.validate().is_ok(), !at_limit);
                 prop_assert_eq!(written.values(), vec![&7]);
                 let again = rmp_serde::from_slice::<Dvvs<u32>>(&rmp_serde::to_vec(&written).unwrap());
@@ -1024,34 +1746,50 @@ mod tests {
             }
         }
 
-        /// descends() agrees with sync(a, b) == a even on arbitrary valid states, where
-        /// the floor matters (in histories, seeing more dots implies a higher floor).
-        #[test]
-        fn descends_agrees_with_sync_on_arbitrary_states(
-            a in arbitrary_state(),
-            b in arbitrary_state(),
-        ) {
-            prop_assert_eq!(a.descends(&b), a.sync(&b) == a);
-            prop_assert_eq!(b.descends(&a), b.sync(&a) == b);
-        }
-
         #[test]
         fn context_round_trips(
             vv in proptest::collection::btree_map(any::<u64>(), 1..=MAX_CONTEXT_COUNTER, 0..20),
+            dots in proptest::collection::vec((0u64..4, 1..=MAX_CONTEXT_COUNTER), 0..40),
         ) {
-            let context = Context { vv: vv.into_iter().map(|(a, n)| (ActorId(a), n)).collect() };
+            let mut context = Context { vv: vv.into_iter().map(|(a, n)| (ActorId(a), n)).collect(), dots: Vec::new() };
+            for (a, n) in dots {
+                context.add_dot((ActorId(a), n));
+            }
+            prop_assert!(context.dots.len() <= MAX_EXTRA_DOTS);
             let token = context.encode();
             prop_assert!(token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
             prop_assert_eq!(Context::decode(&token), Ok(context.clone()));
             let via_serde: Context = rmp_serde::from_slice(&rmp_serde::to_vec(&context).unwrap()).unwrap();
-            prop_assert_eq!(via_serde, context);
+            prop_assert_eq!(&via_serde, &context);
+            prop_assert!(context.descends(&context) && context.join(&context) == context);
+        }
+
+        /// join is the least context descending both (on contexts that stay in bounds).
+        #[test]
+        fn join_descends_both(
+            a in proptest::collection::vec((0u64..3, 1u64..6), 0..8),
+            b in proptest::collection::vec((0u64..3, 1u64..6), 0..8),
+        ) {
+            let build = |dots: &[(u64, u64)]| dots.iter().fold(Context::default(), |c, &(a, n)| c.with_dot((ActorId(a), n)));
+            let (a, b) = (build(&a), build(&b));
+            let ab = a.join(&b);
+            prop_assert!(ab.descends(&a) && ab.descends(&b));
+            // Equal up to the order of extra dots (which only decides eviction).
+            let ba = b.join(&a);
+            prop_assert!(ab.descends(&ba) && ba.descends(&ab));
+            for actor in 0..3 {
+                for n in 1..7 {
+                    let dot = (ActorId(actor), n);
+                    prop_assert_eq!(ab.covers(dot), a.covers(dot) || b.covers(dot));
+                }
+            }
         }
 
         /// Arbitrary strings, arbitrary bytes behind valid base64, and every prefix of a
         /// valid token: decode never panics, and its errors read as sentences.
         #[test]
         fn decode_never_panics(text in ".{0,200}", bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
-            let valid = Context { vv: vec![(ActorId(u64::MAX), 3), (ActorId(5), 1)] }.encode();
+            let valid = Context { vv: vec![(ActorId(5), 1), (ActorId(u64::MAX), 3)], dots: vec![(ActorId(9), 4)] }.encode();
             let candidates = [text.clone(), URL_SAFE_NO_PAD.encode(&bytes), format!("{valid}{text}")]
                 .into_iter()
                 .chain((0..valid.len()).map(|i| valid[..i].to_string()));
@@ -1064,32 +1802,50 @@ mod tests {
             }
         }
 
-        /// Well-formed msgpack with hostile content: accepted exactly when valid.
+        /// Well-formed msgpack with hostile content: accepted exactly when valid, and
+        /// normalized (vector sorted, dots folded) when accepted.
         #[test]
         fn decode_checks_content(
-            version in 0u8..3,
+            version in 0u8..4,
             vv in proptest::collection::vec(
                 (0u64..5, prop_oneof![Just(0u64), 1u64..10, Just(MAX_CONTEXT_COUNTER),
                                       Just(MAX_CONTEXT_COUNTER + 1), Just(u64::MAX)]),
                 0..6),
+            dots in proptest::option::of(proptest::collection::vec(
+                (0u64..5, prop_oneof![Just(0u64), 1u64..12, Just(MAX_CONTEXT_COUNTER + 1)]),
+                0..5)),
         ) {
-            let token = URL_SAFE_NO_PAD.encode(rmp_serde::to_vec(&(version, &vv)).unwrap());
-            let decoded = Context::decode(&token);
+            let bytes = match &dots {
+                Some(dots) => rmp_serde::to_vec(&(version, &vv, dots)).unwrap(),
+                None => rmp_serde::to_vec(&(version, &vv)).unwrap(),
+            };
+            let decoded = Context::decode(&URL_SAFE_NO_PAD.encode(bytes));
             let actors: BTreeSet<u64> = vv.iter().map(|&(a, _)| a).collect();
-            let valid = version == CONTEXT_VERSION
+            let extra = dots.clone().unwrap_or_default();
+            let distinct: BTreeSet<(u64, u64)> = extra.iter().copied().collect();
+            let valid = (version == CONTEXT_V2 || (version == CONTEXT_V1 && extra.is_empty()))
                 && actors.len() == vv.len()
-                && vv.iter().all(|&(_, n)| (1..=MAX_CONTEXT_COUNTER).contains(&n));
+                && vv.iter().all(|&(_, n)| (1..=MAX_CONTEXT_COUNTER).contains(&n))
+                && distinct.len() == extra.len()
+                && extra.iter().all(|&(_, n)| (1..=MAX_CONTEXT_COUNTER).contains(&n));
             prop_assert_eq!(decoded.is_ok(), valid, "{:?}", decoded);
             if let Ok(context) = decoded {
-                let mut sorted = vv.clone();
-                sorted.sort_unstable();
-                prop_assert_eq!(context.vv, sorted.into_iter().map(|(a, n)| (ActorId(a), n)).collect::<Vec<_>>());
+                let mut expected = Context { vv: vv.iter().map(|&(a, n)| (ActorId(a), n)).collect(), dots: Vec::new() };
+                expected.vv.sort_unstable();
+                for &(a, n) in &extra {
+                    expected.add_dot((ActorId(a), n));
+                }
+                prop_assert_eq!(context, expected);
             }
         }
     }
 
     // ---------------------------------------------------------------------------------
     // Context limits and hostile states, by example.
+
+    fn token<T: Serialize>(value: &T) -> String {
+        URL_SAFE_NO_PAD.encode(rmp_serde::to_vec(value).unwrap())
+    }
 
     #[test]
     fn context_errors_by_example() {
@@ -1107,16 +1863,13 @@ mod tests {
             Context::decode("not base64!"),
             Err(ContextError::Base64(_))
         ));
-        fn token<T: Serialize>(value: &T) -> String {
-            URL_SAFE_NO_PAD.encode(rmp_serde::to_vec(value).unwrap())
-        }
         assert!(matches!(
             Context::decode(&token(&"a string")),
             Err(ContextError::Malformed(_))
         ));
         assert_eq!(
-            Context::decode(&token(&(2u8, ()))),
-            Err(ContextError::UnsupportedVersion(2))
+            Context::decode(&token(&(3u8, ()))),
+            Err(ContextError::UnsupportedVersion(3))
         );
         assert_eq!(
             Context::decode(&token(&(1u8, vec![(4u64, 1u64), (4, 2)]))),
@@ -1125,6 +1878,33 @@ mod tests {
         assert_eq!(
             Context::decode(&token(&(1u8, vec![(4u64, 0u64)]))),
             Err(ContextError::ZeroCounter(ActorId(4)))
+        );
+        assert!(matches!(
+            Context::decode(&token(&(1u8, Vec::<(u64, u64)>::new(), vec![(4u64, 3u64)]))),
+            Err(ContextError::Malformed(_))
+        ));
+        assert_eq!(
+            Context::decode(&token(&(
+                2u8,
+                Vec::<(u64, u64)>::new(),
+                vec![(4u64, 3u64), (4, 3)]
+            ))),
+            Err(ContextError::DuplicateDot {
+                actor: ActorId(4),
+                counter: 3
+            })
+        );
+        assert_eq!(
+            Context::decode(&token(&(2u8, Vec::<(u64, u64)>::new(), vec![(4u64, 0u64)]))),
+            Err(ContextError::ZeroCounter(ActorId(4)))
+        );
+        let many: Vec<(u64, u64)> = (0..=MAX_EXTRA_DOTS as u64).map(|a| (a, 5)).collect();
+        assert_eq!(
+            Context::decode(&token(&(2u8, Vec::<(u64, u64)>::new(), many))),
+            Err(ContextError::TooManyDots {
+                count: MAX_EXTRA_DOTS + 1,
+                max: MAX_EXTRA_DOTS
+            })
         );
         let mut trailing = rmp_serde::to_vec(&(1u8, vec![(4u64, 1u64)])).unwrap();
         trailing.push(0);
@@ -1149,12 +1929,50 @@ mod tests {
     }
 
     #[test]
+    fn first_build_tokens_still_decode_and_dotless_contexts_keep_their_layout() {
+        // A token of the first build, for A:3 and B:1.
+        let old = token(&(1u8, vec![(1u64, 3u64), (2, 1)]));
+        let context = Context::decode(&old).unwrap();
+        assert_eq!(context.vv, vec![(A, 3), (B, 1)]);
+        assert_eq!(context.encode(), old);
+        // Dots folding into the vector on decode: B:2 continues B:1, A:2 is covered.
+        let v2 = token(&(
+            2u8,
+            vec![(1u64, 3u64), (2, 1)],
+            vec![(2u64, 2u64), (1, 2), (3, 9)],
+        ));
+        let context = Context::decode(&v2).unwrap();
+        assert_eq!(context.vv, vec![(A, 3), (B, 2)]);
+        assert_eq!(context.dots, vec![(C, 9)]);
+    }
+
+    #[test]
+    fn a_write_at_the_actor_bound_answers_without_a_new_actor() {
+        // A request naming MAX_ACTORS actors: the new dot's actor would be one more, so
+        // the answer leaves it out (it covers less) rather than hand out a token every
+        // node refuses.
+        let vv: Vec<(ActorId, u64)> = (10..10 + MAX_ACTORS as u64)
+            .map(|a| (ActorId(a), 1))
+            .collect();
+        let request = Context {
+            vv: vv.clone(),
+            dots: Vec::new(),
+        };
+        let answer = request.with_dot((ActorId(1), 1));
+        assert_eq!(answer.vv, vv);
+        assert!(Context::decode(&answer.encode()).is_ok());
+    }
+
+    #[test]
     fn largest_context_fits_the_token_limit() {
         let vv = (0..MAX_ACTORS as u64)
-            .map(|a| (ActorId(u64::MAX - a), MAX_CONTEXT_COUNTER))
+            .map(|a| (ActorId(u64::MAX - a), MAX_CONTEXT_COUNTER - 10))
             .rev()
             .collect();
-        let context = Context { vv };
+        let dots = (0..MAX_EXTRA_DOTS as u64)
+            .map(|a| (ActorId(u64::MAX - a), MAX_CONTEXT_COUNTER))
+            .collect();
+        let context = Context { vv, dots };
         let token = context.encode();
         assert!(token.len() <= MAX_TOKEN_LEN, "{} bytes", token.len());
         assert_eq!(Context::decode(&token), Ok(context));
@@ -1167,39 +1985,52 @@ mod tests {
             (ActorId(0x9a8b_7c6d_5e4f_3021), 56),
             (ActorId(0xf0e1_d2c3_b4a5_9687), 7),
         ];
-        let token = Context { vv }.encode();
+        let context = Context {
+            vv,
+            dots: Vec::new(),
+        };
+        let token = context.encode();
         eprintln!("context token for 3 actors: {} bytes: {token}", token.len());
         assert!(token.len() <= 64, "{} bytes", token.len());
+        let dotted = context
+            .with_dot((ActorId(0x9a8b_7c6d_5e4f_3021), 99))
+            .encode();
+        eprintln!("with one extra dot: {} bytes", dotted.len());
+        assert!(dotted.len() <= 96, "{} bytes", dotted.len());
     }
 
     #[test]
     fn hostile_states_are_rejected_on_deserialization() {
-        fn parse(entries: Vec<(u64, u64, Vec<u32>)>) -> Result<Dvvs<u32>, String> {
+        fn parse<T: Serialize>(entries: Vec<T>) -> Result<Dvvs<u32>, String> {
             rmp_serde::from_slice(&rmp_serde::to_vec(&(entries,)).unwrap())
                 .map_err(|e| e.to_string())
         }
-        let expect = |entries, error: StateError| {
+        fn expect<T: Serialize>(entries: Vec<T>, error: StateError) {
             let message = parse(entries).unwrap_err();
             assert!(message.contains(&error.to_string()), "{message}");
-        };
-        assert!(parse(vec![(1, 2, vec![7, 8]), (2, 1, vec![])]).is_ok());
+        }
+        assert!(parse(vec![(1u64, 2u64, vec![7u32, 8]), (2, 1, vec![])]).is_ok());
+        assert!(parse(vec![(1u64, 5u64, vec![7u32, 8], vec![4u64, 1])]).is_ok());
         expect(
-            vec![(2, 1, vec![]), (1, 1, vec![])],
+            vec![(2u64, 1u64, Vec::<u32>::new()), (1, 1, vec![])],
             StateError::Unsorted {
                 previous: ActorId(2),
                 actor: ActorId(1),
             },
         );
         expect(
-            vec![(1, 1, vec![]), (1, 2, vec![])],
+            vec![(1u64, 1u64, Vec::<u32>::new()), (1, 2, vec![])],
             StateError::Unsorted {
                 previous: ActorId(1),
                 actor: ActorId(1),
             },
         );
-        expect(vec![(1, 0, vec![])], StateError::ZeroCounter(ActorId(1)));
         expect(
-            vec![(1, u64::MAX, vec![])],
+            vec![(1u64, 0u64, Vec::<u32>::new())],
+            StateError::ZeroCounter(ActorId(1)),
+        );
+        expect(
+            vec![(1u64, u64::MAX, Vec::<u32>::new())],
             StateError::CounterTooLarge {
                 actor: ActorId(1),
                 counter: u64::MAX,
@@ -1207,14 +2038,40 @@ mod tests {
             },
         );
         expect(
-            vec![(1, 1, vec![7, 8])],
+            vec![(1u64, 1u64, vec![7u32, 8])],
             StateError::MoreValuesThanDots {
                 actor: ActorId(1),
                 values: 2,
                 counter: 1,
             },
         );
-        let actors = (0..=MAX_ACTORS as u64).map(|a| (a, 1, vec![])).collect();
+        expect(
+            vec![(1u64, 5u64, vec![7u32, 8], vec![4u64])],
+            StateError::DotCountMismatch {
+                actor: ActorId(1),
+                values: 2,
+                dots: 1,
+            },
+        );
+        for (dots, bad) in [
+            (vec![6u64, 1], 6u64),
+            (vec![2, 2], 2),
+            (vec![1, 3], 3),
+            (vec![3, 0], 0),
+        ] {
+            expect(
+                vec![(1u64, 5u64, vec![7u32, 8], dots)],
+                StateError::BadDot {
+                    actor: ActorId(1),
+                    dot: bad,
+                    counter: 5,
+                },
+            );
+        }
+        assert!(parse(vec![(1u64, 5u64, vec![7u32], vec![4u64], vec![0u64])]).is_err());
+        let actors = (0..=MAX_ACTORS as u64)
+            .map(|a| (a, 1u64, Vec::<u32>::new()))
+            .collect();
         expect(
             actors,
             StateError::TooManyActors {
@@ -1222,7 +2079,7 @@ mod tests {
                 max: MAX_ACTORS,
             },
         );
-        let siblings = vec![(1, 10_000, vec![0; MAX_SIBLINGS + 1])];
+        let siblings = vec![(1u64, 10_000u64, vec![0u32; MAX_SIBLINGS + 1])];
         expect(
             siblings,
             StateError::TooManySiblings {

@@ -13,7 +13,7 @@ use std::sync::PoisonError;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use crate::causality::Context;
+use crate::causality::{Context, Dot};
 use crate::metrics::Metrics;
 use crate::object::{Object, Sibling};
 use crate::peers::{PeerError, Peers};
@@ -129,8 +129,14 @@ pub enum CoordinatorError {
         primaries_needed: usize,
         primaries_replied: usize,
     },
-    #[error("{0}")]
-    TooManySiblings(String),
+    /// The minting replica refused the write cleanly (a limit: `code` is the HTTP error
+    /// code, e.g. `too_many_siblings`); nothing was stored.
+    #[error("{message}")]
+    Refused { code: String, message: String },
+    /// This node's own storage failed: it coordinates no write, since it could not tell
+    /// the client the truth about its own replica.
+    #[error("this node's storage failed ({0}); send the request to another node")]
+    StorageFailed(String),
 }
 
 fn primaries_note(needed: usize, replied: usize) -> String {
@@ -147,8 +153,23 @@ pub const READ_REPAIR_EVERY: u64 = 10;
 /// A read whose first `r` replicas have not all answered by then asks the others too.
 pub const HEDGE_AFTER: Duration = Duration::from_millis(100);
 
+/// An acknowledged write: the state the minting replica stored (what the others merged),
+/// the write's dot, and the context to answer the client with ([`Object::write_answer`]:
+/// it covers only what the request covered and this write).
+#[derive(Clone, Debug)]
+pub struct Written {
+    pub object: Object,
+    pub dot: Dot,
+    pub context: Context,
+}
+
 pub struct Coordinator<S: Storage, P: Peers> {
     name: String,
+    /// Test-only: answer writes with the minted state's whole vector, the first build's
+    /// bug (issue 14: it covers concurrent siblings the writer never saw), so the
+    /// simulation and chaos runs can show their checkers catch it. Set only by the
+    /// simulation and by `fault-injection` builds (`CHORUS_FAULT_OLD_ANSWER_CONTEXT=1`).
+    old_answer_context: bool,
     /// Reads coordinated, for read-repair sampling (shared by clones).
     reads: Arc<std::sync::atomic::AtomicU64>,
     replica: Arc<Replica<S>>,
@@ -161,6 +182,7 @@ impl<S: Storage, P: Peers> Clone for Coordinator<S, P> {
     fn clone(&self) -> Self {
         Coordinator {
             name: self.name.clone(),
+            old_answer_context: self.old_answer_context,
             reads: self.reads.clone(),
             replica: self.replica.clone(),
             peers: self.peers.clone(),
@@ -185,12 +207,19 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
     ) -> Self {
         Coordinator {
             name,
+            old_answer_context: false,
             reads: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             replica,
             peers,
             view,
             metrics,
         }
+    }
+
+    /// Test-only (see the field): puts the first build's answer context back.
+    pub fn with_old_answer_context(mut self, old: bool) -> Self {
+        self.old_answer_context = old;
+        self
     }
 
     pub fn view(&self) -> ClusterView {
@@ -234,7 +263,8 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
     }
 
     /// Writes `value` (or a tombstone) over `context`: one replica mints the version, the
-    /// others merge it; answers once `w` replicas (`pw` of them primaries) stored it.
+    /// others merge it; answers once `w` replicas (`pw` of them primaries) stored it, with
+    /// the context the client may write again with.
     pub async fn put(
         &self,
         bucket: &[u8],
@@ -244,7 +274,7 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
         w: usize,
         pw: usize,
         timeout: Duration,
-    ) -> Result<Object, CoordinatorError> {
+    ) -> Result<Written, CoordinatorError> {
         self.write(bucket, key, Some(context), value, (w, pw), timeout)
             .await
     }
@@ -261,7 +291,7 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
         w: usize,
         pw: usize,
         timeout: Duration,
-    ) -> Result<Object, CoordinatorError> {
+    ) -> Result<Written, CoordinatorError> {
         self.write(bucket, key, None, value, (w, pw), timeout).await
     }
 
@@ -274,7 +304,10 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
         value: Sibling,
         (w, pw): (usize, usize),
         timeout: Duration,
-    ) -> Result<Object, CoordinatorError> {
+    ) -> Result<Written, CoordinatorError> {
+        if let Some(reason) = self.replica.health().failure() {
+            return Err(CoordinatorError::StorageFailed(reason));
+        }
         let deadline = tokio::time::Instant::now() + timeout;
         let targets = self.local_first_targets(bucket, key);
         let unavailable = |replied: usize, primaries: usize| CoordinatorError::Unavailable {
@@ -319,9 +352,9 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
                 over_current: context.is_none(),
             };
             match self.call(&target.name, request, remaining).await {
-                Ok(Response::Stored(object)) => stored = Some((target, object)),
-                Ok(Response::Refused { message, .. }) => {
-                    return Err(CoordinatorError::TooManySiblings(message))
+                Ok(Response::Minted { object, dot }) => stored = Some((target, object, dot)),
+                Ok(Response::Refused { code, message }) => {
+                    return Err(CoordinatorError::Refused { code, message })
                 }
                 Ok(other) => {
                     tracing::debug!(replica = %target.name, "coordinating write failed: {other:?}")
@@ -338,7 +371,7 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
                 }
             }
         }
-        let Some((coordinator, object)) = stored else {
+        let Some((coordinator, object, dot)) = stored else {
             return Err(unavailable(0, 0));
         };
         // A fallback that minted the write recorded its hint in the same step
@@ -372,7 +405,18 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
                 primary_acks += usize::from(reply.target.primary);
             }
         }
-        Ok(object)
+        let context = if self.old_answer_context {
+            object.context()
+        } else {
+            // Over the replica's own state (a RESP SET), the client was shown nothing: its
+            // answer covers only its own write.
+            object.write_answer(context.as_ref().unwrap_or(&Context::default()), dot)
+        };
+        Ok(Written {
+            object,
+            dot,
+            context,
+        })
     }
 
     /// Reads from `r` targets (the local replica first), answers with the merge of the
@@ -507,6 +551,13 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
         if merged.is_empty() {
             return;
         }
+        // Replicas that grew apart past the hard limits cannot take their merge (they would
+        // refuse it); each keeps its versions until a client writes with this read's context.
+        if let Err(e) = crate::object::Limits::HARD.check(&merged) {
+            self.metrics.merges_refused.inc();
+            tracing::warn!(bucket = %String::from_utf8_lossy(bucket), key = %String::from_utf8_lossy(key), "read repair skipped: {e}");
+            return;
+        }
         for (target, object) in answers {
             if object.as_ref().is_some_and(|o| o.descends(&merged)) {
                 continue;
@@ -597,6 +648,7 @@ mod tests {
             actor_seed: 1,
             ring_size: 64,
             max_siblings: 100,
+            max_object_bytes: crate::object::WRITE_MAX_OBJECT_BYTES,
             warn_siblings: 25,
             max_hints_per_owner: 10,
         };
@@ -696,6 +748,7 @@ mod tests {
             actor_seed: actor,
             ring_size: 64,
             max_siblings: 100,
+            max_object_bytes: crate::object::WRITE_MAX_OBJECT_BYTES,
             warn_siblings: 25,
             max_hints_per_owner: 100,
         };
@@ -788,6 +841,112 @@ mod tests {
                 "{err:?}"
             );
         }
+    }
+
+    /// Issue 14's four steps through real coordinators: v1 written everywhere through
+    /// a; v2 written blind through b; v3 through b with v2's answer. v3's writer never saw
+    /// v1, so both must survive. With the first build's answer (the switch) v1 is lost.
+    #[tokio::test]
+    async fn a_write_with_its_answer_context_keeps_a_sibling_its_client_never_saw() {
+        for old in [false, true] {
+            let replicas: std::collections::HashMap<_, _> = ["a", "b", "c"]
+                .iter()
+                .zip(1..)
+                .map(|(name, actor)| (name.to_string(), replica(actor)))
+                .collect();
+            let peers = Arc::new(FakePeers {
+                replicas: replicas.clone(),
+                hang: HashSet::new(),
+            });
+            let view = Arc::new(RwLock::new(view(&["a", "b", "c"], &[])));
+            let coordinator = |name: &str| {
+                Coordinator::new(
+                    name.into(),
+                    replicas[name].clone(),
+                    peers.clone(),
+                    view.clone(),
+                    Arc::new(Metrics::default()),
+                )
+                .with_old_answer_context(old)
+            };
+            let (a, b) = (coordinator("a"), coordinator("b"));
+            let t = Duration::from_secs(5);
+            let put = |c: &Coordinator<_, _>, ctx: Context, v: &str, w| {
+                let c = c.clone();
+                let v = Sibling::value(v.as_bytes().to_vec(), None);
+                async move { c.put(b"b", b"k", ctx, v, w, 0, t).await.unwrap() }
+            };
+            put(&a, Context::default(), "v1", 3).await;
+            let v2 = put(&b, Context::default(), "v2", 2).await;
+            let v3 = put(&b, v2.context.clone(), "v3", 2).await;
+            assert!(v3.context.covers(v3.dot) && v3.context.covers(v2.dot));
+            let read = a.get(b"b", b"k", 3, 0, t).await.unwrap();
+            let mut values: Vec<&[u8]> = read.values().iter().map(|s| &s.value[..]).collect();
+            values.sort();
+            let expected: Vec<&[u8]> = if old { vec![b"v3"] } else { vec![b"v1", b"v3"] };
+            assert_eq!(values, expected, "old answer context: {old}");
+        }
+    }
+
+    /// Issue 15, defect 2: after a storage error a node kept acknowledging w=one writes it
+    /// did not store, and its replica kept failing silently.
+    #[tokio::test]
+    async fn a_node_whose_storage_failed_acknowledges_no_write_until_it_recovers() {
+        let disk = Arc::new(crate::storage::MemoryStorage::new());
+        let config = crate::replica::ReplicaConfig {
+            actor: crate::causality::ActorId(1),
+            actor_seed: 1,
+            ring_size: 64,
+            max_siblings: 100,
+            max_object_bytes: crate::object::WRITE_MAX_OBJECT_BYTES,
+            warn_siblings: 25,
+            max_hints_per_owner: 100,
+        };
+        let metrics = Arc::new(Metrics::default());
+        let local = Arc::new(Replica::new(disk.clone(), config, metrics.clone()).unwrap());
+        let mut replicas = std::collections::HashMap::new();
+        replicas.insert("b".to_string(), replica(2));
+        replicas.insert("c".to_string(), replica(3));
+        let peers = Arc::new(FakePeers {
+            replicas,
+            hang: HashSet::new(),
+        });
+        let view = Arc::new(RwLock::new(view(&["a", "b", "c"], &[])));
+        let c = Coordinator::new("a".into(), local.clone(), peers, view, metrics.clone());
+        let timeout = Duration::from_secs(5);
+        let value = || Sibling::value(b"v".to_vec(), None);
+        c.put(b"b", b"before", Context::default(), value(), 1, 0, timeout)
+            .await
+            .unwrap();
+
+        disk.set_write_failure(Some("No space left on device (os error 28)"));
+        // The first write meets the failing disk: the local replica refuses it cleanly
+        // (another replica mints), and from then on the node is failed.
+        let _ = c
+            .put(b"b", b"during", Context::default(), value(), 1, 0, timeout)
+            .await;
+        assert!(local.health().is_failed());
+        assert_eq!(metrics.storage_failed.get(), 1);
+        let e = c
+            .put(b"b", b"k", Context::default(), value(), 1, 0, timeout)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, CoordinatorError::StorageFailed(_)), "{e}");
+        // Its replica answers nothing, reads included; reads coordinated here go elsewhere.
+        let answer = local.handle(Request::Get {
+            bucket: b"b".to_vec(),
+            key: b"before".to_vec(),
+        });
+        assert!(matches!(answer, Response::Failed(_)), "{answer:?}");
+        let read = c.get(b"b", b"before", 1, 0, timeout).await.unwrap();
+        assert_eq!(read.sibling_count(), 1);
+
+        disk.set_write_failure(None);
+        assert!(local.probe_storage());
+        c.put(b"b", b"k", Context::default(), value(), 3, 0, timeout)
+            .await
+            .unwrap();
+        assert!(local.get(b"b", b"k").unwrap().is_some());
     }
 
     /// A coordinator that is not itself a replica of any key, in front of "a", "b", "c":

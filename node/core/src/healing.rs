@@ -28,8 +28,8 @@ use crate::metrics::Metrics;
 use crate::object::ObjectError;
 use crate::object::{split_storage_key, Object};
 use crate::peers::{PeerError, Peers};
-use crate::replica::Replica;
 use crate::replica::ReplicaError;
+use crate::replica::{Replica, MAX_BATCH_BYTES};
 use crate::rpc::{KeyedObject, Request, Response};
 use crate::storage::merkle::{BRANCHES, SEGMENTS_PER_BRANCH};
 use crate::storage::StorageError;
@@ -99,7 +99,12 @@ pub struct Healer<S: Storage, P: Peers> {
     reap_candidates: Mutex<HashMap<Vec<u8>, (Object, Instant)>>,
     /// Progress of ownership transfer, for /status: partition -> keys moved.
     transfer_progress: Mutex<HashMap<PartitionId, u64>>,
+    /// While the replica repairs: (partition, other owner) pairs whose trees were equal.
+    repaired: Mutex<std::collections::HashSet<(PartitionId, String)>>,
 }
+
+/// Exchanges per healing round while the replica repairs.
+pub const REPAIR_EXCHANGES_PER_ROUND: usize = 8;
 
 /// Why a healing step stopped. Every step is retried next round, so these are logged, not
 /// returned to anyone; the kinds say whose fault it was.
@@ -176,6 +181,7 @@ impl<S: Storage, P: Peers> Healer<S, P> {
             reap_cursor: Mutex::new((0, None)),
             reap_candidates: Mutex::new(HashMap::new()),
             transfer_progress: Mutex::new(HashMap::new()),
+            repaired: Mutex::default(),
         }
     }
 
@@ -320,7 +326,14 @@ impl<S: Storage, P: Peers> Healer<S, P> {
             }
             let page = storage.scan(partition, None, self.config.transfer_batch)?;
             let mut batch = Vec::with_capacity(page.len());
+            let mut bytes = 0;
             for (skey, raw) in &page {
+                // A batch is one message: stop before it crosses the batch bound (it always
+                // holds one object, and every stored object fits a message).
+                if !batch.is_empty() && bytes + skey.len() + raw.len() > MAX_BATCH_BYTES {
+                    break;
+                }
+                bytes += skey.len() + raw.len();
                 let (bucket, key) = split_storage_key(skey)?;
                 let object = crate::object::decode_object(raw)?;
                 batch.push(KeyedObject {
@@ -366,8 +379,11 @@ impl<S: Storage, P: Peers> Healer<S, P> {
     }
 
     /// One anti-entropy exchange: the next partition this node owns, with the next other
-    /// owner of it.
+    /// owner of it. While the replica repairs, several exchanges toward finishing it.
     pub async fn anti_entropy_step(&self) -> Result<Option<ExchangeReport>, HealError> {
+        if self.replica.is_repairing() {
+            return self.repair_step().await;
+        }
         let view = self.view();
         let mine = view.ring.primary_partitions(&self.name);
         if mine.is_empty() {
@@ -393,6 +409,54 @@ impl<S: Storage, P: Peers> Healer<S, P> {
             return Ok(None);
         }
         self.exchange(partition, &peer).await.map(Some)
+    }
+
+    /// Repair (after journal damage or a lost directory): exchanges with up to
+    /// [`REPAIR_EXCHANGES_PER_ROUND`] (partition, other owner) pairs not yet found equal,
+    /// and ends the repair once every pair of the ring was. A pair counts once an exchange
+    /// finds the two trees equal (after repairing them, the next exchange does). Waits for
+    /// a ring of at least N members, so a node that has not heard of its peers yet (every
+    /// partition its own) cannot finish at once.
+    async fn repair_step(&self) -> Result<Option<ExchangeReport>, HealError> {
+        let view = self.view();
+        if view.ring.members().len() < view.ring.n() {
+            return Ok(None);
+        }
+        let pending: Vec<(PartitionId, String)> = {
+            let equal = self.repaired.lock().unwrap_or_else(PoisonError::into_inner);
+            view.ring
+                .primary_partitions(&self.name)
+                .into_iter()
+                .flat_map(|p| {
+                    view.ring
+                        .primaries(p)
+                        .iter()
+                        .filter(|o| **o != self.name)
+                        .map(move |o| (p, o.clone()))
+                })
+                .filter(|pair| !equal.contains(pair))
+                .collect()
+        };
+        if pending.is_empty() {
+            self.replica.finish_repair()?;
+            return Ok(None);
+        }
+        let mut last = None;
+        for (partition, peer) in pending
+            .into_iter()
+            .filter(|(_, peer)| !view.unreachable.contains(peer))
+            .take(REPAIR_EXCHANGES_PER_ROUND)
+        {
+            let report = self.exchange(partition, &peer).await?;
+            if report.differing_segments == 0 {
+                self.repaired
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert((partition, peer));
+            }
+            last = Some(report);
+        }
+        Ok(last)
     }
 
     /// Compares this node's tree of `partition` with `peer`'s and repairs both sides. The

@@ -16,6 +16,9 @@ use chorus_ring::Ring;
 
 use crate::view::ClusterView;
 
+/// Gossiped key-value saying whether a node's storage works (`ok` or `failed`).
+pub const STORAGE_KV: &str = "storage";
+
 /// One node's membership, shared by the gossip loop, the RPC handler and the HTTP API.
 pub struct Gossip {
     membership: Mutex<Membership>,
@@ -89,9 +92,14 @@ impl Gossip {
     fn refresh_view(&self, membership: &Membership, now: u64) {
         let mut members = membership.ring_members();
         members.sort();
+        // A member whose storage failed answers no replica request: route around it as if
+        // it were down (its own coordinator refuses writes anyway).
         let unreachable: HashSet<String> = members
             .iter()
-            .filter(|m| !membership.is_reachable(m, now))
+            .filter(|m| {
+                !membership.is_reachable(m, now)
+                    || membership.kv_of(m, STORAGE_KV) == Some("failed")
+            })
             .cloned()
             .collect();
         let mut view = self.view.write().unwrap_or_else(PoisonError::into_inner);
@@ -99,6 +107,9 @@ impl Gossip {
             match Ring::new(self.ring_size, self.n, members.iter().cloned()) {
                 Ok(ring) => {
                     tracing::info!(members = ?members, "ring recomputed");
+                    if members.len() < self.n {
+                        tracing::warn!(members = members.len(), n = self.n, "the cluster has fewer members than --n: a key has only {} replicas, so requests needing more (w=all, or a quorum of {}) fail until more nodes join", members.len(), self.n / 2 + 1);
+                    }
                     view.ring = Arc::new(ring);
                 }
                 Err(e) => tracing::error!("cannot build the ring: {e}"),

@@ -35,6 +35,13 @@ pub struct Metrics {
     pub hints_queued: Counter,
     pub hints_delivered: Counter,
     pub hints_dropped: Counter,
+    pub merges_refused: Counter,
+    pub storage_failed: Gauge,
+    pub storage_errors: Counter,
+    pub journal_damaged: Gauge,
+    pub http_connections: Gauge,
+    pub http_connections_refused: Counter,
+    pub repairing: Gauge,
     pub aae_exchanges: Counter,
     pub aae_keys_repaired: Counter,
     pub aae_bytes_sent: Counter,
@@ -89,6 +96,48 @@ impl Default for Metrics {
             "Hints dropped at the bound (anti-entropy covers them)",
             hints_dropped.clone(),
         );
+        let merges_refused = Counter::default();
+        registry.register(
+            "merges_refused",
+            "Merges (replication, read repair, handoff, anti-entropy) refused or skipped because the merged state would cross a hard limit; each replica keeps its own versions",
+            merges_refused.clone(),
+        );
+        let storage_failed = Gauge::default();
+        registry.register(
+            "storage_failed",
+            "1 while this node's storage engine is failed (I/O error, poisoned engine): it refuses requests and /health answers 503",
+            storage_failed.clone(),
+        );
+        let storage_errors = Counter::default();
+        registry.register(
+            "storage_errors",
+            "Storage engine errors (I/O, corruption, a closed engine) seen by this node",
+            storage_errors.clone(),
+        );
+        let journal_damaged = Gauge::default();
+        registry.register(
+            "journal_damaged",
+            "1 when this node found its journal damaged or truncated at start (writes fsynced before it stopped were missing)",
+            journal_damaged.clone(),
+        );
+        let repairing = Gauge::default();
+        registry.register(
+            "repairing",
+            "1 while this node repairs its data from its peers (--repair): it answers no read from its own replica",
+            repairing.clone(),
+        );
+        let http_connections = Gauge::default();
+        registry.register(
+            "http_connections",
+            "Client HTTP connections open",
+            http_connections.clone(),
+        );
+        let http_connections_refused = Counter::default();
+        registry.register(
+            "http_connections_refused",
+            "Client HTTP connections refused at --http-max-connections",
+            http_connections_refused.clone(),
+        );
         let aae_exchanges = Counter::default();
         registry.register(
             "aae_exchanges",
@@ -128,6 +177,13 @@ impl Default for Metrics {
             hints_queued,
             hints_delivered,
             hints_dropped,
+            merges_refused,
+            storage_failed,
+            storage_errors,
+            journal_damaged,
+            http_connections,
+            http_connections_refused,
+            repairing,
             aae_exchanges,
             aae_keys_repaired,
             aae_bytes_sent,

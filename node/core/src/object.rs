@@ -1,10 +1,20 @@
 //! What a replica stores for one key: a dotted version vector set of siblings, each a value
-//! (or a tombstone) with its content type; and how keys and objects are laid out as bytes.
-//! Pure data and encoding; no I/O.
+//! (or a tombstone) with its content type; how keys and objects are laid out as bytes; and
+//! the size limits every object a replica stores or sends obeys ([`Limits`]). Pure data and
+//! encoding; no I/O.
+//!
+//! One rule for limits: a state the decoder would refuse must never be written. The hard
+//! limits ([`Limits::HARD`]) are what `Dvvs::validate` enforces plus the size of one
+//! node-to-node message; every stored state obeys them. A *new* write must leave a state
+//! within half of each ([`OVERSHOOT_MARGIN`]), so the merge of any two states writes can
+//! produce (two replicas that took concurrent writes without seeing each other) is still
+//! valid. A merge that would cross a hard limit is refused by the replica, never truncated:
+//! each side keeps its own versions until a client write with a read's context resolves them.
 
 use serde::{Deserialize, Serialize};
 
-use crate::causality::Dvvs;
+use crate::causality::{Dvvs, MAX_ACTORS, MAX_SIBLINGS};
+use crate::rpc::MAX_MESSAGE_BYTES;
 
 /// One version of a key's value. A delete is a sibling like any other (`deleted`), so it
 /// replicates, merges and supersedes exactly like a write.
@@ -46,6 +56,114 @@ pub enum ObjectError {
     Corrupt(String),
     #[error("stored key is corrupt")]
     CorruptKey,
+}
+
+/// Room a message needs besides one object: the envelope, bucket and key (at most 1 KiB
+/// each through HTTP, 60 KiB in storage), a hint owner's name and framing.
+const MESSAGE_ROOM: usize = 1024 * 1024;
+/// Largest encoded object a replica stores or sends: it must fit one node-to-node message,
+/// or it could never be replicated, repaired or handed off.
+pub const MAX_OBJECT_BYTES: usize = MAX_MESSAGE_BYTES - MESSAGE_ROOM;
+/// A new write must leave its key within `1 / OVERSHOOT_MARGIN` of every hard limit, so two
+/// replicas that each took writes up to the write limits, without seeing each other (a
+/// partition, or coordinators racing), still merge into a valid state.
+pub const OVERSHOOT_MARGIN: usize = 2;
+/// Most actors a new write may leave on a key (its history plus the client's context).
+pub const WRITE_MAX_ACTORS: usize = MAX_ACTORS / OVERSHOOT_MARGIN;
+/// Highest `--max-siblings` a node accepts.
+pub const WRITE_MAX_SIBLINGS: usize = MAX_SIBLINGS / OVERSHOOT_MARGIN;
+/// Largest encoded object a new write may leave.
+pub const WRITE_MAX_OBJECT_BYTES: usize = MAX_OBJECT_BYTES / OVERSHOOT_MARGIN;
+/// Longest `Content-Type` a value may carry (the HTTP layer refuses longer ones), so the
+/// size of a key at the sibling limit is known from the flags alone.
+pub const MAX_CONTENT_TYPE_BYTES: usize = 1024;
+/// Encoded bytes a sibling costs beyond its value: its content type and framing.
+const SIBLING_OVERHEAD_BYTES: usize = MAX_CONTENT_TYPE_BYTES + 64;
+/// Encoded bytes of a key's causal history at most: per actor an id, a counter and framing.
+const HISTORY_BYTES: usize = WRITE_MAX_ACTORS * 32;
+
+/// The largest a key written within `--max-value` and `--max-siblings` can encode to; the
+/// node refuses to start when it is over [`WRITE_MAX_OBJECT_BYTES`].
+pub fn object_bytes_at_limits(max_value: usize, max_siblings: usize) -> usize {
+    max_value
+        .saturating_add(SIBLING_OVERHEAD_BYTES)
+        .saturating_mul(max_siblings)
+        .saturating_add(HISTORY_BYTES)
+}
+
+/// Why a state may not be stored: which limit it crosses. Each has an error code the HTTP
+/// API answers with, and a sentence naming the limit.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LimitError {
+    #[error("the write's context names {count} actors, over the limit of {max} a write may carry")]
+    ContextActors { count: usize, max: usize },
+    #[error("the key would name {count} actors (its history and the write's context), over the limit of {max}")]
+    TooManyActors { count: usize, max: usize },
+    #[error("the key would have {count} siblings, over the limit of {max}; read it and write back with its context to resolve them")]
+    TooManySiblings { count: usize, max: usize },
+    #[error("the key would be {bytes} bytes encoded, over the limit of {max} (every object must fit a {MAX_MESSAGE_BYTES}-byte node-to-node message); resolve its siblings or write a smaller value")]
+    TooLarge { bytes: usize, max: usize },
+    #[error("the state would be invalid: {0}")]
+    Invalid(String),
+}
+
+impl LimitError {
+    /// The `error` code of the HTTP answer.
+    pub fn code(&self) -> &'static str {
+        match self {
+            LimitError::ContextActors { .. } | LimitError::Invalid(_) => "invalid_context",
+            LimitError::TooManyActors { .. } => "too_many_actors",
+            LimitError::TooManySiblings { .. } => "too_many_siblings",
+            LimitError::TooLarge { .. } => "object_too_large",
+        }
+    }
+}
+
+/// Bounds on one key's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub actors: usize,
+    pub siblings: usize,
+    pub bytes: usize,
+}
+
+impl Limits {
+    /// What every stored or sent state obeys: the decoder's limits and one message.
+    pub const HARD: Limits = Limits {
+        actors: MAX_ACTORS,
+        siblings: MAX_SIBLINGS,
+        bytes: MAX_OBJECT_BYTES,
+    };
+
+    /// Checks `object` against these limits and the decoder's invariants; returns its
+    /// encoding, which the caller stores (so it is encoded once).
+    pub fn check(&self, object: &Object) -> Result<Vec<u8>, LimitError> {
+        let actors = object.context().entries().len();
+        if actors > self.actors {
+            return Err(LimitError::TooManyActors {
+                count: actors,
+                max: self.actors,
+            });
+        }
+        let siblings = object.sibling_count();
+        if siblings > self.siblings {
+            return Err(LimitError::TooManySiblings {
+                count: siblings,
+                max: self.siblings,
+            });
+        }
+        object
+            .validate()
+            .map_err(|e| LimitError::Invalid(e.to_string()))?;
+        let bytes = encode_object(object);
+        if bytes.len() > self.bytes {
+            return Err(LimitError::TooLarge {
+                bytes: bytes.len(),
+                max: self.bytes,
+            });
+        }
+        Ok(bytes)
+    }
 }
 
 pub fn encode_object(object: &Object) -> Vec<u8> {
@@ -122,8 +240,93 @@ mod tests {
             Sibling::value(b"v".to_vec(), None),
         );
         assert_eq!(decode_object(&encode_object(&object)).unwrap(), object);
+        // Byte for byte the first build's layout (format 1, entry [actor, counter,
+        // values]), so existing data dirs open and their Merkle hashes do not change.
+        let first_build = [
+            1, 0x91, 0x91, 0x93, 7, 1, 0x91, 0x93, 0xc4, 1, b'v', 0xc0, 0xc2,
+        ];
+        assert_eq!(encode_object(&object), first_build);
+        assert_eq!(decode_object(&first_build).unwrap(), object);
         assert!(decode_object(&[]).is_err());
         assert!(decode_object(&[9, 1, 2]).is_err());
         assert!(decode_object(&[1, 0xc1]).is_err());
+    }
+
+    fn with_actors(actors: u64, value_bytes: usize) -> Object {
+        (0..actors).fold(Object::new(), |state, a| {
+            let write = Object::new().update(
+                &Context::default(),
+                ActorId(a + 1),
+                Sibling::value(vec![7; value_bytes], None),
+            );
+            state.sync(&write)
+        })
+    }
+
+    #[test]
+    fn limits_name_what_they_refuse_and_return_the_encoding() {
+        let small = Limits {
+            actors: 3,
+            siblings: 3,
+            bytes: 1000,
+        };
+        let ok = with_actors(3, 10);
+        assert_eq!(small.check(&ok).unwrap(), encode_object(&ok));
+        assert_eq!(
+            small.check(&with_actors(4, 1)),
+            Err(LimitError::TooManyActors { count: 4, max: 3 })
+        );
+        let big = with_actors(2, 600);
+        assert!(matches!(
+            small.check(&big),
+            Err(LimitError::TooLarge { max: 1000, .. })
+        ));
+        assert_eq!(
+            LimitError::TooLarge { bytes: 1, max: 0 }.code(),
+            "object_too_large"
+        );
+    }
+
+    /// Two states each within the write limits always merge into one within the hard
+    /// limits: the overshoot margin covers two replicas growing apart.
+    #[test]
+    fn two_states_at_the_write_limits_merge_into_a_valid_state() {
+        let a = with_actors(WRITE_MAX_ACTORS as u64, 0);
+        let b = (0..WRITE_MAX_ACTORS as u64).fold(Object::new(), |state, i| {
+            let write = Object::new().update(
+                &Context::default(),
+                ActorId(1_000_000 + i),
+                Sibling::tombstone(),
+            );
+            state.sync(&write)
+        });
+        let write_limits = Limits {
+            actors: WRITE_MAX_ACTORS,
+            siblings: WRITE_MAX_SIBLINGS,
+            bytes: WRITE_MAX_OBJECT_BYTES,
+        };
+        write_limits.check(&a).unwrap();
+        write_limits.check(&b).unwrap();
+        let merged = a.sync(&b);
+        Limits::HARD.check(&merged).unwrap();
+        let bytes = encode_object(&merged);
+        assert_eq!(decode_object(&bytes).unwrap(), merged);
+    }
+
+    #[test]
+    fn the_size_at_the_flag_limits_covers_an_encoded_key_at_those_limits() {
+        let (value, siblings) = (1000, 20);
+        let state = (0..siblings as u64).fold(Object::new(), |state, a| {
+            let write = Object::new().update(
+                &Context::default(),
+                ActorId(a + 1),
+                Sibling::value(vec![1; value], Some("x".repeat(MAX_CONTENT_TYPE_BYTES))),
+            );
+            state.sync(&write)
+        });
+        assert!(encode_object(&state).len() <= object_bytes_at_limits(value, siblings));
+        // The defaults fit; a 1 MiB value with 100 siblings does not.
+        assert!(object_bytes_at_limits(1 << 20, 30) <= WRITE_MAX_OBJECT_BYTES);
+        assert!(object_bytes_at_limits(1 << 20, 100) > WRITE_MAX_OBJECT_BYTES);
     }
 }

@@ -12,14 +12,15 @@ use std::sync::{Arc, Mutex};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::causality::{ActorId, Context};
+use crate::causality::{ActorId, Context, Dot};
 use crate::metrics::Metrics;
 use crate::object::{
-    decode_object, encode_object, split_storage_key, storage_key, Object, Sibling, MAX_NAME_BYTES,
+    decode_object, split_storage_key, storage_key, LimitError, Limits, Object, Sibling,
+    MAX_NAME_BYTES, WRITE_MAX_ACTORS,
 };
 use crate::rpc::{KeyedObject, Request, Response};
 use crate::storage::merkle::{BRANCHES, SEGMENTS};
-use crate::storage::{PartitionId, Storage};
+use crate::storage::{Monitored, PartitionId, Storage, StorageHealth};
 
 /// Read-modify-write of a key happens under one of these locks, so two concurrent merges
 /// of the same key cannot both read the old state and lose each other's versions.
@@ -33,8 +34,13 @@ pub enum ReplicaError {
     Storage(#[from] crate::storage::StorageError),
     #[error("{0}")]
     Object(#[from] crate::object::ObjectError),
-    #[error("the key would have {count} siblings, over the limit of {max}; read it and write back with its context to resolve them")]
-    TooManySiblings { count: usize, max: usize },
+    /// A new write refused: its result would cross a write limit. Nothing was stored.
+    #[error("{0}")]
+    Limit(#[from] LimitError),
+    /// A merge refused: the merged state would cross a hard limit. Nothing was stored; the
+    /// sender keeps its versions, so none is dropped.
+    #[error("merge refused: {0}")]
+    MergeRefused(LimitError),
     #[error("invalid state from a peer: {0}")]
     InvalidState(String),
 }
@@ -45,8 +51,12 @@ pub struct ReplicaConfig {
     /// Seeds the choice of new actor ids, so a simulation replays them.
     pub actor_seed: u64,
     pub ring_size: u32,
-    /// A coordinated write that would leave more siblings than this is refused.
+    /// A coordinated write that would leave more siblings than this is refused (at most
+    /// `object::WRITE_MAX_SIBLINGS`).
     pub max_siblings: usize,
+    /// A coordinated write that would leave a larger encoded object is refused (at most
+    /// `object::WRITE_MAX_OBJECT_BYTES`).
+    pub max_object_bytes: usize,
     /// A key reaching this many siblings is logged as a warning.
     pub warn_siblings: usize,
     /// Hints kept per unreachable owner; beyond it, hints are dropped (and counted), and
@@ -55,14 +65,22 @@ pub struct ReplicaConfig {
 }
 
 pub struct Replica<S: Storage> {
-    storage: Arc<S>,
+    /// Every storage call goes through the health monitor, so an engine error anywhere
+    /// fails the node's storage (see `storage::Monitored`).
+    storage: Arc<Monitored<S>>,
     config: ReplicaConfig,
     stripes: Vec<Mutex<()>>,
     actor: Mutex<(ActorId, StdRng)>,
     /// Hints held per owner, as last counted; checked against the bound on every hint.
     hint_counts: Mutex<HashMap<String, u64>>,
+    /// This replica's data may be incomplete (journal damage, a lost directory): it answers
+    /// no `Get` until healing has compared it with every other owner. Persisted.
+    repairing: std::sync::atomic::AtomicBool,
     metrics: Arc<Metrics>,
 }
+
+/// Meta key under which an unfinished repair is remembered across restarts.
+const REPAIR_META_KEY: &str = "repair_pending";
 
 /// Meta key under which the current actor id is persisted.
 pub const ACTOR_META_KEY: &str = "actor";
@@ -73,16 +91,46 @@ impl<S: Storage> Replica<S> {
         config: ReplicaConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Self, ReplicaError> {
+        let storage = Arc::new(Monitored::new(storage, metrics.clone()));
         let actor = Mutex::new((config.actor, StdRng::seed_from_u64(config.actor_seed)));
         let hint_counts = Mutex::new(storage.hint_owners()?.into_iter().collect());
+        let repairing = storage.meta_get(REPAIR_META_KEY)?.as_deref() == Some(&[1]);
+        metrics.repairing.set(i64::from(repairing));
         Ok(Replica {
             storage,
             config,
             stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             actor,
             hint_counts,
+            repairing: repairing.into(),
             metrics,
         })
+    }
+
+    /// Whether this replica still repairs (see [`Replica::begin_repair`]).
+    pub fn is_repairing(&self) -> bool {
+        self.repairing.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// From now on, and across restarts until [`Replica::finish_repair`], this replica
+    /// answers no `Get`: its data may lack writes it acknowledged, and a read it answered
+    /// alone (r=one) would report them absent. Writes and merges are taken as usual.
+    pub fn begin_repair(&self) -> Result<(), ReplicaError> {
+        self.storage.meta_put(REPAIR_META_KEY, &[1])?;
+        self.repairing
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.metrics.repairing.set(1);
+        Ok(())
+    }
+
+    /// Healing compared every partition this replica owns with every other owner.
+    pub fn finish_repair(&self) -> Result<(), ReplicaError> {
+        self.storage.meta_put(REPAIR_META_KEY, &[0])?;
+        self.repairing
+            .store(false, std::sync::atomic::Ordering::Release);
+        self.metrics.repairing.set(0);
+        tracing::warn!("repair complete: every owned partition matched its other owners; reads are answered from this replica again");
+        Ok(())
     }
 
     /// Replaces the per-owner hint counts with a fresh count from storage.
@@ -111,8 +159,18 @@ impl<S: Storage> Replica<S> {
         Ok(fresh)
     }
 
-    pub fn storage(&self) -> &Arc<S> {
+    pub fn storage(&self) -> &Arc<Monitored<S>> {
         &self.storage
+    }
+
+    /// Whether (and why) this node's storage failed.
+    pub fn health(&self) -> &Arc<StorageHealth> {
+        self.storage.health()
+    }
+
+    /// Tries a durable write to see whether failed storage works again; true when healthy.
+    pub fn probe_storage(&self) -> bool {
+        self.storage.probe()
     }
 
     pub fn partition_of(&self, bucket: &[u8], key: &[u8]) -> PartitionId {
@@ -133,6 +191,16 @@ impl<S: Storage> Replica<S> {
     }
 
     pub fn handle(&self, request: Request) -> Response {
+        // A replica whose storage failed answers nothing: it cannot store a write, and what
+        // it would read may miss writes it refused since. Coordinators ask other replicas.
+        if let Some(reason) = self.health().failure() {
+            return Response::Failed(format!("this node's storage failed: {reason}"));
+        }
+        if self.is_repairing() && matches!(request, Request::Get { .. }) {
+            return Response::Failed(
+                "this replica is being repaired and may lack writes; ask another".into(),
+            );
+        }
         if let Err(refusal) = check_peer_request(&request) {
             return Response::Failed(refusal);
         }
@@ -148,7 +216,7 @@ impl<S: Storage> Replica<S> {
             } => {
                 let context = (!over_current).then_some(&context);
                 self.coordinate(&bucket, &key, context, value, hint_for.as_deref())
-                    .map(Response::Stored)
+                    .map(|(object, dot)| Response::Minted { object, dot })
             }
             Request::Merge {
                 bucket,
@@ -179,12 +247,25 @@ impl<S: Storage> Replica<S> {
             Request::ReapBatch { objects } => self.reap(&objects).map(Response::Merged),
         };
         result.unwrap_or_else(|e| match e {
-            ReplicaError::TooManySiblings { .. } => Response::Refused {
-                code: "too_many_siblings".into(),
+            ReplicaError::Limit(limit) => Response::Refused {
+                code: limit.code().into(),
+                message: limit.to_string(),
+            },
+            ReplicaError::MergeRefused(_) => Response::Refused {
+                code: "merge_over_limit".into(),
                 message: e.to_string(),
             },
             other => Response::Failed(other.to_string()),
         })
+    }
+
+    /// What a new write may leave on a key: half of each hard limit, and the flags.
+    fn write_limits(&self) -> Limits {
+        Limits {
+            actors: WRITE_MAX_ACTORS,
+            siblings: self.config.max_siblings,
+            bytes: self.config.max_object_bytes,
+        }
     }
 
     pub fn get(&self, bucket: &[u8], key: &[u8]) -> Result<Option<Object>, ReplicaError> {
@@ -198,8 +279,10 @@ impl<S: Storage> Replica<S> {
     /// The coordinating replica's part of a write: the new value gets a dot of this
     /// replica's actor, superseding exactly what `context` covers, or with `None` everything
     /// this replica holds for the key (read under the same lock as the write, so no version
-    /// that arrives meanwhile is superseded unseen). Persisted before return.
-    /// A fallback (`hint_for` = the unreachable owner) records a hint, as in `merge`.
+    /// that arrives meanwhile is superseded unseen). Persisted before return; returns the
+    /// stored state and the new dot. A fallback (`hint_for` = the unreachable owner) records
+    /// a hint, as in `merge`. Refused, with nothing stored, when the result would cross a
+    /// write limit.
     pub fn coordinate(
         &self,
         bucket: &[u8],
@@ -207,7 +290,15 @@ impl<S: Storage> Replica<S> {
         context: Option<&Context>,
         value: Sibling,
         hint_for: Option<&str>,
-    ) -> Result<Object, ReplicaError> {
+    ) -> Result<(Object, Dot), ReplicaError> {
+        let actors = context.map_or(0, |c| c.entries().len());
+        if actors > WRITE_MAX_ACTORS {
+            return Err(LimitError::ContextActors {
+                count: actors,
+                max: WRITE_MAX_ACTORS,
+            }
+            .into());
+        }
         let partition = self.partition_of(bucket, key);
         let skey = storage_key(bucket, key);
         let _guard = self.lock(&skey);
@@ -216,30 +307,30 @@ impl<S: Storage> Replica<S> {
             Some(bytes) => decode_object(bytes)?,
             None => Object::new(),
         };
+        let actor = self.actor();
         let updated = match context {
-            Some(context) => current.update(context, self.actor(), value),
-            None => current.update(&current.context(), self.actor(), value),
+            Some(context) => current.update(context, actor, value),
+            None => current.update(&current.context(), actor, value),
         };
+        let dot = (actor, updated.counter(actor));
+        let encoded = self.write_limits().check(&updated)?;
         let count = updated.sibling_count();
-        if count > self.config.max_siblings {
-            return Err(ReplicaError::TooManySiblings {
-                count,
-                max: self.config.max_siblings,
-            });
-        }
         if count >= self.config.warn_siblings {
             tracing::warn!(bucket = %String::from_utf8_lossy(bucket), key = %String::from_utf8_lossy(key), siblings = count, "key has many siblings; clients should resolve them by writing with a read's context");
         }
         self.storage
-            .put_replacing(partition, &skey, raw.as_deref(), &encode_object(&updated))?;
+            .put_replacing(partition, &skey, raw.as_deref(), &encoded)?;
         if let Some(owner) = hint_for {
             self.record_hint(owner, partition, &skey)?;
         }
-        Ok(updated)
+        Ok((updated, dot))
     }
 
     /// Merges a peer's state into ours (replication, read repair, handoff, anti-entropy).
-    /// Never refused for sibling count: refusing would drop a version another replica holds.
+    /// Not refused at the write limits (refusing would leave a version unreplicated), only
+    /// when the merged state would cross a hard limit the decoder enforces: storing it would
+    /// make the key unreadable everywhere. Then nothing is stored here and the sender keeps
+    /// its versions; no version is dropped.
     pub fn merge(
         &self,
         bucket: &[u8],
@@ -260,12 +351,15 @@ impl<S: Storage> Replica<S> {
             None => incoming.clone(),
         };
         if current.as_ref() != Some(&merged) {
-            self.storage.put_replacing(
-                partition,
-                &skey,
-                raw.as_deref(),
-                &encode_object(&merged),
-            )?;
+            let encoded = Limits::HARD.check(&merged).map_err(|e| {
+                self.metrics.merges_refused.inc();
+                if self.metrics.merges_refused.get() % 100 == 1 {
+                    tracing::warn!(bucket = %String::from_utf8_lossy(bucket), key = %String::from_utf8_lossy(key), "merge refused, the replicas of this key keep their own versions until a client resolves them: {e}");
+                }
+                ReplicaError::MergeRefused(e)
+            })?;
+            self.storage
+                .put_replacing(partition, &skey, raw.as_deref(), &encoded)?;
         }
         if let Some(owner) = hint_for {
             self.record_hint(owner, partition, &skey)?;
@@ -328,10 +422,13 @@ impl<S: Storage> Replica<S> {
         let mut out = Vec::new();
         let mut bytes = 0;
         for (skey, raw) in self.storage.scan_segments(partition, &segments)? {
-            if bytes > MAX_BATCH_BYTES {
+            // Stop before the batch crosses the bound, so an answer holds at most one
+            // object beyond it and always fits a message.
+            let size = skey.len() + raw.len();
+            if !out.is_empty() && bytes + size > MAX_BATCH_BYTES {
                 break;
             }
-            bytes += skey.len() + raw.len();
+            bytes += size;
             let (bucket, key) = split_storage_key(&skey)?;
             out.push(KeyedObject {
                 bucket: bucket.to_vec(),
@@ -342,17 +439,23 @@ impl<S: Storage> Replica<S> {
         Ok(out)
     }
 
-    /// Merges a batch; returns how many keys changed here.
+    /// Merges a batch; returns how many keys changed here. A key whose merge is refused
+    /// does not stop the others, but the batch then fails, so a sender waiting for the
+    /// ack before dropping its copy (ownership transfer) keeps it.
     pub fn merge_batch(&self, objects: &[KeyedObject]) -> Result<usize, ReplicaError> {
         let mut changed = 0;
+        let mut refused = None;
         for o in objects {
             let before = self.get(&o.bucket, &o.key)?;
             if before.as_ref().is_none_or(|b| !b.descends(&o.object)) {
-                self.merge(&o.bucket, &o.key, &o.object, None)?;
-                changed += 1;
+                match self.merge(&o.bucket, &o.key, &o.object, None) {
+                    Ok(_) => changed += 1,
+                    Err(e @ ReplicaError::MergeRefused(_)) => refused = Some(e),
+                    Err(e) => return Err(e),
+                }
             }
         }
-        Ok(changed)
+        refused.map_or(Ok(changed), Err)
     }
 
     /// Physically removes a key, but only if its state is still exactly `expected`: a write
@@ -473,6 +576,7 @@ mod tests {
             actor_seed: 1,
             ring_size: 64,
             max_siblings: 100,
+            max_object_bytes: crate::object::WRITE_MAX_OBJECT_BYTES,
             warn_siblings: 25,
             max_hints_per_owner: 10,
         };
@@ -586,7 +690,7 @@ mod tests {
         r.coordinate(b"b", b"k", Some(&blind), v("2"), None)
             .unwrap();
         assert_eq!(r.get(b"b", b"k").unwrap().unwrap().sibling_count(), 2);
-        let over = r.coordinate(b"b", b"k", None, v("3"), None).unwrap();
+        let (over, _) = r.coordinate(b"b", b"k", None, v("3"), None).unwrap();
         assert_eq!(
             over.values(),
             vec![&v("3")],
@@ -596,7 +700,7 @@ mod tests {
         let elsewhere = Object::new().update(&blind, ActorId(2), v("other"));
         let merged = r.merge(b"b", b"k", &elsewhere, None).unwrap();
         assert_eq!(merged.sibling_count(), 2);
-        let over = r.coordinate(b"b", b"k", None, v("4"), None).unwrap();
+        let (over, _) = r.coordinate(b"b", b"k", None, v("4"), None).unwrap();
         assert_eq!(over.values(), vec![&v("4")]);
     }
 
@@ -611,7 +715,11 @@ mod tests {
             hint_for: Some("owner".into()),
             over_current: false,
         };
-        assert!(matches!(r.handle(request), Response::Stored(_)));
+        let Response::Minted { object, dot } = r.handle(request) else {
+            panic!("the write was not minted");
+        };
+        assert_eq!(dot, (ActorId(1), 1));
+        assert_eq!(object.dotted_values()[0].0, ActorId(1));
         let hints = r.storage().hint_scan("owner", 10).unwrap();
         assert_eq!(hints.len(), 1);
         assert_eq!(hints[0].1, storage_key(b"b", b"k"));
@@ -633,5 +741,124 @@ mod tests {
             r.storage().hint_owners().unwrap(),
             vec![("owner".to_string(), 1)]
         );
+    }
+
+    /// A state naming actors `from..to`, each with one tombstone sibling.
+    fn history(actors: std::ops::Range<u64>) -> Object {
+        actors.fold(Object::new(), |state, a| {
+            state.sync(&Object::new().update(&Context::default(), ActorId(a), Sibling::tombstone()))
+        })
+    }
+
+    fn coordinate(r: &Replica<MemoryStorage>, context: Context, value: Vec<u8>) -> Response {
+        r.handle(Request::Coordinate {
+            bucket: b"b".to_vec(),
+            key: b"k".to_vec(),
+            context,
+            value: Sibling::value(value, None),
+            hint_for: None,
+            over_current: false,
+        })
+    }
+
+    fn refused_code(response: Response) -> String {
+        match response {
+            Response::Refused { code, message } => {
+                assert!(!message.is_empty());
+                code
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    /// Issue 15, defect 1: a context naming the decoder's actor limit used to be merged,
+    /// given the coordinator's own actor, and stored as a state no decoder accepts.
+    #[test]
+    fn a_write_whose_context_names_too_many_actors_is_refused_and_the_key_stays_readable() {
+        let r = replica();
+        assert!(matches!(
+            coordinate(&r, Context::default(), b"acked".to_vec()),
+            Response::Minted { .. }
+        ));
+        let before = r.get(b"b", b"k").unwrap();
+        let hostile = history(1000..1000 + crate::causality::MAX_ACTORS as u64).context();
+        assert_eq!(
+            refused_code(coordinate(&r, hostile, b"x".to_vec())),
+            "invalid_context"
+        );
+        // Within the context bound, but together with the key's history over the write limit.
+        let wide = history(5000..5000 + WRITE_MAX_ACTORS as u64).context();
+        assert_eq!(
+            refused_code(coordinate(&r, wide, b"x".to_vec())),
+            "too_many_actors"
+        );
+        assert_eq!(r.get(b"b", b"k").unwrap(), before, "nothing was stored");
+        let stored = r
+            .storage()
+            .get(r.partition_of(b"b", b"k"), &storage_key(b"b", b"k"))
+            .unwrap()
+            .unwrap();
+        decode_object(&stored).expect("the stored state still decodes");
+    }
+
+    #[test]
+    fn a_write_that_would_grow_the_key_past_its_size_limit_is_refused() {
+        let mut r = replica();
+        r.config.max_object_bytes = 10_000;
+        assert!(matches!(
+            coordinate(&r, Context::default(), vec![1; 6000]),
+            Response::Minted { .. }
+        ));
+        let before = r.get(b"b", b"k").unwrap();
+        assert_eq!(
+            refused_code(coordinate(&r, Context::default(), vec![2; 6000])),
+            "object_too_large"
+        );
+        assert_eq!(r.get(b"b", b"k").unwrap(), before);
+        // A write that supersedes what is there still fits.
+        let context = before.unwrap().context();
+        assert!(matches!(
+            coordinate(&r, context, vec![3; 6000]),
+            Response::Minted { .. }
+        ));
+    }
+
+    /// Merges are refused only at the hard limits, with nothing stored; the sender keeps
+    /// its versions. A batch goes on past a refused key but then fails.
+    #[test]
+    fn a_merge_that_would_cross_a_hard_limit_stores_nothing_and_fails_its_batch() {
+        let r = replica();
+        let ours = history(1..700);
+        let theirs = history(10_000..10_400);
+        r.merge(b"b", b"k", &ours, None).unwrap();
+        assert!(matches!(
+            r.merge(b"b", b"k", &theirs, None),
+            Err(ReplicaError::MergeRefused(LimitError::TooManyActors {
+                count: 1099,
+                ..
+            }))
+        ));
+        assert_eq!(r.get(b"b", b"k").unwrap(), Some(ours.clone()));
+        assert_eq!(r.metrics.merges_refused.get(), 1);
+        let batch = [
+            KeyedObject {
+                bucket: b"b".to_vec(),
+                key: b"k".to_vec(),
+                object: theirs,
+            },
+            KeyedObject {
+                bucket: b"b".to_vec(),
+                key: b"other".to_vec(),
+                object: history(1..3),
+            },
+        ];
+        assert!(matches!(
+            r.handle(Request::MergeBatch {
+                objects: batch.to_vec()
+            }),
+            Response::Refused { ref code, .. } if code == "merge_over_limit"
+        ));
+        assert_eq!(r.get(b"b", b"other").unwrap(), Some(history(1..3)));
+        assert_eq!(r.get(b"b", b"k").unwrap(), Some(ours));
     }
 }

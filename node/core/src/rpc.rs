@@ -6,8 +6,13 @@ use serde::{Deserialize, Serialize};
 
 use chorus_gossip::GossipMessage;
 
-use crate::causality::Context;
+use crate::causality::{Context, Dot};
 use crate::object::{Object, Sibling};
+
+/// Largest node-to-node message, request or response; the transport refuses anything
+/// longer. Every object a replica stores must fit in one (see `object::MAX_OBJECT_BYTES`),
+/// or it could never be replicated, repaired or handed off.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// Everything on a stream is one `Envelope`. Adding a variant is compatible; changing one
 /// needs a `V2`.
@@ -35,7 +40,8 @@ pub enum Request {
         key: Vec<u8>,
     },
     /// Be the coordinating replica of a write: mint a dot for `value` over `context`,
-    /// persist, and return the resulting state so the coordinator can replicate it.
+    /// persist, and return the resulting state and the dot (`Minted`), so the
+    /// coordinator can replicate it and answer the client.
     /// `hint_for`, as for `Merge`: the unreachable primary a fallback stores this for
     /// (a fallback can be the minting replica too, and must then keep the hint).
     /// `over_current`: mint over the replica's own current state instead of `context`
@@ -89,8 +95,14 @@ pub struct KeyedObject {
 pub enum Response {
     /// Answer to `Get`: `None` when the replica holds nothing for the key.
     Object(Option<Object>),
-    /// Answer to `Coordinate`: the state now stored, which the coordinator replicates.
-    Stored(Object),
+    /// Answer to `Coordinate`: the state now stored, which the coordinator replicates,
+    /// and the dot the write got (the client's answer context adds it). It replaced the
+    /// first build's `Stored(Object)` in the same place, so an older node fails to decode
+    /// it rather than misreading it.
+    Minted {
+        object: Object,
+        dot: Dot,
+    },
     Branches(Vec<[u8; 32]>),
     Leaves(Vec<(u32, Vec<[u8; 32]>)>),
     Objects(Vec<KeyedObject>),

@@ -2,8 +2,10 @@
 //!
 //! Node-to-node QUIC uses mutual TLS: a node accepts a connection only from a peer whose
 //! certificate chains to the cluster CA, and dials only peers that prove the same. The
-//! credential directory is the secret: whoever holds it is a member. This module creates
-//! and loads it; it does not open sockets (see `transport`).
+//! credential directory is the secret: whoever holds it is a member. It also holds the
+//! admin token (`admin.token`) that `/admin/*` HTTP calls must present (`chorus leave` and
+//! `chorus remove` read it with `--certs`). This module creates and loads them; it does
+//! not open sockets (see `transport`).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -22,6 +24,8 @@ const CA_CERT: &str = "ca.pem";
 const CA_KEY: &str = "ca.key";
 const NODE_CERT: &str = "node.pem";
 const NODE_KEY: &str = "node.key";
+/// The admin token's file: 64 hex digits, sent as `Authorization: Bearer <token>`.
+pub const ADMIN_TOKEN: &str = "admin.token";
 
 /// What a node needs to take part in the cluster's mutual TLS.
 #[derive(Debug)]
@@ -44,7 +48,7 @@ impl Clone for Credential {
 /// Creates a fresh CA and node certificate in `dir`. Refuses to overwrite an existing
 /// credential unless `force`, because replacing it splits the cluster in two.
 pub fn init(dir: &Path, force: bool) -> Result<(), String> {
-    let paths: Vec<PathBuf> = [CA_CERT, CA_KEY, NODE_CERT, NODE_KEY]
+    let paths: Vec<PathBuf> = [CA_CERT, CA_KEY, NODE_CERT, NODE_KEY, ADMIN_TOKEN]
         .iter()
         .map(|f| dir.join(f))
         .collect();
@@ -77,8 +81,8 @@ fn temporary_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// PEM texts of [ca cert, ca key, node cert, node key].
-fn generate() -> Result<[String; 4], rcgen::Error> {
+/// PEM texts of [ca cert, ca key, node cert, node key], and the admin token.
+fn generate() -> Result<[String; 5], rcgen::Error> {
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params
@@ -101,12 +105,40 @@ fn generate() -> Result<[String; 4], rcgen::Error> {
     ];
     let node_key = KeyPair::generate()?;
     let node_cert = node_params.signed_by(&node_key, &ca_cert, &ca_key)?;
+    let token: [u8; 32] = rand::random();
+    let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
     Ok([
         ca_cert.pem(),
         ca_key.serialize_pem(),
         node_cert.pem(),
         node_key.serialize_pem(),
+        format!("{token}\n"),
     ])
+}
+
+/// The admin token of a credential directory; `None` when it has none (made by an
+/// older chorus: `chorus certs init --force` makes a new credential with one).
+pub fn load_admin_token(dir: &Path) -> Result<Option<String>, String> {
+    let path = dir.join(ADMIN_TOKEN);
+    match fs::read_to_string(&path) {
+        Ok(text) if text.trim().len() >= 32 => Ok(Some(text.trim().to_string())),
+        Ok(_) => Err(format!(
+            "{} is too short to be an admin token",
+            path.display()
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// Compares a presented token with ours in time independent of where they differ.
+pub fn token_matches(presented: &str, ours: &str) -> bool {
+    presented.len() == ours.len()
+        && presented
+            .bytes()
+            .zip(ours.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
 
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
@@ -154,9 +186,17 @@ mod tests {
         assert!(!credential.ca.is_empty() && !credential.cert.is_empty());
         let err = init(dir.path(), false).unwrap_err();
         assert!(err.contains("already exists"), "{err}");
+        let token = load_admin_token(dir.path())
+            .unwrap()
+            .expect("an admin token");
+        assert_eq!(token.len(), 64);
         init(dir.path(), true).unwrap();
         let replaced = load(dir.path()).unwrap();
         assert_ne!(replaced.ca, credential.ca, "--force must create a new CA");
+        assert_ne!(load_admin_token(dir.path()).unwrap().unwrap(), token);
+        assert!(token_matches(&token, &token));
+        assert!(!token_matches(&token[1..], &token));
+        assert!(!token_matches(&token.replace('a', "b"), &token) || !token.contains('a'));
     }
 
     #[test]

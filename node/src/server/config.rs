@@ -8,7 +8,9 @@ use std::path::PathBuf;
 
 use chorus_core::storage::SyncMode;
 
-use crate::server::transport;
+/// Highest `--n`: replication beyond this buys no durability a cluster needs and makes
+/// every quorum wait on that many replicas.
+pub const MAX_N: usize = 16;
 
 /// Longest node name; names appear in every gossip digest.
 pub const MAX_NAME_LEN: usize = 64;
@@ -38,13 +40,18 @@ pub struct NodeConfig {
     pub tombstone_grace_ms: u64,
     pub cache_mb: u64,
     pub memtable_mb: u64,
+    pub storage_failure_exit_ms: u64,
+    pub repair: bool,
+    pub http_max_connections: usize,
+    pub http_header_timeout_ms: u64,
+    pub http_body_timeout_ms: u64,
     /// The Redis-protocol front, when `--resp` is given.
     pub resp: Option<crate::server::resp::RespSettings>,
 }
 
-/// Why a node did not start, or stopped on its own. Every variant is an operator's
-/// problem to fix (a flag, a port, a data directory, the cluster's answer), so the CLI
-/// maps them all to exit code 2 with the message on one line.
+/// Why a node did not start, or stopped on its own. `Config` and `Refused` are an
+/// operator's problem to fix (a flag, a port, a data directory, the cluster's answer) and
+/// exit 2; `StorageFailed` exits 3 so that a supervisor restarts the node.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// A flag, credential, port or data directory that cannot be used.
@@ -53,6 +60,9 @@ pub enum StartError {
     /// The cluster refused this node (a configuration mismatch, another node's name).
     #[error("the cluster refused this node: {0}")]
     Refused(String),
+    /// The storage engine failed while running and did not recover in-process.
+    #[error("storage failed and did not recover: {0}; restart the node (the journal is replayed)")]
+    StorageFailed(String),
 }
 
 impl StartError {
@@ -77,8 +87,11 @@ impl NodeConfig {
                 self.name
             )));
         }
-        if self.n == 0 {
-            return Err(StartError::config("--n must be at least 1"));
+        if !(1..=MAX_N).contains(&self.n) {
+            return Err(StartError::config(format!(
+                "--n must be in 1..={MAX_N}, got {}",
+                self.n
+            )));
         }
         if !self.ring_size.is_power_of_two() || self.ring_size > chorus_ring::MAX_RING_SIZE {
             return Err(StartError::config(format!(
@@ -87,39 +100,98 @@ impl NodeConfig {
                 self.ring_size
             )));
         }
-        if self.max_value == 0 || self.max_value > transport::MAX_MESSAGE_BYTES / 4 {
-            return Err(StartError::config(format!(
-                "--max-value must be in 1..={}",
-                transport::MAX_MESSAGE_BYTES / 4
-            )));
-        }
-        if self.max_siblings == 0 || self.warn_siblings == 0 {
-            return Err(StartError::config(
-                "--max-siblings and --warn-siblings must be at least 1",
-            ));
-        }
-        if [
-            self.timeout_ms,
-            self.gossip_interval_ms,
-            match self.sync {
-                SyncMode::Periodic { interval_ms } => interval_ms,
-                SyncMode::Always => 1,
-            },
-            self.healing_interval_ms,
-        ]
-        .contains(&0)
+        self.validate_object_limits()?;
+        self.validate_ranges()?;
+        if !(self.phi_threshold.is_finite()
+            && self.phi_threshold > 0.0
+            && self.phi_threshold <= 1000.0)
         {
-            return Err(StartError::config("--timeout-ms, --gossip-interval-ms, --sync-interval-ms and --healing-interval-ms must be at least 1"));
-        }
-        if !(self.phi_threshold.is_finite() && self.phi_threshold > 0.0) {
             return Err(StartError::config(
-                "--phi-threshold must be a positive number",
+                "--phi-threshold must be a positive number up to 1000",
             ));
         }
         if self.listen.port() == 0 || self.http.port() == 0 {
             return Err(StartError::config(
                 "--listen and --http need explicit ports (other nodes must know them)",
             ));
+        }
+        Ok(())
+    }
+}
+
+impl NodeConfig {
+    /// `--max-value` and `--max-siblings` against the hard limits and each other: a key at
+    /// both limits must still fit the write limit of one object (half a node-to-node
+    /// message), or it could never be replicated.
+    fn validate_object_limits(&self) -> Result<(), StartError> {
+        use chorus_core::object::{
+            object_bytes_at_limits, WRITE_MAX_OBJECT_BYTES, WRITE_MAX_SIBLINGS,
+        };
+        if self.max_value == 0 {
+            return Err(StartError::config("--max-value must be at least 1"));
+        }
+        if !(1..=WRITE_MAX_SIBLINGS).contains(&self.max_siblings) || self.warn_siblings == 0 {
+            return Err(StartError::config(format!(
+                "--max-siblings must be in 1..={WRITE_MAX_SIBLINGS} (half the hard limit of {}, leaving room for concurrent writers), got {}; --warn-siblings must be at least 1",
+                chorus_core::causality::MAX_SIBLINGS,
+                self.max_siblings
+            )));
+        }
+        let bytes = object_bytes_at_limits(self.max_value, self.max_siblings);
+        if bytes > WRITE_MAX_OBJECT_BYTES {
+            let fits = (1..=self.max_siblings)
+                .rev()
+                .find(|&s| object_bytes_at_limits(self.max_value, s) <= WRITE_MAX_OBJECT_BYTES);
+            return Err(StartError::config(format!(
+                "--max-value {} with --max-siblings {} allows keys of {bytes} bytes, over the limit of {WRITE_MAX_OBJECT_BYTES} that fits node-to-node messages: lower one of them{}",
+                self.max_value,
+                self.max_siblings,
+                fits.map(|s| format!(" (at this --max-value, --max-siblings {s} fits)")).unwrap_or_default()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Every numeric flag within 1 and a bound past which it only breaks things (a
+    /// timeout of years, a zero-sized cache).
+    fn validate_ranges(&self) -> Result<(), StartError> {
+        let sync_interval = match self.sync {
+            SyncMode::Periodic { interval_ms } => interval_ms,
+            SyncMode::Always => 1,
+        };
+        for (flag, value, max) in [
+            (
+                "--timeout-ms",
+                self.timeout_ms,
+                crate::server::http::MAX_TIMEOUT_MS,
+            ),
+            ("--gossip-interval-ms", self.gossip_interval_ms, 60_000),
+            ("--sync-interval-ms", sync_interval, 60_000),
+            ("--healing-interval-ms", self.healing_interval_ms, 3_600_000),
+            (
+                "--storage-failure-exit-ms",
+                self.storage_failure_exit_ms,
+                3_600_000,
+            ),
+            (
+                "--http-header-timeout-ms",
+                self.http_header_timeout_ms,
+                600_000,
+            ),
+            ("--http-body-timeout-ms", self.http_body_timeout_ms, 600_000),
+            (
+                "--http-max-connections",
+                self.http_max_connections as u64,
+                1 << 20,
+            ),
+            ("--cache-mb", self.cache_mb, 1 << 20),
+            ("--memtable-mb", self.memtable_mb, 4096),
+        ] {
+            if !(1..=max).contains(&value) {
+                return Err(StartError::config(format!(
+                    "{flag} must be in 1..={max}, got {value}"
+                )));
+            }
         }
         Ok(())
     }

@@ -10,10 +10,16 @@
 //!   `204` without storing anything. It exists to prove the chaos checker catches lost
 //!   acknowledged writes.
 //!
+//! - **The first build's answer context** (`CHORUS_FAULT_OLD_ANSWER_CONTEXT=1`, read once
+//!   at start): a write answers with the minted state's whole version vector, which covers
+//!   concurrent siblings the writer never saw (issue 14). It exists to prove the chaos
+//!   checker catches the writes that loses.
+//!
 //! Set at start from `CHORUS_FAULT_DELAY_MS`, `CHORUS_FAULT_JITTER_MS` and
 //! `CHORUS_FAULT_BROKEN=1`, and at run time with `POST /admin/fault` (JSON with any of
 //! `delay_ms`, `jitter_ms`, `broken`); `GET /admin/fault` shows the current setting. This
-//! module holds no protocol logic and is consulted only by `transport` and `http`.
+//! module holds no protocol logic and is consulted only by `transport`, `http` and, for
+//! the answer context, `server` (which sets the coordinator's test switch).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -92,6 +98,16 @@ pub fn set(change: &FaultSetting) -> Result<FaultSetting, String> {
 /// True when this node must acknowledge writes without storing them.
 pub fn broken() -> bool {
     faults().broken.load(Ordering::Relaxed)
+}
+
+/// True when writes must answer with the first build's context (see the module doc).
+pub fn old_answer_context() -> bool {
+    let old =
+        std::env::var("CHORUS_FAULT_OLD_ANSWER_CONTEXT").is_ok_and(|v| v == "1" || v == "true");
+    if old {
+        tracing::warn!("fault injection: writes answer with the whole state's context on purpose (issue 14's bug): clients will drop siblings they never saw");
+    }
+    old
 }
 
 /// How long the next outgoing message waits: `delay + uniform(0..=jitter)`.

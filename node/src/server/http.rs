@@ -14,17 +14,17 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use crate::server::node::Node;
+use crate::server::node::{AdminAuth, Node};
 use chorus_core::causality::Context;
 use chorus_core::coordinator::{CoordinatorError, Quorum};
 use chorus_core::metrics::{OpLabels, RequestLabels};
-use chorus_core::object::{Object, Sibling};
+use chorus_core::object::{Object, Sibling, MAX_CONTENT_TYPE_BYTES};
 use chorus_core::storage::Storage;
 
 /// Buckets and keys are at most this many bytes after percent-decoding.
 pub use chorus_core::object::MAX_NAME_BYTES as MAX_SEGMENT_BYTES;
-/// Longest `timeout` a client may ask for.
-const MAX_TIMEOUT_MS: u64 = 60_000;
+/// Longest `timeout` a client may ask for (and longest `--timeout-ms`).
+pub const MAX_TIMEOUT_MS: u64 = 60_000;
 use chorus_api::{SiblingBody, SiblingsBody, CONTEXT_HEADER};
 
 pub fn router(node: Arc<Node>) -> Router {
@@ -46,6 +46,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/admin/leave", post(admin_leave))
         .route("/admin/remove/{name}", post(admin_remove))
         .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(plain_framing))
         // Bodies are read with our own limit so an oversized value gets a JSON 413.
         .layer(DefaultBodyLimit::disable())
         .with_state(node)
@@ -95,9 +97,19 @@ impl From<CoordinatorError> for ApiError {
                     "primaries_replied": primaries_replied,
                 }),
             },
-            CoordinatorError::TooManySiblings(message) => {
-                ApiError::new(StatusCode::CONFLICT, "too_many_siblings", message.clone())
+            CoordinatorError::Refused { code, message } => {
+                let status = match code.as_str() {
+                    "invalid_context" => StatusCode::BAD_REQUEST,
+                    "object_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
+                    _ => StatusCode::CONFLICT,
+                };
+                ApiError::new(status, code, message.clone())
             }
+            CoordinatorError::StorageFailed(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "storage_failed",
+                e.to_string(),
+            ),
         }
     }
 }
@@ -260,6 +272,12 @@ fn kv_params(
 }
 
 fn request_context(headers: &HeaderMap) -> Result<Context, ApiError> {
+    if headers.get_all(CONTEXT_HEADER).iter().count() > 1 {
+        return Err(ApiError::bad_request(
+            "invalid_context",
+            "X-Chorus-Context is given more than once",
+        ));
+    }
     match headers.get(CONTEXT_HEADER) {
         None => Ok(Context::default()),
         Some(value) => {
@@ -275,8 +293,33 @@ fn request_context(headers: &HeaderMap) -> Result<Context, ApiError> {
     }
 }
 
-fn context_header(object: &Object) -> HeaderValue {
-    HeaderValue::from_str(&object.context().encode()).expect("base64 is a valid header value")
+/// The value's `Content-Type`, bounded so a key's size at the sibling limit is known.
+fn request_content_type(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(None);
+    };
+    let text = v
+        .to_str()
+        .map_err(|_| ApiError::bad_request("invalid_content_type", "Content-Type is not ASCII"))?;
+    if text.len() > MAX_CONTENT_TYPE_BYTES {
+        return Err(ApiError::bad_request(
+            "invalid_content_type",
+            format!(
+                "Content-Type is {} bytes, over the limit of {MAX_CONTENT_TYPE_BYTES}",
+                text.len()
+            ),
+        ));
+    }
+    Ok(Some(text.to_string()))
+}
+
+/// The context a client gets back. A GET's is the merged state's vector (it covers what
+/// the answer shows and what those values superseded); a write's comes from the
+/// coordinator ([`crate::coordinator::Written`]): the request's context plus the new
+/// version, never the whole state, which may hold concurrent siblings this client was
+/// not shown.
+fn header_value(context: &Context) -> HeaderValue {
+    HeaderValue::from_str(&context.encode()).expect("base64 is a valid header value")
 }
 
 /// Runs a handler body and records its status and latency in the metrics.
@@ -339,7 +382,7 @@ async fn kv_get(
             1 => StatusCode::OK,
             _ => StatusCode::MULTIPLE_CHOICES,
         };
-        let context = context_header(&object);
+        let context = header_value(&object.context());
         if wants_json || live.len() > 1 {
             let body = SiblingsBody {
                 context: context.to_str().unwrap_or_default().to_string(),
@@ -366,15 +409,66 @@ async fn kv_get(
     .await
 }
 
+/// Reads a request body within `--max-value` and `--http-body-timeout-ms`. Only a body
+/// over the limit is a 413; one that cannot be read (shorter than its Content-Length, a
+/// malformed chunked encoding, a reset) is the client's 400, and a slow one a 408.
 async fn read_body(node: &Node, body: Body) -> Result<Bytes, ApiError> {
     let limit = node.limits.max_value;
-    axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::new(
+    let timeout = node.limits.body_timeout;
+    let read = tokio::time::timeout(timeout, axum::body::to_bytes(body, limit));
+    match read.await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) if is_over_limit(&e) => Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "value_too_large",
             format!("the value is over the limit of {limit} bytes (--max-value)"),
+        )),
+        Ok(Err(e)) => Err(ApiError::bad_request(
+            "invalid_body",
+            format!("the request body could not be read: {e}"),
+        )),
+        Err(_) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            format!(
+                "the request body did not arrive within {} ms (--http-body-timeout-ms)",
+                timeout.as_millis()
+            ),
+        )),
+    }
+}
+
+fn is_over_limit(e: &axum::Error) -> bool {
+    std::error::Error::source(e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+}
+
+/// Refuses framing chorus would misread: a `Transfer-Encoding` other than plain `chunked`
+/// (hyper decodes only chunked and would store a gzip body as it came), or several.
+async fn plain_framing(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let mut encodings = request.headers().get_all(header::TRANSFER_ENCODING).iter();
+    let ok = match (encodings.next(), encodings.next()) {
+        (None, _) => true,
+        (Some(v), None) => v
+            .to_str()
+            .is_ok_and(|v| v.trim().eq_ignore_ascii_case("chunked")),
+        (Some(_), Some(_)) => false,
+    };
+    if !ok {
+        return ApiError::bad_request(
+            "unsupported_transfer_encoding",
+            "only Transfer-Encoding: chunked is accepted (no gzip or other codings)",
         )
-    })
+        .into_response();
+    }
+    next.run(request).await
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take that method; see the API table in the README",
+    )
 }
 
 async fn kv_put(
@@ -392,22 +486,13 @@ async fn kv_put(
             query.as_deref(),
         )?;
         let context = request_context(&headers)?;
-        let content_type = match headers.get(header::CONTENT_TYPE) {
-            None => None,
-            Some(v) => Some(
-                v.to_str()
-                    .map_err(|_| {
-                        ApiError::bad_request("invalid_content_type", "Content-Type is not ASCII")
-                    })?
-                    .to_string(),
-            ),
-        };
+        let content_type = request_content_type(&headers)?;
         let value = read_body(&node, body).await?;
         #[cfg(feature = "fault-injection")]
         if crate::server::fault::broken() {
             return Ok(broken_ack(&headers));
         }
-        let object = node
+        let written = node
             .coordinator
             .put(
                 &bucket,
@@ -421,7 +506,7 @@ async fn kv_put(
             .await?;
         Ok((
             StatusCode::NO_CONTENT,
-            [(CONTEXT_HEADER, context_header(&object))],
+            [(CONTEXT_HEADER, header_value(&written.context))],
         )
             .into_response())
     })
@@ -456,7 +541,7 @@ async fn kv_delete(
         if crate::server::fault::broken() {
             return Ok(broken_ack(&headers));
         }
-        let object = node
+        let written = node
             .coordinator
             .put(
                 &bucket,
@@ -470,7 +555,7 @@ async fn kv_delete(
             .await?;
         Ok((
             StatusCode::NO_CONTENT,
-            [(CONTEXT_HEADER, context_header(&object))],
+            [(CONTEXT_HEADER, header_value(&written.context))],
         )
             .into_response())
     })
@@ -595,11 +680,52 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
         .into_response()
 }
 
-async fn health() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+/// 200 while the node serves requests; 503 with the reason once its storage failed, so
+/// load balancers and operators stop sending it traffic.
+async fn health(State(node): State<Arc<Node>>) -> Response {
+    match node.replica.health().failure() {
+        None => Json(json!({"status": "ok", "repairing": node.replica.is_repairing()})).into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "storage_failed", "error": "storage_failed", "message": format!("this node's storage failed: {reason}")})),
+        )
+            .into_response(),
+    }
 }
 
-async fn admin_leave(State(node): State<Arc<Node>>) -> Result<(StatusCode, Json<Value>), ApiError> {
+/// `/admin/*` needs the cluster's admin token (`Authorization: Bearer <admin.token>`),
+/// unless the node runs `--insecure`.
+fn authorize(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
+    let token = match &node.admin {
+        AdminAuth::Open => return Ok(()),
+        AdminAuth::Token(token) => token,
+        AdminAuth::Missing(dir) => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "admin_disabled",
+                format!("this node's credential {} has no admin token; make one with `chorus certs init --force` and copy it to every node", dir.display()),
+            ))
+        }
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(presented) if crate::server::certs::token_matches(presented.trim(), token) => Ok(()),
+        _ => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "admin calls need Authorization: Bearer <the admin.token of the cluster credential>; `chorus leave` and `chorus remove` send it with --certs DIR",
+        )),
+    }
+}
+
+async fn admin_leave(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    authorize(&node, &headers)?;
     node.leave()
         .await
         .map_err(|e| ApiError::new(StatusCode::CONFLICT, "cannot_leave", e.to_string()))?;
@@ -611,8 +737,10 @@ async fn admin_leave(State(node): State<Arc<Node>>) -> Result<(StatusCode, Json<
 
 async fn admin_remove(
     State(node): State<Arc<Node>>,
+    headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    authorize(&node, &headers)?;
     node.remove(&name)
         .map_err(|e| ApiError::bad_request("cannot_remove", e.to_string()))?;
     Ok(Json(

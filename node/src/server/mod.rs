@@ -12,6 +12,7 @@ pub mod config;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 pub mod http;
+pub mod http_server;
 pub mod node;
 pub mod peers;
 pub mod resp;
@@ -33,11 +34,21 @@ use chorus_core::storage::{FjallStorage, Storage};
 use chorus_gossip::{ClusterConfig, Config as GossipConfig, PhiConfig};
 
 use crate::server::config::{NodeConfig, StartError};
-use crate::server::node::{send_gossip, Limits, Node};
+use crate::server::node::{send_gossip, AdminAuth, Limits, Node};
 use crate::server::peers::{QuicPeers, RpcHandler};
 use crate::server::transport::{QuicTransport, Security};
 
 const IDENTITY_META_KEY: &str = "identity";
+/// File descriptors kept out of reach of client connections: fjall's table files, its
+/// journals, the QUIC socket, logs.
+const FD_RESERVE: u64 = chorus_core::storage::MAX_OPEN_TABLE_FILES as u64 + 128;
+/// A node that cannot take this many client connections refuses to start.
+const MIN_HTTP_CONNECTIONS: u64 = 16;
+/// Gossiped key under which a node says whether its storage works (`ok` or `failed`);
+/// peers route around a node whose storage failed (see `chorus_core::membership`).
+use chorus_core::membership::STORAGE_KV;
+/// While storage is failed, the reason is logged again this often.
+const STORAGE_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// What a data directory remembers about the node that owns it.
 #[derive(Serialize, Deserialize)]
@@ -52,6 +63,15 @@ struct Identity {
 pub fn run(config: NodeConfig) -> Result<(), StartError> {
     config.validate()?;
     init_logging();
+    let admin = match &config.certs {
+        Some(dir) => {
+            match crate::server::certs::load_admin_token(dir).map_err(StartError::config)? {
+                Some(token) => AdminAuth::Token(token),
+                None => AdminAuth::Missing(dir.clone()),
+            }
+        }
+        None => AdminAuth::Open,
+    };
     let security = match (&config.certs, config.insecure) {
         (Some(dir), _) => Security::Cluster(crate::server::certs::load(dir).map_err(StartError::config)?),
         (None, true) => {
@@ -68,7 +88,7 @@ pub fn run(config: NodeConfig) -> Result<(), StartError> {
         .enable_all()
         .build()
         .map_err(|e| StartError::config(format!("cannot start the runtime: {e}")))?;
-    runtime.block_on(serve(config, security))
+    runtime.block_on(serve(config, security, admin))
 }
 
 fn init_logging() {
@@ -81,12 +101,13 @@ fn init_logging() {
         .try_init();
 }
 
-async fn serve(config: NodeConfig, security: Security) -> Result<(), StartError> {
+async fn serve(config: NodeConfig, security: Security, admin: AdminAuth) -> Result<(), StartError> {
     // Ports first: a busy port must fail before anything is written to the data directory.
     let transport = QuicTransport::bind(config.listen, security).map_err(StartError::config)?;
     let http_listener = tokio::net::TcpListener::bind(config.http)
         .await
         .map_err(|e| StartError::config(format!("cannot listen on {} (HTTP): {e}", config.http)))?;
+    let http_limits = http_limits(&config)?;
     let resp = resp::prepare(&config).await.map_err(StartError::config)?;
     let sync = config.sync;
     let storage = Arc::new(
@@ -94,15 +115,20 @@ async fn serve(config: NodeConfig, security: Security) -> Result<(), StartError>
             &config.data,
             sync,
             config.cache_mb * 1024 * 1024,
-            config.memtable_mb.max(1) * 1024 * 1024,
+            config.memtable_mb * 1024 * 1024,
         )
         .map_err(|e| {
+            let hint = match e {
+                chorus_core::storage::StorageError::Corrupt(_) => "; if its journal is damaged, move the directory aside and start with --repair to rebuild it from the peers",
+                _ => "",
+            };
             StartError::config(format!(
-                "cannot open data directory {}: {e}",
+                "cannot open data directory {}: {e}{hint}",
                 config.data.display()
             ))
         })?,
     );
+    let journal_damage = check_journal(&storage, &config)?;
     let identity = load_identity(storage.as_ref(), &config)?;
     tracing::info!(name = %config.name, generation = identity.generation, listen = %config.listen, http = %config.http, data = %config.data.display(), "starting");
 
@@ -141,6 +167,7 @@ async fn serve(config: NodeConfig, security: Security) -> Result<(), StartError>
                 actor_seed: rand::rng().random(),
                 ring_size: config.ring_size,
                 max_siblings: config.max_siblings,
+                max_object_bytes: chorus_core::object::WRITE_MAX_OBJECT_BYTES,
                 warn_siblings: config.warn_siblings,
                 max_hints_per_owner: config.max_hints_per_owner,
             },
@@ -153,6 +180,17 @@ async fn serve(config: NodeConfig, security: Security) -> Result<(), StartError>
             ))
         })?,
     );
+    metrics
+        .journal_damaged
+        .set(i64::from(journal_damage.is_some()));
+    if config.repair && !replica.is_repairing() {
+        replica
+            .begin_repair()
+            .map_err(|e| StartError::config(format!("cannot start the repair: {e}")))?;
+    }
+    if let AdminAuth::Missing(dir) = &admin {
+        tracing::warn!("{} has no {}: /admin calls (leave, remove) are refused; make a credential with one using `chorus certs init --force`", dir.display(), crate::server::certs::ADMIN_TOKEN);
+    }
     let peers = Arc::new(QuicPeers {
         transport: transport.clone(),
         gossip: gossip.clone(),
@@ -164,6 +202,8 @@ async fn serve(config: NodeConfig, security: Security) -> Result<(), StartError>
         gossip.view.clone(),
         metrics.clone(),
     );
+    #[cfg(feature = "fault-injection")]
+    let coordinator = coordinator.with_old_answer_context(fault::old_answer_context());
     let healer = Arc::new(Healer::new(
         config.name.clone(),
         replica.clone(),
@@ -178,9 +218,11 @@ async fn serve(config: NodeConfig, security: Security) -> Result<(), StartError>
     ));
     let node = Arc::new(Node {
         name: config.name.clone(),
+        admin,
         limits: Limits {
             max_value: config.max_value,
             default_timeout: Duration::from_millis(config.timeout_ms),
+            body_timeout: Duration::from_millis(config.http_body_timeout_ms),
         },
         coordinator,
         replica,
@@ -189,8 +231,13 @@ async fn serve(config: NodeConfig, security: Security) -> Result<(), StartError>
         healer: healer.clone(),
         transport: transport.clone(),
         stop: tokio::sync::Notify::new(),
+        storage_exit: std::sync::Mutex::new(None),
     });
     tokio::spawn(healer.run());
+    tokio::spawn(storage_watchdog(
+        node.clone(),
+        Duration::from_millis(config.storage_failure_exit_ms),
+    ));
     if let Some(resp) = resp {
         tokio::spawn(resp::serve(resp, node.clone()));
     }
@@ -216,27 +263,132 @@ async fn serve(config: NodeConfig, security: Security) -> Result<(), StartError>
         }
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<Option<String>>();
-    let http = axum::serve(http_listener, router).with_graceful_shutdown(async move {
-        let reason = stop.await;
-        let _ = stop_tx.send(reason);
-    });
     tracing::info!(
+        max_connections = http_limits.max_connections,
         "serving HTTP on {} and QUIC on {}",
         config.http,
         config.listen
     );
-    if let Err(e) = http.await {
-        tracing::error!("HTTP server failed: {e}");
-    }
+    crate::server::http_server::serve(
+        http_listener,
+        router,
+        http_limits,
+        node.metrics.clone(),
+        async move {
+            let reason = stop.await;
+            let _ = stop_tx.send(reason);
+        },
+    )
+    .await;
     let reason = stop_rx.await.ok().flatten();
     tracing::info!("stopping: flushing storage");
     if let Err(e) = storage.flush() {
         tracing::error!("flushing storage failed: {e}");
     }
     transport.close().await;
+    let storage_exit = node
+        .storage_exit
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    if let Some(failure) = storage_exit {
+        return Err(StartError::StorageFailed(failure));
+    }
     match reason {
         Some(reason) => Err(StartError::Refused(reason)),
         None => Ok(()),
+    }
+}
+
+/// The client port's limits: `--http-max-connections`, lowered to what the file
+/// descriptor limit (raised to its hard limit) allows after [`FD_RESERVE`].
+fn http_limits(config: &NodeConfig) -> Result<crate::server::http_server::HttpLimits, StartError> {
+    let budget =
+        crate::server::http_server::connection_budget(FD_RESERVE).map_err(StartError::config)?;
+    if budget < MIN_HTTP_CONNECTIONS {
+        return Err(StartError::config(format!(
+            "the file descriptor limit (ulimit -n) leaves {budget} for client connections after {FD_RESERVE} kept for storage; raise it to at least {}",
+            FD_RESERVE + MIN_HTTP_CONNECTIONS
+        )));
+    }
+    let max_connections = (config.http_max_connections as u64).min(budget) as usize;
+    if max_connections < config.http_max_connections {
+        tracing::warn!(
+            "--http-max-connections {} lowered to {max_connections}: the file descriptor limit keeps {FD_RESERVE} for storage",
+            config.http_max_connections
+        );
+    }
+    Ok(crate::server::http_server::HttpLimits {
+        max_connections,
+        header_timeout: Duration::from_millis(config.http_header_timeout_ms),
+    })
+}
+
+/// Refuses a store whose journal lost fsynced writes unless `--repair`; runs before
+/// anything is written, since the next fsync moves the journal mark on.
+fn check_journal(
+    storage: &FjallStorage,
+    config: &NodeConfig,
+) -> Result<Option<String>, StartError> {
+    let damage = storage.journal_damage().map(str::to_string);
+    if let Some(damage) = &damage {
+        if !config.repair {
+            return Err(StartError::config(format!(
+                "data directory {}: {damage}. Start with --repair to serve anyway: the node then answers no read from its own replica until anti-entropy has compared every partition it owns with the other owners",
+                config.data.display()
+            )));
+        }
+        tracing::error!("{damage}; --repair: this node answers no read from its own replica until anti-entropy has repaired it from the other owners");
+    }
+    Ok(damage)
+}
+
+/// Watches the storage's health once a second. On a failure it gossips it, probes for
+/// recovery with a durable write, logs the reason at least once a minute, and when the
+/// engine has not come back after `exit_after` (fjall does not recover in-process once
+/// poisoned), stops the node, which then exits with code 3
+/// ([`StartError::StorageFailed`]).
+async fn storage_watchdog(node: Arc<Node>, exit_after: Duration) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    let mut failed_since: Option<tokio::time::Instant> = None;
+    let mut logged_at = tokio::time::Instant::now();
+    node.gossip.set_local_kv(STORAGE_KV, "ok");
+    loop {
+        ticker.tick().await;
+        let Some(reason) = node.replica.health().failure() else {
+            continue;
+        };
+        let now = tokio::time::Instant::now();
+        let since = *failed_since.get_or_insert_with(|| {
+            node.gossip.set_local_kv(STORAGE_KV, "failed");
+            logged_at = now;
+            now
+        });
+        let probe = node.replica.clone();
+        if tokio::task::spawn_blocking(move || probe.probe_storage())
+            .await
+            .unwrap_or(false)
+        {
+            failed_since = None;
+            node.gossip.set_local_kv(STORAGE_KV, "ok");
+            continue;
+        }
+        if now.duration_since(logged_at) >= STORAGE_LOG_EVERY {
+            logged_at = now;
+            tracing::error!(
+                failed_for_s = now.duration_since(since).as_secs(),
+                "storage still failed: {reason}"
+            );
+        }
+        if now.duration_since(since) >= exit_after {
+            tracing::error!("storage did not recover in {exit_after:?}: stopping so that a supervisor restarts this node");
+            *node
+                .storage_exit
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason);
+            node.stop.notify_one();
+            return;
+        }
     }
 }
 

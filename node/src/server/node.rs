@@ -35,11 +35,25 @@ pub struct AlreadyLeaving(pub String);
 pub struct Limits {
     pub max_value: usize,
     pub default_timeout: Duration,
+    /// How long a request body may take to arrive.
+    pub body_timeout: Duration,
+}
+
+/// Who may call `/admin/*` (leave, remove).
+pub enum AdminAuth {
+    /// Requests carrying `Authorization: Bearer <token>` (the credential's admin.token).
+    Token(String),
+    /// The credential has no admin token: admin calls are refused, saying how to make one.
+    Missing(std::path::PathBuf),
+    /// `--insecure`: anyone who reaches the QUIC port can join anyway, so admin calls are
+    /// open too (a throwaway test setup).
+    Open,
 }
 
 /// One running node: what the HTTP API and the QUIC handler act on.
 pub struct Node {
     pub name: String,
+    pub admin: AdminAuth,
     pub limits: Limits,
     pub coordinator: Coordinator<FjallStorage, QuicPeers>,
     pub replica: Arc<Replica<FjallStorage>>,
@@ -47,8 +61,11 @@ pub struct Node {
     pub metrics: Arc<Metrics>,
     pub healer: Arc<Healer<FjallStorage, QuicPeers>>,
     pub transport: Arc<QuicTransport>,
-    /// Notified when the node should stop on its own (it has left the cluster).
+    /// Notified when the node should stop on its own (it has left the cluster, or its
+    /// storage failed for good).
     pub stop: tokio::sync::Notify,
+    /// Set when the node stops because its storage failed and did not recover.
+    pub storage_exit: std::sync::Mutex<Option<String>>,
 }
 
 impl Node {
@@ -78,6 +95,8 @@ impl Node {
             "node": self.name,
             "n": view.ring.n(),
             "ring_size": view.ring.ring_size(),
+            "repairing": self.replica.is_repairing(),
+            "storage_failure": self.replica.health().failure(),
             "members": members,
             "transfers": self.healer.transfer_progress().into_iter().map(|(p, keys)| json!({"partition": p, "keys_left": keys})).collect::<Vec<_>>(),
         })

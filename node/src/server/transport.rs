@@ -24,9 +24,9 @@ use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use crate::server::certs::{Credential, NODE_SERVER_NAME};
 
-/// Largest message accepted on a stream. Values are at most `--max-value` (1 MiB by default)
-/// times the sibling bound, so this caps a pathological object, not a normal one.
-pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+/// Largest message accepted on a stream (see `rpc::MAX_MESSAGE_BYTES`, which the object
+/// limits are derived from).
+pub const MAX_MESSAGE_BYTES: usize = chorus_core::rpc::MAX_MESSAGE_BYTES;
 /// Concurrent requests in flight on one connection, per direction; further ones wait for a
 /// slot (bounded by their own timeout), which is the transport's back-pressure.
 const MAX_CONCURRENT_STREAMS: u32 = 1024;

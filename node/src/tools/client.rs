@@ -14,7 +14,8 @@ use hyper::Method;
 use serde_json::Value;
 
 use crate::cli::{
-    CliError, CliResult, ClientArgs, Command, DeleteArgs, GetArgs, PutArgs, RemoveArgs, RingCommand,
+    AdminArgs, CliError, CliResult, ClientArgs, Command, DeleteArgs, GetArgs, PutArgs, RemoveArgs,
+    RingCommand,
 };
 use chorus_api::client::{self as http_client, BaseUrl, HttpClient, HttpError, Response};
 
@@ -52,9 +53,9 @@ pub fn run(command: Command) -> CliResult {
                 client,
             }) => ring_owners(&bucket, &key, client).await,
             Command::Leave(args) => admin(args, "/admin/leave".into()).await,
-            Command::Remove(RemoveArgs { name, client }) => {
+            Command::Remove(RemoveArgs { name, admin: args }) => {
                 admin(
-                    client,
+                    args,
                     format!("/admin/remove/{}", http_client::encode_segment(&name)),
                 )
                 .await
@@ -264,11 +265,31 @@ async fn ring_owners(bucket: &str, key: &str, args: ClientArgs) -> CliResult {
     write_stdout(table.as_bytes(), false)
 }
 
-/// `leave` and `remove`: a POST whose answer is `{"message": ...}`.
-async fn admin(args: ClientArgs, path: String) -> CliResult {
+/// `leave` and `remove`: a POST with the admin token, whose answer is `{"message": ...}`.
+async fn admin(admin: AdminArgs, path: String) -> CliResult {
+    let token = match &admin.certs {
+        Some(dir) => crate::server::certs::load_admin_token(dir)
+            .map_err(CliError::usage)?
+            .ok_or_else(|| {
+                CliError::usage(format!(
+                    "{} has no {}: make a new credential with `chorus certs init --force`",
+                    dir.display(),
+                    crate::server::certs::ADMIN_TOKEN
+                ))
+            })
+            .map(Some)?,
+        None => None,
+    };
+    let authorization = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = authorization
+        .as_deref()
+        .map(|a| ("authorization", a))
+        .into_iter()
+        .collect();
+    let args = admin.client;
     let mut client = connect(&args)?;
     let response = client
-        .request(Method::POST, &path, &[], Bytes::new())
+        .request(Method::POST, &path, &headers, Bytes::new())
         .await
         .map_err(request_failed)?;
     if !is_success(response.status) {

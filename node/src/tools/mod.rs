@@ -1,6 +1,7 @@
 //! What users run besides a node. Each tool talks to nodes only through the HTTP contract
 //! (`chorus-api`), never through the core's internals, except the chaos checker's reading
-//! of causal contexts for its reports.
+//! of causal contexts for its reports and `chorus bench` joining the contexts its workers
+//! were given (`Context::join`: one application's knowledge).
 
 pub mod bench;
 pub mod chaos;

@@ -25,7 +25,7 @@ struct Args {
     seeds: Option<String>,
     #[arg(long, default_value_t = 5)]
     nodes: usize,
-    /// light or heavy.
+    /// none, light or heavy.
     #[arg(long, default_value = "light")]
     faults: Faults,
     /// Virtual seconds of workload under faults per scenario.
@@ -41,6 +41,10 @@ struct Args {
     /// No strict-quorum (pr/pw) requests.
     #[arg(long)]
     no_strict: bool,
+    /// Test-only: writes answer with the first build's context (issue 14's bug: it covers
+    /// siblings the writer never saw). The checker must then report lost writes.
+    #[arg(long)]
+    old_answer_context: bool,
     /// Print every event of the scenario (and debug logs of the nodes).
     #[arg(long)]
     verbose: bool,
@@ -79,6 +83,8 @@ fn main() {
         keys: args.keys,
         late_join: !args.no_join,
         strict_quorums: !args.no_strict,
+        old_answer_context: args.old_answer_context,
+        script: None,
     };
     let options = move |seed: u64| Options {
         seed,
@@ -131,7 +137,7 @@ fn main() {
     let mut failed = Vec::new();
     let (mut writes, mut acked, mut reads) = (0usize, 0usize, 0u64);
     let mut healing = sim::Healing::default();
-    let (mut max_siblings, mut reaped) = (0usize, 0usize);
+    let (mut max_siblings, mut reaped, mut lost) = (0usize, 0usize, 0usize);
     let single = total == 1;
     for report in rx {
         done += 1;
@@ -141,6 +147,7 @@ fn main() {
         healing += report.healing;
         max_siblings = max_siblings.max(report.max_siblings);
         reaped += report.tombstones_reaped;
+        lost += report.lost;
         if single {
             println!(
                 "seed {}: digest {} ({} events, {} messages, {} writes of which {} acknowledged, {} reads, {:.1} s virtual)",
@@ -191,7 +198,7 @@ fn main() {
         eprintln!();
     }
     println!(
-        "{done} scenarios ({} nodes, {} faults) in {secs:.1} s on {threads} threads: {:.2} scenarios/s; {writes} writes ({acked} acknowledged), {reads} reads; {} failed",
+        "{done} scenarios ({} nodes, {} faults) in {secs:.1} s on {threads} threads: {:.2} scenarios/s; {writes} writes ({acked} acknowledged), {reads} reads; {} failed, {lost} acknowledged writes lost",
         args.nodes,
         args.faults,
         done as f64 / secs,

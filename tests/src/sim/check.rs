@@ -5,12 +5,15 @@
 //!   client, to that key, as that kind (value or tombstone).
 //! - A write is minted once: its value carries one dot everywhere it appears.
 //! - Siblings are only concurrent writes: no state holds a value next to a value whose
-//!   write's context saw it.
+//!   write's context *vector* saw it. (A value named only by an extra dot of a context
+//!   may survive as a spurious sibling when the minting replica had not received it:
+//!   counting it as seen would count older dots of its actor too; see `causality`.)
 //! - An acknowledged write with `w` is, at the moment of the ack, in at least `w` replicas'
 //!   storage (or already superseded there).
 //! - After heal and quiescence: every acknowledged write is in the final state or was
-//!   superseded by a write whose context saw it (a tombstone may also have been reaped);
-//!   no value superseded by an acknowledged write is back; every replica agrees.
+//!   superseded by a write whose client had been shown it (`Write::knew`: observation,
+//!   not the server's contexts; a tombstone may also have been reaped); no value
+//!   superseded by an acknowledged write's context vector is back; every replica agrees.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,7 +24,9 @@ use chorus_core::storage::{MemoryStorage, Storage};
 
 use super::workload::{id_of, value_of, Dot, History, Outcome, Write, BUCKET};
 
-fn covers(context: &Context, dot: Dot) -> bool {
+/// Whether a context's version vector covers a dot: the supersession a replica always
+/// applies, whatever it has received.
+fn vector_covers(context: &Context, dot: Dot) -> bool {
     context.counter(dot.0) >= dot.1
 }
 
@@ -79,7 +84,7 @@ pub fn check_state(history: &mut History, key: &str, object: &Object, place: &st
                 continue;
             }
             if let Some(wb) = history.writes.get(b) {
-                if covers(&wb.context, *dot_a) {
+                if vector_covers(&wb.context, *dot_a) {
                     problems.push(format!("{place}: key {key} holds w{a} as a sibling of w{b}, whose context saw it (not concurrent)"));
                 }
             }
@@ -142,24 +147,27 @@ pub fn check_final(history: &mut History, finals: &BTreeMap<String, Object>) {
         if present {
             continue;
         }
-        let superseded_by = writes
-            .iter()
-            .find(|o| o.key == w.key && o.id != w.id && covers(&o.context, dot));
-        if superseded_by.is_some() {
+        // Superseded only by a write (that may have been stored) whose client was shown it.
+        let superseded = writes.iter().any(|o| {
+            o.key == w.key && o.knew.contains(&w.id) && !matches!(o.outcome, Outcome::Refused(_))
+        });
+        if superseded {
             continue;
         }
         if w.deleted {
             history.tombstones_reaped += 1;
             continue; // a tombstone may have been reaped once every replica had it
         }
+        history.lost += 1;
         problems.push(format!(
-            "acknowledged write w{} on {} (dot {dot:?}, w={}, at {} ms via {}) is lost: not in the final state {:?} and no write's context saw it",
+            "acknowledged write w{} on {} (dot {dot:?}, w={}, at {} ms via {}) is lost: not in the final state {:?}, and no write's client had been shown it; {}",
             w.id,
             w.key,
             w.w,
             w.invoked_ms,
             w.node,
-            state.map(|s| s.values().iter().map(|v| String::from_utf8_lossy(&v.value).into_owned()).collect::<Vec<_>>())
+            state.map(|s| s.values().iter().map(|v| String::from_utf8_lossy(&v.value).into_owned()).collect::<Vec<_>>()),
+            dropped_by(&writes, w, dot),
         ));
     }
     for (key, state) in finals {
@@ -171,7 +179,7 @@ pub fn check_final(history: &mut History, finals: &BTreeMap<String, Object>) {
                 if o.key == *key
                     && o.id != id
                     && matches!(o.outcome, Outcome::Acked(_))
-                    && covers(&o.context, (actor, counter))
+                    && vector_covers(&o.context, (actor, counter))
                 {
                     problems.push(format!("key {key}: w{id} is in the final state although acknowledged write w{} superseded it (resurrected)", o.id));
                 }
@@ -179,4 +187,21 @@ pub fn check_final(history: &mut History, finals: &BTreeMap<String, Object>) {
         }
     }
     history.violations.extend(problems);
+}
+
+/// The first write whose context covered a lost write's dot (the server's claim, used
+/// only to name a suspect), with what its client had actually been shown.
+fn dropped_by(writes: &[Write], lost: &Write, dot: Dot) -> String {
+    let mut suspects = writes
+        .iter()
+        .filter(|o| o.key == lost.key && o.id != lost.id && o.context.covers(dot));
+    match suspects.next() {
+        None => "no write's context covered its dot: dropped by a replica or a merge".to_string(),
+        Some(o) => format!(
+            "dropped by w{} (the first of {} writes whose context covered its dot), whose client had been shown only {:?}",
+            o.id,
+            1 + suspects.count(),
+            o.knew
+        ),
+    }
 }

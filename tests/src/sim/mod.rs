@@ -37,6 +37,8 @@ use workload::{Client, History, Outcome, Shared};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Faults {
+    /// No faults at all (scripted scenarios).
+    None,
     Light,
     Heavy,
 }
@@ -45,9 +47,10 @@ impl std::str::FromStr for Faults {
     type Err = String;
     fn from_str(s: &str) -> Result<Faults, String> {
         match s {
+            "none" => Ok(Faults::None),
             "light" => Ok(Faults::Light),
             "heavy" => Ok(Faults::Heavy),
-            other => Err(format!("--faults is light or heavy, not {other:?}")),
+            other => Err(format!("--faults is none, light or heavy, not {other:?}")),
         }
     }
 }
@@ -55,6 +58,7 @@ impl std::str::FromStr for Faults {
 impl std::fmt::Display for Faults {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
+            Faults::None => "none",
             Faults::Light => "light",
             Faults::Heavy => "heavy",
         })
@@ -75,6 +79,11 @@ pub struct Options {
     pub late_join: bool,
     /// About one request in ten asks for a strict quorum (`pr`/`pw`).
     pub strict_quorums: bool,
+    /// Test-only: writes answer with the first build's context (issue 14's bug); the
+    /// checker must then find lost writes.
+    pub old_answer_context: bool,
+    /// One client following this script instead of `clients` random ones.
+    pub script: Option<Vec<workload::Step>>,
 }
 
 impl Options {
@@ -89,6 +98,8 @@ impl Options {
             keys: 6,
             late_join: true,
             strict_quorums: true,
+            old_answer_context: false,
+            script: None,
         }
     }
 
@@ -109,6 +120,12 @@ impl Options {
         }
         if !self.strict_quorums {
             command += " --no-strict";
+        }
+        if self.old_answer_context {
+            command += " --old-answer-context";
+        }
+        if self.script.is_some() {
+            command += " (scripted: replay the test instead)";
         }
         command + " --verbose"
     }
@@ -133,6 +150,8 @@ pub struct Report {
     pub max_siblings: usize,
     /// Acknowledged tombstones no longer stored anywhere at the end (reaped).
     pub tombstones_reaped: usize,
+    /// Acknowledged writes lost (each is also a failure).
+    pub lost: usize,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -201,6 +220,7 @@ pub fn run(options: &Options) -> Report {
             healing: Healing::default(),
             max_siblings: 0,
             tombstones_reaped: 0,
+            lost: 0,
         },
     };
     for panic in PANICS.with(|p| std::mem::take(&mut *p.borrow_mut())) {
@@ -386,7 +406,10 @@ async fn scenario(options: Options) -> Report {
         trace.clone(),
     );
     let names: Vec<String> = (1..=options.nodes).map(|i| format!("n{i}")).collect();
-    let settings = NodeSettings::default();
+    let settings = NodeSettings {
+        old_answer_context: options.old_answer_context,
+        ..NodeSettings::default()
+    };
     let cluster = Arc::new(Cluster {
         net: net.clone(),
         nodes: names
@@ -454,7 +477,12 @@ async fn scenario(options: Options) -> Report {
     });
     let fault_end = Instant::now() + options.duration;
     let mut clients = Vec::new();
-    for index in 0..options.clients {
+    let count = if options.script.is_some() {
+        1
+    } else {
+        options.clients
+    };
+    for index in 0..count {
         let client = Client {
             index,
             rng: StdRng::seed_from_u64(sub_seed(options.seed, 100 + index as u64)),
@@ -463,6 +491,7 @@ async fn scenario(options: Options) -> Report {
             n: settings.n,
             contexts: BTreeMap::new(),
             strict_quorums: options.strict_quorums,
+            script: options.script.clone(),
         };
         clients.push(tokio::spawn(client.run(shared.clone(), fault_end)));
     }
@@ -584,12 +613,16 @@ async fn scenario(options: Options) -> Report {
         healing,
         max_siblings: history.max_siblings,
         tombstones_reaped: history.tombstones_reaped,
+        lost: history.lost,
     }
 }
 
 /// Injects faults until `end`: message loss, duplication, delay and slow paths; symmetric
 /// and one-way partitions; crashes with restarts; pauses.
 async fn nemesis(cluster: Arc<Cluster>, shared: Arc<Shared>, options: Options, end: Instant) {
+    if options.faults == Faults::None {
+        return;
+    }
     let mut rng = StdRng::seed_from_u64(sub_seed(options.seed, 2));
     let heavy = options.faults == Faults::Heavy;
     let net = cluster.net.clone();

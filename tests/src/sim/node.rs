@@ -35,6 +35,9 @@ pub struct NodeSettings {
     pub healing: HealingConfig,
     pub max_hints_per_owner: u64,
     pub max_siblings: usize,
+    /// Test-only: writes answer with the first build's context (issue 14's bug), to show
+    /// the checker catches it.
+    pub old_answer_context: bool,
 }
 
 impl Default for NodeSettings {
@@ -51,6 +54,7 @@ impl Default for NodeSettings {
             },
             max_hints_per_owner: 50,
             max_siblings: 100,
+            old_answer_context: false,
         }
     }
 }
@@ -270,6 +274,7 @@ impl SimNode {
                     actor_seed: seed.rotate_left(31),
                     ring_size: settings.ring_size,
                     max_siblings: settings.max_siblings,
+                    max_object_bytes: chorus_core::object::WRITE_MAX_OBJECT_BYTES,
                     warn_siblings: 25,
                     max_hints_per_owner: settings.max_hints_per_owner,
                 },
@@ -288,7 +293,8 @@ impl SimNode {
             peers.clone(),
             gossip.view.clone(),
             metrics.clone(),
-        );
+        )
+        .with_old_answer_context(settings.old_answer_context);
         let healer = Arc::new(Healer::new(
             self.name.clone(),
             replica.clone(),

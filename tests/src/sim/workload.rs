@@ -2,9 +2,11 @@
 //! (the code `http.rs` calls), with random r/w and contexts carried from reads (or from a
 //! previous write's answer) into later writes. Every value written is unique (`w<id>`, also
 //! for tombstones), so the checker can follow each write through every replica state.
-//! The history records every invocation and its outcome.
+//! The history records every invocation and its outcome, and what each write's client
+//! had been shown (the observation the checker judges lost writes by, not the contexts).
+//! A client can also follow a fixed script instead of random operations ([`Step`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,16 +14,14 @@ use rand::rngs::StdRng;
 use rand::Rng;
 use tokio::time::Instant;
 
-use chorus_core::causality::{ActorId, Context};
-use chorus_core::coordinator::CoordinatorError;
+use chorus_core::causality::Context;
+pub use chorus_core::causality::Dot;
+use chorus_core::coordinator::{CoordinatorError, Written};
 use chorus_core::object::{Object, Sibling};
 
 use super::net::SimNet;
 
 pub const BUCKET: &[u8] = b"sim";
-
-/// A dot: the (actor, counter) a replica minted for one write.
-pub type Dot = (ActorId, u64);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -42,6 +42,10 @@ pub struct Write {
     pub key: String,
     pub deleted: bool,
     pub context: Context,
+    /// The writes its client had been shown, as far as the context it sent stood for:
+    /// the values a read returned and what their writers knew, or its own earlier write
+    /// and what that knew. Only these may it supersede.
+    pub knew: BTreeSet<u64>,
     pub w: usize,
     pub node: String,
     pub invoked_ms: u64,
@@ -58,6 +62,8 @@ pub struct History {
     pub seen_dots: BTreeMap<u64, Dot>,
     pub max_siblings: usize,
     pub tombstones_reaped: usize,
+    /// Acknowledged writes the final check found lost.
+    pub lost: usize,
 }
 
 pub fn value_of(id: u64) -> Vec<u8> {
@@ -72,14 +78,59 @@ pub fn id_of(value: &[u8]) -> Option<u64> {
         .ok()
 }
 
-/// The dot the state gives the value of write `id`.
-pub fn dot_of(object: &Object, id: u64) -> Option<Dot> {
-    let value = value_of(id);
-    object
-        .dotted_values()
-        .into_iter()
-        .find(|(_, _, s)| s.value == value)
-        .map(|(a, c, _)| (a, c))
+/// A context a client holds for a key, and the writes it stands for.
+#[derive(Clone, Debug, Default)]
+pub struct Held {
+    pub context: Context,
+    pub shown: BTreeSet<u64>,
+}
+
+/// One operation of a scripted client: through node `node` (an index), on `key`.
+#[derive(Clone, Debug)]
+pub enum Step {
+    Get {
+        node: usize,
+        key: &'static str,
+        r: usize,
+    },
+    /// A put, with the context the client holds for the key (its last read's or write
+    /// answer's) or blind.
+    Put {
+        node: usize,
+        key: &'static str,
+        w: usize,
+        with_context: bool,
+    },
+}
+
+/// Issue 14's four steps: v1 through n1 to every replica, blind; v2 through n2, blind;
+/// v3 through n2 with v2's answer; a read of every replica. v3's client never saw v1.
+pub fn four_steps() -> Vec<Step> {
+    vec![
+        Step::Put {
+            node: 0,
+            key: "k0",
+            w: 3,
+            with_context: false,
+        },
+        Step::Put {
+            node: 1,
+            key: "k0",
+            w: 2,
+            with_context: false,
+        },
+        Step::Put {
+            node: 1,
+            key: "k0",
+            w: 2,
+            with_context: true,
+        },
+        Step::Get {
+            node: 0,
+            key: "k0",
+            r: 3,
+        },
+    ]
 }
 
 pub struct Client {
@@ -89,8 +140,10 @@ pub struct Client {
     pub nodes: Vec<String>,
     pub n: usize,
     /// Last context this client saw per key.
-    pub contexts: BTreeMap<String, Context>,
+    pub contexts: BTreeMap<String, Held>,
     pub strict_quorums: bool,
+    /// A script to follow instead of random operations.
+    pub script: Option<Vec<Step>>,
 }
 
 pub struct Shared {
@@ -111,8 +164,29 @@ fn quorum(rng: &mut StdRng, n: usize) -> usize {
 }
 
 impl Client {
-    /// Issues operations until `until`.
+    /// Issues operations until `until` (a scripted client: its script, then stops).
     pub async fn run(mut self, shared: Arc<Shared>, until: Instant) {
+        if let Some(script) = self.script.take() {
+            for step in script {
+                match step {
+                    Step::Get { node, key, r } => {
+                        let node = self.nodes[node].clone();
+                        self.read_with(&shared, key, &node, r, 0).await
+                    }
+                    Step::Put {
+                        node,
+                        key,
+                        w,
+                        with_context,
+                    } => {
+                        let node = self.nodes[node].clone();
+                        self.write_with(&shared, key, &node, false, w, 0, with_context)
+                            .await
+                    }
+                }
+            }
+            return;
+        }
         while Instant::now() < until {
             let think = self.rng.random_range(0..200);
             tokio::time::sleep(Duration::from_millis(think)).await;
@@ -135,6 +209,17 @@ impl Client {
         } else {
             0
         };
+        self.read_with(shared, key, node, r, pr).await
+    }
+
+    async fn read_with(
+        &mut self,
+        shared: &Arc<Shared>,
+        key: &str,
+        node: &str,
+        r: usize,
+        pr: usize,
+    ) {
         let trace = shared.net.trace.clone();
         shared.history.lock().expect("history").reads += 1;
         let Some(coordinator) = shared.net.wait_running(node, None).await else {
@@ -162,7 +247,17 @@ impl Client {
                 let mut history = shared.history.lock().expect("history");
                 history.reads_ok += 1;
                 (shared.on_read)(key, &object, &mut history);
-                self.contexts.insert(key.to_string(), object.context());
+                // Shown: every value the read returned, and what its writer knew.
+                let mut shown = BTreeSet::new();
+                for sibling in object.values() {
+                    if let Some(w) = id_of(&sibling.value).and_then(|id| history.writes.get(&id)) {
+                        shown.insert(w.id);
+                        shown.extend(&w.knew);
+                    }
+                }
+                let context = object.context();
+                self.contexts
+                    .insert(key.to_string(), Held { context, shown });
             }
             Ok(Err(e)) => trace.log(format!(
                 "client{} get {key} r={r} at {node}: {e}",
@@ -182,11 +277,27 @@ impl Client {
         } else {
             0
         };
-        let context = if self.rng.random_bool(0.8) {
-            self.contexts.get(key).cloned().unwrap_or_default()
-        } else {
-            Context::default()
+        let with_context = self.rng.random_bool(0.8);
+        self.write_with(shared, key, node, delete, w, pw, with_context)
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn write_with(
+        &mut self,
+        shared: &Arc<Shared>,
+        key: &str,
+        node: &str,
+        delete: bool,
+        w: usize,
+        pw: usize,
+        with_context: bool,
+    ) {
+        let held = match with_context {
+            true => self.contexts.get(key).cloned().unwrap_or_default(),
+            false => Held::default(),
         };
+        let context = held.context;
         let id = {
             let mut next = shared.next_id.lock().expect("ids");
             *next += 1;
@@ -198,6 +309,7 @@ impl Client {
             key: key.to_string(),
             deleted: delete,
             context: context.clone(),
+            knew: held.shown.clone(),
             w,
             node: node.to_string(),
             invoked_ms: trace.now_ms(),
@@ -246,9 +358,9 @@ impl Client {
                 )
                 .await;
             // Checked in the same poll as the acknowledgement: nothing else ran since.
-            if let Ok(object) = &result {
+            if let Ok(written) = &result {
                 let mut violations = Vec::new();
-                (shared2.on_ack)(&write2, object, &mut violations);
+                (shared2.on_ack)(&write2, &written.object, &mut violations);
                 shared2
                     .history
                     .lock()
@@ -260,20 +372,31 @@ impl Client {
         });
         coordinator.own(task.abort_handle());
         match rx.await {
-            Ok(Ok(object)) => {
-                let Some(dot) = dot_of(&object, id) else {
-                    shared.history.lock().expect("history").violations.push(format!("write w{id} on {key} was acknowledged with a state that lacks it: {object:?}"));
+            Ok(Ok(Written {
+                object,
+                dot,
+                context,
+            })) => {
+                let holds = object
+                    .dotted_values()
+                    .iter()
+                    .any(|&(a, c, v)| (a, c) == dot && v.value == value_of(id));
+                if !holds {
+                    shared.history.lock().expect("history").violations.push(format!("write w{id} on {key} was acknowledged with dot {dot:?} and a state that lacks it: {object:?}"));
                     set(Outcome::Indeterminate("acked without its value".into()));
                     return;
-                };
+                }
                 trace.log(format!(
                     "client{} {what} {key} w{id} w={w} at {node}: ok {dot:?}",
                     self.index
                 ));
                 set(Outcome::Acked(dot));
-                self.contexts.insert(key.to_string(), object.context());
+                let mut shown = held.shown;
+                shown.insert(id);
+                self.contexts
+                    .insert(key.to_string(), Held { context, shown });
             }
-            Ok(Err(CoordinatorError::TooManySiblings(m))) => {
+            Ok(Err(CoordinatorError::Refused { message: m, .. })) => {
                 trace.log(format!(
                     "client{} {what} {key} w{id} at {node}: refused {m}",
                     self.index

@@ -21,6 +21,7 @@
 //! fsync goes through [`JournalFsync`] rather than fjall's `persist`, which would stall
 //! every writer for the length of each fsync; see there for why that is safe.
 
+use super::journal_mark::JournalMark;
 use super::sync::{Persist, Syncer};
 use super::{
     check_key, check_name, lock, read, write, MerkleTree, PartitionId, Storage, StorageError,
@@ -52,6 +53,8 @@ pub struct FjallStorage {
     /// bounded by the layer above) so `hint_owners` costs no disk read. Its lock is held
     /// across the existence check and the write of a hint so the counts stay exact.
     hint_counts: Mutex<BTreeMap<String, u64>>,
+    /// Set when the journal replayed short of the last fsynced write mark.
+    journal_damage: Option<String>,
 }
 
 /// The lock of a partition serialises its writers, so "read the old object, write the
@@ -94,6 +97,7 @@ impl FjallStorage {
         prepare_dir(dir)?;
         let db = Database::builder(dir.join(DB_DIR))
             .cache_size(cache_bytes)
+            .max_cached_files(Some(MAX_OPEN_TABLE_FILES))
             .open()
             .map_err(|e| match e {
                 fjall::Error::Locked => StorageError::Locked(dir.to_owned()),
@@ -117,15 +121,24 @@ impl FjallStorage {
             *hint_counts.entry(owner.to_owned()).or_default() += 1;
         }
 
+        let (mut mark, journal_damage) = JournalMark::open(dir, &meta)?;
         let persist: Persist = {
             let mut journal = JournalFsync {
                 db: db.clone(),
                 dir: dir.join(DB_DIR),
                 active: None,
             };
-            Box::new(move || journal.fsync())
+            Box::new(move || {
+                let covered = mark.before_fsync()?;
+                journal.fsync()?;
+                if let Some(m) = covered {
+                    mark.after_fsync(m);
+                }
+                Ok(())
+            })
         };
         Ok(Self {
+            journal_damage,
             syncer: Syncer::start(sync, persist)?,
             objects,
             hints,
@@ -133,6 +146,12 @@ impl FjallStorage {
             indexes: Default::default(),
             hint_counts: Mutex::new(hint_counts),
         })
+    }
+
+    /// Why the journal lost writes that were fsynced before the last stop, if it did (see
+    /// `journal_mark`). Reported once per open; the next fsync moves the mark on.
+    pub fn journal_damage(&self) -> Option<&str> {
+        self.journal_damage.as_deref()
     }
 
     fn index(&self, partition: PartitionId) -> Arc<Mutex<PartitionIndex>> {
@@ -163,6 +182,10 @@ impl FjallStorage {
         Ok(idx)
     }
 }
+
+/// Table files fjall keeps open at most; the node keeps this many descriptors (and some)
+/// out of reach of client connections (see `http_server::connection_budget`).
+pub const MAX_OPEN_TABLE_FILES: usize = 512;
 
 /// fjall's default memtable size.
 pub const DEFAULT_MEMTABLE_BYTES: u64 = 64 * 1024 * 1024;

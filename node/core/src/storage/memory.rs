@@ -28,12 +28,28 @@ pub struct MemoryStorage {
     partitions: RwLock<HashMap<PartitionId, Arc<Mutex<Partition>>>>,
     meta: Mutex<BTreeMap<String, Vec<u8>>>,
     hints: Mutex<HintMap>,
+    /// A failing disk, for tests and the simulation: while set, every write fails with
+    /// this I/O error and changes nothing.
+    write_failure: Mutex<Option<String>>,
 }
 
 impl MemoryStorage {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Makes every write fail with an I/O error carrying `reason` (a full disk, a dead
+    /// device), or with `None` work again.
+    pub fn set_write_failure(&self, reason: Option<&str>) {
+        *lock(&self.write_failure) = reason.map(str::to_string);
+    }
+
+    fn check_writable(&self) -> Result<(), StorageError> {
+        match &*lock(&self.write_failure) {
+            Some(reason) => Err(StorageError::Io(std::io::Error::other(reason.clone()))),
+            None => Ok(()),
+        }
     }
 
     fn partition(&self, partition: PartitionId) -> Option<Arc<Mutex<Partition>>> {
@@ -61,6 +77,7 @@ impl Storage for MemoryStorage {
 
     fn put(&self, partition: PartitionId, key: &[u8], object: &[u8]) -> Result<(), StorageError> {
         check_key(key)?;
+        self.check_writable()?;
         let p = self.partition_or_create(partition);
         let mut p = lock(&p);
         let old = p.objects.insert(key.to_vec(), object.to_vec());
@@ -70,6 +87,7 @@ impl Storage for MemoryStorage {
 
     fn remove(&self, partition: PartitionId, key: &[u8]) -> Result<(), StorageError> {
         check_key(key)?;
+        self.check_writable()?;
         if let Some(p) = self.partition(partition) {
             let mut p = lock(&p);
             if let Some(old) = p.objects.remove(key) {
@@ -130,6 +148,7 @@ impl Storage for MemoryStorage {
 
     fn meta_put(&self, key: &str, value: &[u8]) -> Result<(), StorageError> {
         check_name("metadata key", key)?;
+        self.check_writable()?;
         lock(&self.meta).insert(key.to_owned(), value.to_vec());
         Ok(())
     }
@@ -143,6 +162,7 @@ impl Storage for MemoryStorage {
     ) -> Result<(), StorageError> {
         check_name("hint owner", owner)?;
         check_key(key)?;
+        self.check_writable()?;
         lock(&self.hints).insert((owner.to_owned(), partition, key.to_vec()), object.to_vec());
         Ok(())
     }
@@ -169,6 +189,7 @@ impl Storage for MemoryStorage {
     ) -> Result<(), StorageError> {
         check_name("hint owner", owner)?;
         check_key(key)?;
+        self.check_writable()?;
         lock(&self.hints).remove(&(owner.to_owned(), partition, key.to_vec()));
         Ok(())
     }

@@ -17,16 +17,19 @@
 //! `meta_put` and `flush` are fsynced on return in both modes.
 
 mod fjall_store;
+pub mod journal_mark;
 mod memory;
 pub mod merkle;
+mod monitored;
 mod sync;
 
 #[cfg(test)]
 mod tests;
 
-pub use fjall_store::FjallStorage;
+pub use fjall_store::{FjallStorage, MAX_OPEN_TABLE_FILES};
 pub use memory::MemoryStorage;
 pub use merkle::MerkleTree;
+pub use monitored::{Monitored, StorageHealth};
 
 use std::path::PathBuf;
 use std::sync::PoisonError;
@@ -65,6 +68,10 @@ pub enum StorageError {
     /// disk is no longer known. Restarting recovers from the journal.
     #[error("storage is closed after an earlier write failure; restart the node")]
     Closed,
+    /// Refused without trying: an earlier error showed the engine failing (see
+    /// [`Monitored`]); the reason is that error.
+    #[error("storage failed earlier ({0}); writes are refused until it recovers")]
+    Failed(String),
     /// A key, owner or metadata name over its limit.
     #[error("{what} is {len} bytes, over the limit of {max}")]
     TooLong {

@@ -593,7 +593,7 @@ pub async fn run_data<S: Storage, P: Peers>(
 /// status the answer corresponds to (200, 400, 409, 503).
 fn record(metrics: &Metrics, op: &'static str, reply: &Reply, started: Instant) {
     let status = match reply {
-        Reply::Error(e) if e.starts_with("QUORUM") => 503,
+        Reply::Error(e) if e.starts_with("QUORUM") || e.starts_with("TRYAGAIN") => 503,
         Reply::Error(e) if e.starts_with("TOOMANYSIBLINGS") => 409,
         Reply::Error(_) => 400,
         _ => 200,
@@ -619,7 +619,14 @@ fn coordinator_error(e: CoordinatorError) -> Reply {
         CoordinatorError::Unavailable { needed, replied, .. } => Reply::error(format!(
             "QUORUM needed {needed} replied {replied}: {e}; a write that failed so may still have reached some replicas"
         )),
-        CoordinatorError::TooManySiblings(message) => Reply::error(format!("TOOMANYSIBLINGS {message}")),
+        // A limit refused at the minting replica, nothing stored: the sibling bound has
+        // its own code; the others (an over-large object, too many actors) are bad input.
+        CoordinatorError::Refused { code, message } if code == "too_many_siblings" => {
+            Reply::error(format!("TOOMANYSIBLINGS {message}"))
+        }
+        CoordinatorError::Refused { code, message } => Reply::error(format!("ERR {code}: {message}")),
+        // Redis's word for "not now, not here": another node can serve it.
+        CoordinatorError::StorageFailed(_) => Reply::error(format!("TRYAGAIN {e}")),
     }
 }
 

@@ -111,6 +111,7 @@ async fn slow_cluster(
                 actor_seed: i as u64,
                 ring_size: 64,
                 max_siblings: 3,
+                max_object_bytes: chorus_core::object::WRITE_MAX_OBJECT_BYTES,
                 warn_siblings: 3,
                 max_hints_per_owner: 100,
             };

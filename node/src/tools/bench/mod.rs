@@ -849,11 +849,14 @@ struct Shared {
     start: Instant,
     measure_start: Instant,
     measure_end: Instant,
-    /// The latest context any worker got for each key. A write
-    /// carries it, like an application that reads (or remembers) before it writes, so a
-    /// key's siblings are only the writes that were truly concurrent. With per-worker
-    /// contexts, 64 workers writing the same keys left about 11 siblings per key, and every
-    /// write then read, merged and stored all of them: a workload no real client makes.
+    /// For each key, the join of the contexts the workers got (the workers act as one
+    /// application sharing what it was shown). A write carries it, like an application
+    /// that reads (or remembers) before it writes, so a key's siblings are only the writes
+    /// that were truly concurrent. With per-worker contexts, 64 workers writing the same
+    /// keys left about 11 siblings per key, and every write then read, merged and stored
+    /// all of them: a workload no real client makes. Joined rather than replaced because a
+    /// write's answer covers only its request and itself: the latest answer alone would
+    /// leave a concurrent worker's write as a sibling.
     contexts: Mutex<ContextCache>,
 }
 
@@ -878,6 +881,19 @@ impl ContextCache {
             }
         }
         self.map.insert(key, context);
+    }
+}
+
+/// The join of two chorus context tokens: everything either says its client was shown
+/// (the newer token alone when the other does not decode, e.g. another target's).
+fn join_tokens(known: Option<&str>, new: &str) -> String {
+    use chorus_core::causality::Context;
+    match known.map(Context::decode) {
+        Some(Ok(known)) => match Context::decode(new) {
+            Ok(new) => known.join(&new).encode(),
+            Err(_) => new.to_string(),
+        },
+        _ => new.to_string(),
     }
 }
 
@@ -985,11 +1001,21 @@ impl Worker {
         match &answer.result {
             Ok(success) => {
                 if let Some(ctx) = &success.context {
+                    let known = shared
+                        .contexts
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .map
+                        .get(&key_index)
+                        .cloned();
+                    // Joined outside the lock; a join lost to a concurrent one only makes
+                    // the next write cover less (a sibling, never a loss).
+                    let joined = join_tokens(known.as_deref(), ctx);
                     shared
                         .contexts
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
-                        .insert(key_index, ctx.clone());
+                        .insert(key_index, joined);
                 }
             }
             Err(failure) if failure.connect => {
@@ -1397,6 +1423,18 @@ mod tests {
         let body = br#"{"context":"c","siblings":[{"value":"dzEtMS0=","content_type":"x"},{"value":"dzItMi0="}]}"#;
         assert_eq!(sibling_values(body).unwrap(), vec!["w1-1-", "w2-2-"]);
         assert!(sibling_values(b"{}").is_err());
+    }
+
+    #[test]
+    fn shared_contexts_join_what_the_workers_were_shown() {
+        use chorus_core::causality::{ActorId, Context};
+        let (a, b) = (ActorId(1), ActorId(2));
+        let one = Context::default().with_dot((a, 4)).encode();
+        let two = Context::default().with_dot((b, 9)).encode();
+        let joined = Context::decode(&join_tokens(Some(&one), &two)).unwrap();
+        assert!(joined.covers((a, 4)) && joined.covers((b, 9)) && !joined.covers((a, 3)));
+        assert_eq!(join_tokens(None, &two), two);
+        assert_eq!(join_tokens(Some("not a token"), &two), two);
     }
 
     #[test]

@@ -4,12 +4,15 @@
 //! every key (`GET /local/kv`). Reports, and fails (exit 1) on the first three:
 //!
 //! - **lost** acknowledged writes: an acked put whose value is not in the merged final
-//!   state and that no acknowledged write superseded. Superseded is decided with the
-//!   contexts: the put's answer context is the version vector of the state that first held
-//!   its dot, so every state that has seen that dot descends it (vectors only grow by
-//!   union); a later write whose request context descends it saw the put. A put whose
-//!   answer context is not strictly newer than its request context minted no version at
-//!   all, and is lost unless its value is present.
+//!   state and that no write superseded *by observation* (`observed`): a write supersedes
+//!   it only if its client had been shown it, directly (a read returned it, or it was the
+//!   session's own write) or transitively (shown a value whose writer had been shown it).
+//!   The contexts the server handed out are not taken as proof: a context that covers a
+//!   value its client was never shown is exactly the bug this catches (issue 14). For
+//!   each lost put the report names the write whose context covered it (the likely
+//!   dropper) and what that write's client had been shown. A put whose answer context
+//!   holds no version its request's did not was not minted at all (a node that acks
+//!   without storing), and is lost unless its value is present.
 //! - **phantom** values: read or stored, but never written by any client.
 //! - **divergent** keys: primaries that still hold different states (or a fallback holding
 //!   something the primaries lack) after the convergence deadline.
@@ -17,7 +20,8 @@
 //! and, as figures: sibling counts, unavailable requests and latency per fault phase and
 //! per fault window, and read-your-writes / monotonic-reads violations per session.
 //! The analysis ([`analyze`]) is a pure function of its inputs and unit-tested; `run` only
-//! gathers them over HTTP and writes `report.md` and `summary.json`.
+//! gathers them over HTTP and writes `report.md` and `summary.json`. Contexts are decoded
+//! only to accuse (name a dropper, tell whether a read saw a write), never to excuse.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
@@ -29,34 +33,36 @@ use serde_json::{json, Value};
 
 use crate::cli::{CheckArgs, CliError, CliResult};
 use crate::tools::bench::parse_duration;
+use crate::tools::chaos::observed;
 use crate::tools::chaos::workload::HistoryLine;
 use chorus_api::client::{self as http_client, BaseUrl, HttpClient};
 use chorus_core::causality::Context;
 
-/// A version vector as the checker handles it: actor id to counter.
-pub type Vv = BTreeMap<u64, u64>;
-
-/// Decodes a context token; `None` (no token) is the empty vector, an undecodable token is
-/// `None` (treated as having seen nothing).
-pub fn vv_of(token: Option<&str>) -> Option<Vv> {
+/// Decodes a context token: no token (or an empty one) is the empty context, an
+/// undecodable token is `None` (treated as having seen nothing).
+pub fn context_of(token: Option<&str>) -> Option<Context> {
     match token {
-        None | Some("") => Some(Vv::new()),
-        Some(t) => Context::decode(t)
-            .ok()
-            .map(|c| c.entries().iter().map(|(a, n)| (a.0, *n)).collect()),
+        None | Some("") => Some(Context::default()),
+        Some(t) => Context::decode(t).ok(),
     }
 }
 
-pub fn descends(a: &Vv, b: &Vv) -> bool {
-    b.iter()
-        .all(|(actor, n)| a.get(actor).copied().unwrap_or(0) >= *n)
+/// True when `seen` covers every version the answer `out` added over its request
+/// `ctx_in`: exactly the write's new dot for a dotted answer, the state's newer vector
+/// entries for a whole-vector one.
+fn covers_added(seen: &Context, ctx_in: &Context, out: &Context) -> bool {
+    out.entries()
+        .iter()
+        .all(|&(actor, n)| n <= ctx_in.counter(actor) || seen.counter(actor) >= n)
+        && out
+            .extra_dots()
+            .iter()
+            .all(|&dot| ctx_in.covers(dot) || seen.covers(dot))
 }
 
-fn join(a: &mut Vv, b: &Vv) {
-    for (actor, n) in b {
-        let e = a.entry(*actor).or_insert(0);
-        *e = (*e).max(*n);
-    }
+/// True when an answer context holds a version its request's did not (a write minted).
+fn minted(ctx_in: &Context, out: &Context) -> bool {
+    out.descends(ctx_in) && !ctx_in.descends(out)
 }
 
 /// One fault window from `faults.jsonl`.
@@ -77,7 +83,7 @@ pub struct FinalKey {
     /// Live (not deleted) values held by any replica.
     pub values: BTreeSet<String>,
     /// The join of every replica's context.
-    pub context: Vv,
+    pub context: Context,
     /// Live siblings on the primaries (when they agree).
     pub siblings: usize,
     /// Whether the replicas agree (see the module doc).
@@ -95,6 +101,11 @@ pub struct Summary {
     pub acked_puts: usize,
     pub lost: usize,
     pub lost_examples: Vec<String>,
+    /// Every lost acked put, with the write that likely dropped it.
+    pub lost_writes: Vec<LostWrite>,
+    /// Writes whose context no earlier answer of their session had given (a workload
+    /// bug: such a write is taken to have been shown nothing).
+    pub unmatched_contexts: usize,
     /// Lost acked puts by the node that acknowledged them.
     pub lost_by_node: BTreeMap<String, usize>,
     pub phantom: usize,
@@ -124,6 +135,28 @@ pub struct Summary {
 impl Summary {
     pub fn passed(&self) -> bool {
         self.lost == 0 && self.phantom == 0 && self.divergent == 0 && self.errors.is_empty()
+    }
+}
+
+/// One lost acknowledged put: where it was written and why the checker calls it lost.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+pub struct LostWrite {
+    pub key: String,
+    pub value: String,
+    pub session: usize,
+    pub node: String,
+    pub start_ms: f64,
+    /// What dropped it, and what that write's client had been shown.
+    pub why: String,
+}
+
+impl std::fmt::Display for LostWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} = {} (session {} via {} at {:.0} ms): {}",
+            self.key, self.value, self.session, self.node, self.start_ms, self.why
+        )
     }
 }
 
@@ -208,64 +241,7 @@ pub fn analyze(
         .filter_map(|h| h.value.as_deref())
         .collect();
 
-    // Writes that may have been applied, by key, with their request contexts.
-    let mut writers: HashMap<&str, Vec<(&HistoryLine, Vv)>> = HashMap::new();
-    for h in history
-        .iter()
-        .filter(|h| is_write(&h.op) && h.outcome != "fail")
-    {
-        if let Some(vv) = vv_of(h.context_in.as_deref()) {
-            writers.entry(h.key.as_str()).or_default().push((h, vv));
-        }
-    }
-
-    // Lost acknowledged puts.
-    for h in history
-        .iter()
-        .filter(|h| h.op == "put" && h.outcome == "ok")
-    {
-        s.acked_puts += 1;
-        let Some(value) = h.value.as_deref() else {
-            continue;
-        };
-        let fin = finals.get(&h.key);
-        if fin.is_some_and(|f| f.values.contains(value)) {
-            s.present += 1;
-            continue;
-        }
-        let input = vv_of(h.context_in.as_deref()).unwrap_or_default();
-        let output = vv_of(h.context_out.as_deref()).filter(|o| descends(o, &input) && o != &input);
-        let verdict = match output {
-            None => Err("acknowledged without a new version (its answer context is not newer than its request's)"),
-            Some(out) => {
-                let saw = |(w, vv): &&(&HistoryLine, Vv)| !(w.session == h.session && w.seq == h.seq) && descends(vv, &out);
-                let candidates = writers.get(h.key.as_str()).map(Vec::as_slice).unwrap_or(&[]);
-                if candidates.iter().filter(saw).any(|(w, _)| w.outcome == "ok") {
-                    Ok(true)
-                } else if candidates.iter().any(|c| saw(&c)) {
-                    Ok(false)
-                } else if fin.is_some_and(|f| descends(&f.context, &out)) {
-                    Err("gone from the final state, though no client write saw it")
-                } else {
-                    Err("the final state never saw its version")
-                }
-            }
-        };
-        match verdict {
-            Ok(true) => s.superseded_by_acked += 1,
-            Ok(false) => s.superseded_by_unknown += 1,
-            Err(why) => {
-                s.lost += 1;
-                *s.lost_by_node.entry(h.node.clone()).or_insert(0) += 1;
-                if s.lost_examples.len() < 10 {
-                    s.lost_examples.push(format!(
-                        "{} = {} (session {} via {} at {:.0} ms): {why}",
-                        h.key, value, h.session, h.node, h.start_ms
-                    ));
-                }
-            }
-        }
-    }
+    lost_puts(history, finals, &mut s);
     s.acked_writes = history
         .iter()
         .filter(|h| is_write(&h.op) && h.outcome == "ok")
@@ -322,33 +298,33 @@ pub fn analyze(
         ops.sort_by_key(|h| h.seq);
         // This session's last acked write of the key: its value (none for a delete), its
         // answer context, and whether that context holds a version the request's did not.
-        let mut my_write: Option<(Option<&str>, Vv, bool)> = None;
-        let mut last_read: Option<Vv> = None;
+        let mut my_write: Option<(Option<&str>, Context, Context)> = None;
+        let mut last_read: Option<Context> = None;
         for h in ops.iter() {
             if h.outcome != "ok" {
                 continue;
             }
             if is_write(&h.op) {
-                let input = vv_of(h.context_in.as_deref()).unwrap_or_default();
-                let output = vv_of(h.context_out.as_deref()).unwrap_or_default();
-                let minted = descends(&output, &input) && output != input;
-                my_write = Some((h.value.as_deref(), output, minted));
+                let input = context_of(h.context_in.as_deref()).unwrap_or_default();
+                let output = context_of(h.context_out.as_deref()).unwrap_or_default();
+                my_write = Some((h.value.as_deref(), input, output));
                 continue;
             }
-            let Some(seen) = vv_of(h.context_out.as_deref()) else {
+            let Some(seen) = context_of(h.context_out.as_deref()) else {
                 continue;
             };
-            if let Some((value, out, minted)) = &my_write {
+            if let Some((value, input, out)) = &my_write {
                 s.ryw_checked += 1;
                 // The read returned the write's value, or saw its version (or a successor).
                 let read_it = value.is_some_and(|v| h.values.iter().flatten().any(|x| x == v));
-                if !read_it && !(*minted && descends(&seen, out)) {
+                let saw_version = minted(input, out) && covers_added(&seen, input, out);
+                if !(read_it || saw_version) {
                     s.ryw_violations += 1;
                 }
             }
             if let Some(r) = &last_read {
                 s.monotonic_checked += 1;
-                if !descends(&seen, r) {
+                if !seen.descends(r) {
                     s.monotonic_violations += 1;
                 }
             }
@@ -420,6 +396,106 @@ pub fn analyze(
     s
 }
 
+/// Lost acknowledged puts, by observation (see the module doc), key by key.
+fn lost_puts(history: &[HistoryLine], finals: &HashMap<String, FinalKey>, s: &mut Summary) {
+    let mut by_key: BTreeMap<&str, Vec<&HistoryLine>> = BTreeMap::new();
+    for h in history {
+        by_key.entry(h.key.as_str()).or_default().push(h);
+    }
+    for (key, ops) in by_key {
+        let known = observed::knowledge(&ops);
+        s.unmatched_contexts += known.unmatched;
+        let fin = finals.get(key);
+        for (u, h) in known.writes.iter().enumerate() {
+            if h.op != "put" || h.outcome != "ok" {
+                continue;
+            }
+            s.acked_puts += 1;
+            let Some(value) = h.value.as_deref() else {
+                continue;
+            };
+            if fin.is_some_and(|f| f.values.contains(value)) {
+                s.present += 1;
+                continue;
+            }
+            let knew = |outcome: &str| {
+                known
+                    .writes
+                    .iter()
+                    .zip(&known.knew)
+                    .any(|(w, k)| w.outcome == outcome && k.contains(u))
+            };
+            let input = context_of(h.context_in.as_deref()).unwrap_or_default();
+            let out = context_of(h.context_out.as_deref()).unwrap_or_default();
+            let why = if !minted(&input, &out) {
+                "acknowledged without a new version (its answer context holds none its request's did not)".to_string()
+            } else if knew("ok") {
+                s.superseded_by_acked += 1;
+                continue;
+            } else if knew("unknown") {
+                s.superseded_by_unknown += 1;
+                continue;
+            } else {
+                dropped_by(&known, u, &input, &out)
+            };
+            s.lost += 1;
+            *s.lost_by_node.entry(h.node.clone()).or_insert(0) += 1;
+            let lost = LostWrite {
+                key: key.to_string(),
+                value: value.to_string(),
+                session: h.session,
+                node: h.node.clone(),
+                start_ms: h.start_ms,
+                why,
+            };
+            if s.lost_examples.len() < 10 {
+                s.lost_examples.push(lost.to_string());
+            }
+            s.lost_writes.push(lost);
+        }
+    }
+    if s.unmatched_contexts > 0 {
+        s.errors.push(format!(
+            "{} writes carried a context their session had not been given (a workload bug)",
+            s.unmatched_contexts
+        ));
+    }
+}
+
+/// Why a put no client was shown is gone: the first later write whose request context
+/// covered its version (contexts used only to accuse), and what that write's client had
+/// actually been shown.
+fn dropped_by(known: &observed::KeyKnowledge, u: usize, input: &Context, out: &Context) -> String {
+    let put = known.writes[u];
+    let dropper = known
+        .writes
+        .iter()
+        .zip(&known.knew)
+        .filter(|(w, _)| w.outcome != "fail" && w.start_ms > put.start_ms)
+        .find(|(w, _)| {
+            context_of(w.context_in.as_deref()).is_some_and(|ctx| covers_added(&ctx, input, out))
+        });
+    let Some((w, knew)) = dropper else {
+        return "no client was shown it, and no write's context covered it: dropped by a replica or a merge".to_string();
+    };
+    let mut shown = known.names(knew);
+    let more = shown.len().saturating_sub(8);
+    shown.truncate(8);
+    let what = match &w.value {
+        Some(v) => format!("put {v}"),
+        None => format!("a delete (session {} #{})", w.session, w.seq),
+    };
+    format!(
+        "no client was shown it; dropped by {what} (session {} via {} at {:.0} ms, {}), whose context covered it though its client had been shown {}{}",
+        w.session,
+        w.node,
+        w.start_ms,
+        w.outcome,
+        if shown.is_empty() { "nothing".to_string() } else { format!("only [{}]", shown.join(", ")) },
+        if more > 0 { format!(" and {more} more") } else { String::new() }
+    )
+}
+
 /// The report a person reads: `report.md`.
 pub fn markdown(s: &Summary, faults: &[FaultWindow]) -> String {
     let mut out = String::new();
@@ -477,8 +553,13 @@ pub fn markdown(s: &Summary, faults: &[FaultWindow]) -> String {
     for e in &s.errors {
         let _ = writeln!(out, "| error | {e} |");
     }
+    if !s.lost_writes.is_empty() {
+        let _ = writeln!(out, "\n## Lost writes ({})\n", s.lost_writes.len());
+        for l in &s.lost_writes {
+            let _ = writeln!(out, "- {l}");
+        }
+    }
     for (title, list) in [
-        ("Lost writes", &s.lost_examples),
         ("Phantom values", &s.phantom_examples),
         ("Divergent keys", &s.divergent_examples),
     ] {
@@ -783,10 +864,9 @@ impl Cluster {
 fn final_key(primaries: &[String], states: &BTreeMap<String, Option<LocalState>>) -> FinalKey {
     let mut fin = FinalKey::default();
     for state in states.values().flatten() {
-        join(
-            &mut fin.context,
-            &vv_of(Some(&state.context)).unwrap_or_default(),
-        );
+        fin.context = fin
+            .context
+            .join(&context_of(Some(&state.context)).unwrap_or_default());
         fin.values.extend(
             state
                 .siblings
@@ -801,16 +881,16 @@ fn final_key(primaries: &[String], states: &BTreeMap<String, Option<LocalState>>
         .collect();
     let first = primary_states.first().copied().cloned().flatten();
     let agree = primary_states.iter().all(|s| **s == first);
-    let primary_vv = first
+    let primary_context = first
         .as_ref()
-        .and_then(|s| vv_of(Some(&s.context)))
+        .and_then(|s| context_of(Some(&s.context)))
         .unwrap_or_default();
     let stray: Vec<&String> = states
         .iter()
         .filter(|(name, s)| {
             !primaries.contains(name)
                 && s.as_ref().is_some_and(|s| {
-                    !descends(&primary_vv, &vv_of(Some(&s.context)).unwrap_or_default())
+                    !primary_context.descends(&context_of(Some(&s.context)).unwrap_or_default())
                 })
         })
         .map(|(name, _)| name)
@@ -869,6 +949,11 @@ fn run_description(dir: &Path) -> Option<String> {
     let skipped = list(&config["skipped"]);
     if !skipped.is_empty() {
         line.push_str(&format!(" Skipped (need root): {skipped}."));
+    }
+    if config["old_answer_context"].as_bool() == Some(true) {
+        line.push_str(
+            " **Every node answers writes with the first build's context (issue 14's bug).**",
+        );
     }
     if config["broken_node"].as_bool() == Some(true) {
         line.push_str(&format!(
@@ -1006,7 +1091,7 @@ pub fn run(args: CheckArgs) -> CliResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chorus_core::causality::ActorId;
+    use chorus_core::causality::{ActorId, Context};
     use chorus_core::object::{Object, Sibling};
 
     fn value(v: &str) -> Sibling {
@@ -1065,7 +1150,7 @@ mod tests {
                 .filter(|s| !s.deleted)
                 .map(|s| String::from_utf8_lossy(&s.value).into_owned())
                 .collect(),
-            context: vv_of(Some(&obj.context().encode())).unwrap(),
+            context: obj.context(),
             siblings: obj.values().iter().filter(|s| !s.deleted).count(),
             converged: true,
             divergence: None,
@@ -1142,22 +1227,99 @@ mod tests {
         ];
         let s = analyze(&history, &[], &HashMap::from([("k".to_string(), fin(&o2))]));
         assert_eq!(s.lost, 1, "{s:?}");
-        assert!(s.lost_examples[0].contains("no client write saw it"));
+        assert!(s.lost_examples[0]
+            .contains("no client was shown it, and no write's context covered it"));
         assert!(!s.passed());
-        // A superseding write of unknown outcome (a 503 that reached a replica) excuses it.
+        // A superseding write of unknown outcome (a 503 that reached a replica) whose
+        // client had read s0-0 excuses it.
         let mut history = history;
+        history.push(get(2, 2, "k", &["s0-0"], &o1));
         history.push(line(
             2,
-            2,
+            3,
             "put",
             "k",
-            Some("s2-2"),
+            Some("s2-3"),
             "unknown",
             Some(o1.context().encode()),
             None,
         ));
         let s = analyze(&history, &[], &HashMap::from([("k".to_string(), fin(&o2))]));
         assert_eq!((s.lost, s.superseded_by_unknown), (0, 1), "{s:?}");
+        // A context the session was never given proves nothing, and is reported.
+        history.remove(2);
+        let s = analyze(&history, &[], &HashMap::from([("k".to_string(), fin(&o2))]));
+        assert_eq!((s.lost, s.unmatched_contexts), (1, 1), "{s:?}");
+        assert!(!s.passed());
+    }
+
+    /// Issue 14's trace: session 3 writes s3-9 blind; session 4 writes s4-21 blind and
+    /// its answer context covers s3-9 (the first build answered with the whole state's
+    /// vector); session 4 writes s4-32 with that context and s3-9 is gone, though no
+    /// client was ever shown it. Contexts would call it superseded; observation does not.
+    #[test]
+    fn a_value_dropped_by_a_context_that_covered_it_unseen_is_lost() {
+        let (a, b) = (ActorId(7), ActorId(8));
+        let o1 = Object::new().update(&Default::default(), a, value("s3-9"));
+        let o2 = o1.update(&Default::default(), b, value("s4-21"));
+        let run = |answer: Context| {
+            let o3 = o2.update(&answer, b, value("s4-32"));
+            let history = vec![
+                line(
+                    3,
+                    9,
+                    "put",
+                    "k",
+                    Some("s3-9"),
+                    "ok",
+                    None,
+                    Some(o1.context().encode()),
+                ),
+                line(
+                    4,
+                    21,
+                    "put",
+                    "k",
+                    Some("s4-21"),
+                    "ok",
+                    None,
+                    Some(answer.encode()),
+                ),
+                line(
+                    4,
+                    32,
+                    "put",
+                    "k",
+                    Some("s4-32"),
+                    "ok",
+                    Some(answer.encode()),
+                    Some(o3.context().encode()),
+                ),
+            ];
+            analyze(&history, &[], &HashMap::from([("k".to_string(), fin(&o3))]))
+        };
+        let s = run(o2.context());
+        assert_eq!(s.lost, 1, "{s:?}");
+        let why = &s.lost_writes[0];
+        assert_eq!((why.value.as_str(), why.session), ("s3-9", 3));
+        assert!(
+            why.why.contains("dropped by put s4-32 (session 4"),
+            "{}",
+            why.why
+        );
+        assert!(
+            why.why.contains("had been shown only [s4-21]"),
+            "{}",
+            why.why
+        );
+        assert!(markdown(&s, &[]).contains("## Lost writes (1)"));
+        // The dotted answer: s3-9 stays next to s4-32, which superseded its own s4-21.
+        let s = run(o2.write_answer(&Context::default(), (b, 1)));
+        assert_eq!(
+            (s.lost, s.present, s.superseded_by_acked),
+            (0, 2, 1),
+            "{s:?}"
+        );
     }
 
     #[test]

@@ -3,4 +3,5 @@
 //! (`chorus check`) that judges the run from those records alone.
 
 pub mod check;
+pub mod observed;
 pub mod workload;
