@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use chorus_core::storage::SyncMode;
 
 use crate::server::config::{NodeConfig, StartError};
+use crate::server::resp::RespSettings;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -214,6 +215,63 @@ pub struct StartArgs {
     /// when the data directory is created (fjall keeps it with the keyspace).
     #[arg(long, default_value_t = 64)]
     pub memtable_mb: u64,
+    /// The Redis-protocol front (`--resp ADDR` and its options).
+    #[command(flatten)]
+    /// Boxed: it would make `StartArgs` the one large variant of `Command`.
+    pub resp: Box<RespArgs>,
+}
+
+/// `chorus start` flags of the RESP front (flattened into `StartArgs`).
+#[derive(Args, Debug, Clone)]
+pub struct RespArgs {
+    /// Redis-protocol (RESP2/RESP3) listener address (TCP); off unless given. It binds
+    /// exactly there: use 127.0.0.1 unless clients elsewhere must reach it.
+    #[arg(long = "resp", id = "resp", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Require `AUTH <password>` (or `HELLO 3 AUTH default <password>`) on the RESP port,
+    /// like Redis's requirepass.
+    #[arg(long, requires = "resp", conflicts_with = "resp_password_file")]
+    pub resp_password: Option<String>,
+    /// Like --resp-password, read from the first line of this file.
+    #[arg(long, requires = "resp")]
+    pub resp_password_file: Option<PathBuf>,
+    /// The bucket of RESP database 0; database N > 0 (`SELECT N`) is the bucket `db<N>`.
+    #[arg(long, default_value = "db0")]
+    pub resp_bucket: String,
+    /// Read quorum of a new RESP connection: a number, one, quorum or all
+    /// (`CHORUS.CONSISTENCY r=...` changes it per connection).
+    #[arg(long, env = "CHORUS_RESP_R", default_value = "quorum")]
+    pub resp_r: String,
+    /// Write quorum of a new RESP connection (`CHORUS.CONSISTENCY w=...` per connection).
+    #[arg(long, env = "CHORUS_RESP_W", default_value = "quorum")]
+    pub resp_w: String,
+    /// Most RESP connections at once; one more is refused with a clear error.
+    #[arg(long, default_value_t = 1024)]
+    pub resp_max_connections: usize,
+    /// Keys of RESP commands inside the coordinator at once, over all connections; the
+    /// commands of further keys wait their turn (pipelines beyond it gain nothing).
+    #[arg(long, default_value_t = 64)]
+    pub resp_max_in_flight: usize,
+    /// Close a RESP connection idle this many seconds (0: never, as Redis's `timeout 0`).
+    #[arg(long, default_value_t = 0)]
+    pub resp_idle_timeout_s: u64,
+}
+
+impl RespArgs {
+    /// The RESP front's settings as plain data; None without `--resp`.
+    fn settings(&self) -> Option<RespSettings> {
+        Some(RespSettings {
+            listen: self.listen?,
+            password: self.resp_password.clone(),
+            password_file: self.resp_password_file.clone(),
+            bucket: self.resp_bucket.clone(),
+            r: self.resp_r.clone(),
+            w: self.resp_w.clone(),
+            max_connections: self.resp_max_connections,
+            max_in_flight: self.resp_max_in_flight,
+            idle_timeout_s: self.resp_idle_timeout_s,
+        })
+    }
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -257,6 +315,7 @@ impl StartArgs {
             http_max_connections: self.http_max_connections,
             http_header_timeout_ms: self.http_header_timeout_ms,
             http_body_timeout_ms: self.http_body_timeout_ms,
+            resp: self.resp.settings(),
         }
     }
 }

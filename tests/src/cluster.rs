@@ -67,6 +67,8 @@ pub struct TestNode {
     pub name: String,
     pub listen: SocketAddr,
     pub http: SocketAddr,
+    /// The Redis-protocol port (`--resp`), when the cluster was started with `resp`.
+    pub resp: Option<SocketAddr>,
     pub data: PathBuf,
     pub log: PathBuf,
     seeds: Vec<SocketAddr>,
@@ -106,6 +108,9 @@ impl TestNode {
             .arg("--data")
             .arg(&self.data)
             .args(["--gossip-interval-ms", "200"]);
+        if let Some(resp) = self.resp {
+            command.args(["--resp", &resp.to_string()]);
+        }
         if !self.seeds.is_empty() {
             let seeds: Vec<String> = self.seeds.iter().map(ToString::to_string).collect();
             command.args(["--seeds", &seeds.join(",")]);
@@ -205,6 +210,8 @@ pub struct ClusterOptions {
     /// Seed every node with the first node only (else with every other node).
     pub first_node_as_seed: bool,
     pub extra_args: Vec<String>,
+    /// Give every node a Redis-protocol port (`--resp`).
+    pub resp: bool,
 }
 
 impl Default for ClusterOptions {
@@ -213,6 +220,7 @@ impl Default for ClusterOptions {
             nodes: 3,
             first_node_as_seed: false,
             extra_args: Vec::new(),
+            resp: false,
         }
     }
 }
@@ -264,6 +272,9 @@ impl TestCluster {
                 name,
                 listen: listens[i],
                 http: SocketAddr::from(([127, 0, 0, 1], free_port())),
+                resp: options
+                    .resp
+                    .then(|| SocketAddr::from(([127, 0, 0, 1], free_port()))),
                 seeds,
                 certs: Some(certs.clone()),
                 extra_args: options.extra_args.clone(),
@@ -290,6 +301,7 @@ impl TestCluster {
             name: name.to_string(),
             listen: SocketAddr::from(([127, 0, 0, 1], free_port())),
             http: SocketAddr::from(([127, 0, 0, 1], free_port())),
+            resp: None,
             seeds: vec![self.nodes[0].listen],
             certs,
             extra_args,

@@ -275,6 +275,36 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
         pw: usize,
         timeout: Duration,
     ) -> Result<Written, CoordinatorError> {
+        self.write(bucket, key, Some(context), value, (w, pw), timeout)
+            .await
+    }
+
+    /// Writes `value` over whatever the minting replica holds for the key (its own state
+    /// is the context, taken under its key lock): a client that sends no context, like a
+    /// RESP `SET`, replaces its own earlier writes, and only versions minted concurrently
+    /// elsewhere and not yet merged into that replica stay siblings. Otherwise as `put`.
+    pub async fn put_over_current(
+        &self,
+        bucket: &[u8],
+        key: &[u8],
+        value: Sibling,
+        w: usize,
+        pw: usize,
+        timeout: Duration,
+    ) -> Result<Written, CoordinatorError> {
+        self.write(bucket, key, None, value, (w, pw), timeout).await
+    }
+
+    /// `put` and `put_over_current`: `context` None mints over the replica's own state.
+    async fn write(
+        &self,
+        bucket: &[u8],
+        key: &[u8],
+        context: Option<Context>,
+        value: Sibling,
+        (w, pw): (usize, usize),
+        timeout: Duration,
+    ) -> Result<Written, CoordinatorError> {
         if let Some(reason) = self.replica.health().failure() {
             return Err(CoordinatorError::StorageFailed(reason));
         }
@@ -316,9 +346,10 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
             let request = Request::Coordinate {
                 bucket: bucket.to_vec(),
                 key: key.to_vec(),
-                context: context.clone(),
+                context: context.clone().unwrap_or_default(),
                 value: value.clone(),
                 hint_for: target.hint_for.clone(),
+                over_current: context.is_none(),
             };
             match self.call(&target.name, request, remaining).await {
                 Ok(Response::Minted { object, dot }) => stored = Some((target, object, dot)),
@@ -377,7 +408,9 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
         let context = if self.old_answer_context {
             object.context()
         } else {
-            object.write_answer(&context, dot)
+            // Over the replica's own state (a RESP SET), the client was shown nothing: its
+            // answer covers only its own write.
+            object.write_answer(context.as_ref().unwrap_or(&Context::default()), dot)
         };
         Ok(Written {
             object,

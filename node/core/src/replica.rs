@@ -212,9 +212,12 @@ impl<S: Storage> Replica<S> {
                 context,
                 value,
                 hint_for,
-            } => self
-                .coordinate(&bucket, &key, &context, value, hint_for.as_deref())
-                .map(|(object, dot)| Response::Minted { object, dot }),
+                over_current,
+            } => {
+                let context = (!over_current).then_some(&context);
+                self.coordinate(&bucket, &key, context, value, hint_for.as_deref())
+                    .map(|(object, dot)| Response::Minted { object, dot })
+            }
             Request::Merge {
                 bucket,
                 key,
@@ -274,19 +277,21 @@ impl<S: Storage> Replica<S> {
     }
 
     /// The coordinating replica's part of a write: the new value gets a dot of this
-    /// replica's actor, superseding exactly what `context` covers. Persisted before return;
-    /// returns the stored state and the new dot. A fallback (`hint_for` = the unreachable
-    /// owner) records a hint, as in `merge`. Refused, with nothing stored, when the result
-    /// would cross a write limit.
+    /// replica's actor, superseding exactly what `context` covers, or with `None` everything
+    /// this replica holds for the key (read under the same lock as the write, so no version
+    /// that arrives meanwhile is superseded unseen). Persisted before return; returns the
+    /// stored state and the new dot. A fallback (`hint_for` = the unreachable owner) records
+    /// a hint, as in `merge`. Refused, with nothing stored, when the result would cross a
+    /// write limit.
     pub fn coordinate(
         &self,
         bucket: &[u8],
         key: &[u8],
-        context: &Context,
+        context: Option<&Context>,
         value: Sibling,
         hint_for: Option<&str>,
     ) -> Result<(Object, Dot), ReplicaError> {
-        let actors = context.entries().len();
+        let actors = context.map_or(0, |c| c.entries().len());
         if actors > WRITE_MAX_ACTORS {
             return Err(LimitError::ContextActors {
                 count: actors,
@@ -303,7 +308,10 @@ impl<S: Storage> Replica<S> {
             None => Object::new(),
         };
         let actor = self.actor();
-        let updated = current.update(context, actor, value);
+        let updated = match context {
+            Some(context) => current.update(context, actor, value),
+            None => current.update(&current.context(), actor, value),
+        };
         let dot = (actor, updated.counter(actor));
         let encoded = self.write_limits().check(&updated)?;
         let count = updated.sibling_count();
@@ -612,6 +620,8 @@ mod tests {
                     context: Context::default(),
                     value: Sibling::value(b"v".to_vec(), None),
                     hint_for: None,
+                    // Either way of minting: the limits hold for both.
+                    over_current: deleted,
                 },
                 2 => Request::Merge {
                     bucket,
@@ -671,6 +681,30 @@ mod tests {
     }
 
     #[test]
+    fn a_write_over_the_current_state_supersedes_what_this_replica_holds_and_nothing_else() {
+        let r = replica();
+        let v = |s: &str| Sibling::value(s.as_bytes().to_vec(), None);
+        let blind = Context::default();
+        r.coordinate(b"b", b"k", Some(&blind), v("1"), None)
+            .unwrap();
+        r.coordinate(b"b", b"k", Some(&blind), v("2"), None)
+            .unwrap();
+        assert_eq!(r.get(b"b", b"k").unwrap().unwrap().sibling_count(), 2);
+        let (over, _) = r.coordinate(b"b", b"k", None, v("3"), None).unwrap();
+        assert_eq!(
+            over.values(),
+            vec![&v("3")],
+            "both siblings held here are superseded"
+        );
+        // A version minted elsewhere without seeing "3" stays a sibling when it arrives.
+        let elsewhere = Object::new().update(&blind, ActorId(2), v("other"));
+        let merged = r.merge(b"b", b"k", &elsewhere, None).unwrap();
+        assert_eq!(merged.sibling_count(), 2);
+        let (over, _) = r.coordinate(b"b", b"k", None, v("4"), None).unwrap();
+        assert_eq!(over.values(), vec![&v("4")]);
+    }
+
+    #[test]
     fn a_fallback_that_mints_a_write_keeps_a_hint_for_the_owner() {
         let r = replica();
         let request = Request::Coordinate {
@@ -679,6 +713,7 @@ mod tests {
             context: Context::default(),
             value: Sibling::value(b"v".to_vec(), None),
             hint_for: Some("owner".into()),
+            over_current: false,
         };
         let Response::Minted { object, dot } = r.handle(request) else {
             panic!("the write was not minted");
@@ -697,7 +732,7 @@ mod tests {
         r.coordinate(
             b"b",
             b"other",
-            &Context::default(),
+            Some(&Context::default()),
             Sibling::value(b"v".to_vec(), None),
             None,
         )
@@ -722,6 +757,7 @@ mod tests {
             context,
             value: Sibling::value(value, None),
             hint_for: None,
+            over_current: false,
         })
     }
 

@@ -44,6 +44,9 @@ pub enum Request {
     /// coordinator can replicate it and answer the client.
     /// `hint_for`, as for `Merge`: the unreachable primary a fallback stores this for
     /// (a fallback can be the minting replica too, and must then keep the hint).
+    /// `over_current`: mint over the replica's own current state instead of `context`
+    /// (which is then empty), so the value supersedes every version this replica holds
+    /// under its key lock; a RESP `SET`, which carries no context, is written so.
     Coordinate {
         #[serde(with = "serde_bytes")]
         bucket: Vec<u8>,
@@ -53,6 +56,8 @@ pub enum Request {
         value: Sibling,
         #[serde(default)]
         hint_for: Option<String>,
+        #[serde(default)]
+        over_current: bool,
     },
     /// Merge a state into the replica's own and persist before acknowledging. `hint_for`
     /// names the primary owner a fallback holds this write for (sloppy quorum).

@@ -45,6 +45,8 @@ pub struct NodeConfig {
     pub http_max_connections: usize,
     pub http_header_timeout_ms: u64,
     pub http_body_timeout_ms: u64,
+    /// The Redis-protocol front, when `--resp` is given.
+    pub resp: Option<crate::server::resp::RespSettings>,
 }
 
 /// Why a node did not start, or stopped on its own. `Config` and `Refused` are an

@@ -15,6 +15,7 @@ pub mod http;
 pub mod http_server;
 pub mod node;
 pub mod peers;
+pub mod resp;
 pub mod transport;
 
 use std::sync::Arc;
@@ -107,6 +108,7 @@ async fn serve(config: NodeConfig, security: Security, admin: AdminAuth) -> Resu
         .await
         .map_err(|e| StartError::config(format!("cannot listen on {} (HTTP): {e}", config.http)))?;
     let http_limits = http_limits(&config)?;
+    let resp = resp::prepare(&config).await.map_err(StartError::config)?;
     let sync = config.sync;
     let storage = Arc::new(
         FjallStorage::open_with(
@@ -236,6 +238,9 @@ async fn serve(config: NodeConfig, security: Security, admin: AdminAuth) -> Resu
         node.clone(),
         Duration::from_millis(config.storage_failure_exit_ms),
     ));
+    if let Some(resp) = resp {
+        tokio::spawn(resp::serve(resp, node.clone()));
+    }
 
     tokio::spawn(
         transport

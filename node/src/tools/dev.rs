@@ -1,6 +1,6 @@
 //! `chorus dev`: a local cluster in one command. It creates (or reuses) the directory and
 //! the cluster credential, starts one `chorus start` child process per node on
-//! 127.0.0.1 (QUIC on base+i, HTTP on base+1000+i), waits until each answers `/health`,
+//! 127.0.0.1 (QUIC on base+i, HTTP on base+1000+i, RESP on base+2000+i), waits until each answers `/health`,
 //! prints the URLs, and on Ctrl-C or SIGTERM stops every child: SIGTERM, a bounded wait,
 //! then SIGKILL. A child that dies on its own is reported with its log; the others keep
 //! running. This module only supervises processes; it never talks QUIC or touches data.
@@ -28,6 +28,8 @@ const HEALTH_POLL: Duration = Duration::from_millis(200);
 const LOG_TAIL_LINES: usize = 10;
 /// HTTP ports are QUIC ports plus this (the contract's layout).
 const HTTP_OFFSET: u16 = 1000;
+/// RESP (Redis protocol) ports are QUIC ports plus this.
+const RESP_OFFSET: u16 = 2000;
 
 /// One node of the local cluster, as planned from the flags.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +37,7 @@ struct NodePlan {
     name: String,
     listen: SocketAddr,
     http: SocketAddr,
+    resp: SocketAddr,
     data: PathBuf,
     log: PathBuf,
 }
@@ -50,7 +53,7 @@ fn plan(nodes: usize, base_port: u16, dir: &Path) -> Result<Vec<NodePlan>, Strin
     if nodes == 0 {
         return Err("--nodes must be at least 1".into());
     }
-    let highest = base_port as usize + HTTP_OFFSET as usize + nodes;
+    let highest = base_port as usize + RESP_OFFSET as usize + nodes;
     if highest > u16::MAX as usize {
         return Err(format!(
             "--base-port {base_port} with {nodes} nodes needs port {highest}, above 65535"
@@ -63,6 +66,7 @@ fn plan(nodes: usize, base_port: u16, dir: &Path) -> Result<Vec<NodePlan>, Strin
             NodePlan {
                 listen: SocketAddr::from(([127, 0, 0, 1], quic)),
                 http: SocketAddr::from(([127, 0, 0, 1], quic + HTTP_OFFSET)),
+                resp: SocketAddr::from(([127, 0, 0, 1], quic + RESP_OFFSET)),
                 data: dir.join(&name),
                 log: dir.join(format!("{name}.log")),
                 name,
@@ -87,6 +91,8 @@ fn start_args(
         node.listen.to_string(),
         "--http".into(),
         node.http.to_string(),
+        "--resp".into(),
+        node.resp.to_string(),
         "--data".into(),
         node.data.display().to_string(),
     ];
@@ -123,6 +129,9 @@ fn check_ports_free(nodes: &[NodePlan]) -> Result<(), String> {
         })?;
         TcpListener::bind(node.http).map_err(|e| {
             format!("TCP port {} (HTTP of {}) is not free: {e}; stop what uses it or pick another --base-port", node.http.port(), node.name)
+        })?;
+        TcpListener::bind(node.resp).map_err(|e| {
+            format!("TCP port {} (RESP of {}) is not free: {e}; stop what uses it or pick another --base-port", node.resp.port(), node.name)
         })?;
     }
     Ok(())
@@ -410,9 +419,10 @@ impl Cluster {
         for node in &self.nodes {
             let p = &node.plan;
             out.push_str(&format!(
-                "  {}  {}  (QUIC {}, log {})\n",
+                "  {}  {}  RESP {}  (QUIC {}, log {})\n",
                 p.name,
                 p.url(),
+                p.resp,
                 p.listen,
                 p.log.display()
             ));
@@ -425,6 +435,12 @@ impl Cluster {
         out.push_str(
             "  chorus put demo greeting hello\n  chorus get demo greeting\n  chorus status\n",
         );
+        let resp = self.nodes[0].plan.resp;
+        out.push_str(&format!(
+            "  redis-cli -h {} -p {} SET greeting hello   (the Redis protocol; bucket db0)\n",
+            resp.ip(),
+            resp.port()
+        ));
         out.push_str("Ctrl-C stops the cluster.\n");
         print!("{out}");
         let _ = std::io::stdout().flush();
@@ -513,6 +529,7 @@ mod tests {
         assert_eq!(nodes[0].name, "n1");
         assert_eq!(nodes[0].listen, "127.0.0.1:7001".parse().unwrap());
         assert_eq!(nodes[2].http, "127.0.0.1:8003".parse().unwrap());
+        assert_eq!(nodes[2].resp, "127.0.0.1:9003".parse().unwrap());
         assert_eq!(nodes[1].data, Path::new("d/n2"));
         assert_eq!(nodes[1].log, Path::new("d/n2.log"));
         assert_eq!(nodes[0].url(), "http://127.0.0.1:8001");
@@ -523,10 +540,10 @@ mod tests {
         assert!(plan(0, 7000, Path::new("d"))
             .unwrap_err()
             .contains("at least 1"));
-        assert!(plan(3, 64534, Path::new("d"))
+        assert!(plan(3, 63534, Path::new("d"))
             .unwrap_err()
             .contains("above 65535"));
-        assert!(plan(1, 64534, Path::new("d")).is_ok());
+        assert!(plan(1, 63534, Path::new("d")).is_ok());
     }
 
     #[test]
@@ -536,7 +553,7 @@ mod tests {
             start_args(&nodes[1], &nodes, Path::new("d/certs"), 3, SyncArg::Always).join(" ");
         assert_eq!(
             args,
-            "start --name n2 --listen 127.0.0.1:7002 --http 127.0.0.1:8002 --data d/n2 \
+            "start --name n2 --listen 127.0.0.1:7002 --http 127.0.0.1:8002 --resp 127.0.0.1:9002 --data d/n2 \
              --seeds 127.0.0.1:7001,127.0.0.1:7003 --certs d/certs --n 3 --sync always"
         );
         let single = plan(1, 7000, Path::new("d")).unwrap();
