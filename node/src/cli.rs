@@ -40,6 +40,8 @@ pub enum Command {
     Get(GetArgs),
     /// Delete a key (writes a tombstone).
     Delete(DeleteArgs),
+    /// List a bucket's live keys, one per line, a page at a time (--all: every page).
+    Keys(KeysArgs),
     /// Show the cluster's members as one node sees them.
     Status(ClientArgs),
     /// Placement: owners of a key, and the placement simulator.
@@ -374,10 +376,36 @@ pub struct PutArgs {
     #[arg(long)]
     pub pw: Option<String>,
     /// Causal context from a previous get (replaces exactly what that get saw).
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["if_absent", "if_match"])]
     pub context: Option<String>,
+    /// Create the key only if it has no live value (If-None-Match: *); else exit 1.
+    #[arg(long, conflicts_with = "if_match")]
+    pub if_absent: bool,
+    /// Write only if the key holds nothing this context (from a get) does not cover
+    /// (If-Match); else exit 1 and print the current context.
+    #[arg(long, value_name = "CONTEXT")]
+    pub if_match: Option<String>,
+    /// Read quorum of the read a conditional write makes first.
+    #[arg(long)]
+    pub r: Option<String>,
     #[arg(long)]
     pub content_type: Option<String>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct KeysArgs {
+    pub bucket: String,
+    /// Keys per page (1..=10000).
+    #[arg(long, default_value_t = 1000)]
+    pub limit: usize,
+    /// Follow the cursors to the last page.
+    #[arg(long)]
+    pub all: bool,
+    /// Start at this cursor (a previous page's `next`).
+    #[arg(long)]
+    pub after: Option<String>,
     #[command(flatten)]
     pub client: ClientArgs,
 }

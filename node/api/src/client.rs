@@ -140,6 +140,11 @@ pub fn kv_path(bucket: impl AsRef<[u8]>, key: impl AsRef<[u8]>) -> String {
     format!("/kv/{}/{}", encode_segment(bucket), encode_segment(key))
 }
 
+/// `/kv/{bucket}`, the path of a key listing.
+pub fn list_path(bucket: impl AsRef<[u8]>) -> String {
+    format!("/kv/{}", encode_segment(bucket))
+}
+
 /// `/ring/{bucket}/{key}`, each part one encoded segment.
 pub fn ring_path(bucket: impl AsRef<[u8]>, key: impl AsRef<[u8]>) -> String {
     format!("/ring/{}/{}", encode_segment(bucket), encode_segment(key))
@@ -370,6 +375,13 @@ impl HttpClient {
     }
 
     async fn connection(&mut self) -> Result<&mut SendRequest<Full<Bytes>>, HttpError> {
+        if self.sender.is_some() {
+            // On a current-thread runtime driven only while a request runs (the tests'
+            // blocking helpers), the connection task has not yet seen a close the server
+            // sent while the connection was idle (its header timeout); one turn lets it,
+            // so the request goes on a fresh connection instead of into a closed one.
+            tokio::task::yield_now().await;
+        }
         if self.sender.as_ref().is_some_and(|s| s.is_closed()) {
             self.sender = None;
         }

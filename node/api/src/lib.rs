@@ -115,6 +115,48 @@ impl SiblingsBody {
     }
 }
 
+/// One key in a listing page: the key itself when it is UTF-8 (every key written over
+/// HTTP is), else `{"base64": ...}` (URL-safe, no padding) for a key RESP wrote.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ListedKey {
+    Text(String),
+    Binary { base64: String },
+}
+
+impl ListedKey {
+    pub fn new(key: &[u8]) -> ListedKey {
+        match std::str::from_utf8(key) {
+            Ok(text) => ListedKey::Text(text.to_string()),
+            Err(_) => ListedKey::Binary {
+                base64: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(key),
+            },
+        }
+    }
+
+    /// The key's bytes (`None` for a malformed base64 form).
+    pub fn bytes(&self) -> Option<Vec<u8>> {
+        match self {
+            ListedKey::Text(text) => Some(text.as_bytes().to_vec()),
+            ListedKey::Binary { base64 } => base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(base64)
+                .ok(),
+        }
+    }
+}
+
+/// One page of `GET /kv/{bucket}?keys=true`: live keys in listing order, the cursor of
+/// the next page (`None` after the last), and the partitions of this page no replica
+/// answered for (`complete` is false when there are any: their keys are missing).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyPageBody {
+    pub keys: Vec<ListedKey>,
+    pub next: Option<String>,
+    pub complete: bool,
+    #[serde(default)]
+    pub uncovered_partitions: Vec<u32>,
+}
+
 /// The JSON shape of every error answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
@@ -158,6 +200,21 @@ mod tests {
         let error = br#"{"error":"not_found","message":"no such key"}"#;
         assert!(SiblingsBody::parse(error).unwrap().siblings.is_empty());
     }
+}
+
+#[test]
+fn listed_keys_are_text_or_base64_and_round_trip() {
+    assert_eq!(
+        serde_json::to_string(&ListedKey::new(b"k1")).unwrap(),
+        r#""k1""#
+    );
+    let binary = ListedKey::new(&[0xff, 0]);
+    assert_eq!(
+        serde_json::to_string(&binary).unwrap(),
+        r#"{"base64":"_wA"}"#
+    );
+    let back: ListedKey = serde_json::from_str(r#"{"base64":"_wA"}"#).unwrap();
+    assert_eq!(back.bytes(), Some(vec![0xff, 0]));
 }
 
 #[cfg(test)]

@@ -142,6 +142,13 @@ pub enum CoordinatorError {
     /// code, e.g. `too_many_siblings`); nothing was stored.
     #[error("{message}")]
     Refused { code: String, message: String },
+    /// A conditional write's precondition did not hold on the state read first; nothing
+    /// was written. `current` is that state's context, to read and retry with.
+    #[error("the precondition does not hold: {reason}")]
+    PreconditionFailed {
+        reason: &'static str,
+        current: Context,
+    },
     /// This node's own storage failed: it coordinates no write, since it could not tell
     /// the client the truth about its own replica.
     #[error("this node's storage failed ({0}); send the request to another node")]
@@ -153,6 +160,43 @@ fn primaries_note(needed: usize, replied: usize) -> String {
         String::new()
     } else {
         format!(" ({replied} of the {needed} primary owners needed)")
+    }
+}
+
+/// What a conditional write requires of the key's state as its first read merged it.
+#[derive(Clone, Debug)]
+pub enum Precondition {
+    /// `If-None-Match: *`: no live value (absent, or only tombstones).
+    Absent,
+    /// `If-Match`: every version stored now (live or tombstone) is one this context
+    /// covers, so the write replaces all of them and leaves no sibling.
+    Matches(Context),
+}
+
+impl Precondition {
+    /// The context to write with when the precondition holds on `current`.
+    fn check(self, current: &Object) -> Result<Context, CoordinatorError> {
+        let failed = |reason| CoordinatorError::PreconditionFailed {
+            reason,
+            current: current.context(),
+        };
+        match self {
+            Precondition::Absent if current.values().iter().all(|s| s.deleted) => {
+                Ok(current.context())
+            }
+            Precondition::Absent => Err(failed("the key has a live value")),
+            Precondition::Matches(context)
+                if current
+                    .dotted_values()
+                    .iter()
+                    .all(|&(actor, counter, _)| context.covers((actor, counter))) =>
+            {
+                Ok(context)
+            }
+            Precondition::Matches(_) => Err(failed(
+                "the key holds a version the given context does not cover",
+            )),
+        }
     }
 }
 
@@ -253,8 +297,16 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
         targets
     }
 
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// Sends one request to one replica: directly to the local replica, else over `Peers`.
-    fn call(
+    pub(crate) fn call(
         &self,
         to: &str,
         request: Request,
@@ -285,6 +337,31 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
         timeout: Duration,
     ) -> Result<Written, CoordinatorError> {
         self.write(bucket, key, Some(context), value, (w, pw), timeout)
+            .await
+    }
+
+    /// A write that first reads the key (at `r`, `pr`) and goes on only if `precondition`
+    /// holds on what that read merged; otherwise [`CoordinatorError::PreconditionFailed`].
+    /// Not atomic: two conditional writes through different nodes at the same moment can
+    /// both pass and become siblings (the README says how `pr`/`pw` narrow the window).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn put_if(
+        &self,
+        bucket: &[u8],
+        key: &[u8],
+        precondition: Precondition,
+        value: Sibling,
+        (r, pr): (usize, usize),
+        (w, pw): (usize, usize),
+        timeout: Duration,
+    ) -> Result<Written, CoordinatorError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let current = self.get(bucket, key, r, pr, timeout).await?;
+        let context = precondition.check(&current).inspect_err(|_| {
+            self.metrics.precondition_failed.inc();
+        })?;
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.write(bucket, key, Some(context), value, (w, pw), remaining)
             .await
     }
 
@@ -598,7 +675,47 @@ fn merge_all<'a>(objects: impl Iterator<Item = &'a Object>) -> Object {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::causality::ActorId;
     use chorus_ring::Ring;
+
+    #[test]
+    fn preconditions_judge_the_state_read_first() {
+        let (a, b) = (ActorId(1), ActorId(2));
+        let value = |v: &[u8]| Sibling::value(v.to_vec(), None);
+        let empty = Object::new();
+        let v1 = empty.update(&Context::default(), a, value(b"v1"));
+        let deleted = v1.update(&v1.context(), a, Sibling::tombstone());
+        let seen = v1.context();
+        // A write v1's reader did not see, concurrent with v1.
+        let both = v1.sync(&empty.update(&Context::default(), b, value(b"v2")));
+
+        for state in [&empty, &deleted] {
+            let context = Precondition::Absent.check(state).expect("absent");
+            assert_eq!(context, state.context(), "it supersedes the tombstones");
+        }
+        for state in [&v1, &both] {
+            assert!(matches!(
+                Precondition::Absent.check(state),
+                Err(CoordinatorError::PreconditionFailed { .. })
+            ));
+        }
+        assert_eq!(
+            Precondition::Matches(seen.clone()).check(&v1).unwrap(),
+            seen
+        );
+        match Precondition::Matches(seen).check(&both) {
+            Err(CoordinatorError::PreconditionFailed { current, .. }) => {
+                assert_eq!(current, both.context())
+            }
+            other => panic!("a stale context passed: {other:?}"),
+        }
+        assert!(Precondition::Matches(Context::default())
+            .check(&empty)
+            .is_ok());
+        assert!(Precondition::Matches(Context::default())
+            .check(&v1)
+            .is_err());
+    }
 
     fn view(members: &[&str], down: &[&str]) -> ClusterView {
         ClusterView {
@@ -695,14 +812,7 @@ mod tests {
                 .await
                 .unwrap_err();
             assert!(
-                matches!(
-                    e,
-                    CoordinatorError::Unavailable {
-                        needed: 2,
-                        replied: 0,
-                        ..
-                    }
-                ),
+                matches!(e, CoordinatorError::Unreachable { needed: 2, .. }),
                 "{e}"
             );
             assert!(

@@ -10,6 +10,7 @@
 pub mod causality;
 pub mod coordinator;
 pub mod healing;
+pub mod listing;
 pub mod membership;
 pub mod metrics;
 pub mod object;

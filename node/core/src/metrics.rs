@@ -43,6 +43,9 @@ pub struct Metrics {
     pub http_connections_refused: Counter,
     pub repairing: Gauge,
     pub aae_exchanges: Counter,
+    pub list_pages: Counter,
+    pub list_keys_scanned: Counter,
+    pub precondition_failed: Counter,
     pub aae_keys_repaired: Counter,
     pub aae_bytes_sent: Counter,
     pub aae_bytes_received: Counter,
@@ -162,6 +165,21 @@ impl Default for Metrics {
             "Bytes this node received in the anti-entropy exchanges it started (trees and pulled objects)",
             aae_bytes_received.clone(),
         );
+        let list_pages = counter(
+            &mut registry,
+            "list_pages",
+            "Key-listing pages this node coordinated",
+        );
+        let list_keys_scanned = counter(
+            &mut registry,
+            "list_keys_scanned",
+            "Stored entries this node's replica read for key listings",
+        );
+        let precondition_failed = counter(
+            &mut registry,
+            "precondition_failed",
+            "Conditional writes refused with 412 (If-None-Match / If-Match did not hold)",
+        );
         let phi = Family::<PeerLabels, Gauge<f64, AtomicU64>>::default();
         registry.register(
             "peer_phi",
@@ -188,9 +206,18 @@ impl Default for Metrics {
             aae_keys_repaired,
             aae_bytes_sent,
             aae_bytes_received,
+            list_pages,
+            list_keys_scanned,
+            precondition_failed,
             phi,
         }
     }
+}
+
+fn counter(registry: &mut Registry, name: &str, help: &str) -> Counter {
+    let counter = Counter::default();
+    registry.register(name, help, counter.clone());
+    counter
 }
 
 impl Metrics {

@@ -168,6 +168,26 @@ impl<S: Storage> Replica<S> {
         self.storage.health()
     }
 
+    fn list_keys(
+        &self,
+        partition: PartitionId,
+        bucket: &[u8],
+        after: Option<&[u8]>,
+        limit: u32,
+    ) -> Result<Response, ReplicaError> {
+        let limit = (limit as usize).clamp(1, crate::listing::MAX_LIST_LIMIT);
+        let part = crate::listing::scan_live_keys(&*self.storage, partition, bucket, after, limit)?;
+        self.metrics.list_keys_scanned.inc_by(part.scanned);
+        Ok(Response::Keys {
+            keys: part
+                .keys
+                .into_iter()
+                .map(serde_bytes::ByteBuf::from)
+                .collect(),
+            resume: part.resume.map(serde_bytes::ByteBuf::from),
+        })
+    }
+
     /// Tries a durable write to see whether failed storage works again; true when healthy.
     pub fn probe_storage(&self) -> bool {
         self.storage.probe()
@@ -182,7 +202,13 @@ impl<S: Storage> Replica<S> {
     /// an async worker; everything else runs inline. The one place this is decided, for
     /// the coordinator's local calls and the QUIC handler alike.
     pub async fn handle_async(self: Arc<Self>, request: Request) -> Response {
-        if !self.storage.writes_block() || matches!(request, Request::Get { .. }) {
+        // A listing scan reads up to `listing::SCAN_BUDGET` entries: never on an async worker.
+        let blocks = match request {
+            Request::Get { .. } => false,
+            Request::ListKeys { .. } => true,
+            _ => self.storage.writes_block(),
+        };
+        if !blocks {
             return self.handle(request);
         }
         tokio::task::spawn_blocking(move || self.handle(request))
@@ -196,7 +222,8 @@ impl<S: Storage> Replica<S> {
         if let Some(reason) = self.health().failure() {
             return Response::Failed(format!("this node's storage failed: {reason}"));
         }
-        if self.is_repairing() && matches!(request, Request::Get { .. }) {
+        if self.is_repairing() && matches!(request, Request::Get { .. } | Request::ListKeys { .. })
+        {
             return Response::Failed(
                 "this replica is being repaired and may lack writes; ask another".into(),
             );
@@ -245,6 +272,12 @@ impl<S: Storage> Replica<S> {
                 .map(Response::Objects),
             Request::MergeBatch { objects } => self.merge_batch(&objects).map(Response::Merged),
             Request::ReapBatch { objects } => self.reap(&objects).map(Response::Merged),
+            Request::ListKeys {
+                partition,
+                bucket,
+                after,
+                limit,
+            } => self.list_keys(partition, &bucket, after.as_deref().map(|a| &a[..]), limit),
         };
         result.unwrap_or_else(|e| match e {
             ReplicaError::Limit(limit) => Response::Refused {
@@ -538,6 +571,12 @@ fn check_peer_request(request: &Request) -> Result<(), String> {
             .iter()
             .map(|o| (o.bucket.as_slice(), o.key.as_slice()))
             .collect(),
+        Request::ListKeys { bucket, after, .. } => {
+            vec![(
+                bucket.as_slice(),
+                after.as_deref().map_or(&[][..], |a| &a[..]),
+            )]
+        }
         Request::TreeBranches { .. }
         | Request::TreeLeaves { .. }
         | Request::SegmentObjects { .. } => Vec::new(),

@@ -79,6 +79,15 @@ pub enum Request {
     MergeBatch { objects: Vec<KeyedObject> },
     /// Reaping: drop each key whose state is still exactly this fully replicated tombstone.
     ReapBatch { objects: Vec<KeyedObject> },
+    /// Key listing: up to `limit` live keys of `bucket` in `partition` after `after`
+    /// (exclusive), in storage order; answered with `Keys` (see `listing`).
+    ListKeys {
+        partition: u32,
+        #[serde(with = "serde_bytes")]
+        bucket: Vec<u8>,
+        after: Option<serde_bytes::ByteBuf>,
+        limit: u32,
+    },
 }
 
 /// An object with its bucket and key, for batches.
@@ -108,6 +117,12 @@ pub enum Response {
     Objects(Vec<KeyedObject>),
     /// Answer to `Merge` (1), `MergeBatch` (keys changed) and `ReapBatch` (keys dropped).
     Merged(usize),
+    /// Answer to `ListKeys`: the keys, and the last key read when the replica stopped
+    /// before the partition's end (the next request resumes after it).
+    Keys {
+        keys: Vec<serde_bytes::ByteBuf>,
+        resume: Option<serde_bytes::ByteBuf>,
+    },
     /// The write was refused and nothing was stored (e.g. too many siblings).
     Refused {
         code: String,

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use crate::server::node::{AdminAuth, Node};
 use chorus_core::causality::Context;
-use chorus_core::coordinator::{CoordinatorError, Quorum};
+use chorus_core::coordinator::{CoordinatorError, Precondition, Quorum};
 use chorus_core::metrics::{OpLabels, RequestLabels};
 use chorus_core::object::{Object, Sibling, MAX_CONTENT_TYPE_BYTES};
 use chorus_core::storage::Storage;
@@ -37,6 +37,7 @@ pub fn router(node: Arc<Node>) -> Router {
             "/kv/{bucket}/{key}",
             get(kv_get).put(kv_put).delete(kv_delete),
         )
+        .route("/kv/{bucket}", get(crate::server::http_keys::kv_list))
         .route("/ring/{bucket}/{key}", get(ring_owners))
         .route("/local/kv/{bucket}/{key}", get(local_kv))
         .route("/local/partitions", get(local_partitions))
@@ -67,7 +68,7 @@ impl ApiError {
             body: json!({"error": code, "message": message.into()}),
         }
     }
-    fn bad_request(code: &str, message: impl Into<String>) -> Self {
+    pub(super) fn bad_request(code: &str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
 }
@@ -123,6 +124,11 @@ impl From<CoordinatorError> for ApiError {
                 };
                 ApiError::new(status, code, message.clone())
             }
+            CoordinatorError::PreconditionFailed { .. } => ApiError::new(
+                StatusCode::PRECONDITION_FAILED,
+                "precondition_failed",
+                e.to_string(),
+            ),
             CoordinatorError::StorageFailed(_) => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "storage_failed",
@@ -132,7 +138,7 @@ impl From<CoordinatorError> for ApiError {
     }
 }
 
-fn decode_segment(what: &str, raw: &str) -> Result<Vec<u8>, ApiError> {
+pub(super) fn decode_segment(what: &str, raw: &str) -> Result<Vec<u8>, ApiError> {
     let decoded = percent_encoding::percent_decode_str(raw).collect::<Vec<u8>>();
     if decoded.is_empty() {
         return Err(ApiError::bad_request(
@@ -336,6 +342,63 @@ fn request_content_type(headers: &HeaderMap) -> Result<Option<String>, ApiError>
     Ok(Some(text.to_string()))
 }
 
+/// A conditional PUT's precondition: `If-None-Match: *` (create only) or `If-Match:
+/// <context>` (replace exactly what that context's read saw). Either excludes the other
+/// and `X-Chorus-Context`: the precondition says which context the write carries.
+fn request_precondition(
+    headers: &HeaderMap,
+    bucket: &[u8],
+    key: &[u8],
+) -> Result<Option<Precondition>, ApiError> {
+    let invalid = |m: &str| ApiError::bad_request("invalid_precondition", m);
+    let none_match = headers.get(header::IF_NONE_MATCH);
+    let if_match = headers.get(header::IF_MATCH);
+    let conditions = usize::from(none_match.is_some()) + usize::from(if_match.is_some());
+    if conditions > 1 || (conditions == 1 && headers.contains_key(CONTEXT_HEADER)) {
+        return Err(invalid(
+            "give at most one of If-None-Match, If-Match and X-Chorus-Context",
+        ));
+    }
+    if let Some(value) = none_match {
+        return match value.as_bytes() {
+            b"*" => Ok(Some(Precondition::Absent)),
+            _ => Err(invalid(
+                "If-None-Match takes only * (create the key only if it has no live value)",
+            )),
+        };
+    }
+    let Some(value) = if_match else {
+        return Ok(None);
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| invalid("If-Match is not ASCII"))?;
+    // An ETag-style quoted value is accepted too.
+    let text = text
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .unwrap_or(text);
+    let token = chorus_api::bound_token(text, bucket, key)
+        .map_err(|e| ApiError::bad_request("invalid_context", format!("If-Match: {e}")))?;
+    Context::decode(token)
+        .map(|context| Some(Precondition::Matches(context)))
+        .map_err(|e| ApiError::bad_request("invalid_context", format!("If-Match: {e}")))
+}
+
+/// 412 with the context of the state the precondition was judged on, to read and retry.
+fn precondition_failed(reason: &str, current: &Context, bucket: &[u8], key: &[u8]) -> Response {
+    let mut response = ApiError::new(
+        StatusCode::PRECONDITION_FAILED,
+        "precondition_failed",
+        format!("{reason}; nothing was written"),
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(CONTEXT_HEADER, header_value(current, bucket, key));
+    response
+}
+
 /// The context a client gets back, bound to `bucket`/`key`. A GET's is the merged state's
 /// vector (it covers what the answer shows and what those values superseded); a write's
 /// comes from the coordinator ([`chorus_core::coordinator::Written`]): the request's context
@@ -347,7 +410,7 @@ fn header_value(context: &Context, bucket: &[u8], key: &[u8]) -> HeaderValue {
 }
 
 /// Runs a handler body and records its status and latency in the metrics.
-async fn measured(
+pub(super) async fn measured(
     node: &Node,
     op: &'static str,
     handler: impl std::future::Future<Output = Result<Response, ApiError>>,
@@ -509,6 +572,7 @@ async fn kv_put(
             node.limits.default_timeout,
             query.as_deref(),
         )?;
+        let precondition = request_precondition(&headers, &bucket, &key)?;
         let context = request_context(&headers, &bucket, &key)?;
         let content_type = request_content_type(&headers)?;
         let value = read_body(&node, body).await?;
@@ -516,18 +580,33 @@ async fn kv_put(
         if crate::server::fault::broken() {
             return Ok(broken_ack(&headers));
         }
-        let written = node
-            .coordinator
-            .put(
-                &bucket,
-                &key,
-                context,
-                Sibling::value(value.to_vec(), content_type),
-                p.w,
-                p.pw,
-                p.timeout,
-            )
-            .await?;
+        let value = Sibling::value(value.to_vec(), content_type);
+        let written = match precondition {
+            None => {
+                node.coordinator
+                    .put(&bucket, &key, context, value, p.w, p.pw, p.timeout)
+                    .await
+            }
+            Some(precondition) => {
+                node.coordinator
+                    .put_if(
+                        &bucket,
+                        &key,
+                        precondition,
+                        value,
+                        (p.r, p.pr),
+                        (p.w, p.pw),
+                        p.timeout,
+                    )
+                    .await
+            }
+        };
+        let written = match written {
+            Err(CoordinatorError::PreconditionFailed { reason, current }) => {
+                return Ok(precondition_failed(reason, &current, &bucket, &key))
+            }
+            other => other?,
+        };
         Ok((
             StatusCode::NO_CONTENT,
             [(

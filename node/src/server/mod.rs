@@ -12,6 +12,7 @@ pub mod config;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 pub mod http;
+pub mod http_keys;
 pub mod http_server;
 pub mod node;
 pub mod peers;

@@ -1,5 +1,5 @@
-//! The command-line client: `chorus put`, `get`, `delete`, `status`, `ring owners`,
-//! `leave` and `remove`, each one HTTP request to the node named by `--node` (or
+//! The command-line client: `chorus put`, `get`, `delete`, `keys`, `status`, `ring
+//! owners`, `leave` and `remove`, each one HTTP request (`keys --all`: one per page) to the node named by `--node` (or
 //! `CHORUS_NODE`), rendered for a person (or raw JSON with `--json`).
 //!
 //! Exit codes: 0 on success, 1 when a key is not found or the node refused or could not
@@ -14,15 +14,15 @@ use hyper::Method;
 use serde_json::Value;
 
 use crate::cli::{
-    AdminArgs, CliError, CliResult, ClientArgs, Command, DeleteArgs, GetArgs, PutArgs, RemoveArgs,
-    RingCommand,
+    AdminArgs, CliError, CliResult, ClientArgs, Command, DeleteArgs, GetArgs, KeysArgs, PutArgs,
+    RemoveArgs, RingCommand,
 };
 use chorus_api::client::{self as http_client, BaseUrl, HttpClient, HttpError, Response};
 
 /// Generous, because `leave` and quorum calls to a struggling cluster may take a while;
 /// the node's own `timeout` answers a slow quorum with a 503 well before this.
 const CLI_TIMEOUT: Duration = Duration::from_secs(30);
-use chorus_api::CONTEXT_HEADER;
+use chorus_api::{KeyPageBody, ListedKey, CONTEXT_HEADER};
 
 pub fn run(command: Command) -> CliResult {
     // Read a `-` value before any network work: a client that dies on a bad URL should
@@ -46,6 +46,7 @@ pub fn run(command: Command) -> CliResult {
             Command::Put(args) => put(args, stdin_value).await,
             Command::Get(args) => get(args).await,
             Command::Delete(args) => delete(args).await,
+            Command::Keys(args) => keys(args).await,
             Command::Status(args) => status(args).await,
             Command::Ring(RingCommand::Owners {
                 bucket,
@@ -106,11 +107,21 @@ async fn put(args: PutArgs, stdin_value: Option<Vec<u8>>) -> CliResult {
     let value = stdin_value.unwrap_or_else(|| args.value.clone().into_bytes());
     let path = http_client::with_query(
         http_client::kv_path(&args.bucket, &args.key),
-        &[("w", args.w.as_deref()), ("pw", args.pw.as_deref())],
+        &[
+            ("w", args.w.as_deref()),
+            ("pw", args.pw.as_deref()),
+            ("r", args.r.as_deref()),
+        ],
     );
     let mut headers = Vec::new();
     if let Some(context) = &args.context {
         headers.push((CONTEXT_HEADER, context.as_str()));
+    }
+    if args.if_absent {
+        headers.push(("if-none-match", "*"));
+    }
+    if let Some(context) = &args.if_match {
+        headers.push(("if-match", context.as_str()));
     }
     if let Some(content_type) = &args.content_type {
         headers.push(("content-type", content_type.as_str()));
@@ -120,10 +131,76 @@ async fn put(args: PutArgs, stdin_value: Option<Vec<u8>>) -> CliResult {
         .await
         .map_err(request_failed)?;
     if !is_success(response.status) {
+        if response.status == 412 {
+            print_context(&response);
+        }
         return Err(refused(&response));
     }
     print_context(&response);
     Ok(())
+}
+
+/// Prints a bucket's keys one per line (a key that is not UTF-8 as `base64:...`), then
+/// on stderr the next page's cursor, and a warning naming uncovered partitions (exit 1).
+async fn keys(args: KeysArgs) -> CliResult {
+    if args.bucket.is_empty() {
+        return Err(CliError::usage("the bucket is empty"));
+    }
+    let mut client = connect(&args.client)?;
+    let limit = args.limit.to_string();
+    let mut after = args.after.clone();
+    let mut uncovered = Vec::new();
+    loop {
+        let path = http_client::with_query(
+            http_client::list_path(&args.bucket),
+            &[
+                ("keys", Some("true")),
+                ("limit", Some(&limit)),
+                ("after", after.as_deref()),
+            ],
+        );
+        let response = client
+            .request(Method::GET, &path, &[], Bytes::new())
+            .await
+            .map_err(request_failed)?;
+        if response.status != 200 {
+            return Err(refused(&response));
+        }
+        let page: KeyPageBody = serde_json::from_slice(&response.body)
+            .map_err(|e| CliError::failed(format!("not a listing page: {e}")))?;
+        print_keys(&page, args.client.json)?;
+        uncovered.extend(page.uncovered_partitions);
+        after = page.next;
+        if !args.all || after.is_none() {
+            break;
+        }
+    }
+    if let Some(next) = &after {
+        eprintln!("next: {next}");
+    }
+    if uncovered.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::failed(format!(
+            "incomplete: no replica answered for partitions {uncovered:?}; their keys are missing"
+        )))
+    }
+}
+
+fn print_keys(page: &KeyPageBody, json: bool) -> CliResult {
+    let mut out = String::new();
+    for key in &page.keys {
+        match (json, key) {
+            (true, key) => out.push_str(&serde_json::to_string(key).unwrap_or_default()),
+            (false, ListedKey::Text(text)) => out.push_str(text),
+            (false, ListedKey::Binary { base64 }) => {
+                out.push_str("base64:");
+                out.push_str(base64);
+            }
+        }
+        out.push('\n');
+    }
+    write_stdout(out.as_bytes(), false)
 }
 
 async fn get(args: GetArgs) -> CliResult {

@@ -400,6 +400,9 @@ fn summarize(request: &Request) -> String {
         } => format!("segments {partition} {}", segments.len()),
         Request::MergeBatch { objects } => format!("merge-batch {}", objects.len()),
         Request::ReapBatch { objects } => format!("reap-batch {}", objects.len()),
+        Request::ListKeys {
+            partition, limit, ..
+        } => format!("list-keys {partition} {limit}"),
     }
 }
 

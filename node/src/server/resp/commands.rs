@@ -628,6 +628,7 @@ fn coordinator_error(e: CoordinatorError) -> Reply {
             Reply::error(format!("TOOMANYSIBLINGS {message}"))
         }
         CoordinatorError::Refused { code, message } => Reply::error(format!("ERR {code}: {message}")),
+        CoordinatorError::PreconditionFailed { .. } => Reply::error(format!("ERR {e}")),
         // Redis's word for "not now, not here": another node can serve it.
         CoordinatorError::StorageFailed(_) => Reply::error(format!("TRYAGAIN {e}")),
     }
