@@ -22,7 +22,7 @@
 //! every writer for the length of each fsync; see there for why that is safe.
 
 use super::journal_mark::JournalMark;
-use super::sync::{Persist, Syncer};
+use super::sync::{Fsync, Persist, Syncer};
 use super::{
     check_key, check_name, lock, read, write, MerkleTree, PartitionId, Storage, StorageError,
     SyncMode,
@@ -128,8 +128,12 @@ impl FjallStorage {
                 dir: dir.join(DB_DIR),
                 active: None,
             };
-            Box::new(move |last| {
-                let covered = mark.before_fsync(last)?;
+            Box::new(move |fsync| {
+                let covered = mark.before_fsync(fsync)?;
+                // Nothing was written since open: a close then writes nothing either.
+                if fsync == (Fsync::Close { dirty: false }) && covered.is_none() {
+                    return Ok(());
+                }
                 journal.fsync()?;
                 if let Some(m) = covered {
                     mark.after_fsync(m);
@@ -653,6 +657,13 @@ mod tests {
         assert!(
             s.journal_damage().is_some(),
             "a cut journal was not noticed"
+        );
+        // A node that refused to start (nothing written) must find the damage again.
+        drop(s);
+        let s = FjallStorage::open(dir.path(), SyncMode::Always, 1 << 20).unwrap();
+        assert!(
+            s.journal_damage().is_some(),
+            "a close without writes hid the damage"
         );
     }
 }

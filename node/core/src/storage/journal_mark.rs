@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use fjall::Keyspace;
 
+use super::sync::Fsync;
 use super::StorageError;
 
 /// The mark's file in the store directory (outside fjall's).
@@ -31,6 +32,8 @@ pub(super) struct JournalMark {
     meta: Keyspace,
     next: u64,
     written_at: Option<Instant>,
+    /// An fsync since the last mark went without one (throttled): the close must mark.
+    unmarked_fsync: bool,
 }
 
 impl JournalMark {
@@ -57,16 +60,23 @@ impl JournalMark {
             meta: meta.clone(),
             next: noted.max(replayed) + 1,
             written_at: None,
+            unmarked_fsync: false,
         };
         Ok((mark, damage))
     }
 
     /// Before an fsync: puts the next mark into the journal, unless one went in less than
-    /// [`MARK_EVERY`] ago and this is not the `last` fsync before a clean close (which
-    /// always marks, so that a cut anywhere in a cleanly closed journal is found).
-    /// Returns the mark the fsync will cover.
-    pub(super) fn before_fsync(&mut self, last: bool) -> Result<Option<u64>, StorageError> {
-        if !last && self.written_at.is_some_and(|t| t.elapsed() < MARK_EVERY) {
+    /// [`MARK_EVERY`] ago. The close marks whenever anything since the last mark is
+    /// unmarked, so that a cut anywhere in a cleanly closed journal is found, and never
+    /// when nothing was written since open (a refused start must not hide the damage it
+    /// found). Returns the mark the fsync will cover.
+    pub(super) fn before_fsync(&mut self, fsync: Fsync) -> Result<Option<u64>, StorageError> {
+        let due = match fsync {
+            Fsync::Data => !self.written_at.is_some_and(|t| t.elapsed() < MARK_EVERY),
+            Fsync::Close { dirty } => dirty || self.unmarked_fsync,
+        };
+        if !due {
+            self.unmarked_fsync |= fsync == Fsync::Data;
             return Ok(None);
         }
         let mark = self.next;
@@ -75,6 +85,7 @@ impl JournalMark {
             .map_err(|e| StorageError::Engine(format!("{e:?}")))?;
         self.next += 1;
         self.written_at = Some(Instant::now());
+        self.unmarked_fsync = false;
         Ok(Some(mark))
     }
 

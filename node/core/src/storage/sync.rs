@@ -19,10 +19,20 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Makes written data durable: fsyncs the journal. The flag is set on the last call, at
-/// clean shutdown, which must leave a record that everything written is durable (see
-/// `journal_mark`), even if nothing was written since the previous fsync.
-pub(super) type Persist = Box<dyn FnMut(bool) -> Result<(), StorageError> + Send>;
+/// Makes written data durable: fsyncs the journal.
+pub(super) type Persist = Box<dyn FnMut(Fsync) -> Result<(), StorageError> + Send>;
+
+/// Why [`Persist`] is called.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Fsync {
+    /// Writes are waiting (a ticket, or the periodic tick found data).
+    Data,
+    /// The last call, at a clean close; `dirty`: something was written since the previous
+    /// fsync. The close must leave a record that everything written is durable (see
+    /// `journal_mark`) even when it was already fsynced, and must write nothing when
+    /// nothing was ever written (a node refusing to start keeps the evidence of damage).
+    Close { dirty: bool },
+}
 
 pub(super) struct Syncer {
     shared: Arc<Shared>,
@@ -175,8 +185,11 @@ fn run(shared: &Shared, interval: Option<Duration>, mut persist: Persist) {
 
         // Cleared before the fsync: a write landing during it sets the flag again and is
         // picked up by the next tick.
-        shared.dirty.store(false, Ordering::Release);
-        let result = persist(shutting_down);
+        let dirty = shared.dirty.swap(false, Ordering::AcqRel);
+        let result = persist(match shutting_down {
+            true => Fsync::Close { dirty },
+            false => Fsync::Data,
+        });
 
         st = lock(&shared.state);
         match result {
@@ -275,11 +288,11 @@ mod tests {
     /// The journal mark relies on it: a clean close marks the end of the journal even when
     /// the last write was already fsynced.
     #[test]
-    fn shutdown_persists_once_with_the_last_flag_even_when_clean() {
+    fn shutdown_persists_once_as_the_close_even_when_clean() {
         let calls = Arc::new(Mutex::new(Vec::new()));
         let seen = calls.clone();
-        let persist: Persist = Box::new(move |last| {
-            seen.lock().unwrap().push(last);
+        let persist: Persist = Box::new(move |fsync| {
+            seen.lock().unwrap().push(fsync);
             Ok(())
         });
         let s = Syncer::start(
@@ -292,7 +305,10 @@ mod tests {
         s.after_write().unwrap();
         s.wait_durable().unwrap();
         drop(s);
-        assert_eq!(*calls.lock().unwrap(), vec![false, true]);
+        assert_eq!(
+            *calls.lock().unwrap(),
+            vec![Fsync::Data, Fsync::Close { dirty: false }]
+        );
     }
 
     #[test]
