@@ -9,6 +9,7 @@
 
 pub mod history;
 
+use std::collections::HashMap;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -91,7 +92,7 @@ pub fn state_json(node: &Node) -> Value {
         "repairing": status["repairing"],
         "storage_failure": status["storage_failure"],
         "members": members,
-        "ring": ring_json(&view, &status["transfers"]),
+        "ring": ring_json(&view, &node.healer.transfer_progress()),
         "transfers": status["transfers"],
         "health": health_json(node, &hints_held),
         "traffic": {"interval_ms": SAMPLE_EVERY.as_millis() as u64, "ops": OpTotals::OPS, "series": series},
@@ -132,15 +133,7 @@ fn ui_url(http: &str, quic: &str) -> Option<String> {
 
 /// Every partition with its primaries, the fallbacks standing in for unreachable ones (as
 /// the coordinator picks them), and the keys this node still has to hand over for it.
-fn ring_json(view: &ClusterView, transfers: &Value) -> Value {
-    let keys_left = |p: u32| {
-        transfers
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|t| t["partition"] == p)
-            .map(|t| t["keys_left"].clone())
-    };
+fn ring_json(view: &ClusterView, transfers: &HashMap<u32, u64>) -> Value {
     let partitions: Vec<Value> = (0..view.ring.ring_size())
         .map(|p| {
             let standing_in: Vec<Value> = targets(view, p)
@@ -154,7 +147,7 @@ fn ring_json(view: &ClusterView, transfers: &Value) -> Value {
                 "id": p,
                 "owners": view.ring.primaries(p),
                 "standing_in": standing_in,
-                "transfer_keys_left": keys_left(p),
+                "transfer_keys_left": transfers.get(&p),
             })
         })
         .collect();
