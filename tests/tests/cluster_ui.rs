@@ -113,21 +113,27 @@ fn ui_state_shows_members_ring_and_a_dead_node_with_hints_for_it() {
 
     cluster.nodes[2].kill9();
     let n1 = cluster.url(0);
-    let state = wait_for("n1's /ui/state to show n3 down", CLUSTER_DEADLINE, || {
-        let state = ui_state(&n1)?;
-        match states(&state).get("n3").map(String::as_str) {
-            Some("down") => Ok(state),
-            other => Err(format!("{other:?}")),
-        }
-    });
-    let standing_for_n3 = state["ring"]["partitions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|p| p["standing_in"].as_array().unwrap())
-        .filter(|f| f["for"] == "n3")
-        .count();
-    assert!(standing_for_n3 > 0, "fallbacks stand in for n3: {state}");
+    // The member state is evaluated when asked and the ring's unreachable set at the next
+    // gossip step, so the fallbacks may appear a moment after "down".
+    wait_for(
+        "n1's /ui/state to show n3 down and fallbacks standing in for it",
+        CLUSTER_DEADLINE,
+        || {
+            let state = ui_state(&n1)?;
+            let n3 = states(&state).get("n3").cloned();
+            let standing_for_n3 = state["ring"]["partitions"]
+                .as_array()
+                .ok_or("no partitions")?
+                .iter()
+                .flat_map(|p| p["standing_in"].as_array().into_iter().flatten())
+                .filter(|f| f["for"] == "n3")
+                .count();
+            match n3.as_deref() {
+                Some("down") if standing_for_n3 > 0 => Ok(standing_for_n3),
+                other => Err(format!("n3 {other:?}, {standing_for_n3} fallbacks for it")),
+            }
+        },
+    );
 
     // Writes at w=1 through n1: n1 is the fallback for some of n3's partitions.
     let mut round = 0;
