@@ -102,6 +102,9 @@ fn a_node_whose_storage_fails_stops_acknowledging_says_so_and_exits_for_its_supe
         api::local(&n1, "disk", "before").unwrap(),
         Some(Local::Values(vec![b"acked".to_vec()]))
     );
+    // A w=all write needs n1 to have heard from both peers again since its start: until
+    // then it refuses before minting (CI met that race on a fast release build).
+    cluster.wait_alive(&[0], &["n1", "n2", "n3"]);
     api::put_ok(&n1, "disk", "after", b"x", "w=all", None);
 }
 

@@ -129,6 +129,15 @@ pub enum CoordinatorError {
         primaries_needed: usize,
         primaries_replied: usize,
     },
+    /// Fewer than W (or PW) replicas are reachable from this node, so the write was not
+    /// tried: nothing was stored anywhere.
+    #[error("only {reachable} of the {needed} replicas needed are reachable from this node (the others are down, partitioned away or not yet heard from since it started); nothing was written{}", primaries_note(*.primaries_needed, *.primaries_reachable))]
+    Unreachable {
+        needed: usize,
+        reachable: usize,
+        primaries_needed: usize,
+        primaries_reachable: usize,
+    },
     /// The minting replica refused the write cleanly (a limit: `code` is the HTTP error
     /// code, e.g. `too_many_siblings`); nothing was stored.
     #[error("{message}")]
@@ -323,7 +332,12 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
         // from its peers yet sees a ring of one and piled up 90 siblings per key).
         let reachable_primaries = targets.iter().filter(|t| t.primary).count();
         if targets.len() < w || reachable_primaries < pw {
-            return Err(unavailable(0, 0));
+            return Err(CoordinatorError::Unreachable {
+                needed: w,
+                reachable: targets.len(),
+                primaries_needed: pw,
+                primaries_reachable: reachable_primaries,
+            });
         }
 
         // The first target that answers mints the version; the others only merge it. A

@@ -98,6 +98,24 @@ impl From<CoordinatorError> for ApiError {
                     "primaries_replied": primaries_replied,
                 }),
             },
+            CoordinatorError::Unreachable {
+                needed,
+                reachable,
+                primaries_needed,
+                primaries_reachable,
+            } => ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                body: json!({
+                    "error": "quorum_unavailable",
+                    "message": e.to_string(),
+                    "needed": needed,
+                    "replied": 0,
+                    "reachable": reachable,
+                    "primaries_needed": primaries_needed,
+                    "primaries_replied": 0,
+                    "primaries_reachable": primaries_reachable,
+                }),
+            },
             CoordinatorError::Refused { code, message } => {
                 let status = match code.as_str() {
                     "invalid_context" => StatusCode::BAD_REQUEST,

@@ -128,8 +128,8 @@ impl FjallStorage {
                 dir: dir.join(DB_DIR),
                 active: None,
             };
-            Box::new(move || {
-                let covered = mark.before_fsync()?;
+            Box::new(move |last| {
+                let covered = mark.before_fsync(last)?;
                 journal.fsync()?;
                 if let Some(m) = covered {
                     mark.after_fsync(m);
@@ -621,5 +621,38 @@ mod tests {
         let db_dir = dir.path().join(DB_DIR);
         let n = active_journal(&db_dir).expect("no <n>.jnl in fjall's directory");
         assert!(db_dir.join(format!("{n}.jnl")).is_file());
+    }
+
+    /// Issue 15, defect 5, as CI met it: writes faster than the mark interval left the last
+    /// mark early in the journal, so a cut after it went unnoticed at the next open.
+    #[test]
+    fn a_cut_in_a_cleanly_closed_journal_is_found_however_fast_it_was_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let db_dir = dir.path().join(DB_DIR);
+        {
+            let s = FjallStorage::open(dir.path(), SyncMode::Periodic { interval_ms: 10 }, 1 << 20)
+                .unwrap();
+            // The explicit fsync puts a mark into the journal; the writes after it come
+            // within MARK_EVERY, so only the close can mark them.
+            for i in 0..300u32 {
+                s.put(0, &i.to_be_bytes(), &[7u8; 100]).unwrap();
+                if i == 150 {
+                    s.flush().unwrap();
+                }
+            }
+        }
+        let n = active_journal(&db_dir).unwrap();
+        let path = db_dir.join(format!("{n}.jnl"));
+        let bytes = std::fs::read(&path).unwrap();
+        let used = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+        // Cuts only the last tenth: the writes since the last throttled mark.
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len((used - used / 10) as u64).unwrap();
+        drop(file);
+        let s = FjallStorage::open(dir.path(), SyncMode::Always, 1 << 20).unwrap();
+        assert!(
+            s.journal_damage().is_some(),
+            "a cut journal was not noticed"
+        );
     }
 }

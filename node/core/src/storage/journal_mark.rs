@@ -62,9 +62,11 @@ impl JournalMark {
     }
 
     /// Before an fsync: puts the next mark into the journal, unless one went in less than
-    /// [`MARK_EVERY`] ago. Returns the mark the fsync will cover.
-    pub(super) fn before_fsync(&mut self) -> Result<Option<u64>, StorageError> {
-        if self.written_at.is_some_and(|t| t.elapsed() < MARK_EVERY) {
+    /// [`MARK_EVERY`] ago and this is not the `last` fsync before a clean close (which
+    /// always marks, so that a cut anywhere in a cleanly closed journal is found).
+    /// Returns the mark the fsync will cover.
+    pub(super) fn before_fsync(&mut self, last: bool) -> Result<Option<u64>, StorageError> {
+        if !last && self.written_at.is_some_and(|t| t.elapsed() < MARK_EVERY) {
             return Ok(None);
         }
         let mark = self.next;

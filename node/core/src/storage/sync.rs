@@ -19,8 +19,10 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Makes written data durable: fsyncs the journal.
-pub(super) type Persist = Box<dyn FnMut() -> Result<(), StorageError> + Send>;
+/// Makes written data durable: fsyncs the journal. The flag is set on the last call, at
+/// clean shutdown, which must leave a record that everything written is durable (see
+/// `journal_mark`), even if nothing was written since the previous fsync.
+pub(super) type Persist = Box<dyn FnMut(bool) -> Result<(), StorageError> + Send>;
 
 pub(super) struct Syncer {
     shared: Arc<Shared>,
@@ -35,7 +37,7 @@ struct Shared {
     /// Wakes waiters: `synced` advanced or an fsync failed.
     done: Condvar,
     /// Something was written since the last fsync started; lets the periodic timer and
-    /// shutdown skip fsyncs that have nothing to do.
+    /// skip fsyncs that have nothing to do.
     dirty: AtomicBool,
     /// An fsync failed. The engine is unusable from then on: after a failed fsync the
     /// kernel may have dropped the dirty pages, so what is on disk is unknown until a
@@ -165,9 +167,7 @@ fn run(shared: &Shared, interval: Option<Duration>, mut persist: Persist) {
             }
         };
         let shutting_down = target.is_none();
-        if shared.failed.load(Ordering::Acquire)
-            || (shutting_down && !shared.dirty.load(Ordering::Acquire))
-        {
+        if shared.failed.load(Ordering::Acquire) {
             return;
         }
         let target = target.unwrap_or(st.requested);
@@ -176,7 +176,7 @@ fn run(shared: &Shared, interval: Option<Duration>, mut persist: Persist) {
         // Cleared before the fsync: a write landing during it sets the flag again and is
         // picked up by the next tick.
         shared.dirty.store(false, Ordering::Release);
-        let result = persist();
+        let result = persist(shutting_down);
 
         st = lock(&shared.state);
         match result {
@@ -211,7 +211,7 @@ mod tests {
     fn counting(mode: SyncMode) -> (Syncer, Arc<AtomicU64>) {
         let n = Arc::new(AtomicU64::new(0));
         let c = n.clone();
-        let persist: Persist = Box::new(move || {
+        let persist: Persist = Box::new(move |_| {
             // Long enough that concurrent waiters pile up into one batch.
             std::thread::sleep(Duration::from_millis(2));
             c.fetch_add(1, Ordering::SeqCst);
@@ -272,10 +272,33 @@ mod tests {
         assert_eq!(fsyncs.load(Ordering::SeqCst), 1);
     }
 
+    /// The journal mark relies on it: a clean close marks the end of the journal even when
+    /// the last write was already fsynced.
+    #[test]
+    fn shutdown_persists_once_with_the_last_flag_even_when_clean() {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let seen = calls.clone();
+        let persist: Persist = Box::new(move |last| {
+            seen.lock().unwrap().push(last);
+            Ok(())
+        });
+        let s = Syncer::start(
+            SyncMode::Periodic {
+                interval_ms: 3_600_000,
+            },
+            persist,
+        )
+        .unwrap();
+        s.after_write().unwrap();
+        s.wait_durable().unwrap();
+        drop(s);
+        assert_eq!(*calls.lock().unwrap(), vec![false, true]);
+    }
+
     #[test]
     fn failed_fsync_fails_waiters_and_later_writes() {
         let persist: Persist =
-            Box::new(|| Err(StorageError::Io(std::io::Error::other("disk gone"))));
+            Box::new(|_| Err(StorageError::Io(std::io::Error::other("disk gone"))));
         let s = Syncer::start(SyncMode::Always, persist).unwrap();
         assert!(matches!(s.after_write(), Err(StorageError::Closed)));
         assert!(matches!(s.after_write(), Err(StorageError::Closed)));

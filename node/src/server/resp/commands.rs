@@ -606,6 +606,9 @@ fn coordinator_error(e: CoordinatorError) -> Reply {
         CoordinatorError::Unavailable { needed, replied, .. } => Reply::error(format!(
             "QUORUM needed {needed} replied {replied}: {e}; a write that failed so may still have reached some replicas"
         )),
+        CoordinatorError::Unreachable { needed, .. } => {
+            Reply::error(format!("QUORUM needed {needed} replied 0: {e}"))
+        }
         // A limit refused at the minting replica, nothing stored: the sibling bound has
         // its own code; the others (an over-large object, too many actors) are bad input.
         CoordinatorError::Refused { code, message } if code == "too_many_siblings" => {
