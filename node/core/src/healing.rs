@@ -103,6 +103,10 @@ pub struct Healer<S: Storage, P: Peers> {
     transfer_progress: Mutex<HashMap<PartitionId, u64>>,
     /// While the replica repairs: (partition, other owner) pairs whose trees were equal.
     repaired: Mutex<std::collections::HashSet<(PartitionId, String)>>,
+    /// Partitions whose last completed exchange from this node found its tree differing
+    /// from the peer's, with that peer and the differing segments (for the dashboard; one
+    /// entry per partition at most, removed when an exchange finds them equal).
+    disagreements: Mutex<HashMap<PartitionId, (String, usize)>>,
 }
 
 /// Exchanges per healing round while the replica repairs.
@@ -184,6 +188,7 @@ impl<S: Storage, P: Peers> Healer<S, P> {
             reap_candidates: Mutex::new(HashMap::new()),
             transfer_progress: Mutex::new(HashMap::new()),
             repaired: Mutex::default(),
+            disagreements: Mutex::default(),
         }
     }
 
@@ -232,6 +237,29 @@ impl<S: Storage, P: Peers> Healer<S, P> {
         if let Err(e) = self.reap_step().await {
             tracing::debug!("tombstone reaping: {e}");
         }
+    }
+
+    /// Tombstones found held by every primary and waiting out the grace period.
+    pub fn tombstones_awaiting_reap(&self) -> usize {
+        self.reap_candidates
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Partitions whose trees differed from a peer's at this node's last exchange of them:
+    /// (partition, peer, differing segments), by partition.
+    pub fn disagreements(&self) -> Vec<(PartitionId, String, usize)> {
+        let map = self
+            .disagreements
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut out: Vec<_> = map
+            .iter()
+            .map(|(p, (peer, s))| (*p, peer.clone(), *s))
+            .collect();
+        out.sort_unstable();
+        out
     }
 
     /// Partitions this node holds data for but does not own, with keys left to move.
@@ -486,6 +514,16 @@ impl<S: Storage, P: Peers> Healer<S, P> {
             .inc_by(report.bytes_received as u64);
         if report.keys_repaired > 0 {
             tracing::info!(partition, %peer, segments = report.differing_segments, keys = report.keys_repaired, "anti-entropy repaired keys");
+        }
+        if result.is_ok() {
+            let mut map = self
+                .disagreements
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match report.differing_segments {
+                0 => map.remove(&partition),
+                n => map.insert(partition, (peer.to_string(), n)),
+            };
         }
         result.map(|()| report)
     }

@@ -147,6 +147,16 @@ impl Gossip {
             .map(str::to_string)
     }
 
+    /// The phi above which a peer counts as suspect (`--phi-threshold`).
+    pub fn phi_threshold(&self) -> f64 {
+        self.membership
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .config()
+            .phi
+            .threshold
+    }
+
     pub fn members(&self) -> Vec<MemberView> {
         let now = self.now_ms();
         self.membership

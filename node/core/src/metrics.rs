@@ -1,7 +1,9 @@
 //! The node's Prometheus metrics (`GET /metrics`): one registry, the counters and histograms
-//! every part of the node updates. Owns names and help texts; computes nothing itself.
+//! every part of the node updates, and [`OpTotals`], the same request figures in a form the
+//! dashboard can read back (Prometheus's histograms cannot be). Owns names and help texts;
+//! computes nothing itself.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -26,8 +28,52 @@ pub struct PeerLabels {
     pub peer: String,
 }
 
+/// Latency buckets of the request histogram: 0.1 ms doubling 18 times, then +Inf.
+const LATENCY_START_S: f64 = 0.0001;
+pub const LATENCY_BUCKETS: usize = 18;
+
+/// Upper bound in seconds of latency bucket `i` (`LATENCY_BUCKETS` is +Inf).
+pub fn latency_bound(i: usize) -> f64 {
+    if i >= LATENCY_BUCKETS {
+        f64::INFINITY
+    } else {
+        LATENCY_START_S * 2f64.powi(i as i32)
+    }
+}
+
+/// Cumulative count of one operation's requests per latency bucket (the last is +Inf).
+pub type OpBuckets = [u64; LATENCY_BUCKETS + 1];
+
+/// Per-operation request counts by latency bucket for the HTTP `get`, `put` and `delete`,
+/// cumulative since start, read by the dashboard's sampler (`server/ui`).
+#[derive(Default)]
+pub struct OpTotals {
+    buckets: [[AtomicU64; LATENCY_BUCKETS + 1]; 3],
+}
+
+impl OpTotals {
+    pub const OPS: [&'static str; 3] = ["get", "put", "delete"];
+
+    /// Counts one request of `op` (other operations are ignored) that took `secs`.
+    pub fn observe(&self, op: &str, secs: f64) {
+        let Some(i) = Self::OPS.iter().position(|o| *o == op) else {
+            return;
+        };
+        let bucket = (0..LATENCY_BUCKETS)
+            .find(|&b| secs <= latency_bound(b))
+            .unwrap_or(LATENCY_BUCKETS);
+        self.buckets[i][bucket].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counts of `OPS[i]` so far.
+    pub fn snapshot(&self, i: usize) -> OpBuckets {
+        std::array::from_fn(|b| self.buckets[i][b].load(Ordering::Relaxed))
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
+    pub ops: OpTotals,
     pub requests: Family<RequestLabels, Counter>,
     pub latency: Family<OpLabels, Histogram>,
     pub quorum_failures: Family<OpLabels, Counter>,
@@ -62,7 +108,11 @@ impl Default for Metrics {
             requests.clone(),
         );
         let latency = Family::<OpLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+            Histogram::new(exponential_buckets(
+                LATENCY_START_S,
+                2.0,
+                LATENCY_BUCKETS as u16,
+            ))
         });
         registry.register(
             "request_duration_seconds",
@@ -188,6 +238,7 @@ impl Default for Metrics {
         );
         Metrics {
             registry,
+            ops: OpTotals::default(),
             requests,
             latency,
             quorum_failures,
@@ -221,10 +272,49 @@ fn counter(registry: &mut Registry, name: &str, help: &str) -> Counter {
 }
 
 impl Metrics {
+    /// Records one client request (HTTP or RESP): its count by status, its latency, a
+    /// quorum failure when it answered 503, and the dashboard's totals.
+    pub fn record_request(&self, op: &'static str, status: u16, secs: f64) {
+        self.requests
+            .get_or_create(&RequestLabels { op, status })
+            .inc();
+        self.latency.get_or_create(&OpLabels { op }).observe(secs);
+        if status == 503 {
+            self.quorum_failures.get_or_create(&OpLabels { op }).inc();
+        }
+        self.ops.observe(op, secs);
+    }
+
+    /// Quorum failures of `op` so far.
+    pub fn quorum_failures_of(&self, op: &'static str) -> u64 {
+        self.quorum_failures
+            .get(&OpLabels { op })
+            .map_or(0, |c| c.get())
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn op_totals_bucket_by_the_histogram_bounds_and_ignore_other_ops() {
+        let t = OpTotals::default();
+        t.observe("get", 0.00005);
+        t.observe("get", 0.0001);
+        t.observe("get", 0.00015);
+        t.observe("put", 1e6);
+        t.observe("resp_get", 0.001);
+        let get = t.snapshot(0);
+        assert_eq!((get[0], get[1]), (2, 1));
+        assert_eq!(t.snapshot(1)[LATENCY_BUCKETS], 1);
+        assert_eq!(t.snapshot(2).iter().sum::<u64>(), 0);
     }
 }

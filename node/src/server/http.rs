@@ -1,7 +1,8 @@
 //! The client HTTP API (axum), exactly as CONTRACT.md lists it: `/kv`, `/ring`, `/status`,
 //! `/metrics`, `/health`, the `/local` views of this node's own replicas, and the admin
-//! calls behind `chorus leave` / `chorus remove`. It validates input, turns requests into
-//! coordinator calls and results into status codes; it holds no replication logic.
+//! calls behind `chorus leave` / `chorus remove`; it mounts the dashboard's `/ui` routes
+//! from `ui.rs`. It validates input, turns requests into coordinator calls and results into
+//! status codes; it holds no replication logic.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +18,6 @@ use serde_json::{json, Value};
 use crate::server::node::{AdminAuth, Node};
 use chorus_core::causality::Context;
 use chorus_core::coordinator::{CoordinatorError, Precondition, Quorum};
-use chorus_core::metrics::{OpLabels, RequestLabels};
 use chorus_core::object::{Object, Sibling, MAX_CONTENT_TYPE_BYTES};
 use chorus_core::storage::Storage;
 
@@ -46,6 +46,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/health", get(health))
         .route("/admin/leave", post(admin_leave))
         .route("/admin/remove/{name}", post(admin_remove))
+        .merge(crate::server::ui::routes())
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(plain_framing))
@@ -419,19 +420,7 @@ pub(super) async fn measured(
     let response = handler.await.unwrap_or_else(IntoResponse::into_response);
     let status = response.status().as_u16();
     node.metrics
-        .requests
-        .get_or_create(&RequestLabels { op, status })
-        .inc();
-    node.metrics
-        .latency
-        .get_or_create(&OpLabels { op })
-        .observe(started.elapsed().as_secs_f64());
-    if status == 503 {
-        node.metrics
-            .quorum_failures
-            .get_or_create(&OpLabels { op })
-            .inc();
-    }
+        .record_request(op, status, started.elapsed().as_secs_f64());
     response
 }
 

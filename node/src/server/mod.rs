@@ -18,6 +18,7 @@ pub mod node;
 pub mod peers;
 pub mod resp;
 pub mod transport;
+pub mod ui;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -233,7 +234,11 @@ async fn serve(config: NodeConfig, security: Security, admin: AdminAuth) -> Resu
         transport: transport.clone(),
         stop: tokio::sync::Notify::new(),
         storage_exit: std::sync::Mutex::new(None),
+        history: std::sync::Mutex::default(),
     });
+    node.gossip
+        .set_local_kv(ui::HTTP_KV, &config.http.to_string());
+    tokio::spawn(ui::sample_loop(node.clone()));
     tokio::spawn(healer.run());
     tokio::spawn(storage_watchdog(
         node.clone(),

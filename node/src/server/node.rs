@@ -66,6 +66,8 @@ pub struct Node {
     pub stop: tokio::sync::Notify,
     /// Set when the node stops because its storage failed and did not recover.
     pub storage_exit: std::sync::Mutex<Option<String>>,
+    /// The dashboard's last minutes of figures, sampled by `ui::sample_loop`.
+    pub history: std::sync::Mutex<crate::server::ui::history::History>,
 }
 
 impl Node {

@@ -1,8 +1,9 @@
 //! `chorus dev`: a local cluster in one command. It creates (or reuses) the directory and
 //! the cluster credential, starts one `chorus start` child process per node on
-//! 127.0.0.1 (QUIC on base+i, HTTP on base+1000+i, RESP on base+2000+i), waits until each answers `/health`,
-//! prints the URLs, and on Ctrl-C or SIGTERM stops every child: SIGTERM, a bounded wait,
-//! then SIGKILL. A child that dies on its own is reported with its log; the others keep
+//! 127.0.0.1 (QUIC on base+i, HTTP on base+1000+i, RESP on base+2000+i), waits until each
+//! answers `/health`, prints the URLs (HTTP, the dashboard at /ui, RESP), and on Ctrl-C or
+//! SIGTERM stops every child: SIGTERM, a bounded wait, then SIGKILL. A child that dies on
+//! its own is reported with its log; the others keep
 //! running. This module only supervises processes; it never talks QUIC or touches data.
 
 use std::fs::{File, OpenOptions};
@@ -419,8 +420,9 @@ impl Cluster {
         for node in &self.nodes {
             let p = &node.plan;
             out.push_str(&format!(
-                "  {}  {}  RESP {}  (QUIC {}, log {})\n",
+                "  {}  {}  dashboard {}/ui  RESP {}  (QUIC {}, log {})\n",
                 p.name,
+                p.url(),
                 p.url(),
                 p.resp,
                 p.listen,

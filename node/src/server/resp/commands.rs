@@ -23,7 +23,7 @@ use futures::future::join_all;
 
 use chorus_core::causality::Context;
 use chorus_core::coordinator::{Coordinator, CoordinatorError, Quorum};
-use chorus_core::metrics::{Metrics, OpLabels, RequestLabels};
+use chorus_core::metrics::Metrics;
 use chorus_core::object::{Object, Sibling, MAX_NAME_BYTES as MAX_SEGMENT_BYTES};
 use chorus_core::peers::Peers;
 use chorus_core::replica::Replica;
@@ -598,20 +598,7 @@ fn record(metrics: &Metrics, op: &'static str, reply: &Reply, started: Instant) 
         Reply::Error(_) => 400,
         _ => 200,
     };
-    metrics
-        .requests
-        .get_or_create(&RequestLabels { op, status })
-        .inc();
-    metrics
-        .latency
-        .get_or_create(&OpLabels { op })
-        .observe(started.elapsed().as_secs_f64());
-    if status == 503 {
-        metrics
-            .quorum_failures
-            .get_or_create(&OpLabels { op })
-            .inc();
-    }
+    metrics.record_request(op, status, started.elapsed().as_secs_f64());
 }
 
 fn coordinator_error(e: CoordinatorError) -> Reply {
