@@ -36,7 +36,7 @@ use crate::view::ClusterView;
 pub const DEFAULT_BYTES_PER_S: u64 = 32 * 1024 * 1024;
 /// Default number of partitions streamed at once.
 pub const DEFAULT_STREAMS: usize = 2;
-/// Stored bytes one page asks for (less when the budget is smaller).
+/// Stored bytes one page asks for at most (less under a budget below 16 MiB/s).
 pub const PAGE_BYTES: u32 = 1024 * 1024;
 /// Largest `max_bytes` a peer may ask for: a page stays far under a message.
 pub const MAX_PAGE_BYTES: u32 = 8 * 1024 * 1024;
@@ -474,7 +474,9 @@ impl<S: Storage, P: Peers> Rebuilder<S, P> {
 
     /// Pulls pages of `partition` from its fullest reachable other owner until its end.
     async fn pull(&self, partition: PartitionId) -> Result<(), HealError> {
-        let max_bytes = PAGE_BYTES.min(self.config.bytes_per_s.min(u32::MAX as u64) as u32);
+        // A page is at most a sixteenth of a second's budget, so the streams interleave
+        // and the limiter's waits stay short.
+        let max_bytes = (self.config.bytes_per_s / 16).clamp(4096, PAGE_BYTES as u64) as u32;
         loop {
             let peer = self.source(partition)?;
             let after = self.progress(partition).after;
