@@ -36,8 +36,9 @@ use crate::view::ClusterView;
 pub const DEFAULT_BYTES_PER_S: u64 = 32 * 1024 * 1024;
 /// Default number of partitions streamed at once.
 pub const DEFAULT_STREAMS: usize = 2;
-/// Stored bytes one page asks for at most (less under a budget below 16 MiB/s).
-pub const PAGE_BYTES: u32 = 1024 * 1024;
+/// Stored bytes one page asks for at most (less under a budget below 8 MiB/s): small
+/// enough that encoding or decoding one holds an async worker only briefly.
+pub const PAGE_BYTES: u32 = 512 * 1024;
 /// Largest `max_bytes` a peer may ask for: a page stays far under a message.
 pub const MAX_PAGE_BYTES: u32 = 8 * 1024 * 1024;
 /// Objects one page holds at most, whatever their size.
@@ -576,8 +577,8 @@ impl<S: Storage, P: Peers> Rebuilder<S, P> {
         }
     }
 
-    /// Merges a page through the replica's normal merge (on the blocking pool when writes
-    /// wait for an fsync). A key whose merge is refused at the hard limits keeps its
+    /// Merges a page through the replica's normal merge (on the blocking pool, as
+    /// `handle_async` runs every batch merge). A key whose merge is refused at the hard limits keeps its
     /// versions on both sides, as for any merge, and does not stop the stream.
     async fn merge(&self, objects: Vec<KeyedObject>) -> Result<(), HealError> {
         if objects.is_empty() {

@@ -243,10 +243,13 @@ impl<S: Storage> Replica<S> {
         // A listing scan reads up to `listing::SCAN_BUDGET` entries: never on an async worker.
         let blocks = match request {
             Request::Get { .. } => false,
-            // So do a rebuild page and a count that may load a partition's index.
+            // So do a rebuild page, a count that may load a partition's index, and a batch
+            // merge (up to a rebuild page or `MAX_BATCH_BYTES` of objects): one on an async
+            // worker would stall every client request queued behind it.
             Request::ListKeys { .. }
             | Request::PartitionPage { .. }
-            | Request::KeyCounts { .. } => true,
+            | Request::KeyCounts { .. }
+            | Request::MergeBatch { .. } => true,
             _ => self.storage.writes_block(),
         };
         if !blocks {
