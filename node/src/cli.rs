@@ -47,6 +47,9 @@ pub enum Command {
     /// Placement: owners of a key, and the placement simulator.
     #[command(subcommand)]
     Ring(RingCommand),
+    /// Bucket properties: per-bucket defaults for r, w, pr, pw and max_siblings.
+    #[command(subcommand)]
+    Bucket(BucketCommand),
     /// Ask a node to hand its data over and leave the cluster.
     Leave(AdminArgs),
     /// Drop a dead node from the cluster.
@@ -446,6 +449,20 @@ pub struct DeleteArgs {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum BucketCommand {
+    /// Show a bucket's properties, or change them with --set (prints the result as JSON).
+    Props {
+        bucket: String,
+        /// `key=value` (r, w, pr, pw: a number, one, quorum or all; max_siblings: a
+        /// number); `key=` resets one to the node default. Keys not named keep their value.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand, Debug, Clone)]
 pub enum RingCommand {
     /// The preference list of a key: N primary owners, then fallbacks.
     Owners {

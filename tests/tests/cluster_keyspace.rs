@@ -1,14 +1,18 @@
 //! Keyspace operations against real `chorus` processes (issue 18): key listing pages back
 //! exactly the live keys through every node, with a node down, and says when a partition
 //! could not be covered; conditional writes (`If-None-Match: *`, `If-Match`) refuse with
-//! 412 exactly when their precondition does not hold. Expected key sets come from what
-//! the test wrote and deleted, never from the server's answers.
+//! 412 exactly when their precondition does not hold; bucket properties set through one
+//! node are in force on every node and after a full restart, judged by what requests do
+//! (a refused sibling, a refused quorum), not by what the nodes report. Expected key sets
+//! come from what the test wrote and deleted, never from the server's answers.
 
 use std::collections::BTreeSet;
 
 use chorus_api::{KeyPageBody, CONTEXT_HEADER};
 use chorus_tests::api::{self, assert_error};
-use chorus_tests::cluster::{args, chorus_bin, ClusterOptions, TestCluster};
+use chorus_tests::cluster::{
+    args, chorus_bin, wait_for, ClusterOptions, TestCluster, CLUSTER_DEADLINE,
+};
 
 const BUCKETS: [&str; 3] = ["users", "orders", "users2"];
 /// Keys per bucket: 25,002 in all.
@@ -277,4 +281,104 @@ fn conditional_writes_refuse_with_412_exactly_when_their_precondition_fails() {
         .expect("run chorus put");
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("context: "));
+}
+
+/// Whether `url` enforces `max_siblings` = 2 on bucket `b` now: two blind writes to a
+/// fresh key, then a third must be refused (409). Each probe uses its own key.
+fn enforces_two_siblings(url: &str, probe: &mut u32) -> Result<(), String> {
+    *probe += 1;
+    let key = format!("probe-{probe}");
+    for v in [b"1", b"2"] {
+        let r = api::put(url, "b", &key, v, "w=1", None)?;
+        if r.status != 204 {
+            return Err(format!("blind write {}: {}", r.status, r.error_message()));
+        }
+    }
+    let third = api::put(url, "b", &key, b"3", "w=1", None)?;
+    match third.status {
+        409 => Ok(()),
+        other => Err(format!("a third sibling got {other}")),
+    }
+}
+
+fn props_put(url: &str, body: &str) -> api::Response {
+    api::call(url, "PUT", "/buckets/b/props", &[], body.as_bytes()).unwrap()
+}
+
+#[test]
+fn bucket_properties_set_on_one_node_are_in_force_on_every_node_and_after_a_full_restart() {
+    let mut cluster = TestCluster::start_converged(ClusterOptions::default());
+    let mut probe = 0;
+    // Before: three blind writes are three siblings.
+    let key = "before";
+    for v in [b"1", b"2", b"3"] {
+        api::put_ok(&cluster.url(1), "b", key, v, "w=1", None);
+    }
+    let r = props_put(&cluster.url(0), r#"{"w": "all", "max_siblings": 2}"#);
+    assert_eq!(r.status, 200, "{}", r.error_message());
+    for i in 0..3 {
+        let url = cluster.url(i);
+        wait_for(
+            &format!("n{} to enforce the props", i + 1),
+            CLUSTER_DEADLINE,
+            || enforces_two_siblings(&url, &mut probe),
+        );
+        let shown = api::get(&url, "/buckets/b/props").unwrap().json().unwrap();
+        assert_eq!(shown["props"]["w"], "all", "{shown}");
+        assert_eq!(shown["set_by"], "n1", "{shown}");
+    }
+    // w=all from the bucket: with n3 dead a default write fails, the request's own w wins.
+    cluster.nodes[2].kill9();
+    let r = api::put(&cluster.url(1), "b", "w", b"x", "", None).unwrap();
+    assert_error(
+        &r,
+        503,
+        "quorum_unavailable",
+        "w=all from the bucket's props",
+    );
+    assert_eq!(r.json().unwrap()["needed"], 3);
+    api::put_ok(&cluster.url(1), "b", "w", b"x", "w=2", None);
+
+    // A full restart: every node stops, then all start again.
+    cluster.nodes[2].start();
+    for node in &mut cluster.nodes {
+        node.stop();
+    }
+    for node in &mut cluster.nodes {
+        node.start();
+    }
+    for node in &cluster.nodes {
+        node.wait_healthy();
+    }
+    cluster.wait_alive(&[0, 1, 2], &["n1", "n2", "n3"]);
+    for i in 0..3 {
+        let url = cluster.url(i);
+        wait_for(
+            &format!("n{} to enforce the props after the restart", i + 1),
+            CLUSTER_DEADLINE,
+            || enforces_two_siblings(&url, &mut probe),
+        );
+    }
+    // Clearing them brings the node defaults back everywhere.
+    let r = props_put(&cluster.url(2), "{}");
+    assert_eq!(r.status, 200, "{}", r.error_message());
+    for i in 0..3 {
+        let url = cluster.url(i);
+        wait_for(
+            &format!("n{} to drop the props", i + 1),
+            CLUSTER_DEADLINE,
+            || match enforces_two_siblings(&url, &mut probe) {
+                Ok(()) => Err("still refuses a third sibling".to_string()),
+                Err(_) => Ok(()),
+            },
+        );
+    }
+    for bad in [
+        r#"{"r": "5"}"#,
+        r#"{"ttl": 5}"#,
+        "not json",
+        r#"{"pr": "3", "r": "1"}"#,
+    ] {
+        assert_error(&props_put(&cluster.url(0), bad), 400, "invalid_props", bad);
+    }
 }

@@ -148,8 +148,27 @@ fn all_readable_at_r_one(url: &str, prefix: &str) {
     }
 }
 
-/// Issue 15, defect 5: a truncated journal made a node start silently without the writes
-/// it held, and answer 404 at r=one for values acknowledged at w=all.
+/// Damages the journal as issue 15 did: round 0 cuts it in half (the node then starts
+/// only with `--repair`, and says the journal lost marked writes), round 1 flips a few
+/// bytes in its middle (fjall then refuses to open the store at all: the operator moves
+/// the directory aside, as the error says, and starts with `--repair`).
+fn damage(path: &std::path::Path, used: u64, round: usize) {
+    if round == 0 {
+        let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        file.set_len(used / 2).unwrap();
+        return;
+    }
+    let mut bytes = std::fs::read(path).unwrap();
+    let middle = (used / 2) as usize;
+    for b in &mut bytes[middle..middle + 4] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Issue 15, defect 5: a truncated journal, or one with a few flipped bytes, made a node
+/// start silently without the writes it held, and answer 404 at r=one for values
+/// acknowledged at w=all.
 #[test]
 fn a_node_with_a_truncated_journal_refuses_to_start_and_with_repair_reports_no_write_absent() {
     let mut cluster = TestCluster::start_converged(ClusterOptions {
@@ -162,9 +181,7 @@ fn a_node_with_a_truncated_journal_refuses_to_start_and_with_repair_reports_no_w
         write_keys(&n1, prefix);
         assert_eq!(cluster.nodes[2].stop(), Some(0), "a clean stop");
         let (path, used) = journal(&cluster.nodes[2].data);
-        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-        file.set_len(used / 2).unwrap();
-        drop(file);
+        damage(&path, used, round);
 
         cluster.nodes[2].start();
         let code = cluster.nodes[2].wait_exit(CLUSTER_DEADLINE);
@@ -176,10 +193,16 @@ fn a_node_with_a_truncated_journal_refuses_to_start_and_with_repair_reports_no_w
         let log = cluster.nodes[2].log_text();
         assert!(log.contains("journal") && log.contains("--repair"), "{log}");
 
+        if round == 1 {
+            assert!(log.contains("move the directory aside"), "{log}");
+            let data = &cluster.nodes[2].data;
+            std::fs::rename(data, data.with_extension("damaged")).unwrap();
+        }
         cluster.nodes[2].set_extra_args(args(&["--healing-interval-ms", "200", "--repair"]));
         cluster.nodes[2].start();
         cluster.nodes[2].wait_healthy();
-        assert_eq!(api::metric(&n3, "chorus_journal_damaged").unwrap(), 1.0);
+        let damaged = if round == 0 { 1.0 } else { 0.0 };
+        assert_eq!(api::metric(&n3, "chorus_journal_damaged").unwrap(), damaged);
         // Before it hears from its peers it can only refuse (503), never say absent.
         for i in 0..300 {
             let r = api::get_kv(&n3, "journal", &format!("{prefix}{i}"), "r=one").unwrap();

@@ -13,6 +13,7 @@ use std::sync::PoisonError;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use crate::bucket_props::PropsCache;
 use crate::causality::{Context, Dot};
 use crate::metrics::Metrics;
 use crate::object::{Object, Sibling};
@@ -229,6 +230,8 @@ pub struct Coordinator<S: Storage, P: Peers> {
     peers: Arc<P>,
     view: Arc<RwLock<ClusterView>>,
     metrics: Arc<Metrics>,
+    /// Bucket properties as this node last loaded them (`max_siblings` is applied here).
+    props: Arc<PropsCache>,
 }
 
 impl<S: Storage, P: Peers> Clone for Coordinator<S, P> {
@@ -241,6 +244,7 @@ impl<S: Storage, P: Peers> Clone for Coordinator<S, P> {
             peers: self.peers.clone(),
             view: self.view.clone(),
             metrics: self.metrics.clone(),
+            props: self.props.clone(),
         }
     }
 }
@@ -266,7 +270,12 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
             peers,
             view,
             metrics,
+            props: Arc::default(),
         }
+    }
+
+    pub fn props(&self) -> &PropsCache {
+        &self.props
     }
 
     /// Test-only (see the field): puts the first build's answer context back.
@@ -423,6 +432,11 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
         // version and only its answer was lost, and asking another replica would mint a
         // second dot for the same client write (a duplicate sibling). That write is then a
         // 503 the client may retry; any version it left is kept and repaired like any other.
+        let max_siblings = self
+            .props
+            .get(bucket)
+            .and_then(|p| p.max_siblings)
+            .map(|m| m as u32);
         let mut stored = None;
         let mut rest = Vec::new();
         for target in targets {
@@ -441,6 +455,7 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
                 value: value.clone(),
                 hint_for: target.hint_for.clone(),
                 over_current: context.is_none(),
+                max_siblings,
             };
             match self.call(&target.name, request, remaining).await {
                 Ok(Response::Minted { object, dot }) => stored = Some((target, object, dot)),

@@ -7,6 +7,7 @@
 //! and the `chorus` binary is a shell around it. Other nodes are reached only through the
 //! [`peers::Peers`] seam; time only through tokio's clock.
 
+pub mod bucket_props;
 pub mod causality;
 pub mod coordinator;
 pub mod healing;

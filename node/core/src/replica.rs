@@ -45,6 +45,14 @@ pub enum ReplicaError {
     InvalidState(String),
 }
 
+/// How a coordinated write is stored beyond its value: for which unreachable owner a
+/// fallback keeps it, and the bucket's own sibling bound if it sets one.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Write<'a> {
+    pub hint_for: Option<&'a str>,
+    pub max_siblings: Option<usize>,
+}
+
 pub struct ReplicaConfig {
     /// The actor this replica mints dots with until it next drops keys (see `retire_actor`).
     pub actor: ActorId,
@@ -284,9 +292,14 @@ impl<S: Storage> Replica<S> {
                 value,
                 hint_for,
                 over_current,
+                max_siblings,
             } => {
                 let context = (!over_current).then_some(&context);
-                self.coordinate(&bucket, &key, context, value, hint_for.as_deref())
+                let write = Write {
+                    hint_for: hint_for.as_deref(),
+                    max_siblings: max_siblings.map(|m| m as usize),
+                };
+                self.coordinate(&bucket, &key, context, value, write)
                     .map(|(object, dot)| Response::Minted { object, dot })
             }
             Request::Merge {
@@ -372,7 +385,7 @@ impl<S: Storage> Replica<S> {
         key: &[u8],
         context: Option<&Context>,
         value: Sibling,
-        hint_for: Option<&str>,
+        write: Write,
     ) -> Result<(Object, Dot), ReplicaError> {
         let actors = context.map_or(0, |c| c.entries().len());
         if actors > WRITE_MAX_ACTORS {
@@ -396,14 +409,18 @@ impl<S: Storage> Replica<S> {
             None => current.update(&current.context(), actor, value),
         };
         let dot = (actor, updated.counter(actor));
-        let encoded = self.write_limits().check(&updated)?;
+        let mut limits = self.write_limits();
+        limits.siblings = limits
+            .siblings
+            .min(write.max_siblings.unwrap_or(usize::MAX));
+        let encoded = limits.check(&updated)?;
         let count = updated.sibling_count();
         if count >= self.config.warn_siblings {
             tracing::warn!(bucket = %String::from_utf8_lossy(bucket), key = %String::from_utf8_lossy(key), siblings = count, "key has many siblings; clients should resolve them by writing with a read's context");
         }
         self.storage
             .put_replacing(partition, &skey, raw.as_deref(), &encoded)?;
-        if let Some(owner) = hint_for {
+        if let Some(owner) = write.hint_for {
             self.record_hint(owner, partition, &skey)?;
         }
         Ok((updated, dot))
@@ -749,6 +766,7 @@ mod tests {
                     hint_for: None,
                     // Either way of minting: the limits hold for both.
                     over_current: deleted,
+                    max_siblings: None,
                 },
                 2 => Request::Merge {
                     bucket,
@@ -860,12 +878,14 @@ mod tests {
         let r = replica();
         let v = |s: &str| Sibling::value(s.as_bytes().to_vec(), None);
         let blind = Context::default();
-        r.coordinate(b"b", b"k", Some(&blind), v("1"), None)
+        r.coordinate(b"b", b"k", Some(&blind), v("1"), Write::default())
             .unwrap();
-        r.coordinate(b"b", b"k", Some(&blind), v("2"), None)
+        r.coordinate(b"b", b"k", Some(&blind), v("2"), Write::default())
             .unwrap();
         assert_eq!(r.get(b"b", b"k").unwrap().unwrap().sibling_count(), 2);
-        let (over, _) = r.coordinate(b"b", b"k", None, v("3"), None).unwrap();
+        let (over, _) = r
+            .coordinate(b"b", b"k", None, v("3"), Write::default())
+            .unwrap();
         assert_eq!(
             over.values(),
             vec![&v("3")],
@@ -875,7 +895,9 @@ mod tests {
         let elsewhere = Object::new().update(&blind, ActorId(2), v("other"));
         let merged = r.merge(b"b", b"k", &elsewhere, None).unwrap();
         assert_eq!(merged.sibling_count(), 2);
-        let (over, _) = r.coordinate(b"b", b"k", None, v("4"), None).unwrap();
+        let (over, _) = r
+            .coordinate(b"b", b"k", None, v("4"), Write::default())
+            .unwrap();
         assert_eq!(over.values(), vec![&v("4")]);
     }
 
@@ -889,6 +911,7 @@ mod tests {
             value: Sibling::value(b"v".to_vec(), None),
             hint_for: Some("owner".into()),
             over_current: false,
+            max_siblings: None,
         };
         let Response::Minted { object, dot } = r.handle(request) else {
             panic!("the write was not minted");
@@ -909,7 +932,7 @@ mod tests {
             b"other",
             Some(&Context::default()),
             Sibling::value(b"v".to_vec(), None),
-            None,
+            Write::default(),
         )
         .unwrap();
         assert_eq!(
@@ -933,6 +956,7 @@ mod tests {
             value: Sibling::value(value, None),
             hint_for: None,
             over_current: false,
+            max_siblings: None,
         })
     }
 

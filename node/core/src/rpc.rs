@@ -58,6 +58,10 @@ pub enum Request {
         hint_for: Option<String>,
         #[serde(default)]
         over_current: bool,
+        /// The bucket's `max_siblings` property, when it sets one: the replica refuses a
+        /// write leaving more (never more than its own `--max-siblings`).
+        #[serde(default)]
+        max_siblings: Option<u32>,
     },
     /// Merge a state into the replica's own and persist before acknowledging. `hint_for`
     /// names the primary owner a fallback holds this write for (sloppy quorum).

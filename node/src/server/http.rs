@@ -16,6 +16,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use crate::server::node::{AdminAuth, Node};
+use chorus_core::bucket_props::BucketProps;
 use chorus_core::causality::Context;
 use chorus_core::coordinator::{CoordinatorError, Precondition, Quorum};
 use chorus_core::object::{Object, Sibling, MAX_CONTENT_TYPE_BYTES};
@@ -38,6 +39,10 @@ pub fn router(node: Arc<Node>) -> Router {
             get(kv_get).put(kv_put).delete(kv_delete),
         )
         .route("/kv/{bucket}", get(crate::server::http_keys::kv_list))
+        .route(
+            "/buckets/{bucket}/props",
+            get(crate::server::http_props::props_get).put(crate::server::http_props::props_put),
+        )
         .route("/ring/{bucket}/{key}", get(ring_owners))
         .route("/local/kv/{bucket}/{key}", get(local_kv))
         .route("/local/partitions", get(local_partitions))
@@ -228,9 +233,12 @@ struct KvParams {
     timeout: Duration,
 }
 
+/// The request's `r`, `w`, `pr`, `pw` and `timeout`: its own parameters, else the
+/// bucket's properties, else the node's defaults.
 fn kv_params(
     n: usize,
     default_timeout: Duration,
+    props: Option<&BucketProps>,
     query: Option<&str>,
 ) -> Result<KvParams, ApiError> {
     let pairs: Vec<(String, String)> =
@@ -240,11 +248,18 @@ fn kv_params(
                 format!("cannot parse the query string: {e}"),
             )
         })?;
+    // Validated against N when set; a value that no longer resolves falls back.
+    let prop = |value: Option<&String>, default: usize, allow_zero| {
+        value
+            .and_then(|text| Quorum::parse(text).ok()?.resolve(n, allow_zero).ok())
+            .unwrap_or(default)
+    };
+    let props = props.cloned().unwrap_or_default();
     let mut params = KvParams {
-        r: n / 2 + 1,
-        w: n / 2 + 1,
-        pr: 0,
-        pw: 0,
+        r: prop(props.r.as_ref(), n / 2 + 1, false),
+        w: prop(props.w.as_ref(), n / 2 + 1, false),
+        pr: prop(props.pr.as_ref(), 0, true),
+        pw: prop(props.pw.as_ref(), 0, true),
         timeout: default_timeout,
     };
     let mut seen = Vec::with_capacity(pairs.len());
@@ -449,7 +464,12 @@ async fn kv_get(
 ) -> Response {
     measured(&node.clone(), "get", async move {
         let (bucket, key) = bucket_and_key(&uri)?;
-        let p = kv_params(node.coordinator.n(), node.limits.default_timeout, query.as_deref())?;
+        let p = kv_params(
+            node.coordinator.n(),
+            node.limits.default_timeout,
+            node.coordinator.props().get(&bucket).as_ref(),
+            query.as_deref(),
+        )?;
         let object = node.coordinator.get(&bucket, &key, p.r, p.pr, p.timeout).await?;
         let live: Vec<&Sibling> = object.values().into_iter().filter(|s| !s.deleted).collect();
         let wants_json = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("application/json"));
@@ -488,7 +508,7 @@ async fn kv_get(
 /// Reads a request body within `--max-value` and `--http-body-timeout-ms`. Only a body
 /// over the limit is a 413; one that cannot be read (shorter than its Content-Length, a
 /// malformed chunked encoding, a reset) is the client's 400, and a slow one a 408.
-async fn read_body(node: &Node, body: Body) -> Result<Bytes, ApiError> {
+pub(super) async fn read_body(node: &Node, body: Body) -> Result<Bytes, ApiError> {
     let limit = node.limits.max_value;
     let timeout = node.limits.body_timeout;
     let read = tokio::time::timeout(timeout, axum::body::to_bytes(body, limit));
@@ -559,6 +579,7 @@ async fn kv_put(
         let p = kv_params(
             node.coordinator.n(),
             node.limits.default_timeout,
+            node.coordinator.props().get(&bucket).as_ref(),
             query.as_deref(),
         )?;
         let precondition = request_precondition(&headers, &bucket, &key)?;
@@ -619,6 +640,7 @@ async fn kv_delete(
         let p = kv_params(
             node.coordinator.n(),
             node.limits.default_timeout,
+            node.coordinator.props().get(&bucket).as_ref(),
             query.as_deref(),
         )?;
         // Without a context a tombstone would only be a sibling of the value it meant to
@@ -863,9 +885,24 @@ mod tests {
     }
 
     #[test]
+    fn bucket_props_set_defaults_that_the_request_overrides() {
+        let timeout = Duration::from_millis(2000);
+        let props = BucketProps {
+            r: Some("all".into()),
+            w: Some("one".into()),
+            pw: Some("1".into()),
+            ..Default::default()
+        };
+        let p = kv_params(3, timeout, Some(&props), None).unwrap();
+        assert_eq!((p.r, p.w, p.pr, p.pw), (3, 1, 0, 1));
+        let p = kv_params(3, timeout, Some(&props), Some("r=1&w=quorum")).unwrap();
+        assert_eq!((p.r, p.w, p.pr, p.pw), (1, 2, 0, 1));
+    }
+
+    #[test]
     fn kv_params_default_resolve_and_refuse() {
         let timeout = Duration::from_millis(2000);
-        let defaults = kv_params(3, timeout, None).unwrap();
+        let defaults = kv_params(3, timeout, None, None).unwrap();
         assert_eq!(
             (
                 defaults.r,
@@ -876,7 +913,7 @@ mod tests {
             ),
             (2, 2, 0, 0, timeout)
         );
-        let p = kv_params(3, timeout, Some("r=one&w=all&pw=2&timeout=50")).unwrap();
+        let p = kv_params(3, timeout, None, Some("r=one&w=all&pw=2&timeout=50")).unwrap();
         assert_eq!(
             (p.r, p.w, p.pw, p.timeout),
             (1, 3, 2, Duration::from_millis(50))
@@ -892,7 +929,7 @@ mod tests {
             "w=1&w=all",
             "r=2&r=2",
         ] {
-            let err = kv_params(3, timeout, Some(bad))
+            let err = kv_params(3, timeout, None, Some(bad))
                 .err()
                 .unwrap_or_else(|| panic!("'{bad}' was accepted"));
             assert_eq!(err.status, StatusCode::BAD_REQUEST, "{bad}");

@@ -13,6 +13,7 @@ pub mod config;
 pub mod fault;
 pub mod http;
 pub mod http_keys;
+pub mod http_props;
 pub mod http_server;
 pub mod node;
 pub mod peers;
@@ -244,6 +245,7 @@ async fn serve(config: NodeConfig, security: Security, admin: AdminAuth) -> Resu
     node.gossip
         .set_local_kv(ui::HTTP_KV, &config.http.to_string());
     tokio::spawn(ui::sample_loop(node.clone()));
+    tokio::spawn(http_props::sync_loop(node.clone()));
     tokio::spawn(healer.run());
     tokio::spawn(storage_watchdog(
         node.clone(),

@@ -14,8 +14,8 @@ use hyper::Method;
 use serde_json::Value;
 
 use crate::cli::{
-    AdminArgs, CliError, CliResult, ClientArgs, Command, DeleteArgs, GetArgs, KeysArgs, PutArgs,
-    RemoveArgs, RingCommand,
+    AdminArgs, BucketCommand, CliError, CliResult, ClientArgs, Command, DeleteArgs, GetArgs,
+    KeysArgs, PutArgs, RemoveArgs, RingCommand,
 };
 use chorus_api::client::{self as http_client, BaseUrl, HttpClient, HttpError, Response};
 
@@ -53,6 +53,11 @@ pub fn run(command: Command) -> CliResult {
                 key,
                 client,
             }) => ring_owners(&bucket, &key, client).await,
+            Command::Bucket(BucketCommand::Props {
+                bucket,
+                set,
+                client,
+            }) => bucket_props(&bucket, &set, client).await,
             Command::Leave(args) => admin(args, "/admin/leave".into()).await,
             Command::Remove(RemoveArgs { name, admin: args }) => {
                 admin(
@@ -138,6 +143,56 @@ async fn put(args: PutArgs, stdin_value: Option<Vec<u8>>) -> CliResult {
     }
     print_context(&response);
     Ok(())
+}
+
+/// Shows a bucket's properties; with `--set`, reads them, applies each `key=value` and
+/// writes the result (a PUT replaces the whole set, so the read keeps the others).
+async fn bucket_props(bucket: &str, set: &[String], args: ClientArgs) -> CliResult {
+    if bucket.is_empty() {
+        return Err(CliError::usage("the bucket is empty"));
+    }
+    let mut client = connect(&args)?;
+    let path = format!("/buckets/{}/props", http_client::encode_segment(bucket));
+    let response = client
+        .request(Method::GET, &path, &[], Bytes::new())
+        .await
+        .map_err(request_failed)?;
+    if response.status != 200 || set.is_empty() {
+        return match response.status {
+            200 => print_json_body(&response),
+            _ => Err(refused(&response)),
+        };
+    }
+    let mut props = response
+        .json()
+        .map_err(CliError::failed)?
+        .get("props")
+        .cloned()
+        .unwrap_or_else(|| Value::Object(Default::default()));
+    for assignment in set {
+        let (key, value) = assignment
+            .split_once('=')
+            .ok_or_else(|| CliError::usage(format!("--set {assignment}: expected key=value")))?;
+        let value = match (key, value) {
+            (_, "") => Value::Null,
+            ("max_siblings", v) => Value::from(v.parse::<u64>().map_err(|_| {
+                CliError::usage(format!("--set {assignment}: max_siblings is a number"))
+            })?),
+            (_, v) => Value::from(v),
+        };
+        props[key] = value;
+    }
+    if let Value::Object(map) = &mut props {
+        map.retain(|_, v| !v.is_null());
+    }
+    let response = client
+        .request(Method::PUT, &path, &[], Bytes::from(props.to_string()))
+        .await
+        .map_err(request_failed)?;
+    match response.status {
+        200 => print_json_body(&response),
+        _ => Err(refused(&response)),
+    }
 }
 
 /// Prints a bucket's keys one per line (a key that is not UTF-8 as `base64:...`), then
