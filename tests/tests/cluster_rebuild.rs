@@ -203,12 +203,23 @@ fn a_rebuild_killed_halfway_resumes_from_its_cursors_and_loses_no_write() {
     cluster.nodes[2].restart();
     cluster.nodes[2].wait_healthy();
     println!("killed n3 with {halfway} of {keys} keys streamed, restarted it");
+    // Polled through the rest of the rebuild: the repair lasts at least as long as it.
     wait_for(
-        "n3 to resume its streams",
+        "n3 to resume its streams and end them",
         REBUILD_DEADLINE,
-        || match metric(&cluster, 2, "chorus_rebuild_resumed") {
-            r if r >= 1.0 => Ok(()),
-            r => Err(format!("{r} streams resumed")),
+        || {
+            let status = api::status(&n3)?;
+            let pending = status["rebuild"]["partitions_pending"]
+                .as_u64()
+                .unwrap_or(0);
+            assert!(
+                pending == 0 || status["repairing"] == true,
+                "repair ended mid-stream: {status}"
+            );
+            match metric(&cluster, 2, "chorus_rebuild_resumed") {
+                r if r >= 1.0 && pending == 0 => Ok(()),
+                r => Err(format!("{r} streams resumed, {pending} partitions pending")),
+            }
         },
     );
     // Writes racing the streams are merged, never lost.
