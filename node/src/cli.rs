@@ -188,6 +188,13 @@ pub struct StartArgs {
     /// How long a tombstone held by every owner waits before it is reaped.
     #[arg(long, default_value_t = 600_000)]
     pub tombstone_grace_ms: u64,
+    /// Bytes per second this node pulls when it streams whole partitions from other owners
+    /// (rebuilding a wiped or far-behind replica), all streams together.
+    #[arg(long, default_value_t = chorus_core::rebuild::DEFAULT_BYTES_PER_S)]
+    pub rebuild_bytes_per_s: u64,
+    /// Partitions this node streams at once while rebuilding.
+    #[arg(long, default_value_t = chorus_core::rebuild::DEFAULT_STREAMS)]
+    pub rebuild_streams: usize,
     /// Most client HTTP connections open at once; one more is answered 503
     /// too_many_connections. Lowered at start to what the file descriptor limit allows
     /// after keeping 640 for storage and node-to-node traffic.
@@ -313,6 +320,8 @@ impl StartArgs {
             max_hints_per_owner: self.max_hints_per_owner,
             healing_interval_ms: self.healing_interval_ms,
             tombstone_grace_ms: self.tombstone_grace_ms,
+            rebuild_bytes_per_s: self.rebuild_bytes_per_s,
+            rebuild_streams: self.rebuild_streams,
             cache_mb: self.cache_mb,
             memtable_mb: self.memtable_mb,
             storage_failure_exit_ms: self.storage_failure_exit_ms,

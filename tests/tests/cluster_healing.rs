@@ -173,8 +173,9 @@ fn a_fallback_takes_writes_for_a_dead_owner_and_hands_them_over_after_its_restar
     );
 }
 
-/// Stops a node, wipes its data directory and restarts it; anti-entropy alone (no reads)
-/// must restore every key and make every replica's Merkle roots equal.
+/// Stops a node, wipes its data directory and restarts it; healing alone (no reads) must
+/// restore every key and make every replica's Merkle roots equal: anti-entropy for small
+/// partitions, partition streams (`cluster_rebuild`) for those of 64 keys or more.
 fn anti_entropy_restores_a_wiped_node(keys: usize) {
     let mut cluster = TestCluster::start_converged(ClusterOptions {
         nodes: 3,
@@ -224,11 +225,16 @@ fn anti_entropy_restores_a_wiped_node(keys: usize) {
     let received = sum_metric(&cluster, &[0, 1, 2], "chorus_aae_bytes_received") - received_before;
     let repaired = sum_metric(&cluster, &[0, 1, 2], "chorus_aae_keys_repaired") - repaired_before;
     let exchanges = sum_metric(&cluster, &[0, 1, 2], "chorus_aae_exchanges");
-    assert!(repaired >= keys as f64, "keys repaired: {repaired}");
+    // Partitions of at least `rebuild::MIN_BULK_KEYS` keys are streamed whole instead.
+    let streamed = sum_metric(&cluster, &[2], "chorus_rebuild_keys");
+    assert!(
+        repaired + streamed >= keys as f64,
+        "keys repaired: {repaired}, streamed: {streamed}"
+    );
     // The repair must not have come from reads: none were made.
     assert_eq!(sum_metric(&cluster, &[0, 1, 2], "chorus_read_repairs"), 0.0);
     println!(
-        "FIGURE anti-entropy restored {keys} keys on a wiped node in {elapsed:?}: {} bytes exchanged ({sent} sent and {received} received by the nodes that started the exchanges), {repaired} keys repaired, {exchanges} exchanges (healing interval 100 ms, ring 64)",
+        "FIGURE anti-entropy restored {keys} keys on a wiped node in {elapsed:?}: {} bytes exchanged ({sent} sent and {received} received by the nodes that started the exchanges), {repaired} keys repaired, {streamed} streamed, {exchanges} exchanges (healing interval 100 ms, ring 64)",
         sent + received
     );
 }

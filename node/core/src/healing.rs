@@ -8,7 +8,9 @@
 //!   after every owner acknowledged it.
 //! - Anti-entropy: replicas of a partition compare TicTac hash trees (root, then branches,
 //!   then leaves) and exchange only the objects of segments that differ, through the
-//!   normal DVV merge.
+//!   normal DVV merge. A partition whose trees differ in most segments, or that this
+//!   replica holds far less of than another owner, is streamed whole instead (`rebuild`,
+//!   run by its own loop); anti-entropy leaves it alone until the stream ends.
 //! - Tombstone reaping: a tombstone is dropped once every primary holds exactly it, no node
 //!   in the cluster reports pending hints or data awaiting ownership transfer (a copy
 //!   that would bring the deleted value back), and a grace period has passed.
@@ -30,10 +32,11 @@ use crate::metrics::Metrics;
 use crate::object::ObjectError;
 use crate::object::{split_storage_key, Object};
 use crate::peers::{PeerError, Peers};
+use crate::rebuild::{RebuildConfig, Rebuilder};
 use crate::replica::ReplicaError;
 use crate::replica::{Replica, MAX_BATCH_BYTES};
 use crate::rpc::{KeyedObject, Request, Response};
-use crate::storage::merkle::{BRANCHES, SEGMENTS_PER_BRANCH};
+use crate::storage::merkle::{BRANCHES, SEGMENTS, SEGMENTS_PER_BRANCH};
 use crate::storage::StorageError;
 use crate::storage::{PartitionId, Storage};
 use crate::view::ClusterView;
@@ -62,6 +65,8 @@ pub struct HealingConfig {
     /// many rounds).
     pub reap_batch: usize,
     pub rpc_timeout: Duration,
+    /// Bulk partition streams (`--rebuild-bytes-per-s`, `--rebuild-streams`).
+    pub rebuild: RebuildConfig,
 }
 
 impl Default for HealingConfig {
@@ -74,6 +79,7 @@ impl Default for HealingConfig {
             tombstone_grace: Duration::from_secs(600),
             reap_batch: 1000,
             rpc_timeout: Duration::from_secs(10),
+            rebuild: RebuildConfig::default(),
         }
     }
 }
@@ -107,6 +113,7 @@ pub struct Healer<S: Storage, P: Peers> {
     /// from the peer's, with that peer and the differing segments (for the dashboard; one
     /// entry per partition at most, removed when an exchange finds them equal).
     disagreements: Mutex<HashMap<PartitionId, (String, usize)>>,
+    rebuilder: Arc<Rebuilder<S, P>>,
 }
 
 /// Exchanges per healing round while the replica repairs.
@@ -129,7 +136,7 @@ pub enum HealError {
     BadAnswer { peer: String, reason: String },
 }
 
-fn bad_answer(peer: &str, reason: impl Into<String>) -> HealError {
+pub(crate) fn bad_answer(peer: &str, reason: impl Into<String>) -> HealError {
     HealError::BadAnswer {
         peer: peer.to_string(),
         reason: reason.into(),
@@ -176,7 +183,17 @@ impl<S: Storage, P: Peers> Healer<S, P> {
         metrics: Arc<Metrics>,
         config: HealingConfig,
     ) -> Self {
+        let rebuilder = Arc::new(Rebuilder::new(
+            name.clone(),
+            replica.clone(),
+            peers.clone(),
+            gossip.clone(),
+            metrics.clone(),
+            config.rebuild.clone(),
+            config.rpc_timeout,
+        ));
         Healer {
+            rebuilder,
             name,
             replica,
             peers,
@@ -207,8 +224,15 @@ impl<S: Storage, P: Peers> Healer<S, P> {
         self.peers.call(to, request, self.config.rpc_timeout).await
     }
 
-    /// Runs healing rounds forever.
+    /// The bulk partition streams (`rebuild`), which run their own loop.
+    pub fn rebuilder(&self) -> &Arc<Rebuilder<S, P>> {
+        &self.rebuilder
+    }
+
+    /// Runs healing rounds forever, and the rebuild loop beside them (a stream lasts far
+    /// longer than a round, which hints and transfers must not wait for).
     pub async fn run(self: Arc<Self>) {
+        tokio::spawn(self.rebuilder.clone().run(self.config.interval));
         let mut ticker = tokio::time::interval(self.config.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -431,6 +455,9 @@ impl<S: Storage, P: Peers> Healer<S, P> {
             *cursor
         };
         let partition = mine[turn % mine.len()];
+        if self.rebuilder.is_pending(partition) {
+            return Ok(None);
+        }
         let others: Vec<&String> = view
             .ring
             .primaries(partition)
@@ -470,7 +497,7 @@ impl<S: Storage, P: Peers> Healer<S, P> {
                         .filter(|o| **o != self.name)
                         .map(move |o| (p, o.clone()))
                 })
-                .filter(|pair| !equal.contains(pair))
+                .filter(|pair| !equal.contains(pair) && !self.rebuilder.is_pending(pair.0))
                 .collect()
         };
         if pending.is_empty() {
@@ -601,6 +628,11 @@ impl<S: Storage, P: Peers> Healer<S, P> {
                     segments.push(branch * SEGMENTS_PER_BRANCH as u32 + i as u32);
                 }
             }
+        }
+        // Most of the tree differs: a stream of the whole partition is far cheaper.
+        if segments.len() * 2 > SEGMENTS && self.rebuilder.offer(partition, peer)? {
+            report.differing_segments = segments.len();
+            return Ok(());
         }
         segments.truncate(self.config.max_segments_per_exchange);
         report.differing_segments = segments.len();

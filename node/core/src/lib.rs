@@ -16,6 +16,7 @@ pub mod membership;
 pub mod metrics;
 pub mod object;
 pub mod peers;
+pub mod rebuild;
 pub mod replica;
 pub mod rpc;
 pub mod storage;

@@ -92,6 +92,11 @@ pub struct Metrics {
     pub list_pages: Counter,
     pub list_keys_scanned: Counter,
     pub precondition_failed: Counter,
+    pub rebuild_partitions_pending: Gauge,
+    pub rebuild_partitions_done: Counter,
+    pub rebuild_keys: Counter,
+    pub rebuild_bytes: Counter,
+    pub rebuild_resumed: Counter,
     pub aae_keys_repaired: Counter,
     pub aae_bytes_sent: Counter,
     pub aae_bytes_received: Counter,
@@ -230,6 +235,32 @@ impl Default for Metrics {
             "precondition_failed",
             "Conditional writes refused with 412 (If-None-Match / If-Match did not hold)",
         );
+        let rebuild_partitions_pending = Gauge::default();
+        registry.register(
+            "rebuild_partitions_pending",
+            "Partitions this node is rebuilding or has queued for a bulk stream from another owner",
+            rebuild_partitions_pending.clone(),
+        );
+        let rebuild_partitions_done = counter(
+            &mut registry,
+            "rebuild_partitions_done",
+            "Partition streams this node completed",
+        );
+        let rebuild_keys = counter(
+            &mut registry,
+            "rebuild_keys",
+            "Objects this node pulled in partition streams (merged like any replica merge)",
+        );
+        let rebuild_bytes = counter(
+            &mut registry,
+            "rebuild_bytes",
+            "Stored bytes (keys and objects) this node pulled in partition streams",
+        );
+        let rebuild_resumed = counter(
+            &mut registry,
+            "rebuild_resumed",
+            "Partition streams resumed from a cursor persisted before this process started",
+        );
         let phi = Family::<PeerLabels, Gauge<f64, AtomicU64>>::default();
         registry.register(
             "peer_phi",
@@ -260,6 +291,11 @@ impl Default for Metrics {
             list_pages,
             list_keys_scanned,
             precondition_failed,
+            rebuild_partitions_pending,
+            rebuild_partitions_done,
+            rebuild_keys,
+            rebuild_bytes,
+            rebuild_resumed,
             phi,
         }
     }

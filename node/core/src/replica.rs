@@ -196,6 +196,44 @@ impl<S: Storage> Replica<S> {
         })
     }
 
+    /// A rebuild page (see `rebuild::scan_page`) and this replica's key count of the partition.
+    fn partition_page(
+        &self,
+        partition: PartitionId,
+        after: Option<&[u8]>,
+        max_bytes: u32,
+    ) -> Result<Response, ReplicaError> {
+        self.check_partition(partition)?;
+        let page = crate::rebuild::scan_page(&*self.storage, partition, after, max_bytes as usize)?;
+        Ok(Response::Page {
+            objects: page.objects,
+            resume: page.resume.map(serde_bytes::ByteBuf::from),
+            bytes: page.bytes,
+            keys: self.storage.key_count(partition)?,
+        })
+    }
+
+    fn key_counts(&self, partitions: &[PartitionId]) -> Result<Response, ReplicaError> {
+        let counts = partitions
+            .iter()
+            .map(|&p| {
+                self.check_partition(p)?;
+                Ok(self.storage.key_count(p)?)
+            })
+            .collect::<Result<Vec<u64>, ReplicaError>>()?;
+        Ok(Response::Counts(counts))
+    }
+
+    fn check_partition(&self, partition: PartitionId) -> Result<(), ReplicaError> {
+        if partition >= self.config.ring_size {
+            return Err(ReplicaError::InvalidState(format!(
+                "partition {partition} is past the ring's {}",
+                self.config.ring_size
+            )));
+        }
+        Ok(())
+    }
+
     /// Tries a durable write to see whether failed storage works again; true when healthy.
     pub fn probe_storage(&self) -> bool {
         self.storage.probe()
@@ -213,7 +251,13 @@ impl<S: Storage> Replica<S> {
         // A listing scan reads up to `listing::SCAN_BUDGET` entries: never on an async worker.
         let blocks = match request {
             Request::Get { .. } => false,
-            Request::ListKeys { .. } => true,
+            // So do a rebuild page, a count that may load a partition's index, and a batch
+            // merge (up to a rebuild page or `MAX_BATCH_BYTES` of objects): one on an async
+            // worker would stall every client request queued behind it.
+            Request::ListKeys { .. }
+            | Request::PartitionPage { .. }
+            | Request::KeyCounts { .. }
+            | Request::MergeBatch { .. } => true,
             _ => self.storage.writes_block(),
         };
         if !blocks {
@@ -291,6 +335,12 @@ impl<S: Storage> Replica<S> {
                 after,
                 limit,
             } => self.list_keys(partition, &bucket, after.as_deref().map(|a| &a[..]), limit),
+            Request::PartitionPage {
+                partition,
+                after,
+                max_bytes,
+            } => self.partition_page(partition, after.as_deref().map(|a| &a[..]), max_bytes),
+            Request::KeyCounts { partitions } => self.key_counts(&partitions),
         };
         result.unwrap_or_else(|e| match e {
             ReplicaError::Limit(limit) => Response::Refused {
@@ -578,7 +628,8 @@ impl<S: Storage> Replica<S> {
 
 /// Refuses a peer's request that would break an invariant of this replica, before it is
 /// applied: a bucket or key longer than [`MAX_NAME_BYTES`], or a reap batch holding a live
-/// value (reaping one would delete it). A refusal changes nothing.
+/// value (reaping one would delete it), or a rebuild request out of its bounds. A refusal
+/// changes nothing.
 fn check_peer_request(request: &Request) -> Result<(), String> {
     let names: Vec<(&[u8], &[u8])> = match request {
         Request::Get { bucket, key }
@@ -596,8 +647,11 @@ fn check_peer_request(request: &Request) -> Result<(), String> {
         }
         Request::TreeBranches { .. }
         | Request::TreeLeaves { .. }
-        | Request::SegmentObjects { .. } => Vec::new(),
+        | Request::SegmentObjects { .. }
+        | Request::PartitionPage { .. }
+        | Request::KeyCounts { .. } => Vec::new(),
     };
+    check_rebuild_request(request)?;
     if let Some((bucket, key)) = names
         .iter()
         .find(|(b, k)| b.len() > MAX_NAME_BYTES || k.len() > MAX_NAME_BYTES)
@@ -619,6 +673,40 @@ fn check_peer_request(request: &Request) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A rebuild page's cursor is a storage key (at most two names and their framing) and its
+/// size within `rebuild::MAX_PAGE_BYTES`; a count asks for at most a ring's partitions.
+fn check_rebuild_request(request: &Request) -> Result<(), String> {
+    match request {
+        Request::PartitionPage {
+            after, max_bytes, ..
+        } => {
+            let longest = 2 + 2 * MAX_NAME_BYTES;
+            if after.as_ref().is_some_and(|a| a.len() > longest) {
+                return Err(format!(
+                    "refused: a page cursor over the {longest} bytes of a storage key"
+                ));
+            }
+            if !(1..=crate::rebuild::MAX_PAGE_BYTES).contains(max_bytes) {
+                return Err(format!(
+                    "refused: a page of {max_bytes} bytes, outside 1..={}",
+                    crate::rebuild::MAX_PAGE_BYTES
+                ));
+            }
+            Ok(())
+        }
+        Request::KeyCounts { partitions }
+            if partitions.len() > chorus_ring::MAX_RING_SIZE as usize =>
+        {
+            Err(format!(
+                "refused: key counts of {} partitions, over a ring's {}",
+                partitions.len(),
+                chorus_ring::MAX_RING_SIZE
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -720,6 +808,54 @@ mod tests {
                 proptest::prop_assert!(r.storage().partitions().unwrap().is_empty());
             }
         }
+    }
+
+    #[test]
+    fn rebuild_requests_out_of_bounds_are_refused() {
+        let r = replica();
+        let page = |partition, after: Vec<u8>, max_bytes| Request::PartitionPage {
+            partition,
+            after: Some(serde_bytes::ByteBuf::from(after)),
+            max_bytes,
+        };
+        for bad in [
+            page(64, vec![], 100),
+            page(1, vec![0; 3 * MAX_NAME_BYTES], 100),
+            page(1, vec![], 0),
+            page(1, vec![], crate::rebuild::MAX_PAGE_BYTES + 1),
+            Request::KeyCounts {
+                partitions: vec![64],
+            },
+            Request::KeyCounts {
+                partitions: vec![0; chorus_ring::MAX_RING_SIZE as usize + 1],
+            },
+        ] {
+            let response = r.handle(bad.clone());
+            assert!(
+                matches!(response, Response::Failed(_)),
+                "{bad:?}: {response:?}"
+            );
+        }
+        let live = keyed(b"b".to_vec(), b"k".to_vec(), false);
+        let partition = r.partition_of(b"b", b"k");
+        r.merge_batch(&[live]).unwrap();
+        let Response::Page {
+            objects,
+            resume,
+            keys,
+            ..
+        } = r.handle(page(partition, vec![], 100))
+        else {
+            panic!("no page");
+        };
+        assert_eq!((objects.len(), resume, keys), (1, None, 1));
+        let counts = r.handle(Request::KeyCounts {
+            partitions: vec![partition, (partition + 1) % 64],
+        });
+        assert!(
+            matches!(counts, Response::Counts(ref c) if c == &[1, 0]),
+            "{counts:?}"
+        );
     }
 
     #[test]

@@ -92,6 +92,16 @@ pub enum Request {
         after: Option<serde_bytes::ByteBuf>,
         limit: u32,
     },
+    /// Rebuild: the objects of `partition` after `after` (a storage key, exclusive), in
+    /// storage order, up to about `max_bytes`; answered with `Page` (see `rebuild`).
+    PartitionPage {
+        partition: u32,
+        after: Option<serde_bytes::ByteBuf>,
+        max_bytes: u32,
+    },
+    /// Rebuild: how many keys the replica holds of each partition; answered with `Counts`
+    /// in the same order.
+    KeyCounts { partitions: Vec<u32> },
 }
 
 /// An object with its bucket and key, for batches.
@@ -127,6 +137,17 @@ pub enum Response {
         keys: Vec<serde_bytes::ByteBuf>,
         resume: Option<serde_bytes::ByteBuf>,
     },
+    /// Answer to `PartitionPage`: objects in storage order, the last storage key read when
+    /// the replica stopped before the partition's end (the next page starts after it),
+    /// the stored bytes the page holds, and the keys the replica holds of the partition.
+    Page {
+        objects: Vec<KeyedObject>,
+        resume: Option<serde_bytes::ByteBuf>,
+        bytes: u64,
+        keys: u64,
+    },
+    /// Answer to `KeyCounts`.
+    Counts(Vec<u64>),
     /// The write was refused and nothing was stored (e.g. too many siblings).
     Refused {
         code: String,

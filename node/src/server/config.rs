@@ -15,6 +15,11 @@ pub const MAX_N: usize = 16;
 /// Longest node name; names appear in every gossip digest.
 pub const MAX_NAME_LEN: usize = 64;
 
+/// Bounds of `--rebuild-bytes-per-s` and `--rebuild-streams`.
+pub const MIN_REBUILD_BYTES_PER_S: u64 = 64 * 1024;
+pub const MAX_REBUILD_BYTES_PER_S: u64 = 10 * 1024 * 1024 * 1024;
+pub const MAX_REBUILD_STREAMS: u64 = 16;
+
 /// Everything a node is started with. Field meanings are the `chorus start` flags'
 /// (see `chorus start --help` and the README).
 #[derive(Clone, Debug)]
@@ -38,6 +43,8 @@ pub struct NodeConfig {
     pub max_hints_per_owner: u64,
     pub healing_interval_ms: u64,
     pub tombstone_grace_ms: u64,
+    pub rebuild_bytes_per_s: u64,
+    pub rebuild_streams: usize,
     pub cache_mb: u64,
     pub memtable_mb: u64,
     pub storage_failure_exit_ms: u64,
@@ -186,12 +193,30 @@ impl NodeConfig {
             ),
             ("--cache-mb", self.cache_mb, 1 << 20),
             ("--memtable-mb", self.memtable_mb, 4096),
+            (
+                "--rebuild-streams",
+                self.rebuild_streams as u64,
+                MAX_REBUILD_STREAMS,
+            ),
         ] {
             if !(1..=max).contains(&value) {
                 return Err(StartError::config(format!(
                     "{flag} must be in 1..={max}, got {value}"
                 )));
             }
+        }
+        self.validate_rebuild_rate()
+    }
+
+    /// `--rebuild-bytes-per-s`: at least 64 KiB/s (below it a rebuild is hardly faster
+    /// than anti-entropy alone), at most 10 GiB/s.
+    fn validate_rebuild_rate(&self) -> Result<(), StartError> {
+        let range = MIN_REBUILD_BYTES_PER_S..=MAX_REBUILD_BYTES_PER_S;
+        if !range.contains(&self.rebuild_bytes_per_s) {
+            return Err(StartError::config(format!(
+                "--rebuild-bytes-per-s must be in {MIN_REBUILD_BYTES_PER_S}..={MAX_REBUILD_BYTES_PER_S} (64 KiB/s to 10 GiB/s), got {}",
+                self.rebuild_bytes_per_s
+            )));
         }
         Ok(())
     }

@@ -32,6 +32,7 @@ use chorus_core::coordinator::Coordinator;
 use chorus_core::healing::{Healer, HealingConfig};
 use chorus_core::membership::Gossip;
 use chorus_core::metrics::Metrics;
+use chorus_core::rebuild::RebuildConfig;
 use chorus_core::replica::{Replica, ReplicaConfig};
 use chorus_core::storage::{FjallStorage, Storage};
 use chorus_gossip::{ClusterConfig, Config as GossipConfig, PhiConfig};
@@ -216,6 +217,10 @@ async fn serve(config: NodeConfig, security: Security, admin: AdminAuth) -> Resu
         HealingConfig {
             interval: Duration::from_millis(config.healing_interval_ms),
             tombstone_grace: Duration::from_millis(config.tombstone_grace_ms),
+            rebuild: RebuildConfig {
+                bytes_per_s: config.rebuild_bytes_per_s,
+                streams: config.rebuild_streams,
+            },
             ..HealingConfig::default()
         },
     ));

@@ -101,6 +101,34 @@ impl Node {
             "storage_failure": self.replica.health().failure(),
             "members": members,
             "transfers": self.healer.transfer_progress().into_iter().map(|(p, keys)| json!({"partition": p, "keys_left": keys})).collect::<Vec<_>>(),
+            "rebuild": self.rebuild_json(),
+        })
+    }
+
+    /// This node's partition streams: pending partitions with their progress, totals, and
+    /// the estimated seconds left (null when nothing streams or no rate is known yet).
+    fn rebuild_json(&self) -> Value {
+        let status = self.healer.rebuilder().status();
+        let partitions: Vec<Value> = status
+            .partitions
+            .iter()
+            .map(|p| {
+                json!({
+                    "partition": p.partition,
+                    "streaming": p.streaming,
+                    "peer": p.progress.peer,
+                    "keys_done": p.progress.keys,
+                    "keys_total": p.progress.keys_total,
+                    "bytes_done": p.progress.bytes,
+                })
+            })
+            .collect();
+        json!({
+            "partitions_pending": partitions.len(),
+            "partitions": partitions,
+            "keys_done": status.keys_done,
+            "bytes_done": status.bytes_done,
+            "eta_s": status.eta_s,
         })
     }
 

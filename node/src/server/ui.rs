@@ -94,6 +94,7 @@ pub fn state_json(node: &Node) -> Value {
         "members": members,
         "ring": ring_json(&view, &node.healer.transfer_progress()),
         "transfers": status["transfers"],
+        "rebuild": status["rebuild"],
         "health": health_json(node, &hints_held),
         "traffic": {"interval_ms": SAMPLE_EVERY.as_millis() as u64, "ops": OpTotals::OPS, "series": series},
     })

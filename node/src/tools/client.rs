@@ -535,7 +535,51 @@ pub(crate) fn render_status(status: &Value) -> Result<String, String> {
         3,
     ));
     out.push_str("* = the node that answered\n");
+    out.push_str(&render_rebuild(status));
     Ok(out)
+}
+
+/// The answering node's partition streams (`/status` `rebuild`), when it has pulled or
+/// queued any: totals, the estimate, and a row per partition being streamed.
+fn render_rebuild(status: &Value) -> String {
+    let rebuild = &status["rebuild"];
+    let pending = rebuild["partitions_pending"].as_u64().unwrap_or(0);
+    let keys = rebuild["keys_done"].as_u64().unwrap_or(0);
+    if pending == 0 && keys == 0 {
+        return String::new();
+    }
+    let mb = rebuild["bytes_done"].as_u64().unwrap_or(0) as f64 / 1e6;
+    if pending == 0 {
+        return format!("rebuild: done, {keys} keys ({mb:.1} MB) pulled\n");
+    }
+    let eta = rebuild["eta_s"]
+        .as_f64()
+        .map_or("time left unknown".into(), |s| {
+            format!("about {s:.0} s left")
+        });
+    let mut out =
+        format!("rebuild: {pending} partitions pending, {keys} keys ({mb:.1} MB) pulled, {eta}\n");
+    let field = |p: &Value, f: &str| p[f].as_u64().map_or("-".into(), |v| v.to_string());
+    let rows: Vec<Vec<String>> = rebuild["partitions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["streaming"].as_bool() == Some(true))
+        .map(|p| {
+            vec![
+                field(p, "partition"),
+                p["peer"].as_str().unwrap_or("-").to_string(),
+                field(p, "keys_done"),
+                field(p, "keys_total"),
+                field(p, "bytes_done"),
+            ]
+        })
+        .collect();
+    if !rows.is_empty() {
+        let header = ["PARTITION", "FROM", "KEYS DONE", "KEYS THERE", "BYTES DONE"];
+        out.push_str(&render_table(&header, &rows, 2));
+    }
+    out
 }
 
 fn format_phi(phi: f64) -> String {
@@ -661,6 +705,34 @@ n3    127.0.0.1:7003  down     inf              7          312ms       32.8%
 * = the node that answered
 ";
         assert_eq!(table, expected);
+    }
+
+    #[test]
+    fn status_shows_the_rebuild_under_way_and_when_done() {
+        let mut status = json!({"node": "n3", "members": [], "rebuild": {
+        "partitions_pending": 3, "keys_done": 1200, "bytes_done": 2_500_000, "eta_s": 4.2,
+        "partitions": [
+            {"partition": 7, "streaming": true, "peer": "n1", "keys_done": 100, "keys_total": 312, "bytes_done": 20000},
+            {"partition": 9, "streaming": false, "peer": null, "keys_done": 0, "keys_total": 0, "bytes_done": 0}
+        ]}});
+        let text = render_status(&status).unwrap();
+        assert!(
+            text.contains(
+                "rebuild: 3 partitions pending, 1200 keys (2.5 MB) pulled, about 4 s left"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.ends_with(
+                "PARTITION  FROM  KEYS DONE  KEYS THERE  BYTES DONE\n7          n1          100         312       20000\n"
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("\n9 "), "{text}");
+        status["rebuild"] = json!({"partitions_pending": 0, "keys_done": 1200, "bytes_done": 2_500_000, "partitions": []});
+        assert!(render_status(&status)
+            .unwrap()
+            .ends_with("rebuild: done, 1200 keys (2.5 MB) pulled\n"));
     }
 
     #[test]

@@ -398,6 +398,13 @@ fn summarize(request: &Request) -> String {
             partition,
             segments,
         } => format!("segments {partition} {}", segments.len()),
+        Request::PartitionPage {
+            partition, after, ..
+        } => format!(
+            "page {partition} after {:?}",
+            after.as_deref().map(|a| String::from_utf8_lossy(a))
+        ),
+        Request::KeyCounts { partitions } => format!("key counts {}", partitions.len()),
         Request::MergeBatch { objects } => format!("merge-batch {}", objects.len()),
         Request::ReapBatch { objects } => format!("reap-batch {}", objects.len()),
         Request::ListKeys {

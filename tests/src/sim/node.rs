@@ -321,14 +321,18 @@ impl SimNode {
             self.name
         ));
 
-        // The gossip loop (server.rs `gossip_loop`) and the healing loop (`Healer::run`),
-        // both stopped while the node is paused.
+        // The gossip loop (server.rs `gossip_loop`), the healing loop (`Healer::run`) and
+        // the rebuild loop, all stopped while the node is paused.
         every(&node, net, settings.gossip_interval, |n, net| async move {
             let out = n.gossip.tick();
             net.send_gossip(&n.name, out);
         });
         every(&node, net, settings.healing.interval, |n, _| async move {
             n.healer.round().await
+        });
+        // The rebuild loop (`Rebuilder::run`, spawned by `Healer::run` in a real node).
+        every(&node, net, settings.healing.interval, |n, _| async move {
+            n.healer.rebuilder().step().await
         });
         node
     }
