@@ -178,6 +178,9 @@ fn a_rebuild_killed_halfway_resumes_from_its_cursors_and_loses_no_write() {
     });
     let urls: Vec<String> = (0..3).map(|i| cluster.url(i)).collect();
     let mut written = write_keys(&urls, "key", keys);
+    // In repair mode n3 answers no read until every partition matched the other owners:
+    // that must not end while streams are still filling it.
+    cluster.nodes[2].set_extra_args(args(&["--rebuild-bytes-per-s", "262144", "--repair"]));
     wipe_and_restart_n3(&mut cluster);
 
     let n3 = cluster.url(2);
@@ -188,6 +191,10 @@ fn a_rebuild_killed_halfway_resumes_from_its_cursors_and_loses_no_write() {
             .as_u64()
             .unwrap_or(0);
         if done >= keys as u64 / 4 && pending > 0 {
+            assert_eq!(
+                status["repairing"], true,
+                "repair ended mid-stream: {status}"
+            );
             Ok(done)
         } else {
             Err(format!("{}", status["rebuild"]))
@@ -213,5 +220,13 @@ fn a_rebuild_killed_halfway_resumes_from_its_cursors_and_loses_no_write() {
         "the restarted node pulled {pulled_after} keys: it started over"
     );
     println!("FIGURE after the restart n3 pulled {pulled_after} of {keys} keys to complete");
+    wait_for(
+        "n3's repair to end",
+        REBUILD_DEADLINE,
+        || match api::status(&n3)?["repairing"].as_bool() {
+            Some(false) => Ok(()),
+            other => Err(format!("repairing: {other:?}")),
+        },
+    );
     assert_all_local(&n3, &written);
 }

@@ -497,7 +497,7 @@ impl<S: Storage, P: Peers> Healer<S, P> {
                         .filter(|o| **o != self.name)
                         .map(move |o| (p, o.clone()))
                 })
-                .filter(|pair| !equal.contains(pair) && !self.rebuilder.is_pending(pair.0))
+                .filter(|pair| !equal.contains(pair))
                 .collect()
         };
         if pending.is_empty() {
@@ -505,9 +505,11 @@ impl<S: Storage, P: Peers> Healer<S, P> {
             return Ok(None);
         }
         let mut last = None;
+        // A partition being streamed is compared once its stream ends (and not counted
+        // equal before: the repair must not end while a stream is still filling it).
         for (partition, peer) in pending
             .into_iter()
-            .filter(|(_, peer)| !view.unreachable.contains(peer))
+            .filter(|(p, peer)| !view.unreachable.contains(peer) && !self.rebuilder.is_pending(*p))
             .take(REPAIR_EXCHANGES_PER_ROUND)
         {
             let report = self.exchange(partition, &peer).await?;
