@@ -104,6 +104,8 @@ pub struct Metrics {
 }
 
 impl Default for Metrics {
+    // One flat list of registrations, each a name and a help text: long, but split it
+    // and the names would no longer read as one table.
     fn default() -> Self {
         let mut registry = Registry::with_prefix("chorus");
         let requests = Family::<RequestLabels, Counter>::default();
