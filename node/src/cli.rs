@@ -402,6 +402,10 @@ pub struct PutArgs {
     pub r: Option<String>,
     #[arg(long)]
     pub content_type: Option<String>,
+    /// Time to live: seconds, or a number with ms, s, m, h or d (60s, 5m); `none` for no
+    /// expiry over the bucket's default ttl.
+    #[arg(long)]
+    pub ttl: Option<String>,
     #[command(flatten)]
     pub client: ClientArgs,
 }

@@ -354,7 +354,7 @@ fn crlf_count(bytes: &[u8]) -> usize {
 }
 
 /// 100,000 pipelined commands that must each be answered and must not write: reads of
-/// absent keys, refused SETs (a TTL option, wrong arity), unknown commands and PINGs.
+/// absent keys, refused SETs (a zero TTL, wrong arity), unknown commands and PINGs.
 /// Every answer is one line, so the answers can be counted and checked in order.
 fn pipelined_refusals_are_all_answered(addr: SocketAddr) {
     const COUNT: usize = 100_000;
@@ -367,8 +367,8 @@ fn pipelined_refusals_are_all_answered(addr: SocketAddr) {
                 "$-1",
             ),
             1 => (
-                format!("SET {key} v EX 1\r\n").into_bytes(),
-                "-ERR chorus has no expiry",
+                format!("SET {key} v EX 0\r\n").into_bytes(),
+                "-ERR invalid expire time in 'set' command",
             ),
             2 => (
                 format!("SET {key}\r\n").into_bytes(),

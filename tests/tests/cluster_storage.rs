@@ -202,7 +202,10 @@ fn a_node_with_a_truncated_journal_refuses_to_start_and_with_repair_reports_no_w
             unopenable || log.contains("replays only to write mark"),
             "round {round}: the refusal must say what was lost: {log}"
         );
-        assert!(round == 1 || !unopenable, "a cut journal still opens: {log}");
+        assert!(
+            round == 1 || !unopenable,
+            "a cut journal still opens: {log}"
+        );
         if unopenable {
             let data = &cluster.nodes[2].data;
             std::fs::rename(data, data.with_extension("damaged")).unwrap();

@@ -18,6 +18,52 @@ pub use client::{kv_path, ring_path, BaseUrl, HttpClient, HttpError, Response};
 /// has one, and by a client with a write that should supersede what it saw.
 pub const CONTEXT_HEADER: &str = "x-chorus-context";
 
+/// A write's time to live (`X-Chorus-TTL`, or `?ttl=`): see [`parse_ttl`].
+pub const TTL_HEADER: &str = "x-chorus-ttl";
+/// Sent with a read of one value that has a TTL: when it expires, in Unix milliseconds.
+pub const EXPIRES_AT_HEADER: &str = "x-chorus-expires-at";
+
+/// A TTL as a client writes it: whole seconds (`60`), or a number with a unit (`1500ms`,
+/// `60s`, `5m`, `2h`, `7d`), at least 1 ms and at most `max` (the node's limit,
+/// `chorus_core::object::MAX_TTL`); `none` asks for no expiry (over a bucket's default).
+/// `Ok(None)` is `none`.
+pub fn parse_ttl(
+    text: &str,
+    max: std::time::Duration,
+) -> Result<Option<std::time::Duration>, String> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let unit_ms: u64 = match unit {
+        "" | "s" => 1_000,
+        "ms" => 1,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => 0,
+    };
+    let ms = number
+        .parse::<u64>()
+        .ok()
+        .filter(|_| unit_ms > 0)
+        .and_then(|n| n.checked_mul(unit_ms))
+        .ok_or_else(|| {
+            format!("ttl: {text:?} is not a duration (seconds, or a number with ms, s, m, h or d; or none)")
+        })?;
+    if ms == 0 || u128::from(ms) > max.as_millis() {
+        return Err(format!(
+            "ttl: {text:?} is outside 1 ms ..= {} s",
+            max.as_secs()
+        ));
+    }
+    Ok(Some(std::time::Duration::from_millis(ms)))
+}
+
 /// Separates a context's causal token from the tag binding it to its key.
 const BINDING_SEPARATOR: char = '.';
 
@@ -85,6 +131,9 @@ pub struct SiblingBody {
     /// Whether this version is a tombstone; only `/local/kv` shows tombstones (and says so).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deleted: Option<bool>,
+    /// When this version expires (Unix ms), for a value written with a TTL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<u64>,
 }
 
 /// The JSON answer of a read: the context and every live sibling. `/local/kv` adds
@@ -199,6 +248,35 @@ mod tests {
         assert!(SiblingsBody::parse(br#"{"siblings":[{"value":"!!"}]}"#).is_err());
         let error = br#"{"error":"not_found","message":"no such key"}"#;
         assert!(SiblingsBody::parse(error).unwrap().siblings.is_empty());
+    }
+
+    #[test]
+    fn ttls_parse_with_units_and_bounds_and_bad_ones_say_why() {
+        use std::time::Duration;
+        let max = Duration::from_secs(3650 * 86_400);
+        let ok = |t| parse_ttl(t, max).unwrap();
+        assert_eq!(ok("60"), Some(Duration::from_secs(60)));
+        assert_eq!(ok("60s"), Some(Duration::from_secs(60)));
+        assert_eq!(ok("1500ms"), Some(Duration::from_millis(1500)));
+        assert_eq!(ok("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(ok("2h"), Some(Duration::from_secs(7200)));
+        assert_eq!(ok("7d"), Some(Duration::from_secs(7 * 86_400)));
+        assert_eq!(ok("none"), None);
+        assert_eq!(ok("3650d"), Some(max));
+        for bad in [
+            "",
+            "0",
+            "0s",
+            "-1",
+            "1.5",
+            "1w",
+            "s",
+            "99999999999999999999",
+            "3651d",
+        ] {
+            let e = parse_ttl(bad, max).unwrap_err();
+            assert!(e.starts_with("ttl:"), "{bad:?}: {e}");
+        }
     }
 }
 

@@ -1,4 +1,5 @@
-//! Bucket properties: per-bucket defaults for `r`, `w`, `pr`, `pw` and `max_siblings`.
+//! Bucket properties: per-bucket defaults for `r`, `w`, `pr`, `pw`, `max_siblings` and
+//! `ttl` (seconds).
 //!
 //! Owns: their format and validation, where they live (one object per bucket in the
 //! system bucket [`PROPS_BUCKET`], replicated, healed and persisted like any other key;
@@ -44,6 +45,9 @@ pub struct BucketProps {
     pub pw: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_siblings: Option<usize>,
+    /// Seconds a value written to the bucket lives unless the write gives its own TTL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<u64>,
 }
 
 impl BucketProps {
@@ -66,6 +70,14 @@ impl BucketProps {
         }
         if pw.unwrap_or(0) > w.unwrap_or(quorum) {
             return Err("pw cannot exceed w".into());
+        }
+        if let Some(ttl) = self.ttl {
+            let max = crate::object::MAX_TTL.as_secs();
+            if !(1..=max).contains(&ttl) {
+                return Err(format!(
+                    "ttl: {ttl} is not a number of seconds in 1..={max}"
+                ));
+            }
         }
         if let Some(m) = self.max_siblings {
             if !(1..=WRITE_MAX_SIBLINGS).contains(&m) {
@@ -278,7 +290,14 @@ mod tests {
             ..Default::default()
         };
         assert!(bad.validate(3).is_err());
-        assert!(serde_json::from_str::<BucketProps>(r#"{"ttl": 5}"#).is_err());
+        let ttl = |t| serde_json::from_str::<BucketProps>(&format!(r#"{{"ttl": {t}}}"#));
+        assert!(ttl(60).unwrap().validate(3).is_ok());
+        assert!(ttl(0).unwrap().validate(3).is_err());
+        assert!(ttl(crate::object::MAX_TTL.as_secs() + 1)
+            .unwrap()
+            .validate(3)
+            .is_err());
+        assert!(serde_json::from_str::<BucketProps>(r#"{"expiry": 5}"#).is_err());
     }
 
     #[test]

@@ -167,7 +167,7 @@ fn primaries_note(needed: usize, replied: usize) -> String {
 /// What a conditional write requires of the key's state as its first read merged it.
 #[derive(Clone, Debug)]
 pub enum Precondition {
-    /// `If-None-Match: *`: no live value (absent, or only tombstones).
+    /// `If-None-Match: *`: no live value (absent, or only tombstones and expired values).
     Absent,
     /// `If-Match`: every version stored now (live or tombstone) is one this context
     /// covers, so the write replaces all of them and leaves no sibling.
@@ -175,14 +175,14 @@ pub enum Precondition {
 }
 
 impl Precondition {
-    /// The context to write with when the precondition holds on `current`.
-    fn check(self, current: &Object) -> Result<Context, CoordinatorError> {
+    /// The context to write with when the precondition holds on `current` at `now_ms`.
+    fn check(self, current: &Object, now_ms: u64) -> Result<Context, CoordinatorError> {
         let failed = |reason| CoordinatorError::PreconditionFailed {
             reason,
             current: current.context(),
         };
         match self {
-            Precondition::Absent if current.values().iter().all(|s| s.deleted) => {
+            Precondition::Absent if crate::object::live_siblings(current, now_ms).is_empty() => {
                 Ok(current.context())
             }
             Precondition::Absent => Err(failed("the key has a live value")),
@@ -295,6 +295,11 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
         self.view().ring.n()
     }
 
+    /// This node's time of day (Unix ms): what TTLs are fixed and expiry judged by here.
+    pub fn now_ms(&self) -> u64 {
+        self.replica.now_ms()
+    }
+
     /// The key's targets with this node first when it is one: coordinating or reading
     /// locally saves a round trip.
     fn local_first_targets(&self, bucket: &[u8], key: &[u8]) -> Vec<Target> {
@@ -366,9 +371,11 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
     ) -> Result<Written, CoordinatorError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let current = self.get(bucket, key, r, pr, timeout).await?;
-        let context = precondition.check(&current).inspect_err(|_| {
-            self.metrics.precondition_failed.inc();
-        })?;
+        let context = precondition
+            .check(&current, self.now_ms())
+            .inspect_err(|_| {
+                self.metrics.precondition_failed.inc();
+            })?;
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         self.write(bucket, key, Some(context), value, (w, pw), remaining)
             .await
@@ -703,32 +710,35 @@ mod tests {
         let seen = v1.context();
         // A write v1's reader did not see, concurrent with v1.
         let both = v1.sync(&empty.update(&Context::default(), b, value(b"v2")));
+        let now = 1_000;
+        let expiring = |at| empty.update(&Context::default(), a, value(b"e").expiring_at(Some(at)));
+        let (expired, not_yet) = (expiring(now), expiring(now + 1));
 
-        for state in [&empty, &deleted] {
-            let context = Precondition::Absent.check(state).expect("absent");
-            assert_eq!(context, state.context(), "it supersedes the tombstones");
+        for state in [&empty, &deleted, &expired] {
+            let context = Precondition::Absent.check(state, now).expect("absent");
+            assert_eq!(context, state.context(), "it supersedes the dead versions");
         }
-        for state in [&v1, &both] {
+        for state in [&v1, &both, &not_yet] {
             assert!(matches!(
-                Precondition::Absent.check(state),
+                Precondition::Absent.check(state, now),
                 Err(CoordinatorError::PreconditionFailed { .. })
             ));
         }
         assert_eq!(
-            Precondition::Matches(seen.clone()).check(&v1).unwrap(),
+            Precondition::Matches(seen.clone()).check(&v1, now).unwrap(),
             seen
         );
-        match Precondition::Matches(seen).check(&both) {
+        match Precondition::Matches(seen).check(&both, now) {
             Err(CoordinatorError::PreconditionFailed { current, .. }) => {
                 assert_eq!(current, both.context())
             }
             other => panic!("a stale context passed: {other:?}"),
         }
         assert!(Precondition::Matches(Context::default())
-            .check(&empty)
+            .check(&empty, now)
             .is_ok());
         assert!(Precondition::Matches(Context::default())
-            .check(&v1)
+            .check(&v1, now)
             .is_err());
     }
 
@@ -797,6 +807,7 @@ mod tests {
             max_object_bytes: crate::object::WRITE_MAX_OBJECT_BYTES,
             warn_siblings: 25,
             max_hints_per_owner: 10,
+            clock: crate::clock::SystemClock::shared(),
         };
         let metrics = Arc::new(Metrics::default());
         let replica = Arc::new(Replica::new(storage, config, metrics.clone()).unwrap());
@@ -890,6 +901,7 @@ mod tests {
             max_object_bytes: crate::object::WRITE_MAX_OBJECT_BYTES,
             warn_siblings: 25,
             max_hints_per_owner: 100,
+            clock: crate::clock::SystemClock::shared(),
         };
         Arc::new(
             Replica::new(
@@ -931,6 +943,7 @@ mod tests {
                     value: key.clone().into_bytes(),
                     content_type: None,
                     deleted: false,
+                    expires_at_ms: None,
                 };
                 c.put(
                     b"b",
@@ -1040,6 +1053,7 @@ mod tests {
             max_object_bytes: crate::object::WRITE_MAX_OBJECT_BYTES,
             warn_siblings: 25,
             max_hints_per_owner: 100,
+            clock: crate::clock::SystemClock::shared(),
         };
         let metrics = Arc::new(Metrics::default());
         let local = Arc::new(Replica::new(disk.clone(), config, metrics.clone()).unwrap());

@@ -11,9 +11,11 @@
 //!   normal DVV merge. A partition whose trees differ in most segments, or that this
 //!   replica holds far less of than another owner, is streamed whole instead (`rebuild`,
 //!   run by its own loop); anti-entropy leaves it alone until the stream ends.
-//! - Tombstone reaping: a tombstone is dropped once every primary holds exactly it, no node
-//!   in the cluster reports pending hints or data awaiting ownership transfer (a copy
-//!   that would bring the deleted value back), and a grace period has passed.
+//! - Reaping: a dead key (only tombstones and expired values) is dropped once every
+//!   primary holds exactly it, no node in the cluster reports pending hints or data
+//!   awaiting ownership transfer (a copy that would bring an older value back), and a
+//!   grace period has passed. Expiry never rewrites a key, so until then the Merkle trees
+//!   do not change; the reap changes every owner's in the same round.
 //!
 //! - Storage recovery: while the storage is failed, each round first probes it.
 //!
@@ -713,10 +715,11 @@ impl<S: Storage, P: Peers> Healer<S, P> {
         };
         let owners = view.ring.primaries(partition).to_vec();
         let now = Instant::now();
+        let now_ms = self.replica.now_ms();
         let mut ripe = Vec::new();
         for (skey, raw) in page {
             let object = crate::object::decode_object(&raw)?;
-            if object.sibling_count() == 0 || !object.values().iter().all(|s| s.deleted) {
+            if !crate::object::is_dead(&object, now_ms) {
                 continue;
             }
             let (bucket, key) = split_storage_key(&skey)?;
@@ -774,7 +777,11 @@ impl<S: Storage, P: Peers> Healer<S, P> {
             }
         }
         if reaped > 0 {
-            tracing::info!(partition, reaped, "reaped fully replicated tombstones");
+            tracing::info!(
+                partition,
+                reaped,
+                "reaped fully replicated dead keys (tombstones, expired values)"
+            );
         }
         Ok(reaped)
     }

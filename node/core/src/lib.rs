@@ -5,10 +5,12 @@
 //! axum, hyper, quinn, rustls, rcgen and clap (the workspace test `core_stays_free_of_io`
 //! checks `cargo tree`), so the simulation builds a whole cluster from this crate alone,
 //! and the `chorus` binary is a shell around it. Other nodes are reached only through the
-//! [`peers::Peers`] seam; time only through tokio's clock.
+//! [`peers::Peers`] seam; time only through tokio's clock, and the time of day (for expiry) only
+//! through [`clock::WallClock`].
 
 pub mod bucket_props;
 pub mod causality;
+pub mod clock;
 pub mod coordinator;
 pub mod healing;
 pub mod listing;

@@ -42,14 +42,16 @@ pub struct PartitionKeys {
     pub scanned: u64,
 }
 
-/// Up to `limit` keys of `bucket` in `partition` after `after` whose state holds a live
-/// value (deleted keys hidden), reading at most [`SCAN_BUDGET`] entries.
+/// Up to `limit` keys of `bucket` in `partition` after `after` whose state holds a value
+/// live at `now_ms` (deleted and expired keys hidden), reading at most [`SCAN_BUDGET`]
+/// entries.
 pub fn scan_live_keys<S: Storage + ?Sized>(
     storage: &S,
     partition: PartitionId,
     bucket: &[u8],
     after: Option<&[u8]>,
     limit: usize,
+    now_ms: u64,
 ) -> Result<PartitionKeys, ReplicaError> {
     let prefix = storage_key(bucket, b"");
     // The bucket's keys are contiguous in storage order (its length-prefixed name comes
@@ -65,7 +67,7 @@ pub fn scan_live_keys<S: Storage + ?Sized>(
             }
             out.scanned += 1;
             let object = decode_object(&bytes)?;
-            if object.values().iter().any(|s| !s.deleted) {
+            if object.values().iter().any(|s| s.is_live(now_ms)) {
                 out.keys.push(stored[prefix.len()..].to_vec());
             }
             if out.keys.len() >= limit || out.scanned as usize >= SCAN_BUDGET {
@@ -255,11 +257,25 @@ mod tests {
     use crate::object::{encode_object, Object, Sibling};
     use crate::storage::MemoryStorage;
 
+    /// The clock the scans below read at: a value expiring at `EXPIRED` is dead then.
+    const NOW: u64 = 1_000;
+    const EXPIRED: Option<u64> = Some(NOW);
+
     fn put(storage: &MemoryStorage, bucket: &[u8], key: &[u8], deleted: bool) {
+        put_expiring(storage, bucket, key, deleted, None)
+    }
+
+    fn put_expiring(
+        storage: &MemoryStorage,
+        bucket: &[u8],
+        key: &[u8],
+        deleted: bool,
+        expires_at: Option<u64>,
+    ) {
         let sibling = if deleted {
             Sibling::tombstone()
         } else {
-            Sibling::value(b"v".to_vec(), None)
+            Sibling::value(b"v".to_vec(), None).expiring_at(expires_at)
         };
         let object =
             Object::new().update(&Default::default(), crate::causality::ActorId(1), sibling);
@@ -272,7 +288,7 @@ mod tests {
         let mut keys = Vec::new();
         let mut after: Option<Vec<u8>> = None;
         for _ in 0..10_000 {
-            let part = scan_live_keys(storage, 0, bucket, after.as_deref(), limit).unwrap();
+            let part = scan_live_keys(storage, 0, bucket, after.as_deref(), limit, NOW).unwrap();
             assert!(part.keys.len() <= limit);
             keys.extend(part.keys);
             match part.resume {
@@ -284,16 +300,22 @@ mod tests {
     }
 
     #[test]
-    fn pages_list_each_live_key_of_the_bucket_once_in_order() {
+    fn pages_list_each_live_key_of_the_bucket_once_in_order_hiding_deleted_and_expired() {
         let storage = MemoryStorage::new();
         for i in 0..500u32 {
             let key = format!("k{i:04}");
-            put(&storage, b"b", key.as_bytes(), i % 7 == 0);
+            // Every 7th deleted, every 5th expired, every 3rd expiring later.
+            let expires_at = match i {
+                _ if i % 5 == 0 => EXPIRED,
+                _ if i % 3 == 0 => Some(NOW + 1),
+                _ => None,
+            };
+            put_expiring(&storage, b"b", key.as_bytes(), i % 7 == 0, expires_at);
             put(&storage, b"a", key.as_bytes(), false);
             put(&storage, b"bb", key.as_bytes(), false);
         }
         let want: Vec<Vec<u8>> = (0..500u32)
-            .filter(|i| i % 7 != 0)
+            .filter(|i| i % 7 != 0 && i % 5 != 0)
             .map(|i| format!("k{i:04}").into_bytes())
             .collect();
         for limit in [1, 3, 32, 33, 1000] {
@@ -309,10 +331,10 @@ mod tests {
             put(&storage, b"b", format!("k{i:06}").as_bytes(), true);
         }
         put(&storage, b"b", b"z", false);
-        let first = scan_live_keys(&storage, 0, b"b", None, 10).unwrap();
+        let first = scan_live_keys(&storage, 0, b"b", None, 10, NOW).unwrap();
         assert!(first.keys.is_empty());
         assert_eq!(first.scanned as usize, SCAN_BUDGET);
-        let second = scan_live_keys(&storage, 0, b"b", first.resume.as_deref(), 10).unwrap();
+        let second = scan_live_keys(&storage, 0, b"b", first.resume.as_deref(), 10, NOW).unwrap();
         assert_eq!((second.keys, second.resume), (vec![b"z".to_vec()], None));
     }
 

@@ -92,6 +92,8 @@ pub struct Metrics {
     pub list_pages: Counter,
     pub list_keys_scanned: Counter,
     pub precondition_failed: Counter,
+    pub expired_keys_reaped: Counter,
+    pub reaped_bytes: Counter,
     pub rebuild_partitions_pending: Gauge,
     pub rebuild_partitions_done: Counter,
     pub rebuild_keys: Counter,
@@ -237,6 +239,16 @@ impl Default for Metrics {
             "precondition_failed",
             "Conditional writes refused with 412 (If-None-Match / If-Match did not hold)",
         );
+        let expired_keys_reaped = counter(
+            &mut registry,
+            "expired_keys_reaped",
+            "Keys whose TTL had expired that this node's replica dropped from disk",
+        );
+        let reaped_bytes = counter(
+            &mut registry,
+            "reaped_bytes",
+            "Encoded bytes of dead keys (tombstones, expired values) this node's replica dropped",
+        );
         let rebuild_partitions_pending = Gauge::default();
         registry.register(
             "rebuild_partitions_pending",
@@ -293,6 +305,8 @@ impl Default for Metrics {
             list_pages,
             list_keys_scanned,
             precondition_failed,
+            expired_keys_reaped,
+            reaped_bytes,
             rebuild_partitions_pending,
             rebuild_partitions_done,
             rebuild_keys,

@@ -18,12 +18,23 @@ use crate::rpc::MAX_MESSAGE_BYTES;
 
 /// One version of a key's value. A delete is a sibling like any other (`deleted`), so it
 /// replicates, merges and supersedes exactly like a write.
+///
+/// A value written with a TTL carries the wall-clock time it expires at, fixed when the
+/// write was minted. Expiry belongs to the version, not to a replica: every copy of it,
+/// wherever read repair, a hint, anti-entropy or a restart puts it, is dead from the same
+/// moment, and a dead version still supersedes what its write's context covered. The
+/// stored bytes never change at expiry (the Merkle trees do not churn); the key leaves the
+/// disk when the reaper drops it, as it drops a tombstone.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sibling {
     #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     pub content_type: Option<String>,
     pub deleted: bool,
+    /// Unix milliseconds from which this version is dead. Absent from the encoding when
+    /// `None`, so values without a TTL encode as the first build's did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<u64>,
 }
 
 impl Sibling {
@@ -32,6 +43,7 @@ impl Sibling {
             value,
             content_type,
             deleted: false,
+            expires_at_ms: None,
         }
     }
     pub fn tombstone() -> Self {
@@ -39,8 +51,41 @@ impl Sibling {
             value: Vec::new(),
             content_type: None,
             deleted: true,
+            expires_at_ms: None,
         }
     }
+
+    /// This version, dead from `at` (Unix ms) when given.
+    pub fn expiring_at(mut self, at: Option<u64>) -> Self {
+        self.expires_at_ms = at;
+        self
+    }
+
+    /// Whether this version has expired by `now_ms` (a tombstone never expires: it is dead
+    /// already).
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        self.expires_at_ms.is_some_and(|at| at <= now_ms)
+    }
+
+    /// Whether a read at `now_ms` shows this version: neither a tombstone nor expired.
+    pub fn is_live(&self, now_ms: u64) -> bool {
+        !self.deleted && !self.is_expired(now_ms)
+    }
+}
+
+/// The versions of `object` a read at `now_ms` shows: tombstones and expired values hidden.
+pub fn live_siblings(object: &Object, now_ms: u64) -> Vec<&Sibling> {
+    object
+        .values()
+        .into_iter()
+        .filter(|s| s.is_live(now_ms))
+        .collect()
+}
+
+/// Whether `object` holds versions and every one is dead at `now_ms` (tombstones and
+/// expired values): what the reaper may drop once every owner holds exactly it.
+pub fn is_dead(object: &Object, now_ms: u64) -> bool {
+    object.sibling_count() > 0 && object.values().iter().all(|s| !s.is_live(now_ms))
 }
 
 pub type Object = Dvvs<Sibling>;
@@ -187,6 +232,10 @@ pub fn decode_object(bytes: &[u8]) -> Result<Object, ObjectError> {
     }
 }
 
+/// Longest TTL a write may carry (ten years): an expiry stays far from `u64` overflow
+/// whatever a clock reads.
+pub const MAX_TTL: std::time::Duration = std::time::Duration::from_secs(10 * 365 * 86_400);
+
 /// Longest bucket and longest key, in bytes. The HTTP API refuses longer ones; a replica
 /// refuses them in peer requests too (`Replica::handle`), so [`storage_key`] never sees one.
 pub const MAX_NAME_BYTES: usize = 1024;
@@ -249,7 +298,38 @@ mod tests {
         assert_eq!(decode_object(&first_build).unwrap(), object);
         assert!(decode_object(&[]).is_err());
         assert!(decode_object(&[9, 1, 2]).is_err());
+        // A value with a TTL carries its expiry as a fourth field, and only then.
+        let expiring = Object::new().update(
+            &Context::default(),
+            ActorId(7),
+            Sibling::value(b"v".to_vec(), None).expiring_at(Some(5)),
+        );
+        let bytes = encode_object(&expiring);
+        assert_eq!(&bytes[..8], &[1, 0x91, 0x91, 0x93, 7, 1, 0x91, 0x94]);
+        assert_eq!(decode_object(&bytes).unwrap(), expiring);
         assert!(decode_object(&[1, 0xc1]).is_err());
+    }
+
+    #[test]
+    fn expired_values_and_tombstones_are_hidden_and_dead_only_together() {
+        let write = |state: &Object, actor, sibling| {
+            state.sync(&Object::new().update(&Context::default(), ActorId(actor), sibling))
+        };
+        let expiring = Sibling::value(b"e".to_vec(), None).expiring_at(Some(1_000));
+        let state = write(&Object::new(), 1, expiring.clone());
+        assert!(expiring.is_live(999) && !expiring.is_live(1_000));
+        assert_eq!(live_siblings(&state, 999).len(), 1);
+        assert!(live_siblings(&state, 1_000).is_empty());
+        assert!(!is_dead(&state, 999) && is_dead(&state, 1_000));
+        let with_tombstone = write(&state, 2, Sibling::tombstone());
+        assert!(is_dead(&with_tombstone, 1_000));
+        let with_value = write(&with_tombstone, 3, Sibling::value(b"v".to_vec(), None));
+        assert!(!is_dead(&with_value, u64::MAX));
+        assert_eq!(live_siblings(&with_value, u64::MAX)[0].value, b"v");
+        assert!(
+            !is_dead(&Object::new(), 0),
+            "an empty state is absent, not dead"
+        );
     }
 
     fn with_actors(actors: u64, value_bytes: usize) -> Object {

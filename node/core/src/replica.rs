@@ -1,7 +1,8 @@
 //! One node's role as a replica: reads, coordinated writes and merges of per-key state
-//! against local storage. A replica never talks to other nodes and never reads a clock; it
-//! only merges states through the DVV laws, so replaying the same requests gives the same
-//! stored bytes.
+//! against local storage. A replica never talks to other nodes; it only merges states
+//! through the DVV laws, so replaying the same requests gives the same stored bytes. The
+//! time of day comes from its injected [`WallClock`], and only to judge expiry (a reap
+//! batch holding a value not yet expired is refused; listing hides expired keys).
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
@@ -13,6 +14,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::causality::{ActorId, Context, Dot};
+use crate::clock::WallClock;
 use crate::metrics::Metrics;
 use crate::object::{
     decode_object, split_storage_key, storage_key, LimitError, Limits, Object, Sibling,
@@ -70,6 +72,8 @@ pub struct ReplicaConfig {
     /// Hints kept per unreachable owner; beyond it, hints are dropped (and counted), and
     /// anti-entropy repairs the owner instead.
     pub max_hints_per_owner: u64,
+    /// The time of day, for expiry only (see `clock`).
+    pub clock: Arc<dyn WallClock>,
 }
 
 pub struct Replica<S: Storage> {
@@ -113,6 +117,11 @@ impl<S: Storage> Replica<S> {
             repairing: repairing.into(),
             metrics,
         })
+    }
+
+    /// Unix milliseconds by this node's clock: what expiry is judged by here.
+    pub fn now_ms(&self) -> u64 {
+        self.config.clock.now_ms()
     }
 
     /// Whether this replica still repairs (see [`Replica::begin_repair`]).
@@ -184,7 +193,14 @@ impl<S: Storage> Replica<S> {
         limit: u32,
     ) -> Result<Response, ReplicaError> {
         let limit = (limit as usize).clamp(1, crate::listing::MAX_LIST_LIMIT);
-        let part = crate::listing::scan_live_keys(&*self.storage, partition, bucket, after, limit)?;
+        let part = crate::listing::scan_live_keys(
+            &*self.storage,
+            partition,
+            bucket,
+            after,
+            limit,
+            self.now_ms(),
+        )?;
         self.metrics.list_keys_scanned.inc_by(part.scanned);
         Ok(Response::Keys {
             keys: part
@@ -280,7 +296,7 @@ impl<S: Storage> Replica<S> {
                 "this replica is being repaired and may lack writes; ask another".into(),
             );
         }
-        if let Err(refusal) = check_peer_request(&request) {
+        if let Err(refusal) = check_peer_request(&request, self.now_ms()) {
             return Response::Failed(refusal);
         }
         let result = match request {
@@ -576,13 +592,21 @@ impl<S: Storage> Replica<S> {
         Ok(true)
     }
 
-    /// Drops the given tombstones where they are unchanged; returns how many were dropped.
-    /// The batch holds only tombstones (`check_peer_request` refuses any other).
+    /// Drops the given dead keys (tombstones and expired values) where they are unchanged;
+    /// returns how many were dropped. The batch holds only dead keys (`check_peer_request`
+    /// refuses any other).
     pub fn reap(&self, tombstones: &[KeyedObject]) -> Result<usize, ReplicaError> {
         self.retire_actor()?;
         let mut dropped = 0;
         for t in tombstones {
-            dropped += usize::from(self.remove_if_unchanged(&t.bucket, &t.key, &t.object)?);
+            if self.remove_if_unchanged(&t.bucket, &t.key, &t.object)? {
+                dropped += 1;
+                let bytes = crate::object::encode_object(&t.object).len();
+                self.metrics.reaped_bytes.inc_by(bytes as u64);
+                if t.object.values().iter().any(|s| !s.deleted) {
+                    self.metrics.expired_keys_reaped.inc();
+                }
+            }
         }
         Ok(dropped)
     }
@@ -628,9 +652,9 @@ impl<S: Storage> Replica<S> {
 
 /// Refuses a peer's request that would break an invariant of this replica, before it is
 /// applied: a bucket or key longer than [`MAX_NAME_BYTES`], or a reap batch holding a live
-/// value (reaping one would delete it), or a rebuild request out of its bounds. A refusal
-/// changes nothing.
-fn check_peer_request(request: &Request) -> Result<(), String> {
+/// value (one neither deleted nor expired by this node's clock at `now_ms`: reaping it
+/// would delete it), or a rebuild request out of its bounds. A refusal changes nothing.
+fn check_peer_request(request: &Request, now_ms: u64) -> Result<(), String> {
     let names: Vec<(&[u8], &[u8])> = match request {
         Request::Get { bucket, key }
         | Request::Coordinate { bucket, key, .. }
@@ -665,10 +689,10 @@ fn check_peer_request(request: &Request) -> Result<(), String> {
     if let Request::ReapBatch { objects } = request {
         if objects
             .iter()
-            .any(|o| o.object.values().iter().any(|s| !s.deleted))
+            .any(|o| !crate::object::is_dead(&o.object, now_ms))
         {
             return Err(
-                "refused: a reap batch holds a live value, only tombstones are reaped".into(),
+                "refused: a reap batch holds a live value, only tombstones and expired values are reaped".into(),
             );
         }
     }
@@ -723,6 +747,7 @@ mod tests {
             max_object_bytes: crate::object::WRITE_MAX_OBJECT_BYTES,
             warn_siblings: 25,
             max_hints_per_owner: 10,
+            clock: crate::clock::SystemClock::shared(),
         };
         Replica::new(
             Arc::new(MemoryStorage::new()),
@@ -737,6 +762,7 @@ mod tests {
             value: b"v".to_vec(),
             content_type: None,
             deleted,
+            expires_at_ms: None,
         };
         let object = Object::new().update(&Context::default(), ActorId(7), value);
         KeyedObject {

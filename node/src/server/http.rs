@@ -19,14 +19,14 @@ use crate::server::node::{AdminAuth, Node};
 use chorus_core::bucket_props::BucketProps;
 use chorus_core::causality::Context;
 use chorus_core::coordinator::{CoordinatorError, Precondition, Quorum};
-use chorus_core::object::{Object, Sibling, MAX_CONTENT_TYPE_BYTES};
+use chorus_core::object::{live_siblings, Object, Sibling, MAX_CONTENT_TYPE_BYTES, MAX_TTL};
 use chorus_core::storage::Storage;
 
 /// Buckets and keys are at most this many bytes after percent-decoding.
 pub use chorus_core::object::MAX_NAME_BYTES as MAX_SEGMENT_BYTES;
 /// Longest `timeout` a client may ask for (and longest `--timeout-ms`).
 pub const MAX_TIMEOUT_MS: u64 = 60_000;
-use chorus_api::{SiblingBody, SiblingsBody, CONTEXT_HEADER};
+use chorus_api::{SiblingBody, SiblingsBody, CONTEXT_HEADER, EXPIRES_AT_HEADER, TTL_HEADER};
 
 pub fn router(node: Arc<Node>) -> Router {
     let router = Router::new();
@@ -231,6 +231,8 @@ struct KvParams {
     pr: usize,
     pw: usize,
     timeout: Duration,
+    /// The query's `ttl` (`Some(None)`: `ttl=none`), for a PUT only.
+    ttl: Option<Option<Duration>>,
 }
 
 /// The request's `r`, `w`, `pr`, `pw` and `timeout`: its own parameters, else the
@@ -261,6 +263,7 @@ fn kv_params(
         pr: prop(props.pr.as_ref(), 0, true),
         pw: prop(props.pw.as_ref(), 0, true),
         timeout: default_timeout,
+        ttl: None,
     };
     let mut seen = Vec::with_capacity(pairs.len());
     for (name, value) in pairs {
@@ -288,10 +291,15 @@ fn kv_params(
                 })?;
                 params.timeout = Duration::from_millis(ms);
             }
+            "ttl" => {
+                let ttl = chorus_api::parse_ttl(&value, MAX_TTL)
+                    .map_err(|e| ApiError::bad_request("invalid_ttl", e))?;
+                params.ttl = Some(ttl);
+            }
             other => {
                 return Err(ApiError::bad_request(
                     "invalid_parameter",
-                    format!("unknown parameter '{other}': use r, w, pr, pw or timeout"),
+                    format!("unknown parameter '{other}': use r, w, pr, pw, timeout or ttl"),
                 ));
             }
         }
@@ -309,6 +317,49 @@ fn kv_params(
         ));
     }
     Ok(params)
+}
+
+/// When a PUT's value expires (Unix ms at `now_ms`): its `X-Chorus-TTL` header or `ttl`
+/// parameter (one of them; `none` for no expiry), else the bucket's `ttl`, else never.
+fn write_expiry(
+    headers: &HeaderMap,
+    query_ttl: Option<Option<Duration>>,
+    props: Option<&BucketProps>,
+    now_ms: u64,
+) -> Result<Option<u64>, ApiError> {
+    let mut given = headers.get_all(TTL_HEADER).iter();
+    let header_ttl = match (given.next(), given.next(), query_ttl) {
+        (None, _, _) => None,
+        (Some(_), Some(_), _) | (Some(_), None, Some(_)) => {
+            return Err(ApiError::bad_request(
+                "invalid_ttl",
+                format!("give the TTL once: one {TTL_HEADER} header or the ttl parameter"),
+            ))
+        }
+        (Some(value), None, None) => {
+            let text = value.to_str().map_err(|_| {
+                ApiError::bad_request("invalid_ttl", format!("{TTL_HEADER} is not text"))
+            })?;
+            Some(
+                chorus_api::parse_ttl(text, MAX_TTL)
+                    .map_err(|e| ApiError::bad_request("invalid_ttl", e))?,
+            )
+        }
+    };
+    let bucket_ttl = || props.and_then(|p| p.ttl).map(Duration::from_secs);
+    let ttl = header_ttl.or(query_ttl).unwrap_or_else(bucket_ttl);
+    Ok(ttl.map(|t| now_ms.saturating_add(t.as_millis() as u64)))
+}
+
+/// Refuses a `ttl` parameter on a request that writes no value (a GET or a DELETE).
+fn no_ttl(params: &KvParams) -> Result<(), ApiError> {
+    match params.ttl {
+        Some(_) => Err(ApiError::bad_request(
+            "invalid_parameter",
+            "ttl applies to a PUT only",
+        )),
+        None => Ok(()),
+    }
 }
 
 /// The context a write carries. It must have been handed out for this very key (see
@@ -452,6 +503,7 @@ fn siblings_body(siblings: &[&Sibling], show_deleted: bool) -> Vec<SiblingBody> 
                     .to_string(),
             ),
             deleted: show_deleted.then_some(s.deleted),
+            expires_at_ms: s.expires_at_ms,
         })
         .collect()
 }
@@ -470,8 +522,10 @@ async fn kv_get(
             node.coordinator.props().get(&bucket).as_ref(),
             query.as_deref(),
         )?;
+        no_ttl(&p)?;
         let object = node.coordinator.get(&bucket, &key, p.r, p.pr, p.timeout).await?;
-        let live: Vec<&Sibling> = object.values().into_iter().filter(|s| !s.deleted).collect();
+        // Judged once, after the read: a value that expired while it was read is gone.
+        let live = live_siblings(&object, node.coordinator.now_ms());
         let wants_json = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("application/json"));
         let status = match live.len() {
             0 => StatusCode::NOT_FOUND,
@@ -497,8 +551,12 @@ async fn kv_get(
             Some(sibling) => {
                 let content_type = sibling.content_type.clone().unwrap_or_else(|| "application/octet-stream".into());
                 let content_type = HeaderValue::from_str(&content_type).unwrap_or(HeaderValue::from_static("application/octet-stream"));
-                Ok((status, [(header::CONTENT_TYPE, content_type), (CONTEXT_HEADER.parse().expect("static"), context)], Body::from(sibling.value.clone()))
-                    .into_response())
+                let mut response = (status, [(header::CONTENT_TYPE, content_type), (CONTEXT_HEADER.parse().expect("static"), context)], Body::from(sibling.value.clone()))
+                    .into_response();
+                if let Some(at) = sibling.expires_at_ms {
+                    response.headers_mut().insert(EXPIRES_AT_HEADER, HeaderValue::from(at));
+                }
+                Ok(response)
             }
         }
     })
@@ -576,12 +634,14 @@ async fn kv_put(
 ) -> Response {
     measured(&node.clone(), "put", async move {
         let (bucket, key) = bucket_and_key(&uri)?;
+        let props = node.coordinator.props().get(&bucket);
         let p = kv_params(
             node.coordinator.n(),
             node.limits.default_timeout,
-            node.coordinator.props().get(&bucket).as_ref(),
+            props.as_ref(),
             query.as_deref(),
         )?;
+        let expires_at = write_expiry(&headers, p.ttl, props.as_ref(), node.coordinator.now_ms())?;
         let precondition = request_precondition(&headers, &bucket, &key)?;
         let context = request_context(&headers, &bucket, &key)?;
         let content_type = request_content_type(&headers)?;
@@ -590,7 +650,7 @@ async fn kv_put(
         if crate::server::fault::broken() {
             return Ok(broken_ack(&headers));
         }
-        let value = Sibling::value(value.to_vec(), content_type);
+        let value = Sibling::value(value.to_vec(), content_type).expiring_at(expires_at);
         let written = match precondition {
             None => {
                 node.coordinator
@@ -643,6 +703,7 @@ async fn kv_delete(
             node.coordinator.props().get(&bucket).as_ref(),
             query.as_deref(),
         )?;
+        no_ttl(&p)?;
         // Without a context a tombstone would only be a sibling of the value it meant to
         // remove, and the value would stay visible. Like Riak, read the context first (at
         // r = w, so the delete is as available as the caller asked for) and delete what it saw.
@@ -736,6 +797,7 @@ async fn ring_owners(State(node): State<Arc<Node>>, uri: Uri) -> Result<Json<Val
     ))
 }
 
+/// `/local/kv`: every version this replica holds, tombstones and expired values too.
 fn object_json(object: &Object, bucket: &[u8], key: &[u8]) -> SiblingsBody {
     let tombstone = !object.is_empty() && object.values().iter().all(|s| s.deleted);
     SiblingsBody {

@@ -174,6 +174,7 @@ async fn serve(config: NodeConfig, security: Security, admin: AdminAuth) -> Resu
                 max_object_bytes: chorus_core::object::WRITE_MAX_OBJECT_BYTES,
                 warn_siblings: config.warn_siblings,
                 max_hints_per_owner: config.max_hints_per_owner,
+                clock: chorus_core::clock::SystemClock::shared(),
             },
             metrics.clone(),
         )

@@ -22,7 +22,8 @@ use chorus_api::client::{self as http_client, BaseUrl, HttpClient, HttpError, Re
 /// Generous, because `leave` and quorum calls to a struggling cluster may take a while;
 /// the node's own `timeout` answers a slow quorum with a 503 well before this.
 const CLI_TIMEOUT: Duration = Duration::from_secs(30);
-use chorus_api::{KeyPageBody, ListedKey, CONTEXT_HEADER};
+use chorus_api::{KeyPageBody, ListedKey, CONTEXT_HEADER, EXPIRES_AT_HEADER, TTL_HEADER};
+use chorus_core::object::MAX_TTL;
 
 pub fn run(command: Command) -> CliResult {
     // Read a `-` value before any network work: a client that dies on a bad URL should
@@ -131,6 +132,10 @@ async fn put(args: PutArgs, stdin_value: Option<Vec<u8>>) -> CliResult {
     if let Some(content_type) = &args.content_type {
         headers.push(("content-type", content_type.as_str()));
     }
+    if let Some(ttl) = &args.ttl {
+        chorus_api::parse_ttl(ttl, MAX_TTL).map_err(CliError::usage)?;
+        headers.push((TTL_HEADER, ttl.as_str()));
+    }
     let response = client
         .request(Method::PUT, &path, &headers, Bytes::from(value))
         .await
@@ -178,6 +183,9 @@ async fn bucket_props(bucket: &str, set: &[String], args: ClientArgs) -> CliResu
             ("max_siblings", v) => Value::from(v.parse::<u64>().map_err(|_| {
                 CliError::usage(format!("--set {assignment}: max_siblings is a number"))
             })?),
+            ("ttl", v) => {
+                ttl_seconds(v).map_err(|e| CliError::usage(format!("--set {assignment}: {e}")))?
+            }
             (_, v) => Value::from(v),
         };
         props[key] = value;
@@ -192,6 +200,15 @@ async fn bucket_props(bucket: &str, set: &[String], args: ClientArgs) -> CliResu
     match response.status {
         200 => print_json_body(&response),
         _ => Err(refused(&response)),
+    }
+}
+
+/// A bucket's default TTL as the properties hold it: whole seconds (`none`: no default).
+fn ttl_seconds(text: &str) -> Result<Value, String> {
+    match chorus_api::parse_ttl(text, MAX_TTL)? {
+        None => Ok(Value::Null),
+        Some(ttl) if ttl.subsec_millis() == 0 => Ok(Value::from(ttl.as_secs())),
+        Some(_) => Err("a bucket's ttl is whole seconds".into()),
     }
 }
 
@@ -295,6 +312,9 @@ async fn get(args: GetArgs) -> CliResult {
         200 => {
             write_stdout(&response.body, true)?;
             print_context(&response);
+            if let Some(at) = response.header(EXPIRES_AT_HEADER) {
+                eprintln!("expires at: {at} (Unix ms)");
+            }
             Ok(())
         }
         300 => {

@@ -48,6 +48,9 @@ struct Args {
     /// Also fail nodes' disks for a while (every write an I/O error), then recover them.
     #[arg(long)]
     disk_faults: bool,
+    /// Some writes carry a TTL, and every node's clock is skewed (up to 500 ms either way).
+    #[arg(long)]
+    ttl: bool,
     /// Print every event of the scenario (and debug logs of the nodes).
     #[arg(long)]
     verbose: bool,
@@ -89,6 +92,7 @@ fn main() {
         old_answer_context: args.old_answer_context,
         script: None,
         disk_faults: args.disk_faults,
+        ttl: args.ttl,
     };
     let options = move |seed: u64| Options {
         seed,
@@ -142,6 +146,7 @@ fn main() {
     let (mut writes, mut acked, mut reads) = (0usize, 0usize, 0u64);
     let mut healing = sim::Healing::default();
     let (mut max_siblings, mut reaped, mut lost) = (0usize, 0usize, 0usize);
+    let mut expired = 0usize;
     let single = total == 1;
     for report in rx {
         done += 1;
@@ -151,6 +156,7 @@ fn main() {
         healing += report.healing;
         max_siblings = max_siblings.max(report.max_siblings);
         reaped += report.tombstones_reaped;
+        expired += report.expired;
         lost += report.lost;
         if single {
             println!(
@@ -165,8 +171,8 @@ fn main() {
                 report.virtual_ms as f64 / 1000.0
             );
             println!(
-                "  {:?}; at most {} siblings; {} acknowledged tombstones reaped",
-                report.healing, report.max_siblings, report.tombstones_reaped
+                "  {:?}; at most {} siblings; {} acknowledged tombstones reaped; {} acknowledged values expired",
+                report.healing, report.max_siblings, report.tombstones_reaped, report.expired
             );
         }
         if !report.failures.is_empty() {
@@ -208,7 +214,7 @@ fn main() {
         done as f64 / secs,
         failed.len()
     );
-    println!("healing over the batch: {healing:?}; at most {max_siblings} siblings on a key; {reaped} acknowledged tombstones reaped");
+    println!("healing over the batch: {healing:?}; at most {max_siblings} siblings on a key; {reaped} acknowledged tombstones reaped; {expired} acknowledged values expired");
     if !failed.is_empty() {
         failed.sort_unstable();
         println!("failed seeds: {failed:?}");

@@ -10,10 +10,14 @@
 //!   counting it as seen would count older dots of its actor too; see `causality`.)
 //! - An acknowledged write with `w` is, at the moment of the ack, in at least `w` replicas'
 //!   storage (or already superseded there).
+//! - A value carries the expiry its write was given, wherever it appears; no read shows a
+//!   value as live once its expiry is past by every node's clock (`workload`).
 //! - After heal and quiescence: every acknowledged write is in the final state or was
 //!   superseded by a write whose client had been shown it (`Write::knew`: observation,
-//!   not the server's contexts; a tombstone may also have been reaped); no value
-//!   superseded by an acknowledged write's context vector is back; every replica agrees.
+//!   not the server's contexts; a tombstone, or a value whose TTL is past on every
+//!   node's clock, may also have been reaped); no value superseded by an acknowledged
+//!   write's context vector is back (an expired value still supersedes: the reaper must
+//!   not let an older version return); every replica agrees.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -59,6 +63,10 @@ pub fn check_state(history: &mut History, key: &str, object: &Object, place: &st
             Some(w) if w.key != key || w.deleted != sibling.deleted => {
                 problems.push(format!("{place}: key {key} holds w{id} (deleted: {}), but it was written to {} (deleted: {})", sibling.deleted, w.key, w.deleted))
             }
+            Some(w) if w.expires_at_ms != sibling.expires_at_ms => problems.push(format!(
+                "{place}: key {key} holds w{id} expiring at {:?}, but it was written expiring at {:?}",
+                sibling.expires_at_ms, w.expires_at_ms
+            )),
             Some(w) => {
                 if let Outcome::Refused(why) = &w.outcome {
                     problems.push(format!("{place}: key {key} holds w{id}, which was refused ({why})"));
@@ -130,8 +138,9 @@ pub fn check_ack(
     }
 }
 
-/// After quiescence: no acknowledged write lost, none superseded come back.
-pub fn check_final(history: &mut History, finals: &BTreeMap<String, Object>) {
+/// After quiescence, at `true_now` (Unix ms, unskewed): no acknowledged write lost (a value
+/// may be gone once its TTL is past by every node's clock), none superseded come back.
+pub fn check_final(history: &mut History, finals: &BTreeMap<String, Object>, true_now: u64) {
     let mut problems = Vec::new();
     let writes: Vec<Write> = history.writes.values().cloned().collect();
     for w in &writes {
@@ -157,6 +166,11 @@ pub fn check_final(history: &mut History, finals: &BTreeMap<String, Object>) {
         if w.deleted {
             history.tombstones_reaped += 1;
             continue; // a tombstone may have been reaped once every replica had it
+        }
+        let skew = super::MAX_CLOCK_SKEW_MS as u64;
+        if w.expires_at_ms.is_some_and(|at| at + skew <= true_now) {
+            history.expired += 1;
+            continue; // expired on every node, and may have been reaped
         }
         history.lost += 1;
         problems.push(format!(

@@ -31,7 +31,7 @@ use chorus_core::storage::{MemoryStorage, Storage};
 use chorus_ring::Ring;
 
 use net::{NetFaults, SimNet, MAX_INFLIGHT_PER_PEER};
-use node::{Incarnation, NodeSettings, SimNode};
+use node::{Incarnation, NodeSettings, SimClock, SimNode};
 use trace::Trace;
 use workload::{Client, History, Outcome, Shared};
 
@@ -87,7 +87,13 @@ pub struct Options {
     /// The nemesis also fails nodes' disks for a while (every write an I/O error), then
     /// lets them recover. Off by default, so the seeds of other runs replay unchanged.
     pub disk_faults: bool,
+    /// Some writes carry a TTL, and every node's wall clock is skewed (at most
+    /// [`MAX_CLOCK_SKEW_MS`] either way). Off by default, as `disk_faults`.
+    pub ttl: bool,
 }
+
+/// With `ttl`, no node's clock is further than this from the true time.
+pub const MAX_CLOCK_SKEW_MS: i64 = 500;
 
 impl Options {
     pub fn new(seed: u64) -> Options {
@@ -104,6 +110,7 @@ impl Options {
             old_answer_context: false,
             script: None,
             disk_faults: false,
+            ttl: false,
         }
     }
 
@@ -131,6 +138,9 @@ impl Options {
         if self.disk_faults {
             command += " --disk-faults";
         }
+        if self.ttl {
+            command += " --ttl";
+        }
         if self.script.is_some() {
             command += " (scripted: replay the test instead)";
         }
@@ -157,6 +167,8 @@ pub struct Report {
     pub max_siblings: usize,
     /// Acknowledged tombstones no longer stored anywhere at the end (reaped).
     pub tombstones_reaped: usize,
+    /// Acknowledged values with a TTL gone at the end, their expiry past.
+    pub expired: usize,
     /// Acknowledged writes lost (each is also a failure).
     pub lost: usize,
 }
@@ -231,6 +243,7 @@ pub fn run(options: &Options) -> Report {
             healing: Healing::default(),
             max_siblings: 0,
             tombstones_reaped: 0,
+            expired: 0,
             lost: 0,
         },
     };
@@ -422,6 +435,8 @@ async fn scenario(options: Options) -> Report {
         old_answer_context: options.old_answer_context,
         ..NodeSettings::default()
     };
+    // Its own stream, so runs without `ttl` draw exactly what they drew before.
+    let mut skews = StdRng::seed_from_u64(sub_seed(options.seed, 7));
     let cluster = Arc::new(Cluster {
         net: net.clone(),
         nodes: names
@@ -429,6 +444,10 @@ async fn scenario(options: Options) -> Report {
             .map(|name| SimNode {
                 name: name.clone(),
                 disk: Arc::new(MemoryStorage::new()),
+                clock: Arc::new(SimClock::new(match options.ttl {
+                    true => skews.random_range(-MAX_CLOCK_SKEW_MS..=MAX_CLOCK_SKEW_MS),
+                    false => 0,
+                })),
             })
             .collect(),
         names: names.clone(),
@@ -503,6 +522,7 @@ async fn scenario(options: Options) -> Report {
             n: settings.n,
             contexts: BTreeMap::new(),
             strict_quorums: options.strict_quorums,
+            ttl: options.ttl,
             script: options.script.clone(),
         };
         clients.push(tokio::spawn(client.run(shared.clone(), fault_end)));
@@ -595,7 +615,7 @@ async fn scenario(options: Options) -> Report {
             finals.insert(key.clone(), m);
         }
     }
-    check::check_final(&mut history, &finals);
+    check::check_final(&mut history, &finals, node::SIM_EPOCH_MS + trace.now_ms());
     failures.extend(history.violations.iter().cloned());
     for f in &failures {
         trace.log(format!("FAILURE: {f}"));
@@ -628,6 +648,7 @@ async fn scenario(options: Options) -> Report {
         healing,
         max_siblings: history.max_siblings,
         tombstones_reaped: history.tombstones_reaped,
+        expired: history.expired,
         lost: history.lost,
     }
 }

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chorus_core::causality::ActorId;
+use chorus_core::clock::WallClock;
 use chorus_core::coordinator::Coordinator;
 use chorus_core::healing::{Healer, HealingConfig};
 use chorus_core::membership::Gossip;
@@ -200,10 +201,41 @@ impl Incarnation {
     }
 }
 
-/// What survives a crash: the node's name and disk.
+/// What survives a crash: the node's name, disk and wall clock.
 pub struct SimNode {
     pub name: String,
     pub disk: Arc<MemoryStorage>,
+    pub clock: Arc<SimClock>,
+}
+
+/// The Unix time (ms) a simulated run starts at: fixed, so expiry replays from the seed.
+pub const SIM_EPOCH_MS: u64 = 1_800_000_000_000;
+
+/// A node's time of day in the simulation: the virtual time since the run began, from
+/// [`SIM_EPOCH_MS`], off by this machine's skew (which survives its crashes).
+pub struct SimClock {
+    start: tokio::time::Instant,
+    pub skew_ms: i64,
+}
+
+impl SimClock {
+    pub fn new(skew_ms: i64) -> SimClock {
+        SimClock {
+            start: tokio::time::Instant::now(),
+            skew_ms,
+        }
+    }
+
+    /// The true time of day: what every clock would read without skew.
+    pub fn true_now_ms(&self) -> u64 {
+        SIM_EPOCH_MS + self.start.elapsed().as_millis() as u64
+    }
+}
+
+impl WallClock for SimClock {
+    fn now_ms(&self) -> u64 {
+        self.true_now_ms().saturating_add_signed(self.skew_ms)
+    }
 }
 
 const SIM_IDENTITY_KEY: &str = "sim_identity";
@@ -277,6 +309,7 @@ impl SimNode {
                     max_object_bytes: chorus_core::object::WRITE_MAX_OBJECT_BYTES,
                     warn_siblings: 25,
                     max_hints_per_owner: settings.max_hints_per_owner,
+                    clock: self.clock.clone(),
                 },
                 metrics.clone(),
             )

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use chorus_core::causality::Context;
 pub use chorus_core::causality::Dot;
 use chorus_core::coordinator::{CoordinatorError, Written};
-use chorus_core::object::{Object, Sibling};
+use chorus_core::object::{live_siblings, Object, Sibling};
 
 use super::net::SimNet;
 
@@ -49,6 +49,8 @@ pub struct Write {
     pub w: usize,
     pub node: String,
     pub invoked_ms: u64,
+    /// The TTL's expiry (Unix ms by the coordinating node's clock), for a value with one.
+    pub expires_at_ms: Option<u64>,
     pub outcome: Outcome,
 }
 
@@ -62,6 +64,8 @@ pub struct History {
     pub seen_dots: BTreeMap<u64, Dot>,
     pub max_siblings: usize,
     pub tombstones_reaped: usize,
+    /// Acknowledged values with a TTL gone at the end, their expiry past.
+    pub expired: usize,
     /// Acknowledged writes the final check found lost.
     pub lost: usize,
 }
@@ -142,6 +146,8 @@ pub struct Client {
     /// Last context this client saw per key.
     pub contexts: BTreeMap<String, Held>,
     pub strict_quorums: bool,
+    /// Some puts carry a TTL (`Options::ttl`).
+    pub ttl: bool,
     /// A script to follow instead of random operations.
     pub script: Option<Vec<Step>>,
 }
@@ -180,7 +186,7 @@ impl Client {
                         with_context,
                     } => {
                         let node = self.nodes[node].clone();
-                        self.write_with(&shared, key, &node, false, w, 0, with_context)
+                        self.write_with(&shared, key, &node, false, (w, 0), with_context, None)
                             .await
                     }
                 }
@@ -247,9 +253,12 @@ impl Client {
                 let mut history = shared.history.lock().expect("history");
                 history.reads_ok += 1;
                 (shared.on_read)(key, &object, &mut history);
-                // Shown: every value the read returned, and what its writer knew.
+                let now = coordinator.replica.now_ms();
+                check_expired_hidden(&mut history, key, node, &object, now, trace.now_ms());
+                // Shown: every version the read returned (the HTTP API shows a state of
+                // tombstones as a 404), expired ones hidden, and what their writers knew.
                 let mut shown = BTreeSet::new();
-                for sibling in object.values() {
+                for sibling in object.values().into_iter().filter(|s| !s.is_expired(now)) {
                     if let Some(w) = id_of(&sibling.value).and_then(|id| history.writes.get(&id)) {
                         shown.insert(w.id);
                         shown.extend(&w.knew);
@@ -278,7 +287,16 @@ impl Client {
             0
         };
         let with_context = self.rng.random_bool(0.8);
-        self.write_with(shared, key, node, delete, w, pw, with_context)
+        // Drawn only with `ttl`, so runs without it replay their seeds unchanged.
+        // Most expire during the run; one in four outlives it (a reap before its expiry
+        // would lose an acknowledged value, which the final check then reports).
+        let ttl = (self.ttl && !delete && self.rng.random_bool(0.3)).then(|| {
+            match self.rng.random_bool(0.75) {
+                true => Duration::from_millis(self.rng.random_range(300..6_000)),
+                false => Duration::from_secs(3_600),
+            }
+        });
+        self.write_with(shared, key, node, delete, (w, pw), with_context, ttl)
             .await
     }
 
@@ -289,9 +307,9 @@ impl Client {
         key: &str,
         node: &str,
         delete: bool,
-        w: usize,
-        pw: usize,
+        (w, pw): (usize, usize),
         with_context: bool,
+        ttl: Option<Duration>,
     ) {
         let held = match with_context {
             true => self.contexts.get(key).cloned().unwrap_or_default(),
@@ -304,7 +322,7 @@ impl Client {
             *next
         };
         let trace = shared.net.trace.clone();
-        let write = Write {
+        let mut write = Write {
             id,
             key: key.to_string(),
             deleted: delete,
@@ -313,6 +331,7 @@ impl Client {
             w,
             node: node.to_string(),
             invoked_ms: trace.now_ms(),
+            expires_at_ms: None,
             outcome: Outcome::Pending,
         };
         shared
@@ -335,6 +354,12 @@ impl Client {
             set(Outcome::Refused("coordinator down".into()));
             return;
         };
+        // As the HTTP API does: the expiry is fixed by the coordinating node's clock.
+        let expires_at_ms = ttl.map(|t| coordinator.replica.now_ms() + t.as_millis() as u64);
+        write.expires_at_ms = expires_at_ms;
+        if let Some(w) = shared.history.lock().expect("history").writes.get_mut(&id) {
+            w.expires_at_ms = expires_at_ms;
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
         let c = coordinator.coordinator.clone();
         let k = key.as_bytes().to_vec();
@@ -342,6 +367,7 @@ impl Client {
             value: value_of(id),
             content_type: None,
             deleted: delete,
+            expires_at_ms,
         };
         let shared2 = shared.clone();
         let write2 = write.clone();
@@ -417,6 +443,33 @@ impl Client {
                 ));
                 set(Outcome::Indeterminate("coordinator crashed".into()));
             }
+        }
+    }
+}
+
+/// A read at `now` (the coordinating node's clock) whose state holds a value expired by
+/// the true time (`true_ms` since the run began), even allowing for the largest skew, must
+/// not show it: the HTTP API hides what [`live_siblings`] hides.
+fn check_expired_hidden(
+    history: &mut History,
+    key: &str,
+    node: &str,
+    object: &Object,
+    now: u64,
+    true_ms: u64,
+) {
+    let true_now = super::node::SIM_EPOCH_MS + true_ms;
+    let skew = super::MAX_CLOCK_SKEW_MS as u64;
+    for sibling in live_siblings(object, now) {
+        if sibling
+            .expires_at_ms
+            .is_some_and(|at| at + skew <= true_now)
+        {
+            history.violations.push(format!(
+                "a read of {key} at {node} at {true_ms} ms shows {} as live, expired at {:?} (node clock {now})",
+                String::from_utf8_lossy(&sibling.value),
+                sibling.expires_at_ms
+            ));
         }
     }
 }

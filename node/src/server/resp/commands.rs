@@ -24,7 +24,7 @@ use futures::future::join_all;
 use chorus_core::causality::Context;
 use chorus_core::coordinator::{Coordinator, CoordinatorError, Quorum};
 use chorus_core::metrics::Metrics;
-use chorus_core::object::{Object, Sibling, MAX_NAME_BYTES as MAX_SEGMENT_BYTES};
+use chorus_core::object::{Object, Sibling, MAX_NAME_BYTES as MAX_SEGMENT_BYTES, MAX_TTL};
 use chorus_core::peers::Peers;
 use chorus_core::replica::Replica;
 use chorus_core::storage::Storage;
@@ -210,9 +210,11 @@ pub static SPECS: &[Spec] = &[
     Spec { name: "mget", arity: -2, kind: Kind::Data, flags: &["readonly"], keys: (1, -1, 1), group: "string", summary: "Get the values of keys", args: &[KEYS], op: "resp_mget" },
     Spec { name: "mset", arity: -3, kind: Kind::Data, flags: &["write"], keys: (1, -1, 2), group: "string", summary: "Set keys to values (each key independently, not atomically)", args: &[KEY, arg("value", "string", false, false), arg("key value", "string", true, true)], op: "resp_mset" },
     Spec { name: "ping", arity: -1, kind: Kind::Data, flags: &["fast"], keys: (0, 0, 0), group: "connection", summary: "Ping the server", args: &[arg("message", "string", true, false)], op: "resp_ping" },
+    Spec { name: "pttl", arity: 2, kind: Kind::Data, flags: &["readonly", "fast"], keys: (1, 1, 1), group: "generic", summary: "Milliseconds until the key's value expires (-1: no TTL, -2: no such key)", args: &[KEY], op: "resp_pttl" },
     Spec { name: "quit", arity: -1, kind: Kind::Session, flags: &["fast", "no-auth"], keys: (0, 0, 0), group: "connection", summary: "Close the connection", args: &[], op: "resp_quit" },
     Spec { name: "select", arity: 2, kind: Kind::Session, flags: &["fast"], keys: (0, 0, 0), group: "connection", summary: "Change the database: database N is bucket dbN (0: --resp-bucket)", args: &[arg("index", "integer", false, false)], op: "resp_select" },
-    Spec { name: "set", arity: -3, kind: Kind::Data, flags: &["write"], keys: (1, 1, 1), group: "string", summary: "Set a key, superseding what the replica that mints it holds (NX, XX: checked by a read first)", args: &[KEY, arg("value", "string", false, false), arg("NX", "pure-token", true, false), arg("XX", "pure-token", true, false), arg("GET", "pure-token", true, false)], op: "resp_set" },
+    Spec { name: "set", arity: -3, kind: Kind::Data, flags: &["write"], keys: (1, 1, 1), group: "string", summary: "Set a key, superseding what the replica that mints it holds (NX, XX: checked by a read first; EX, PX, EXAT, PXAT: a TTL)", args: &[KEY, arg("value", "string", false, false), arg("NX", "pure-token", true, false), arg("XX", "pure-token", true, false), arg("GET", "pure-token", true, false), arg("EX", "integer", true, false), arg("PX", "integer", true, false), arg("EXAT", "unix-time", true, false), arg("PXAT", "unix-time", true, false)], op: "resp_set" },
+    Spec { name: "ttl", arity: 2, kind: Kind::Data, flags: &["readonly", "fast"], keys: (1, 1, 1), group: "generic", summary: "Seconds until the key's value expires (-1: no TTL, -2: no such key)", args: &[KEY], op: "resp_ttl" },
 ];
 
 pub fn lookup(name: &[u8]) -> Option<&'static Spec> {
@@ -578,6 +580,8 @@ pub async fn run_data<S: Storage, P: Peers>(
         "mget" => mget(front, session, &args[1..]).await,
         "mset" => mset(front, session, &args[1..]).await,
         "getdel" => getdel(front, session, &args[1]).await,
+        "ttl" => ttl(front, session, &args[1], 1_000).await,
+        "pttl" => ttl(front, session, &args[1], 1).await,
         "chorus.get" => chorus_get(front, session, &args[1]).await,
         "chorus.set" => chorus_set(front, session, args).await,
         _ => Ok(super::info::run(front, args)),
@@ -661,23 +665,29 @@ async fn read<S: Storage, P: Peers>(
         .map_err(coordinator_error)
 }
 
-/// Live siblings with their dots, in the state's deterministic order.
-fn live(object: &Object) -> Vec<(u64, u64, &Sibling)> {
+/// Siblings live at `now_ms` (no tombstone, not expired) with their dots, in the state's
+/// deterministic order.
+fn live(object: &Object, now_ms: u64) -> Vec<(u64, u64, &Sibling)> {
     object
         .dotted_values()
         .into_iter()
-        .filter(|(_, _, s)| !s.deleted)
+        .filter(|(_, _, s)| s.is_live(now_ms))
         .map(|(actor, counter, s)| (counter, actor.0, s))
         .collect()
 }
 
-/// What a plain `GET` answers when a key has siblings: the one with the greatest dot
-/// (counter first, then actor id), the same on every node for the same state.
-fn chosen(object: &Object) -> Option<Bytes> {
-    live(object)
+/// The version a plain `GET` answers when a key has siblings: the live one with the
+/// greatest dot (counter first, then actor id), the same on every node for the same state.
+fn chosen_sibling(object: &Object, now_ms: u64) -> Option<&Sibling> {
+    live(object, now_ms)
         .into_iter()
         .max_by_key(|(counter, actor, _)| (*counter, *actor))
-        .map(|(_, _, s)| Bytes::from(s.value.clone()))
+        .map(|(_, _, s)| s)
+}
+
+/// The value of [`chosen_sibling`].
+fn chosen(object: &Object, now_ms: u64) -> Option<Bytes> {
+    chosen_sibling(object, now_ms).map(|s| Bytes::from(s.value.clone()))
 }
 
 async fn get<S: Storage, P: Peers>(
@@ -686,7 +696,30 @@ async fn get<S: Storage, P: Peers>(
     key: &[u8],
 ) -> Result<Reply, Reply> {
     let object = read(front, session, key, session.r).await?;
-    Ok(chosen(&object).map_or(Reply::Null, Reply::Bulk))
+    Ok(chosen(&object, front.coordinator.now_ms()).map_or(Reply::Null, Reply::Bulk))
+}
+
+/// `TTL` (`unit_ms` 1000) and `PTTL` (1): time left until the chosen value expires,
+/// rounded up, -1 when it has no TTL, -2 when there is no live value.
+async fn ttl<S: Storage, P: Peers>(
+    front: &Front<S, P>,
+    session: &Session,
+    key: &[u8],
+    unit_ms: u64,
+) -> Result<Reply, Reply> {
+    let object = read(front, session, key, session.r).await?;
+    let now = front.coordinator.now_ms();
+    Ok(Reply::Integer(match chosen_sibling(&object, now) {
+        None => -2,
+        Some(Sibling {
+            expires_at_ms: None,
+            ..
+        }) => -1,
+        Some(Sibling {
+            expires_at_ms: Some(at),
+            ..
+        }) => (at - now).div_ceil(unit_ms) as i64,
+    }))
 }
 
 async fn write_over_current<S: Storage, P: Peers>(
@@ -694,8 +727,9 @@ async fn write_over_current<S: Storage, P: Peers>(
     session: &Session,
     key: &[u8],
     value: &[u8],
+    expires_at: Option<u64>,
 ) -> Result<(), Reply> {
-    let value = Sibling::value(value.to_vec(), None);
+    let value = Sibling::value(value.to_vec(), None).expiring_at(expires_at);
     front
         .coordinator
         .put_over_current(
@@ -711,8 +745,29 @@ async fn write_over_current<S: Storage, P: Peers>(
         .map_err(coordinator_error)
 }
 
-/// `SET key value [NX|XX] [GET]`. NX, XX and GET read the key first (at r): the check is
-/// not atomic with the write, which supersedes what the minting replica holds then.
+/// When a `SET`'s value expires (Unix ms at `now_ms`) for its `EX`, `PX`, `EXAT` or
+/// `PXAT` and that option's number. A relative TTL is bounded by `object::MAX_TTL`.
+fn set_expiry(option: &str, number: Option<&Bytes>, now_ms: u64) -> Result<u64, Reply> {
+    let invalid = || Reply::error("ERR invalid expire time in 'set' command");
+    let n: u64 = number
+        .and_then(|n| std::str::from_utf8(n).ok()?.parse().ok())
+        .filter(|&n| n > 0)
+        .ok_or_else(invalid)?;
+    let max_ms = MAX_TTL.as_millis() as u64;
+    let ms = match option {
+        "EX" | "EXAT" => n.checked_mul(1_000).ok_or_else(invalid)?,
+        _ => n,
+    };
+    match option {
+        "EX" | "PX" if ms <= max_ms => Ok(now_ms + ms),
+        "EXAT" | "PXAT" if ms <= now_ms.saturating_add(max_ms) => Ok(ms),
+        _ => Err(invalid()),
+    }
+}
+
+/// `SET key value [NX|XX] [GET] [EX s|PX ms|EXAT t|PXAT t]`. NX, XX and GET read the key
+/// first (at r): the check is not atomic with the write, which supersedes what the
+/// minting replica holds then. A TTL is fixed by this node's clock.
 async fn set<S: Storage, P: Peers>(
     front: &Front<S, P>,
     session: &Session,
@@ -720,27 +775,38 @@ async fn set<S: Storage, P: Peers>(
 ) -> Result<Reply, Reply> {
     let (key, value) = (&args[1], &args[2]);
     let (mut nx, mut xx, mut want_old) = (false, false, false);
-    for option in &args[3..] {
+    let mut expires_at = None;
+    let mut options = args[3..].iter();
+    while let Some(option) = options.next() {
         match upper(option).as_str() {
             "NX" if !xx => nx = true,
             "XX" if !nx => xx = true,
             "GET" => want_old = true,
-            "EX" | "PX" | "EXAT" | "PXAT" | "KEEPTTL" => return Err(Reply::error(
-                "ERR chorus has no expiry (TTL) yet: SET EX/PX/EXAT/PXAT/KEEPTTL are not supported",
-            )),
+            unit @ ("EX" | "PX" | "EXAT" | "PXAT") if expires_at.is_none() => {
+                let now = front.coordinator.now_ms();
+                expires_at = Some(set_expiry(unit, options.next(), now)?);
+            }
+            "KEEPTTL" => {
+                return Err(Reply::error(
+                    "ERR chorus cannot keep a TTL across a SET (KEEPTTL): give EX or PX again",
+                ))
+            }
             _ => return Err(syntax_error()),
         }
     }
     check_key(key)?;
     check_value(front, value)?;
     if !(nx || xx || want_old) {
-        write_over_current(front, session, key, value).await?;
+        write_over_current(front, session, key, value, expires_at).await?;
         return Ok(Reply::ok());
     }
-    let old = chosen(&read(front, session, key, session.r).await?);
+    let old = chosen(
+        &read(front, session, key, session.r).await?,
+        front.coordinator.now_ms(),
+    );
     let skip = (nx && old.is_some()) || (xx && old.is_none());
     if !skip {
-        write_over_current(front, session, key, value).await?;
+        write_over_current(front, session, key, value, expires_at).await?;
     }
     Ok(match (want_old, skip) {
         (true, _) => old.map_or(Reply::Null, Reply::Bulk),
@@ -759,7 +825,7 @@ async fn delete<S: Storage, P: Peers>(
     r: usize,
 ) -> Result<Option<Bytes>, Reply> {
     let object = read(front, session, key, r).await?;
-    let Some(old) = chosen(&object) else {
+    let Some(old) = chosen(&object, front.coordinator.now_ms()) else {
         return Ok(None);
     };
     front
@@ -835,7 +901,11 @@ async fn exists<S: Storage, P: Peers>(
     keys.iter().try_for_each(|k| check_key(k))?;
     let unique = &distinct(keys);
     let found = chunked(unique.len(), |i| async move {
-        Ok(chosen(&read(front, session, &unique[i], session.r).await?).is_some())
+        Ok(chosen(
+            &read(front, session, &unique[i], session.r).await?,
+            front.coordinator.now_ms(),
+        )
+        .is_some())
     })
     .await?;
     let present: std::collections::HashSet<&[u8]> = unique
@@ -858,10 +928,12 @@ async fn mget<S: Storage, P: Peers>(
     let mut values = Vec::with_capacity(keys.len());
     let mut bytes = 0;
     for chunk in keys.chunks(KEY_CONCURRENCY) {
-        let read_all =
-            join_all(chunk.iter().map(|k| async {
-                Ok::<_, Reply>(chosen(&read(front, session, k, session.r).await?))
-            }));
+        let read_all = join_all(chunk.iter().map(|k| async {
+            Ok::<_, Reply>(chosen(
+                &read(front, session, k, session.r).await?,
+                front.coordinator.now_ms(),
+            ))
+        }));
         for value in read_all.await {
             let value = value?;
             bytes += value.as_ref().map_or(0, Bytes::len);
@@ -889,7 +961,7 @@ async fn mset<S: Storage, P: Peers>(
         check_value(front, &pair[1])?;
     }
     chunked(pairs.len() / 2, |i| {
-        write_over_current(front, session, &pairs[2 * i], &pairs[2 * i + 1])
+        write_over_current(front, session, &pairs[2 * i], &pairs[2 * i + 1], None)
     })
     .await?;
     Ok(Reply::ok())
@@ -901,7 +973,7 @@ async fn chorus_get<S: Storage, P: Peers>(
     key: &[u8],
 ) -> Result<Reply, Reply> {
     let object = read(front, session, key, session.r).await?;
-    let values = live(&object)
+    let values = live(&object, front.coordinator.now_ms())
         .into_iter()
         .map(|(_, _, s)| Reply::bulk(s.value.clone()))
         .collect();

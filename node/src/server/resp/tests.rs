@@ -114,6 +114,7 @@ async fn slow_cluster(
                 max_object_bytes: chorus_core::object::WRITE_MAX_OBJECT_BYTES,
                 warn_siblings: 3,
                 max_hints_per_owner: 100,
+                clock: chorus_core::clock::SystemClock::shared(),
             };
             Arc::new(
                 Replica::new(
@@ -469,6 +470,68 @@ async fn set_options_multi_key_commands_and_getdel_follow_redis() {
     );
 }
 
+/// A TTL travels with the value: `TTL`/`PTTL` read it back, a value whose expiry is past
+/// (`EXAT 1`) is gone at once, and a bad expiry is Redis's error with nothing written.
+#[tokio::test]
+async fn set_with_a_ttl_expires_and_ttl_pttl_report_it_like_redis() {
+    let c = cluster(1, None, 16).await;
+    let mut client = Client::connect(c.addresses[0]).await;
+    let replies = client
+        .call(&[
+            &["SET", "t", "v", "EX", "100"],
+            &["TTL", "t"],
+            &["SET", "p", "v", "PX", "100000", "GET"],
+            &["SET", "gone", "v", "EXAT", "1"],
+            &["GET", "gone"],
+            &["EXISTS", "gone", "t"],
+            &["TTL", "gone"],
+            &["SET", "plain", "v"],
+            &["TTL", "plain"],
+            &["TTL", "nothing"],
+            &["SET", "bad", "v", "EX", "0"],
+            &["SET", "bad", "v", "EX", "1", "PX", "1"],
+            &["SET", "bad", "v", "PX"],
+            &["SET", "bad", "v", "EX", "999999999999"],
+            &["SET", "bad", "v", "KEEPTTL"],
+            &["EXISTS", "bad"],
+        ])
+        .await;
+    assert_eq!(replies[..3], [ok(), Reply::Integer(100), Reply::Null]);
+    assert_eq!(
+        replies[3..10],
+        [
+            ok(),
+            Reply::Null,
+            Reply::Integer(1),
+            Reply::Integer(-2),
+            ok(),
+            Reply::Integer(-1),
+            Reply::Integer(-2),
+        ]
+    );
+    for (reply, prefix) in replies[10..15].iter().zip([
+        "ERR invalid expire time",
+        "ERR syntax error",
+        "ERR invalid expire time",
+        "ERR invalid expire time",
+        "ERR chorus cannot keep a TTL",
+    ]) {
+        assert!(
+            error_starts(reply, prefix),
+            "{reply:?} should start with {prefix}"
+        );
+    }
+    assert_eq!(
+        replies[15],
+        Reply::Integer(0),
+        "a refused SET wrote nothing"
+    );
+    match client.one(&["PTTL", "p"]).await {
+        Reply::Integer(ms) => assert!((1..=100_000).contains(&ms), "PTTL {ms}"),
+        other => panic!("PTTL answered {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn refused_commands_keep_the_connection_and_write_nothing() {
     let c = cluster(1, None, 16).await;
@@ -479,7 +542,7 @@ async fn refused_commands_keep_the_connection_and_write_nothing() {
         .call(&[
             &["FLUSHALL", "now"],
             &["GET"],
-            &["SET", "t", "v", "EX", "10"],
+            &["SET", "t", "v", "EX", "0"],
             &["SET", "t", "v", "NX", "XX"],
             &["SET", "t", &long_value],
             &["MSET", "t", "v", "u"],
@@ -493,7 +556,7 @@ async fn refused_commands_keep_the_connection_and_write_nothing() {
     let expected = [
         "ERR unknown command 'FLUSHALL', with args beginning with: 'now'",
         "ERR wrong number of arguments for 'get' command",
-        "ERR chorus has no expiry",
+        "ERR invalid expire time in 'set' command",
         "ERR syntax error",
         "ERR the value is 101 bytes",
         "ERR wrong number of arguments for 'mset'",
