@@ -375,7 +375,8 @@ fn bucket_properties_set_on_one_node_are_in_force_on_every_node_and_after_a_full
     }
     for bad in [
         r#"{"r": "5"}"#,
-        r#"{"ttl": 5}"#,
+        r#"{"expiry": 5}"#,
+        r#"{"ttl": 0}"#,
         "not json",
         r#"{"pr": "3", "r": "1"}"#,
     ] {

@@ -266,6 +266,17 @@ fn bad_frames_leave_every_node_serving_and_write_nothing() {
     let cluster = resp_cluster();
     let n1 = resp_addr(&cluster, 0);
     assert_eq!(exchange(n1, b"SET before fuzz\r\n"), b"+OK\r\n");
+    // Acknowledged at w=2: the third copy may still be on its way, and would count.
+    wait_for(
+        "every node to hold the first key",
+        CLUSTER_DEADLINE,
+        || match (0..3)
+            .find(|&i| !matches!(api::local(&cluster.url(i), "db0", "before"), Ok(Some(_))))
+        {
+            Some(i) => Err(format!("n{} does not hold it yet", i + 1)),
+            None => Ok(()),
+        },
+    );
     let before = local_keys(&cluster);
     let mega_inline = [
         b"SET fuzz-inline ".as_slice(),

@@ -420,10 +420,8 @@ impl<S: Storage> Replica<S> {
             None => Object::new(),
         };
         let actor = self.actor();
-        let updated = match context {
-            Some(context) => current.update(context, actor, value),
-            None => current.update(&current.context(), actor, value),
-        };
+        let context = context.cloned().unwrap_or_else(|| current.context());
+        let updated = current.update(&self.with_expired(&current, context), actor, value);
         let dot = (actor, updated.counter(actor));
         let mut limits = self.write_limits();
         limits.siblings = limits
@@ -440,6 +438,20 @@ impl<S: Storage> Replica<S> {
             self.record_hint(owner, partition, &skey)?;
         }
         Ok((updated, dot))
+    }
+
+    /// `context` plus the exact dot of every version of `current` expired by this node's
+    /// clock: a write replaces dead values it could not have been shown, so blind writes
+    /// of values with a TTL do not pile up hidden siblings until the key hits its bound.
+    fn with_expired(&self, current: &Object, context: Context) -> Context {
+        let now = self.now_ms();
+        current
+            .dotted_values()
+            .into_iter()
+            .filter(|(_, _, s)| s.is_expired(now))
+            .fold(context, |c, (actor, counter, _)| {
+                c.with_dot((actor, counter))
+            })
     }
 
     /// Merges a peer's state into ours (replication, read repair, handoff, anti-entropy).
@@ -925,6 +937,72 @@ mod tests {
             .coordinate(b"b", b"k", None, v("4"), Write::default())
             .unwrap();
         assert_eq!(over.values(), vec![&v("4")]);
+    }
+
+    /// Expired values are dead: a blind write replaces them (but not a value still live,
+    /// nor one minted elsewhere that expires later), and a reap batch may carry them.
+    #[test]
+    fn blind_writes_replace_expired_values_and_expired_keys_may_be_reaped() {
+        let r = replica();
+        let blind = Context::default();
+        let expiring =
+            |s: &str, at| Sibling::value(s.as_bytes().to_vec(), None).expiring_at(Some(at));
+        let later = u64::MAX / 2;
+        for value in ["1", "2", "3"] {
+            r.coordinate(
+                b"b",
+                b"k",
+                Some(&blind),
+                expiring(value, 1),
+                Write::default(),
+            )
+            .unwrap();
+        }
+        let state = r.get(b"b", b"k").unwrap().unwrap();
+        assert_eq!(
+            state.values(),
+            vec![&expiring("3", 1)],
+            "expired siblings piled up"
+        );
+        r.coordinate(
+            b"b",
+            b"k",
+            Some(&blind),
+            expiring("live", later),
+            Write::default(),
+        )
+        .unwrap();
+        let (state, _) = r
+            .coordinate(b"b", b"k", Some(&blind), expiring("4", 1), Write::default())
+            .unwrap();
+        assert_eq!(
+            state.values(),
+            vec![&expiring("4", 1), &expiring("live", later)]
+        );
+
+        let batch = |object: Object| Request::ReapBatch {
+            objects: vec![KeyedObject {
+                bucket: b"b".to_vec(),
+                key: b"k".to_vec(),
+                object,
+            }],
+        };
+        let refused = r.handle(batch(state.clone()));
+        assert!(matches!(refused, Response::Failed(_)), "{refused:?}");
+        let (dead, _) = r
+            .coordinate(
+                b"b",
+                b"k",
+                Some(&state.context()),
+                expiring("5", 1),
+                Write::default(),
+            )
+            .unwrap();
+        assert!(matches!(r.handle(batch(dead)), Response::Merged(1)));
+        assert!(
+            r.get(b"b", b"k").unwrap().is_none(),
+            "the expired key was reaped"
+        );
     }
 
     #[test]
