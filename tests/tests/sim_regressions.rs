@@ -164,3 +164,17 @@ fn expired_values_are_hidden_and_unexpired_ones_never_reaped_seeds_1_2_53_104() 
     }
     assert!(expired > 0, "no acknowledged value expired in 4 seeds");
 }
+
+/// Issue 18, bucket properties: an operator changes `max_siblings` through random nodes
+/// under heavy faults; every node's cache must end on the highest `(stamp, set_by)` of
+/// the stored versions. Seeds 7 and 12 fail when `PropsSync` reloads only when a digest
+/// differs *and* a reload is due; seeds 9 and 63 when `versions` puts the lowest first.
+#[test]
+fn bucket_property_changes_converge_on_the_highest_stamp_seeds_7_9_12_63() {
+    for seed in [7, 9, 12, 63] {
+        let mut options = Options::new(seed);
+        options.props = true;
+        options.faults = Faults::Heavy;
+        assert_passes(options);
+    }
+}

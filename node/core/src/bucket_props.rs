@@ -7,7 +7,7 @@
 //! changes resolve (every sibling carries a stamp; the highest `(stamp, set_by)` wins on
 //! every node, and the others stay visible until a change written over them), and the
 //! node's in-memory cache with its digest, which nodes gossip so that a change made
-//! through one node is loaded by the others.
+//! through one node is loaded by the others ([`PropsSync`]).
 //!
 //! Must not: decide what a request does with the properties (the HTTP layer applies them
 //! and lets the request's own parameters override them), or read the system clock.
@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::causality::Context;
 use crate::coordinator::{Coordinator, CoordinatorError, Quorum};
 use crate::listing::{Cursor, MAX_LIST_LIMIT};
+use crate::membership::Gossip;
 use crate::object::{Object, Sibling, WRITE_MAX_SIBLINGS};
 use crate::peers::Peers;
 use crate::storage::Storage;
@@ -153,6 +154,82 @@ impl PropsCache {
         let table = self.table.read().unwrap_or_else(PoisonError::into_inner);
         let bytes = rmp_serde::to_vec(&*table).expect("encoding to a Vec cannot fail");
         blake3::hash(&bytes).to_hex()[..16].to_string()
+    }
+}
+
+/// Gossiped key-value: the digest of a node's properties table.
+pub const PROPS_KV: &str = "bucket_props";
+/// A node reloads the table at least this often, even when every digest agrees.
+pub const RELOAD_EVERY: Duration = Duration::from_secs(30);
+/// Digests are compared this often.
+pub const CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// Gossips this node's table digest, so members whose table differs reload theirs.
+pub fn publish_digest<S: Storage, P: Peers>(coordinator: &Coordinator<S, P>, gossip: &Gossip) {
+    gossip.set_local_kv(PROPS_KV, &coordinator.props().digest());
+}
+
+/// Keeps a node's cache in step: reloads the table (listed and read at a quorum, within
+/// `timeout`) when a live member gossips another digest, and at least every
+/// [`RELOAD_EVERY`] (a change can land on a quorum that missed this node's cache).
+pub struct PropsSync<S: Storage, P: Peers> {
+    coordinator: Coordinator<S, P>,
+    gossip: std::sync::Arc<Gossip>,
+    timeout: Duration,
+    loaded_at: std::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+impl<S: Storage, P: Peers> PropsSync<S, P> {
+    pub fn new(
+        coordinator: Coordinator<S, P>,
+        gossip: std::sync::Arc<Gossip>,
+        timeout: Duration,
+    ) -> Self {
+        PropsSync {
+            coordinator,
+            gossip,
+            timeout,
+            loaded_at: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Every [`CHECK_EVERY`], forever.
+    pub async fn run(self) {
+        let mut ticker = tokio::time::interval(CHECK_EVERY);
+        loop {
+            ticker.tick().await;
+            self.step().await;
+        }
+    }
+
+    /// One check: publish the digest, reload when another differs or one is due.
+    pub async fn step(&self) {
+        publish_digest(&self.coordinator, &self.gossip);
+        let mine = self.coordinator.props().digest();
+        let differs = self.gossip.members().iter().any(|m| {
+            !m.is_self
+                && m.state == chorus_gossip::MemberState::Alive
+                && m.kv.get(PROPS_KV).is_some_and(|d| *d != mine)
+        });
+        let loaded_at = *self
+            .loaded_at
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let due = loaded_at.is_none_or(|t| t.elapsed() >= RELOAD_EVERY);
+        if !differs && !due {
+            return;
+        }
+        match self.coordinator.load_bucket_props(self.timeout).await {
+            Ok(table) => {
+                self.coordinator.props().replace(table);
+                *self
+                    .loaded_at
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(tokio::time::Instant::now());
+                publish_digest(&self.coordinator, &self.gossip);
+            }
+            Err(e) => tracing::debug!("bucket properties not reloaded: {e}"),
+        }
     }
 }
 

@@ -1,13 +1,10 @@
-//! Bucket properties over HTTP (`GET`/`PUT /buckets/{bucket}/props`) and the loop that
-//! keeps this node's cache of them in step with the cluster: it gossips the cache's
-//! digest and reloads the table (listed and read at a quorum) when a live member's
-//! digest differs, and at least every [`RELOAD_EVERY`].
+//! Bucket properties over HTTP (`GET`/`PUT /buckets/{bucket}/props`).
 //!
-//! Must not: hold the properties' rules (validation, resolution and storage are
-//! `chorus_core::bucket_props`), or apply them to requests (`http.rs` does).
+//! Must not: hold the properties' rules (validation, resolution, storage and the loop that
+//! keeps every node's cache in step are `chorus_core::bucket_props`), or apply them to
+//! requests (`http.rs` does).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
@@ -19,13 +16,6 @@ use serde_json::{json, Value};
 use crate::server::http::{decode_segment, measured, read_body, ApiError};
 use crate::server::node::Node;
 use chorus_core::bucket_props::{BucketProps, StampedProps};
-
-/// Gossiped key-value: the digest of a node's properties table.
-pub const PROPS_KV: &str = "bucket_props";
-/// A node reloads the table at least this often, even when every digest agrees.
-const RELOAD_EVERY: Duration = Duration::from_secs(30);
-/// Digests are compared this often.
-const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 fn bucket_of(uri: &Uri) -> Result<Vec<u8>, ApiError> {
     let raw = uri
@@ -91,39 +81,5 @@ pub async fn props_put(State(node): State<Arc<Node>>, uri: Uri, body: Body) -> R
 }
 
 fn publish_digest(node: &Node) {
-    node.gossip
-        .set_local_kv(PROPS_KV, &node.coordinator.props().digest());
-}
-
-/// Keeps the cache in step: reload when a live member gossips another digest, and every
-/// [`RELOAD_EVERY`] (a change can land on a quorum that missed this node's cache).
-pub async fn sync_loop(node: Arc<Node>) {
-    let mut ticker = tokio::time::interval(CHECK_EVERY);
-    let mut loaded_at: Option<tokio::time::Instant> = None;
-    loop {
-        ticker.tick().await;
-        publish_digest(&node);
-        let mine = node.coordinator.props().digest();
-        let differs = node.gossip.members().iter().any(|m| {
-            !m.is_self
-                && m.state == chorus_gossip::MemberState::Alive
-                && m.kv.get(PROPS_KV).is_some_and(|d| *d != mine)
-        });
-        let due = loaded_at.is_none_or(|t| t.elapsed() >= RELOAD_EVERY);
-        if !differs && !due {
-            continue;
-        }
-        match node
-            .coordinator
-            .load_bucket_props(node.limits.default_timeout)
-            .await
-        {
-            Ok(table) => {
-                node.coordinator.props().replace(table);
-                loaded_at = Some(tokio::time::Instant::now());
-                publish_digest(&node);
-            }
-            Err(e) => tracing::debug!("bucket properties not reloaded: {e}"),
-        }
-    }
+    chorus_core::bucket_props::publish_digest(&node.coordinator, &node.gossip);
 }

@@ -246,7 +246,12 @@ async fn serve(config: NodeConfig, security: Security, admin: AdminAuth) -> Resu
     node.gossip
         .set_local_kv(ui::HTTP_KV, &config.http.to_string());
     tokio::spawn(ui::sample_loop(node.clone()));
-    tokio::spawn(http_props::sync_loop(node.clone()));
+    let props_sync = chorus_core::bucket_props::PropsSync::new(
+        node.coordinator.clone(),
+        node.gossip.clone(),
+        node.limits.default_timeout,
+    );
+    tokio::spawn(props_sync.run());
     tokio::spawn(healer.run());
     tokio::spawn(storage_watchdog(
         node.clone(),

@@ -51,6 +51,10 @@ struct Args {
     /// Some writes carry a TTL, and every node's clock is skewed (up to 500 ms either way).
     #[arg(long)]
     ttl: bool,
+    /// An operator changes the bucket's properties (max_siblings) while clients run;
+    /// every node reloads them as a real node does.
+    #[arg(long)]
+    props: bool,
     /// Print every event of the scenario (and debug logs of the nodes).
     #[arg(long)]
     verbose: bool,
@@ -93,6 +97,7 @@ fn main() {
         script: None,
         disk_faults: args.disk_faults,
         ttl: args.ttl,
+        props: args.props,
     };
     let options = move |seed: u64| Options {
         seed,

@@ -14,6 +14,7 @@
 pub mod check;
 pub mod net;
 pub mod node;
+pub mod props;
 pub mod trace;
 pub mod workload;
 
@@ -90,6 +91,9 @@ pub struct Options {
     /// Some writes carry a TTL, and every node's wall clock is skewed (at most
     /// [`MAX_CLOCK_SKEW_MS`] either way). Off by default, as `disk_faults`.
     pub ttl: bool,
+    /// An operator changes the bucket's properties (`max_siblings`) through random nodes
+    /// while clients run, and every node runs the properties reload loop. Off by default.
+    pub props: bool,
 }
 
 /// With `ttl`, no node's clock is further than this from the true time.
@@ -111,6 +115,7 @@ impl Options {
             script: None,
             disk_faults: false,
             ttl: false,
+            props: false,
         }
     }
 
@@ -140,6 +145,9 @@ impl Options {
         }
         if self.ttl {
             command += " --ttl";
+        }
+        if self.props {
+            command += " --props";
         }
         if self.script.is_some() {
             command += " (scripted: replay the test instead)";
@@ -424,6 +432,39 @@ impl Cluster {
     }
 }
 
+/// After heal: the stored properties versions judged against the operator's changes, and
+/// every node's cache on the winner within 90 s (three forced reloads).
+async fn props_converge(cluster: &Cluster, changes: &props::Changes) -> Vec<String> {
+    let disks: Vec<Arc<MemoryStorage>> = cluster.nodes.iter().map(|n| n.disk.clone()).collect();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let stored = props::stored(&disks, cluster.settings.ring_size);
+        let (mut problems, expected) = props::check(&stored, &changes.lock().expect("changes"));
+        let stale: Vec<String> = cluster
+            .names
+            .iter()
+            .filter_map(|name| cluster.net.current(name))
+            .filter(|n| n.coordinator.props().get(workload::BUCKET) != expected)
+            .map(|n| {
+                format!(
+                    "{} holds {:?}",
+                    n.name,
+                    n.coordinator.props().get(workload::BUCKET)
+                )
+            })
+            .collect();
+        if stale.is_empty() || Instant::now() >= deadline {
+            if !stale.is_empty() {
+                problems.push(format!(
+                    "bucket properties not converged 90 s after heal on {expected:?}: {stale:?}"
+                ));
+            }
+            return problems;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 async fn scenario(options: Options) -> Report {
     let trace = Arc::new(Trace::new(options.verbose));
     let net = SimNet::new(
@@ -433,6 +474,7 @@ async fn scenario(options: Options) -> Report {
     let names: Vec<String> = (1..=options.nodes).map(|i| format!("n{i}")).collect();
     let settings = NodeSettings {
         old_answer_context: options.old_answer_context,
+        props_sync: options.props,
         ..NodeSettings::default()
     };
     // Its own stream, so runs without `ttl` draw exactly what they drew before.
@@ -527,6 +569,16 @@ async fn scenario(options: Options) -> Report {
         };
         clients.push(tokio::spawn(client.run(shared.clone(), fault_end)));
     }
+    let props_changes = props::Changes::default();
+    if options.props {
+        tokio::spawn(props::operate(
+            net.clone(),
+            names.clone(),
+            sub_seed(options.seed, 9),
+            fault_end,
+            props_changes.clone(),
+        ));
+    }
     if let Some(after) = late_join {
         let cluster = cluster.clone();
         tokio::spawn(async move {
@@ -586,6 +638,9 @@ async fn scenario(options: Options) -> Report {
             }
             Some(_) => {}
         }
+    }
+    if options.props {
+        failures.extend(props_converge(&cluster, &props_changes).await);
     }
     cluster.check_bounds(&shared.history);
     if net.max_inflight() > MAX_INFLIGHT_PER_PEER {

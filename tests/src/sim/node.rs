@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use chorus_core::bucket_props::{self, PropsSync};
 use chorus_core::causality::ActorId;
 use chorus_core::clock::WallClock;
 use chorus_core::coordinator::Coordinator;
@@ -39,6 +40,8 @@ pub struct NodeSettings {
     /// Test-only: writes answer with the first build's context (issue 14's bug), to show
     /// the checker catches it.
     pub old_answer_context: bool,
+    /// Run the bucket-properties reload loop (`bucket_props::PropsSync`), as a real node.
+    pub props_sync: bool,
 }
 
 impl Default for NodeSettings {
@@ -56,6 +59,7 @@ impl Default for NodeSettings {
             max_hints_per_owner: 50,
             max_siblings: 100,
             old_answer_context: false,
+            props_sync: false,
         }
     }
 }
@@ -367,6 +371,17 @@ impl SimNode {
         every(&node, net, settings.healing.interval, |n, _| async move {
             n.healer.rebuilder().step().await
         });
+        if settings.props_sync {
+            let sync = Arc::new(PropsSync::new(
+                node.coordinator.clone(),
+                node.gossip.clone(),
+                Duration::from_secs(2),
+            ));
+            every(&node, net, bucket_props::CHECK_EVERY, move |_, _| {
+                let sync = sync.clone();
+                async move { sync.step().await }
+            });
+        }
         node
     }
 }
