@@ -273,7 +273,7 @@ impl<S: Storage> Replica<S> {
             Request::ListKeys { .. }
             | Request::PartitionPage { .. }
             | Request::KeyCounts { .. }
-            | Request::MergeBatch { .. } => true,
+            | Request::MergeBatch { .. } => self.storage.scans_block(),
             _ => self.storage.writes_block(),
         };
         if !blocks {

@@ -154,6 +154,10 @@ impl Storage for SimDisk {
         self.check()?;
         self.disk.hint_owners()
     }
+    fn scans_block(&self) -> bool {
+        self.disk.scans_block()
+    }
+
     fn flush(&self) -> Result<(), StorageError> {
         self.check()?;
         self.disk.flush()

@@ -205,6 +205,10 @@ impl Storage for MemoryStorage {
         Ok(out)
     }
 
+    fn scans_block(&self) -> bool {
+        false
+    }
+
     fn flush(&self) -> Result<(), StorageError> {
         Ok(())
     }

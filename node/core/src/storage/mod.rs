@@ -193,6 +193,12 @@ pub trait Storage: Send + Sync + 'static {
     fn writes_block(&self) -> bool {
         false
     }
+    /// Whether a scan (a listing or rebuild page, a count, a batch merge) may hold its
+    /// thread on disk reads; callers on an async runtime then run it on the blocking pool.
+    /// An engine in memory says no, so the simulation stays on its one virtual-time thread.
+    fn scans_block(&self) -> bool {
+        true
+    }
 
     /// The entries of one tree segment, for anti-entropy after two trees disagree on it.
     /// Cost: a full scan of the partition; see [`Storage::scan_segments`].

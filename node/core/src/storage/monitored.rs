@@ -213,6 +213,10 @@ impl<S: Storage> Storage for Monitored<S> {
         self.inner.writes_block()
     }
 
+    fn scans_block(&self) -> bool {
+        self.inner.scans_block()
+    }
+
     fn scan_segments(
         &self,
         partition: PartitionId,
