@@ -107,8 +107,10 @@ impl StampedProps {
     }
 }
 
-/// The live versions of a system object, the winner first (highest `(stamp, set_by)`),
-/// then the others in the same order. Versions that do not decode are skipped.
+/// The live versions of a system object, the winner first (highest `(stamp, set_by)`,
+/// then highest encoding: two changes through one node can carry the same stamp when
+/// neither's read saw the other), then the others in the same order. Versions that do not
+/// decode are skipped.
 pub fn versions(object: &Object) -> Vec<StampedProps> {
     let mut out: Vec<StampedProps> = object
         .values()
@@ -116,7 +118,7 @@ pub fn versions(object: &Object) -> Vec<StampedProps> {
         .filter(|s| !s.deleted)
         .filter_map(|s| rmp_serde::from_slice(&s.value).ok())
         .collect();
-    out.sort_by(|a, b| (b.stamp, &b.set_by).cmp(&(a.stamp, &a.set_by)));
+    out.sort_by_cached_key(|v| std::cmp::Reverse((v.stamp, v.set_by.clone(), v.encode())));
     out
 }
 
@@ -350,6 +352,21 @@ mod tests {
             assert_eq!((v[0].stamp, v[0].set_by.as_str()), (2, "n2"));
             assert_eq!(v[0].props.w.as_deref(), Some("one"));
         }
+        // Two changes through one node with one stamp (neither's read saw the other): the
+        // same one wins whichever way the states merge (the stored order differs).
+        let d = empty.update(&Context::default(), ActorId(4), stamped("one", 3, "n1"));
+        let e = empty.update(&Context::default(), ActorId(5), stamped("all", 3, "n1"));
+        let (de, ed) = (d.sync(&e), e.sync(&d));
+        assert_eq!(versions(&de)[0], versions(&ed)[0]);
+        let (swapped_d, swapped_e) = (
+            empty.update(&Context::default(), ActorId(5), stamped("one", 3, "n1")),
+            empty.update(&Context::default(), ActorId(4), stamped("all", 3, "n1")),
+        );
+        assert_eq!(
+            versions(&de)[0],
+            versions(&swapped_d.sync(&swapped_e))[0],
+            "the winner depends on which actor minted it"
+        );
     }
 
     #[test]

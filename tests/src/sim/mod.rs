@@ -455,8 +455,16 @@ async fn props_converge(cluster: &Cluster, changes: &props::Changes) -> Vec<Stri
             .collect();
         if stale.is_empty() || Instant::now() >= deadline {
             if !stale.is_empty() {
+                let holders: Vec<&str> = cluster
+                    .nodes
+                    .iter()
+                    .filter(|n| {
+                        !props::stored(&[n.disk.clone()], cluster.settings.ring_size).is_empty()
+                    })
+                    .map(|n| n.name.as_str())
+                    .collect();
                 problems.push(format!(
-                    "bucket properties not converged 90 s after heal on {expected:?}: {stale:?}"
+                    "bucket properties not converged 90 s after heal on {expected:?} (stored on {holders:?}): {stale:?}"
                 ));
             }
             return problems;

@@ -111,10 +111,10 @@ pub fn check(stored: &Object, changes: &[PropsChange]) -> (Vec<String>, Option<B
         }
     }
     // The rule, restated here rather than taken from `versions`' order: the highest
-    // `(stamp, set_by)` wins.
+    // `(stamp, set_by)` wins, and between equals the highest encoding.
     let winner = held
         .iter()
-        .max_by(|a, b| (a.stamp, &a.set_by).cmp(&(b.stamp, &b.set_by)));
+        .max_by_key(|v| (v.stamp, v.set_by.clone(), v.encode()));
     for c in changes {
         let Some(stamp) = c.acked_stamp else { continue };
         let kept = held.iter().any(|v| made(v, c));
