@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chorus_tests::sim::{self, workload, Faults, Options};
 
-fn assert_passes(options: Options) {
+fn assert_passes(options: Options) -> sim::Report {
     let report = sim::run(&options);
     assert!(
         report.failures.is_empty(),
@@ -15,6 +15,7 @@ fn assert_passes(options: Options) {
         options.replay_command()
     );
     assert!(report.acked > 0, "the scenario acknowledged no write");
+    report
 }
 
 /// The coordinator retried `Request::Coordinate` on the next replica when the first gave
@@ -129,14 +130,7 @@ fn nodes_whose_disks_fail_for_a_while_lose_nothing_and_recover() {
     for seed in 1..=8 {
         let mut options = Options::new(seed);
         options.disk_faults = true;
-        let report = sim::run(&options);
-        assert!(
-            report.failures.is_empty(),
-            "seed {seed} failed:\n  {}\nreplay: {}",
-            report.failures.join("\n  "),
-            options.replay_command()
-        );
-        errors += report.healing.storage_errors;
+        errors += assert_passes(options).healing.storage_errors;
     }
     assert!(errors > 0, "no disk fault hit a node's storage in 8 seeds");
 }
@@ -153,14 +147,7 @@ fn expired_values_are_hidden_and_unexpired_ones_never_reaped_seeds_1_2_53_104() 
         let mut options = Options::new(seed);
         options.ttl = true;
         options.faults = Faults::Heavy;
-        let report = sim::run(&options);
-        assert!(
-            report.failures.is_empty(),
-            "seed {seed} failed:\n  {}\nreplay: {}",
-            report.failures.join("\n  "),
-            options.replay_command()
-        );
-        expired += report.expired;
+        expired += assert_passes(options).expired;
     }
     assert!(expired > 0, "no acknowledged value expired in 4 seeds");
 }
