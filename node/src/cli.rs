@@ -516,7 +516,7 @@ pub struct BenchArgs {
         default_value = "http://127.0.0.1:8001"
     )]
     pub nodes: Vec<String>,
-    /// What to drive: chorus, etcd (v3 JSON gateway), redis (RESP), or quic-floor (no
+    /// What to drive: chorus, etcd (v3 JSON gateway), redis (RESP), or quic-floor / bare-quinn (no
     /// server: a bare QUIC round trip in-process, `--value-size` bytes each way).
     #[arg(long, value_enum, default_value_t = BenchTarget::Chorus)]
     pub target: BenchTarget,
@@ -571,6 +571,8 @@ pub enum BenchTarget {
     /// No server: measures a bare QUIC request/response round trip of chorus's transport
     /// in this process (the floor under a replicated operation's CPU cost).
     QuicFloor,
+    /// No server: the same round trip over quinn alone, to set chorus's transport beside.
+    BareQuinn,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]

@@ -51,7 +51,12 @@ const SHARED_CONTEXT_CACHE: usize = 1 << 20;
 const CONNECT_BACKOFF: Duration = Duration::from_millis(50);
 
 pub fn run(args: BenchArgs) -> CliResult {
-    if args.target == BenchTarget::QuicFloor {
+    let floor = match args.target {
+        BenchTarget::QuicFloor => Some(quic_floor::Floor::Chorus),
+        BenchTarget::BareQuinn => Some(quic_floor::Floor::BareQuinn),
+        _ => None,
+    };
+    if let Some(floor) = floor {
         let duration = parse_duration(&args.duration)
             .map_err(|e| CliError::usage(format!("--duration: {e}")))?;
         let warmup =
@@ -61,7 +66,8 @@ pub fn run(args: BenchArgs) -> CliResult {
                 "--duration and --concurrency must be more than zero",
             ));
         }
-        return crate::tools::bench::quic_floor::run(
+        return quic_floor::run(
+            floor,
             duration,
             warmup,
             args.concurrency,
@@ -210,7 +216,9 @@ impl Config {
                 BenchTarget::Chorus => CHORUS_DEFAULT_NODE,
                 BenchTarget::Etcd => ETCD_DEFAULT_NODE,
                 BenchTarget::Redis => REDIS_DEFAULT_NODE,
-                BenchTarget::QuicFloor => unreachable!("quic-floor is handled before the config"),
+                BenchTarget::QuicFloor | BenchTarget::BareQuinn => {
+                    unreachable!("the floors are handled before the config")
+                }
             }
             .to_string()]
         } else {
@@ -229,7 +237,9 @@ impl Config {
                 BenchTarget::Chorus => BaseUrl::parse(n).map(Endpoint::Chorus),
                 BenchTarget::Etcd => BaseUrl::parse(n).map(Endpoint::Etcd),
                 BenchTarget::Redis => parse_redis_address(n).map(Endpoint::Redis),
-                BenchTarget::QuicFloor => unreachable!("quic-floor is handled before the config"),
+                BenchTarget::QuicFloor | BenchTarget::BareQuinn => {
+                    unreachable!("the floors are handled before the config")
+                }
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(CliError::usage)?;
@@ -266,6 +276,7 @@ impl Config {
             BenchTarget::Etcd => "etcd",
             BenchTarget::Redis => "redis",
             BenchTarget::QuicFloor => "quic-floor",
+            BenchTarget::BareQuinn => "bare-quinn",
         }
     }
 }

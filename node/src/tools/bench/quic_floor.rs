@@ -1,10 +1,12 @@
-//! `chorus bench --target quic-floor`: the floor under every replicated operation, measured
-//! on this machine. One process runs a chorus QUIC transport server (mutual TLS, as between
-//! nodes) that echoes each request, and a client that keeps `--concurrency` requests in
-//! flight over one connection, one bidirectional stream per request, exactly as a
-//! coordinator calls a replica. It reports calls per second, latency percentiles and the
-//! CPU time of the whole process (both ends) per call, for comparison with the CPU a
-//! replicated write costs. It knows nothing of storage or messages.
+//! `chorus bench --target quic-floor` and `--target bare-quinn`: the floor under every
+//! replicated operation, measured on this machine. One process runs a server that echoes
+//! each request and a client that keeps `--concurrency` requests in flight over one
+//! connection, one bidirectional stream per request, exactly as a coordinator calls a
+//! replica. `quic-floor` goes through chorus's QUIC transport (mutual TLS, its framing and
+//! connection handling, as between nodes); `bare-quinn` through quinn alone (server-only
+//! TLS, quinn's defaults), so a report shows what chorus's transport adds to quinn. Both
+//! report calls per second, latency percentiles and the CPU time of the whole process (both
+//! ends) per call. It knows nothing of storage or messages.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,36 +41,172 @@ fn cpu_time() -> Duration {
     tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
-pub fn run(
-    duration: Duration,
-    warmup: Duration,
-    concurrency: usize,
-    body_size: usize,
-    json_out: bool,
-) -> CliResult {
+/// Which transport a floor measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Floor {
+    /// chorus's `QuicTransport`, as between nodes.
+    Chorus,
+    /// quinn alone.
+    BareQuinn,
+}
+
+impl Floor {
+    fn target(self) -> &'static str {
+        match self {
+            Floor::Chorus => "quic-floor",
+            Floor::BareQuinn => "bare-quinn",
+        }
+    }
+}
+
+/// The client side of one floor: one connection, one bidirectional stream per call.
+#[derive(Clone)]
+enum Caller {
+    Chorus(Arc<QuicTransport>, SocketAddr),
+    BareQuinn(quinn::Connection),
+}
+
+impl Caller {
+    async fn call(&self, body: &[u8]) -> Result<(), String> {
+        match self {
+            Caller::Chorus(client, addr) => client
+                .request(*addr, body, Duration::from_secs(10))
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            Caller::BareQuinn(connection) => {
+                let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+                send.write_all(body).await.map_err(|e| e.to_string())?;
+                send.finish().map_err(|e| e.to_string())?;
+                recv.read_to_end(body.len() + 64)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+}
+
+/// What must outlive the measurement: the servers and endpoints, closed at the end.
+enum Ends {
+    Chorus(Arc<QuicTransport>, Arc<QuicTransport>),
+    BareQuinn(quinn::Endpoint, quinn::Endpoint),
+}
+
+impl Ends {
+    async fn close(self) {
+        match self {
+            Ends::Chorus(client, server) => {
+                client.close().await;
+                server.close().await;
+            }
+            Ends::BareQuinn(client, server) => {
+                client.close(0u32.into(), b"done");
+                server.close(0u32.into(), b"done");
+                client.wait_idle().await;
+            }
+        }
+    }
+}
+
+async fn chorus_ends() -> Result<(Caller, Ends), CliError> {
     let dir = std::env::temp_dir().join(format!("chorus-quic-floor-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     crate::server::certs::init(&dir, false).map_err(CliError::failed)?;
     let credential = crate::server::certs::load(&dir).map_err(CliError::failed);
     let _ = std::fs::remove_dir_all(&dir);
     let credential = credential?;
+    let loopback: SocketAddr = "127.0.0.1:0".parse().expect("an address");
+    let server = QuicTransport::bind(loopback, Security::Cluster(credential.clone()))
+        .map_err(CliError::failed)?;
+    tokio::spawn(server.clone().serve(Arc::new(Echo)));
+    let addr = server.local_addr();
+    let client =
+        QuicTransport::bind(loopback, Security::Cluster(credential)).map_err(CliError::failed)?;
+    Ok((
+        Caller::Chorus(client.clone(), addr),
+        Ends::Chorus(client, server),
+    ))
+}
+
+/// A quinn server with a self-signed certificate that echoes every bidirectional stream,
+/// and a client endpoint that trusts exactly that certificate.
+async fn bare_quinn_ends(concurrency: usize, body_size: usize) -> Result<(Caller, Ends), CliError> {
+    let failed = |what: &str, e: String| CliError::failed(format!("bare quinn: {what}: {e}"));
+    let generated = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])
+        .map_err(|e| failed("certificate", e.to_string()))?;
+    let cert = rustls::pki_types::CertificateDer::from(generated.cert.der().to_vec());
+    let key = rustls::pki_types::PrivateKeyDer::try_from(generated.key_pair.serialize_der())
+        .map_err(|e| failed("key", e.to_string()))?;
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(concurrency.max(100) as u32));
+    let transport = Arc::new(transport);
+    let mut server_config = quinn::ServerConfig::with_single_cert(vec![cert.clone()], key)
+        .map_err(|e| failed("server config", e.to_string()))?;
+    server_config.transport_config(transport.clone());
+    let loopback: SocketAddr = "127.0.0.1:0".parse().expect("an address");
+    let server = quinn::Endpoint::server(server_config, loopback)
+        .map_err(|e| failed("bind", e.to_string()))?;
+    let addr = server
+        .local_addr()
+        .map_err(|e| failed("address", e.to_string()))?;
+    tokio::spawn(echo_streams(server.clone(), body_size + 64));
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).map_err(|e| failed("root", e.to_string()))?;
+    let mut client_config = quinn::ClientConfig::with_root_certificates(Arc::new(roots))
+        .map_err(|e| failed("client config", e.to_string()))?;
+    client_config.transport_config(transport);
+    let mut client =
+        quinn::Endpoint::client(loopback).map_err(|e| failed("bind", e.to_string()))?;
+    client.set_default_client_config(client_config);
+    let connection = client
+        .connect(addr, "localhost")
+        .map_err(|e| failed("connect", e.to_string()))?
+        .await
+        .map_err(|e| failed("handshake", e.to_string()))?;
+    Ok((
+        Caller::BareQuinn(connection),
+        Ends::BareQuinn(client, server),
+    ))
+}
+
+async fn echo_streams(server: quinn::Endpoint, limit: usize) {
+    while let Some(incoming) = server.accept().await {
+        tokio::spawn(async move {
+            let Ok(connection) = incoming.await else {
+                return;
+            };
+            while let Ok((mut send, mut recv)) = connection.accept_bi().await {
+                tokio::spawn(async move {
+                    if let Ok(body) = recv.read_to_end(limit).await {
+                        let _ = send.write_all(&body).await;
+                        let _ = send.finish();
+                    }
+                });
+            }
+        });
+    }
+}
+
+pub fn run(
+    floor: Floor,
+    duration: Duration,
+    warmup: Duration,
+    concurrency: usize,
+    body_size: usize,
+    json_out: bool,
+) -> CliResult {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| CliError::failed(format!("cannot start the async runtime: {e}")))?;
     let result = runtime.block_on(async move {
-        let loopback: SocketAddr = "127.0.0.1:0".parse().expect("an address");
-        let server = QuicTransport::bind(loopback, Security::Cluster(credential.clone()))
-            .map_err(CliError::failed)?;
-        tokio::spawn(server.clone().serve(Arc::new(Echo)));
-        let addr = server.local_addr();
-        let client = QuicTransport::bind(loopback, Security::Cluster(credential))
-            .map_err(CliError::failed)?;
+        let (client, ends) = match floor {
+            Floor::Chorus => chorus_ends().await?,
+            Floor::BareQuinn => bare_quinn_ends(concurrency, body_size).await?,
+        };
         let body = vec![b'x'; body_size];
-        client
-            .request(addr, &body, Duration::from_secs(10))
-            .await
-            .map_err(|e| CliError::failed(e.to_string()))?;
+        client.call(&body).await.map_err(CliError::failed)?;
 
         let histogram = Arc::new(Mutex::new(
             Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
@@ -88,7 +226,7 @@ pub fn run(
                 let mut errors = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     let sent = Instant::now();
-                    match client.request(addr, &body, Duration::from_secs(10)).await {
+                    match client.call(&body).await {
                         Ok(_) if measuring.load(Ordering::Relaxed) => {
                             let _ = histogram
                                 .lock()
@@ -113,8 +251,7 @@ pub fn run(
         while let Some(r) = tasks.join_next().await {
             errors += r.unwrap_or(1);
         }
-        client.close().await;
-        server.close().await;
+        ends.close().await;
         let h = histogram
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -132,12 +269,30 @@ pub fn run(
     if json_out {
         println!(
             "{}",
-            json!({"target": "quic-floor", "concurrency": concurrency, "body_bytes": body_size, "duration_s": elapsed.as_secs_f64(),
+            json!({"target": floor.target(), "concurrency": concurrency, "body_bytes": body_size, "duration_s": elapsed.as_secs_f64(),
                    "calls_per_s": per_s, "cpu_us_per_call": cpu_us, "p50_ms": ms(0.5), "p99_ms": ms(0.99), "errors": errors})
         );
     } else {
-        println!("quic floor: {concurrency} concurrent request/response calls of {body_size} B over one mutual-TLS QUIC connection (both ends in this process)");
+        let over = match floor {
+            Floor::Chorus => "chorus's mutual-TLS QUIC transport",
+            Floor::BareQuinn => "quinn alone (server-only TLS, quinn's defaults)",
+        };
+        println!("{}: {concurrency} concurrent request/response calls of {body_size} B over one connection of {over} (both ends in this process)", floor.target());
         println!("  {per_s:.0} calls/s, {cpu_us:.1} us of CPU per call, p50 {:.3} ms, p99 {:.3} ms, {errors} errors", ms(0.5), ms(0.99));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both floors complete calls end to end (`run` fails when none completed).
+    #[test]
+    fn both_floors_complete_calls() {
+        for floor in [Floor::Chorus, Floor::BareQuinn] {
+            let short = Duration::from_millis(200);
+            run(floor, short, short, 4, 100, true).unwrap_or_else(|e| panic!("{floor:?}: {e:?}"));
+        }
+    }
 }
