@@ -739,27 +739,17 @@ impl Membership {
             }
         }
         let mut targets: Vec<&str> = live.choose_multiple(rng, fanout).copied().collect();
-        let seeds: BTreeSet<&str> = self
-            .config
-            .seeds
-            .iter()
-            .map(String::as_str)
-            .filter(|s| *s != self.config.address)
-            .collect();
         if live.is_empty() {
             // Retry the seeds every round, for ever: a node alone may be the first up.
+            let seeds: BTreeSet<&str> = self
+                .config
+                .seeds
+                .iter()
+                .map(String::as_str)
+                .filter(|s| *s != self.config.address)
+                .collect();
             let seeds: Vec<&str> = seeds.into_iter().collect();
             targets.extend(seeds.choose_multiple(rng, fanout).copied());
-        } else {
-            // A seed no member here is known at belongs to a group this one has never
-            // heard of (both formed while partitioned, from restarted nodes that forgot
-            // each other): with odds 1 / (live + 1), as Cassandra gossips to a seed, try
-            // one, so two such groups merge once they can reach each other.
-            let known: BTreeSet<&str> = self.members.values().map(|m| m.address.as_str()).collect();
-            let unknown: Vec<&str> = seeds.into_iter().filter(|s| !known.contains(s)).collect();
-            if !unknown.is_empty() && rng.random_bool(1.0 / (live.len() + 1) as f64) {
-                targets.push(unknown.choose(rng).copied().expect("non-empty"));
-            }
         }
         // Probe a down member now and then, with Cassandra's odds down / (live + 1), so a
         // healed partition or a returning node is noticed even when no live peer can
@@ -1672,47 +1662,6 @@ mod tests {
         assert_eq!(a.ring_members(), ["a", "b"]);
         assert!(a.is_reachable("b", 600) && !a.is_reachable("c", 600));
         assert_eq!(a.address_of("b"), Some("b:7000"));
-    }
-
-    /// Two groups that formed apart (every node of each restarted and met only its own)
-    /// never heard of each other: a node with live peers still tries, now and then, a
-    /// seed no member is known at (seed 1434 of the simulation stayed split for good),
-    /// and once every seed is a member it sends only to members.
-    #[test]
-    fn a_seed_no_member_is_known_at_is_tried_now_and_then_even_when_not_alone() {
-        let mut a = Membership::new(
-            Config {
-                seeds: vec!["b:7000".into(), "c:7000".into()],
-                ..config("a")
-            },
-            0,
-        );
-        let mut rng = rng();
-        let rounds = |a: &mut Membership, rng: &mut StdRng, from: u64, peers: &[&str]| {
-            let mut sent = BTreeMap::<String, usize>::new();
-            for round in from..from + 40 {
-                let now = round * 500;
-                let alive = peers
-                    .iter()
-                    .map(|p| record(p, 1, round + 1, 0, Status::Alive));
-                deliver(a, now, alive.collect());
-                for out in a.tick(now + 1, rng) {
-                    *sent.entry(out.to).or_default() += 1;
-                }
-            }
-            sent
-        };
-        let sent = rounds(&mut a, &mut rng, 0, &["b"]);
-        assert!(
-            sent.get("c:7000").is_some_and(|&n| n > 0),
-            "c never tried: {sent:?}"
-        );
-        let sent = rounds(&mut a, &mut rng, 40, &["b", "c"]);
-        let others: Vec<&String> = sent
-            .keys()
-            .filter(|to| !["b:7000", "c:7000"].contains(&to.as_str()))
-            .collect();
-        assert!(others.is_empty(), "sent beyond the members: {others:?}");
     }
 
     #[test]
