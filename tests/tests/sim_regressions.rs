@@ -22,8 +22,10 @@ fn assert_passes(options: Options) -> sim::Report {
 /// no answer in time; the first had often stored the write and only its answer was lost,
 /// so one client write was minted as two or three dots (duplicate siblings of one value).
 /// Fixed by answering 503 instead of retrying after a missing answer (coordinator.rs).
-/// (Seeds 1 and 6 found it; seeds 4 and 5 fail with the retry put back under the current
-/// harness, whose scenarios have since gained a late joiner and strict quorums.)
+/// (Seeds 1 and 6 found it; seeds 4 and 5 failed with the retry put back once the harness
+/// gained a late joiner and strict quorums. Caveat, checked in the stop that added TTLs:
+/// with the retry put back after the "not sent" distinction of issue 13 they no longer
+/// fail; they stay as passing scenario tests.)
 #[test]
 fn coordinate_is_not_retried_after_a_lost_answer_seed_4() {
     assert_passes(Options::new(4));
@@ -72,6 +74,8 @@ fn no_reaping_while_a_node_holds_data_awaiting_transfer_seed_184() {
 /// of every partition, nobody else was "unreachable", so after the grace period it reaped
 /// its tombstones alone while other replicas still held the values they deleted, which
 /// then came back. Fixed by reaping only with a ring of at least N members (healing.rs).
+/// Caveat, checked in the stop that added TTLs: with that check taken out the seed no
+/// longer fails under the current code; it stays as a passing scenario test.
 #[test]
 fn a_node_that_knows_fewer_than_n_members_reaps_nothing_seed_593() {
     let mut options = Options::new(593);
