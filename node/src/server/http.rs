@@ -275,34 +275,7 @@ fn kv_params(
             ));
         }
         seen.push(name.clone());
-        let count = |allow_zero| {
-            Quorum::parse(&value)
-                .and_then(|q| q.resolve(n, allow_zero))
-                .map_err(|e| ApiError::bad_request("invalid_parameter", format!("{name}: {e}")))
-        };
-        match name.as_str() {
-            "r" => params.r = count(false)?,
-            "w" => params.w = count(false)?,
-            "pr" => params.pr = count(true)?,
-            "pw" => params.pw = count(true)?,
-            "timeout" => {
-                let ms: u64 = value.parse().ok().filter(|ms| (1..=MAX_TIMEOUT_MS).contains(ms)).ok_or_else(|| {
-                    ApiError::bad_request("invalid_parameter", format!("timeout: '{value}' is not a number of milliseconds in 1..={MAX_TIMEOUT_MS}"))
-                })?;
-                params.timeout = Duration::from_millis(ms);
-            }
-            "ttl" => {
-                let ttl = chorus_api::parse_ttl(&value, MAX_TTL)
-                    .map_err(|e| ApiError::bad_request("invalid_ttl", e))?;
-                params.ttl = Some(ttl);
-            }
-            other => {
-                return Err(ApiError::bad_request(
-                    "invalid_parameter",
-                    format!("unknown parameter '{other}': use r, w, pr, pw, timeout or ttl"),
-                ));
-            }
-        }
+        params.apply(n, &name, &value)?;
     }
     if params.pr > params.r {
         return Err(ApiError::bad_request(
@@ -317,6 +290,41 @@ fn kv_params(
         ));
     }
     Ok(params)
+}
+
+impl KvParams {
+    /// Sets one query parameter, validated against replication factor `n`.
+    fn apply(&mut self, n: usize, name: &str, value: &str) -> Result<(), ApiError> {
+        let count = |allow_zero| {
+            Quorum::parse(value)
+                .and_then(|q| q.resolve(n, allow_zero))
+                .map_err(|e| ApiError::bad_request("invalid_parameter", format!("{name}: {e}")))
+        };
+        match name {
+            "r" => self.r = count(false)?,
+            "w" => self.w = count(false)?,
+            "pr" => self.pr = count(true)?,
+            "pw" => self.pw = count(true)?,
+            "timeout" => {
+                let ms: u64 = value.parse().ok().filter(|ms| (1..=MAX_TIMEOUT_MS).contains(ms)).ok_or_else(|| {
+                    ApiError::bad_request("invalid_parameter", format!("timeout: '{value}' is not a number of milliseconds in 1..={MAX_TIMEOUT_MS}"))
+                })?;
+                self.timeout = Duration::from_millis(ms);
+            }
+            "ttl" => {
+                let ttl = chorus_api::parse_ttl(value, MAX_TTL)
+                    .map_err(|e| ApiError::bad_request("invalid_ttl", e))?;
+                self.ttl = Some(ttl);
+            }
+            other => {
+                return Err(ApiError::bad_request(
+                    "invalid_parameter",
+                    format!("unknown parameter '{other}': use r, w, pr, pw, timeout or ttl"),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// When a PUT's value expires (Unix ms at `now_ms`): its `X-Chorus-TTL` header or `ttl`
