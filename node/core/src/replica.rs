@@ -22,7 +22,7 @@ use crate::object::{
 };
 use crate::rpc::{KeyedObject, Request, Response};
 use crate::storage::merkle::{BRANCHES, SEGMENTS};
-use crate::storage::{Monitored, PartitionId, Storage, StorageHealth};
+use crate::storage::{deferring_durability, Monitored, PartitionId, Storage, StorageHealth};
 
 /// Read-modify-write of a key happens under one of these locks, so two concurrent merges
 /// of the same key cannot both read the old state and lose each other's versions.
@@ -259,29 +259,40 @@ impl<S: Storage> Replica<S> {
         chorus_ring::partition_of(self.config.ring_size, bucket, key)
     }
 
-    /// [`Replica::handle`] for callers on an async runtime: a request that may wait for an
-    /// fsync (a write with `--sync always`) runs on the blocking pool, so it does not stall
-    /// an async worker; everything else runs inline. The one place this is decided, for
-    /// the coordinator's local calls and the QUIC handler alike.
+    /// [`Replica::handle`] for callers on an async runtime, the one place this is decided
+    /// for the coordinator's local calls and the QUIC handler alike. Writes run inline and
+    /// do not wait for their fsync on this thread (`--sync always`): the answer waits, as
+    /// a task, for the group commit that covers them (`storage::deferring_durability`), so
+    /// nothing is acknowledged before it is durable and no worker sleeps on the disk.
     pub async fn handle_async(self: Arc<Self>, request: Request) -> Response {
         // A listing scan reads up to `listing::SCAN_BUDGET` entries: never on an async worker.
-        let blocks = match request {
-            Request::Get { .. } => false,
-            // So do a rebuild page, a count that may load a partition's index, and a batch
-            // merge (up to a rebuild page or `MAX_BATCH_BYTES` of objects): one on an async
-            // worker would stall every client request queued behind it.
+        // So do a rebuild page, a count that may load a partition's index, and a batch
+        // merge (up to a rebuild page or `MAX_BATCH_BYTES` of objects): one on an async
+        // worker would stall every client request queued behind it.
+        let scans = matches!(
+            request,
             Request::ListKeys { .. }
-            | Request::PartitionPage { .. }
-            | Request::KeyCounts { .. }
-            | Request::MergeBatch { .. } => self.storage.scans_block(),
-            _ => self.storage.writes_block(),
+                | Request::PartitionPage { .. }
+                | Request::KeyCounts { .. }
+                | Request::MergeBatch { .. }
+        ) && self.storage.scans_block();
+        let storage = self.storage.clone();
+        let (response, pending) = if scans {
+            tokio::task::spawn_blocking(move || deferring_durability(|| self.handle(request)))
+                .await
+                .unwrap_or_else(|e| {
+                    let failed = Response::Failed(format!("replica task failed: {e}"));
+                    (failed, Vec::new())
+                })
+        } else {
+            deferring_durability(|| self.handle(request))
         };
-        if !blocks {
-            return self.handle(request);
+        for write in pending {
+            if let Err(e) = storage.settle(write).await {
+                return Response::Failed(format!("storage: {e}"));
+            }
         }
-        tokio::task::spawn_blocking(move || self.handle(request))
-            .await
-            .unwrap_or_else(|e| Response::Failed(format!("replica task failed: {e}")))
+        response
     }
 
     pub fn handle(&self, request: Request) -> Response {
@@ -751,6 +762,10 @@ mod tests {
     use crate::storage::MemoryStorage;
 
     fn replica() -> Replica<MemoryStorage> {
+        replica_on(MemoryStorage::new())
+    }
+
+    fn replica_on<S: Storage>(storage: S) -> Replica<S> {
         let config = ReplicaConfig {
             actor: ActorId(1),
             actor_seed: 1,
@@ -761,12 +776,45 @@ mod tests {
             max_hints_per_owner: 10,
             clock: crate::clock::SystemClock::shared(),
         };
-        Replica::new(
-            Arc::new(MemoryStorage::new()),
-            config,
-            Arc::new(Metrics::default()),
-        )
-        .unwrap()
+        Replica::new(Arc::new(storage), config, Arc::new(Metrics::default())).unwrap()
+    }
+
+    /// `--sync always` on one async worker: writes run inline and their answers wait for
+    /// the group commit as tasks, so many writes share it; none is lost at a reopen.
+    #[tokio::test(flavor = "current_thread")]
+    async fn durable_writes_on_one_async_worker_are_all_answered_and_on_disk_after_reopening() {
+        use crate::storage::{FjallStorage, SyncMode};
+        let dir = tempfile::tempdir().unwrap();
+        let keys: Vec<Vec<u8>> = (0..64).map(|i| format!("k{i}").into_bytes()).collect();
+        {
+            let storage = FjallStorage::open(dir.path(), SyncMode::Always, 1 << 20).unwrap();
+            let r = Arc::new(replica_on(storage));
+            let mut writes = tokio::task::JoinSet::new();
+            for key in keys.clone() {
+                writes.spawn(r.clone().handle_async(Request::Coordinate {
+                    bucket: b"b".to_vec(),
+                    key,
+                    context: Context::default(),
+                    value: Sibling::value(b"v".to_vec(), None),
+                    hint_for: None,
+                    over_current: false,
+                    max_siblings: None,
+                }));
+            }
+            while let Some(answer) = writes.join_next().await {
+                let answer = answer.unwrap();
+                assert!(
+                    !matches!(answer, Response::Failed(_) | Response::Refused { .. }),
+                    "{answer:?}"
+                );
+            }
+        }
+        let storage = FjallStorage::open(dir.path(), SyncMode::Always, 1 << 20).unwrap();
+        let r = replica_on(storage);
+        for key in keys {
+            let stored = r.get(b"b", &key).unwrap();
+            assert!(stored.is_some(), "{key:?} answered but not on disk");
+        }
     }
 
     fn keyed(bucket: Vec<u8>, key: Vec<u8>, deleted: bool) -> KeyedObject {

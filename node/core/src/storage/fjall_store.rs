@@ -421,10 +421,6 @@ impl Storage for FjallStorage {
     fn flush(&self) -> Result<(), StorageError> {
         self.syncer.wait_durable()
     }
-
-    fn writes_block(&self) -> bool {
-        self.syncer.waits_for_fsync()
-    }
 }
 
 /// fsyncs fjall's active journal through a file handle of our own.

@@ -10,6 +10,8 @@
 //!
 //! Durability when a write call returns (put, remove, hint_put, hint_remove):
 //! - [`SyncMode::Always`]: fsynced. Concurrent writers share one fsync (group commit).
+//!   Inside [`deferring_durability`] the call returns once the write is in the journal,
+//!   with a [`PendingDurability`] the caller awaits before acknowledging it.
 //! - [`SyncMode::Periodic`]: in the OS page cache, so it survives a crash of the process
 //!   (kill -9); a background thread fsyncs every `interval_ms`, so a machine crash loses
 //!   at most about that interval.
@@ -30,6 +32,7 @@ pub use fjall_store::{FjallStorage, MAX_OPEN_TABLE_FILES};
 pub use memory::MemoryStorage;
 pub use merkle::MerkleTree;
 pub use monitored::{Monitored, StorageHealth};
+pub use sync::{deferring_durability, PendingDurability};
 
 use std::path::PathBuf;
 use std::sync::PoisonError;
@@ -116,9 +119,9 @@ impl std::str::FromStr for SyncMode {
     }
 }
 
-/// The storage engine interface. Every method is safe to call from many threads; each
-/// call blocks (it may wait for an fsync), so async callers use `spawn_blocking` or a
-/// dedicated thread.
+/// The storage engine interface. Every method is safe to call from many threads. A call
+/// may block: on disk reads, and in `--sync always` on its fsync unless it runs inside
+/// [`deferring_durability`] (then the caller awaits the durability it returns).
 pub trait Storage: Send + Sync + 'static {
     /// The object stored under `(partition, key)`.
     fn get(&self, partition: PartitionId, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
@@ -188,11 +191,6 @@ pub trait Storage: Send + Sync + 'static {
     fn hint_owners(&self) -> Result<Vec<(String, u64)>, StorageError>;
     /// fsyncs everything written so far (clean shutdown).
     fn flush(&self) -> Result<(), StorageError>;
-    /// Whether a write blocks its thread until it is fsynced (`--sync always`); callers
-    /// on an async runtime then run writes on the blocking pool.
-    fn writes_block(&self) -> bool {
-        false
-    }
     /// Whether a scan (a listing or rebuild page, a count, a batch merge) may hold its
     /// thread on disk reads; callers on an async runtime then run it on the blocking pool.
     /// An engine in memory says no, so the simulation stays on its one virtual-time thread.

@@ -10,7 +10,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use super::{lock, MerkleTree, PartitionId, Storage, StorageError};
+use super::{lock, MerkleTree, PartitionId, PendingDurability, Storage, StorageError};
 use crate::metrics::Metrics;
 
 /// Meta key the recovery probe writes.
@@ -104,6 +104,12 @@ impl<S: Storage> Monitored<S> {
             self.record(e);
         }
         result
+    }
+
+    /// Awaits a deferred write's fsync (see `deferring_durability`); a failed fsync fails
+    /// the storage like any error the engine returns.
+    pub async fn settle(&self, write: PendingDurability) -> Result<(), StorageError> {
+        self.watch(write.durable().await)
     }
 
     /// Refuses a write while the storage is failed: what the engine would do with it is
@@ -207,10 +213,6 @@ impl<S: Storage> Storage for Monitored<S> {
 
     fn flush(&self) -> Result<(), StorageError> {
         self.watch(self.inner.flush())
-    }
-
-    fn writes_block(&self) -> bool {
-        self.inner.writes_block()
     }
 
     fn scans_block(&self) -> bool {
