@@ -21,6 +21,7 @@
 //! fsync goes through [`JournalFsync`] rather than fjall's `persist`, which would stall
 //! every writer for the length of each fsync; see there for why that is safe.
 
+use super::hot::HotObjects;
 use super::journal_mark::JournalMark;
 use super::sync::{Fsync, Persist, Syncer};
 use super::{
@@ -55,7 +56,13 @@ pub struct FjallStorage {
     hint_counts: Mutex<BTreeMap<String, u64>>,
     /// Set when the journal replayed short of the last fsynced write mark.
     journal_damage: Option<String>,
+    /// Recently written objects, by `objects` key; see `hot`.
+    hot: HotObjects,
 }
+
+/// Bytes of recently written objects kept in memory (`hot`), beyond fjall's block cache
+/// and memtables.
+pub const HOT_OBJECT_BYTES: usize = 16 << 20;
 
 /// The lock of a partition serialises its writers, so "read the old object, write the
 /// new one, update the tree" is atomic with respect to other writers of the partition.
@@ -149,6 +156,7 @@ impl FjallStorage {
             meta,
             indexes: Default::default(),
             hint_counts: Mutex::new(hint_counts),
+            hot: HotObjects::new(HOT_OBJECT_BYTES),
         })
     }
 
@@ -197,6 +205,14 @@ pub const DEFAULT_MEMTABLE_BYTES: u64 = 64 * 1024 * 1024;
 impl FjallStorage {
     /// A put; `known_old` is the value stored now when the caller knows it (`Some(None)`:
     /// absent), which saves a read of the key for the hash tree's update.
+    /// The object stored under an `objects` key: from `hot` when it was written lately.
+    fn stored(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        if let Some(object) = self.hot.get(k) {
+            return Ok(Some(object));
+        }
+        Ok(self.objects.get(k).map_err(fj)?.map(|v| v.to_vec()))
+    }
+
     fn put_with(
         &self,
         partition: PartitionId,
@@ -215,7 +231,7 @@ impl FjallStorage {
                 let old = match known_old {
                     Some(old) => old,
                     None => {
-                        read = self.objects.get(&k).map_err(fj)?;
+                        read = self.stored(&k)?;
                         read.as_deref()
                     }
                 };
@@ -223,10 +239,11 @@ impl FjallStorage {
                 if old.is_none() {
                     l.keys += 1;
                 }
-                self.objects.insert(k, object).map_err(fj)?;
+                self.objects.insert(&k, object).map_err(fj)?;
             }
-            None => self.objects.insert(k, object).map_err(fj)?,
+            None => self.objects.insert(&k, object).map_err(fj)?,
         }
+        self.hot.stored(&k, object);
         drop(idx);
         self.syncer.after_write()
     }
@@ -235,11 +252,7 @@ impl FjallStorage {
 impl Storage for FjallStorage {
     fn get(&self, partition: PartitionId, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         check_key(key)?;
-        Ok(self
-            .objects
-            .get(object_key(partition, key))
-            .map_err(fj)?
-            .map(|v| v.to_vec()))
+        self.stored(&object_key(partition, key))
     }
 
     fn put(&self, partition: PartitionId, key: &[u8], object: &[u8]) -> Result<(), StorageError> {
@@ -264,10 +277,11 @@ impl Storage for FjallStorage {
         let mut idx = lock_index(&index);
         // Read first even when unloaded: removing an absent key must not cost a journal
         // write and an fsync.
-        let Some(old) = self.objects.get(&k).map_err(fj)? else {
+        let Some(old) = self.stored(&k)? else {
             return Ok(());
         };
-        self.objects.remove(k).map_err(fj)?;
+        self.objects.remove(&*k).map_err(fj)?;
+        self.hot.removed(&k);
         if let Some(l) = idx.loaded.as_mut() {
             l.tree.remove(key, &old);
             l.keys -= 1;

@@ -19,6 +19,7 @@
 //! `meta_put` and `flush` are fsynced on return in both modes.
 
 mod fjall_store;
+mod hot;
 pub mod journal_mark;
 mod memory;
 pub mod merkle;

@@ -420,3 +420,44 @@ proptest! {
         prop_assert_eq!(replay.tree(1).unwrap(), s.tree(1).unwrap());
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// The disk engine answers every read with the newest bytes written, through its cache
+    /// of recent writes and after a reopen without it: puts (some too big to cache),
+    /// overwrites through `put_replacing` and removes, against a map of what was written.
+    #[test]
+    fn fjall_reads_are_the_newest_write_with_and_without_its_cache(
+        ops in proptest::collection::vec((0u8..2, 0u8..6, 0u8..4, 0usize..3), 1..80)
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut model = std::collections::HashMap::<(u32, u8), Vec<u8>>::new();
+        {
+            let s = open_fjall(dir.path());
+            for (p, k, op, size) in &ops {
+                let (p, key) = (*p as u32, [*k]);
+                let value = vec![*op; [10, 1_000, 2 << 20][*size]];
+                match op {
+                    0 => { s.remove(p, &key).unwrap(); model.remove(&(p, *k)); }
+                    1 => {
+                        let old = s.get(p, &key).unwrap();
+                        s.put_replacing(p, &key, old.as_deref(), &value).unwrap();
+                        model.insert((p, *k), value);
+                    }
+                    _ => { s.put(p, &key, &value).unwrap(); model.insert((p, *k), value); }
+                }
+                prop_assert_eq!(s.get(p, &key).unwrap(), model.get(&(p, *k)).cloned());
+            }
+            for ((p, k), v) in &model {
+                prop_assert_eq!(s.get(*p, &[*k]).unwrap(), Some(v.clone()));
+            }
+        }
+        let s = open_fjall(dir.path());
+        for p in 0..2u32 {
+            for k in 0..6u8 {
+                prop_assert_eq!(s.get(p, &[k]).unwrap(), model.get(&(p, k)).cloned());
+            }
+        }
+    }
+}
