@@ -401,8 +401,11 @@ mod tests {
         assert!(matches!(s.check(), Err(StorageError::Closed)));
     }
 
+    /// Opened by the test to let fsyncs proceed.
+    type Gate = Arc<(Mutex<bool>, Condvar)>;
+
     /// A persist that fsyncs only when the test opens the gate, counting calls.
-    fn gated() -> (Syncer, Arc<(Mutex<bool>, Condvar)>, Arc<AtomicU64>) {
+    fn gated() -> (Syncer, Gate, Arc<AtomicU64>) {
         let gate = Arc::new((Mutex::new(false), Condvar::new()));
         let n = Arc::new(AtomicU64::new(0));
         let (g, c) = (gate.clone(), n.clone());
