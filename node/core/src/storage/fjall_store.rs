@@ -1,8 +1,9 @@
 //! The durable engine: a fjall LSM database in `<dir>/db`, marked as ours by
 //! `<dir>/CHORUS_STORE`.
 //!
-//! Owns: the on-disk layout, the crash-safety of every acknowledged write, and the
-//! in-memory per-partition index (hash tree and key count). Must not: hold any of its
+//! Owns: the on-disk layout, the crash-safety of every acknowledged write, the
+//! in-memory per-partition index (hash tree and key count), and the cache of recently
+//! written objects (`hot`). Must not: hold any of its
 //! locks across an fsync (the [`Syncer`] thread does every fsync), or persist the trees
 //! (they are rebuilt from a scan of the partition on first use after open).
 //!
@@ -203,8 +204,6 @@ pub const MAX_OPEN_TABLE_FILES: usize = 512;
 pub const DEFAULT_MEMTABLE_BYTES: u64 = 64 * 1024 * 1024;
 
 impl FjallStorage {
-    /// A put; `known_old` is the value stored now when the caller knows it (`Some(None)`:
-    /// absent), which saves a read of the key for the hash tree's update.
     /// The object stored under an `objects` key: from `hot` when it was written lately.
     fn stored(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         if let Some(object) = self.hot.get(k) {
@@ -213,6 +212,8 @@ impl FjallStorage {
         Ok(self.objects.get(k).map_err(fj)?.map(|v| v.to_vec()))
     }
 
+    /// A put; `known_old` is the value stored now when the caller knows it (`Some(None)`:
+    /// absent), which saves a read of the key for the hash tree's update.
     fn put_with(
         &self,
         partition: PartitionId,
