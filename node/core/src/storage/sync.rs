@@ -430,8 +430,16 @@ mod tests {
         let (s, gate, fsyncs) = gated();
         let (result, pending) = deferring_durability(|| (s.after_write(), s.after_write()));
         assert!(result.0.is_ok() && result.1.is_ok());
-        assert_eq!(pending.len(), 1, "two tickets of one engine fold into the newest");
-        assert_eq!(fsyncs.load(Ordering::SeqCst), 0, "returned before any fsync");
+        assert_eq!(
+            pending.len(),
+            1,
+            "two tickets of one engine fold into the newest"
+        );
+        assert_eq!(
+            fsyncs.load(Ordering::SeqCst),
+            0,
+            "returned before any fsync"
+        );
         let mut durable = Box::pin(pending.into_iter().next().unwrap().durable());
         assert!(
             futures_poll_once(durable.as_mut()).await.is_none(),
@@ -466,7 +474,11 @@ mod tests {
         }));
         assert!(caught.is_err());
         s.after_write().unwrap();
-        assert_eq!(fsyncs.load(Ordering::SeqCst), 1, "the write returned before its fsync");
+        assert_eq!(
+            fsyncs.load(Ordering::SeqCst),
+            1,
+            "the write returned before its fsync"
+        );
     }
 
     #[test]
