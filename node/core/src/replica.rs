@@ -296,21 +296,28 @@ impl<S: Storage> Replica<S> {
     }
 
     pub fn handle(&self, request: Request) -> Response {
+        if let Some(refusal) = self.refusal(&request) {
+            return Response::Failed(refusal);
+        }
+        self.dispatch(request).unwrap_or_else(error_response)
+    }
+
+    /// Why this replica answers nothing to `request`, if it does not.
+    fn refusal(&self, request: &Request) -> Option<String> {
         // A replica whose storage failed answers nothing: it cannot store a write, and what
         // it would read may miss writes it refused since. Coordinators ask other replicas.
         if let Some(reason) = self.health().failure() {
-            return Response::Failed(format!("this node's storage failed: {reason}"));
+            return Some(format!("this node's storage failed: {reason}"));
         }
         if self.is_repairing() && matches!(request, Request::Get { .. } | Request::ListKeys { .. })
         {
-            return Response::Failed(
-                "this replica is being repaired and may lack writes; ask another".into(),
-            );
+            return Some("this replica is being repaired and may lack writes; ask another".into());
         }
-        if let Err(refusal) = check_peer_request(&request, self.now_ms()) {
-            return Response::Failed(refusal);
-        }
-        let result = match request {
+        check_peer_request(request, self.now_ms()).err()
+    }
+
+    fn dispatch(&self, request: Request) -> Result<Response, ReplicaError> {
+        match request {
             Request::Get { bucket, key } => self.get(&bucket, &key).map(Response::Object),
             Request::Coordinate {
                 bucket,
@@ -368,18 +375,7 @@ impl<S: Storage> Replica<S> {
                 max_bytes,
             } => self.partition_page(partition, after.as_deref().map(|a| &a[..]), max_bytes),
             Request::KeyCounts { partitions } => self.key_counts(&partitions),
-        };
-        result.unwrap_or_else(|e| match e {
-            ReplicaError::Limit(limit) => Response::Refused {
-                code: limit.code().into(),
-                message: limit.to_string(),
-            },
-            ReplicaError::MergeRefused(_) => Response::Refused {
-                code: "merge_over_limit".into(),
-                message: e.to_string(),
-            },
-            other => Response::Failed(other.to_string()),
-        })
+        }
     }
 
     /// What a new write may leave on a key: half of each hard limit, and the flags.
@@ -753,6 +749,21 @@ fn check_rebuild_request(request: &Request) -> Result<(), String> {
             ))
         }
         _ => Ok(()),
+    }
+}
+
+/// The answer for a request that failed: limits are refusals with a code, the rest failures.
+fn error_response(e: ReplicaError) -> Response {
+    match e {
+        ReplicaError::Limit(limit) => Response::Refused {
+            code: limit.code().into(),
+            message: limit.to_string(),
+        },
+        ReplicaError::MergeRefused(_) => Response::Refused {
+            code: "merge_over_limit".into(),
+            message: e.to_string(),
+        },
+        other => Response::Failed(other.to_string()),
     }
 }
 
