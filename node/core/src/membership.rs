@@ -157,11 +157,72 @@ impl Gossip {
             .threshold
     }
 
+    /// Every member's state now. The view is republished in the same step, so requests
+    /// route by what this answer shows from the moment a caller sees it: between gossip
+    /// rounds the view would otherwise still send to a member reported down here (a test
+    /// that waited for "down" then saw writes go to the dead node instead of a fallback).
     pub fn members(&self) -> Vec<MemberView> {
         let now = self.now_ms();
-        self.membership
+        let membership = self
+            .membership
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .members(now)
+            .unwrap_or_else(PoisonError::into_inner);
+        self.refresh_view(&membership, now);
+        membership.members(now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chorus_gossip::{ClusterConfig, MemberState};
+    use std::time::Duration;
+
+    fn view_of(node: &Gossip) -> ClusterView {
+        node.view.read().unwrap().clone()
+    }
+
+    fn node(name: &str, seeds: &[&str]) -> Gossip {
+        let cluster = ClusterConfig { n: 2, ring_size: 8 };
+        let seeds = seeds.iter().map(|s| s.to_string()).collect();
+        Gossip::new(GossipConfig::new(name, name, 1, cluster, seeds), 8, 2, 7)
+    }
+
+    /// Delivers what `from` sends to `to`, and the answers back, for one round.
+    fn exchange(from: &Gossip, from_name: &str, to: &Gossip, to_name: &str) {
+        for out in from.tick() {
+            for answer in to.handle(from_name, out.message) {
+                from.handle(to_name, answer.message);
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_member_reported_down_is_routed_around_before_the_next_gossip_round() {
+        let (a, b) = (node("a", &["b"]), node("b", &["a"]));
+        for _ in 0..20 {
+            tokio::time::advance(Duration::from_millis(500)).await;
+            exchange(&a, "a", &b, "b");
+            exchange(&b, "b", &a, "a");
+        }
+        assert_eq!(view_of(&a).ring.members(), ["a", "b"]);
+        assert!(view_of(&a).unreachable.is_empty());
+
+        // b falls silent: a's next round finds it suspect (still routed to), and b turns
+        // down between rounds, which only the members call sees.
+        tokio::time::advance(Duration::from_secs(30)).await;
+        a.tick();
+        assert!(view_of(&a).unreachable.is_empty());
+        tokio::time::advance(Duration::from_secs(3)).await;
+        let b_state = a
+            .members()
+            .into_iter()
+            .find(|m| m.name == "b")
+            .map(|m| m.state);
+        assert_eq!(b_state, Some(MemberState::Down));
+        assert!(
+            view_of(&a).unreachable.contains("b"),
+            "b reported down but still routed to"
+        );
     }
 }
