@@ -4,9 +4,10 @@
 //!
 //! Owns: the rule that starts a stream (see [`needs_bulk`] and the tree rule in
 //! `healing`), the replica-side page scan ([`scan_page`]), the streams themselves (at most
-//! `streams` at once, node-wide byte budget by [`RateLimiter`]), their cursors (persisted
-//! in storage meta after every page, so a restart resumes a stream) and their progress
-//! for `/status` and `/metrics`.
+//! `streams` at once, node-wide byte budget by [`RateLimiter`]), the plan of partitions
+//! queued or streaming with their cursors (persisted in storage meta whenever a partition
+//! is queued or ends, and at most every 500 ms of pages, so a restart resumes the whole
+//! plan) and their progress for `/status` and `/metrics`.
 //!
 //! Must not: write objects other than through the replica's normal merge (a page is a
 //! `MergeBatch`, so a write racing the stream is never lost), push data to a peer (the
@@ -50,7 +51,7 @@ pub const MIN_BULK_KEYS: u64 = 64;
 const COOLDOWN: Duration = Duration::from_secs(60);
 /// Entries read from storage at once while filling a page.
 const SCAN_CHUNK: usize = 256;
-/// Meta key holding the cursors of unfinished streams.
+/// Meta key holding the partitions queued or streaming, each with its cursor.
 const CURSORS_META_KEY: &str = "rebuild_cursors";
 /// A stream persists its cursor at most this often (and when it ends): a restart redoes at
 /// most this much of a stream, and merging a page twice is harmless.
@@ -174,7 +175,7 @@ pub struct Progress {
     pub peer: Option<String>,
 }
 
-/// Encodes the cursors of unfinished streams for storage meta.
+/// Encodes the queued and unfinished streams' cursors for storage meta.
 pub fn encode_cursors(cursors: &BTreeMap<PartitionId, Progress>) -> Vec<u8> {
     rmp_serde::to_vec(cursors).expect("encoding to a Vec cannot fail")
 }
@@ -329,7 +330,11 @@ impl<S: Storage, P: Peers> Rebuilder<S, P> {
             .get(&(partition, peer.to_string()))
             .copied();
         let behind = theirs.is_some_and(|t| t >= MIN_BULK_KEYS && ours <= t);
-        Ok(behind && self.enqueue(partition))
+        let queued = behind && self.enqueue(partition);
+        if queued {
+            self.persist();
+        }
+        Ok(queued)
     }
 
     /// Queues `partition` unless pending or cooling down; true when queued.
@@ -411,6 +416,7 @@ impl<S: Storage, P: Peers> Rebuilder<S, P> {
             }
         }
         let storage = self.replica.storage();
+        let mut queued = false;
         for (peer, partitions) in by_peer {
             if view.unreachable.contains(&peer) {
                 continue;
@@ -424,10 +430,13 @@ impl<S: Storage, P: Peers> Rebuilder<S, P> {
             };
             for (p, theirs) in partitions.into_iter().zip(counts) {
                 self.state().peer_counts.insert((p, peer.clone()), theirs);
-                if needs_bulk(storage.key_count(p)?, theirs) {
-                    self.enqueue(p);
+                if needs_bulk(storage.key_count(p)?, theirs) && self.enqueue(p) {
+                    queued = true;
                 }
             }
+        }
+        if queued {
+            self.persist();
         }
         Ok(())
     }
@@ -638,12 +647,10 @@ impl<S: Storage, P: Peers> Rebuilder<S, P> {
         let cursors: BTreeMap<PartitionId, Progress> = {
             let mut state = self.state();
             state.last_persist = Some(Instant::now());
-            state
-                .pending
-                .iter()
-                .filter(|(_, p)| p.after.is_some())
-                .map(|(k, v)| (*k, v.clone()))
-                .collect()
+            // Queued partitions too, not only the ones part way: a kill just after both
+            // streams ended used to leave no cursor, and the restart then re-planned the
+            // rebuild from its counts instead of resuming it (a CI failure).
+            state.pending.iter().map(|(k, v)| (*k, v.clone())).collect()
         };
         if let Err(e) = self
             .replica
@@ -804,6 +811,81 @@ mod tests {
             sent += 100;
         }
         assert!((10_000..=10_400).contains(&sent), "{sent}");
+    }
+
+    /// Peers holding 1000 keys of every partition that answer no page.
+    struct FullPeersWithoutPages;
+
+    impl Peers for FullPeersWithoutPages {
+        async fn call(
+            &self,
+            to: &str,
+            request: Request,
+            _timeout: Duration,
+        ) -> Result<Response, crate::peers::PeerError> {
+            match request {
+                Request::KeyCounts { partitions } => {
+                    Ok(Response::Counts(vec![1000; partitions.len()]))
+                }
+                _ => Err(crate::peers::PeerError::no_answer(to, "no pages today")),
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restart_resumes_every_planned_partition_even_before_its_first_page() {
+        use chorus_gossip::{ClusterConfig, Config as GossipConfig};
+        let config = crate::replica::ReplicaConfig {
+            actor: ActorId(1),
+            actor_seed: 1,
+            ring_size: 64,
+            max_siblings: 100,
+            max_object_bytes: crate::object::WRITE_MAX_OBJECT_BYTES,
+            warn_siblings: 25,
+            max_hints_per_owner: 10,
+            clock: crate::clock::SystemClock::shared(),
+        };
+        let metrics = Arc::new(Metrics::default());
+        let storage = Arc::new(MemoryStorage::new());
+        let replica = Arc::new(Replica::new(storage, config, metrics).unwrap());
+        let cluster = ClusterConfig {
+            n: 3,
+            ring_size: 64,
+        };
+        let gossip = Arc::new(Gossip::new(
+            GossipConfig::new("a", "a", 1, cluster, Vec::new()),
+            64,
+            3,
+            1,
+        ));
+        *gossip.view.write().unwrap() = ClusterView {
+            ring: Arc::new(chorus_ring::Ring::new(64, 3, ["a", "b", "c"]).unwrap()),
+            unreachable: Arc::default(),
+        };
+        // One process per call, on the same storage.
+        let process = |metrics: Arc<Metrics>| {
+            Arc::new(Rebuilder::new(
+                "a".into(),
+                replica.clone(),
+                Arc::new(FullPeersWithoutPages),
+                gossip.clone(),
+                metrics,
+                RebuildConfig::default(),
+                Duration::from_secs(1),
+            ))
+        };
+        let first = process(Arc::new(Metrics::default()));
+        first.step().await;
+        assert_eq!(
+            first.status().partitions.len(),
+            64,
+            "every partition planned"
+        );
+
+        let metrics = Arc::new(Metrics::default());
+        let second = process(metrics.clone());
+        second.step().await;
+        assert_eq!(metrics.rebuild_resumed.get(), 64);
     }
 
     #[test]
