@@ -666,3 +666,68 @@ fn values_from_empty_to_the_limit_binary_values_and_unusual_keys() {
     let r = api::put(&cluster.url(0), &too_long, "k", b"v", "", None).unwrap();
     assert_error(&r, 400, "invalid_bucket", "1025-byte bucket");
 }
+
+/// Concurrent writes and reads through one node share messages to its peers
+/// (`Request::Batch`): each write is on every replica with its own value, and each read at
+/// r=all shows exactly its own key's value (a request dropped from a batch, or a peer's
+/// answer handed to the wrong caller, would show here).
+#[test]
+fn concurrent_writes_and_reads_share_replica_messages_and_each_gets_its_own_answer() {
+    // Four nodes, so n1 holds only some keys: the others it reads only from its peers.
+    // (Every key's first write has the same dot, so an object of another key sent in its
+    // place would not show as a sibling; only its value tells it apart.)
+    let cluster = TestCluster::start_converged(ClusterOptions {
+        nodes: 4,
+        extra_args: args(&["--healing-interval-ms", "600000"]),
+        ..Default::default()
+    });
+    let url = cluster.url(0);
+    let writers = 32;
+    let mut rounds = 0;
+    wait_for(
+        "writes through n1 to go out in batches",
+        CLUSTER_DEADLINE,
+        || {
+            rounds += 1;
+            std::thread::scope(|scope| {
+                for t in 0..writers {
+                    let (url, key) = (&url, format!("r{rounds}-w{t}"));
+                    scope.spawn(move || {
+                        api::put_ok(url, "batch", &key, key.as_bytes(), "w=all", None)
+                    });
+                }
+            });
+            match api::metric(&url, "chorus_rpc_batched_requests")? {
+                n if n > 0.0 => Ok(()),
+                n => Err(format!("{n} requests batched after {rounds} rounds")),
+            }
+        },
+    );
+    for round in 1..=rounds {
+        for t in 0..writers {
+            let key = format!("r{round}-w{t}");
+            let holders: Vec<Option<Local>> = (0..4)
+                .map(|i| api::local(&cluster.url(i), "batch", &key).unwrap())
+                .filter(Option::is_some)
+                .collect();
+            let own = Some(Local::Values(vec![key.clone().into_bytes()]));
+            assert_eq!(holders, vec![own; 3], "{key}");
+        }
+    }
+    let batched_by_writes = api::metric(&url, "chorus_rpc_batched_requests").unwrap();
+    std::thread::scope(|scope| {
+        for t in 0..writers {
+            let url = &url;
+            scope.spawn(move || {
+                for round in 1..=rounds {
+                    let key = format!("r{round}-w{t}");
+                    let r = api::get_kv(url, "batch", &key, "r=all").unwrap();
+                    assert_eq!(r.status, 200, "GET {key}: {}", r.error_message());
+                    assert_eq!(String::from_utf8_lossy(&r.body), key);
+                }
+            });
+        }
+    });
+    let batched = api::metric(&url, "chorus_rpc_batched_requests").unwrap();
+    println!("{rounds} rounds of {writers} writers; requests batched: {batched_by_writes} by the writes, {batched} after the reads");
+}

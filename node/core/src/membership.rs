@@ -139,6 +139,15 @@ impl Gossip {
         }
     }
 
+    /// Whether `name` gossips `key` = `value`.
+    pub fn kv_is(&self, name: &str, key: &str, value: &str) -> bool {
+        self.membership
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .kv_of(name, key)
+            == Some(value)
+    }
+
     pub fn address_of(&self, name: &str) -> Option<String> {
         self.membership
             .lock()

@@ -79,6 +79,8 @@ pub struct Metrics {
     pub quorum_failures: Family<OpLabels, Counter>,
     pub read_repairs: Counter,
     pub hints_queued: Counter,
+    pub rpc_batches: Counter,
+    pub rpc_batched_requests: Counter,
     pub hints_delivered: Counter,
     pub hints_dropped: Counter,
     pub merges_refused: Counter,
@@ -139,6 +141,18 @@ impl Default for Metrics {
             "read_repairs",
             "Stale replicas sent the merged state after a read",
             read_repairs.clone(),
+        );
+        let rpc_batches = Counter::default();
+        registry.register(
+            "rpc_batches",
+            "Messages to other replicas that carried several gets and merges",
+            rpc_batches.clone(),
+        );
+        let rpc_batched_requests = Counter::default();
+        registry.register(
+            "rpc_batched_requests",
+            "Gets and merges sent to other replicas inside batches",
+            rpc_batched_requests.clone(),
         );
         let hints_queued = Counter::default();
         registry.register(
@@ -289,6 +303,8 @@ impl Default for Metrics {
             quorum_failures,
             read_repairs,
             hints_queued,
+            rpc_batches,
+            rpc_batched_requests,
             hints_delivered,
             hints_dropped,
             merges_refused,

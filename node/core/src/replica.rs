@@ -375,6 +375,11 @@ impl<S: Storage> Replica<S> {
                 max_bytes,
             } => self.partition_page(partition, after.as_deref().map(|a| &a[..]), max_bytes),
             Request::KeyCounts { partitions } => self.key_counts(&partitions),
+            // Inside `handle_async`'s durability scope, so every write in the batch is
+            // settled before any answer leaves.
+            Request::Batch { requests } => Ok(Response::Batch(
+                requests.into_iter().map(|r| self.handle(r)).collect(),
+            )),
         }
     }
 
@@ -693,7 +698,10 @@ fn check_peer_request(request: &Request, now_ms: u64) -> Result<(), String> {
         | Request::SegmentObjects { .. }
         | Request::PartitionPage { .. }
         | Request::KeyCounts { .. } => Vec::new(),
+        // Each request in it is checked when it is handled.
+        Request::Batch { .. } => Vec::new(),
     };
+    check_batch(request)?;
     check_rebuild_request(request)?;
     if let Some((bucket, key)) = names
         .iter()
@@ -716,6 +724,29 @@ fn check_peer_request(request: &Request, now_ms: u64) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A batch holds at most `MAX_BATCH_REQUESTS` requests, each a `Get` or a `Merge`: a
+/// batched `Coordinate` would lose the one-call answer its caller's retry rule needs, and
+/// a nested batch or scan would escape the bounds.
+fn check_batch(request: &Request) -> Result<(), String> {
+    let Request::Batch { requests } = request else {
+        return Ok(());
+    };
+    if requests.len() > crate::rpc::MAX_BATCH_REQUESTS {
+        return Err(format!(
+            "refused: a batch of {} requests, over {}",
+            requests.len(),
+            crate::rpc::MAX_BATCH_REQUESTS
+        ));
+    }
+    match requests
+        .iter()
+        .all(|r| matches!(r, Request::Get { .. } | Request::Merge { .. }))
+    {
+        true => Ok(()),
+        false => Err("refused: a batch holds a request other than a get or a merge".into()),
+    }
 }
 
 /// A rebuild page's cursor is a storage key (at most two names and their framing) and its
@@ -828,6 +859,48 @@ mod tests {
         }
     }
 
+    /// The same for batches of merges: one answer covers eight writes, all durable.
+    #[tokio::test(flavor = "current_thread")]
+    async fn durable_batched_merges_are_all_answered_and_on_disk_after_reopening() {
+        use crate::storage::{FjallStorage, SyncMode};
+        let dir = tempfile::tempdir().unwrap();
+        let keys: Vec<Vec<u8>> = (0..64).map(|i| format!("k{i}").into_bytes()).collect();
+        {
+            let storage = FjallStorage::open(dir.path(), SyncMode::Always, 1 << 20).unwrap();
+            let r = Arc::new(replica_on(storage));
+            let mut batches = tokio::task::JoinSet::new();
+            for chunk in keys.chunks(8) {
+                let requests = chunk
+                    .iter()
+                    .map(|key| {
+                        let k = keyed(b"b".to_vec(), key.clone(), false);
+                        Request::Merge {
+                            bucket: k.bucket,
+                            key: k.key,
+                            object: k.object,
+                            hint_for: None,
+                        }
+                    })
+                    .collect();
+                batches.spawn(r.clone().handle_async(Request::Batch { requests }));
+            }
+            while let Some(answer) = batches.join_next().await {
+                match answer.unwrap() {
+                    Response::Batch(answers) => assert!(
+                        answers.iter().all(|a| matches!(a, Response::Merged(1))),
+                        "{answers:?}"
+                    ),
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+        let storage = FjallStorage::open(dir.path(), SyncMode::Always, 1 << 20).unwrap();
+        let r = replica_on(storage);
+        for key in keys {
+            assert!(r.get(b"b", &key).unwrap().is_some(), "{key:?} not on disk");
+        }
+    }
+
     fn keyed(bucket: Vec<u8>, key: Vec<u8>, deleted: bool) -> KeyedObject {
         let value = Sibling {
             value: b"v".to_vec(),
@@ -904,6 +977,73 @@ mod tests {
                 proptest::prop_assert!(matches!(response, Response::Failed(_)), "{response:?}");
                 proptest::prop_assert!(r.storage().partitions().unwrap().is_empty());
             }
+        }
+    }
+
+    #[test]
+    fn a_batch_is_answered_in_order_as_if_each_request_came_alone() {
+        let r = replica();
+        let merge = |key: &str| {
+            let k = keyed(b"b".to_vec(), key.as_bytes().to_vec(), false);
+            Request::Merge {
+                bucket: k.bucket,
+                key: k.key,
+                object: k.object,
+                hint_for: None,
+            }
+        };
+        let get = |key: &str| Request::Get {
+            bucket: b"b".to_vec(),
+            key: key.as_bytes().to_vec(),
+        };
+        let long = "x".repeat(MAX_NAME_BYTES + 1);
+        let requests = vec![merge("k1"), get("k1"), get("k2"), merge(&long), merge("k2")];
+        let Response::Batch(answers) = r.handle(Request::Batch { requests }) else {
+            panic!("a batch is answered with a batch");
+        };
+        assert!(matches!(answers[0], Response::Merged(1)));
+        assert!(matches!(&answers[1], Response::Object(Some(o)) if o.values().len() == 1));
+        assert!(matches!(answers[2], Response::Object(None)));
+        assert!(
+            matches!(answers[3], Response::Failed(_)),
+            "{:?}",
+            answers[3]
+        );
+        assert!(matches!(answers[4], Response::Merged(1)));
+        assert_eq!(answers.len(), 5);
+    }
+
+    #[test]
+    fn a_batch_of_anything_but_gets_and_merges_or_over_its_bound_is_refused_whole() {
+        let r = replica();
+        let k = keyed(b"b".to_vec(), b"k".to_vec(), false);
+        let merge = Request::Merge {
+            bucket: k.bucket.clone(),
+            key: k.key.clone(),
+            object: k.object.clone(),
+            hint_for: None,
+        };
+        let coordinate = Request::Coordinate {
+            bucket: k.bucket.clone(),
+            key: b"other".to_vec(),
+            context: Context::default(),
+            value: Sibling::value(b"v".to_vec(), None),
+            hint_for: None,
+            over_current: false,
+            max_siblings: None,
+        };
+        let nested = Request::Batch {
+            requests: vec![merge.clone()],
+        };
+        for requests in [
+            vec![merge.clone(), coordinate],
+            vec![merge.clone(), nested],
+            vec![merge.clone(), Request::MergeBatch { objects: vec![k] }],
+            vec![merge; crate::rpc::MAX_BATCH_REQUESTS + 1],
+        ] {
+            let response = r.handle(Request::Batch { requests });
+            assert!(matches!(response, Response::Failed(_)), "{response:?}");
+            assert!(r.storage().partitions().unwrap().is_empty());
         }
     }
 

@@ -102,7 +102,15 @@ pub enum Request {
     /// Rebuild: how many keys the replica holds of each partition; answered with `Counts`
     /// in the same order.
     KeyCounts { partitions: Vec<u32> },
+    /// Several `Get`s and `Merge`s for one replica in one message (see `batching`), each
+    /// answered as if it came alone, in order, in a `Batch` answer; a write in it is
+    /// acknowledged only when every write in it is durable. Nothing else may be batched,
+    /// and a batch holds at most `MAX_BATCH_REQUESTS`.
+    Batch { requests: Vec<Request> },
 }
+
+/// Most requests one `Request::Batch` may carry.
+pub const MAX_BATCH_REQUESTS: usize = 256;
 
 /// An object with its bucket and key, for batches.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -155,6 +163,8 @@ pub enum Response {
     },
     /// The replica failed (storage error, malformed request).
     Failed(String),
+    /// Answer to `Batch`: one answer per request, in order.
+    Batch(Vec<Response>),
 }
 
 pub fn encode(message: Message) -> Vec<u8> {

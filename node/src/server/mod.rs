@@ -27,6 +27,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
+use chorus_core::batching::{Batching, BATCH_KV};
 use chorus_core::causality::ActorId;
 use chorus_core::coordinator::Coordinator;
 use chorus_core::healing::{Healer, HealingConfig};
@@ -196,10 +197,17 @@ async fn serve(config: NodeConfig, security: Security, admin: AdminAuth) -> Resu
     if let AdminAuth::Missing(dir) = &admin {
         tracing::warn!("{} has no {}: /admin calls (leave, remove) are refused; make a credential with one using `chorus certs init --force`", dir.display(), crate::server::certs::ADMIN_TOKEN);
     }
-    let peers = Arc::new(QuicPeers {
+    let quic = Arc::new(QuicPeers {
         transport: transport.clone(),
         gossip: gossip.clone(),
     });
+    let batch_capable = gossip.clone();
+    let peers = Arc::new(Batching::new(
+        quic,
+        Box::new(move |peer| batch_capable.kv_is(peer, BATCH_KV, "1")),
+        &metrics,
+    ));
+    gossip.set_local_kv(BATCH_KV, "1");
     let coordinator = Coordinator::new(
         config.name.clone(),
         replica.clone(),

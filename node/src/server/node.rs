@@ -20,7 +20,7 @@ use chorus_core::rpc::{self, Message};
 use chorus_core::storage::{FjallStorage, Storage};
 use chorus_gossip::{GossipError, Outgoing};
 
-use crate::server::peers::QuicPeers;
+use crate::server::peers::NodePeers;
 use crate::server::transport::QuicTransport;
 
 /// How long a gossip message may take to send before it is dropped (gossip repeats).
@@ -55,11 +55,11 @@ pub struct Node {
     pub name: String,
     pub admin: AdminAuth,
     pub limits: Limits,
-    pub coordinator: Coordinator<FjallStorage, QuicPeers>,
+    pub coordinator: Coordinator<FjallStorage, NodePeers>,
     pub replica: Arc<Replica<FjallStorage>>,
     pub gossip: Arc<Gossip>,
     pub metrics: Arc<Metrics>,
-    pub healer: Arc<Healer<FjallStorage, QuicPeers>>,
+    pub healer: Arc<Healer<FjallStorage, NodePeers>>,
     pub transport: Arc<QuicTransport>,
     /// Notified when the node should stop on its own (it has left the cluster, or its
     /// storage failed for good).

@@ -14,6 +14,10 @@ use chorus_core::rpc::{self, Message, Request, Response};
 use crate::server::node::{send_gossip, Node};
 use crate::server::transport::{self, QuicTransport};
 
+/// What the coordinator and the healer reach other replicas through: QUIC, with gets and
+/// merges to one peer sharing messages.
+pub type NodePeers = chorus_core::batching::Batching<QuicPeers>;
+
 /// Reaches other nodes' replicas by name over QUIC.
 pub struct QuicPeers {
     pub transport: Arc<QuicTransport>,

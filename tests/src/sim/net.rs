@@ -405,6 +405,7 @@ fn summarize(request: &Request) -> String {
             after.as_deref().map(|a| String::from_utf8_lossy(a))
         ),
         Request::KeyCounts { partitions } => format!("key counts {}", partitions.len()),
+        Request::Batch { requests } => format!("batch of {}", requests.len()),
         Request::MergeBatch { objects } => format!("merge-batch {}", objects.len()),
         Request::ReapBatch { objects } => format!("reap-batch {}", objects.len()),
         Request::ListKeys {
