@@ -26,6 +26,7 @@ use chorus_gossip::{ClusterConfig, Config as GossipConfig};
 use tokio::task::AbortHandle;
 
 use super::net::{SimNet, SimPeers};
+use chorus_core::batching::{Batching, BATCH_KV};
 
 /// The settings every simulated node runs with (the production defaults, scaled down where
 /// a scenario lasts seconds instead of hours).
@@ -172,8 +173,8 @@ pub struct Incarnation {
     alive: Arc<AtomicBool>,
     pub replica: Arc<Replica<SimDisk>>,
     pub gossip: Arc<Gossip>,
-    pub coordinator: Coordinator<SimDisk, SimPeers>,
-    pub healer: Arc<Healer<SimDisk, SimPeers>>,
+    pub coordinator: Coordinator<SimDisk, Batching<SimPeers>>,
+    pub healer: Arc<Healer<SimDisk, Batching<SimPeers>>>,
     pub metrics: Arc<Metrics>,
     tasks: Mutex<Vec<AbortHandle>>,
 }
@@ -323,11 +324,19 @@ impl SimNode {
             )
             .expect("replica over memory storage"),
         );
-        let peers = Arc::new(SimPeers {
+        let sim_peers = Arc::new(SimPeers {
             net: net.clone(),
             from: self.name.clone(),
             incarnation,
         });
+        // Batched as the server batches, on the same gossiped capability.
+        let batch_capable = gossip.clone();
+        let peers = Arc::new(Batching::new(
+            sim_peers,
+            Box::new(move |peer| batch_capable.kv_is(peer, BATCH_KV, "1")),
+            &metrics,
+        ));
+        gossip.set_local_kv(BATCH_KV, "1");
         let coordinator = Coordinator::new(
             self.name.clone(),
             replica.clone(),
