@@ -799,16 +799,7 @@ mod tests {
     #[tokio::test]
     async fn a_write_that_cannot_reach_w_replicas_writes_nothing() {
         let storage = Arc::new(crate::storage::MemoryStorage::new());
-        let config = crate::replica::ReplicaConfig {
-            actor: crate::causality::ActorId(1),
-            actor_seed: 1,
-            ring_size: 64,
-            max_siblings: 100,
-            max_object_bytes: crate::object::WRITE_MAX_OBJECT_BYTES,
-            warn_siblings: 25,
-            max_hints_per_owner: 10,
-            clock: crate::clock::SystemClock::shared(),
-        };
+        let config = crate::replica::ReplicaConfig::for_tests(1, 10);
         let metrics = Arc::new(Metrics::default());
         let replica = Arc::new(Replica::new(storage, config, metrics.clone()).unwrap());
         // A node that just restarted and knows only itself; and one that sees both peers down.
@@ -893,16 +884,7 @@ mod tests {
     }
 
     fn replica(actor: u64) -> Arc<Replica<crate::storage::MemoryStorage>> {
-        let config = crate::replica::ReplicaConfig {
-            actor: crate::causality::ActorId(actor),
-            actor_seed: actor,
-            ring_size: 64,
-            max_siblings: 100,
-            max_object_bytes: crate::object::WRITE_MAX_OBJECT_BYTES,
-            warn_siblings: 25,
-            max_hints_per_owner: 100,
-            clock: crate::clock::SystemClock::shared(),
-        };
+        let config = crate::replica::ReplicaConfig::for_tests(actor, 100);
         Arc::new(
             Replica::new(
                 Arc::new(crate::storage::MemoryStorage::new()),
@@ -1045,16 +1027,7 @@ mod tests {
     #[tokio::test]
     async fn a_node_whose_storage_failed_acknowledges_no_write_until_it_recovers() {
         let disk = Arc::new(crate::storage::MemoryStorage::new());
-        let config = crate::replica::ReplicaConfig {
-            actor: crate::causality::ActorId(1),
-            actor_seed: 1,
-            ring_size: 64,
-            max_siblings: 100,
-            max_object_bytes: crate::object::WRITE_MAX_OBJECT_BYTES,
-            warn_siblings: 25,
-            max_hints_per_owner: 100,
-            clock: crate::clock::SystemClock::shared(),
-        };
+        let config = crate::replica::ReplicaConfig::for_tests(1, 100);
         let metrics = Arc::new(Metrics::default());
         let local = Arc::new(Replica::new(disk.clone(), config, metrics.clone()).unwrap());
         let mut replicas = std::collections::HashMap::new();

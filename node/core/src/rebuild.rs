@@ -835,16 +835,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_restart_resumes_every_planned_partition_even_before_its_first_page() {
         use chorus_gossip::{ClusterConfig, Config as GossipConfig};
-        let config = crate::replica::ReplicaConfig {
-            actor: ActorId(1),
-            actor_seed: 1,
-            ring_size: 64,
-            max_siblings: 100,
-            max_object_bytes: crate::object::WRITE_MAX_OBJECT_BYTES,
-            warn_siblings: 25,
-            max_hints_per_owner: 10,
-            clock: crate::clock::SystemClock::shared(),
-        };
+        let config = crate::replica::ReplicaConfig::for_tests(1, 10);
         let metrics = Arc::new(Metrics::default());
         let storage = Arc::new(MemoryStorage::new());
         let replica = Arc::new(Replica::new(storage, config, metrics).unwrap());

@@ -76,6 +76,23 @@ pub struct ReplicaConfig {
     pub clock: Arc<dyn WallClock>,
 }
 
+#[cfg(test)]
+impl ReplicaConfig {
+    /// A test replica: a ring of 64, the write limits, the system clock.
+    pub(crate) fn for_tests(actor: u64, max_hints_per_owner: u64) -> ReplicaConfig {
+        ReplicaConfig {
+            actor: ActorId(actor),
+            actor_seed: actor,
+            ring_size: 64,
+            max_siblings: 100,
+            max_object_bytes: crate::object::WRITE_MAX_OBJECT_BYTES,
+            warn_siblings: 25,
+            max_hints_per_owner,
+            clock: crate::clock::SystemClock::shared(),
+        }
+    }
+}
+
 pub struct Replica<S: Storage> {
     /// Every storage call goes through the health monitor, so an engine error anywhere
     /// fails the node's storage (see `storage::Monitored`).
@@ -808,16 +825,7 @@ mod tests {
     }
 
     fn replica_on<S: Storage>(storage: S) -> Replica<S> {
-        let config = ReplicaConfig {
-            actor: ActorId(1),
-            actor_seed: 1,
-            ring_size: 64,
-            max_siblings: 100,
-            max_object_bytes: crate::object::WRITE_MAX_OBJECT_BYTES,
-            warn_siblings: 25,
-            max_hints_per_owner: 10,
-            clock: crate::clock::SystemClock::shared(),
-        };
+        let config = crate::replica::ReplicaConfig::for_tests(1, 10);
         Replica::new(Arc::new(storage), config, Arc::new(Metrics::default())).unwrap()
     }
 
