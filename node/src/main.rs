@@ -7,7 +7,7 @@ use clap::Parser;
 use chorus_node::cli::{Cli, CliError, Command, RingCommand};
 
 /// mimalloc instead of the system allocator: glibc's malloc and free were a quarter of a
-/// node's CPU samples under a put load (README, "The write path (issue 16)").
+/// node's CPU samples under a put load (docs/history.md, "The write path (issue 16)").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

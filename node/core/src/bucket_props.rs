@@ -195,15 +195,6 @@ impl<S: Storage, P: Peers> PropsSync<S, P> {
         }
     }
 
-    /// Every [`CHECK_EVERY`], forever.
-    pub async fn run(self) {
-        let mut ticker = tokio::time::interval(CHECK_EVERY);
-        loop {
-            ticker.tick().await;
-            self.step().await;
-        }
-    }
-
     /// One check: publish the digest, reload when another differs or one is due.
     pub async fn step(&self) {
         publish_digest(&self.coordinator, &self.gossip);

@@ -357,7 +357,7 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
     /// A write that first reads the key (at `r`, `pr`) and goes on only if `precondition`
     /// holds on what that read merged; otherwise [`CoordinatorError::PreconditionFailed`].
     /// Not atomic: two conditional writes through different nodes at the same moment can
-    /// both pass and become siblings (the README says how `pr`/`pw` narrow the window).
+    /// both pass and become siblings (docs/api.md, "Conditional writes", says how `pr`/`pw` narrow the window).
     #[allow(clippy::too_many_arguments)]
     pub async fn put_if(
         &self,

@@ -231,18 +231,6 @@ impl<S: Storage, P: Peers> Healer<S, P> {
         &self.rebuilder
     }
 
-    /// Runs healing rounds forever, and the rebuild loop beside them (a stream lasts far
-    /// longer than a round, which hints and transfers must not wait for).
-    pub async fn run(self: Arc<Self>) {
-        tokio::spawn(self.rebuilder.clone().run(self.config.interval));
-        let mut ticker = tokio::time::interval(self.config.interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticker.tick().await;
-            self.round().await;
-        }
-    }
-
     /// One round of every healing duty.
     /// A failed storage is probed first (a durable write), which is how the node recovers
     /// when the cause goes away; while it stays failed the duties are skipped, as every

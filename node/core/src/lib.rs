@@ -8,6 +8,7 @@
 //! [`peers::Peers`] seam; time only through tokio's clock, and the time of day (for expiry) only
 //! through [`clock::WallClock`].
 
+pub mod assembly;
 pub mod batching;
 pub mod bucket_props;
 pub mod causality;

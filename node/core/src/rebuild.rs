@@ -276,16 +276,6 @@ impl<S: Storage, P: Peers> Rebuilder<S, P> {
             .clone()
     }
 
-    /// Runs a step every `interval`, forever.
-    pub async fn run(self: Arc<Self>, interval: Duration) {
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticker.tick().await;
-            self.step().await;
-        }
-    }
-
     /// One step: once the ring has N members, resumes persisted streams, compares key
     /// counts with the other owners, then streams the pending partitions (at most
     /// `streams` at once) until none is left or each remaining one failed this step.

@@ -21,7 +21,7 @@ pub const MAX_REBUILD_BYTES_PER_S: u64 = 10 * 1024 * 1024 * 1024;
 pub const MAX_REBUILD_STREAMS: u64 = 16;
 
 /// Everything a node is started with. Field meanings are the `chorus start` flags'
-/// (see `chorus start --help` and the README).
+/// (see `chorus start --help` and docs/operating.md).
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
     pub name: String,

@@ -220,7 +220,7 @@ async fn no_route(uri: Uri) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "not_found",
-        "no such endpoint; see the API table in the README",
+        "no such endpoint; see the API table in docs/api.md",
     )
 }
 
@@ -629,7 +629,7 @@ async fn method_not_allowed() -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
-        "this endpoint does not take that method; see the API table in the README",
+        "this endpoint does not take that method; see the API table in docs/api.md",
     )
 }
 

@@ -27,14 +27,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use chorus_core::batching::{Batching, BATCH_KV};
+use chorus_core::assembly::{assemble, NodeInputs, NodeParts, NodeSettings};
 use chorus_core::causality::ActorId;
-use chorus_core::coordinator::Coordinator;
-use chorus_core::healing::{Healer, HealingConfig};
-use chorus_core::membership::Gossip;
-use chorus_core::metrics::Metrics;
+use chorus_core::healing::HealingConfig;
 use chorus_core::rebuild::RebuildConfig;
-use chorus_core::replica::{Replica, ReplicaConfig};
 use chorus_core::storage::{FjallStorage, Storage};
 use chorus_gossip::{ClusterConfig, Config as GossipConfig, PhiConfig};
 
@@ -49,11 +45,6 @@ const IDENTITY_META_KEY: &str = "identity";
 const FD_RESERVE: u64 = chorus_core::storage::MAX_OPEN_TABLE_FILES as u64 + 128;
 /// A node that cannot take this many client connections refuses to start.
 const MIN_HTTP_CONNECTIONS: u64 = 16;
-/// Gossiped key under which a node says whether its storage works (`ok` or `failed`);
-/// peers route around a node whose storage failed (see `chorus_core::membership`).
-use chorus_core::membership::STORAGE_KV;
-/// While storage is failed, the reason is logged again this often.
-const STORAGE_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// What a data directory remembers about the node that owns it.
 #[derive(Serialize, Deserialize)]
@@ -108,122 +99,156 @@ fn init_logging() {
 
 async fn serve(config: NodeConfig, security: Security, admin: AdminAuth) -> Result<(), StartError> {
     // Ports first: a busy port must fail before anything is written to the data directory.
-    let transport = QuicTransport::bind(config.listen, security).map_err(StartError::config)?;
-    let http_listener = tokio::net::TcpListener::bind(config.http)
-        .await
-        .map_err(|e| StartError::config(format!("cannot listen on {} (HTTP): {e}", config.http)))?;
-    let http_limits = http_limits(&config)?;
-    let resp = resp::prepare(&config).await.map_err(StartError::config)?;
-    let sync = config.sync;
-    let storage = Arc::new(
-        FjallStorage::open_with(
-            &config.data,
-            sync,
-            config.cache_mb * 1024 * 1024,
-            config.memtable_mb * 1024 * 1024,
-        )
-        .map_err(|e| {
-            let hint = match e {
-                chorus_core::storage::StorageError::Corrupt(_) => "; if its journal is damaged, move the directory aside and start with --repair to rebuild it from the peers",
-                _ => "",
-            };
-            StartError::config(format!(
-                "cannot open data directory {}: {e}{hint}",
-                config.data.display()
-            ))
-        })?,
-    );
+    let ports = Ports::bind(&config, security).await?;
+    let storage = open_storage(&config)?;
     let journal_damage = check_journal(&storage, &config)?;
     let identity = load_identity(storage.as_ref(), &config)?;
     tracing::info!(name = %config.name, generation = identity.generation, listen = %config.listen, http = %config.http, data = %config.data.display(), "starting");
-
-    let metrics = Arc::new(Metrics::default());
-    let mut gossip_config = GossipConfig::new(
-        config.name.clone(),
-        config.listen.to_string(),
-        identity.generation,
-        ClusterConfig {
-            n: config.n,
-            ring_size: config.ring_size,
-        },
-        config
-            .seeds
-            .iter()
-            .filter(|s| **s != config.listen)
-            .map(ToString::to_string)
-            .collect(),
-    );
-    gossip_config.gossip_interval_ms = config.gossip_interval_ms;
-    gossip_config.phi = PhiConfig {
-        threshold: config.phi_threshold,
-        ..gossip_config.phi
-    };
-    let gossip = Arc::new(Gossip::new(
-        gossip_config,
-        config.ring_size,
-        config.n,
-        rand::rng().random(),
-    ));
-    let replica = Arc::new(
-        Replica::new(
-            storage.clone(),
-            ReplicaConfig {
-                actor: current_actor(storage.as_ref(), &identity)?,
-                actor_seed: rand::rng().random(),
-                ring_size: config.ring_size,
-                max_siblings: config.max_siblings,
-                max_object_bytes: chorus_core::object::WRITE_MAX_OBJECT_BYTES,
-                warn_siblings: config.warn_siblings,
-                max_hints_per_owner: config.max_hints_per_owner,
-                clock: chorus_core::clock::SystemClock::shared(),
-            },
-            metrics.clone(),
-        )
-        .map_err(|e| {
-            StartError::config(format!(
-                "cannot open data directory {}: {e}",
-                config.data.display()
-            ))
-        })?,
-    );
-    metrics
-        .journal_damaged
-        .set(i64::from(journal_damage.is_some()));
-    if config.repair && !replica.is_repairing() {
-        replica
-            .begin_repair()
-            .map_err(|e| StartError::config(format!("cannot start the repair: {e}")))?;
-    }
+    let parts = assemble_node(&config, &identity, storage.clone(), &ports.transport)?;
+    prepare_replica(&parts, &config, journal_damage.is_some())?;
     if let AdminAuth::Missing(dir) = &admin {
         tracing::warn!("{} has no {}: /admin calls (leave, remove) are refused; make a credential with one using `chorus certs init --force`", dir.display(), crate::server::certs::ADMIN_TOKEN);
     }
-    let quic = Arc::new(QuicPeers {
-        transport: transport.clone(),
-        gossip: gossip.clone(),
-    });
-    let batch_capable = gossip.clone();
-    let peers = Arc::new(Batching::new(
-        quic,
-        Box::new(move |peer| batch_capable.kv_is(peer, BATCH_KV, "1")),
-        &metrics,
+    let duties = parts.duties();
+    let storage_gave_up = parts.storage_gave_up();
+    let node = Arc::new(Node::new(
+        parts,
+        admin,
+        node_limits(&config),
+        ports.transport.clone(),
     ));
-    gossip.set_local_kv(BATCH_KV, "1");
-    let coordinator = Coordinator::new(
-        config.name.clone(),
-        replica.clone(),
-        peers.clone(),
-        gossip.view.clone(),
-        metrics.clone(),
+    node.gossip
+        .set_local_kv(ui::HTTP_KV, &config.http.to_string());
+    for duty in duties {
+        tokio::spawn(duty.run());
+    }
+    tokio::spawn(ui::sample_loop(node.clone()));
+    if let Some(resp) = ports.resp {
+        tokio::spawn(resp::serve(resp, node.clone()));
+    }
+    let transport = ports.transport;
+    tokio::spawn(
+        transport
+            .clone()
+            .serve(Arc::new(RpcHandler { node: node.clone() })),
     );
-    #[cfg(feature = "fault-injection")]
-    let coordinator = coordinator.with_old_answer_context(fault::old_answer_context());
-    let healer = Arc::new(Healer::new(
+    tracing::info!(
+        max_connections = ports.http_limits.max_connections,
+        "serving HTTP on {} and QUIC on {}",
+        config.http,
+        config.listen
+    );
+    let stop = serve_http(node, ports.http, ports.http_limits, storage_gave_up).await;
+    tracing::info!("stopping: flushing storage");
+    if let Err(e) = storage.flush() {
+        tracing::error!("flushing storage failed: {e}");
+    }
+    transport.close().await;
+    match stop {
+        Stop::Asked => Ok(()),
+        Stop::Refused(reason) => Err(StartError::Refused(reason)),
+        Stop::StorageFailed(reason) => Err(StartError::StorageFailed(reason)),
+    }
+}
+
+/// The node's listening ports, bound before anything touches the data directory.
+struct Ports {
+    transport: Arc<QuicTransport>,
+    http: tokio::net::TcpListener,
+    http_limits: crate::server::http_server::HttpLimits,
+    resp: Option<resp::Prepared>,
+}
+
+impl Ports {
+    async fn bind(config: &NodeConfig, security: Security) -> Result<Ports, StartError> {
+        let transport = QuicTransport::bind(config.listen, security).map_err(StartError::config)?;
+        let http = tokio::net::TcpListener::bind(config.http)
+            .await
+            .map_err(|e| {
+                StartError::config(format!("cannot listen on {} (HTTP): {e}", config.http))
+            })?;
+        Ok(Ports {
+            transport,
+            http,
+            http_limits: http_limits(config)?,
+            resp: resp::prepare(config).await.map_err(StartError::config)?,
+        })
+    }
+}
+
+fn open_storage(config: &NodeConfig) -> Result<Arc<FjallStorage>, StartError> {
+    let storage = FjallStorage::open_with(
+        &config.data,
+        config.sync,
+        config.cache_mb * 1024 * 1024,
+        config.memtable_mb * 1024 * 1024,
+    )
+    .map_err(|e| {
+        let hint = match e {
+            chorus_core::storage::StorageError::Corrupt(_) => "; if its journal is damaged, move the directory aside and start with --repair to rebuild it from the peers",
+            _ => "",
+        };
+        StartError::config(format!(
+            "cannot open data directory {}: {e}{hint}",
+            config.data.display()
+        ))
+    })?;
+    Ok(Arc::new(storage))
+}
+
+/// The core's one assembly, over fjall and QUIC.
+fn assemble_node(
+    config: &NodeConfig,
+    identity: &Identity,
+    storage: Arc<FjallStorage>,
+    transport: &Arc<QuicTransport>,
+) -> Result<NodeParts<FjallStorage, QuicPeers>, StartError> {
+    let (to_peers, to_gossip) = (transport.clone(), transport.clone());
+    let inputs = NodeInputs {
+        storage,
+        peers: Box::new(move |gossip| {
+            Arc::new(QuicPeers {
+                transport: to_peers,
+                gossip: gossip.clone(),
+            })
+        }),
+        send_gossip: Arc::new(move |out| send_gossip(&to_gossip, out)),
+        clock: chorus_core::clock::SystemClock::shared(),
+        identity_actor: ActorId(identity.actor),
+        seed: rand::rng().random(),
+    };
+    assemble(&node_settings(config, identity.generation), inputs).map_err(|e| {
+        StartError::config(format!(
+            "cannot open data directory {}: {e}",
+            config.data.display()
+        ))
+    })
+}
+
+fn node_settings(config: &NodeConfig, generation: u64) -> NodeSettings {
+    let seeds = config.seeds.iter().filter(|s| **s != config.listen);
+    let cluster = ClusterConfig {
+        n: config.n,
+        ring_size: config.ring_size,
+    };
+    let mut gossip = GossipConfig::new(
         config.name.clone(),
-        replica.clone(),
-        peers.clone(),
-        gossip.clone(),
-        metrics.clone(),
-        HealingConfig {
+        config.listen.to_string(),
+        generation,
+        cluster,
+        seeds.map(ToString::to_string).collect(),
+    );
+    gossip.gossip_interval_ms = config.gossip_interval_ms;
+    gossip.phi = PhiConfig {
+        threshold: config.phi_threshold,
+        ..gossip.phi
+    };
+    NodeSettings {
+        gossip,
+        max_siblings: config.max_siblings,
+        warn_siblings: config.warn_siblings,
+        max_hints_per_owner: config.max_hints_per_owner,
+        healing: HealingConfig {
             interval: Duration::from_millis(config.healing_interval_ms),
             tombstone_grace: Duration::from_millis(config.tombstone_grace_ms),
             rebuild: RebuildConfig {
@@ -232,99 +257,90 @@ async fn serve(config: NodeConfig, security: Security, admin: AdminAuth) -> Resu
             },
             ..HealingConfig::default()
         },
-    ));
-    let node = Arc::new(Node {
-        name: config.name.clone(),
-        admin,
-        limits: Limits {
-            max_value: config.max_value,
-            default_timeout: Duration::from_millis(config.timeout_ms),
-            body_timeout: Duration::from_millis(config.http_body_timeout_ms),
-        },
-        coordinator,
-        replica,
-        gossip: gossip.clone(),
-        metrics,
-        healer: healer.clone(),
-        transport: transport.clone(),
-        stop: tokio::sync::Notify::new(),
-        storage_exit: std::sync::Mutex::new(None),
-        history: std::sync::Mutex::default(),
-    });
-    node.gossip
-        .set_local_kv(ui::HTTP_KV, &config.http.to_string());
-    tokio::spawn(ui::sample_loop(node.clone()));
-    let props_sync = chorus_core::bucket_props::PropsSync::new(
-        node.coordinator.clone(),
-        node.gossip.clone(),
-        node.limits.default_timeout,
-    );
-    tokio::spawn(props_sync.run());
-    tokio::spawn(healer.run());
-    tokio::spawn(storage_watchdog(
-        node.clone(),
-        Duration::from_millis(config.storage_failure_exit_ms),
-    ));
-    if let Some(resp) = resp {
-        tokio::spawn(resp::serve(resp, node.clone()));
+        props_timeout: Duration::from_millis(config.timeout_ms),
+        storage_exit_after: Duration::from_millis(config.storage_failure_exit_ms),
+        old_answer_context: old_answer_context(),
     }
+}
 
-    tokio::spawn(
-        transport
-            .clone()
-            .serve(Arc::new(RpcHandler { node: node.clone() })),
-    );
-    tokio::spawn(gossip_loop(
-        node.clone(),
-        Duration::from_millis(config.gossip_interval_ms),
-    ));
+#[cfg(feature = "fault-injection")]
+fn old_answer_context() -> bool {
+    fault::old_answer_context()
+}
 
-    let router = crate::server::http::router(node.clone());
-    let mut rejected = gossip.rejected.subscribe();
+#[cfg(not(feature = "fault-injection"))]
+fn old_answer_context() -> bool {
+    false
+}
+
+fn node_limits(config: &NodeConfig) -> Limits {
+    Limits {
+        max_value: config.max_value,
+        default_timeout: Duration::from_millis(config.timeout_ms),
+        body_timeout: Duration::from_millis(config.http_body_timeout_ms),
+    }
+}
+
+/// Counts journal damage in the metrics and starts `--repair` when asked.
+fn prepare_replica(
+    parts: &NodeParts<FjallStorage, QuicPeers>,
+    config: &NodeConfig,
+    journal_damaged: bool,
+) -> Result<(), StartError> {
+    parts
+        .metrics
+        .journal_damaged
+        .set(i64::from(journal_damaged));
+    if config.repair && !parts.replica.is_repairing() {
+        parts
+            .replica
+            .begin_repair()
+            .map_err(|e| StartError::config(format!("cannot start the repair: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Why a node stops.
+enum Stop {
+    /// SIGTERM/SIGINT, or the node left the cluster.
+    Asked,
+    /// The cluster refuses this node.
+    Refused(String),
+    /// Storage stayed failed past `--storage-failure-exit-ms`.
+    StorageFailed(String),
+}
+
+/// Serves the HTTP API until the node is asked to stop, the cluster refuses it, or its
+/// storage gives up.
+async fn serve_http(
+    node: Arc<Node>,
+    listener: tokio::net::TcpListener,
+    limits: crate::server::http_server::HttpLimits,
+    mut storage_gave_up: tokio::sync::watch::Receiver<Option<String>>,
+) -> Stop {
+    let mut rejected = node.gossip.rejected.subscribe();
     let stopping = node.clone();
     let stop = async move {
         tokio::select! {
-            reason = rejected.wait_for(Option::is_some) => reason.ok().and_then(|r| r.clone()),
-            _ = shutdown_signal() => None,
-            _ = stopping.stop.notified() => None,
+            reason = rejected.wait_for(Option::is_some) => match reason.ok().and_then(|r| r.clone()) {
+                Some(reason) => Stop::Refused(reason),
+                None => Stop::Asked,
+            },
+            reason = storage_gave_up.wait_for(Option::is_some) => match reason.ok().and_then(|r| r.clone()) {
+                Some(reason) => Stop::StorageFailed(reason),
+                None => Stop::Asked,
+            },
+            _ = shutdown_signal() => Stop::Asked,
+            _ = stopping.stop.notified() => Stop::Asked,
         }
     };
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<Option<String>>();
-    tracing::info!(
-        max_connections = http_limits.max_connections,
-        "serving HTTP on {} and QUIC on {}",
-        config.http,
-        config.listen
-    );
-    crate::server::http_server::serve(
-        http_listener,
-        router,
-        http_limits,
-        node.metrics.clone(),
-        async move {
-            let reason = stop.await;
-            let _ = stop_tx.send(reason);
-        },
-    )
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<Stop>();
+    let router = crate::server::http::router(node.clone());
+    crate::server::http_server::serve(listener, router, limits, node.metrics.clone(), async move {
+        let _ = stop_tx.send(stop.await);
+    })
     .await;
-    let reason = stop_rx.await.ok().flatten();
-    tracing::info!("stopping: flushing storage");
-    if let Err(e) = storage.flush() {
-        tracing::error!("flushing storage failed: {e}");
-    }
-    transport.close().await;
-    let storage_exit = node
-        .storage_exit
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .take();
-    if let Some(failure) = storage_exit {
-        return Err(StartError::StorageFailed(failure));
-    }
-    match reason {
-        Some(reason) => Err(StartError::Refused(reason)),
-        None => Ok(()),
-    }
+    stop_rx.await.unwrap_or(Stop::Asked)
 }
 
 /// The client port's limits: `--http-max-connections`, lowered to what the file
@@ -370,49 +386,6 @@ fn check_journal(
     Ok(damage)
 }
 
-/// Watches the storage's health once a second. On a failure it gossips it, logs the
-/// reason at least once a minute, and when the engine has not come back after
-/// `exit_after` (healing rounds probe it with a durable write; fjall does not recover
-/// in-process once poisoned), stops the node, which then exits with code 3
-/// ([`StartError::StorageFailed`]).
-async fn storage_watchdog(node: Arc<Node>, exit_after: Duration) {
-    let mut ticker = tokio::time::interval(Duration::from_secs(1));
-    let mut failed_since: Option<tokio::time::Instant> = None;
-    let mut logged_at = tokio::time::Instant::now();
-    node.gossip.set_local_kv(STORAGE_KV, "ok");
-    loop {
-        ticker.tick().await;
-        let Some(reason) = node.replica.health().failure() else {
-            if failed_since.take().is_some() {
-                node.gossip.set_local_kv(STORAGE_KV, "ok");
-            }
-            continue;
-        };
-        let now = tokio::time::Instant::now();
-        let since = *failed_since.get_or_insert_with(|| {
-            node.gossip.set_local_kv(STORAGE_KV, "failed");
-            logged_at = now;
-            now
-        });
-        if now.duration_since(logged_at) >= STORAGE_LOG_EVERY {
-            logged_at = now;
-            tracing::error!(
-                failed_for_s = now.duration_since(since).as_secs(),
-                "storage still failed: {reason}"
-            );
-        }
-        if now.duration_since(since) >= exit_after {
-            tracing::error!("storage did not recover in {exit_after:?}: stopping so that a supervisor restarts this node");
-            *node
-                .storage_exit
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(reason);
-            node.stop.notify_one();
-            return;
-        }
-    }
-}
-
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
@@ -425,21 +398,6 @@ async fn shutdown_signal() {
 /// Reads (or, for a new data directory, creates) the node's identity and bumps its
 /// generation. The generation is at least the wall clock in ms so that a node whose data
 /// directory was wiped still outranks its previous incarnation in gossip.
-/// The actor id minted dots use: the last one `retire_actor` persisted, else the identity's.
-fn current_actor(storage: &FjallStorage, identity: &Identity) -> Result<ActorId, StartError> {
-    match storage.meta_get(chorus_core::replica::ACTOR_META_KEY) {
-        Ok(Some(bytes)) => {
-            let bytes: [u8; 8] = bytes
-                .as_slice()
-                .try_into()
-                .map_err(|_| StartError::config("the stored actor id is corrupt"))?;
-            Ok(ActorId(u64::from_be_bytes(bytes)))
-        }
-        Ok(None) => Ok(ActorId(identity.actor)),
-        Err(e) => Err(StartError::config(format!("cannot read the actor id: {e}"))),
-    }
-}
-
 fn load_identity(storage: &FjallStorage, config: &NodeConfig) -> Result<Identity, StartError> {
     let storage_error = |e: chorus_core::storage::StorageError| {
         StartError::config(format!("data directory {}: {e}", config.data.display()))
@@ -491,14 +449,4 @@ fn load_identity(storage: &FjallStorage, config: &NodeConfig) -> Result<Identity
         .meta_put(IDENTITY_META_KEY, &bytes)
         .map_err(storage_error)?;
     Ok(identity)
-}
-
-async fn gossip_loop(node: Arc<Node>, interval: Duration) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticker.tick().await;
-        let out = node.gossip.tick();
-        send_gossip(&node.transport, out);
-    }
 }

@@ -20,7 +20,9 @@ use chorus_core::rpc::{self, Message};
 use chorus_core::storage::{FjallStorage, Storage};
 use chorus_gossip::{GossipError, Outgoing};
 
-use crate::server::peers::NodePeers;
+use chorus_core::assembly::NodeParts;
+
+use crate::server::peers::{NodePeers, QuicPeers};
 use crate::server::transport::QuicTransport;
 
 /// How long a gossip message may take to send before it is dropped (gossip repeats).
@@ -61,16 +63,35 @@ pub struct Node {
     pub metrics: Arc<Metrics>,
     pub healer: Arc<Healer<FjallStorage, NodePeers>>,
     pub transport: Arc<QuicTransport>,
-    /// Notified when the node should stop on its own (it has left the cluster, or its
-    /// storage failed for good).
+    /// Notified when the node should stop on its own (it has left the cluster).
     pub stop: tokio::sync::Notify,
-    /// Set when the node stops because its storage failed and did not recover.
-    pub storage_exit: std::sync::Mutex<Option<String>>,
     /// The dashboard's last minutes of figures, sampled by `ui::sample_loop`.
     pub history: std::sync::Mutex<crate::server::ui::history::History>,
 }
 
 impl Node {
+    /// The node the fronts act on, from the core's assembly.
+    pub fn new(
+        parts: NodeParts<FjallStorage, QuicPeers>,
+        admin: AdminAuth,
+        limits: Limits,
+        transport: Arc<QuicTransport>,
+    ) -> Node {
+        Node {
+            name: parts.name,
+            admin,
+            limits,
+            coordinator: parts.coordinator,
+            replica: parts.replica,
+            gossip: parts.gossip,
+            metrics: parts.metrics,
+            healer: parts.healer,
+            transport,
+            stop: tokio::sync::Notify::new(),
+            history: std::sync::Mutex::default(),
+        }
+    }
+
     pub fn status_json(&self) -> Value {
         let view = self.coordinator.view();
         let members: Vec<Value> = self

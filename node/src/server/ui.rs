@@ -67,7 +67,7 @@ fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Everything the page shows; see the README's `/ui/state` section for the fields.
+/// Everything the page shows; see docs/api.md, "`/ui/state` fields".
 pub fn state_json(node: &Node) -> Value {
     let status = node.status_json();
     let view = node.coordinator.view();

@@ -280,7 +280,7 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn start(&self, index: usize) -> Arc<Incarnation> {
+    fn start(self: &Arc<Self>, index: usize) -> Arc<Incarnation> {
         let id = {
             let mut next = self.incarnations.lock().expect("incarnations");
             *next += 1;
@@ -293,11 +293,44 @@ impl Cluster {
             id,
             sub_seed(self.seed, 1000 + id),
         );
+        assert_eq!(
+            node.duties,
+            chorus_core::assembly::DUTIES,
+            "a simulated node runs exactly the duties the core declares"
+        );
         self.started
             .lock()
             .expect("incarnations")
             .push(node.clone());
+        tokio::spawn(self.clone().supervise(index, node.clone()));
         node
+    }
+
+    /// What a supervisor (systemd's `Restart=on-failure`) does for a node whose storage
+    /// gave up: the process exits, and it is started again once its disk takes writes (a
+    /// node does not start on a disk that refuses its identity).
+    async fn supervise(self: Arc<Self>, index: usize, node: Arc<Incarnation>) {
+        let mut gave_up = node.storage_gave_up.clone();
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if !node.is_alive() {
+                return;
+            }
+            if gave_up.borrow_and_update().is_some() {
+                break;
+            }
+        }
+        self.net.trace.log(format!(
+            "{}'s storage gave up: the process exits",
+            node.name
+        ));
+        self.crash(index);
+        while self.nodes[index].disk.writes_fail() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        if self.net.current(&node.name).is_none() {
+            self.start(index);
+        }
     }
 
     fn healing(&self) -> Healing {
@@ -482,7 +515,6 @@ async fn scenario(options: Options) -> Report {
     let names: Vec<String> = (1..=options.nodes).map(|i| format!("n{i}")).collect();
     let settings = NodeSettings {
         old_answer_context: options.old_answer_context,
-        props_sync: options.props,
         ..NodeSettings::default()
     };
     // Its own stream, so runs without `ttl` draw exactly what they drew before.

@@ -1,5 +1,6 @@
-//! A simulated node: the production replica, coordinator, healer and gossip shell over a
-//! `MemoryStorage` that plays the node's disk, wired to the simulated network.
+//! A simulated node: the node `chorus start` runs, built by the core's one assembly
+//! (`chorus_core::assembly`) over a `MemoryStorage` that plays the node's disk, wired to
+//! the simulated network, with the core's list of duties run on the virtual clock.
 //!
 //! A crash ends the incarnation: its tasks (gossip loop, healing loop, client requests it
 //! coordinates) are aborted, its disk handle is closed (so a task the coordinator spawned
@@ -13,20 +14,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use chorus_core::bucket_props::{self, PropsSync};
+use chorus_core::assembly::{assemble, Duty, NodeInputs, NodePeers, NodeSettings as CoreSettings};
 use chorus_core::causality::ActorId;
 use chorus_core::clock::WallClock;
 use chorus_core::coordinator::Coordinator;
 use chorus_core::healing::{Healer, HealingConfig};
 use chorus_core::membership::Gossip;
 use chorus_core::metrics::Metrics;
-use chorus_core::replica::{Replica, ReplicaConfig, ACTOR_META_KEY};
+use chorus_core::replica::Replica;
 use chorus_core::storage::{MemoryStorage, MerkleTree, PartitionId, Storage, StorageError};
 use chorus_gossip::{ClusterConfig, Config as GossipConfig};
 use tokio::task::AbortHandle;
 
 use super::net::{SimNet, SimPeers};
-use chorus_core::batching::{Batching, BATCH_KV};
 
 /// The settings every simulated node runs with (the production defaults, scaled down where
 /// a scenario lasts seconds instead of hours).
@@ -41,8 +41,9 @@ pub struct NodeSettings {
     /// Test-only: writes answer with the first build's context (issue 14's bug), to show
     /// the checker catches it.
     pub old_answer_context: bool,
-    /// Run the bucket-properties reload loop (`bucket_props::PropsSync`), as a real node.
-    pub props_sync: bool,
+    /// How long a failed disk may stay failed before the node gives up and exits (the
+    /// production default).
+    pub storage_exit_after: Duration,
 }
 
 impl Default for NodeSettings {
@@ -60,7 +61,7 @@ impl Default for NodeSettings {
             max_hints_per_owner: 50,
             max_siblings: 100,
             old_answer_context: false,
-            props_sync: false,
+            storage_exit_after: Duration::from_secs(10),
         }
     }
 }
@@ -171,10 +172,15 @@ pub struct Incarnation {
     pub id: u64,
     pub generation: u64,
     alive: Arc<AtomicBool>,
+    /// The names of the duties this incarnation runs (the core's list, see
+    /// `assembly::DUTIES`).
+    pub duties: Vec<&'static str>,
+    /// Set when the storage watch gives up on a failed disk: the process exits.
+    pub storage_gave_up: tokio::sync::watch::Receiver<Option<String>>,
     pub replica: Arc<Replica<SimDisk>>,
     pub gossip: Arc<Gossip>,
-    pub coordinator: Coordinator<SimDisk, Batching<SimPeers>>,
-    pub healer: Arc<Healer<SimDisk, Batching<SimPeers>>>,
+    pub coordinator: Coordinator<SimDisk, NodePeers<SimPeers>>,
+    pub healer: Arc<Healer<SimDisk, NodePeers<SimPeers>>>,
     pub metrics: Arc<Metrics>,
     tasks: Mutex<Vec<AbortHandle>>,
 }
@@ -251,7 +257,8 @@ const SIM_IDENTITY_KEY: &str = "sim_identity";
 
 impl SimNode {
     /// Starts an incarnation: reads (or creates) the identity on disk and bumps the
-    /// generation, as `chorus start` does, then wires the production parts together.
+    /// generation, as `chorus start` does, then builds the node with the core's one
+    /// assembly and runs its duties on the virtual clock.
     pub fn start(
         &self,
         net: &Arc<SimNet>,
@@ -261,10 +268,40 @@ impl SimNode {
         seed: u64,
     ) -> Arc<Incarnation> {
         let alive = Arc::new(AtomicBool::new(true));
-        let disk = Arc::new(SimDisk {
-            disk: self.disk.clone(),
-            alive: alive.clone(),
+        let (actor, generation) = self.bump_identity(seed);
+        let parts = assemble(
+            &self.core_settings(settings, all, generation),
+            self.inputs(net, alive.clone(), incarnation, actor, seed),
+        )
+        .expect("assembly over memory storage");
+        let duties = parts.duties();
+        let node = Arc::new(Incarnation {
+            name: self.name.clone(),
+            id: incarnation,
+            generation,
+            alive,
+            duties: duties.iter().map(|d| d.name).collect(),
+            storage_gave_up: parts.storage_gave_up(),
+            replica: parts.replica,
+            gossip: parts.gossip,
+            coordinator: parts.coordinator,
+            healer: parts.healer,
+            metrics: parts.metrics,
+            tasks: Mutex::new(Vec::new()),
         });
+        net.set_up(node.clone());
+        net.trace.log(format!(
+            "{} starts: incarnation {incarnation}, generation {generation}, actor {actor}",
+            self.name
+        ));
+        for duty in duties {
+            every(&node, net, duty);
+        }
+        node
+    }
+
+    /// Reads the identity on disk (or makes one) and stores it with the next generation.
+    fn bump_identity(&self, seed: u64) -> (u64, u64) {
         let (actor, generation) = match self
             .disk
             .meta_get(SIM_IDENTITY_KEY)
@@ -282,15 +319,18 @@ impl SimNode {
         self.disk
             .meta_put(SIM_IDENTITY_KEY, &identity)
             .expect("memory storage");
-        // The actor dots are minted with: the last one retired actors persisted, else the
-        // identity's (server.rs `current_actor`).
-        let actor = match self.disk.meta_get(ACTOR_META_KEY).expect("memory storage") {
-            Some(bytes) => u64::from_be_bytes(bytes.as_slice().try_into().expect("8 bytes")),
-            None => actor,
-        };
+        (actor, generation)
+    }
 
-        let metrics = Arc::new(Metrics::default());
-        let mut config = GossipConfig::new(
+    /// The production settings for this node (the address is its name on the simulated
+    /// network).
+    fn core_settings(
+        &self,
+        settings: &NodeSettings,
+        all: &[String],
+        generation: u64,
+    ) -> CoreSettings {
+        let mut gossip = GossipConfig::new(
             self.name.clone(),
             self.name.clone(),
             generation,
@@ -300,122 +340,65 @@ impl SimNode {
             },
             all.iter().filter(|n| **n != self.name).cloned().collect(),
         );
-        config.gossip_interval_ms = settings.gossip_interval.as_millis() as u64;
-        let gossip = Arc::new(Gossip::new(
-            config,
-            settings.ring_size,
-            settings.n,
-            seed.rotate_left(17),
-        ));
-        let replica = Arc::new(
-            Replica::new(
-                disk,
-                ReplicaConfig {
-                    actor: ActorId(actor),
-                    actor_seed: seed.rotate_left(31),
-                    ring_size: settings.ring_size,
-                    max_siblings: settings.max_siblings,
-                    max_object_bytes: chorus_core::object::WRITE_MAX_OBJECT_BYTES,
-                    warn_siblings: 25,
-                    max_hints_per_owner: settings.max_hints_per_owner,
-                    clock: self.clock.clone(),
-                },
-                metrics.clone(),
-            )
-            .expect("replica over memory storage"),
-        );
-        let sim_peers = Arc::new(SimPeers {
+        gossip.gossip_interval_ms = settings.gossip_interval.as_millis() as u64;
+        CoreSettings {
+            gossip,
+            max_siblings: settings.max_siblings,
+            warn_siblings: 25,
+            max_hints_per_owner: settings.max_hints_per_owner,
+            healing: settings.healing.clone(),
+            props_timeout: Duration::from_secs(2),
+            storage_exit_after: settings.storage_exit_after,
+            old_answer_context: settings.old_answer_context,
+        }
+    }
+
+    fn inputs(
+        &self,
+        net: &Arc<SimNet>,
+        alive: Arc<AtomicBool>,
+        incarnation: u64,
+        actor: u64,
+        seed: u64,
+    ) -> NodeInputs<SimDisk, SimPeers> {
+        let peers = SimPeers {
             net: net.clone(),
             from: self.name.clone(),
             incarnation,
-        });
-        // Batched as the server batches, on the same gossiped capability.
-        let batch_capable = gossip.clone();
-        let peers = Arc::new(Batching::new(
-            sim_peers,
-            Box::new(move |peer| batch_capable.kv_is(peer, BATCH_KV, "1")),
-            &metrics,
-        ));
-        gossip.set_local_kv(BATCH_KV, "1");
-        let coordinator = Coordinator::new(
-            self.name.clone(),
-            replica.clone(),
-            peers.clone(),
-            gossip.view.clone(),
-            metrics.clone(),
-        )
-        .with_old_answer_context(settings.old_answer_context);
-        let healer = Arc::new(Healer::new(
-            self.name.clone(),
-            replica.clone(),
-            peers,
-            gossip.clone(),
-            metrics.clone(),
-            settings.healing.clone(),
-        ));
-        let node = Arc::new(Incarnation {
-            name: self.name.clone(),
-            id: incarnation,
-            generation,
-            alive,
-            replica,
-            gossip,
-            coordinator,
-            healer,
-            metrics,
-            tasks: Mutex::new(Vec::new()),
-        });
-        net.set_up(node.clone());
-        net.trace.log(format!(
-            "{} starts: incarnation {incarnation}, generation {generation}, actor {actor}",
-            self.name
-        ));
-
-        // The gossip loop (server.rs `gossip_loop`), the healing loop (`Healer::run`) and
-        // the rebuild loop, all stopped while the node is paused.
-        every(&node, net, settings.gossip_interval, |n, net| async move {
-            let out = n.gossip.tick();
-            net.send_gossip(&n.name, out);
-        });
-        every(&node, net, settings.healing.interval, |n, _| async move {
-            n.healer.round().await
-        });
-        // The rebuild loop (`Rebuilder::run`, spawned by `Healer::run` in a real node).
-        every(&node, net, settings.healing.interval, |n, _| async move {
-            n.healer.rebuilder().step().await
-        });
-        if settings.props_sync {
-            let sync = Arc::new(PropsSync::new(
-                node.coordinator.clone(),
-                node.gossip.clone(),
-                Duration::from_secs(2),
-            ));
-            every(&node, net, bucket_props::CHECK_EVERY, move |_, _| {
-                let sync = sync.clone();
-                async move { sync.step().await }
-            });
+        };
+        // Weak: the network holds the incarnation, which holds this sink.
+        let (to_net, from) = (Arc::downgrade(net), self.name.clone());
+        NodeInputs {
+            storage: Arc::new(SimDisk {
+                disk: self.disk.clone(),
+                alive,
+            }),
+            peers: Box::new(move |_| Arc::new(peers)),
+            send_gossip: Arc::new(move |out| {
+                if let Some(net) = to_net.upgrade() {
+                    net.send_gossip(&from, out);
+                }
+            }),
+            clock: self.clock.clone(),
+            identity_actor: ActorId(actor),
+            seed,
         }
-        node
     }
 }
 
-/// Runs `step` on `node` every `interval` of virtual time while it runs (waiting out
+/// Runs `duty` on `node` every `duty.every` of virtual time while it runs (waiting out
 /// pauses) until the incarnation ends; the task belongs to the incarnation.
-fn every<F, Fut>(node: &Arc<Incarnation>, net: &Arc<SimNet>, interval: Duration, step: F)
-where
-    F: Fn(Arc<Incarnation>, Arc<SimNet>) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send,
-{
+fn every(node: &Arc<Incarnation>, net: &Arc<SimNet>, duty: Duty) {
     let (n, net) = (node.clone(), net.clone());
     let task = tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(interval);
+        let mut ticker = tokio::time::interval(duty.every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
             if net.wait_running(&n.name, Some(n.id)).await.is_none() {
                 return;
             }
-            step(n.clone(), net.clone()).await;
+            duty.step().await;
         }
     });
     node.own(task.abort_handle());

@@ -45,6 +45,11 @@ impl MemoryStorage {
         *lock(&self.write_failure) = reason.map(str::to_string);
     }
 
+    /// Whether writes fail now (see [`MemoryStorage::set_write_failure`]).
+    pub fn writes_fail(&self) -> bool {
+        lock(&self.write_failure).is_some()
+    }
+
     fn check_writable(&self) -> Result<(), StorageError> {
         match &*lock(&self.write_failure) {
             Some(reason) => Err(StorageError::Io(std::io::Error::other(reason.clone()))),

@@ -3,7 +3,7 @@
 //! `CLIENT`, `CHORUS.CONSISTENCY`) and the data commands, which call the coordinator
 //! exactly as the HTTP API does.
 //!
-//! Semantics (README, "Redis protocol"): a key lives in bucket `db<N>` of the `SELECT`ed
+//! Semantics (docs/api.md, "Redis protocol (RESP)"): a key lives in bucket `db<N>` of the `SELECT`ed
 //! database (database 0: `--resp-bucket`). A context-less `SET` is minted over what the
 //! minting replica holds (`Coordinator::put_over_current`), so one client's successive
 //! `SET`s replace each other and only concurrently minted writes become siblings. A plain
