@@ -895,6 +895,30 @@ struct Shared {
     contexts: Mutex<ContextCache>,
 }
 
+impl Shared {
+    /// The join of the contexts the workers were given for key `key_index`.
+    fn known_context(&self, key_index: u64) -> Option<String> {
+        self.contexts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .map
+            .get(&key_index)
+            .cloned()
+    }
+
+    /// Joins `context`, just given for key `key_index`, into what the workers know.
+    fn learn_context(&self, key_index: u64, context: &str) {
+        let known = self.known_context(key_index);
+        // Joined outside the lock; a join lost to a concurrent one only makes the next
+        // write cover less (a sibling, never a loss).
+        let joined = join_tokens(known.as_deref(), context);
+        self.contexts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key_index, joined);
+    }
+}
+
 /// Remembered causal contexts, by key index, bounded.
 struct ContextCache {
     map: HashMap<u64, String>,
@@ -1001,13 +1025,7 @@ impl Worker {
         // read-modify-write client would, which keeps siblings to the truly concurrent.
         let context = match op {
             Op::Get => None,
-            _ => shared
-                .contexts
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .map
-                .get(&key_index)
-                .cloned(),
+            _ => shared.known_context(key_index),
         };
         let value = self.value.clone();
         let request = Request {
@@ -1036,21 +1054,7 @@ impl Worker {
         match &answer.result {
             Ok(success) => {
                 if let Some(ctx) = &success.context {
-                    let known = shared
-                        .contexts
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .map
-                        .get(&key_index)
-                        .cloned();
-                    // Joined outside the lock; a join lost to a concurrent one only makes
-                    // the next write cover less (a sibling, never a loss).
-                    let joined = join_tokens(known.as_deref(), ctx);
-                    shared
-                        .contexts
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .insert(key_index, joined);
+                    shared.learn_context(key_index, ctx);
                 }
             }
             Err(failure) if failure.connect => {
