@@ -18,12 +18,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use hyper::Method;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
+use tokio::task::JoinError;
 
 use crate::cli::{ChaosClientArgs, CliError, CliResult};
-use crate::tools::bench::parse_duration;
+use crate::tools::bench::{check_ratios, parse_duration_flag, stream_rng};
 use chorus_api::client::{self as http_client, BaseUrl, HttpClient, HttpError};
 use chorus_api::CONTEXT_HEADER;
 /// History lines waiting for the writer; when full, sessions wait.
@@ -79,55 +80,58 @@ struct Config {
     sessions: usize,
 }
 
-pub fn run(args: ChaosClientArgs) -> CliResult {
-    let duration =
-        parse_duration(&args.duration).map_err(|e| CliError::usage(format!("--duration: {e}")))?;
-    let timeout =
-        parse_duration(&args.timeout).map_err(|e| CliError::usage(format!("--timeout: {e}")))?;
-    if args.sessions == 0 || args.keys == 0 || timeout.is_zero() {
-        return Err(CliError::usage(
-            "--sessions, --keys and --timeout must be more than zero",
-        ));
-    }
-    for (flag, ratio) in [
-        ("--read-ratio", args.read_ratio),
-        ("--delete-ratio", args.delete_ratio),
-        ("--context-ratio", args.context_ratio),
-    ] {
-        if !(0.0..=1.0).contains(&ratio) {
-            return Err(CliError::usage(format!(
-                "{flag} must be between 0 and 1, not {ratio}"
-            )));
+impl Config {
+    /// The validated command line.
+    fn from_args(args: &ChaosClientArgs) -> Result<Config, CliError> {
+        let duration = parse_duration_flag("--duration", &args.duration)?;
+        let timeout = parse_duration_flag("--timeout", &args.timeout)?;
+        if args.sessions == 0 || args.keys == 0 || timeout.is_zero() {
+            return Err(CliError::usage(
+                "--sessions, --keys and --timeout must be more than zero",
+            ));
         }
+        check_ratios(&[
+            ("--read-ratio", args.read_ratio),
+            ("--delete-ratio", args.delete_ratio),
+            ("--context-ratio", args.context_ratio),
+        ])?;
+        if args.read_ratio + args.delete_ratio > 1.0 {
+            return Err(CliError::usage(
+                "--read-ratio plus --delete-ratio must not exceed 1",
+            ));
+        }
+        let nodes = node_urls(&args.nodes)?;
+        if nodes.is_empty() {
+            return Err(CliError::usage("--nodes is empty"));
+        }
+        Ok(Config {
+            nodes,
+            duration,
+            keys: args.keys,
+            read_ratio: args.read_ratio,
+            delete_ratio: args.delete_ratio,
+            context_ratio: args.context_ratio,
+            timeout,
+            r: args.r.clone(),
+            w: args.w.clone(),
+            bucket: args.bucket.clone(),
+            rate: args.rate,
+            sessions: args.sessions,
+        })
     }
-    if args.read_ratio + args.delete_ratio > 1.0 {
-        return Err(CliError::usage(
-            "--read-ratio plus --delete-ratio must not exceed 1",
-        ));
-    }
-    let nodes = args
-        .nodes
+}
+
+/// Comma-separated `--nodes` as URLs.
+pub fn node_urls(nodes: &[String]) -> Result<Vec<BaseUrl>, CliError> {
+    nodes
         .iter()
         .map(|n| BaseUrl::parse(n.trim()))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(CliError::usage)?;
-    if nodes.is_empty() {
-        return Err(CliError::usage("--nodes is empty"));
-    }
-    let config = Arc::new(Config {
-        nodes,
-        duration,
-        keys: args.keys,
-        read_ratio: args.read_ratio,
-        delete_ratio: args.delete_ratio,
-        context_ratio: args.context_ratio,
-        timeout,
-        r: args.r,
-        w: args.w,
-        bucket: args.bucket,
-        rate: args.rate,
-        sessions: args.sessions,
-    });
+        .map_err(CliError::usage)
+}
+
+pub fn run(args: ChaosClientArgs) -> CliResult {
+    let config = Arc::new(Config::from_args(&args)?);
     let file = std::fs::File::create(&args.history).map_err(|e| {
         CliError::usage(format!(
             "cannot create the history file {}: {e}",
@@ -138,52 +142,7 @@ pub fn run(args: ChaosClientArgs) -> CliResult {
         .enable_all()
         .build()
         .map_err(|e| CliError::failed(format!("cannot start the async runtime: {e}")))?;
-    let counts = runtime.block_on(async move {
-        let (tx, mut rx) = mpsc::channel::<HistoryLine>(HISTORY_QUEUE);
-        let writer =
-            tokio::task::spawn_blocking(move || -> std::io::Result<HashMap<String, u64>> {
-                let mut out = BufWriter::new(file);
-                let mut counts = HashMap::new();
-                while let Some(line) = rx.blocking_recv() {
-                    *counts
-                        .entry(format!("{} {}", line.op, line.outcome))
-                        .or_insert(0) += 1;
-                    serde_json::to_writer(&mut out, &line)?;
-                    out.write_all(b"\n")?;
-                    if rx.is_empty() {
-                        out.flush()?;
-                    }
-                }
-                out.flush()?;
-                out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-                Ok(counts)
-            });
-        let deadline = Instant::now() + config.duration;
-        let mut sessions = tokio::task::JoinSet::new();
-        for id in 0..args.sessions {
-            let session = Session {
-                id,
-                config: config.clone(),
-                rng: StdRng::seed_from_u64(
-                    args.seed
-                        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                        .wrapping_add(id as u64),
-                ),
-                clients: config
-                    .nodes
-                    .iter()
-                    .map(|n| HttpClient::new(n.clone()).with_timeout(config.timeout))
-                    .collect(),
-                contexts: HashMap::new(),
-                seq: 0,
-                history: tx.clone(),
-            };
-            sessions.spawn(session.run(deadline));
-        }
-        drop(tx);
-        while sessions.join_next().await.is_some() {}
-        writer.await
-    });
+    let counts = runtime.block_on(run_sessions(config, args.seed, file));
     let counts = counts
         .map_err(|e| CliError::failed(format!("the history writer failed: {e}")))?
         .map_err(|e| {
@@ -206,6 +165,49 @@ pub fn run(args: ChaosClientArgs) -> CliResult {
     Ok(())
 }
 
+/// Runs every session until the duration is over, their history lines written to `file`
+/// as they come. Returns the operations by `op outcome`.
+async fn run_sessions(
+    config: Arc<Config>,
+    seed: u64,
+    file: std::fs::File,
+) -> Result<std::io::Result<HashMap<String, u64>>, JoinError> {
+    let (tx, rx) = mpsc::channel::<HistoryLine>(HISTORY_QUEUE);
+    let writer = tokio::task::spawn_blocking(move || write_history(file, rx));
+    let deadline = Instant::now() + config.duration;
+    let mut sessions = tokio::task::JoinSet::new();
+    for id in 0..config.sessions {
+        let session = Session::new(id, config.clone(), seed, tx.clone());
+        sessions.spawn(session.run(deadline));
+    }
+    drop(tx);
+    while sessions.join_next().await.is_some() {}
+    writer.await
+}
+
+/// Writes every line `rx` receives to `file`, flushed whenever no line is waiting and
+/// synced at the end. Returns the lines by `op outcome`.
+fn write_history(
+    file: std::fs::File,
+    mut rx: mpsc::Receiver<HistoryLine>,
+) -> std::io::Result<HashMap<String, u64>> {
+    let mut out = BufWriter::new(file);
+    let mut counts = HashMap::new();
+    while let Some(line) = rx.blocking_recv() {
+        *counts
+            .entry(format!("{} {}", line.op, line.outcome))
+            .or_insert(0) += 1;
+        serde_json::to_writer(&mut out, &line)?;
+        out.write_all(b"\n")?;
+        if rx.is_empty() {
+            out.flush()?;
+        }
+    }
+    out.flush()?;
+    out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    Ok(counts)
+}
+
 pub fn now_ms() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -225,6 +227,27 @@ struct Session {
 }
 
 impl Session {
+    fn new(
+        id: usize,
+        config: Arc<Config>,
+        seed: u64,
+        history: mpsc::Sender<HistoryLine>,
+    ) -> Session {
+        Session {
+            id,
+            rng: stream_rng(seed, id),
+            clients: config
+                .nodes
+                .iter()
+                .map(|n| HttpClient::new(n.clone()).with_timeout(config.timeout))
+                .collect(),
+            config,
+            contexts: HashMap::new(),
+            seq: 0,
+            history,
+        }
+    }
+
     async fn run(mut self, deadline: Instant) {
         // Paced: this session's share of --rate; a slow answer is not made up for later.
         let interval = (self.config.rate > 0).then(|| {
