@@ -25,7 +25,7 @@ use tokio::task::JoinError;
 
 use crate::cli::{ChaosClientArgs, CliError, CliResult};
 use crate::tools::bench::{check_ratios, parse_duration_flag, stream_rng};
-use chorus_api::client::{self as http_client, BaseUrl, HttpClient, HttpError};
+use chorus_api::client::{self as http_client, BaseUrl, HttpClient, HttpError, Response};
 use chorus_api::CONTEXT_HEADER;
 /// History lines waiting for the writer; when full, sessions wait.
 const HISTORY_QUEUE: usize = 4096;
@@ -281,6 +281,47 @@ impl Session {
     }
 
     async fn one_operation(&mut self) -> HistoryLine {
+        let (mut line, node) = self.draw_operation();
+        let (method, quorum) = match line.op.as_str() {
+            "get" => (Method::GET, ("r", self.config.r.as_deref())),
+            "put" => (Method::PUT, ("w", self.config.w.as_deref())),
+            _ => (Method::DELETE, ("w", self.config.w.as_deref())),
+        };
+        let path = http_client::with_query(
+            http_client::kv_path(&self.config.bucket, &line.key),
+            &[quorum],
+        );
+        let mut headers = vec![("accept", "application/json")];
+        match (&line.context_in, line.op.as_str()) {
+            (Some(ctx), _) => headers.push((CONTEXT_HEADER, ctx.as_str())),
+            // Without the header a node reads the key and deletes what that read saw, which
+            // the history could not show; an empty context is an explicitly blind delete.
+            (None, "delete") => headers.push((CONTEXT_HEADER, "")),
+            (None, _) => {}
+        }
+        let body = line.value.clone().map(Bytes::from).unwrap_or_default();
+        line.start_ms = now_ms();
+        let result = self.clients[node]
+            .request(method, &path, &headers, body)
+            .await;
+        line.end_ms = now_ms();
+        record_outcome(&mut line, result);
+        if line.outcome == "ok" {
+            match &line.context_out {
+                Some(ctx) => {
+                    self.contexts.insert(line.key.clone(), ctx.clone());
+                }
+                None => {
+                    self.contexts.remove(&line.key);
+                }
+            }
+        }
+        line
+    }
+
+    /// Draws the next operation: its history line, not yet sent (no outcome), and the
+    /// index of the client (node) to send it to.
+    fn draw_operation(&mut self) -> (HistoryLine, usize) {
         let config = self.config.clone();
         let draw: f64 = self.rng.random();
         let op = if draw < config.read_ratio {
@@ -300,35 +341,15 @@ impl Session {
             _ if self.rng.random_bool(config.context_ratio) => self.contexts.get(&key).cloned(),
             _ => None,
         };
-        let (method, quorum) = match op {
-            "get" => (Method::GET, ("r", config.r.as_deref())),
-            "put" => (Method::PUT, ("w", config.w.as_deref())),
-            _ => (Method::DELETE, ("w", config.w.as_deref())),
-        };
-        let path = http_client::with_query(http_client::kv_path(&config.bucket, &key), &[quorum]);
-        let mut headers = vec![("accept", "application/json")];
-        match (&context_in, op) {
-            (Some(ctx), _) => headers.push((CONTEXT_HEADER, ctx.as_str())),
-            // Without the header a node reads the key and deletes what that read saw, which
-            // the history could not show; an empty context is an explicitly blind delete.
-            (None, "delete") => headers.push((CONTEXT_HEADER, "")),
-            (None, _) => {}
-        }
-        let body = value.clone().map(Bytes::from).unwrap_or_default();
-        let start_ms = now_ms();
-        let result = self.clients[node]
-            .request(method, &path, &headers, body)
-            .await;
-        let end_ms = now_ms();
-        let mut line = HistoryLine {
+        let line = HistoryLine {
             session: self.id,
             seq,
             op: op.to_string(),
-            key: key.clone(),
+            key,
             value,
             node: self.clients[node].base().to_string(),
-            start_ms,
-            end_ms,
+            start_ms: 0.0,
+            end_ms: 0.0,
             status: 0,
             outcome: "unknown".into(),
             error: None,
@@ -336,61 +357,56 @@ impl Session {
             context_out: None,
             values: None,
         };
-        match result {
+        (line, node)
+    }
+}
+
+/// Fills in `line`'s status, outcome, error, answer context and (for a get) values from
+/// what its request returned.
+fn record_outcome(line: &mut HistoryLine, result: Result<Response, HttpError>) {
+    let response = match result {
+        Ok(response) => response,
+        Err(e) => {
+            line.outcome = if e.not_sent() { "fail" } else { "unknown" }.into();
+            line.error = Some(match &e {
+                HttpError::Connect { .. } => format!("connect: {e}"),
+                _ => format!("{}: {e}", e.kind()),
+            });
+            return;
+        }
+    };
+    line.status = response.status;
+    let context_out = response
+        .header(CONTEXT_HEADER)
+        .filter(|c| !c.is_empty())
+        .map(str::to_string);
+    match (line.op.as_str(), response.status) {
+        ("get", 200 | 300 | 404) => match sibling_values(&response.body) {
+            Ok(values) => {
+                line.outcome = "ok".into();
+                line.values = Some(values);
+                line.context_out = context_out;
+            }
             Err(e) => {
-                line.outcome = if e.not_sent() { "fail" } else { "unknown" }.into();
-                line.error = Some(match &e {
-                    HttpError::Connect { .. } => format!("connect: {e}"),
-                    _ => format!("{}: {e}", e.kind()),
-                });
+                line.outcome = "fail".into();
+                line.error = Some(e);
             }
-            Ok(response) => {
-                line.status = response.status;
-                let context_out = response
-                    .header(CONTEXT_HEADER)
-                    .filter(|c| !c.is_empty())
-                    .map(str::to_string);
-                match (op, response.status) {
-                    ("get", 200 | 300 | 404) => match sibling_values(&response.body) {
-                        Ok(values) => {
-                            line.outcome = "ok".into();
-                            line.values = Some(values);
-                            line.context_out = context_out;
-                        }
-                        Err(e) => {
-                            line.outcome = "fail".into();
-                            line.error = Some(e);
-                        }
-                    },
-                    (_, 200..=299) => {
-                        line.outcome = "ok".into();
-                        line.context_out = context_out;
-                    }
-                    (_, status) => {
-                        // A 4xx was refused before anything was stored; a 503 may have
-                        // reached some replicas.
-                        line.outcome = if (400..500).contains(&status) {
-                            "fail"
-                        } else {
-                            "unknown"
-                        }
-                        .into();
-                        line.error = Some(response.error_message());
-                    }
-                }
-            }
+        },
+        (_, 200..=299) => {
+            line.outcome = "ok".into();
+            line.context_out = context_out;
         }
-        if line.outcome == "ok" {
-            match &line.context_out {
-                Some(ctx) => {
-                    self.contexts.insert(key, ctx.clone());
-                }
-                None => {
-                    self.contexts.remove(&key);
-                }
+        (_, status) => {
+            // A 4xx was refused before anything was stored; a 503 may have
+            // reached some replicas.
+            line.outcome = if (400..500).contains(&status) {
+                "fail"
+            } else {
+                "unknown"
             }
+            .into();
+            line.error = Some(response.error_message());
         }
-        line
     }
 }
 
