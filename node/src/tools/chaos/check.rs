@@ -233,44 +233,65 @@ pub fn analyze(
             .entry(format!("{} {}", h.op, h.outcome))
             .or_insert(0) += 1;
     }
-
-    // Every value any client tried to write, whatever the outcome.
-    let written: HashSet<&str> = history
-        .iter()
-        .filter(|h| h.op == "put")
-        .filter_map(|h| h.value.as_deref())
-        .collect();
-
     lost_puts(history, finals, &mut s);
     s.acked_writes = history
         .iter()
         .filter(|h| is_write(&h.op) && h.outcome == "ok")
         .count();
+    let phantoms = phantom_values(history, finals);
+    s.phantom = phantoms.len();
+    s.phantom_examples = phantoms.into_iter().take(10).collect();
+    for h in acked_reads(history) {
+        *s.read_siblings
+            .entry(h.values.as_ref().map_or(0, Vec::len))
+            .or_insert(0) += 1;
+    }
+    final_siblings_and_divergence(finals, &mut s);
+    session_guarantees(history, &mut s);
+    s.phases = phase_stats(history, faults);
+    s.windows = window_stats(history, faults);
+    s
+}
 
-    // Phantom values: in a read or a final state but never written.
-    let mut phantoms = BTreeSet::new();
-    for h in history
+fn acked_reads(history: &[HistoryLine]) -> impl Iterator<Item = &HistoryLine> {
+    history
         .iter()
         .filter(|h| h.op == "get" && h.outcome == "ok")
-    {
+}
+
+/// Values in a read or a final state that no client ever tried to write (whatever the
+/// write's outcome), described for the report.
+fn phantom_values(history: &[HistoryLine], finals: &HashMap<String, FinalKey>) -> BTreeSet<String> {
+    let written: HashSet<&str> = history
+        .iter()
+        .filter(|h| h.op == "put")
+        .filter_map(|h| h.value.as_deref())
+        .collect();
+    let mut phantoms = BTreeSet::new();
+    for h in acked_reads(history) {
         for v in h.values.iter().flatten() {
             if !written.contains(v.as_str()) {
                 phantoms.insert(format!("{} = {v} (read by session {})", h.key, h.session));
             }
         }
-        *s.read_siblings
-            .entry(h.values.as_ref().map_or(0, Vec::len))
-            .or_insert(0) += 1;
     }
-    let mut keys: Vec<&String> = finals.keys().collect();
-    keys.sort();
-    for key in keys {
-        let f = &finals[key];
+    for (key, f) in finals {
         for v in &f.values {
             if !written.contains(v.as_str()) {
                 phantoms.insert(format!("{key} = {v} (in the final state)"));
             }
         }
+    }
+    phantoms
+}
+
+/// Sibling counts of the converged keys; the others counted as divergent, the first ten
+/// (in key order) described.
+fn final_siblings_and_divergence(finals: &HashMap<String, FinalKey>, s: &mut Summary) {
+    let mut keys: Vec<&String> = finals.keys().collect();
+    keys.sort();
+    for key in keys {
+        let f = &finals[key];
         if f.converged {
             *s.final_siblings.entry(f.siblings).or_insert(0) += 1;
         } else {
@@ -283,10 +304,10 @@ pub fn analyze(
             }
         }
     }
-    s.phantom = phantoms.len();
-    s.phantom_examples = phantoms.into_iter().take(10).collect();
+}
 
-    // Session guarantees, per (session, key), in the session's own order.
+/// Read-your-writes and monotonic reads, per (session, key), in the session's own order.
+fn session_guarantees(history: &[HistoryLine], s: &mut Summary) {
     let mut by_session: BTreeMap<(usize, &str), Vec<&HistoryLine>> = BTreeMap::new();
     for h in history {
         by_session
@@ -296,43 +317,49 @@ pub fn analyze(
     }
     for ops in by_session.values_mut() {
         ops.sort_by_key(|h| h.seq);
-        // This session's last acked write of the key: its value (none for a delete), its
-        // answer context, and whether that context holds a version the request's did not.
-        let mut my_write: Option<(Option<&str>, Context, Context)> = None;
-        let mut last_read: Option<Context> = None;
-        for h in ops.iter() {
-            if h.outcome != "ok" {
-                continue;
-            }
-            if is_write(&h.op) {
-                let input = context_of(h.context_in.as_deref()).unwrap_or_default();
-                let output = context_of(h.context_out.as_deref()).unwrap_or_default();
-                my_write = Some((h.value.as_deref(), input, output));
-                continue;
-            }
-            let Some(seen) = context_of(h.context_out.as_deref()) else {
-                continue;
-            };
-            if let Some((value, input, out)) = &my_write {
-                s.ryw_checked += 1;
-                // The read returned the write's value, or saw its version (or a successor).
-                let read_it = value.is_some_and(|v| h.values.iter().flatten().any(|x| x == v));
-                let saw_version = minted(input, out) && covers_added(&seen, input, out);
-                if !(read_it || saw_version) {
-                    s.ryw_violations += 1;
-                }
-            }
-            if let Some(r) = &last_read {
-                s.monotonic_checked += 1;
-                if !seen.descends(r) {
-                    s.monotonic_violations += 1;
-                }
-            }
-            last_read = Some(seen);
-        }
+        session_key_guarantees(ops, s);
     }
+}
 
-    // Availability and latency per phase and per window.
+/// The session guarantees over one session's operations on one key, sorted by `seq`.
+fn session_key_guarantees(ops: &[&HistoryLine], s: &mut Summary) {
+    // This session's last acked write of the key: its value (none for a delete), its
+    // request context, and its answer context (whether that holds a version the request's
+    // did not tells whether the write minted one).
+    let mut my_write: Option<(Option<&str>, Context, Context)> = None;
+    let mut last_read: Option<Context> = None;
+    for h in ops.iter().filter(|h| h.outcome == "ok") {
+        if is_write(&h.op) {
+            let input = context_of(h.context_in.as_deref()).unwrap_or_default();
+            let output = context_of(h.context_out.as_deref()).unwrap_or_default();
+            my_write = Some((h.value.as_deref(), input, output));
+            continue;
+        }
+        let Some(seen) = context_of(h.context_out.as_deref()) else {
+            continue;
+        };
+        if let Some((value, input, out)) = &my_write {
+            s.ryw_checked += 1;
+            // The read returned the write's value, or saw its version (or a successor).
+            let read_it = value.is_some_and(|v| h.values.iter().flatten().any(|x| x == v));
+            let saw_version = minted(input, out) && covers_added(&seen, input, out);
+            if !(read_it || saw_version) {
+                s.ryw_violations += 1;
+            }
+        }
+        if let Some(r) = &last_read {
+            s.monotonic_checked += 1;
+            if !seen.descends(r) {
+                s.monotonic_violations += 1;
+            }
+        }
+        last_read = Some(seen);
+    }
+}
+
+/// Availability and latency per fault phase (the set of faults active when a request
+/// started), in phase order.
+fn phase_stats(history: &[HistoryLine], faults: &[FaultWindow]) -> Vec<PhaseStats> {
     let mut phases: BTreeMap<String, (usize, usize, Vec<f64>)> = BTreeMap::new();
     for h in history {
         let e = phases.entry(phase_at(faults, h.start_ms)).or_default();
@@ -342,58 +369,62 @@ pub fn analyze(
         }
         e.2.push(h.end_ms - h.start_ms);
     }
-    for (phase, (ops, ok, mut lat)) in phases {
-        lat.sort_by(f64::total_cmp);
-        s.phases.push(PhaseStats {
-            phase,
-            ops,
-            ok,
-            unavailable: ops - ok,
-            unavailable_rate: round((ops - ok) as f64 / ops.max(1) as f64, 4),
-            p50_ms: round(percentile(&lat, 0.5), 1),
-            p99_ms: round(percentile(&lat, 0.99), 1),
-            p999_ms: round(percentile(&lat, 0.999), 1),
-            max_ms: round(lat.last().copied().unwrap_or(0.0), 1),
-        });
-    }
+    phases
+        .into_iter()
+        .map(|(phase, (ops, ok, mut lat))| {
+            lat.sort_by(f64::total_cmp);
+            PhaseStats {
+                phase,
+                ops,
+                ok,
+                unavailable: ops - ok,
+                unavailable_rate: round((ops - ok) as f64 / ops.max(1) as f64, 4),
+                p50_ms: round(percentile(&lat, 0.5), 1),
+                p99_ms: round(percentile(&lat, 0.99), 1),
+                p999_ms: round(percentile(&lat, 0.999), 1),
+                max_ms: round(lat.last().copied().unwrap_or(0.0), 1),
+            }
+        })
+        .collect()
+}
+
+/// Availability and latency of the requests that started inside each fault window, the
+/// windows placed in seconds from the first request.
+fn window_stats(history: &[HistoryLine], faults: &[FaultWindow]) -> Vec<WindowStats> {
     let t0 = history
         .iter()
         .map(|h| h.start_ms)
         .fold(f64::INFINITY, f64::min);
-    for f in faults {
-        let inside: Vec<&HistoryLine> = history
-            .iter()
-            .filter(|h| f.start_ms <= h.start_ms && h.start_ms < f.end_ms)
-            .collect();
-        let mut lat: Vec<f64> = inside.iter().map(|h| h.end_ms - h.start_ms).collect();
-        lat.sort_by(f64::total_cmp);
-        let bad = inside.iter().filter(|h| h.outcome != "ok").count();
-        s.windows.push(WindowStats {
-            kind: f.kind.clone(),
-            targets: f.targets.clone(),
-            detail: f.detail.clone(),
-            start_s: round(
-                if t0.is_finite() {
-                    (f.start_ms - t0) / 1000.0
-                } else {
-                    0.0
-                },
-                1,
-            ),
-            end_s: round(
-                if t0.is_finite() {
-                    (f.end_ms - t0) / 1000.0
-                } else {
-                    0.0
-                },
-                1,
-            ),
-            ops: inside.len(),
-            unavailable_rate: round(bad as f64 / inside.len().max(1) as f64, 4),
-            p99_ms: round(percentile(&lat, 0.99), 1),
-        });
-    }
-    s
+    let seconds_in = |ms: f64| {
+        let seconds = if t0.is_finite() {
+            (ms - t0) / 1000.0
+        } else {
+            0.0
+        };
+        round(seconds, 1)
+    };
+    faults
+        .iter()
+        .map(|f| {
+            let inside: Vec<&HistoryLine> = history
+                .iter()
+                .filter(|h| f.start_ms <= h.start_ms && h.start_ms < f.end_ms)
+                .collect();
+            let mut lat: Vec<f64> = inside.iter().map(|h| h.end_ms - h.start_ms).collect();
+            lat.sort_by(f64::total_cmp);
+            let bad = inside.iter().filter(|h| h.outcome != "ok").count();
+            WindowStats {
+                kind: f.kind.clone(),
+                targets: f.targets.clone(),
+                detail: f.detail.clone(),
+                start_s: seconds_in(f.start_ms),
+                end_s: seconds_in(f.end_ms),
+                ops: inside.len(),
+                unavailable_rate: round(bad as f64 / inside.len().max(1) as f64, 4),
+                p99_ms: round(percentile(&lat, 0.99), 1),
+            }
+        })
+        .collect()
 }
 
 /// Lost acknowledged puts, by observation (see the module doc), key by key.
