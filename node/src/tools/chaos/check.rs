@@ -532,16 +532,23 @@ pub fn markdown(s: &Summary, faults: &[FaultWindow]) -> String {
     let mut out = String::new();
     let verdict = if s.passed() { "PASS" } else { "FAIL" };
     let _ = writeln!(out, "# Chaos run: {verdict}\n");
+    markdown_checks(&mut out, s);
+    markdown_examples(&mut out, s);
+    markdown_phases(&mut out, s);
+    if !faults.is_empty() {
+        markdown_windows(&mut out, s);
+    }
+    out
+}
+
+/// The headline table: one row per check, then the errors.
+fn markdown_checks(out: &mut String, s: &Summary) {
     let _ = writeln!(out, "| check | result |\n|---|---|");
     let _ = writeln!(
         out,
         "| operations | {} ({}) |",
         s.ops,
-        s.ops_by_kind
-            .iter()
-            .map(|(k, n)| format!("{k}: {n}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        counts(&s.ops_by_kind)
     );
     let _ = writeln!(out, "| acknowledged writes lost | **{}** of {} acked puts ({} present, {} superseded by an acked write, {} by a write of unknown outcome) |", s.lost, s.acked_puts, s.present, s.superseded_by_acked, s.superseded_by_unknown);
     let _ = writeln!(out, "| values no client wrote | **{}** |", s.phantom);
@@ -574,16 +581,16 @@ pub fn markdown(s: &Summary, faults: &[FaultWindow]) -> String {
         let _ = writeln!(
             out,
             "| lost writes by acknowledging node | {} |",
-            s.lost_by_node
-                .iter()
-                .map(|(k, n)| format!("{k}: {n}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            counts(&s.lost_by_node)
         );
     }
     for e in &s.errors {
         let _ = writeln!(out, "| error | {e} |");
     }
+}
+
+/// Every lost write, and the first phantom values and divergent keys.
+fn markdown_examples(out: &mut String, s: &Summary) {
     if !s.lost_writes.is_empty() {
         let _ = writeln!(out, "\n## Lost writes ({})\n", s.lost_writes.len());
         for l in &s.lost_writes {
@@ -601,6 +608,9 @@ pub fn markdown(s: &Summary, faults: &[FaultWindow]) -> String {
             }
         }
     }
+}
+
+fn markdown_phases(out: &mut String, s: &Summary) {
     let _ = writeln!(out, "\n## Per fault phase\n\nA phase is the set of faults active when a request started. Unavailable: anything but a success (503, timeout, refused connection); a 404 read is a success.\n");
     let _ = writeln!(out, "| phase | ops | unavailable | rate | p50 ms | p99 ms | p99.9 ms | max ms |\n|---|---|---|---|---|---|---|---|");
     for p in &s.phases {
@@ -617,38 +627,44 @@ pub fn markdown(s: &Summary, faults: &[FaultWindow]) -> String {
             p.max_ms
         );
     }
-    if !faults.is_empty() {
-        let _ = writeln!(
-            out,
-            "\n## Fault schedule (seconds from the first request)\n"
-        );
-        let _ = writeln!(out, "| from | to | fault | targets | detail | ops | unavailable | p99 ms |\n|---|---|---|---|---|---|---|---|");
-        for w in &s.windows {
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} | {} | {} | {} | {:.1}% | {} |",
-                w.start_s,
-                w.end_s,
-                w.kind,
-                w.targets.join(" "),
-                w.detail,
-                w.ops,
-                w.unavailable_rate * 100.0,
-                w.p99_ms
-            );
-        }
-    }
-    out
 }
 
-fn dist(d: &BTreeMap<usize, usize>) -> String {
-    if d.is_empty() {
-        return "-".into();
+fn markdown_windows(out: &mut String, s: &Summary) {
+    let _ = writeln!(
+        out,
+        "\n## Fault schedule (seconds from the first request)\n"
+    );
+    let _ = writeln!(out, "| from | to | fault | targets | detail | ops | unavailable | p99 ms |\n|---|---|---|---|---|---|---|---|");
+    for w in &s.windows {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {:.1}% | {} |",
+            w.start_s,
+            w.end_s,
+            w.kind,
+            w.targets.join(" "),
+            w.detail,
+            w.ops,
+            w.unavailable_rate * 100.0,
+            w.p99_ms
+        );
     }
+}
+
+/// `k: n, k: n, ...` in key order (empty for no entries).
+fn counts<K: std::fmt::Display>(d: &BTreeMap<K, usize>) -> String {
     d.iter()
         .map(|(k, n)| format!("{k}: {n}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// A distribution for the report, `-` when there is none.
+fn dist(d: &BTreeMap<usize, usize>) -> String {
+    if d.is_empty() {
+        return "-".into();
+    }
+    counts(d)
 }
 
 /// The terminal summary: the headline numbers and the per-phase table.
@@ -667,15 +683,7 @@ pub fn terminal(s: &Summary) -> String {
     );
     let _ = writeln!(out, "  LOST acked writes   {}", s.lost);
     if !s.lost_by_node.is_empty() {
-        let _ = writeln!(
-            out,
-            "  lost by node        {}",
-            s.lost_by_node
-                .iter()
-                .map(|(k, n)| format!("{k}: {n}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        let _ = writeln!(out, "  lost by node        {}", counts(&s.lost_by_node));
     }
     let _ = writeln!(out, "  phantom values      {}", s.phantom);
     let _ = writeln!(out, "  divergent keys      {} of {}", s.divergent, s.keys);
