@@ -32,9 +32,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::cli::{CheckArgs, CliError, CliResult};
-use crate::tools::bench::parse_duration;
+use crate::tools::bench::parse_duration_flag;
 use crate::tools::chaos::observed;
-use crate::tools::chaos::workload::HistoryLine;
+use crate::tools::chaos::workload::{node_urls, HistoryLine};
 use chorus_api::client::{self as http_client, BaseUrl, HttpClient};
 use chorus_core::causality::Context;
 
@@ -1010,79 +1010,15 @@ pub fn run(args: CheckArgs) -> CliResult {
         .unwrap_or_else(|| args.dir.join("history.jsonl"));
     let history: Vec<HistoryLine> = read_jsonl(&history_path, true)?;
     let faults: Vec<FaultWindow> = read_jsonl(&args.dir.join("faults.jsonl"), false)?;
-    let converge = parse_duration(&args.converge_timeout)
-        .map_err(|e| CliError::usage(format!("--converge-timeout: {e}")))?;
-    let urls = args
-        .nodes
-        .iter()
-        .map(|n| BaseUrl::parse(n.trim()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(CliError::usage)?;
+    let converge = parse_duration_flag("--converge-timeout", &args.converge_timeout)?;
+    let urls = node_urls(&args.nodes)?;
     let keys: BTreeSet<String> = history.iter().map(|h| h.key.clone()).collect();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| CliError::failed(format!("cannot start the async runtime: {e}")))?;
     let started = Instant::now();
-    let (finals, errors) = runtime.block_on(async {
-        let deadline = Instant::now() + converge;
-        let mut errors = Vec::new();
-        let mut cluster = match Cluster::connect(&urls, deadline).await {
-            Ok(c) => c,
-            Err(e) => return (HashMap::new(), vec![e]),
-        };
-        if !cluster.wait_alive(deadline).await {
-            errors.push("not every node saw every other as alive before the deadline".to_string());
-        }
-        let mut primaries: HashMap<String, Vec<String>> = HashMap::new();
-        let mut finals: HashMap<String, FinalKey> = HashMap::new();
-        let mut pending: Vec<String> = keys.iter().cloned().collect();
-        let mut read_errors: BTreeMap<String, String> = BTreeMap::new();
-        loop {
-            let mut still = Vec::new();
-            for key in &pending {
-                if !primaries.contains_key(key) {
-                    match cluster.primaries(&args.bucket, key).await {
-                        Ok(p) => {
-                            primaries.insert(key.clone(), p);
-                        }
-                        Err(e) => {
-                            errors.push(e);
-                            return (finals, errors);
-                        }
-                    }
-                }
-                match cluster.states(&args.bucket, key).await {
-                    Ok(states) => {
-                        let fin = final_key(&primaries[key], &states);
-                        if !fin.converged {
-                            still.push(key.clone());
-                        }
-                        finals.insert(key.clone(), fin);
-                        read_errors.remove(key);
-                    }
-                    Err(e) => {
-                        // A node not answering yet: try again until the deadline.
-                        read_errors.insert(key.clone(), e);
-                        still.push(key.clone());
-                        continue;
-                    }
-                }
-            }
-            pending = still;
-            if pending.is_empty() || Instant::now() > deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_secs(2)).await;
-        }
-        errors.extend(
-            read_errors
-                .into_iter()
-                .take(3)
-                .map(|(k, e)| format!("reading {k}: {e}")),
-        );
-        (finals, errors)
-    });
+    let (finals, errors) = runtime.block_on(gather_finals(&urls, &args.bucket, &keys, converge));
     let mut summary = analyze(&history, &faults, &finals);
     summary.errors.extend(errors);
     let missing = keys.iter().filter(|k| !finals.contains_key(*k)).count();
@@ -1091,27 +1027,8 @@ pub fn run(args: CheckArgs) -> CliResult {
             .errors
             .push(format!("{missing} keys' final states could not be read"));
     }
-    let mut report = markdown(&summary, &faults);
-    if let Some(line) = run_description(&args.dir) {
-        let at = report.find('\n').map_or(0, |i| i + 1);
-        report.insert_str(at, &format!("\n{line}\n"));
-    }
-    let write = |name: &str, text: String| {
-        std::fs::write(args.dir.join(name), text).map_err(|e| {
-            CliError::failed(format!(
-                "cannot write {}: {e}",
-                args.dir.join(name).display()
-            ))
-        })
-    };
-    write("report.md", report)?;
-    let mut json = serde_json::to_value(&summary).expect("a summary serializes");
-    json["passed"] = json!(summary.passed());
-    json["converge_wait_s"] = json!(round(started.elapsed().as_secs_f64(), 1));
-    write(
-        "summary.json",
-        serde_json::to_string_pretty(&json).expect("JSON"),
-    )?;
+    write_report(&args.dir, &summary, &faults)?;
+    write_summary(&args.dir, &summary, started)?;
     print!("{}", terminal(&summary));
     println!(
         "  (replicas read after {:.1} s; report: {})",
@@ -1125,6 +1042,120 @@ pub fn run(args: CheckArgs) -> CliResult {
             "the checker found lost writes, phantom values, divergent replicas or errors",
         ))
     }
+}
+
+/// Connects to the cluster and reads every key's final state, again while some have not
+/// converged, until they all have or the deadline passed. Returns the states read and
+/// what went wrong.
+async fn gather_finals(
+    urls: &[BaseUrl],
+    bucket: &str,
+    keys: &BTreeSet<String>,
+    converge: Duration,
+) -> (HashMap<String, FinalKey>, Vec<String>) {
+    let deadline = Instant::now() + converge;
+    let mut errors = Vec::new();
+    let mut cluster = match Cluster::connect(urls, deadline).await {
+        Ok(c) => c,
+        Err(e) => return (HashMap::new(), vec![e]),
+    };
+    if !cluster.wait_alive(deadline).await {
+        errors.push("not every node saw every other as alive before the deadline".to_string());
+    }
+    let mut gathered = Gathered::default();
+    let mut pending: Vec<String> = keys.iter().cloned().collect();
+    loop {
+        pending = match gathered.read_pass(&mut cluster, bucket, &pending).await {
+            Ok(still) => still,
+            Err(e) => {
+                errors.push(e);
+                return (gathered.finals, errors);
+            }
+        };
+        if pending.is_empty() || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    errors.extend(
+        gathered
+            .read_errors
+            .into_iter()
+            .take(3)
+            .map(|(k, e)| format!("reading {k}: {e}")),
+    );
+    (gathered.finals, errors)
+}
+
+/// What the checker has read of the keys' final states so far.
+#[derive(Default)]
+struct Gathered {
+    /// Per key, its primaries (asked once).
+    primaries: HashMap<String, Vec<String>>,
+    finals: HashMap<String, FinalKey>,
+    /// Per key, why its replicas could not be read the last time (none once they were).
+    read_errors: BTreeMap<String, String>,
+}
+
+impl Gathered {
+    /// Reads the replicas of every key in `pending` once. Returns the keys to read again
+    /// (not converged, or a node did not answer), or why no key can be placed.
+    async fn read_pass(
+        &mut self,
+        cluster: &mut Cluster,
+        bucket: &str,
+        pending: &[String],
+    ) -> Result<Vec<String>, String> {
+        let mut still = Vec::new();
+        for key in pending {
+            if !self.primaries.contains_key(key) {
+                let primaries = cluster.primaries(bucket, key).await?;
+                self.primaries.insert(key.clone(), primaries);
+            }
+            match cluster.states(bucket, key).await {
+                Ok(states) => {
+                    let fin = final_key(&self.primaries[key], &states);
+                    if !fin.converged {
+                        still.push(key.clone());
+                    }
+                    self.finals.insert(key.clone(), fin);
+                    self.read_errors.remove(key);
+                }
+                Err(e) => {
+                    // A node not answering yet: try again until the deadline.
+                    self.read_errors.insert(key.clone(), e);
+                    still.push(key.clone());
+                }
+            }
+        }
+        Ok(still)
+    }
+}
+
+/// Writes `report.md`: the markdown report, the run's description under its title.
+fn write_report(dir: &Path, summary: &Summary, faults: &[FaultWindow]) -> CliResult {
+    let mut report = markdown(summary, faults);
+    if let Some(line) = run_description(dir) {
+        let at = report.find('\n').map_or(0, |i| i + 1);
+        report.insert_str(at, &format!("\n{line}\n"));
+    }
+    write_output(dir, "report.md", report)
+}
+
+/// Writes `summary.json`: the summary, its verdict and how long since `started` (when the
+/// checker began waiting for the replicas).
+fn write_summary(dir: &Path, summary: &Summary, started: Instant) -> CliResult {
+    let mut json = serde_json::to_value(summary).expect("a summary serializes");
+    json["passed"] = json!(summary.passed());
+    json["converge_wait_s"] = json!(round(started.elapsed().as_secs_f64(), 1));
+    let text = serde_json::to_string_pretty(&json).expect("JSON");
+    write_output(dir, "summary.json", text)
+}
+
+fn write_output(dir: &Path, name: &str, text: String) -> CliResult {
+    let path = dir.join(name);
+    std::fs::write(&path, text)
+        .map_err(|e| CliError::failed(format!("cannot write {}: {e}", path.display())))
 }
 
 #[cfg(test)]
