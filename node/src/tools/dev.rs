@@ -157,25 +157,7 @@ pub fn run(args: DevArgs) -> CliResult {
     check_ports_free(&nodes).map_err(CliError::usage)?;
     std::fs::create_dir_all(&args.dir)
         .map_err(|e| CliError::usage(format!("cannot create {}: {e}", args.dir.display())))?;
-    let certs = args.dir.join("certs");
-    if certs.exists() {
-        crate::server::certs::load(&certs).map_err(|e| {
-            CliError::usage(format!(
-                "cannot reuse the credential in {}: {e}",
-                certs.display()
-            ))
-        })?;
-        eprintln!(
-            "chorus dev: reusing the cluster credential in {}",
-            certs.display()
-        );
-    } else {
-        crate::server::certs::init(&certs, false).map_err(CliError::usage)?;
-        eprintln!(
-            "chorus dev: created a cluster credential in {}",
-            certs.display()
-        );
-    }
+    let certs = cluster_credential(&args.dir)?;
     let exe = std::env::current_exe()
         .map_err(|e| CliError::failed(format!("cannot find the chorus executable: {e}")))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -209,6 +191,30 @@ pub fn run(args: DevArgs) -> CliResult {
         }
         cluster.supervise(&args.dir).await
     })
+}
+
+/// The cluster credential in `dir/certs`: the one already there (checked), or a new one.
+fn cluster_credential(dir: &Path) -> Result<PathBuf, CliError> {
+    let certs = dir.join("certs");
+    if certs.exists() {
+        crate::server::certs::load(&certs).map_err(|e| {
+            CliError::usage(format!(
+                "cannot reuse the credential in {}: {e}",
+                certs.display()
+            ))
+        })?;
+        eprintln!(
+            "chorus dev: reusing the cluster credential in {}",
+            certs.display()
+        );
+    } else {
+        crate::server::certs::init(&certs, false).map_err(CliError::usage)?;
+        eprintln!(
+            "chorus dev: created a cluster credential in {}",
+            certs.display()
+        );
+    }
+    Ok(certs)
 }
 
 fn spawn(exe: &Path, node: &NodePlan, args: &[String]) -> std::io::Result<Child> {

@@ -57,10 +57,8 @@ pub fn run(args: BenchArgs) -> CliResult {
         _ => None,
     };
     if let Some(floor) = floor {
-        let duration = parse_duration(&args.duration)
-            .map_err(|e| CliError::usage(format!("--duration: {e}")))?;
-        let warmup =
-            parse_duration(&args.warmup).map_err(|e| CliError::usage(format!("--warmup: {e}")))?;
+        let duration = parse_duration_flag("--duration", &args.duration)?;
+        let warmup = parse_duration_flag("--warmup", &args.warmup)?;
         if duration.is_zero() || args.concurrency == 0 {
             return Err(CliError::usage(
                 "--duration and --concurrency must be more than zero",
@@ -163,86 +161,17 @@ struct Config {
 
 impl Config {
     fn from_args(args: BenchArgs) -> Result<Config, CliError> {
-        let duration = parse_duration(&args.duration)
-            .map_err(|e| CliError::usage(format!("--duration: {e}")))?;
+        let duration = parse_duration_flag("--duration", &args.duration)?;
         if duration.is_zero() {
             return Err(CliError::usage("--duration must be more than zero"));
         }
-        let warmup =
-            parse_duration(&args.warmup).map_err(|e| CliError::usage(format!("--warmup: {e}")))?;
-        let timeout = parse_duration(&args.timeout)
-            .map_err(|e| CliError::usage(format!("--timeout: {e}")))?;
+        let warmup = parse_duration_flag("--warmup", &args.warmup)?;
+        let timeout = parse_duration_flag("--timeout", &args.timeout)?;
         if timeout.is_zero() {
             return Err(CliError::usage("--timeout must be more than zero"));
         }
-        if args.concurrency == 0 {
-            return Err(CliError::usage("--concurrency must be at least 1"));
-        }
-        if args.keys == 0 {
-            return Err(CliError::usage("--keys must be at least 1"));
-        }
-        if args.rate == Some(0) {
-            return Err(CliError::usage(
-                "--rate must be at least 1 request per second",
-            ));
-        }
-        for (flag, ratio) in [
-            ("--read-ratio", args.read_ratio),
-            ("--delete-ratio", args.delete_ratio),
-        ] {
-            if !(0.0..=1.0).contains(&ratio) {
-                return Err(CliError::usage(format!(
-                    "{flag} must be between 0 and 1, not {ratio}"
-                )));
-            }
-        }
-        if args.read_ratio + args.delete_ratio > 1.0 + 1e-9 {
-            return Err(CliError::usage(
-                "--read-ratio plus --delete-ratio must not exceed 1",
-            ));
-        }
-        if args.bucket.is_empty() {
-            return Err(CliError::usage("--bucket is empty"));
-        }
-        if args.target != BenchTarget::Chorus {
-            if args.r.is_some() || args.w.is_some() {
-                return Err(CliError::usage("--r and --w apply to --target chorus only"));
-            }
-        }
-        // The default node list is chorus's; for the other targets it means "their usual
-        // local port", so `chorus bench --target redis` works against a local redis.
-        let nodes = if args.nodes == [CHORUS_DEFAULT_NODE] {
-            vec![match args.target {
-                BenchTarget::Chorus => CHORUS_DEFAULT_NODE,
-                BenchTarget::Etcd => ETCD_DEFAULT_NODE,
-                BenchTarget::Redis => REDIS_DEFAULT_NODE,
-                BenchTarget::QuicFloor | BenchTarget::BareQuinn => {
-                    unreachable!("the floors are handled before the config")
-                }
-            }
-            .to_string()]
-        } else {
-            args.nodes
-                .iter()
-                .map(|n| n.trim().to_string())
-                .filter(|n| !n.is_empty())
-                .collect()
-        };
-        if nodes.is_empty() {
-            return Err(CliError::usage("--nodes is empty"));
-        }
-        let endpoints = nodes
-            .iter()
-            .map(|n| match args.target {
-                BenchTarget::Chorus => BaseUrl::parse(n).map(Endpoint::Chorus),
-                BenchTarget::Etcd => BaseUrl::parse(n).map(Endpoint::Etcd),
-                BenchTarget::Redis => parse_redis_address(n).map(Endpoint::Redis),
-                BenchTarget::QuicFloor | BenchTarget::BareQuinn => {
-                    unreachable!("the floors are handled before the config")
-                }
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(CliError::usage)?;
+        check_workload_flags(&args)?;
+        let endpoints = endpoints(&args)?;
         let keys = match args.distribution {
             KeyDistribution::Uniform => KeyChooser::Uniform(args.keys),
             KeyDistribution::Zipfian => KeyChooser::Zipf(Zipf::new(args.keys, ZIPF_THETA)),
@@ -279,6 +208,101 @@ impl Config {
             BenchTarget::BareQuinn => "bare-quinn",
         }
     }
+}
+
+/// The flags that shape the workload, other than durations and nodes.
+fn check_workload_flags(args: &BenchArgs) -> CliResult {
+    if args.concurrency == 0 {
+        return Err(CliError::usage("--concurrency must be at least 1"));
+    }
+    if args.keys == 0 {
+        return Err(CliError::usage("--keys must be at least 1"));
+    }
+    if args.rate == Some(0) {
+        return Err(CliError::usage(
+            "--rate must be at least 1 request per second",
+        ));
+    }
+    check_ratios(&[
+        ("--read-ratio", args.read_ratio),
+        ("--delete-ratio", args.delete_ratio),
+    ])?;
+    if args.read_ratio + args.delete_ratio > 1.0 + 1e-9 {
+        return Err(CliError::usage(
+            "--read-ratio plus --delete-ratio must not exceed 1",
+        ));
+    }
+    if args.bucket.is_empty() {
+        return Err(CliError::usage("--bucket is empty"));
+    }
+    if args.target != BenchTarget::Chorus && (args.r.is_some() || args.w.is_some()) {
+        return Err(CliError::usage("--r and --w apply to --target chorus only"));
+    }
+    Ok(())
+}
+
+/// The `--nodes` of the target, in its protocol.
+fn endpoints(args: &BenchArgs) -> Result<Vec<Endpoint>, CliError> {
+    // The default node list is chorus's; for the other targets it means "their usual
+    // local port", so `chorus bench --target redis` works against a local redis.
+    let nodes = if args.nodes == [CHORUS_DEFAULT_NODE] {
+        vec![match args.target {
+            BenchTarget::Chorus => CHORUS_DEFAULT_NODE,
+            BenchTarget::Etcd => ETCD_DEFAULT_NODE,
+            BenchTarget::Redis => REDIS_DEFAULT_NODE,
+            BenchTarget::QuicFloor | BenchTarget::BareQuinn => {
+                unreachable!("the floors are handled before the config")
+            }
+        }
+        .to_string()]
+    } else {
+        args.nodes
+            .iter()
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty())
+            .collect()
+    };
+    if nodes.is_empty() {
+        return Err(CliError::usage("--nodes is empty"));
+    }
+    nodes
+        .iter()
+        .map(|n| match args.target {
+            BenchTarget::Chorus => BaseUrl::parse(n).map(Endpoint::Chorus),
+            BenchTarget::Etcd => BaseUrl::parse(n).map(Endpoint::Etcd),
+            BenchTarget::Redis => parse_redis_address(n).map(Endpoint::Redis),
+            BenchTarget::QuicFloor | BenchTarget::BareQuinn => {
+                unreachable!("the floors are handled before the config")
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(CliError::usage)
+}
+
+/// A duration flag's value, or a usage error naming the flag.
+pub(crate) fn parse_duration_flag(flag: &str, text: &str) -> Result<Duration, CliError> {
+    parse_duration(text).map_err(|e| CliError::usage(format!("{flag}: {e}")))
+}
+
+/// Every `(flag, value)` must be a fraction, from 0 to 1.
+pub(crate) fn check_ratios(ratios: &[(&str, f64)]) -> CliResult {
+    for &(flag, ratio) in ratios {
+        if !(0.0..=1.0).contains(&ratio) {
+            return Err(CliError::usage(format!(
+                "{flag} must be between 0 and 1, not {ratio}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The random stream of worker (or session) `id`: distinct per id, reproducible from one
+/// seed.
+pub(crate) fn stream_rng(seed: u64, id: usize) -> StdRng {
+    StdRng::seed_from_u64(
+        seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add(id as u64),
+    )
 }
 
 /// `10s`, `500ms`, `1m`, `1.5h`: a number and a unit (ms, s, m, h).
@@ -871,6 +895,30 @@ struct Shared {
     contexts: Mutex<ContextCache>,
 }
 
+impl Shared {
+    /// The join of the contexts the workers were given for key `key_index`.
+    fn known_context(&self, key_index: u64) -> Option<String> {
+        self.contexts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .map
+            .get(&key_index)
+            .cloned()
+    }
+
+    /// Joins `context`, just given for key `key_index`, into what the workers know.
+    fn learn_context(&self, key_index: u64, context: &str) {
+        let known = self.known_context(key_index);
+        // Joined outside the lock; a join lost to a concurrent one only makes the next
+        // write cover less (a sibling, never a loss).
+        let joined = join_tokens(known.as_deref(), context);
+        self.contexts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key_index, joined);
+    }
+}
+
 /// Remembered causal contexts, by key index, bounded.
 struct ContextCache {
     map: HashMap<u64, String>,
@@ -977,13 +1025,7 @@ impl Worker {
         // read-modify-write client would, which keeps siblings to the truly concurrent.
         let context = match op {
             Op::Get => None,
-            _ => shared
-                .contexts
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .map
-                .get(&key_index)
-                .cloned(),
+            _ => shared.known_context(key_index),
         };
         let value = self.value.clone();
         let request = Request {
@@ -1012,21 +1054,7 @@ impl Worker {
         match &answer.result {
             Ok(success) => {
                 if let Some(ctx) = &success.context {
-                    let known = shared
-                        .contexts
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .map
-                        .get(&key_index)
-                        .cloned();
-                    // Joined outside the lock; a join lost to a concurrent one only makes
-                    // the next write cover less (a sibling, never a loss).
-                    let joined = join_tokens(known.as_deref(), ctx);
-                    shared
-                        .contexts
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .insert(key_index, joined);
+                    shared.learn_context(key_index, ctx);
                 }
             }
             Err(failure) if failure.connect => {
@@ -1068,13 +1096,7 @@ async fn bench(config: Arc<Config>) -> Result<Report, CliError> {
         let worker = Worker {
             id,
             shared: shared.clone(),
-            // Distinct, reproducible streams per worker from one seed.
-            rng: StdRng::seed_from_u64(
-                config
-                    .seed
-                    .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                    .wrapping_add(id as u64),
-            ),
+            rng: stream_rng(config.seed, id),
             node,
             backend: Backend::new(&config.endpoints[node], config.timeout),
             value: value.clone(),

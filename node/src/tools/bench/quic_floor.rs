@@ -207,65 +207,23 @@ pub fn run(
         };
         let body = vec![b'x'; body_size];
         client.call(&body).await.map_err(CliError::failed)?;
-
-        let histogram = Arc::new(Mutex::new(
-            Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
-        ));
-        let measuring = Arc::new(AtomicBool::new(false));
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut tasks = tokio::task::JoinSet::new();
-        for _ in 0..concurrency {
-            let (client, body, histogram, measuring, stop) = (
-                client.clone(),
-                body.clone(),
-                histogram.clone(),
-                measuring.clone(),
-                stop.clone(),
-            );
-            tasks.spawn(async move {
-                let mut errors = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let sent = Instant::now();
-                    match client.call(&body).await {
-                        Ok(_) if measuring.load(Ordering::Relaxed) => {
-                            let _ = histogram
-                                .lock()
-                                .unwrap_or_else(PoisonError::into_inner)
-                                .record(sent.elapsed().as_micros().max(1) as u64);
-                        }
-                        Ok(_) => {}
-                        Err(_) => errors += 1,
-                    }
-                }
-                errors
-            });
-        }
-        tokio::time::sleep(warmup).await;
-        let (cpu0, t0) = (cpu_time(), Instant::now());
-        measuring.store(true, Ordering::Relaxed);
-        tokio::time::sleep(duration).await;
-        measuring.store(false, Ordering::Relaxed);
-        let (cpu1, t1) = (cpu_time(), Instant::now());
-        stop.store(true, Ordering::Relaxed);
-        let mut errors = 0;
-        while let Some(r) = tasks.join_next().await {
-            errors += r.unwrap_or(1);
-        }
+        let measured = measure(client, body, concurrency, warmup, duration).await;
         ends.close().await;
-        let h = histogram
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        Ok::<_, CliError>((h, cpu1 - cpu0, t1 - t0, errors))
+        Ok::<_, CliError>(measured)
     });
-    let (h, cpu, elapsed, errors) = result?;
-    let calls = h.len();
+    let Measured {
+        latency,
+        cpu,
+        elapsed,
+        errors,
+    } = result?;
+    let calls = latency.len();
     if calls == 0 {
         return Err(CliError::failed("no QUIC call completed"));
     }
     let per_s = calls as f64 / elapsed.as_secs_f64();
     let cpu_us = cpu.as_secs_f64() * 1e6 / calls as f64;
-    let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    let ms = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
     if json_out {
         println!(
             "{}",
@@ -281,6 +239,90 @@ pub fn run(
         println!("  {per_s:.0} calls/s, {cpu_us:.1} us of CPU per call, p50 {:.3} ms, p99 {:.3} ms, {errors} errors", ms(0.5), ms(0.99));
     }
     Ok(())
+}
+
+/// What a measurement found.
+struct Measured {
+    /// Of the calls that succeeded while measuring, in microseconds.
+    latency: Histogram<u64>,
+    /// Of the whole process while measuring.
+    cpu: Duration,
+    elapsed: Duration,
+    /// Calls that failed, warm-up included.
+    errors: u64,
+}
+
+/// Keeps `concurrency` calls of `body` in flight through `client`: `warmup` unmeasured,
+/// then `duration` measured.
+async fn measure(
+    client: Caller,
+    body: Vec<u8>,
+    concurrency: usize,
+    warmup: Duration,
+    duration: Duration,
+) -> Measured {
+    let histogram = Arc::new(Mutex::new(
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
+    ));
+    let measuring = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..concurrency {
+        tasks.spawn(call_until_stopped(
+            client.clone(),
+            body.clone(),
+            histogram.clone(),
+            measuring.clone(),
+            stop.clone(),
+        ));
+    }
+    tokio::time::sleep(warmup).await;
+    let (cpu0, t0) = (cpu_time(), Instant::now());
+    measuring.store(true, Ordering::Relaxed);
+    tokio::time::sleep(duration).await;
+    measuring.store(false, Ordering::Relaxed);
+    let (cpu1, t1) = (cpu_time(), Instant::now());
+    stop.store(true, Ordering::Relaxed);
+    let mut errors = 0;
+    while let Some(r) = tasks.join_next().await {
+        errors += r.unwrap_or(1);
+    }
+    let latency = histogram
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    Measured {
+        latency,
+        cpu: cpu1 - cpu0,
+        elapsed: t1 - t0,
+        errors,
+    }
+}
+
+/// One caller: calls one after the other until `stop`, recording the latency of those
+/// that succeed while `measuring`. Returns how many failed.
+async fn call_until_stopped(
+    client: Caller,
+    body: Vec<u8>,
+    histogram: Arc<Mutex<Histogram<u64>>>,
+    measuring: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+) -> u64 {
+    let mut errors = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let sent = Instant::now();
+        match client.call(&body).await {
+            Ok(_) if measuring.load(Ordering::Relaxed) => {
+                let _ = histogram
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .record(sent.elapsed().as_micros().max(1) as u64);
+            }
+            Ok(_) => {}
+            Err(_) => errors += 1,
+        }
+    }
+    errors
 }
 
 #[cfg(test)]

@@ -32,9 +32,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::cli::{CheckArgs, CliError, CliResult};
-use crate::tools::bench::parse_duration;
+use crate::tools::bench::parse_duration_flag;
 use crate::tools::chaos::observed;
-use crate::tools::chaos::workload::HistoryLine;
+use crate::tools::chaos::workload::{node_urls, HistoryLine};
 use chorus_api::client::{self as http_client, BaseUrl, HttpClient};
 use chorus_core::causality::Context;
 
@@ -233,44 +233,65 @@ pub fn analyze(
             .entry(format!("{} {}", h.op, h.outcome))
             .or_insert(0) += 1;
     }
-
-    // Every value any client tried to write, whatever the outcome.
-    let written: HashSet<&str> = history
-        .iter()
-        .filter(|h| h.op == "put")
-        .filter_map(|h| h.value.as_deref())
-        .collect();
-
     lost_puts(history, finals, &mut s);
     s.acked_writes = history
         .iter()
         .filter(|h| is_write(&h.op) && h.outcome == "ok")
         .count();
+    let phantoms = phantom_values(history, finals);
+    s.phantom = phantoms.len();
+    s.phantom_examples = phantoms.into_iter().take(10).collect();
+    for h in acked_reads(history) {
+        *s.read_siblings
+            .entry(h.values.as_ref().map_or(0, Vec::len))
+            .or_insert(0) += 1;
+    }
+    final_siblings_and_divergence(finals, &mut s);
+    session_guarantees(history, &mut s);
+    s.phases = phase_stats(history, faults);
+    s.windows = window_stats(history, faults);
+    s
+}
 
-    // Phantom values: in a read or a final state but never written.
-    let mut phantoms = BTreeSet::new();
-    for h in history
+fn acked_reads(history: &[HistoryLine]) -> impl Iterator<Item = &HistoryLine> {
+    history
         .iter()
         .filter(|h| h.op == "get" && h.outcome == "ok")
-    {
+}
+
+/// Values in a read or a final state that no client ever tried to write (whatever the
+/// write's outcome), described for the report.
+fn phantom_values(history: &[HistoryLine], finals: &HashMap<String, FinalKey>) -> BTreeSet<String> {
+    let written: HashSet<&str> = history
+        .iter()
+        .filter(|h| h.op == "put")
+        .filter_map(|h| h.value.as_deref())
+        .collect();
+    let mut phantoms = BTreeSet::new();
+    for h in acked_reads(history) {
         for v in h.values.iter().flatten() {
             if !written.contains(v.as_str()) {
                 phantoms.insert(format!("{} = {v} (read by session {})", h.key, h.session));
             }
         }
-        *s.read_siblings
-            .entry(h.values.as_ref().map_or(0, Vec::len))
-            .or_insert(0) += 1;
     }
-    let mut keys: Vec<&String> = finals.keys().collect();
-    keys.sort();
-    for key in keys {
-        let f = &finals[key];
+    for (key, f) in finals {
         for v in &f.values {
             if !written.contains(v.as_str()) {
                 phantoms.insert(format!("{key} = {v} (in the final state)"));
             }
         }
+    }
+    phantoms
+}
+
+/// Sibling counts of the converged keys; the others counted as divergent, the first ten
+/// (in key order) described.
+fn final_siblings_and_divergence(finals: &HashMap<String, FinalKey>, s: &mut Summary) {
+    let mut keys: Vec<&String> = finals.keys().collect();
+    keys.sort();
+    for key in keys {
+        let f = &finals[key];
         if f.converged {
             *s.final_siblings.entry(f.siblings).or_insert(0) += 1;
         } else {
@@ -283,10 +304,10 @@ pub fn analyze(
             }
         }
     }
-    s.phantom = phantoms.len();
-    s.phantom_examples = phantoms.into_iter().take(10).collect();
+}
 
-    // Session guarantees, per (session, key), in the session's own order.
+/// Read-your-writes and monotonic reads, per (session, key), in the session's own order.
+fn session_guarantees(history: &[HistoryLine], s: &mut Summary) {
     let mut by_session: BTreeMap<(usize, &str), Vec<&HistoryLine>> = BTreeMap::new();
     for h in history {
         by_session
@@ -296,43 +317,49 @@ pub fn analyze(
     }
     for ops in by_session.values_mut() {
         ops.sort_by_key(|h| h.seq);
-        // This session's last acked write of the key: its value (none for a delete), its
-        // answer context, and whether that context holds a version the request's did not.
-        let mut my_write: Option<(Option<&str>, Context, Context)> = None;
-        let mut last_read: Option<Context> = None;
-        for h in ops.iter() {
-            if h.outcome != "ok" {
-                continue;
-            }
-            if is_write(&h.op) {
-                let input = context_of(h.context_in.as_deref()).unwrap_or_default();
-                let output = context_of(h.context_out.as_deref()).unwrap_or_default();
-                my_write = Some((h.value.as_deref(), input, output));
-                continue;
-            }
-            let Some(seen) = context_of(h.context_out.as_deref()) else {
-                continue;
-            };
-            if let Some((value, input, out)) = &my_write {
-                s.ryw_checked += 1;
-                // The read returned the write's value, or saw its version (or a successor).
-                let read_it = value.is_some_and(|v| h.values.iter().flatten().any(|x| x == v));
-                let saw_version = minted(input, out) && covers_added(&seen, input, out);
-                if !(read_it || saw_version) {
-                    s.ryw_violations += 1;
-                }
-            }
-            if let Some(r) = &last_read {
-                s.monotonic_checked += 1;
-                if !seen.descends(r) {
-                    s.monotonic_violations += 1;
-                }
-            }
-            last_read = Some(seen);
-        }
+        session_key_guarantees(ops, s);
     }
+}
 
-    // Availability and latency per phase and per window.
+/// The session guarantees over one session's operations on one key, sorted by `seq`.
+fn session_key_guarantees(ops: &[&HistoryLine], s: &mut Summary) {
+    // This session's last acked write of the key: its value (none for a delete), its
+    // request context, and its answer context (whether that holds a version the request's
+    // did not tells whether the write minted one).
+    let mut my_write: Option<(Option<&str>, Context, Context)> = None;
+    let mut last_read: Option<Context> = None;
+    for h in ops.iter().filter(|h| h.outcome == "ok") {
+        if is_write(&h.op) {
+            let input = context_of(h.context_in.as_deref()).unwrap_or_default();
+            let output = context_of(h.context_out.as_deref()).unwrap_or_default();
+            my_write = Some((h.value.as_deref(), input, output));
+            continue;
+        }
+        let Some(seen) = context_of(h.context_out.as_deref()) else {
+            continue;
+        };
+        if let Some((value, input, out)) = &my_write {
+            s.ryw_checked += 1;
+            // The read returned the write's value, or saw its version (or a successor).
+            let read_it = value.is_some_and(|v| h.values.iter().flatten().any(|x| x == v));
+            let saw_version = minted(input, out) && covers_added(&seen, input, out);
+            if !(read_it || saw_version) {
+                s.ryw_violations += 1;
+            }
+        }
+        if let Some(r) = &last_read {
+            s.monotonic_checked += 1;
+            if !seen.descends(r) {
+                s.monotonic_violations += 1;
+            }
+        }
+        last_read = Some(seen);
+    }
+}
+
+/// Availability and latency per fault phase (the set of faults active when a request
+/// started), in phase order.
+fn phase_stats(history: &[HistoryLine], faults: &[FaultWindow]) -> Vec<PhaseStats> {
     let mut phases: BTreeMap<String, (usize, usize, Vec<f64>)> = BTreeMap::new();
     for h in history {
         let e = phases.entry(phase_at(faults, h.start_ms)).or_default();
@@ -342,58 +369,62 @@ pub fn analyze(
         }
         e.2.push(h.end_ms - h.start_ms);
     }
-    for (phase, (ops, ok, mut lat)) in phases {
-        lat.sort_by(f64::total_cmp);
-        s.phases.push(PhaseStats {
-            phase,
-            ops,
-            ok,
-            unavailable: ops - ok,
-            unavailable_rate: round((ops - ok) as f64 / ops.max(1) as f64, 4),
-            p50_ms: round(percentile(&lat, 0.5), 1),
-            p99_ms: round(percentile(&lat, 0.99), 1),
-            p999_ms: round(percentile(&lat, 0.999), 1),
-            max_ms: round(lat.last().copied().unwrap_or(0.0), 1),
-        });
-    }
+    phases
+        .into_iter()
+        .map(|(phase, (ops, ok, mut lat))| {
+            lat.sort_by(f64::total_cmp);
+            PhaseStats {
+                phase,
+                ops,
+                ok,
+                unavailable: ops - ok,
+                unavailable_rate: round((ops - ok) as f64 / ops.max(1) as f64, 4),
+                p50_ms: round(percentile(&lat, 0.5), 1),
+                p99_ms: round(percentile(&lat, 0.99), 1),
+                p999_ms: round(percentile(&lat, 0.999), 1),
+                max_ms: round(lat.last().copied().unwrap_or(0.0), 1),
+            }
+        })
+        .collect()
+}
+
+/// Availability and latency of the requests that started inside each fault window, the
+/// windows placed in seconds from the first request.
+fn window_stats(history: &[HistoryLine], faults: &[FaultWindow]) -> Vec<WindowStats> {
     let t0 = history
         .iter()
         .map(|h| h.start_ms)
         .fold(f64::INFINITY, f64::min);
-    for f in faults {
-        let inside: Vec<&HistoryLine> = history
-            .iter()
-            .filter(|h| f.start_ms <= h.start_ms && h.start_ms < f.end_ms)
-            .collect();
-        let mut lat: Vec<f64> = inside.iter().map(|h| h.end_ms - h.start_ms).collect();
-        lat.sort_by(f64::total_cmp);
-        let bad = inside.iter().filter(|h| h.outcome != "ok").count();
-        s.windows.push(WindowStats {
-            kind: f.kind.clone(),
-            targets: f.targets.clone(),
-            detail: f.detail.clone(),
-            start_s: round(
-                if t0.is_finite() {
-                    (f.start_ms - t0) / 1000.0
-                } else {
-                    0.0
-                },
-                1,
-            ),
-            end_s: round(
-                if t0.is_finite() {
-                    (f.end_ms - t0) / 1000.0
-                } else {
-                    0.0
-                },
-                1,
-            ),
-            ops: inside.len(),
-            unavailable_rate: round(bad as f64 / inside.len().max(1) as f64, 4),
-            p99_ms: round(percentile(&lat, 0.99), 1),
-        });
-    }
-    s
+    let seconds_in = |ms: f64| {
+        let seconds = if t0.is_finite() {
+            (ms - t0) / 1000.0
+        } else {
+            0.0
+        };
+        round(seconds, 1)
+    };
+    faults
+        .iter()
+        .map(|f| {
+            let inside: Vec<&HistoryLine> = history
+                .iter()
+                .filter(|h| f.start_ms <= h.start_ms && h.start_ms < f.end_ms)
+                .collect();
+            let mut lat: Vec<f64> = inside.iter().map(|h| h.end_ms - h.start_ms).collect();
+            lat.sort_by(f64::total_cmp);
+            let bad = inside.iter().filter(|h| h.outcome != "ok").count();
+            WindowStats {
+                kind: f.kind.clone(),
+                targets: f.targets.clone(),
+                detail: f.detail.clone(),
+                start_s: seconds_in(f.start_ms),
+                end_s: seconds_in(f.end_ms),
+                ops: inside.len(),
+                unavailable_rate: round(bad as f64 / inside.len().max(1) as f64, 4),
+                p99_ms: round(percentile(&lat, 0.99), 1),
+            }
+        })
+        .collect()
 }
 
 /// Lost acknowledged puts, by observation (see the module doc), key by key.
@@ -501,16 +532,23 @@ pub fn markdown(s: &Summary, faults: &[FaultWindow]) -> String {
     let mut out = String::new();
     let verdict = if s.passed() { "PASS" } else { "FAIL" };
     let _ = writeln!(out, "# Chaos run: {verdict}\n");
+    markdown_checks(&mut out, s);
+    markdown_examples(&mut out, s);
+    markdown_phases(&mut out, s);
+    if !faults.is_empty() {
+        markdown_windows(&mut out, s);
+    }
+    out
+}
+
+/// The headline table: one row per check, then the errors.
+fn markdown_checks(out: &mut String, s: &Summary) {
     let _ = writeln!(out, "| check | result |\n|---|---|");
     let _ = writeln!(
         out,
         "| operations | {} ({}) |",
         s.ops,
-        s.ops_by_kind
-            .iter()
-            .map(|(k, n)| format!("{k}: {n}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        counts(&s.ops_by_kind)
     );
     let _ = writeln!(out, "| acknowledged writes lost | **{}** of {} acked puts ({} present, {} superseded by an acked write, {} by a write of unknown outcome) |", s.lost, s.acked_puts, s.present, s.superseded_by_acked, s.superseded_by_unknown);
     let _ = writeln!(out, "| values no client wrote | **{}** |", s.phantom);
@@ -543,16 +581,16 @@ pub fn markdown(s: &Summary, faults: &[FaultWindow]) -> String {
         let _ = writeln!(
             out,
             "| lost writes by acknowledging node | {} |",
-            s.lost_by_node
-                .iter()
-                .map(|(k, n)| format!("{k}: {n}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            counts(&s.lost_by_node)
         );
     }
     for e in &s.errors {
         let _ = writeln!(out, "| error | {e} |");
     }
+}
+
+/// Every lost write, and the first phantom values and divergent keys.
+fn markdown_examples(out: &mut String, s: &Summary) {
     if !s.lost_writes.is_empty() {
         let _ = writeln!(out, "\n## Lost writes ({})\n", s.lost_writes.len());
         for l in &s.lost_writes {
@@ -570,6 +608,9 @@ pub fn markdown(s: &Summary, faults: &[FaultWindow]) -> String {
             }
         }
     }
+}
+
+fn markdown_phases(out: &mut String, s: &Summary) {
     let _ = writeln!(out, "\n## Per fault phase\n\nA phase is the set of faults active when a request started. Unavailable: anything but a success (503, timeout, refused connection); a 404 read is a success.\n");
     let _ = writeln!(out, "| phase | ops | unavailable | rate | p50 ms | p99 ms | p99.9 ms | max ms |\n|---|---|---|---|---|---|---|---|");
     for p in &s.phases {
@@ -586,38 +627,44 @@ pub fn markdown(s: &Summary, faults: &[FaultWindow]) -> String {
             p.max_ms
         );
     }
-    if !faults.is_empty() {
-        let _ = writeln!(
-            out,
-            "\n## Fault schedule (seconds from the first request)\n"
-        );
-        let _ = writeln!(out, "| from | to | fault | targets | detail | ops | unavailable | p99 ms |\n|---|---|---|---|---|---|---|---|");
-        for w in &s.windows {
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} | {} | {} | {} | {:.1}% | {} |",
-                w.start_s,
-                w.end_s,
-                w.kind,
-                w.targets.join(" "),
-                w.detail,
-                w.ops,
-                w.unavailable_rate * 100.0,
-                w.p99_ms
-            );
-        }
-    }
-    out
 }
 
-fn dist(d: &BTreeMap<usize, usize>) -> String {
-    if d.is_empty() {
-        return "-".into();
+fn markdown_windows(out: &mut String, s: &Summary) {
+    let _ = writeln!(
+        out,
+        "\n## Fault schedule (seconds from the first request)\n"
+    );
+    let _ = writeln!(out, "| from | to | fault | targets | detail | ops | unavailable | p99 ms |\n|---|---|---|---|---|---|---|---|");
+    for w in &s.windows {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {:.1}% | {} |",
+            w.start_s,
+            w.end_s,
+            w.kind,
+            w.targets.join(" "),
+            w.detail,
+            w.ops,
+            w.unavailable_rate * 100.0,
+            w.p99_ms
+        );
     }
+}
+
+/// `k: n, k: n, ...` in key order (empty for no entries).
+fn counts<K: std::fmt::Display>(d: &BTreeMap<K, usize>) -> String {
     d.iter()
         .map(|(k, n)| format!("{k}: {n}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// A distribution for the report, `-` when there is none.
+fn dist(d: &BTreeMap<usize, usize>) -> String {
+    if d.is_empty() {
+        return "-".into();
+    }
+    counts(d)
 }
 
 /// The terminal summary: the headline numbers and the per-phase table.
@@ -636,15 +683,7 @@ pub fn terminal(s: &Summary) -> String {
     );
     let _ = writeln!(out, "  LOST acked writes   {}", s.lost);
     if !s.lost_by_node.is_empty() {
-        let _ = writeln!(
-            out,
-            "  lost by node        {}",
-            s.lost_by_node
-                .iter()
-                .map(|(k, n)| format!("{k}: {n}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        let _ = writeln!(out, "  lost by node        {}", counts(&s.lost_by_node));
     }
     let _ = writeln!(out, "  phantom values      {}", s.phantom);
     let _ = writeln!(out, "  divergent keys      {} of {}", s.divergent, s.keys);
@@ -971,79 +1010,15 @@ pub fn run(args: CheckArgs) -> CliResult {
         .unwrap_or_else(|| args.dir.join("history.jsonl"));
     let history: Vec<HistoryLine> = read_jsonl(&history_path, true)?;
     let faults: Vec<FaultWindow> = read_jsonl(&args.dir.join("faults.jsonl"), false)?;
-    let converge = parse_duration(&args.converge_timeout)
-        .map_err(|e| CliError::usage(format!("--converge-timeout: {e}")))?;
-    let urls = args
-        .nodes
-        .iter()
-        .map(|n| BaseUrl::parse(n.trim()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(CliError::usage)?;
+    let converge = parse_duration_flag("--converge-timeout", &args.converge_timeout)?;
+    let urls = node_urls(&args.nodes)?;
     let keys: BTreeSet<String> = history.iter().map(|h| h.key.clone()).collect();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| CliError::failed(format!("cannot start the async runtime: {e}")))?;
     let started = Instant::now();
-    let (finals, errors) = runtime.block_on(async {
-        let deadline = Instant::now() + converge;
-        let mut errors = Vec::new();
-        let mut cluster = match Cluster::connect(&urls, deadline).await {
-            Ok(c) => c,
-            Err(e) => return (HashMap::new(), vec![e]),
-        };
-        if !cluster.wait_alive(deadline).await {
-            errors.push("not every node saw every other as alive before the deadline".to_string());
-        }
-        let mut primaries: HashMap<String, Vec<String>> = HashMap::new();
-        let mut finals: HashMap<String, FinalKey> = HashMap::new();
-        let mut pending: Vec<String> = keys.iter().cloned().collect();
-        let mut read_errors: BTreeMap<String, String> = BTreeMap::new();
-        loop {
-            let mut still = Vec::new();
-            for key in &pending {
-                if !primaries.contains_key(key) {
-                    match cluster.primaries(&args.bucket, key).await {
-                        Ok(p) => {
-                            primaries.insert(key.clone(), p);
-                        }
-                        Err(e) => {
-                            errors.push(e);
-                            return (finals, errors);
-                        }
-                    }
-                }
-                match cluster.states(&args.bucket, key).await {
-                    Ok(states) => {
-                        let fin = final_key(&primaries[key], &states);
-                        if !fin.converged {
-                            still.push(key.clone());
-                        }
-                        finals.insert(key.clone(), fin);
-                        read_errors.remove(key);
-                    }
-                    Err(e) => {
-                        // A node not answering yet: try again until the deadline.
-                        read_errors.insert(key.clone(), e);
-                        still.push(key.clone());
-                        continue;
-                    }
-                }
-            }
-            pending = still;
-            if pending.is_empty() || Instant::now() > deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_secs(2)).await;
-        }
-        errors.extend(
-            read_errors
-                .into_iter()
-                .take(3)
-                .map(|(k, e)| format!("reading {k}: {e}")),
-        );
-        (finals, errors)
-    });
+    let (finals, errors) = runtime.block_on(gather_finals(&urls, &args.bucket, &keys, converge));
     let mut summary = analyze(&history, &faults, &finals);
     summary.errors.extend(errors);
     let missing = keys.iter().filter(|k| !finals.contains_key(*k)).count();
@@ -1052,27 +1027,8 @@ pub fn run(args: CheckArgs) -> CliResult {
             .errors
             .push(format!("{missing} keys' final states could not be read"));
     }
-    let mut report = markdown(&summary, &faults);
-    if let Some(line) = run_description(&args.dir) {
-        let at = report.find('\n').map_or(0, |i| i + 1);
-        report.insert_str(at, &format!("\n{line}\n"));
-    }
-    let write = |name: &str, text: String| {
-        std::fs::write(args.dir.join(name), text).map_err(|e| {
-            CliError::failed(format!(
-                "cannot write {}: {e}",
-                args.dir.join(name).display()
-            ))
-        })
-    };
-    write("report.md", report)?;
-    let mut json = serde_json::to_value(&summary).expect("a summary serializes");
-    json["passed"] = json!(summary.passed());
-    json["converge_wait_s"] = json!(round(started.elapsed().as_secs_f64(), 1));
-    write(
-        "summary.json",
-        serde_json::to_string_pretty(&json).expect("JSON"),
-    )?;
+    write_report(&args.dir, &summary, &faults)?;
+    write_summary(&args.dir, &summary, started)?;
     print!("{}", terminal(&summary));
     println!(
         "  (replicas read after {:.1} s; report: {})",
@@ -1086,6 +1042,120 @@ pub fn run(args: CheckArgs) -> CliResult {
             "the checker found lost writes, phantom values, divergent replicas or errors",
         ))
     }
+}
+
+/// Connects to the cluster and reads every key's final state, again while some have not
+/// converged, until they all have or the deadline passed. Returns the states read and
+/// what went wrong.
+async fn gather_finals(
+    urls: &[BaseUrl],
+    bucket: &str,
+    keys: &BTreeSet<String>,
+    converge: Duration,
+) -> (HashMap<String, FinalKey>, Vec<String>) {
+    let deadline = Instant::now() + converge;
+    let mut errors = Vec::new();
+    let mut cluster = match Cluster::connect(urls, deadline).await {
+        Ok(c) => c,
+        Err(e) => return (HashMap::new(), vec![e]),
+    };
+    if !cluster.wait_alive(deadline).await {
+        errors.push("not every node saw every other as alive before the deadline".to_string());
+    }
+    let mut gathered = Gathered::default();
+    let mut pending: Vec<String> = keys.iter().cloned().collect();
+    loop {
+        pending = match gathered.read_pass(&mut cluster, bucket, &pending).await {
+            Ok(still) => still,
+            Err(e) => {
+                errors.push(e);
+                return (gathered.finals, errors);
+            }
+        };
+        if pending.is_empty() || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    errors.extend(
+        gathered
+            .read_errors
+            .into_iter()
+            .take(3)
+            .map(|(k, e)| format!("reading {k}: {e}")),
+    );
+    (gathered.finals, errors)
+}
+
+/// What the checker has read of the keys' final states so far.
+#[derive(Default)]
+struct Gathered {
+    /// Per key, its primaries (asked once).
+    primaries: HashMap<String, Vec<String>>,
+    finals: HashMap<String, FinalKey>,
+    /// Per key, why its replicas could not be read the last time (none once they were).
+    read_errors: BTreeMap<String, String>,
+}
+
+impl Gathered {
+    /// Reads the replicas of every key in `pending` once. Returns the keys to read again
+    /// (not converged, or a node did not answer), or why no key can be placed.
+    async fn read_pass(
+        &mut self,
+        cluster: &mut Cluster,
+        bucket: &str,
+        pending: &[String],
+    ) -> Result<Vec<String>, String> {
+        let mut still = Vec::new();
+        for key in pending {
+            if !self.primaries.contains_key(key) {
+                let primaries = cluster.primaries(bucket, key).await?;
+                self.primaries.insert(key.clone(), primaries);
+            }
+            match cluster.states(bucket, key).await {
+                Ok(states) => {
+                    let fin = final_key(&self.primaries[key], &states);
+                    if !fin.converged {
+                        still.push(key.clone());
+                    }
+                    self.finals.insert(key.clone(), fin);
+                    self.read_errors.remove(key);
+                }
+                Err(e) => {
+                    // A node not answering yet: try again until the deadline.
+                    self.read_errors.insert(key.clone(), e);
+                    still.push(key.clone());
+                }
+            }
+        }
+        Ok(still)
+    }
+}
+
+/// Writes `report.md`: the markdown report, the run's description under its title.
+fn write_report(dir: &Path, summary: &Summary, faults: &[FaultWindow]) -> CliResult {
+    let mut report = markdown(summary, faults);
+    if let Some(line) = run_description(dir) {
+        let at = report.find('\n').map_or(0, |i| i + 1);
+        report.insert_str(at, &format!("\n{line}\n"));
+    }
+    write_output(dir, "report.md", report)
+}
+
+/// Writes `summary.json`: the summary, its verdict and how long since `started` (when the
+/// checker began waiting for the replicas).
+fn write_summary(dir: &Path, summary: &Summary, started: Instant) -> CliResult {
+    let mut json = serde_json::to_value(summary).expect("a summary serializes");
+    json["passed"] = json!(summary.passed());
+    json["converge_wait_s"] = json!(round(started.elapsed().as_secs_f64(), 1));
+    let text = serde_json::to_string_pretty(&json).expect("JSON");
+    write_output(dir, "summary.json", text)
+}
+
+fn write_output(dir: &Path, name: &str, text: String) -> CliResult {
+    let path = dir.join(name);
+    std::fs::write(&path, text)
+        .map_err(|e| CliError::failed(format!("cannot write {}: {e}", path.display())))
 }
 
 #[cfg(test)]

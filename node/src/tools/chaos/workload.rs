@@ -18,13 +18,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use hyper::Method;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
+use tokio::task::JoinError;
 
 use crate::cli::{ChaosClientArgs, CliError, CliResult};
-use crate::tools::bench::parse_duration;
-use chorus_api::client::{self as http_client, BaseUrl, HttpClient, HttpError};
+use crate::tools::bench::{check_ratios, parse_duration_flag, stream_rng};
+use chorus_api::client::{self as http_client, BaseUrl, HttpClient, HttpError, Response};
 use chorus_api::CONTEXT_HEADER;
 /// History lines waiting for the writer; when full, sessions wait.
 const HISTORY_QUEUE: usize = 4096;
@@ -79,55 +80,58 @@ struct Config {
     sessions: usize,
 }
 
-pub fn run(args: ChaosClientArgs) -> CliResult {
-    let duration =
-        parse_duration(&args.duration).map_err(|e| CliError::usage(format!("--duration: {e}")))?;
-    let timeout =
-        parse_duration(&args.timeout).map_err(|e| CliError::usage(format!("--timeout: {e}")))?;
-    if args.sessions == 0 || args.keys == 0 || timeout.is_zero() {
-        return Err(CliError::usage(
-            "--sessions, --keys and --timeout must be more than zero",
-        ));
-    }
-    for (flag, ratio) in [
-        ("--read-ratio", args.read_ratio),
-        ("--delete-ratio", args.delete_ratio),
-        ("--context-ratio", args.context_ratio),
-    ] {
-        if !(0.0..=1.0).contains(&ratio) {
-            return Err(CliError::usage(format!(
-                "{flag} must be between 0 and 1, not {ratio}"
-            )));
+impl Config {
+    /// The validated command line.
+    fn from_args(args: &ChaosClientArgs) -> Result<Config, CliError> {
+        let duration = parse_duration_flag("--duration", &args.duration)?;
+        let timeout = parse_duration_flag("--timeout", &args.timeout)?;
+        if args.sessions == 0 || args.keys == 0 || timeout.is_zero() {
+            return Err(CliError::usage(
+                "--sessions, --keys and --timeout must be more than zero",
+            ));
         }
+        check_ratios(&[
+            ("--read-ratio", args.read_ratio),
+            ("--delete-ratio", args.delete_ratio),
+            ("--context-ratio", args.context_ratio),
+        ])?;
+        if args.read_ratio + args.delete_ratio > 1.0 {
+            return Err(CliError::usage(
+                "--read-ratio plus --delete-ratio must not exceed 1",
+            ));
+        }
+        let nodes = node_urls(&args.nodes)?;
+        if nodes.is_empty() {
+            return Err(CliError::usage("--nodes is empty"));
+        }
+        Ok(Config {
+            nodes,
+            duration,
+            keys: args.keys,
+            read_ratio: args.read_ratio,
+            delete_ratio: args.delete_ratio,
+            context_ratio: args.context_ratio,
+            timeout,
+            r: args.r.clone(),
+            w: args.w.clone(),
+            bucket: args.bucket.clone(),
+            rate: args.rate,
+            sessions: args.sessions,
+        })
     }
-    if args.read_ratio + args.delete_ratio > 1.0 {
-        return Err(CliError::usage(
-            "--read-ratio plus --delete-ratio must not exceed 1",
-        ));
-    }
-    let nodes = args
-        .nodes
+}
+
+/// Comma-separated `--nodes` as URLs.
+pub fn node_urls(nodes: &[String]) -> Result<Vec<BaseUrl>, CliError> {
+    nodes
         .iter()
         .map(|n| BaseUrl::parse(n.trim()))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(CliError::usage)?;
-    if nodes.is_empty() {
-        return Err(CliError::usage("--nodes is empty"));
-    }
-    let config = Arc::new(Config {
-        nodes,
-        duration,
-        keys: args.keys,
-        read_ratio: args.read_ratio,
-        delete_ratio: args.delete_ratio,
-        context_ratio: args.context_ratio,
-        timeout,
-        r: args.r,
-        w: args.w,
-        bucket: args.bucket,
-        rate: args.rate,
-        sessions: args.sessions,
-    });
+        .map_err(CliError::usage)
+}
+
+pub fn run(args: ChaosClientArgs) -> CliResult {
+    let config = Arc::new(Config::from_args(&args)?);
     let file = std::fs::File::create(&args.history).map_err(|e| {
         CliError::usage(format!(
             "cannot create the history file {}: {e}",
@@ -138,52 +142,7 @@ pub fn run(args: ChaosClientArgs) -> CliResult {
         .enable_all()
         .build()
         .map_err(|e| CliError::failed(format!("cannot start the async runtime: {e}")))?;
-    let counts = runtime.block_on(async move {
-        let (tx, mut rx) = mpsc::channel::<HistoryLine>(HISTORY_QUEUE);
-        let writer =
-            tokio::task::spawn_blocking(move || -> std::io::Result<HashMap<String, u64>> {
-                let mut out = BufWriter::new(file);
-                let mut counts = HashMap::new();
-                while let Some(line) = rx.blocking_recv() {
-                    *counts
-                        .entry(format!("{} {}", line.op, line.outcome))
-                        .or_insert(0) += 1;
-                    serde_json::to_writer(&mut out, &line)?;
-                    out.write_all(b"\n")?;
-                    if rx.is_empty() {
-                        out.flush()?;
-                    }
-                }
-                out.flush()?;
-                out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-                Ok(counts)
-            });
-        let deadline = Instant::now() + config.duration;
-        let mut sessions = tokio::task::JoinSet::new();
-        for id in 0..args.sessions {
-            let session = Session {
-                id,
-                config: config.clone(),
-                rng: StdRng::seed_from_u64(
-                    args.seed
-                        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
-                        .wrapping_add(id as u64),
-                ),
-                clients: config
-                    .nodes
-                    .iter()
-                    .map(|n| HttpClient::new(n.clone()).with_timeout(config.timeout))
-                    .collect(),
-                contexts: HashMap::new(),
-                seq: 0,
-                history: tx.clone(),
-            };
-            sessions.spawn(session.run(deadline));
-        }
-        drop(tx);
-        while sessions.join_next().await.is_some() {}
-        writer.await
-    });
+    let counts = runtime.block_on(run_sessions(config, args.seed, file));
     let counts = counts
         .map_err(|e| CliError::failed(format!("the history writer failed: {e}")))?
         .map_err(|e| {
@@ -206,6 +165,49 @@ pub fn run(args: ChaosClientArgs) -> CliResult {
     Ok(())
 }
 
+/// Runs every session until the duration is over, their history lines written to `file`
+/// as they come. Returns the operations by `op outcome`.
+async fn run_sessions(
+    config: Arc<Config>,
+    seed: u64,
+    file: std::fs::File,
+) -> Result<std::io::Result<HashMap<String, u64>>, JoinError> {
+    let (tx, rx) = mpsc::channel::<HistoryLine>(HISTORY_QUEUE);
+    let writer = tokio::task::spawn_blocking(move || write_history(file, rx));
+    let deadline = Instant::now() + config.duration;
+    let mut sessions = tokio::task::JoinSet::new();
+    for id in 0..config.sessions {
+        let session = Session::new(id, config.clone(), seed, tx.clone());
+        sessions.spawn(session.run(deadline));
+    }
+    drop(tx);
+    while sessions.join_next().await.is_some() {}
+    writer.await
+}
+
+/// Writes every line `rx` receives to `file`, flushed whenever no line is waiting and
+/// synced at the end. Returns the lines by `op outcome`.
+fn write_history(
+    file: std::fs::File,
+    mut rx: mpsc::Receiver<HistoryLine>,
+) -> std::io::Result<HashMap<String, u64>> {
+    let mut out = BufWriter::new(file);
+    let mut counts = HashMap::new();
+    while let Some(line) = rx.blocking_recv() {
+        *counts
+            .entry(format!("{} {}", line.op, line.outcome))
+            .or_insert(0) += 1;
+        serde_json::to_writer(&mut out, &line)?;
+        out.write_all(b"\n")?;
+        if rx.is_empty() {
+            out.flush()?;
+        }
+    }
+    out.flush()?;
+    out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    Ok(counts)
+}
+
 pub fn now_ms() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -225,6 +227,27 @@ struct Session {
 }
 
 impl Session {
+    fn new(
+        id: usize,
+        config: Arc<Config>,
+        seed: u64,
+        history: mpsc::Sender<HistoryLine>,
+    ) -> Session {
+        Session {
+            id,
+            rng: stream_rng(seed, id),
+            clients: config
+                .nodes
+                .iter()
+                .map(|n| HttpClient::new(n.clone()).with_timeout(config.timeout))
+                .collect(),
+            config,
+            contexts: HashMap::new(),
+            seq: 0,
+            history,
+        }
+    }
+
     async fn run(mut self, deadline: Instant) {
         // Paced: this session's share of --rate; a slow answer is not made up for later.
         let interval = (self.config.rate > 0).then(|| {
@@ -258,6 +281,47 @@ impl Session {
     }
 
     async fn one_operation(&mut self) -> HistoryLine {
+        let (mut line, node) = self.draw_operation();
+        let (method, quorum) = match line.op.as_str() {
+            "get" => (Method::GET, ("r", self.config.r.as_deref())),
+            "put" => (Method::PUT, ("w", self.config.w.as_deref())),
+            _ => (Method::DELETE, ("w", self.config.w.as_deref())),
+        };
+        let path = http_client::with_query(
+            http_client::kv_path(&self.config.bucket, &line.key),
+            &[quorum],
+        );
+        let mut headers = vec![("accept", "application/json")];
+        match (&line.context_in, line.op.as_str()) {
+            (Some(ctx), _) => headers.push((CONTEXT_HEADER, ctx.as_str())),
+            // Without the header a node reads the key and deletes what that read saw, which
+            // the history could not show; an empty context is an explicitly blind delete.
+            (None, "delete") => headers.push((CONTEXT_HEADER, "")),
+            (None, _) => {}
+        }
+        let body = line.value.clone().map(Bytes::from).unwrap_or_default();
+        line.start_ms = now_ms();
+        let result = self.clients[node]
+            .request(method, &path, &headers, body)
+            .await;
+        line.end_ms = now_ms();
+        record_outcome(&mut line, result);
+        if line.outcome == "ok" {
+            match &line.context_out {
+                Some(ctx) => {
+                    self.contexts.insert(line.key.clone(), ctx.clone());
+                }
+                None => {
+                    self.contexts.remove(&line.key);
+                }
+            }
+        }
+        line
+    }
+
+    /// Draws the next operation: its history line, not yet sent (no outcome), and the
+    /// index of the client (node) to send it to.
+    fn draw_operation(&mut self) -> (HistoryLine, usize) {
         let config = self.config.clone();
         let draw: f64 = self.rng.random();
         let op = if draw < config.read_ratio {
@@ -277,35 +341,15 @@ impl Session {
             _ if self.rng.random_bool(config.context_ratio) => self.contexts.get(&key).cloned(),
             _ => None,
         };
-        let (method, quorum) = match op {
-            "get" => (Method::GET, ("r", config.r.as_deref())),
-            "put" => (Method::PUT, ("w", config.w.as_deref())),
-            _ => (Method::DELETE, ("w", config.w.as_deref())),
-        };
-        let path = http_client::with_query(http_client::kv_path(&config.bucket, &key), &[quorum]);
-        let mut headers = vec![("accept", "application/json")];
-        match (&context_in, op) {
-            (Some(ctx), _) => headers.push((CONTEXT_HEADER, ctx.as_str())),
-            // Without the header a node reads the key and deletes what that read saw, which
-            // the history could not show; an empty context is an explicitly blind delete.
-            (None, "delete") => headers.push((CONTEXT_HEADER, "")),
-            (None, _) => {}
-        }
-        let body = value.clone().map(Bytes::from).unwrap_or_default();
-        let start_ms = now_ms();
-        let result = self.clients[node]
-            .request(method, &path, &headers, body)
-            .await;
-        let end_ms = now_ms();
-        let mut line = HistoryLine {
+        let line = HistoryLine {
             session: self.id,
             seq,
             op: op.to_string(),
-            key: key.clone(),
+            key,
             value,
             node: self.clients[node].base().to_string(),
-            start_ms,
-            end_ms,
+            start_ms: 0.0,
+            end_ms: 0.0,
             status: 0,
             outcome: "unknown".into(),
             error: None,
@@ -313,61 +357,56 @@ impl Session {
             context_out: None,
             values: None,
         };
-        match result {
+        (line, node)
+    }
+}
+
+/// Fills in `line`'s status, outcome, error, answer context and (for a get) values from
+/// what its request returned.
+fn record_outcome(line: &mut HistoryLine, result: Result<Response, HttpError>) {
+    let response = match result {
+        Ok(response) => response,
+        Err(e) => {
+            line.outcome = if e.not_sent() { "fail" } else { "unknown" }.into();
+            line.error = Some(match &e {
+                HttpError::Connect { .. } => format!("connect: {e}"),
+                _ => format!("{}: {e}", e.kind()),
+            });
+            return;
+        }
+    };
+    line.status = response.status;
+    let context_out = response
+        .header(CONTEXT_HEADER)
+        .filter(|c| !c.is_empty())
+        .map(str::to_string);
+    match (line.op.as_str(), response.status) {
+        ("get", 200 | 300 | 404) => match sibling_values(&response.body) {
+            Ok(values) => {
+                line.outcome = "ok".into();
+                line.values = Some(values);
+                line.context_out = context_out;
+            }
             Err(e) => {
-                line.outcome = if e.not_sent() { "fail" } else { "unknown" }.into();
-                line.error = Some(match &e {
-                    HttpError::Connect { .. } => format!("connect: {e}"),
-                    _ => format!("{}: {e}", e.kind()),
-                });
+                line.outcome = "fail".into();
+                line.error = Some(e);
             }
-            Ok(response) => {
-                line.status = response.status;
-                let context_out = response
-                    .header(CONTEXT_HEADER)
-                    .filter(|c| !c.is_empty())
-                    .map(str::to_string);
-                match (op, response.status) {
-                    ("get", 200 | 300 | 404) => match sibling_values(&response.body) {
-                        Ok(values) => {
-                            line.outcome = "ok".into();
-                            line.values = Some(values);
-                            line.context_out = context_out;
-                        }
-                        Err(e) => {
-                            line.outcome = "fail".into();
-                            line.error = Some(e);
-                        }
-                    },
-                    (_, 200..=299) => {
-                        line.outcome = "ok".into();
-                        line.context_out = context_out;
-                    }
-                    (_, status) => {
-                        // A 4xx was refused before anything was stored; a 503 may have
-                        // reached some replicas.
-                        line.outcome = if (400..500).contains(&status) {
-                            "fail"
-                        } else {
-                            "unknown"
-                        }
-                        .into();
-                        line.error = Some(response.error_message());
-                    }
-                }
-            }
+        },
+        (_, 200..=299) => {
+            line.outcome = "ok".into();
+            line.context_out = context_out;
         }
-        if line.outcome == "ok" {
-            match &line.context_out {
-                Some(ctx) => {
-                    self.contexts.insert(key, ctx.clone());
-                }
-                None => {
-                    self.contexts.remove(&key);
-                }
+        (_, status) => {
+            // A 4xx was refused before anything was stored; a 503 may have
+            // reached some replicas.
+            line.outcome = if (400..500).contains(&status) {
+                "fail"
+            } else {
+                "unknown"
             }
+            .into();
+            line.error = Some(response.error_message());
         }
-        line
     }
 }
 
