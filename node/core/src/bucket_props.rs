@@ -9,8 +9,9 @@
 //! node's in-memory cache with its digest, which nodes gossip so that a change made
 //! through one node is loaded by the others ([`PropsSync`]).
 //!
-//! Must not: decide what a request does with the properties (the HTTP layer applies them
-//! and lets the request's own parameters override them), or read the system clock.
+//! Must not: decide what a request does with the properties (`request_options` resolves
+//! them against a request's own options, for every client front), or read the system
+//! clock.
 
 use std::collections::BTreeMap;
 use std::sync::{PoisonError, RwLock};

@@ -22,6 +22,7 @@ pub mod object;
 pub mod peers;
 pub mod rebuild;
 pub mod replica;
+pub mod request_options;
 pub mod rpc;
 pub mod storage;
 pub mod view;

@@ -20,6 +20,7 @@ use chorus_core::bucket_props::BucketProps;
 use chorus_core::causality::Context;
 use chorus_core::coordinator::{CoordinatorError, Precondition, Quorum};
 use chorus_core::object::{live_siblings, Object, Sibling, MAX_CONTENT_TYPE_BYTES, MAX_TTL};
+use chorus_core::request_options::{self, Defaults, Requested};
 use chorus_core::storage::Storage;
 
 /// Buckets and keys are at most this many bytes after percent-decoding.
@@ -224,25 +225,28 @@ async fn no_route(uri: Uri) -> ApiError {
     )
 }
 
-/// The query parameters of a `/kv` request, validated against the replication factor.
+/// The options a `/kv` request gives itself in its query, validated against the
+/// replication factor: what [`request_options::resolve`] weighs against the bucket.
+struct KvQuery {
+    requested: Requested,
+    timeout: Duration,
+    /// The query's `ttl` (`Some(None)`: `ttl=none`), for a PUT only.
+    ttl: Option<Option<Duration>>,
+}
+
+/// What a `/kv` request runs with.
 struct KvParams {
     r: usize,
     w: usize,
     pr: usize,
     pw: usize,
     timeout: Duration,
-    /// The query's `ttl` (`Some(None)`: `ttl=none`), for a PUT only.
-    ttl: Option<Option<Duration>>,
+    /// A PUT's expiry (Unix ms), if any.
+    expires_at_ms: Option<u64>,
 }
 
-/// The request's `r`, `w`, `pr`, `pw` and `timeout`: its own parameters, else the
-/// bucket's properties, else the node's defaults.
-fn kv_params(
-    n: usize,
-    default_timeout: Duration,
-    props: Option<&BucketProps>,
-    query: Option<&str>,
-) -> Result<KvParams, ApiError> {
+/// Parses the query of a `/kv` request: `r`, `w`, `pr`, `pw`, `timeout`, `ttl`, each once.
+fn kv_query(n: usize, default_timeout: Duration, query: Option<&str>) -> Result<KvQuery, ApiError> {
     let pairs: Vec<(String, String)> =
         serde_urlencoded::from_str(query.unwrap_or("")).map_err(|e| {
             ApiError::bad_request(
@@ -250,18 +254,8 @@ fn kv_params(
                 format!("cannot parse the query string: {e}"),
             )
         })?;
-    // Validated against N when set; a value that no longer resolves falls back.
-    let prop = |value: Option<&String>, default: usize, allow_zero| {
-        value
-            .and_then(|text| Quorum::parse(text).ok()?.resolve(n, allow_zero).ok())
-            .unwrap_or(default)
-    };
-    let props = props.cloned().unwrap_or_default();
-    let mut params = KvParams {
-        r: prop(props.r.as_ref(), n / 2 + 1, false),
-        w: prop(props.w.as_ref(), n / 2 + 1, false),
-        pr: prop(props.pr.as_ref(), 0, true),
-        pw: prop(props.pw.as_ref(), 0, true),
+    let mut parsed = KvQuery {
+        requested: Requested::default(),
         timeout: default_timeout,
         ttl: None,
     };
@@ -275,36 +269,25 @@ fn kv_params(
             ));
         }
         seen.push(name.clone());
-        params.apply(n, &name, &value)?;
+        parsed.apply(n, &name, &value)?;
     }
-    if params.pr > params.r {
-        return Err(ApiError::bad_request(
-            "invalid_parameter",
-            format!("pr ({}) cannot exceed r ({})", params.pr, params.r),
-        ));
-    }
-    if params.pw > params.w {
-        return Err(ApiError::bad_request(
-            "invalid_parameter",
-            format!("pw ({}) cannot exceed w ({})", params.pw, params.w),
-        ));
-    }
-    Ok(params)
+    Ok(parsed)
 }
 
-impl KvParams {
+impl KvQuery {
     /// Sets one query parameter, validated against replication factor `n`.
     fn apply(&mut self, n: usize, name: &str, value: &str) -> Result<(), ApiError> {
         let count = |allow_zero| {
             Quorum::parse(value)
                 .and_then(|q| q.resolve(n, allow_zero))
+                .map(Some)
                 .map_err(|e| ApiError::bad_request("invalid_parameter", format!("{name}: {e}")))
         };
         match name {
-            "r" => self.r = count(false)?,
-            "w" => self.w = count(false)?,
-            "pr" => self.pr = count(true)?,
-            "pw" => self.pw = count(true)?,
+            "r" => self.requested.r = count(false)?,
+            "w" => self.requested.w = count(false)?,
+            "pr" => self.requested.pr = count(true)?,
+            "pw" => self.requested.pw = count(true)?,
             "timeout" => {
                 let ms: u64 = value.parse().ok().filter(|ms| (1..=MAX_TIMEOUT_MS).contains(ms)).ok_or_else(|| {
                     ApiError::bad_request("invalid_parameter", format!("timeout: '{value}' is not a number of milliseconds in 1..={MAX_TIMEOUT_MS}"))
@@ -325,43 +308,85 @@ impl KvParams {
         }
         Ok(())
     }
+
+    /// The request's options, else the bucket's properties, else the node's defaults
+    /// (majority reads and writes). `expires_at_ms` is a PUT's own expiry, if it gave one.
+    fn resolve(
+        &self,
+        n: usize,
+        props: Option<&BucketProps>,
+        expires_at_ms: Option<Option<u64>>,
+        now_ms: u64,
+    ) -> Result<KvParams, ApiError> {
+        let requested = Requested {
+            expires_at_ms,
+            ..self.requested
+        };
+        let e = request_options::resolve(n, Defaults::majority(n), props, &requested, now_ms)
+            .map_err(|e| ApiError::bad_request("invalid_parameter", e.to_string()))?;
+        Ok(KvParams {
+            r: e.r,
+            w: e.w,
+            pr: e.pr,
+            pw: e.pw,
+            timeout: self.timeout,
+            expires_at_ms: e.expires_at_ms,
+        })
+    }
 }
 
-/// When a PUT's value expires (Unix ms at `now_ms`): its `X-Chorus-TTL` header or `ttl`
-/// parameter (one of them; `none` for no expiry), else the bucket's `ttl`, else never.
-fn write_expiry(
+/// The parameters of a GET or DELETE (which take no `ttl`) of `bucket`.
+fn read_params(node: &Node, bucket: &[u8], query: Option<&str>) -> Result<KvParams, ApiError> {
+    let n = node.coordinator.n();
+    let q = kv_query(n, node.limits.default_timeout, query)?;
+    no_ttl(&q)?;
+    let props = node.coordinator.props().get(bucket);
+    q.resolve(n, props.as_ref(), None, node.coordinator.now_ms())
+}
+
+/// The parameters of a PUT to `bucket`, its expiry included (see [`write_ttl`]).
+fn write_params(
+    node: &Node,
+    bucket: &[u8],
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<KvParams, ApiError> {
+    let n = node.coordinator.n();
+    let q = kv_query(n, node.limits.default_timeout, query)?;
+    let now_ms = node.coordinator.now_ms();
+    let expires_at_ms = write_ttl(headers, q.ttl)?
+        .map(|ttl| ttl.map(|t| now_ms.saturating_add(t.as_millis() as u64)));
+    let props = node.coordinator.props().get(bucket);
+    q.resolve(n, props.as_ref(), expires_at_ms, now_ms)
+}
+
+/// The TTL a PUT gives itself: its `X-Chorus-TTL` header or `ttl` parameter (one of them;
+/// `Some(None)` for `none`); `None` when it gives none (the bucket's `ttl` then applies).
+fn write_ttl(
     headers: &HeaderMap,
     query_ttl: Option<Option<Duration>>,
-    props: Option<&BucketProps>,
-    now_ms: u64,
-) -> Result<Option<u64>, ApiError> {
+) -> Result<Option<Option<Duration>>, ApiError> {
     let mut given = headers.get_all(TTL_HEADER).iter();
-    let header_ttl = match (given.next(), given.next(), query_ttl) {
-        (None, _, _) => None,
-        (Some(_), Some(_), _) | (Some(_), None, Some(_)) => {
-            return Err(ApiError::bad_request(
-                "invalid_ttl",
-                format!("give the TTL once: one {TTL_HEADER} header or the ttl parameter"),
-            ))
-        }
+    match (given.next(), given.next(), query_ttl) {
+        (None, _, _) => Ok(query_ttl),
+        (Some(_), Some(_), _) | (Some(_), None, Some(_)) => Err(ApiError::bad_request(
+            "invalid_ttl",
+            format!("give the TTL once: one {TTL_HEADER} header or the ttl parameter"),
+        )),
         (Some(value), None, None) => {
             let text = value.to_str().map_err(|_| {
                 ApiError::bad_request("invalid_ttl", format!("{TTL_HEADER} is not text"))
             })?;
-            Some(
-                chorus_api::parse_ttl(text, MAX_TTL)
-                    .map_err(|e| ApiError::bad_request("invalid_ttl", e))?,
-            )
+            chorus_api::parse_ttl(text, MAX_TTL)
+                .map(Some)
+                .map_err(|e| ApiError::bad_request("invalid_ttl", e))
         }
-    };
-    let bucket_ttl = || props.and_then(|p| p.ttl).map(Duration::from_secs);
-    let ttl = header_ttl.or(query_ttl).unwrap_or_else(bucket_ttl);
-    Ok(ttl.map(|t| now_ms.saturating_add(t.as_millis() as u64)))
+    }
 }
 
 /// Refuses a `ttl` parameter on a request that writes no value (a GET or a DELETE).
-fn no_ttl(params: &KvParams) -> Result<(), ApiError> {
-    match params.ttl {
+fn no_ttl(query: &KvQuery) -> Result<(), ApiError> {
+    match query.ttl {
         Some(_) => Err(ApiError::bad_request(
             "invalid_parameter",
             "ttl applies to a PUT only",
@@ -524,13 +549,7 @@ async fn kv_get(
 ) -> Response {
     measured(&node.clone(), "get", async move {
         let (bucket, key) = bucket_and_key(&uri)?;
-        let p = kv_params(
-            node.coordinator.n(),
-            node.limits.default_timeout,
-            node.coordinator.props().get(&bucket).as_ref(),
-            query.as_deref(),
-        )?;
-        no_ttl(&p)?;
+        let p = read_params(&node, &bucket, query.as_deref())?;
         let object = node.coordinator.get(&bucket, &key, p.r, p.pr, p.timeout).await?;
         // Judged once, after the read: a value that expired while it was read is gone.
         let live = live_siblings(&object, node.coordinator.now_ms());
@@ -642,14 +661,7 @@ async fn kv_put(
 ) -> Response {
     measured(&node.clone(), "put", async move {
         let (bucket, key) = bucket_and_key(&uri)?;
-        let props = node.coordinator.props().get(&bucket);
-        let p = kv_params(
-            node.coordinator.n(),
-            node.limits.default_timeout,
-            props.as_ref(),
-            query.as_deref(),
-        )?;
-        let expires_at = write_expiry(&headers, p.ttl, props.as_ref(), node.coordinator.now_ms())?;
+        let p = write_params(&node, &bucket, query.as_deref(), &headers)?;
         let precondition = request_precondition(&headers, &bucket, &key)?;
         let context = request_context(&headers, &bucket, &key)?;
         let content_type = request_content_type(&headers)?;
@@ -658,7 +670,7 @@ async fn kv_put(
         if crate::server::fault::broken() {
             return Ok(broken_ack(&headers));
         }
-        let value = Sibling::value(value.to_vec(), content_type).expiring_at(expires_at);
+        let value = Sibling::value(value.to_vec(), content_type).expiring_at(p.expires_at_ms);
         let written = match precondition {
             None => {
                 node.coordinator
@@ -705,13 +717,7 @@ async fn kv_delete(
 ) -> Response {
     measured(&node.clone(), "delete", async move {
         let (bucket, key) = bucket_and_key(&uri)?;
-        let p = kv_params(
-            node.coordinator.n(),
-            node.limits.default_timeout,
-            node.coordinator.props().get(&bucket).as_ref(),
-            query.as_deref(),
-        )?;
-        no_ttl(&p)?;
+        let p = read_params(&node, &bucket, query.as_deref())?;
         // Without a context a tombstone would only be a sibling of the value it meant to
         // remove, and the value would stay visible. Like Riak, read the context first (at
         // r = w, so the delete is as available as the caller asked for) and delete what it saw.
@@ -952,6 +958,16 @@ mod tests {
         assert!(decode_segment("key", "%FF").is_err(), "not UTF-8");
         assert!(decode_segment("key", &"a".repeat(1025)).is_err());
         assert!(decode_segment("key", &"a".repeat(1024)).is_ok());
+    }
+
+    /// A GET's parameters for its query and its bucket's `props`.
+    fn kv_params(
+        n: usize,
+        timeout: Duration,
+        props: Option<&BucketProps>,
+        query: Option<&str>,
+    ) -> Result<KvParams, ApiError> {
+        kv_query(n, timeout, query)?.resolve(n, props, None, 0)
     }
 
     #[test]
