@@ -250,11 +250,12 @@ pub struct RespArgs {
     /// The bucket of RESP database 0; database N > 0 (`SELECT N`) is the bucket `db<N>`.
     #[arg(long, default_value = "db0")]
     pub resp_bucket: String,
-    /// Read quorum of a new RESP connection: a number, one, quorum or all
-    /// (`CHORUS.CONSISTENCY r=...` changes it per connection).
+    /// Read quorum of RESP commands in a bucket whose properties set no `r`: a number,
+    /// one, quorum or all (`CHORUS.CONSISTENCY r=...` sets one per connection, over both).
     #[arg(long, env = "CHORUS_RESP_R", default_value = "quorum")]
     pub resp_r: String,
-    /// Write quorum of a new RESP connection (`CHORUS.CONSISTENCY w=...` per connection).
+    /// Write quorum of RESP commands in a bucket whose properties set no `w`
+    /// (`CHORUS.CONSISTENCY w=...` sets one per connection, over both).
     #[arg(long, env = "CHORUS_RESP_W", default_value = "quorum")]
     pub resp_w: String,
     /// Most RESP connections at once; one more is refused with a clear error.

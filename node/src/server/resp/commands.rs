@@ -8,7 +8,9 @@
 //! minting replica holds (`Coordinator::put_over_current`), so one client's successive
 //! `SET`s replace each other and only concurrently minted writes become siblings. A plain
 //! `GET` of siblings answers the one with the greatest dot; `CHORUS.GET` shows them all
-//! with the context, `CHORUS.SET` writes over a context.
+//! with the context, `CHORUS.SET` writes over a context. A command runs with the
+//! connection's `CHORUS.CONSISTENCY`, else its bucket's properties (`r`, `w`, `pr`, `pw`,
+//! `ttl`), else `--resp-r` / `--resp-w`: `request_options::resolve`, as HTTP does.
 //!
 //! Must not: parse frames or touch sockets (`frame`, `mod.rs`), or hold replication logic.
 //! Every check of a command's input happens before its first write.
@@ -27,6 +29,7 @@ use chorus_core::metrics::Metrics;
 use chorus_core::object::{Object, Sibling, MAX_NAME_BYTES as MAX_SEGMENT_BYTES, MAX_TTL};
 use chorus_core::peers::Peers;
 use chorus_core::replica::Replica;
+use chorus_core::request_options::{self, Defaults, Effective, Requested};
 use chorus_core::storage::Storage;
 
 use super::frame::{Protocol, Reply};
@@ -47,7 +50,7 @@ pub struct FrontConfig {
     pub password: Option<Vec<u8>>,
     /// The bucket of database 0; database N > 0 is `db<N>`.
     pub default_bucket: Vec<u8>,
-    /// Default read and write quorums of a new connection.
+    /// Read and write quorums where neither the connection nor the bucket sets one.
     pub r: usize,
     pub w: usize,
     pub max_value: usize,
@@ -121,8 +124,8 @@ impl<S: Storage, P: Peers> Front<S, P> {
             lib_ver: None,
             db: 0,
             bucket: self.config.default_bucket.clone(),
-            r: self.config.r,
-            w: self.config.w,
+            r: None,
+            w: None,
             created: Instant::now(),
             closing: false,
         }
@@ -141,8 +144,10 @@ pub struct Session {
     lib_ver: Option<Bytes>,
     db: u32,
     bucket: Vec<u8>,
-    r: usize,
-    w: usize,
+    /// Quorums this connection set itself (`CHORUS.CONSISTENCY`); `None` leaves them to
+    /// the bucket's properties, then `--resp-r` / `--resp-w` (see [`options`]).
+    r: Option<usize>,
+    w: Option<usize>,
     created: Instant,
     /// Set by `QUIT`: the connection closes after this answer.
     pub closing: bool,
@@ -509,21 +514,25 @@ fn client_info(session: &Session) -> String {
     )
 }
 
-/// `CHORUS.CONSISTENCY [r=R] [w=W] | default`: counts as in the HTTP API's `r` and `w`.
+/// `CHORUS.CONSISTENCY [r=R] [w=W] | default`: counts as in the HTTP API's `r` and `w`;
+/// without an argument, the quorums this connection's commands use in its bucket now.
 fn consistency<S: Storage, P: Peers>(
     front: &Front<S, P>,
     session: &mut Session,
     settings: &[Bytes],
 ) -> Reply {
     if settings.is_empty() {
-        return Reply::bulk(format!("r={} w={}", session.r, session.w));
+        return match options(front, session, None) {
+            Ok(o) => Reply::bulk(format!("r={} w={}", o.r, o.w)),
+            Err(e) => e,
+        };
     }
     let n = front.coordinator.n();
     let (mut r, mut w) = (session.r, session.w);
     for setting in settings {
         let text = String::from_utf8_lossy(setting);
         if text.eq_ignore_ascii_case("default") {
-            (r, w) = (front.config.r, front.config.w);
+            (r, w) = (None, None);
             continue;
         }
         let parsed = text
@@ -532,8 +541,8 @@ fn consistency<S: Storage, P: Peers>(
             .and_then(|(name, value)| {
                 let count = Quorum::parse(value).and_then(|q| q.resolve(n, false))?;
                 match name {
-                    "r" => r = count,
-                    "w" => w = count,
+                    "r" => r = Some(count),
+                    "w" => w = Some(count),
                     _ => return Err(format!("unknown setting '{name}': use r or w")),
                 }
                 Ok(())
@@ -651,16 +660,43 @@ fn check_value<S: Storage, P: Peers>(front: &Front<S, P>, value: &[u8]) -> Resul
     Ok(())
 }
 
+/// What a command of this connection runs with in its bucket (`request_options`, as for
+/// HTTP): the connection's `CHORUS.CONSISTENCY`, else the bucket's properties, else
+/// `--resp-r` / `--resp-w`; a write's expiry is its own (`SET ... EX`), else the bucket's
+/// `ttl`.
+fn options<S: Storage, P: Peers>(
+    front: &Front<S, P>,
+    session: &Session,
+    expires_at_ms: Option<Option<u64>>,
+) -> Result<Effective, Reply> {
+    let requested = Requested {
+        r: session.r,
+        w: session.w,
+        pr: None,
+        pw: None,
+        expires_at_ms,
+    };
+    let defaults = Defaults {
+        r: front.config.r,
+        w: front.config.w,
+    };
+    let props = front.coordinator.props().get(&session.bucket);
+    let (n, now_ms) = (front.coordinator.n(), front.coordinator.now_ms());
+    request_options::resolve(n, defaults, props.as_ref(), &requested, now_ms)
+        .map_err(|e| Reply::error(format!("ERR {e}")))
+}
+
+/// Reads a key at `r` replicas, `pr` of them primaries.
 async fn read<S: Storage, P: Peers>(
     front: &Front<S, P>,
     session: &Session,
     key: &[u8],
-    r: usize,
+    (r, pr): (usize, usize),
 ) -> Result<Object, Reply> {
     check_key(key)?;
     front
         .coordinator
-        .get(&session.bucket, key, r, 0, front.config.timeout)
+        .get(&session.bucket, key, r, pr, front.config.timeout)
         .await
         .map_err(coordinator_error)
 }
@@ -695,7 +731,8 @@ async fn get<S: Storage, P: Peers>(
     session: &Session,
     key: &[u8],
 ) -> Result<Reply, Reply> {
-    let object = read(front, session, key, session.r).await?;
+    let o = options(front, session, None)?;
+    let object = read(front, session, key, (o.r, o.pr)).await?;
     Ok(chosen(&object, front.coordinator.now_ms()).map_or(Reply::Null, Reply::Bulk))
 }
 
@@ -707,7 +744,8 @@ async fn ttl<S: Storage, P: Peers>(
     key: &[u8],
     unit_ms: u64,
 ) -> Result<Reply, Reply> {
-    let object = read(front, session, key, session.r).await?;
+    let o = options(front, session, None)?;
+    let object = read(front, session, key, (o.r, o.pr)).await?;
     let now = front.coordinator.now_ms();
     Ok(Reply::Integer(match chosen_sibling(&object, now) {
         None => -2,
@@ -727,19 +765,12 @@ async fn write_over_current<S: Storage, P: Peers>(
     session: &Session,
     key: &[u8],
     value: &[u8],
-    expires_at: Option<u64>,
+    o: &Effective,
 ) -> Result<(), Reply> {
-    let value = Sibling::value(value.to_vec(), None).expiring_at(expires_at);
+    let value = Sibling::value(value.to_vec(), None).expiring_at(o.expires_at_ms);
     front
         .coordinator
-        .put_over_current(
-            &session.bucket,
-            key,
-            value,
-            session.w,
-            0,
-            front.config.timeout,
-        )
+        .put_over_current(&session.bucket, key, value, o.w, o.pw, front.config.timeout)
         .await
         .map(|_| ())
         .map_err(coordinator_error)
@@ -767,7 +798,8 @@ fn set_expiry(option: &str, number: Option<&Bytes>, now_ms: u64) -> Result<u64, 
 
 /// `SET key value [NX|XX] [GET] [EX s|PX ms|EXAT t|PXAT t]`. NX, XX and GET read the key
 /// first (at r): the check is not atomic with the write, which supersedes what the
-/// minting replica holds then. A TTL is fixed by this node's clock.
+/// minting replica holds then. A TTL is fixed by this node's clock; without one, the
+/// bucket's `ttl` applies.
 async fn set<S: Storage, P: Peers>(
     front: &Front<S, P>,
     session: &Session,
@@ -776,15 +808,15 @@ async fn set<S: Storage, P: Peers>(
     let (key, value) = (&args[1], &args[2]);
     let (mut nx, mut xx, mut want_old) = (false, false, false);
     let mut expires_at = None;
-    let mut options = args[3..].iter();
-    while let Some(option) = options.next() {
+    let mut given = args[3..].iter();
+    while let Some(option) = given.next() {
         match upper(option).as_str() {
             "NX" if !xx => nx = true,
             "XX" if !nx => xx = true,
             "GET" => want_old = true,
             unit @ ("EX" | "PX" | "EXAT" | "PXAT") if expires_at.is_none() => {
                 let now = front.coordinator.now_ms();
-                expires_at = Some(set_expiry(unit, options.next(), now)?);
+                expires_at = Some(set_expiry(unit, given.next(), now)?);
             }
             "KEEPTTL" => {
                 return Err(Reply::error(
@@ -796,17 +828,18 @@ async fn set<S: Storage, P: Peers>(
     }
     check_key(key)?;
     check_value(front, value)?;
+    let o = options(front, session, expires_at.map(Some))?;
     if !(nx || xx || want_old) {
-        write_over_current(front, session, key, value, expires_at).await?;
+        write_over_current(front, session, key, value, &o).await?;
         return Ok(Reply::ok());
     }
     let old = chosen(
-        &read(front, session, key, session.r).await?,
+        &read(front, session, key, (o.r, o.pr)).await?,
         front.coordinator.now_ms(),
     );
     let skip = (nx && old.is_some()) || (xx && old.is_none());
     if !skip {
-        write_over_current(front, session, key, value, expires_at).await?;
+        write_over_current(front, session, key, value, &o).await?;
     }
     Ok(match (want_old, skip) {
         (true, _) => old.map_or(Reply::Null, Reply::Bulk),
@@ -815,16 +848,18 @@ async fn set<S: Storage, P: Peers>(
     })
 }
 
-/// Deletes one key like an HTTP DELETE without a context: reads it (at r = w, so the
-/// delete is as available as asked for) and writes a tombstone over what that read saw.
-/// Returns the value deleted, None when there was none (and nothing is written).
+/// Deletes one key like an HTTP DELETE without a context: reads it (`DEL` at r = w, so
+/// the delete is as available as asked for) and writes a tombstone over what that read
+/// saw, at `o`'s w and pw. Returns the value deleted, None when there was none (and
+/// nothing is written).
 async fn delete<S: Storage, P: Peers>(
     front: &Front<S, P>,
     session: &Session,
     key: &[u8],
-    r: usize,
+    read_at: (usize, usize),
+    o: &Effective,
 ) -> Result<Option<Bytes>, Reply> {
-    let object = read(front, session, key, r).await?;
+    let object = read(front, session, key, read_at).await?;
     let Some(old) = chosen(&object, front.coordinator.now_ms()) else {
         return Ok(None);
     };
@@ -835,8 +870,8 @@ async fn delete<S: Storage, P: Peers>(
             key,
             object.context(),
             Sibling::tombstone(),
-            session.w,
-            0,
+            o.w,
+            o.pw,
             front.config.timeout,
         )
         .await
@@ -849,7 +884,8 @@ async fn getdel<S: Storage, P: Peers>(
     session: &Session,
     key: &[u8],
 ) -> Result<Reply, Reply> {
-    Ok(delete(front, session, key, session.r)
+    let o = options(front, session, None)?;
+    Ok(delete(front, session, key, (o.r, o.pr), &o)
         .await?
         .map_or(Reply::Null, Reply::Bulk))
 }
@@ -883,9 +919,10 @@ async fn delete_keys<S: Storage, P: Peers>(
     keys: &[Bytes],
 ) -> Result<Reply, Reply> {
     keys.iter().try_for_each(|k| check_key(k))?;
+    let o = &options(front, session, None)?;
     let unique = &distinct(keys);
     let deleted = chunked(unique.len(), |i| {
-        delete(front, session, &unique[i], session.w)
+        delete(front, session, &unique[i], (o.w, 0), o)
     })
     .await?;
     Ok(Reply::Integer(
@@ -899,10 +936,11 @@ async fn exists<S: Storage, P: Peers>(
     keys: &[Bytes],
 ) -> Result<Reply, Reply> {
     keys.iter().try_for_each(|k| check_key(k))?;
+    let o = options(front, session, None)?;
     let unique = &distinct(keys);
     let found = chunked(unique.len(), |i| async move {
         Ok(chosen(
-            &read(front, session, &unique[i], session.r).await?,
+            &read(front, session, &unique[i], (o.r, o.pr)).await?,
             front.coordinator.now_ms(),
         )
         .is_some())
@@ -925,12 +963,13 @@ async fn mget<S: Storage, P: Peers>(
     keys: &[Bytes],
 ) -> Result<Reply, Reply> {
     keys.iter().try_for_each(|k| check_key(k))?;
+    let o = options(front, session, None)?;
     let mut values = Vec::with_capacity(keys.len());
     let mut bytes = 0;
     for chunk in keys.chunks(KEY_CONCURRENCY) {
         let read_all = join_all(chunk.iter().map(|k| async {
             Ok::<_, Reply>(chosen(
-                &read(front, session, k, session.r).await?,
+                &read(front, session, k, (o.r, o.pr)).await?,
                 front.coordinator.now_ms(),
             ))
         }));
@@ -960,8 +999,9 @@ async fn mset<S: Storage, P: Peers>(
         check_key(&pair[0])?;
         check_value(front, &pair[1])?;
     }
+    let o = &options(front, session, None)?;
     chunked(pairs.len() / 2, |i| {
-        write_over_current(front, session, &pairs[2 * i], &pairs[2 * i + 1], None)
+        write_over_current(front, session, &pairs[2 * i], &pairs[2 * i + 1], o)
     })
     .await?;
     Ok(Reply::ok())
@@ -972,7 +1012,8 @@ async fn chorus_get<S: Storage, P: Peers>(
     session: &Session,
     key: &[u8],
 ) -> Result<Reply, Reply> {
-    let object = read(front, session, key, session.r).await?;
+    let o = options(front, session, None)?;
+    let object = read(front, session, key, (o.r, o.pr)).await?;
     let values = live(&object, front.coordinator.now_ms())
         .into_iter()
         .map(|(_, _, s)| Reply::bulk(s.value.clone()))
@@ -1003,7 +1044,8 @@ async fn chorus_set<S: Storage, P: Peers>(
             .map_err(|e| Reply::error(format!("ERR invalid context: {e}")))?,
         Err(_) => return Err(Reply::error("ERR invalid context: not ASCII")),
     };
-    let value = Sibling::value(value.to_vec(), None);
+    let o = options(front, session, None)?;
+    let value = Sibling::value(value.to_vec(), None).expiring_at(o.expires_at_ms);
     front
         .coordinator
         .put(
@@ -1011,8 +1053,8 @@ async fn chorus_set<S: Storage, P: Peers>(
             key,
             context,
             value,
-            session.w,
-            0,
+            o.w,
+            o.pw,
             front.config.timeout,
         )
         .await

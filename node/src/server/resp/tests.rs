@@ -5,6 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 
+use chorus_core::bucket_props::BucketProps;
 use chorus_core::causality::ActorId;
 use chorus_core::coordinator::Coordinator;
 use chorus_core::metrics::Metrics;
@@ -60,6 +61,8 @@ struct Cluster {
     down: Arc<Mutex<HashSet<String>>>,
     /// Peer calls in progress and their maximum (see `LocalPeers`).
     calls: Arc<Mutex<(usize, usize)>>,
+    /// Each node's coordinator, as its front has it (bucket properties are set here).
+    coordinators: Vec<Coordinator<MemoryStorage, LocalPeers>>,
 }
 
 fn config(
@@ -94,6 +97,22 @@ async fn cluster(nodes: usize, password: Option<&str>, max_connections: usize) -
     slow_cluster(nodes, password, max_connections, Duration::ZERO).await
 }
 
+/// The in-memory replica of node `i`: at most 3 siblings.
+fn replica(i: usize) -> TestReplica {
+    let config = ReplicaConfig {
+        actor: ActorId(i as u64 + 1),
+        actor_seed: i as u64,
+        ring_size: 64,
+        max_siblings: 3,
+        max_object_bytes: chorus_core::object::WRITE_MAX_OBJECT_BYTES,
+        warn_siblings: 3,
+        max_hints_per_owner: 100,
+        clock: chorus_core::clock::SystemClock::shared(),
+    };
+    let metrics = Arc::new(Metrics::default());
+    Arc::new(Replica::new(Arc::new(MemoryStorage::new()), config, metrics).unwrap())
+}
+
 /// As `cluster`, with every peer call taking `delay`.
 async fn slow_cluster(
     nodes: usize,
@@ -104,28 +123,7 @@ async fn slow_cluster(
     let names: Vec<String> = (0..nodes)
         .map(|i| ((b'a' + i as u8) as char).to_string())
         .collect();
-    let replicas: Vec<TestReplica> = (0..nodes)
-        .map(|i| {
-            let config = ReplicaConfig {
-                actor: ActorId(i as u64 + 1),
-                actor_seed: i as u64,
-                ring_size: 64,
-                max_siblings: 3,
-                max_object_bytes: chorus_core::object::WRITE_MAX_OBJECT_BYTES,
-                warn_siblings: 3,
-                max_hints_per_owner: 100,
-                clock: chorus_core::clock::SystemClock::shared(),
-            };
-            Arc::new(
-                Replica::new(
-                    Arc::new(MemoryStorage::new()),
-                    config,
-                    Arc::new(Metrics::default()),
-                )
-                .unwrap(),
-            )
-        })
-        .collect();
+    let replicas: Vec<TestReplica> = (0..nodes).map(replica).collect();
     let down = Arc::new(Mutex::new(HashSet::new()));
     let calls = Arc::new(Mutex::new((0, 0)));
     let view = ClusterView {
@@ -135,6 +133,7 @@ async fn slow_cluster(
         unreachable: Arc::new(HashSet::new()),
     };
     let mut addresses = Vec::new();
+    let mut coordinators = Vec::new();
     for (i, name) in names.iter().enumerate() {
         let peers = LocalPeers {
             replicas: names
@@ -154,6 +153,7 @@ async fn slow_cluster(
             Arc::new(RwLock::new(view.clone())),
             metrics.clone(),
         );
+        coordinators.push(coordinator.clone());
         let front = Front::new(
             coordinator,
             replicas[i].clone(),
@@ -169,6 +169,7 @@ async fn slow_cluster(
         replicas,
         down,
         calls,
+        coordinators,
     }
 }
 
@@ -856,4 +857,83 @@ async fn pipelines_of_many_connections_keep_at_most_max_in_flight_keys_in_the_co
         "only {max} at once: the test does not load the bound"
     );
     assert_eq!(now, 0);
+}
+
+/// A bucket's properties apply to RESP commands as to HTTP (`request_options`): its `ttl`
+/// to a write without one, its `w` to SET, MSET, DEL and CHORUS.SET, its `r` to reads; a
+/// command's own `EX` and the connection's `CHORUS.CONSISTENCY` win over them.
+#[tokio::test]
+async fn bucket_properties_apply_unless_the_command_or_connection_sets_its_own() {
+    let c = cluster(2, None, 16).await;
+    let props = BucketProps {
+        w: Some("all".into()),
+        ttl: Some(5),
+        ..Default::default()
+    };
+    c.coordinators[0].props().set(b"db0", props);
+    let mut a = Client::connect(c.addresses[0]).await;
+    assert_eq!(a.one(&["SET", "k", "v"]).await, ok());
+    let ttl = a.one(&["TTL", "k"]).await;
+    assert!(matches!(ttl, Reply::Integer(1..=5)), "{ttl:?}");
+    assert_eq!(a.one(&["MSET", "m", "v"]).await, ok());
+    let ttl = a.one(&["PTTL", "m"]).await;
+    assert!(matches!(ttl, Reply::Integer(1..=5000)), "{ttl:?}");
+    assert_eq!(a.one(&["SET", "own", "v", "EX", "100"]).await, ok());
+    assert_eq!(a.one(&["TTL", "own"]).await, Reply::Integer(100));
+    assert_eq!(a.one(&["CHORUS.CONSISTENCY"]).await, bulk("r=1 w=2"));
+    // w=all: with b down every write in db0 fails; in db1 (no properties) w=1 writes.
+    c.down.lock().unwrap().insert("b".into());
+    for command in [
+        &["SET", "k2", "v"][..],
+        &["MSET", "k2", "v"],
+        &["DEL", "k"],
+        &["CHORUS.SET", "k2", "v", ""],
+    ] {
+        let failed = a.one(command).await;
+        assert!(
+            error_starts(&failed, "QUORUM needed 2"),
+            "{command:?}: {failed:?}"
+        );
+    }
+    assert_eq!(
+        a.call(&[&["SELECT", "1"], &["SET", "k2", "v"]]).await,
+        [ok(), ok()]
+    );
+    assert_eq!(a.one(&["TTL", "k2"]).await, Reply::Integer(-1));
+    // The connection's own w wins over the bucket's.
+    let own = a
+        .call(&[
+            &["SELECT", "0"],
+            &["CHORUS.CONSISTENCY", "w=1"],
+            &["SET", "k2", "v"],
+        ])
+        .await;
+    assert_eq!(own, [ok(), ok(), ok()]);
+    reads_take_the_buckets_r(&c, &mut a).await;
+}
+
+/// With b down and the bucket's r=all, reads fail unless the connection sets its own r.
+async fn reads_take_the_buckets_r(c: &Cluster, a: &mut Client) {
+    let props = BucketProps {
+        r: Some("all".into()),
+        ..Default::default()
+    };
+    c.coordinators[0].props().set(b"db0", props);
+    for command in [
+        &["GET", "own"][..],
+        &["MGET", "own"],
+        &["EXISTS", "own"],
+        &["TTL", "own"],
+    ] {
+        let failed = a.one(command).await;
+        assert!(
+            error_starts(&failed, "QUORUM needed 2"),
+            "{command:?}: {failed:?}"
+        );
+    }
+    assert_eq!(
+        a.call(&[&["CHORUS.CONSISTENCY", "r=1"], &["GET", "own"]])
+            .await,
+        [ok(), bulk("v")]
+    );
 }
