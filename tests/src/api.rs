@@ -14,6 +14,7 @@ use hyper::Method;
 use serde_json::Value;
 
 pub use chorus_api::client::{kv_path, Response};
+use chorus_api::PropsAnswer;
 
 /// Bound of one HTTP request (a coordinator answers within its own `timeout`, 2 s default).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
@@ -217,6 +218,25 @@ pub fn members(base: &str) -> Result<HashMap<String, (String, u64)>, String> {
             )
         })
         .collect())
+}
+
+/// `PUT /buckets/{bucket}/props` with `body` sent as it is (tests send malformed ones).
+pub fn put_props(base: &str, bucket: &str, body: &str) -> Result<Response, String> {
+    let path = format!("/buckets/{}/props", encode_segment(bucket));
+    call(base, "PUT", &path, &[], body.as_bytes())
+}
+
+/// `GET /buckets/{bucket}/props`.
+pub fn props(base: &str, bucket: &str) -> Result<PropsAnswer, String> {
+    let r = get(base, &format!("/buckets/{}/props", encode_segment(bucket)))?;
+    if r.status != 200 {
+        return Err(format!(
+            "props of {bucket}: HTTP {} {}",
+            r.status,
+            r.error_message()
+        ));
+    }
+    serde_json::from_slice(&r.body).map_err(|e| format!("props of {bucket}: {e}"))
 }
 
 /// The preference list of a key: (name, primary) in order.

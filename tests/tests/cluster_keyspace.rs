@@ -302,7 +302,7 @@ fn enforces_two_siblings(url: &str, probe: &mut u32) -> Result<(), String> {
 }
 
 fn props_put(url: &str, body: &str) -> api::Response {
-    api::call(url, "PUT", "/buckets/b/props", &[], body.as_bytes()).unwrap()
+    api::put_props(url, "b", body).unwrap()
 }
 
 #[test]
@@ -323,9 +323,9 @@ fn bucket_properties_set_on_one_node_are_in_force_on_every_node_and_after_a_full
             CLUSTER_DEADLINE,
             || enforces_two_siblings(&url, &mut probe),
         );
-        let shown = api::get(&url, "/buckets/b/props").unwrap().json().unwrap();
-        assert_eq!(shown["props"]["w"], "all", "{shown}");
-        assert_eq!(shown["set_by"], "n1", "{shown}");
+        let shown = api::props(&url, "b").unwrap();
+        assert_eq!(shown.props.w.as_deref(), Some("all"), "{shown:?}");
+        assert_eq!(shown.set_by.as_deref(), Some("n1"), "{shown:?}");
     }
     // w=all from the bucket: with n3 dead a default write fails, the request's own w wins.
     cluster.nodes[2].kill9();

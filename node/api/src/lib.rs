@@ -7,12 +7,14 @@
 //! context is an opaque token here.
 
 pub mod client;
+pub mod props;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 pub use client::{kv_path, ring_path, BaseUrl, HttpClient, HttpError, Response};
+pub use props::{PropsAnswer, PropsBody, PropsDefaults, PropsVersion};
 
 /// The causal context of a key, as an opaque token: sent by a node with every answer that
 /// has one, and by a client with a write that should supersede what it saw.

@@ -22,7 +22,9 @@ use chorus_api::client::{self as http_client, BaseUrl, HttpClient, HttpError, Re
 /// Generous, because `leave` and quorum calls to a struggling cluster may take a while;
 /// the node's own `timeout` answers a slow quorum with a 503 well before this.
 const CLI_TIMEOUT: Duration = Duration::from_secs(30);
-use chorus_api::{KeyPageBody, ListedKey, CONTEXT_HEADER, EXPIRES_AT_HEADER, TTL_HEADER};
+use chorus_api::{
+    KeyPageBody, ListedKey, PropsAnswer, CONTEXT_HEADER, EXPIRES_AT_HEADER, TTL_HEADER,
+};
 use chorus_core::object::MAX_TTL;
 
 pub fn run(command: Command) -> CliResult {
@@ -168,33 +170,23 @@ async fn bucket_props(bucket: &str, set: &[String], args: ClientArgs) -> CliResu
             _ => Err(refused(&response)),
         };
     }
-    let mut props = response
-        .json()
-        .map_err(CliError::failed)?
-        .get("props")
-        .cloned()
-        .unwrap_or_else(|| Value::Object(Default::default()));
+    let mut props = serde_json::from_slice::<PropsAnswer>(&response.body)
+        .map_err(|e| CliError::failed(format!("not a chorus properties answer: {e}")))?
+        .props;
     for assignment in set {
         let (key, value) = assignment
             .split_once('=')
             .ok_or_else(|| CliError::usage(format!("--set {assignment}: expected key=value")))?;
-        let value = match (key, value) {
-            (_, "") => Value::Null,
-            ("max_siblings", v) => Value::from(v.parse::<u64>().map_err(|_| {
-                CliError::usage(format!("--set {assignment}: max_siblings is a number"))
-            })?),
-            ("ttl", v) => {
-                ttl_seconds(v).map_err(|e| CliError::usage(format!("--set {assignment}: {e}")))?
-            }
-            (_, v) => Value::from(v),
+        let changed = match (key, value) {
+            (_, "") => props.set(key, None),
+            ("ttl", v) => ttl_seconds(v).map(|ttl| props.ttl = ttl),
+            (_, v) => props.set(key, Some(v)),
         };
-        props[key] = value;
+        changed.map_err(|e| CliError::usage(format!("--set {assignment}: {e}")))?;
     }
-    if let Value::Object(map) = &mut props {
-        map.retain(|_, v| !v.is_null());
-    }
+    let body = serde_json::to_vec(&props).expect("properties serialize");
     let response = client
-        .request(Method::PUT, &path, &[], Bytes::from(props.to_string()))
+        .request(Method::PUT, &path, &[], Bytes::from(body))
         .await
         .map_err(request_failed)?;
     match response.status {
@@ -204,10 +196,10 @@ async fn bucket_props(bucket: &str, set: &[String], args: ClientArgs) -> CliResu
 }
 
 /// A bucket's default TTL as the properties hold it: whole seconds (`none`: no default).
-fn ttl_seconds(text: &str) -> Result<Value, String> {
+fn ttl_seconds(text: &str) -> Result<Option<u64>, String> {
     match chorus_api::parse_ttl(text, MAX_TTL)? {
-        None => Ok(Value::Null),
-        Some(ttl) if ttl.subsec_millis() == 0 => Ok(Value::from(ttl.as_secs())),
+        None => Ok(None),
+        Some(ttl) if ttl.subsec_millis() == 0 => Ok(Some(ttl.as_secs())),
         Some(_) => Err("a bucket's ttl is whole seconds".into()),
     }
 }
