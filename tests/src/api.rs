@@ -14,7 +14,7 @@ use hyper::Method;
 use serde_json::Value;
 
 pub use chorus_api::client::{kv_path, Response};
-use chorus_api::PropsAnswer;
+use chorus_api::{PropsAnswer, StatusBody};
 
 /// Bound of one HTTP request (a coordinator answers within its own `timeout`, 2 s default).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
@@ -192,31 +192,20 @@ pub fn local(base: &str, bucket: &str, key: &str) -> Result<Option<Local>, Strin
     }))
 }
 
-pub fn status(base: &str) -> Result<Value, String> {
+pub fn status(base: &str) -> Result<StatusBody, String> {
     let r = get(base, "/status")?;
     if r.status != 200 {
         return Err(format!("/status: HTTP {}", r.status));
     }
-    r.json()
+    StatusBody::parse(&r.body)
 }
 
 /// Members as this node sees them: name -> (state, generation).
 pub fn members(base: &str) -> Result<HashMap<String, (String, u64)>, String> {
-    let status = status(base)?;
-    let members = status["members"]
-        .as_array()
-        .ok_or("no members in /status")?;
-    Ok(members
-        .iter()
-        .map(|m| {
-            (
-                m["name"].as_str().unwrap_or_default().to_string(),
-                (
-                    m["state"].as_str().unwrap_or_default().to_string(),
-                    m["generation"].as_u64().unwrap_or(0),
-                ),
-            )
-        })
+    Ok(status(base)?
+        .members
+        .into_iter()
+        .map(|m| (m.name, (m.state, m.generation)))
         .collect())
 }
 

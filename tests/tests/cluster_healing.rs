@@ -331,7 +331,7 @@ fn growing_to_four_and_leaving_under_load_loses_no_acknowledged_write() {
         || {
             for i in 0..4 {
                 let status = api::status(&cluster.url(i))?;
-                let transfers = status["transfers"].as_array().map_or(0, Vec::len);
+                let transfers = status.transfers.len();
                 if transfers > 0 {
                     return Err(format!("n{} still transfers {transfers} partitions", i + 1));
                 }

@@ -8,14 +8,10 @@ use chorus_tests::cluster::{args, wait_for, ClusterOptions, TestCluster, CLUSTER
 /// (generation, heartbeat) of `name` as the node at `url` sees it.
 fn seen(url: &str, name: &str) -> Result<(u64, u64), String> {
     let status = api::status(url)?;
-    let member = status["members"]
-        .as_array()
-        .and_then(|m| m.iter().find(|m| m["name"] == name))
+    let member = status
+        .member(name)
         .ok_or_else(|| format!("{url} does not list {name}"))?;
-    Ok((
-        member["generation"].as_u64().unwrap_or(0),
-        member["heartbeat"].as_u64().unwrap_or(0),
-    ))
+    Ok((member.generation, member.heartbeat))
 }
 
 /// Issue 15, defect 6: the newcomer's higher generation won, the node holding the data was

@@ -159,12 +159,8 @@ fn a_wiped_node_is_rebuilt_by_partition_streams_with_every_key_and_tombstone() {
     );
     assert_all_local(&cluster.url(2), &written);
     let status = api::status(&cluster.url(2)).unwrap();
-    assert_eq!(status["rebuild"]["partitions_pending"], 0, "{status}");
-    assert_eq!(
-        status["rebuild"]["keys_done"].as_f64(),
-        Some(pulled),
-        "{status}"
-    );
+    assert_eq!(status.rebuild.partitions_pending, 0, "{status:?}");
+    assert_eq!(status.rebuild.keys_done as f64, pulled, "{status:?}");
 }
 
 #[test]
@@ -186,18 +182,13 @@ fn a_rebuild_killed_halfway_resumes_from_its_cursors_and_loses_no_write() {
     let n3 = cluster.url(2);
     let halfway = wait_for("n3's rebuild to be under way", REBUILD_DEADLINE, || {
         let status = api::status(&n3)?;
-        let done = status["rebuild"]["keys_done"].as_u64().unwrap_or(0);
-        let pending = status["rebuild"]["partitions_pending"]
-            .as_u64()
-            .unwrap_or(0);
+        let done = status.rebuild.keys_done;
+        let pending = status.rebuild.partitions_pending;
         if done >= keys as u64 / 4 && pending > 0 {
-            assert_eq!(
-                status["repairing"], true,
-                "repair ended mid-stream: {status}"
-            );
+            assert!(status.repairing, "repair ended mid-stream: {status:?}");
             Ok(done)
         } else {
-            Err(format!("{}", status["rebuild"]))
+            Err(format!("{:?}", status.rebuild))
         }
     });
     cluster.nodes[2].restart();
@@ -209,12 +200,10 @@ fn a_rebuild_killed_halfway_resumes_from_its_cursors_and_loses_no_write() {
         REBUILD_DEADLINE,
         || {
             let status = api::status(&n3)?;
-            let pending = status["rebuild"]["partitions_pending"]
-                .as_u64()
-                .unwrap_or(0);
+            let pending = status.rebuild.partitions_pending;
             assert!(
-                pending == 0 || status["repairing"] == true,
-                "repair ended mid-stream: {status}"
+                pending == 0 || status.repairing,
+                "repair ended mid-stream: {status:?}"
             );
             match metric(&cluster, 2, "chorus_rebuild_resumed") {
                 r if r >= 1.0 && pending == 0 => Ok(()),
@@ -234,9 +223,9 @@ fn a_rebuild_killed_halfway_resumes_from_its_cursors_and_loses_no_write() {
     wait_for(
         "n3's repair to end",
         REBUILD_DEADLINE,
-        || match api::status(&n3)?["repairing"].as_bool() {
-            Some(false) => Ok(()),
-            other => Err(format!("repairing: {other:?}")),
+        || match api::status(&n3)?.repairing {
+            false => Ok(()),
+            true => Err("still repairing".to_string()),
         },
     );
     assert_all_local(&n3, &written);

@@ -75,15 +75,9 @@ fn a_node_whose_storage_fails_stops_acknowledging_says_so_and_exits_for_its_supe
     // Others route around it once gossip says so, and keep taking writes.
     wait_for("n2 to route around n1", CLUSTER_DEADLINE, || {
         let status = api::status(&n2)?;
-        let n1 = status["members"]
-            .as_array()
-            .and_then(|m| m.iter().find(|m| m["name"] == "n1"))
-            .cloned()
-            .unwrap_or_default();
-        if n1["reachable"] == false {
-            Ok(())
-        } else {
-            Err(format!("{n1}"))
+        match status.member("n1") {
+            Some(n1) if !n1.reachable => Ok(()),
+            other => Err(format!("{other:?}")),
         }
     });
     api::put_ok(&n2, "disk", "elsewhere", b"v", "w=2", None);

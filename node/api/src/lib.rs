@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod props;
+pub mod status;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 pub use client::{kv_path, ring_path, BaseUrl, HttpClient, HttpError, Response};
 pub use props::{PropsAnswer, PropsBody, PropsDefaults, PropsVersion};
+pub use status::{MemberStatus, StatusBody};
 
 /// The causal context of a key, as an opaque token: sent by a node with every answer that
 /// has one, and by a client with a write that should supersede what it saw.

@@ -860,8 +860,8 @@ async fn local_partitions(State(node): State<Arc<Node>>) -> Result<Json<Value>, 
     Ok(Json(Value::Array(out)))
 }
 
-async fn status(State(node): State<Arc<Node>>) -> Json<Value> {
-    Json(node.status_json())
+async fn status(State(node): State<Arc<Node>>) -> Json<chorus_api::StatusBody> {
+    Json(node.status())
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> Response {

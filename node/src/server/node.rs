@@ -9,8 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{json, Value};
-
+use chorus_api::status::{MemberStatus, RebuildPartition, RebuildStatus, StatusBody, Transfer};
 use chorus_core::coordinator::Coordinator;
 use chorus_core::healing::Healer;
 use chorus_core::membership::Gossip;
@@ -92,65 +91,68 @@ impl Node {
         }
     }
 
-    pub fn status_json(&self) -> Value {
+    /// `GET /status`: this node, every member as it sees them, its transfers and rebuild.
+    pub fn status(&self) -> StatusBody {
         let view = self.coordinator.view();
-        let members: Vec<Value> = self
+        let members = self
             .gossip
             .members()
             .into_iter()
-            .map(|m| {
-                json!({
-                    "name": m.name,
-                    "address": m.address,
-                    "state": m.state.to_string(),
-                    "phi": if m.phi.is_finite() { m.phi } else { f64::MAX },
-                    "generation": m.generation,
-                    "heartbeat": m.heartbeat,
-                    "heartbeat_age_ms": m.heartbeat_age_ms,
-                    "ring_share": view.ring.share(&m.name),
-                    "reachable": !view.unreachable.contains(&m.name),
-                    "kv": m.kv,
-                    "is_self": m.is_self,
-                })
+            .map(|m| MemberStatus {
+                address: m.address,
+                generation: m.generation,
+                heartbeat: m.heartbeat,
+                heartbeat_age_ms: m.heartbeat_age_ms,
+                is_self: m.is_self,
+                kv: m.kv,
+                phi: if m.phi.is_finite() { m.phi } else { f64::MAX },
+                reachable: !view.unreachable.contains(&m.name),
+                ring_share: view.ring.share(&m.name),
+                state: m.state.to_string(),
+                name: m.name,
             })
             .collect();
-        json!({
-            "node": self.name,
-            "n": view.ring.n(),
-            "ring_size": view.ring.ring_size(),
-            "repairing": self.replica.is_repairing(),
-            "storage_failure": self.replica.health().failure(),
-            "members": members,
-            "transfers": self.healer.transfer_progress().into_iter().map(|(p, keys)| json!({"partition": p, "keys_left": keys})).collect::<Vec<_>>(),
-            "rebuild": self.rebuild_json(),
-        })
+        let transfers = self.healer.transfer_progress().into_iter();
+        StatusBody {
+            members,
+            n: Some(view.ring.n()),
+            node: self.name.clone(),
+            rebuild: self.rebuild_status(),
+            repairing: self.replica.is_repairing(),
+            ring_size: Some(view.ring.ring_size()),
+            storage_failure: self.replica.health().failure(),
+            transfers: transfers
+                .map(|(partition, keys_left)| Transfer {
+                    keys_left,
+                    partition,
+                })
+                .collect(),
+        }
     }
 
     /// This node's partition streams: pending partitions with their progress, totals, and
     /// the estimated seconds left (null when nothing streams or no rate is known yet).
-    fn rebuild_json(&self) -> Value {
+    fn rebuild_status(&self) -> RebuildStatus {
         let status = self.healer.rebuilder().status();
-        let partitions: Vec<Value> = status
+        let partitions: Vec<RebuildPartition> = status
             .partitions
-            .iter()
-            .map(|p| {
-                json!({
-                    "partition": p.partition,
-                    "streaming": p.streaming,
-                    "peer": p.progress.peer,
-                    "keys_done": p.progress.keys,
-                    "keys_total": p.progress.keys_total,
-                    "bytes_done": p.progress.bytes,
-                })
+            .into_iter()
+            .map(|p| RebuildPartition {
+                bytes_done: p.progress.bytes,
+                keys_done: p.progress.keys,
+                keys_total: p.progress.keys_total,
+                partition: p.partition,
+                peer: p.progress.peer,
+                streaming: p.streaming,
             })
             .collect();
-        json!({
-            "partitions_pending": partitions.len(),
-            "partitions": partitions,
-            "keys_done": status.keys_done,
-            "bytes_done": status.bytes_done,
-            "eta_s": status.eta_s,
-        })
+        RebuildStatus {
+            bytes_done: status.bytes_done,
+            eta_s: status.eta_s,
+            keys_done: status.keys_done,
+            partitions_pending: partitions.len() as u64,
+            partitions,
+        }
     }
 
     pub fn refresh_phi_metrics(&self) {

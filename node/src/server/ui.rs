@@ -21,6 +21,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use crate::server::node::Node;
+use chorus_api::status::MemberStatus;
 use chorus_core::coordinator::targets;
 use chorus_core::metrics::OpTotals;
 use chorus_core::storage::Storage;
@@ -69,13 +70,12 @@ fn unix_ms() -> u64 {
 
 /// Everything the page shows; see docs/api.md, "`/ui/state` fields".
 pub fn state_json(node: &Node) -> Value {
-    let status = node.status_json();
+    let status = node.status();
     let view = node.coordinator.view();
     let hints_held = node.replica.storage().hint_owners().unwrap_or_default();
-    let members: Vec<Value> = status["members"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let members: Vec<Value> = status
+        .members
+        .iter()
         .map(|m| member_json(m, &hints_held))
         .collect();
     let series = node
@@ -86,33 +86,33 @@ pub fn state_json(node: &Node) -> Value {
     json!({
         "node": node.name,
         "time_ms": unix_ms(),
-        "n": status["n"],
-        "ring_size": status["ring_size"],
+        "n": status.n,
+        "ring_size": status.ring_size,
         "phi_threshold": node.gossip.phi_threshold(),
-        "repairing": status["repairing"],
-        "storage_failure": status["storage_failure"],
+        "repairing": status.repairing,
+        "storage_failure": status.storage_failure,
         "members": members,
         "ring": ring_json(&view, &node.healer.transfer_progress()),
-        "transfers": status["transfers"],
-        "rebuild": status["rebuild"],
+        "transfers": status.transfers,
+        "rebuild": status.rebuild,
         "health": health_json(node, &hints_held),
         "traffic": {"interval_ms": SAMPLE_EVERY.as_millis() as u64, "ops": OpTotals::OPS, "series": series},
     })
 }
 
 /// A member of `/status`, with the hints this node holds for it and its dashboard's URL.
-fn member_json(m: &Value, hints_held: &[(String, u64)]) -> Value {
-    let name = m["name"].as_str().unwrap_or_default();
-    let kv = |key: &str| m["kv"][key].as_str().map(str::to_string);
+fn member_json(m: &MemberStatus, hints_held: &[(String, u64)]) -> Value {
+    let name = m.name.as_str();
+    let kv = |key: &str| m.kv.get(key).cloned();
     let number = |key: &str| kv(key).and_then(|v| v.parse::<u64>().ok());
-    let mut out = m.clone();
+    let mut out = json!(m);
     let extra = json!({
         "hints_held_here": hints_held.iter().find(|(o, _)| o == name).map_or(0, |(_, n)| *n),
         "pending_hints": number(chorus_core::healing::PENDING_HINTS_KEY),
         "pending_transfer": number(chorus_core::healing::PENDING_TRANSFER_KEY),
         "storage": kv(chorus_core::membership::STORAGE_KV),
         "http": kv(HTTP_KV),
-        "ui_url": kv(HTTP_KV).and_then(|http| ui_url(&http, m["address"].as_str().unwrap_or_default())),
+        "ui_url": kv(HTTP_KV).and_then(|http| ui_url(&http, &m.address)),
     });
     if let (Some(out), Value::Object(extra)) = (out.as_object_mut(), extra) {
         out.extend(extra);

@@ -22,8 +22,9 @@ use chorus_api::client::{self as http_client, BaseUrl, HttpClient, HttpError, Re
 /// Generous, because `leave` and quorum calls to a struggling cluster may take a while;
 /// the node's own `timeout` answers a slow quorum with a 503 well before this.
 const CLI_TIMEOUT: Duration = Duration::from_secs(30);
+use chorus_api::status::RebuildStatus;
 use chorus_api::{
-    KeyPageBody, ListedKey, PropsAnswer, CONTEXT_HEADER, EXPIRES_AT_HEADER, TTL_HEADER,
+    KeyPageBody, ListedKey, PropsAnswer, StatusBody, CONTEXT_HEADER, EXPIRES_AT_HEADER, TTL_HEADER,
 };
 use chorus_core::object::MAX_TTL;
 
@@ -386,8 +387,8 @@ async fn status(args: ClientArgs) -> CliResult {
     if args.json {
         return print_json_body(&response);
     }
-    let table =
-        render_status(&response.json().map_err(CliError::failed)?).map_err(CliError::failed)?;
+    let status = StatusBody::parse(&response.body).map_err(CliError::failed)?;
+    let table = render_status(&status);
     write_stdout(table.as_bytes(), false)
 }
 
@@ -485,50 +486,29 @@ fn write_stdout(bytes: &[u8], newline_on_terminal: bool) -> CliResult {
 }
 
 /// The `chorus status` table, like `nodetool status`: one row per member, this node marked.
-pub(crate) fn render_status(status: &Value) -> Result<String, String> {
-    let members = status
-        .get("members")
-        .and_then(Value::as_array)
-        .ok_or("the status has no 'members' list")?;
-    let this_node = status.get("node").and_then(Value::as_str).unwrap_or("?");
-    let mut out = format!("node {this_node}");
-    if let (Some(n), Some(ring_size)) = (
-        status.get("n").and_then(Value::as_u64),
-        status.get("ring_size").and_then(Value::as_u64),
-    ) {
+pub(crate) fn render_status(status: &StatusBody) -> String {
+    let mut out = format!("node {}", status.node);
+    if let (Some(n), Some(ring_size)) = (status.n, status.ring_size) {
         out.push_str(&format!(", n={n}, {ring_size} partitions"));
     }
-    out.push_str(&format!(", {} members\n", members.len()));
-    let text = |m: &Value, field: &str| {
-        m.get(field)
-            .and_then(Value::as_str)
-            .unwrap_or("-")
-            .to_string()
-    };
-    let mut rows: Vec<Vec<String>> = members
+    out.push_str(&format!(", {} members\n", status.members.len()));
+    let mut rows: Vec<Vec<String>> = status
+        .members
         .iter()
         .map(|m| {
-            let name = text(m, "name");
-            let is_self = m
-                .get("is_self")
-                .and_then(Value::as_bool)
-                .unwrap_or(name == this_node);
+            let is_self = m.is_self || m.name == status.node;
             vec![
-                if is_self { format!("{name}*") } else { name },
-                text(m, "address"),
-                text(m, "state"),
-                m.get("phi")
-                    .and_then(Value::as_f64)
-                    .map_or("-".into(), format_phi),
-                m.get("generation")
-                    .and_then(Value::as_u64)
-                    .map_or("-".into(), |g| g.to_string()),
-                m.get("heartbeat_age_ms")
-                    .and_then(Value::as_u64)
-                    .map_or("-".into(), format_age),
-                m.get("ring_share")
-                    .and_then(Value::as_f64)
-                    .map_or("-".into(), |s| format!("{:.1}%", s * 100.0)),
+                if is_self {
+                    format!("{}*", m.name)
+                } else {
+                    m.name.clone()
+                },
+                m.address.clone(),
+                m.state.clone(),
+                format_phi(m.phi),
+                m.generation.to_string(),
+                m.heartbeat_age_ms.map_or("-".into(), format_age),
+                format!("{:.1}%", m.ring_share * 100.0),
             ]
         })
         .collect();
@@ -547,43 +527,37 @@ pub(crate) fn render_status(status: &Value) -> Result<String, String> {
         3,
     ));
     out.push_str("* = the node that answered\n");
-    out.push_str(&render_rebuild(status));
-    Ok(out)
+    out.push_str(&render_rebuild(&status.rebuild));
+    out
 }
 
 /// The answering node's partition streams (`/status` `rebuild`), when it has pulled or
 /// queued any: totals, the estimate, and a row per partition being streamed.
-fn render_rebuild(status: &Value) -> String {
-    let rebuild = &status["rebuild"];
-    let pending = rebuild["partitions_pending"].as_u64().unwrap_or(0);
-    let keys = rebuild["keys_done"].as_u64().unwrap_or(0);
+fn render_rebuild(rebuild: &RebuildStatus) -> String {
+    let (pending, keys) = (rebuild.partitions_pending, rebuild.keys_done);
     if pending == 0 && keys == 0 {
         return String::new();
     }
-    let mb = rebuild["bytes_done"].as_u64().unwrap_or(0) as f64 / 1e6;
+    let mb = rebuild.bytes_done as f64 / 1e6;
     if pending == 0 {
         return format!("rebuild: done, {keys} keys ({mb:.1} MB) pulled\n");
     }
-    let eta = rebuild["eta_s"]
-        .as_f64()
-        .map_or("time left unknown".into(), |s| {
-            format!("about {s:.0} s left")
-        });
+    let eta = rebuild.eta_s.map_or("time left unknown".into(), |s| {
+        format!("about {s:.0} s left")
+    });
     let mut out =
         format!("rebuild: {pending} partitions pending, {keys} keys ({mb:.1} MB) pulled, {eta}\n");
-    let field = |p: &Value, f: &str| p[f].as_u64().map_or("-".into(), |v| v.to_string());
-    let rows: Vec<Vec<String>> = rebuild["partitions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| p["streaming"].as_bool() == Some(true))
+    let rows: Vec<Vec<String>> = rebuild
+        .partitions
+        .iter()
+        .filter(|p| p.streaming)
         .map(|p| {
             vec![
-                field(p, "partition"),
-                p["peer"].as_str().unwrap_or("-").to_string(),
-                field(p, "keys_done"),
-                field(p, "keys_total"),
-                field(p, "bytes_done"),
+                p.partition.to_string(),
+                p.peer.clone().unwrap_or_else(|| "-".into()),
+                p.keys_done.to_string(),
+                p.keys_total.to_string(),
+                p.bytes_done.to_string(),
             ]
         })
         .collect();
@@ -707,7 +681,7 @@ mod tests {
                  "heartbeat_age_ms": 312, "ring_share": 0.328125}
             ]
         });
-        let table = render_status(&status).unwrap();
+        let table = render_status(&serde_json::from_value(status).unwrap());
         let expected = "\
 node n1, n=3, 64 partitions, 3 members
 NAME  ADDRESS         STATE    PHI     GENERATION  HEARTBEAT AGE  RING SHARE
@@ -727,7 +701,8 @@ n3    127.0.0.1:7003  down     inf              7          312ms       32.8%
             {"partition": 7, "streaming": true, "peer": "n1", "keys_done": 100, "keys_total": 312, "bytes_done": 20000},
             {"partition": 9, "streaming": false, "peer": null, "keys_done": 0, "keys_total": 0, "bytes_done": 0}
         ]}});
-        let text = render_status(&status).unwrap();
+        let parse = |v: &Value| serde_json::from_value::<StatusBody>(v.clone()).unwrap();
+        let text = render_status(&parse(&status));
         assert!(
             text.contains(
                 "rebuild: 3 partitions pending, 1200 keys (2.5 MB) pulled, about 4 s left"
@@ -742,14 +717,14 @@ n3    127.0.0.1:7003  down     inf              7          312ms       32.8%
         );
         assert!(!text.contains("\n9 "), "{text}");
         status["rebuild"] = json!({"partitions_pending": 0, "keys_done": 1200, "bytes_done": 2_500_000, "partitions": []});
-        assert!(render_status(&status)
-            .unwrap()
-            .ends_with("rebuild: done, 1200 keys (2.5 MB) pulled\n"));
+        assert!(
+            render_status(&parse(&status)).ends_with("rebuild: done, 1200 keys (2.5 MB) pulled\n")
+        );
     }
 
     #[test]
     fn status_without_members_is_an_error() {
-        assert!(render_status(&json!({"node": "n1"}))
+        assert!(StatusBody::parse(br#"{"node": "n1"}"#)
             .unwrap_err()
             .contains("members"));
     }

@@ -36,6 +36,7 @@ use crate::tools::bench::parse_duration_flag;
 use crate::tools::chaos::observed;
 use crate::tools::chaos::workload::{node_urls, HistoryLine};
 use chorus_api::client::{self as http_client, BaseUrl, HttpClient};
+use chorus_api::StatusBody;
 use chorus_core::causality::Context;
 
 /// Decodes a context token: no token (or an empty one) is the empty context, an
@@ -778,13 +779,7 @@ impl Cluster {
             loop {
                 match client.get("/status").await {
                     Ok(r) if r.status == 200 => {
-                        let name = r
-                            .json()?
-                            .get("node")
-                            .and_then(Value::as_str)
-                            .unwrap_or_default()
-                            .to_string();
-                        nodes.insert(name, client);
+                        nodes.insert(StatusBody::parse(&r.body)?.node, client);
                         break;
                     }
                     _ if Instant::now() > deadline => {
@@ -803,16 +798,8 @@ impl Cluster {
             let mut all = true;
             for client in self.nodes.values_mut() {
                 let alive = match client.get("/status").await {
-                    Ok(r) if r.status == 200 => r
-                        .json()
-                        .ok()
-                        .and_then(|j| j.get("members").and_then(Value::as_array).cloned())
-                        .is_some_and(|m| {
-                            m.iter().all(|m| {
-                                m.get("state").and_then(Value::as_str) == Some("alive")
-                                    && m.get("reachable").and_then(Value::as_bool) != Some(false)
-                            })
-                        }),
+                    Ok(r) if r.status == 200 => StatusBody::parse(&r.body)
+                        .is_ok_and(|s| s.members.iter().all(|m| m.state == "alive" && m.reachable)),
                     _ => false,
                 };
                 all &= alive;
