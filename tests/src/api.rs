@@ -14,6 +14,7 @@ use hyper::Method;
 use serde_json::Value;
 
 pub use chorus_api::client::{kv_path, Response};
+use chorus_api::placement::{LocalPartition, RingBody};
 use chorus_api::{PropsAnswer, StatusBody};
 
 /// Bound of one HTTP request (a coordinator answers within its own `timeout`, 2 s default).
@@ -234,17 +235,11 @@ pub fn preference_list(base: &str, bucket: &str, key: &str) -> Result<Vec<(Strin
         base,
         &format!("/ring/{}/{}", encode_segment(bucket), encode_segment(key)),
     )?;
-    let json = r.json()?;
-    Ok(json["preference_list"]
-        .as_array()
-        .ok_or("no preference_list")?
-        .iter()
-        .map(|e| {
-            (
-                e["name"].as_str().unwrap_or_default().to_string(),
-                e["primary"].as_bool().unwrap_or(false),
-            )
-        })
+    let ring: RingBody = serde_json::from_slice(&r.body).map_err(|e| format!("/ring: {e}"))?;
+    Ok(ring
+        .preference_list
+        .into_iter()
+        .map(|o| (o.name, o.primary))
         .collect())
 }
 
@@ -260,19 +255,11 @@ pub fn owners(base: &str, bucket: &str, key: &str) -> Result<Vec<String>, String
 /// `/local/partitions`: (id, role, keys, merkle_root).
 pub fn partitions(base: &str) -> Result<Vec<(u64, String, u64, String)>, String> {
     let r = get(base, "/local/partitions")?;
-    let json = r.json()?;
-    Ok(json
-        .as_array()
-        .ok_or("/local/partitions is not a list")?
-        .iter()
-        .map(|p| {
-            (
-                p["id"].as_u64().unwrap_or(u64::MAX),
-                p["role"].as_str().unwrap_or_default().to_string(),
-                p["keys"].as_u64().unwrap_or(0),
-                p["merkle_root"].as_str().unwrap_or_default().to_string(),
-            )
-        })
+    let list: Vec<LocalPartition> =
+        serde_json::from_slice(&r.body).map_err(|e| format!("/local/partitions: {e}"))?;
+    Ok(list
+        .into_iter()
+        .map(|p| (u64::from(p.id), p.role, p.keys, p.merkle_root))
         .collect())
 }
 

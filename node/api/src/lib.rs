@@ -7,6 +7,7 @@
 //! context is an opaque token here.
 
 pub mod client;
+pub mod placement;
 pub mod props;
 pub mod status;
 

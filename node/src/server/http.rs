@@ -27,6 +27,7 @@ use chorus_core::storage::Storage;
 pub use chorus_core::object::MAX_NAME_BYTES as MAX_SEGMENT_BYTES;
 /// Longest `timeout` a client may ask for (and longest `--timeout-ms`).
 pub const MAX_TIMEOUT_MS: u64 = 60_000;
+use chorus_api::placement::{LocalPartition, Owner, RingBody};
 use chorus_api::{SiblingBody, SiblingsBody, CONTEXT_HEADER, EXPIRES_AT_HEADER, TTL_HEADER};
 
 pub fn router(node: Arc<Node>) -> Router {
@@ -787,28 +788,27 @@ async fn fault_set(body: Bytes) -> Result<Json<Value>, ApiError> {
     Ok(Json(json!(now)))
 }
 
-async fn ring_owners(State(node): State<Arc<Node>>, uri: Uri) -> Result<Json<Value>, ApiError> {
+async fn ring_owners(State(node): State<Arc<Node>>, uri: Uri) -> Result<Json<RingBody>, ApiError> {
     let (bucket, key) = bucket_and_key(&uri)?;
     let view = node.coordinator.view();
     let partition = view.ring.partition_of(&bucket, &key);
     let primaries = view.ring.primaries(partition).len();
-    let list: Vec<Value> = view
+    let preference_list = view
         .ring
         .preference_list(partition)
         .iter()
         .enumerate()
-        .map(|(i, name)| {
-            json!({
-                "name": name,
-                "address": node.gossip.address_of(name).unwrap_or_default(),
-                "primary": i < primaries,
-                "reachable": !view.unreachable.contains(*name),
-            })
+        .map(|(i, name)| Owner {
+            address: node.gossip.address_of(name).unwrap_or_default(),
+            name: name.to_string(),
+            primary: i < primaries,
+            reachable: !view.unreachable.contains(*name),
         })
         .collect();
-    Ok(Json(
-        json!({"partition": partition, "preference_list": list}),
-    ))
+    Ok(Json(RingBody {
+        partition,
+        preference_list,
+    }))
 }
 
 /// `/local/kv`: every version this replica holds, tombstones and expired values too.
@@ -838,7 +838,9 @@ async fn local_kv(State(node): State<Arc<Node>>, uri: Uri) -> Result<Response, A
     }
 }
 
-async fn local_partitions(State(node): State<Arc<Node>>) -> Result<Json<Value>, ApiError> {
+async fn local_partitions(
+    State(node): State<Arc<Node>>,
+) -> Result<Json<Vec<LocalPartition>>, ApiError> {
     let storage_error = |e: chorus_core::storage::StorageError| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -850,14 +852,15 @@ async fn local_partitions(State(node): State<Arc<Node>>) -> Result<Json<Value>, 
     let storage = node.replica.storage();
     let mut out = Vec::new();
     for partition in storage.partitions().map_err(storage_error)? {
-        out.push(json!({
-            "id": partition,
-            "role": if view.ring.is_primary(partition, &node.name) { "primary" } else { "fallback" },
-            "keys": storage.key_count(partition).map_err(storage_error)?,
-            "merkle_root": storage.tree(partition).map_err(storage_error)?.root_hex(),
-        }));
+        let primary = view.ring.is_primary(partition, &node.name);
+        out.push(LocalPartition {
+            id: partition,
+            keys: storage.key_count(partition).map_err(storage_error)?,
+            merkle_root: storage.tree(partition).map_err(storage_error)?.root_hex(),
+            role: if primary { "primary" } else { "fallback" }.to_string(),
+        });
     }
-    Ok(Json(Value::Array(out)))
+    Ok(Json(out))
 }
 
 async fn status(State(node): State<Arc<Node>>) -> Json<chorus_api::StatusBody> {

@@ -22,6 +22,7 @@ use chorus_api::client::{self as http_client, BaseUrl, HttpClient, HttpError, Re
 /// Generous, because `leave` and quorum calls to a struggling cluster may take a while;
 /// the node's own `timeout` answers a slow quorum with a 503 well before this.
 const CLI_TIMEOUT: Duration = Duration::from_secs(30);
+use chorus_api::placement::RingBody;
 use chorus_api::status::RebuildStatus;
 use chorus_api::{
     KeyPageBody, ListedKey, PropsAnswer, StatusBody, CONTEXT_HEADER, EXPIRES_AT_HEADER, TTL_HEADER,
@@ -405,8 +406,9 @@ async fn ring_owners(bucket: &str, key: &str, args: ClientArgs) -> CliResult {
     if args.json {
         return print_json_body(&response);
     }
-    let table =
-        render_owners(&response.json().map_err(CliError::failed)?).map_err(CliError::failed)?;
+    let ring: RingBody = serde_json::from_slice(&response.body)
+        .map_err(|e| CliError::failed(format!("not a chorus /ring answer: {e}")))?;
+    let table = render_owners(&ring);
     write_stdout(table.as_bytes(), false)
 }
 
@@ -586,39 +588,21 @@ fn format_age(ms: u64) -> String {
 }
 
 /// The `chorus ring owners` table: the preference list in order, primaries first.
-pub(crate) fn render_owners(ring: &Value) -> Result<String, String> {
-    let list = ring
-        .get("preference_list")
-        .and_then(Value::as_array)
-        .ok_or("the answer has no 'preference_list'")?;
-    let mut out = match ring.get("partition").and_then(Value::as_u64) {
-        Some(p) => format!("partition {p}\n"),
-        None => String::new(),
-    };
-    let rows: Vec<Vec<String>> = list
+pub(crate) fn render_owners(ring: &RingBody) -> String {
+    let mut out = format!("partition {}\n", ring.partition);
+    let rows: Vec<Vec<String>> = ring
+        .preference_list
         .iter()
         .enumerate()
         .map(|(i, owner)| {
-            let primary = owner
-                .get("primary")
-                .and_then(Value::as_bool)
-                .unwrap_or(false);
-            let mut role = if primary { "primary" } else { "fallback" }.to_string();
-            if owner.get("reachable").and_then(Value::as_bool) == Some(false) {
+            let mut role = if owner.primary { "primary" } else { "fallback" }.to_string();
+            if !owner.reachable {
                 role.push_str(" (unreachable)");
             }
             vec![
                 (i + 1).to_string(),
-                owner
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .unwrap_or("?")
-                    .to_string(),
-                owner
-                    .get("address")
-                    .and_then(Value::as_str)
-                    .unwrap_or("-")
-                    .to_string(),
+                owner.name.clone(),
+                owner.address.clone(),
                 role,
             ]
         })
@@ -628,7 +612,7 @@ pub(crate) fn render_owners(ring: &Value) -> Result<String, String> {
         &rows,
         usize::MAX,
     ));
-    Ok(out)
+    out
 }
 
 /// A plain-text table: columns padded to their widest cell, two spaces apart; columns
@@ -743,7 +727,10 @@ partition 17
 2  n3    127.0.0.1:7003  primary (unreachable)
 3  n1    127.0.0.1:7001  fallback
 ";
-        assert_eq!(render_owners(&ring).unwrap(), expected);
+        assert_eq!(
+            render_owners(&serde_json::from_value(ring).unwrap()),
+            expected
+        );
     }
 
     #[test]

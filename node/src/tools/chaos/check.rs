@@ -36,6 +36,7 @@ use crate::tools::bench::parse_duration_flag;
 use crate::tools::chaos::observed;
 use crate::tools::chaos::workload::{node_urls, HistoryLine};
 use chorus_api::client::{self as http_client, BaseUrl, HttpClient};
+use chorus_api::placement::RingBody;
 use chorus_api::StatusBody;
 use chorus_core::causality::Context;
 
@@ -824,17 +825,9 @@ impl Cluster {
         for client in self.nodes.values_mut() {
             match client.get(&path).await {
                 Ok(r) if r.status == 200 => {
-                    let json = r.json()?;
-                    let list = json
-                        .get("preference_list")
-                        .and_then(Value::as_array)
-                        .cloned()
-                        .unwrap_or_default();
-                    return Ok(list
-                        .iter()
-                        .filter(|e| e.get("primary").and_then(Value::as_bool) == Some(true))
-                        .filter_map(|e| e.get("name").and_then(Value::as_str).map(str::to_string))
-                        .collect());
+                    let ring: RingBody = serde_json::from_slice(&r.body)
+                        .map_err(|e| format!("not a chorus /ring answer: {e}"))?;
+                    return Ok(ring.primaries());
                 }
                 Ok(r) => last = r.error_message(),
                 Err(e) => last = e.to_string(),
