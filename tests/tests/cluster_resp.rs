@@ -1,9 +1,9 @@
 //! The Redis-protocol front on real `chorus` processes, driven by tools we did not write:
 //! `redis-cli` and a `redis-py` script against a 3-node cluster (each skipped with a
 //! message when absent; `.ci/run` installs them), values crossing between RESP and HTTP,
-//! siblings and the context commands, and a bad-frame fuzz (truncated frames, huge and
+//! siblings and the context commands, a bad-frame fuzz (truncated frames, huge and
 //! negative lengths, a 1 MiB inline command, 100k pipelined commands) that must leave every
-//! node serving and write nothing.
+//! node serving and write nothing, and bucket properties applied to RESP commands.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -422,4 +422,148 @@ fn pipelined_refusals_are_all_answered(addr: SocketAddr) {
                 .ok_or_else(|| String::from_utf8_lossy(&answer).to_string())
         },
     );
+}
+
+/// The answers of `commands` (inline, one connection, `QUIT` added): one string per
+/// answer, a bulk string as its data (`$-1` for nil), an array as `[a, b]`, anything else
+/// as its line.
+fn resp_answers(addr: SocketAddr, commands: &[&str]) -> Vec<String> {
+    let input: String = commands.iter().map(|c| format!("{c}\r\n")).collect();
+    let answer = exchange(addr, format!("{input}QUIT\r\n").as_bytes());
+    let text = String::from_utf8_lossy(&answer).to_string();
+    let mut lines = text.split("\r\n").filter(|l| !l.is_empty());
+    let mut out = Vec::new();
+    while let Some(reply) = next_reply(&mut lines) {
+        out.push(reply);
+    }
+    println!("RESP {commands:?} -> {out:?}");
+    assert_eq!(
+        out.len(),
+        commands.len() + 1,
+        "an answer per command: {out:?}"
+    );
+    assert_eq!(out.pop().as_deref(), Some("+OK"), "QUIT answers +OK");
+    out
+}
+
+fn next_reply<'a>(lines: &mut impl Iterator<Item = &'a str>) -> Option<String> {
+    let line = lines.next()?;
+    if let Some(len) = line.strip_prefix('$').filter(|len| *len != "-1") {
+        return Some(
+            lines
+                .next()
+                .unwrap_or_else(|| panic!("no data after ${len}"))
+                .to_string(),
+        );
+    }
+    match line.strip_prefix('*').and_then(|n| n.parse::<usize>().ok()) {
+        Some(n) => {
+            let items: Vec<String> = (0..n).filter_map(|_| next_reply(lines)).collect();
+            Some(format!("[{}]", items.join(", ")))
+        }
+        None => Some(line.to_string()),
+    }
+}
+
+/// A `TTL` answer (`:5`) as a number.
+fn ttl_of(answer: &str) -> i64 {
+    answer
+        .strip_prefix(':')
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("not a TTL answer: {answer}"))
+}
+
+/// Issue 24: a bucket's properties apply to RESP commands as they do to HTTP. Bucket db1
+/// (`SELECT 1`) gets `{"ttl": 5, "w": 3}`, numbers as the README documents them: a `SET`
+/// without a TTL of its own expires within 5 s on every node, one with `EX` keeps its own;
+/// with n3 stopped, `SET`, `MSET` and `DEL` there need 3 replicas and fail, while the same
+/// commands in db0 (no properties: w=quorum) and a connection's own `w` succeed. Bucket
+/// db2 gets `{"r": "all"}`: its reads fail with n3 stopped.
+#[test]
+fn bucket_properties_apply_to_resp_commands_as_to_http() {
+    let mut cluster = resp_cluster();
+    let r = api::put_props(&cluster.url(0), "db1", r#"{"ttl": 5, "w": 3}"#).unwrap();
+    assert_eq!(r.status, 200, "{}", r.error_message());
+    let shown = api::props(&cluster.url(0), "db1").unwrap();
+    assert_eq!(
+        (shown.props.w.as_deref(), shown.props.ttl),
+        (Some("3"), Some(5))
+    );
+    let r = api::put_props(&cluster.url(0), "db2", r#"{"r": "all"}"#).unwrap();
+    assert_eq!(r.status, 200, "{}", r.error_message());
+    every_node_applies_the_ttl(&cluster);
+    let n1 = resp_addr(&cluster, 0);
+    let a = resp_answers(
+        n1,
+        &[
+            "SELECT 1",
+            "SET t2 v EX 600",
+            "TTL t2",
+            "SELECT 0",
+            "SET t3 v",
+            "TTL t3",
+        ],
+    );
+    assert_eq!(a[..2], ["+OK", "+OK"]);
+    let own = ttl_of(&a[2]);
+    assert!(own > 500, "SET's own EX wins over the bucket's ttl: {a:?}");
+    assert_eq!(a[3..5], ["+OK", "+OK"]);
+    assert_eq!(ttl_of(&a[5]), -1, "db0 has no ttl: {a:?}");
+    writes_and_reads_take_the_buckets_quorums(&mut cluster);
+}
+
+/// Every node applies db1's ttl to a SET without one, once it has the change: n1, which
+/// took it, at once (unless a reload it began before the change ends after it and puts the
+/// older table back until the next), n2 and n3 when they reload (gossiped digests; seconds).
+fn every_node_applies_the_ttl(cluster: &TestCluster) {
+    for i in 0..3 {
+        let addr = resp_addr(cluster, i);
+        wait_for(
+            &format!("n{} to apply db1's ttl", i + 1),
+            CLUSTER_DEADLINE,
+            || {
+                let a = resp_answers(addr, &["SELECT 1", "SET probe v", "TTL probe"]);
+                match ttl_of(&a[2]) {
+                    1..=5 => Ok(()),
+                    other => Err(format!("TTL {other}")),
+                }
+            },
+        );
+    }
+}
+
+/// w=3 from db1's properties: with n3 stopped, writes there fail; db0's w=quorum and a
+/// connection's own w still write. r=all from db2's: its reads fail, db0's do not.
+fn writes_and_reads_take_the_buckets_quorums(cluster: &mut TestCluster) {
+    let n1 = resp_addr(cluster, 0);
+    api::put_ok(&cluster.url(0), "db1", "keep", b"v", "ttl=600", None);
+    cluster.nodes[2].stop();
+    let at_w3 = ["SELECT 1", "SET w v", "MSET w1 v w2 v", "DEL keep"];
+    wait_for("n1 to refuse db1's writes at w=3", CLUSTER_DEADLINE, || {
+        let a = resp_answers(n1, &at_w3);
+        match a[1..].iter().all(|a| a.starts_with("-QUORUM needed 3")) {
+            true => Ok(()),
+            false => Err(format!("{a:?}")),
+        }
+    });
+    let a = resp_answers(
+        n1,
+        &[
+            "SELECT 0",
+            "SET w v",
+            "MSET w1 v w2 v",
+            "SELECT 1",
+            "CHORUS.CONSISTENCY w=2",
+            "SET w v",
+        ],
+    );
+    assert_eq!(a, ["+OK", "+OK", "+OK", "+OK", "+OK", "+OK"]);
+    wait_for("n1 to refuse db2's reads at r=3", CLUSTER_DEADLINE, || {
+        let a = resp_answers(n1, &["SELECT 2", "GET x", "MGET x y"]);
+        match a[1..].iter().all(|a| a.starts_with("-QUORUM needed 3")) {
+            true => Ok(()),
+            false => Err(format!("{a:?}")),
+        }
+    });
+    assert_eq!(resp_answers(n1, &["GET t3"]), ["v"]);
 }
