@@ -170,7 +170,7 @@ impl NodeConfig {
             (
                 "--timeout-ms",
                 self.timeout_ms,
-                crate::server::http::MAX_TIMEOUT_MS,
+                crate::server::http_common::MAX_TIMEOUT_MS,
             ),
             ("--gossip-interval-ms", self.gossip_interval_ms, 60_000),
             ("--sync-interval-ms", sync_interval, 60_000),

@@ -5,9 +5,9 @@
 //! status codes; it holds no replication logic.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -15,20 +15,16 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
+use crate::server::http_common::{decode_segment, measured, read_body, ApiError, MAX_TIMEOUT_MS};
 use crate::server::node::{AdminAuth, Node};
+use chorus_api::placement::{LocalPartition, Owner, RingBody};
+use chorus_api::{SiblingBody, SiblingsBody, CONTEXT_HEADER, EXPIRES_AT_HEADER, TTL_HEADER};
 use chorus_core::bucket_props::BucketProps;
 use chorus_core::causality::Context;
 use chorus_core::coordinator::{CoordinatorError, Precondition, Quorum};
 use chorus_core::object::{live_siblings, Object, Sibling, MAX_CONTENT_TYPE_BYTES, MAX_TTL};
 use chorus_core::request_options::{self, Defaults, Requested};
 use chorus_core::storage::Storage;
-
-/// Buckets and keys are at most this many bytes after percent-decoding.
-pub use chorus_core::object::MAX_NAME_BYTES as MAX_SEGMENT_BYTES;
-/// Longest `timeout` a client may ask for (and longest `--timeout-ms`).
-pub const MAX_TIMEOUT_MS: u64 = 60_000;
-use chorus_api::placement::{LocalPartition, Owner, RingBody};
-use chorus_api::{SiblingBody, SiblingsBody, CONTEXT_HEADER, EXPIRES_AT_HEADER, TTL_HEADER};
 
 pub fn router(node: Arc<Node>) -> Router {
     let router = Router::new();
@@ -62,137 +58,6 @@ pub fn router(node: Arc<Node>) -> Router {
         .with_state(node)
 }
 
-/// An error answer: `{"error": code, "message": sentence, ...extra}`.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    body: Value,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            body: json!({"error": code, "message": message.into()}),
-        }
-    }
-    pub(super) fn bad_request(code: &str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, code, message)
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.status, Json(self.body)).into_response()
-    }
-}
-
-impl From<CoordinatorError> for ApiError {
-    fn from(e: CoordinatorError) -> Self {
-        match &e {
-            CoordinatorError::Unavailable {
-                needed,
-                replied,
-                primaries_needed,
-                primaries_replied,
-            } => ApiError {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                body: json!({
-                    "error": "quorum_unavailable",
-                    "message": e.to_string(),
-                    "needed": needed,
-                    "replied": replied,
-                    "primaries_needed": primaries_needed,
-                    "primaries_replied": primaries_replied,
-                }),
-            },
-            CoordinatorError::Unreachable {
-                needed,
-                reachable,
-                primaries_needed,
-                primaries_reachable,
-            } => ApiError {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                body: json!({
-                    "error": "quorum_unavailable",
-                    "message": e.to_string(),
-                    "needed": needed,
-                    "replied": 0,
-                    "reachable": reachable,
-                    "primaries_needed": primaries_needed,
-                    "primaries_replied": 0,
-                    "primaries_reachable": primaries_reachable,
-                }),
-            },
-            CoordinatorError::Refused { code, message } => {
-                let status = match code.as_str() {
-                    "invalid_context" => StatusCode::BAD_REQUEST,
-                    "object_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
-                    _ => StatusCode::CONFLICT,
-                };
-                ApiError::new(status, code, message.clone())
-            }
-            CoordinatorError::PreconditionFailed { .. } => ApiError::new(
-                StatusCode::PRECONDITION_FAILED,
-                "precondition_failed",
-                e.to_string(),
-            ),
-            CoordinatorError::StorageFailed(_) => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "storage_failed",
-                e.to_string(),
-            ),
-        }
-    }
-}
-
-pub(super) fn decode_segment(what: &str, raw: &str) -> Result<Vec<u8>, ApiError> {
-    let decoded = percent_encoding::percent_decode_str(raw).collect::<Vec<u8>>();
-    if decoded.is_empty() {
-        return Err(ApiError::bad_request(
-            &format!("invalid_{what}"),
-            format!("the {what} is empty"),
-        ));
-    }
-    if decoded.len() > MAX_SEGMENT_BYTES {
-        return Err(ApiError::bad_request(
-            &format!("invalid_{what}"),
-            format!(
-                "the {what} is {} bytes, over the limit of {MAX_SEGMENT_BYTES}",
-                decoded.len()
-            ),
-        ));
-    }
-    if std::str::from_utf8(&decoded).is_err() {
-        return Err(ApiError::bad_request(
-            &format!("invalid_{what}"),
-            format!("the {what} is not percent-encoded UTF-8"),
-        ));
-    }
-    if has_bad_escape(raw) {
-        return Err(ApiError::bad_request(
-            &format!("invalid_{what}"),
-            format!("the {what} has a malformed percent escape"),
-        ));
-    }
-    Ok(decoded)
-}
-
-/// `%` must be followed by two hex digits; percent_decode passes malformed escapes through.
-fn has_bad_escape(raw: &str) -> bool {
-    let bytes = raw.as_bytes();
-    bytes.iter().enumerate().any(|(i, &b)| {
-        b == b'%'
-            && !(bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
-                && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
-    })
-}
-
-/// The bucket and key of a `/kv`, `/ring` or `/local/kv` request, taken from the raw
-/// (still percent-encoded) request path and decoded exactly once. The router matched the
-/// raw path, so the last two segments are the bucket and the key (a `%2F` in a key stays
-/// inside its segment). Axum's own path parameters are already decoded, and decoding them
-/// again would turn a key `%25` into `%`.
 fn bucket_and_key(uri: &Uri) -> Result<(Vec<u8>, Vec<u8>), ApiError> {
     let mut segments = uri.path().rsplitn(3, '/');
     match (segments.next(), segments.next(), segments.next()) {
@@ -510,20 +375,6 @@ fn header_value(context: &Context, bucket: &[u8], key: &[u8]) -> HeaderValue {
         .expect("base64 is a valid header value")
 }
 
-/// Runs a handler body and records its status and latency in the metrics.
-pub(super) async fn measured(
-    node: &Node,
-    op: &'static str,
-    handler: impl std::future::Future<Output = Result<Response, ApiError>>,
-) -> Response {
-    let started = Instant::now();
-    let response = handler.await.unwrap_or_else(IntoResponse::into_response);
-    let status = response.status().as_u16();
-    node.metrics
-        .record_request(op, status, started.elapsed().as_secs_f64());
-    response
-}
-
 /// The JSON form of a read's siblings; `/local/kv` also shows which are tombstones.
 fn siblings_body(siblings: &[&Sibling], show_deleted: bool) -> Vec<SiblingBody> {
     siblings
@@ -589,39 +440,6 @@ async fn kv_get(
         }
     })
     .await
-}
-
-/// Reads a request body within `--max-value` and `--http-body-timeout-ms`. Only a body
-/// over the limit is a 413; one that cannot be read (shorter than its Content-Length, a
-/// malformed chunked encoding, a reset) is the client's 400, and a slow one a 408.
-pub(super) async fn read_body(node: &Node, body: Body) -> Result<Bytes, ApiError> {
-    let limit = node.limits.max_value;
-    let timeout = node.limits.body_timeout;
-    let read = tokio::time::timeout(timeout, axum::body::to_bytes(body, limit));
-    match read.await {
-        Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(e)) if is_over_limit(&e) => Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "value_too_large",
-            format!("the value is over the limit of {limit} bytes (--max-value)"),
-        )),
-        Ok(Err(e)) => Err(ApiError::bad_request(
-            "invalid_body",
-            format!("the request body could not be read: {e}"),
-        )),
-        Err(_) => Err(ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "request_timeout",
-            format!(
-                "the request body did not arrive within {} ms (--http-body-timeout-ms)",
-                timeout.as_millis()
-            ),
-        )),
-    }
-}
-
-fn is_over_limit(e: &axum::Error) -> bool {
-    std::error::Error::source(e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
 }
 
 /// Refuses framing chorus would misread: a `Transfer-Encoding` other than plain `chunked`

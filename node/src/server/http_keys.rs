@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chorus_api::{KeyPageBody, ListedKey};
 
-use crate::server::http::{decode_segment, measured, ApiError, MAX_TIMEOUT_MS};
+use crate::server::http_common::{decode_segment, measured, ApiError, MAX_TIMEOUT_MS};
 use crate::server::node::Node;
 use chorus_core::listing::{Cursor, KeyPage, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT};
 

@@ -13,7 +13,7 @@ use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use crate::server::http::{decode_segment, measured, read_body, ApiError};
+use crate::server::http_common::{decode_segment, measured, read_body, ApiError};
 use crate::server::node::Node;
 use chorus_api::{PropsAnswer, PropsBody, PropsDefaults, PropsVersion};
 use chorus_core::bucket_props::{BucketProps, StampedProps};

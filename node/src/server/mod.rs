@@ -11,13 +11,16 @@ pub mod certs;
 pub mod config;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
+pub mod history;
 pub mod http;
+pub mod http_common;
 pub mod http_keys;
 pub mod http_props;
 pub mod http_server;
 pub mod node;
 pub mod peers;
 pub mod resp;
+pub mod rpc_handler;
 pub mod transport;
 pub mod ui;
 
@@ -35,8 +38,9 @@ use chorus_core::storage::{FjallStorage, Storage};
 use chorus_gossip::{ClusterConfig, Config as GossipConfig, PhiConfig};
 
 use crate::server::config::{NodeConfig, StartError};
-use crate::server::node::{send_gossip, AdminAuth, Limits, Node};
-use crate::server::peers::{QuicPeers, RpcHandler};
+use crate::server::node::{AdminAuth, Limits, Node};
+use crate::server::peers::{send_gossip, QuicPeers};
+use crate::server::rpc_handler::RpcHandler;
 use crate::server::transport::{QuicTransport, Security};
 
 const IDENTITY_META_KEY: &str = "identity";
@@ -171,8 +175,19 @@ impl Ports {
             transport,
             http,
             http_limits: http_limits(config)?,
-            resp: resp::prepare(config).await.map_err(StartError::config)?,
+            resp: resp::prepare(config.resp.as_ref(), resp_limits(config))
+                .await
+                .map_err(StartError::config)?,
         })
+    }
+}
+
+fn resp_limits(config: &NodeConfig) -> resp::NodeLimits<'_> {
+    resp::NodeLimits {
+        name: &config.name,
+        n: config.n,
+        max_value: config.max_value,
+        timeout: Duration::from_millis(config.timeout_ms),
     }
 }
 

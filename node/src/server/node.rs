@@ -5,7 +5,6 @@
 //!
 //! Must not: hold protocol logic (that is `chorus-core`'s), or parse flags.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,17 +14,13 @@ use chorus_core::healing::Healer;
 use chorus_core::membership::Gossip;
 use chorus_core::metrics::{Metrics, PeerLabels};
 use chorus_core::replica::Replica;
-use chorus_core::rpc::{self, Message};
 use chorus_core::storage::{FjallStorage, Storage};
-use chorus_gossip::{GossipError, Outgoing};
+use chorus_gossip::GossipError;
 
 use chorus_core::assembly::NodeParts;
 
 use crate::server::peers::{NodePeers, QuicPeers};
 use crate::server::transport::QuicTransport;
-
-/// How long a gossip message may take to send before it is dropped (gossip repeats).
-const GOSSIP_SEND_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `leave` asked of a node that is already leaving.
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +60,7 @@ pub struct Node {
     /// Notified when the node should stop on its own (it has left the cluster).
     pub stop: tokio::sync::Notify,
     /// The dashboard's last minutes of figures, sampled by `ui::sample_loop`.
-    pub history: std::sync::Mutex<crate::server::ui::history::History>,
+    pub history: std::sync::Mutex<crate::server::history::History>,
 }
 
 impl Node {
@@ -213,22 +208,5 @@ impl Node {
             Vec::new()
         });
         result
-    }
-}
-
-/// Sends gossip messages, each on its own task: a slow peer delays only its own message.
-pub fn send_gossip(transport: &Arc<QuicTransport>, out: Vec<Outgoing>) {
-    for Outgoing { to, message } in out {
-        let Ok(addr) = to.parse::<SocketAddr>() else {
-            tracing::warn!(%to, "gossip peer has an invalid address");
-            continue;
-        };
-        let bytes = rpc::encode(Message::Gossip(message));
-        let transport = transport.clone();
-        tokio::spawn(async move {
-            if let Err(e) = transport.send(addr, &bytes, GOSSIP_SEND_TIMEOUT).await {
-                tracing::debug!("gossip to {addr} failed: {e}");
-            }
-        });
     }
 }

@@ -1,7 +1,8 @@
 //! The QUIC side of the core's `Peers` seam: requests to other nodes' replicas by name,
-//! and the handler that answers theirs (replica requests, gossip).
+//! and sending gossip. The handler that answers other nodes is `rpc_handler.rs`.
 //!
-//! Must not: interpret replica requests (the core's `Replica` does) or decide retries.
+//! Must not: interpret replica requests (the core's `Replica` does), decide retries, or
+//! import the running node (`node.rs` imports this module).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,8 +12,12 @@ use chorus_core::membership::Gossip;
 use chorus_core::peers::{PeerError, Peers};
 use chorus_core::rpc::{self, Message, Request, Response};
 
-use crate::server::node::{send_gossip, Node};
-use crate::server::transport::{self, QuicTransport};
+use chorus_gossip::Outgoing;
+
+use crate::server::transport::QuicTransport;
+
+/// How long a gossip message may take to send before it is dropped (gossip repeats).
+const GOSSIP_SEND_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the coordinator and the healer reach other replicas through: QUIC, with gets and
 /// merges to one peer sharing messages.
@@ -54,33 +59,19 @@ impl Peers for QuicPeers {
     }
 }
 
-/// Answers other nodes: replica requests through the core's `Replica`, gossip through the
-/// membership shell.
-pub struct RpcHandler {
-    pub node: Arc<Node>,
-}
-
-impl transport::Handler for RpcHandler {
-    async fn request(&self, from: SocketAddr, body: Vec<u8>) -> Vec<u8> {
-        let response = match rpc::decode(&body) {
-            Ok(Message::Request(request)) => self.node.replica.clone().handle_async(request).await,
-            Ok(other) => Response::Failed(format!("expected a request, got {other:?}")),
-            Err(e) => {
-                tracing::warn!(%from, "{e}");
-                Response::Failed(e.to_string())
-            }
+/// Sends gossip messages, each on its own task: a slow peer delays only its own message.
+pub fn send_gossip(transport: &Arc<QuicTransport>, out: Vec<Outgoing>) {
+    for Outgoing { to, message } in out {
+        let Ok(addr) = to.parse::<SocketAddr>() else {
+            tracing::warn!(%to, "gossip peer has an invalid address");
+            continue;
         };
-        rpc::encode(Message::Response(response))
-    }
-
-    async fn oneway(&self, from: SocketAddr, body: Vec<u8>) {
-        match rpc::decode(&body) {
-            Ok(Message::Gossip(message)) => {
-                let out = self.node.gossip.handle(&from.to_string(), message);
-                send_gossip(&self.node.transport, out);
+        let bytes = rpc::encode(Message::Gossip(message));
+        let transport = transport.clone();
+        tokio::spawn(async move {
+            if let Err(e) = transport.send(addr, &bytes, GOSSIP_SEND_TIMEOUT).await {
+                tracing::debug!("gossip to {addr} failed: {e}");
             }
-            Ok(other) => tracing::warn!(%from, "unexpected one-way message {other:?}"),
-            Err(e) => tracing::warn!(%from, "{e}"),
-        }
+        });
     }
 }

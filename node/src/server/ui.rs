@@ -7,8 +7,6 @@
 //! keeps: membership, ring, transfer progress, hint counts, healing records, metrics), call
 //! other nodes, change any state, or make the page load anything from outside.
 
-pub mod history;
-
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -20,13 +18,13 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
+use crate::server::history::Sample;
 use crate::server::node::Node;
 use chorus_api::status::MemberStatus;
 use chorus_core::coordinator::targets;
 use chorus_core::metrics::OpTotals;
 use chorus_core::storage::Storage;
 use chorus_core::view::ClusterView;
-use history::Sample;
 
 /// Gossiped key under which a node publishes its HTTP address, so every page can link to
 /// the same page on every other node.

@@ -34,7 +34,6 @@ use chorus_core::object::MAX_NAME_BYTES as MAX_SEGMENT_BYTES;
 use chorus_core::peers::Peers;
 use chorus_core::storage::Storage;
 
-use crate::server::config::NodeConfig;
 use crate::server::node::Node;
 use commands::{Front, FrontConfig, Kind, Plan, Session};
 use frame::{FrameLimits, ProtocolError, Reply};
@@ -96,9 +95,20 @@ pub struct Prepared {
     idle_timeout: Option<Duration>,
 }
 
+/// What the RESP front takes from the node's own settings.
+pub struct NodeLimits<'a> {
+    pub name: &'a str,
+    pub n: usize,
+    pub max_value: usize,
+    pub timeout: Duration,
+}
+
 /// Checks the RESP flags and binds the port; `None` without `--resp`.
-pub async fn prepare(node: &NodeConfig) -> Result<Option<Prepared>, String> {
-    let Some(resp) = &node.resp else {
+pub async fn prepare(
+    resp: Option<&RespSettings>,
+    node: NodeLimits<'_>,
+) -> Result<Option<Prepared>, String> {
+    let Some(resp) = resp else {
         return Ok(None);
     };
     let address = resp.listen;
@@ -128,14 +138,14 @@ pub async fn prepare(node: &NodeConfig) -> Result<Option<Prepared>, String> {
             .map_err(|e| format!("--{flag}: {e}"))
     };
     let config = FrontConfig {
-        node_name: node.name.clone(),
+        node_name: node.name.to_string(),
         address,
         password: password.map(String::into_bytes),
         default_bucket: resp.bucket.clone().into_bytes(),
         r: count("resp-r", &resp.r)?,
         w: count("resp-w", &resp.w)?,
         max_value: node.max_value,
-        timeout: Duration::from_millis(node.timeout_ms),
+        timeout: node.timeout,
         max_connections: resp.max_connections,
         frame_timeout: FRAME_TIMEOUT,
         max_in_flight: resp.max_in_flight,
