@@ -1091,6 +1091,40 @@ mod tests {
         Context::default()
     }
 
+    /// A state built around validation (`Dvvs` fields are private, so only this module
+    /// can): the debug assertions of `update` catch a mint over it, which would reuse a
+    /// dot. (The merge with the context inside `update` passes the bad entry on first.)
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "sync broke the representation")]
+    fn a_mint_over_a_state_holding_a_dot_above_its_counter_fires() {
+        // A live value with dot a:2 under a counter of 1: the next mint of `a` is a:2 again.
+        let broken: S = Dvvs {
+            entries: vec![Entry {
+                actor: A,
+                counter: 1,
+                values: vec![(2, "old")],
+            }],
+        };
+        assert!(broken.validate().is_err(), "validation refuses it");
+        broken.update(&blind(), A, "new");
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "sync broke the representation")]
+    fn a_sync_of_a_malformed_state_fires() {
+        // Live dots oldest first: a merge that passed it on would store it.
+        let broken: S = Dvvs {
+            entries: vec![Entry {
+                actor: A,
+                counter: 2,
+                values: vec![(1, "v1"), (2, "v2")],
+            }],
+        };
+        broken.sync(&S::new());
+    }
+
     #[test]
     fn riak_join() {
         let a1 = S::new().update(&blind(), A, "v1");

@@ -899,6 +899,31 @@ mod tests {
         }
     }
 
+    /// The checks of `targets` run in builds with debug assertions (dev and the `ci`
+    /// profile): a fallback that stands in for a primary the view calls reachable fires.
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "a fallback must name the unreachable primary")]
+    fn a_fallback_for_a_reachable_primary_fires_the_target_checks() {
+        let v = view(&["a", "b", "c", "d", "e"], &[]);
+        let primaries = v.ring.primaries(0);
+        let outsider = v.ring.preference_list(0)[3].to_string();
+        let mut bad: Vec<Target> = primaries[..2]
+            .iter()
+            .map(|p| Target {
+                name: p.clone(),
+                primary: true,
+                hint_for: None,
+            })
+            .collect();
+        bad.push(Target {
+            name: outsider,
+            primary: false,
+            hint_for: Some(primaries[2].clone()),
+        });
+        check_targets(&v, 0, &bad);
+    }
+
     struct DeadPeers;
     impl Peers for DeadPeers {
         async fn call(
