@@ -76,12 +76,14 @@ impl ClusterConfig {
 /// Configuration of one node's membership. Build with [`Config::new`] and adjust fields.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
+    /// This node's member name, unique in the cluster (at most [`MAX_NAME_BYTES`]).
     pub name: String,
     /// The node-to-node address peers reach this node at ("ip:port").
     pub address: String,
     /// Must grow on every restart of the node: a higher generation replaces the old
     /// incarnation everywhere.
     pub generation: u64,
+    /// The settings every peer must share.
     pub cluster: ClusterConfig,
     /// Addresses contacted while this node knows no live peer; only for bootstrap.
     pub seeds: Vec<String>,
@@ -89,6 +91,7 @@ pub struct Config {
     pub gossip_interval_ms: u64,
     /// Peers contacted per tick (default 3).
     pub fanout: usize,
+    /// The failure detector's settings, for every member watched.
     pub phi: PhiConfig,
     /// A suspect member becomes down once phi has stayed over the threshold this long
     /// (default 2000), so one late burst of gossip does not reroute traffic.
@@ -109,6 +112,7 @@ pub struct Config {
 }
 
 impl Config {
+    /// A configuration with the defaults documented on each field.
     pub fn new(
         name: impl Into<String>,
         address: impl Into<String>,

@@ -8,6 +8,8 @@
 //! messages as values; the caller sends the returned [`Outgoing`] messages and acts on
 //! the [`Event`]s. See README.md for the protocol.
 
+#![deny(missing_docs)]
+
 mod config;
 mod error;
 mod membership;

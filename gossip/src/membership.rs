@@ -40,10 +40,15 @@ const MISMATCH_REPORT_PEERS: usize = 64;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MemberState {
+    /// A member in the ring whose heartbeats arrive (this node is always alive to itself).
     Alive,
+    /// Its phi is over the threshold: still reachable, maybe failing.
     Suspect,
+    /// Suspect for `down_after_suspect_ms`: requests go to fallbacks.
     Down,
+    /// It announced it is leaving; it owns no partitions.
     Leaving,
+    /// It left, or an operator removed it (a tombstone until forgotten).
     Left,
 }
 
@@ -59,19 +64,26 @@ impl fmt::Display for MemberState {
     }
 }
 
+/// One member as this node sees it, for `/status` and the dashboard.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct MemberView {
+    /// The member's name.
     pub name: String,
+    /// Its node-to-node address.
     pub address: String,
     /// `left` covers both a member that left and one an operator removed.
     pub state: MemberState,
     /// 0 for this node and for tombstones.
     pub phi: f64,
+    /// Its incarnation (bumped on every restart).
     pub generation: u64,
+    /// Its heartbeat counter within that generation (one per gossip round).
     pub heartbeat: u64,
     /// Time since this node last saw the member's heartbeat rise; None for this node.
     pub heartbeat_age_ms: Option<u64>,
+    /// Its gossiped key-values (see `set_local_kv`).
     pub kv: BTreeMap<String, String>,
+    /// Whether this is the node itself.
     pub is_self: bool,
 }
 
@@ -79,51 +91,71 @@ pub struct MemberView {
 /// `Rejected` (and `ConfigMismatch` when we refuse others).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub enum Event {
+    /// A member this node did not know.
     Joined {
+        /// The member.
         name: String,
     },
+    /// A member's phi went over the threshold.
     Suspect {
+        /// The member.
         name: String,
     },
+    /// A member stayed suspect for `down_after_suspect_ms`.
     Down {
+        /// The member.
         name: String,
     },
     /// Back from suspect or down.
     Alive {
+        /// The member.
         name: String,
     },
     /// A new incarnation replaced the old one (never reported as the old one failing).
     Restarted {
+        /// The member.
         name: String,
+        /// Its new generation.
         generation: u64,
     },
+    /// A member announced it is leaving.
     Leaving {
+        /// The member.
         name: String,
     },
+    /// A member finished leaving.
     Left {
+        /// The member.
         name: String,
     },
+    /// An operator removed a member.
     Removed {
+        /// The member.
         name: String,
     },
     /// This node was refused by the cluster (other cluster settings, its name taken, or
     /// removed by an operator). It has stopped gossiping; the node should exit with
     /// `reason`.
     Rejected {
+        /// Why, as a sentence for the operator.
         reason: String,
     },
     /// This node refused a peer, or ignored a refusal from a smaller group. Reported at
     /// most once a minute per peer address.
     ConfigMismatch {
+        /// The peer's address.
         from: String,
+        /// What differs, as a sentence for our log.
         reason: String,
     },
 }
 
+/// A message for the caller to send.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Outgoing {
     /// A peer address, as in `Config::address`.
     pub to: String,
+    /// The message.
     pub message: GossipMessage,
 }
 
@@ -258,6 +290,8 @@ enum Candidate<'a> {
     Floor(&'a str),
 }
 
+/// One node's membership state machine: feed it ticks and received messages, send what
+/// they return, act on its events.
 #[derive(Clone, Debug)]
 pub struct Membership {
     config: Config,
@@ -311,14 +345,17 @@ impl Membership {
         }
     }
 
+    /// The configuration it was built with.
     pub fn config(&self) -> &Config {
         &self.config
     }
 
+    /// This node's member name.
     pub fn name(&self) -> &str {
         &self.config.name
     }
 
+    /// The counters so far.
     pub fn stats(&self) -> Stats {
         self.stats
     }
@@ -447,6 +484,7 @@ impl Membership {
         }
     }
 
+    /// The events since the last call, oldest first.
     pub fn drain_events(&mut self) -> Vec<Event> {
         self.events.events.drain(..).collect()
     }
@@ -474,6 +512,7 @@ impl Membership {
             .collect()
     }
 
+    /// A member's state at `now_ms`; `None` for a name this node does not know.
     pub fn state_of(&self, name: &str, now_ms: u64) -> Option<MemberState> {
         let now = now_ms.max(self.now_ms);
         self.members.get(name).map(|m| self.state(name, m, now))
@@ -507,6 +546,7 @@ impl Membership {
         self.members.get(name)?.kv.get(key).map(String::as_str)
     }
 
+    /// A known member's node-to-node address.
     pub fn address_of(&self, name: &str) -> Option<&str> {
         self.members.get(name).map(|m| m.address.as_str())
     }

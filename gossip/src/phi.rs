@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::GossipError;
 
+/// Settings of the phi-accrual detector.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PhiConfig {
     /// Suspect a member once its phi exceeds this (Cassandra's and Akka's 8: a false
@@ -60,6 +61,7 @@ impl PhiConfig {
     }
 }
 
+/// The interval history and phi of one monitored member.
 #[derive(Clone, Debug)]
 pub struct PhiDetector {
     config: PhiConfig,
@@ -71,6 +73,7 @@ pub struct PhiDetector {
 }
 
 impl PhiDetector {
+    /// A detector that has seen no heartbeat yet.
     pub fn new(config: PhiConfig) -> PhiDetector {
         PhiDetector {
             config,

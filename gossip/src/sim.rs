@@ -16,14 +16,18 @@ use crate::config::{ClusterConfig, Config};
 use crate::membership::{Event, MemberState, Membership};
 use crate::wire::GossipMessage;
 
+/// The simulated network's settings.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
+    /// Seeds the one RNG: same seed, same run.
     pub seed: u64,
     /// One-way latency, uniform in [min, max].
     pub latency_ms: (u64, u64),
     /// Chance that a message takes `tail_latency_ms` instead (a slow path, a retransmit).
     pub tail_probability: f64,
+    /// The slow path's one-way latency, uniform in [min, max].
     pub tail_latency_ms: (u64, u64),
+    /// Chance that a message is lost.
     pub drop_probability: f64,
     /// Each node's next tick comes `gossip_interval_ms` plus or minus up to this late.
     pub tick_jitter_ms: u64,
@@ -45,21 +49,30 @@ impl Default for SimConfig {
     }
 }
 
+/// Message counters of a simulation.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SimStats {
+    /// Messages sent.
     pub sent: u64,
+    /// Messages lost (dropped, partitioned, or to a crashed node).
     pub dropped: u64,
+    /// Messages handed to their receiver.
     pub delivered: u64,
     /// Only counted with `check_wire`.
     pub bytes: u64,
+    /// Largest encoded message seen (`check_wire` only).
     pub max_message_bytes: usize,
     /// Messages over their sender's `max_message_bytes` (`check_wire` only).
     pub oversize: u64,
 }
 
+/// One simulated node.
 pub struct SimNode {
+    /// Its membership state machine.
     pub membership: Membership,
+    /// Its configuration (the generation grows with each restart).
     pub config: Config,
+    /// False once crashed, until restarted.
     pub running: bool,
     paused_until_ms: u64,
     incarnation: u64,
@@ -103,6 +116,7 @@ impl Ord for Scheduled {
     }
 }
 
+/// A simulated cluster: nodes, a virtual clock and the messages in flight.
 pub struct Sim {
     cfg: SimConfig,
     now_ms: u64,
@@ -112,10 +126,12 @@ pub struct Sim {
     seq: u64,
     by_address: BTreeMap<String, usize>,
     groups: Option<Vec<usize>>,
+    /// Message counters so far.
     pub stats: SimStats,
 }
 
 impl Sim {
+    /// An empty network at virtual time 0.
     pub fn new(cfg: SimConfig) -> Sim {
         Sim {
             rng: StdRng::seed_from_u64(cfg.seed),
@@ -135,6 +151,7 @@ impl Sim {
         format!("10.0.{}.{}:7000", i / 256, i % 256)
     }
 
+    /// The name node `i` gets from `node_config`.
     pub fn name(i: usize) -> String {
         format!("n{i:03}")
     }
@@ -178,26 +195,32 @@ impl Sim {
         i
     }
 
+    /// Nodes added so far (crashed ones included).
     pub fn len(&self) -> usize {
         self.nodes.len()
     }
 
+    /// Whether no node was added.
     pub fn is_empty(&self) -> bool {
         self.nodes.is_empty()
     }
 
+    /// The virtual time.
     pub fn now_ms(&self) -> u64 {
         self.now_ms
     }
 
+    /// Node `i`.
     pub fn node(&self, i: usize) -> &SimNode {
         &self.nodes[i]
     }
 
+    /// Node `i`, to change.
     pub fn node_mut(&mut self, i: usize) -> &mut SimNode {
         &mut self.nodes[i]
     }
 
+    /// The simulation's RNG, for callers that draw from the same seeded stream.
     pub fn rng(&mut self) -> &mut StdRng {
         &mut self.rng
     }
@@ -243,6 +266,7 @@ impl Sim {
         self.groups = Some(of);
     }
 
+    /// Ends the partition: every node can talk to every other.
     pub fn heal(&mut self) {
         self.groups = None;
     }
@@ -261,10 +285,12 @@ impl Sim {
         );
     }
 
+    /// Runs ticks and deliveries for `ms` of virtual time.
     pub fn run_for(&mut self, ms: u64) {
         self.run_until(self.now_ms + ms);
     }
 
+    /// Runs ticks and deliveries up to virtual time `t`.
     pub fn run_until(&mut self, t: u64) {
         while self.queue.peek().is_some_and(|Reverse(s)| s.at <= t) {
             let Reverse(s) = self.queue.pop().expect("peeked");
@@ -474,6 +500,7 @@ impl SimConfig {
 pub struct Convergence {
     /// Gossip intervals until every node saw every other alive; None past the limit.
     pub rounds: Option<u64>,
+    /// The run's message counters.
     pub stats: SimStats,
 }
 
@@ -498,7 +525,9 @@ pub fn convergence(
 /// `Suspect` and `Down` event for the victim (None if it never came).
 #[derive(Clone, Debug)]
 pub struct Detection {
+    /// Per observer, crash to first `Suspect`.
     pub suspect_ms: Vec<Option<u64>>,
+    /// Per observer, crash to first `Down`.
     pub down_ms: Vec<Option<u64>>,
 }
 
@@ -565,9 +594,13 @@ pub fn crash_detection(
 /// Outcome of [`false_suspicions`].
 #[derive(Clone, Copy, Debug)]
 pub struct FalseSuspicions {
+    /// Virtual node-hours observed (nodes times hours).
     pub node_hours: f64,
+    /// `Suspect` events seen (every one false).
     pub suspects: usize,
+    /// `Down` events seen (every one false).
     pub downs: usize,
+    /// Pauses injected.
     pub pauses: usize,
 }
 

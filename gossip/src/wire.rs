@@ -12,8 +12,10 @@ use serde::{Deserialize, Serialize};
 use crate::config::ClusterConfig;
 use crate::error::GossipError;
 
+/// Every gossip message, by format version.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum GossipMessage {
+    /// The first (and current) format.
     V1(MessageV1),
 }
 
@@ -30,24 +32,31 @@ impl GossipMessage {
         rmp_serde::from_slice(bytes).map_err(|e| GossipError::Decode(e.to_string()))
     }
 
+    /// The exact length of [`GossipMessage::encode`]'s output.
     pub fn encoded_len(&self) -> usize {
         encoded_len(self)
     }
 }
 
+/// A message of format 1.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MessageV1 {
     /// The sender's cluster settings: a receiver with other settings refuses the message.
     pub cluster: ClusterConfig,
+    /// The sender.
     pub from: Peer,
+    /// What it says.
     pub payload: Payload,
 }
 
 /// Who sent a message, with the sender's own stamp: every message is also a heartbeat.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Peer {
+    /// The sender's member name.
     pub name: String,
+    /// The sender's node-to-node address.
     pub address: String,
+    /// The sender's own stamp when it sent the message.
     pub stamp: Stamp,
 }
 
@@ -55,9 +64,13 @@ pub struct Peer {
 /// (generation, tombstone, version); the heartbeat is merged by max within a generation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stamp {
+    /// The member's incarnation.
     pub generation: u64,
+    /// Whether the record is a tombstone (left or removed).
     pub tombstone: bool,
+    /// The member's body version within the generation.
     pub version: u64,
+    /// The member's heartbeat within the generation.
     pub heartbeat: u64,
 }
 
@@ -69,27 +82,40 @@ impl Stamp {
     }
 }
 
+/// The body of a message: one step of a push-pull round, or a refusal.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Payload {
     /// Round opener: the sender's stamps for the members in `digest`'s name range.
-    Syn { digest: Digest },
+    Syn {
+        /// The sender's stamps of one name range.
+        digest: Digest,
+    },
     /// Reply to `Syn`: what the Syn's sender lacks, and the names whose records the
     /// replier wants in full.
     SynAck {
+        /// Records newer here than in the digest.
         updates: Vec<MemberUpdate>,
+        /// Names whose records are newer in the digest.
         wants: Vec<String>,
     },
     /// Reply to `SynAck`: the wanted records.
-    Ack { updates: Vec<MemberUpdate> },
+    Ack {
+        /// The records asked for.
+        updates: Vec<MemberUpdate>,
+    },
     /// The sender refused our message and merged nothing. `alive_members` (how many live
     /// members the refuser knows) lets the smaller side be the one that gives up.
     Reject {
+        /// What was wrong.
         kind: RejectKind,
+        /// The same, as a sentence for the refused node's operator.
         reason: String,
+        /// Live members the refuser knows.
         alive_members: u32,
     },
 }
 
+/// Why a message was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RejectKind {
     /// Different `ClusterConfig`.
@@ -103,21 +129,28 @@ pub enum RejectKind {
 /// sender. Slicing keeps a digest within the message bound at any cluster size.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Digest {
+    /// First name of the range (inclusive); `None` from the first name.
     pub start: Option<String>,
+    /// End of the range (exclusive); `None` to the last name.
     pub end: Option<String>,
+    /// The sender's stamps of the members in the range, sorted by name.
     pub entries: Vec<DigestEntry>,
 }
 
 impl Digest {
+    /// Whether `name` falls in this digest's range.
     pub fn covers(&self, name: &str) -> bool {
         self.start.as_deref().is_none_or(|s| name >= s)
             && self.end.as_deref().is_none_or(|e| name < e)
     }
 }
 
+/// One member's stamp in a digest.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DigestEntry {
+    /// The member.
     pub name: String,
+    /// How recent the sender's record of it is.
     pub stamp: Stamp,
 }
 
@@ -125,19 +158,27 @@ pub struct DigestEntry {
 /// receiver already knows.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberUpdate {
+    /// The member.
     pub name: String,
+    /// Its generation.
     pub generation: u64,
+    /// Its heartbeat within that generation.
     pub heartbeat: u64,
+    /// Its full record, when the receiver needs it.
     pub body: Option<MemberBody>,
 }
 
+/// What a member says about itself (all but the heartbeat, which changes every round).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberBody {
+    /// Its node-to-node address.
     pub address: String,
     /// Bumped by the member itself on every change of its body; meaningless across
     /// generations.
     pub version: u64,
+    /// Its status.
     pub status: Status,
+    /// Its gossiped key-values.
     pub kv: BTreeMap<String, String>,
 }
 
@@ -145,13 +186,18 @@ pub struct MemberBody {
 /// `Left` and `Removed` are tombstones: final for their generation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Status {
+    /// In the cluster, owning partitions.
     Alive,
+    /// Leaving: owns nothing, still hands its data over.
     Leaving,
+    /// Left the cluster.
     Left,
+    /// Removed by an operator.
     Removed,
 }
 
 impl Status {
+    /// `Left` or `Removed`.
     pub fn is_tombstone(self) -> bool {
         matches!(self, Status::Left | Status::Removed)
     }

@@ -189,6 +189,25 @@ impl Drop for TestNode {
             signal(child.id(), "CONT");
         }
         self.kill9();
+        // A panic in a tokio task ends that task, not the node, so a failed assertion
+        // (the `ci` profile runs them) would go unseen: any panic a node logged fails the
+        // test that ran it.
+        if !std::thread::panicking() {
+            let log = self.log_text();
+            let panics: Vec<&str> = log.lines().filter(|l| l.contains("panicked at")).collect();
+            assert!(
+                panics.is_empty(),
+                "{} panicked ({} times; log {}):\n{}",
+                self.name,
+                panics.len(),
+                self.log.display(),
+                log.lines()
+                    .skip_while(|l| !l.contains("panicked at"))
+                    .take(20)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
     }
 }
 
@@ -203,6 +222,14 @@ pub struct TestCluster {
     pub dir: tempfile::TempDir,
     pub certs: PathBuf,
     pub nodes: Vec<TestNode>,
+}
+
+impl Drop for TestCluster {
+    /// The nodes go first (killed, their logs checked for panics), then the directory
+    /// holding their data and logs.
+    fn drop(&mut self) {
+        self.nodes.clear();
+    }
 }
 
 pub struct ClusterOptions {

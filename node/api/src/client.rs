@@ -36,6 +36,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct BaseUrl {
     /// The host as written, without IPv6 brackets (what `TcpStream::connect` wants).
     pub host: String,
+    /// The TCP port (80 when the URL names none).
     pub port: u16,
     /// `host:port` as written (with brackets for IPv6), for the `Host` header.
     authority: String,
@@ -156,11 +157,26 @@ pub fn ring_path(bucket: impl AsRef<[u8]>, key: impl AsRef<[u8]>) -> String {
 #[derive(Debug)]
 pub enum HttpError {
     /// The TCP connection could not be opened: the request was not sent.
-    Connect { url: String, source: io::Error },
+    Connect {
+        /// The URL asked for.
+        url: String,
+        /// Why the connection failed.
+        source: io::Error,
+    },
     /// No complete response within the timeout; the request may have been delivered.
-    Timeout { url: String, after: Duration },
+    Timeout {
+        /// The URL asked for.
+        url: String,
+        /// The timeout that passed.
+        after: Duration,
+    },
     /// The connection failed mid-request; the request may have been delivered.
-    Transport { url: String, message: String },
+    Transport {
+        /// The URL asked for.
+        url: String,
+        /// What failed, as hyper said it.
+        message: String,
+    },
     /// The request could not be built (e.g. a header value with a newline): not sent.
     Request(String),
 }
@@ -207,16 +223,21 @@ impl std::error::Error for HttpError {}
 /// A complete response: status, headers and the whole body.
 #[derive(Debug)]
 pub struct Response {
+    /// The HTTP status code.
     pub status: u16,
+    /// Every response header.
     pub headers: HeaderMap,
+    /// The whole body.
     pub body: Bytes,
 }
 
 impl Response {
+    /// A header's value, when present and visible ASCII.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
+    /// The body parsed as JSON, or why it is not JSON.
     pub fn json(&self) -> Result<serde_json::Value, String> {
         serde_json::from_slice(&self.body).map_err(|e| {
             format!(
@@ -244,10 +265,10 @@ impl Response {
     }
 }
 
-/// One keep-alive connection to one server, reopened on demand.
 /// A kept-alive connection idle this long is given a turn to notice a close first.
 const IDLE_CHECK_AFTER: Duration = Duration::from_millis(100);
 
+/// One keep-alive connection to one server, reopened on demand.
 pub struct HttpClient {
     base: BaseUrl,
     host_header: HeaderValue,
@@ -258,6 +279,7 @@ pub struct HttpClient {
 }
 
 impl HttpClient {
+    /// A client for `base`, with [`DEFAULT_TIMEOUT`]; it connects on its first request.
     pub fn new(base: BaseUrl) -> HttpClient {
         let host_header = HeaderValue::from_str(&base.authority)
             .expect("a parsed authority is a valid header value");
@@ -276,14 +298,17 @@ impl HttpClient {
         self
     }
 
+    /// The server this client talks to.
     pub fn base(&self) -> &BaseUrl {
         &self.base
     }
 
+    /// `GET path`.
     pub async fn get(&mut self, path: &str) -> Result<Response, HttpError> {
         self.request(Method::GET, path, &[], Bytes::new()).await
     }
 
+    /// `POST path` with a JSON body.
     pub async fn post(&mut self, path: &str, body: Bytes) -> Result<Response, HttpError> {
         self.request(
             Method::POST,

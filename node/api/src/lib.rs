@@ -6,6 +6,8 @@
 //! Must not: know how a node works inside (no causality, storage or replication); a
 //! context is an opaque token here.
 
+#![deny(missing_docs)]
+
 pub mod client;
 pub mod placement;
 pub mod props;
@@ -86,10 +88,12 @@ pub fn bind_context(token: &str, bucket: &[u8], key: &[u8]) -> String {
 /// Why a context was refused for the key it came with.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum BindingError {
+    /// The context carries no key tag at all.
     #[error(
         "the context has no key binding: send the context a read or write of this key returned"
     )]
     Unbound,
+    /// The context's tag names another key.
     #[error("the context was handed out for another key: send the context a read or write of this key returned")]
     OtherKey,
 }
@@ -129,8 +133,10 @@ fn binding_tag(token: &str, bucket: &[u8], key: &[u8]) -> String {
 /// `300`, `/local/kv`). The value travels as standard base64.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SiblingBody {
+    /// The value's bytes (standard base64 in the JSON).
     #[serde(with = "base64_bytes")]
     pub value: Vec<u8>,
+    /// The content type it was written with, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_type: Option<String>,
     /// Whether this version is a tombstone; only `/local/kv` shows tombstones (and says so).
@@ -145,10 +151,13 @@ pub struct SiblingBody {
 /// whether the replica holds only a tombstone.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SiblingsBody {
+    /// The context to write with next (also in [`CONTEXT_HEADER`]).
     #[serde(default)]
     pub context: String,
+    /// Every live version, in the node's deterministic order.
     #[serde(default)]
     pub siblings: Vec<SiblingBody>,
+    /// `/local/kv` only: whether the replica holds nothing but tombstones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tombstone: Option<bool>,
 }
@@ -174,11 +183,17 @@ impl SiblingsBody {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum ListedKey {
+    /// A UTF-8 key, as it is.
     Text(String),
-    Binary { base64: String },
+    /// A key that is not UTF-8.
+    Binary {
+        /// The key's bytes, base64url without padding.
+        base64: String,
+    },
 }
 
 impl ListedKey {
+    /// The listing form of `key`: text when it is UTF-8, else base64.
     pub fn new(key: &[u8]) -> ListedKey {
         match std::str::from_utf8(key) {
             Ok(text) => ListedKey::Text(text.to_string()),
@@ -204,9 +219,13 @@ impl ListedKey {
 /// answered for (`complete` is false when there are any: their keys are missing).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyPageBody {
+    /// The page's live keys, in listing order.
     pub keys: Vec<ListedKey>,
+    /// The cursor to pass for the next page; `None` after the last page.
     pub next: Option<String>,
+    /// False when some partition of this page had no replica answer.
     pub complete: bool,
+    /// The partitions of this page no replica answered for.
     #[serde(default)]
     pub uncovered_partitions: Vec<u32>,
 }
@@ -214,11 +233,14 @@ pub struct KeyPageBody {
 /// The JSON shape of every error answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
+    /// A stable machine-readable code, e.g. `quorum_unavailable`.
     pub error: String,
+    /// A sentence for a human.
     pub message: String,
     /// For `quorum_unavailable`: replicas needed and replicas that answered in time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub needed: Option<usize>,
+    /// For `quorum_unavailable`: replicas that answered in time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replied: Option<usize>,
 }

@@ -275,6 +275,7 @@ impl TryFrom<ContextWire> for Context {
         for dot in wire.dots {
             context.add_dot(dot);
         }
+        debug_assert!(context.is_canonical(), "decoded {context:?}");
         Ok(context)
     }
 }
@@ -376,6 +377,7 @@ impl Context {
     pub fn with_dot(&self, dot: Dot) -> Context {
         let mut context = self.clone();
         context.add_dot(dot);
+        debug_assert!(context.is_canonical(), "{self:?} with {dot:?}: {context:?}");
         context
     }
 
@@ -398,7 +400,28 @@ impl Context {
         for &dot in self.dots.iter().chain(&other.dots) {
             joined.add_dot(dot);
         }
+        debug_assert!(
+            joined.is_canonical(),
+            "{self:?} joined {other:?}: {joined:?}"
+        );
+        debug_assert!(
+            self.vv.iter().all(|&(a, n)| joined.counter(a) >= n),
+            "a join lowered a counter of its left side"
+        );
         joined
+    }
+
+    /// The representation invariant (see [`Context`]): the vector sorted by actor without
+    /// duplicates, counters at least 1; the extra dots distinct, at most
+    /// [`MAX_EXTRA_DOTS`], each neither covered by the vector nor next above it. For
+    /// debug assertions wherever a context is built.
+    fn is_canonical(&self) -> bool {
+        self.vv.windows(2).all(|w| w[0].0 < w[1].0)
+            && self.vv.iter().all(|&(_, n)| n >= 1)
+            && self.dots.len() <= MAX_EXTRA_DOTS
+            && self.dots.iter().enumerate().all(|(i, &(a, n))| {
+                n > self.counter(a).saturating_add(1) && !self.dots[..i].contains(&(a, n))
+            })
     }
 
     /// Adds a dot, keeping the invariant: a covered dot changes nothing, one next above
@@ -756,11 +779,51 @@ impl<V> Dvvs<V> {
             && self
                 .entry(dot.0)
                 .is_some_and(|e| e.values.first().is_some_and(|&(d, _)| d == dot.1));
-        if alone {
+        let answer = if alone {
             self.context().join(request)
         } else {
             request.with_dot(dot)
-        }
+        };
+        // What the client was shown is what its request covered and its own write: the
+        // answer covers no other live value (issue 14: a context covering a concurrent
+        // sibling lets the client's next write drop it unseen).
+        debug_assert!(
+            self.dotted_values().iter().all(|&(a, n, _)| {
+                (a, n) == dot || request.covers((a, n)) || !answer.covers((a, n))
+            }),
+            "a write's answer covers a live value its client was not shown"
+        );
+        // It covers the write itself, unless the vector is at the actor bound and the dot
+        // names a new actor (leaving it out only covers less).
+        debug_assert!(
+            answer.covers(dot) || request.vv.len() >= MAX_ACTORS,
+            "a write's answer does not cover the write"
+        );
+        debug_assert!(
+            answer.vv.len() >= MAX_ACTORS
+                || request.vv.iter().all(|&(a, n)| answer.counter(a) >= n),
+            "a write's answer forgot part of its request's vector"
+        );
+        answer
+    }
+
+    /// Whether the value with `dot` is live in this state.
+    fn holds_dot(&self, (actor, counter): Dot) -> bool {
+        self.entry(actor).is_some_and(|e| e.holds(counter))
+    }
+
+    /// The structural part of the representation invariant (see [`Dvvs`]; the size limits
+    /// are the node's to enforce): entries sorted by actor without duplicates, counters at
+    /// least 1, each entry's live dots distinct, newest first and in `1..=counter`.
+    /// `update` and `sync` keep it; debug builds check that they do.
+    fn is_well_formed(&self) -> bool {
+        self.entries.windows(2).all(|w| w[0].actor < w[1].actor)
+            && self.entries.iter().all(|e| {
+                e.counter >= 1
+                    && e.values.first().is_none_or(|&(d, _)| d <= e.counter)
+                    && e.values.last().is_none_or(|&(d, _)| d >= 1)
+                    && e.values.windows(2).all(|w| w[0].0 > w[1].0)
+            })
     }
 
     fn entry(&self, actor: ActorId) -> Option<&Entry<V>> {
@@ -842,6 +905,33 @@ impl<V: Clone + PartialEq> Dvvs<V> {
             next.counter(actor),
             self.counter(actor).max(context.counter(actor)) + 1
         );
+        let dot = (actor, next.counter(actor));
+        // The minted dot is new: the state it is minted on has not seen it, so it names no
+        // other value (a reused dot would make a merge take one value for the other).
+        debug_assert!(
+            self.counter(actor) < dot.1 && !self.holds_dot(dot),
+            "minted dot {dot:?} was already seen by the state it is minted on"
+        );
+        debug_assert!(next.holds_dot(dot), "the minted value is not live");
+        debug_assert!(next.is_well_formed(), "update broke the representation");
+        debug_assert!(
+            next.descends(self),
+            "an update does not descend the state it was minted on"
+        );
+        // Exactly what the context covers is superseded: every covered value is gone, and
+        // every value it does not cover stays a sibling.
+        debug_assert!(
+            next.dotted_values()
+                .iter()
+                .all(|&(a, n, _)| (a, n) == dot || !context.covers((a, n))),
+            "update kept a value its context covers"
+        );
+        debug_assert!(
+            self.dotted_values()
+                .iter()
+                .all(|&(a, n, _)| context.covers((a, n)) || next.holds_dot((a, n))),
+            "update dropped a value its context does not cover"
+        );
         next
     }
 
@@ -878,13 +968,32 @@ impl<V: Clone + PartialEq> Dvvs<V> {
             }
         }
         let merged = Dvvs { entries };
+        debug_assert!(merged.is_well_formed(), "sync broke the representation");
+        // The merge descends both inputs (no counter shrank, no superseded value came
+        // back), and drops a value of either only when the other side superseded it.
         debug_assert!(
-            merged.context().descends(&self.context()),
-            "a counter shrank in sync"
+            merged.descends(self),
+            "a merge does not descend its left input"
         );
         debug_assert!(
-            merged.context().descends(&other.context()),
-            "a counter shrank in sync"
+            merged.descends(other),
+            "a merge does not descend its right input"
+        );
+        debug_assert!(
+            self.dotted_values().iter().all(|&(a, n, _)| {
+                merged.holds_dot((a, n)) || (other.counter(a) >= n && !other.holds_dot((a, n)))
+            }),
+            "a merge dropped a value of its left input that the right had not superseded"
+        );
+        debug_assert!(
+            other.dotted_values().iter().all(|&(a, n, _)| {
+                merged.holds_dot((a, n)) || (self.counter(a) >= n && !self.holds_dot((a, n)))
+            }),
+            "a merge dropped a value of its right input that the left had not superseded"
+        );
+        debug_assert!(
+            merged.sibling_count() <= self.sibling_count() + other.sibling_count(),
+            "a merge made up siblings"
         );
         merged
     }
@@ -912,6 +1021,11 @@ fn merge_entry<V: Clone>(a: &Entry<V>, b: &Entry<V>) -> Entry<V> {
         };
         values.extend(next.cloned());
     }
+    debug_assert!(
+        values.windows(2).all(|w| w[0].0 > w[1].0),
+        "merged dots of {:?} are not distinct and newest first",
+        a.actor
+    );
     Entry {
         actor: a.actor,
         counter: a.counter.max(b.counter),
@@ -975,6 +1089,40 @@ mod tests {
 
     fn blind() -> Context {
         Context::default()
+    }
+
+    /// A state built around validation (`Dvvs` fields are private, so only this module
+    /// can): the debug assertions of `update` catch a mint over it, which would reuse a
+    /// dot. (The merge with the context inside `update` passes the bad entry on first.)
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "sync broke the representation")]
+    fn a_mint_over_a_state_holding_a_dot_above_its_counter_fires() {
+        // A live value with dot a:2 under a counter of 1: the next mint of `a` is a:2 again.
+        let broken: S = Dvvs {
+            entries: vec![Entry {
+                actor: A,
+                counter: 1,
+                values: vec![(2, "old")],
+            }],
+        };
+        assert!(broken.validate().is_err(), "validation refuses it");
+        broken.update(&blind(), A, "new");
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "sync broke the representation")]
+    fn a_sync_of_a_malformed_state_fires() {
+        // Live dots oldest first: a merge that passed it on would store it.
+        let broken: S = Dvvs {
+            entries: vec![Entry {
+                actor: A,
+                counter: 2,
+                values: vec![(1, "v1"), (2, "v2")],
+            }],
+        };
+        broken.sync(&S::new());
     }
 
     #[test]

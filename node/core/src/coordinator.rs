@@ -40,7 +40,7 @@ pub fn targets(view: &ClusterView, partition: u32) -> Vec<Target> {
     // hash per member and an allocation, on every request).
     let primaries = ring.primaries(partition);
     if primaries.iter().all(|p| !view.unreachable.contains(p)) {
-        return primaries
+        let out: Vec<Target> = primaries
             .iter()
             .map(|p| Target {
                 name: p.clone(),
@@ -48,6 +48,8 @@ pub fn targets(view: &ClusterView, partition: u32) -> Vec<Target> {
                 hint_for: None,
             })
             .collect();
+        check_targets(view, partition, &out);
+        return out;
     }
     let preference = ring.preference_list(partition);
     let n = ring.n().min(preference.len());
@@ -70,11 +72,44 @@ pub fn targets(view: &ClusterView, partition: u32) -> Vec<Target> {
             });
         }
     }
+    check_targets(view, partition, &out);
+    out
+}
+
+/// What [`targets`] promises (debug builds check it): at most N distinct reachable nodes,
+/// each a primary of the partition or a fallback naming the unreachable primary it stands
+/// in for, each primary covered at most once.
+fn check_targets(view: &ClusterView, partition: u32, out: &[Target]) {
+    let primaries = view.ring.primaries(partition);
+    debug_assert!(out.len() <= view.ring.n(), "more targets than replicas");
     debug_assert!(
         out.iter().map(|t| &t.name).collect::<HashSet<_>>().len() == out.len(),
         "targets are distinct nodes"
     );
-    out
+    debug_assert!(
+        out.iter().all(|t| !view.unreachable.contains(&t.name)),
+        "an unreachable node is a target"
+    );
+    debug_assert!(
+        out.iter().all(|t| t.primary == primaries.contains(&t.name)),
+        "a target's primary flag disagrees with the ring"
+    );
+    debug_assert!(
+        out.iter().all(|t| match &t.hint_for {
+            None => t.primary,
+            Some(owner) =>
+                !t.primary && primaries.contains(owner) && view.unreachable.contains(owner),
+        }),
+        "a fallback must name the unreachable primary it stands in for, a primary none"
+    );
+    debug_assert!(
+        out.iter()
+            .filter_map(|t| t.hint_for.as_ref())
+            .collect::<HashSet<_>>()
+            .len()
+            == out.iter().filter(|t| !t.primary).count(),
+        "two fallbacks stand in for the same primary"
+    );
 }
 
 /// A per-request replica count as the client gave it: `one`, `quorum`, `all` or a number.
@@ -181,6 +216,25 @@ impl Precondition {
             reason,
             current: current.context(),
         };
+        let context = self.check_on(current, now_ms, failed)?;
+        // A write that passed replaces every version the read merged: it leaves no sibling
+        // of that state behind.
+        debug_assert!(
+            current
+                .dotted_values()
+                .iter()
+                .all(|&(actor, counter, _)| context.covers((actor, counter))),
+            "a precondition passed with a context that leaves a version of the state read"
+        );
+        Ok(context)
+    }
+
+    fn check_on(
+        self,
+        current: &Object,
+        now_ms: u64,
+        failed: impl Fn(&'static str) -> CoordinatorError,
+    ) -> Result<Context, CoordinatorError> {
         match self {
             Precondition::Absent if crate::object::live_siblings(current, now_ms).is_empty() => {
                 Ok(current.context())
@@ -308,6 +362,13 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
         if let Some(i) = targets.iter().position(|t| t.name == self.name) {
             targets[..=i].rotate_right(1);
         }
+        debug_assert!(
+            targets
+                .iter()
+                .position(|t| t.name == self.name)
+                .is_none_or(|i| i == 0),
+            "this node is a target but not the first"
+        );
         targets
     }
 
@@ -487,6 +548,28 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
         let Some((coordinator, object, dot)) = stored else {
             return Err(unavailable(0, 0));
         };
+        // The minted state holds the new version, and none that the request's context
+        // covers: the write superseded exactly what its client was shown.
+        debug_assert!(
+            object
+                .dotted_values()
+                .iter()
+                .any(|&(actor, counter, _)| (actor, counter) == dot),
+            "the minted state does not hold its new dot {dot:?}"
+        );
+        debug_assert!(
+            context.as_ref().is_none_or(|c| {
+                object.dotted_values().iter().all(|&(actor, counter, _)| {
+                    (actor, counter) == dot || !c.covers((actor, counter))
+                })
+            }),
+            "the minted state kept a version its request's context covers"
+        );
+        debug_assert!(
+            rest.iter().all(|t| t.name != coordinator.name),
+            "the minting replica is asked to merge its own write"
+        );
+        let asked = rest.len() + 1;
         // A fallback that minted the write recorded its hint in the same step
         // (`Coordinate` carries `hint_for`), so its ack counts at once.
         let mut acks = 1;
@@ -518,6 +601,16 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
                 primary_acks += usize::from(reply.target.primary);
             }
         }
+        // Acknowledged only with W acks, PW of them from primaries, each from a distinct
+        // replica asked once.
+        debug_assert!(
+            acks >= w && primary_acks >= pw,
+            "a write acknowledged with {acks} acks ({primary_acks} primaries) for w={w} pw={pw}"
+        );
+        debug_assert!(
+            primary_acks <= acks && acks <= asked,
+            "{acks} acks ({primary_acks} primaries) from {asked} replicas"
+        );
         let context = if self.old_answer_context {
             object.context()
         } else {
@@ -630,7 +723,29 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
             }
         }
         drop(tx);
+        debug_assert!(
+            answers.len() >= r && primaries >= pr && primaries <= answers.len(),
+            "a read answered with {} replies ({primaries} primaries) for r={r} pr={pr}",
+            answers.len()
+        );
+        debug_assert!(
+            answers
+                .iter()
+                .map(|(t, _)| &t.name)
+                .collect::<HashSet<_>>()
+                .len()
+                == answers.len(),
+            "two replies of a read from the same replica"
+        );
         let merged = merge_all(answers.iter().filter_map(|(_, o)| o.as_ref()));
+        // The answer holds everything each reply held that no other reply superseded.
+        debug_assert!(
+            answers
+                .iter()
+                .filter_map(|(_, o)| o.as_ref())
+                .all(|o| merged.descends(o)),
+            "a read's merge does not descend one of its replies"
+        );
         if outstanding == 0
             && answers.iter().all(|(_, o)| {
                 o.as_ref().is_some_and(|o| o.descends(&merged))
@@ -782,6 +897,31 @@ mod tests {
                 assert_eq!(fallback.name, first_reachable_fallback);
             }
         }
+    }
+
+    /// The checks of `targets` run in builds with debug assertions (dev and the `ci`
+    /// profile): a fallback that stands in for a primary the view calls reachable fires.
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "a fallback must name the unreachable primary")]
+    fn a_fallback_for_a_reachable_primary_fires_the_target_checks() {
+        let v = view(&["a", "b", "c", "d", "e"], &[]);
+        let primaries = v.ring.primaries(0);
+        let outsider = v.ring.preference_list(0)[3].to_string();
+        let mut bad: Vec<Target> = primaries[..2]
+            .iter()
+            .map(|p| Target {
+                name: p.clone(),
+                primary: true,
+                hint_for: None,
+            })
+            .collect();
+        bad.push(Target {
+            name: outsider,
+            primary: false,
+            hint_for: Some(primaries[2].clone()),
+        });
+        check_targets(&v, 0, &bad);
     }
 
     struct DeadPeers;

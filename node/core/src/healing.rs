@@ -303,6 +303,11 @@ impl<S: Storage, P: Peers> Healer<S, P> {
             let hints = storage.hint_scan(owner, self.config.hint_batch)?;
             for (partition, skey, _) in hints {
                 let (bucket, key) = split_storage_key(&skey)?;
+                debug_assert_eq!(
+                    partition,
+                    self.replica.partition_of(bucket, key),
+                    "a hint filed under another partition than its key's"
+                );
                 let object = self.replica.get(bucket, key)?;
                 // A removed or departed owner no longer owns anything: its hints go to the
                 // partition's current primaries instead.
@@ -316,8 +321,9 @@ impl<S: Storage, P: Peers> Healer<S, P> {
                         .cloned()
                         .collect()
                 };
+                // Nothing to deliver (the key was reaped or handed off since) counts as delivered.
+                let mut all_stored = true;
                 if let Some(object) = &object {
-                    let mut all_stored = true;
                     for recipient in &recipients {
                         let request = Request::Merge {
                             bucket: bucket.to_vec(),
@@ -338,6 +344,13 @@ impl<S: Storage, P: Peers> Healer<S, P> {
                     self.replica.retire_actor()?;
                     retired = true;
                 }
+                // The local copy goes only after every recipient stored it (and there is
+                // one: a node that is not a primary always has a primary to hand to), and
+                // only under an actor that never minted on it.
+                debug_assert!(
+                    !drop_local || (all_stored && !recipients.is_empty() && retired),
+                    "a handoff drops its copy with no recipient or under the old actor"
+                );
                 if self
                     .replica
                     .finish_handoff(owner, bucket, key, object.as_ref(), drop_local)?
@@ -392,18 +405,34 @@ impl<S: Storage, P: Peers> Healer<S, P> {
                     object,
                 });
             }
-            let mut all_acked = true;
+            debug_assert!(
+                batch
+                    .iter()
+                    .all(|o| self.replica.partition_of(&o.bucket, &o.key) == partition),
+                "a transfer batch of partition {partition} holds a key of another partition"
+            );
+            debug_assert!(
+                batch.len() <= 1 || bytes <= MAX_BATCH_BYTES,
+                "a transfer batch of {bytes} bytes"
+            );
+            let mut acked = 0;
             for owner in &owners {
                 let request = Request::MergeBatch {
                     objects: batch.clone(),
                 };
-                if !matches!(self.call(owner, request).await, Ok(Response::Merged(_))) {
-                    all_acked = false;
+                if matches!(self.call(owner, request).await, Ok(Response::Merged(_))) {
+                    acked += 1;
                 }
             }
-            if !all_acked {
+            if acked < owners.len() {
                 continue;
             }
+            // Data for a partition this node does not own is dropped only after every
+            // owner, none of them this node, acknowledged storing it.
+            debug_assert!(
+                !owners.is_empty() && acked == owners.len() && !owners.contains(&self.name),
+                "a transfer drops its copy without every other owner's ack"
+            );
             if !retired {
                 self.replica.retire_actor()?;
                 retired = true;
@@ -445,6 +474,7 @@ impl<S: Storage, P: Peers> Healer<S, P> {
             *cursor
         };
         let partition = mine[turn % mine.len()];
+        debug_assert!(partition < view.ring.ring_size());
         if self.rebuilder.is_pending(partition) {
             return Ok(None);
         }
@@ -458,6 +488,10 @@ impl<S: Storage, P: Peers> Healer<S, P> {
             return Ok(None);
         }
         let peer = others[(turn / mine.len()) % others.len()].clone();
+        debug_assert!(
+            peer != self.name && view.ring.is_primary(partition, &peer),
+            "anti-entropy with {peer}, not another owner of {partition}"
+        );
         if view.unreachable.contains(&peer) {
             return Ok(None);
         }
@@ -621,6 +655,12 @@ impl<S: Storage, P: Peers> Healer<S, P> {
                 }
             }
         }
+        // Validated leaves only name segments of the tree, each once, ascending.
+        debug_assert!(
+            segments.iter().all(|&s| (s as usize) < SEGMENTS)
+                && segments.windows(2).all(|w| w[0] < w[1]),
+            "differing segments out of the tree or out of order"
+        );
         // Most of the tree differs: a stream of the whole partition is far cheaper.
         if segments.len() * 2 > SEGMENTS && self.rebuilder.offer(partition, peer)? {
             report.differing_segments = segments.len();
@@ -702,6 +742,11 @@ impl<S: Storage, P: Peers> Healer<S, P> {
             _ => (partition.wrapping_add(1), None),
         };
         let owners = view.ring.primaries(partition).to_vec();
+        debug_assert_eq!(
+            owners.first(),
+            Some(&self.name),
+            "reaping partition {partition}, whose first owner is another node"
+        );
         let now = Instant::now();
         let now_ms = self.replica.now_ms();
         let mut ripe = Vec::new();
@@ -711,6 +756,7 @@ impl<S: Storage, P: Peers> Healer<S, P> {
                 continue;
             }
             let (bucket, key) = split_storage_key(&skey)?;
+            debug_assert_eq!(self.replica.partition_of(bucket, key), partition);
             let mut everywhere = true;
             for owner in owners.iter().filter(|o| **o != self.name) {
                 let request = Request::Get {

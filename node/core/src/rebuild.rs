@@ -104,11 +104,17 @@ pub fn scan_page<S: Storage + ?Sized>(
         let chunk = storage.scan(partition, from.as_deref(), SCAN_CHUNK)?;
         let full = chunk.len() == SCAN_CHUNK;
         for (skey, raw) in chunk {
+            // Storage scans strictly after the cursor, in key order: each page starts past
+            // the previous one, so a stream always ends.
+            debug_assert!(
+                from.as_ref().is_none_or(|f| skey > *f),
+                "a storage scan went back to or before its cursor"
+            );
             let size = (skey.len() + raw.len()) as u64;
             let over = out.bytes + size > max_bytes as u64 || out.objects.len() >= MAX_PAGE_OBJECTS;
             if !out.objects.is_empty() && over {
                 out.resume = from;
-                return Ok(out);
+                return check_scanned(out, max_bytes);
             }
             let (bucket, key) = split_storage_key(&skey)?;
             out.objects.push(KeyedObject {
@@ -120,9 +126,25 @@ pub fn scan_page<S: Storage + ?Sized>(
             from = Some(skey);
         }
         if !full {
-            return Ok(out);
+            return check_scanned(out, max_bytes);
         }
     }
+}
+
+/// What [`scan_page`] promises (debug builds check it): at most [`MAX_PAGE_OBJECTS`], and
+/// within `max_bytes` unless the page is one object larger than that.
+fn check_scanned(page: PageScan, max_bytes: usize) -> Result<PageScan, ReplicaError> {
+    debug_assert!(page.objects.len() <= MAX_PAGE_OBJECTS);
+    debug_assert!(
+        page.objects.len() <= 1 || page.bytes <= max_bytes as u64,
+        "a page of {} bytes for {max_bytes} asked",
+        page.bytes
+    );
+    debug_assert!(
+        page.resume.is_none() || !page.objects.is_empty(),
+        "an empty page that says the partition goes on"
+    );
+    Ok(page)
 }
 
 /// A token bucket over bytes, shared by every stream of a node. It takes the time as an
@@ -153,6 +175,10 @@ impl RateLimiter {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = self.last.max(now);
         self.tokens = (self.tokens + elapsed * self.bytes_per_s).min(self.burst) - bytes as f64;
+        debug_assert!(
+            self.tokens <= self.burst && self.tokens.is_finite(),
+            "a token bucket over its burst"
+        );
         if self.tokens >= 0.0 {
             Duration::ZERO
         } else {
@@ -353,6 +379,14 @@ impl<S: Storage, P: Peers> Rebuilder<S, P> {
             .find(|p| !state.streaming.contains(p) && !state.stalled.contains(p))
             .copied()?;
         state.streaming.insert(next);
+        // A stream runs for a queued partition only (`forget_unowned` keeps streaming ones).
+        debug_assert!(
+            state
+                .streaming
+                .iter()
+                .all(|p| state.pending.contains_key(p)),
+            "a partition streams without being queued"
+        );
         Some(next)
     }
 
@@ -453,6 +487,10 @@ impl<S: Storage, P: Peers> Rebuilder<S, P> {
     }
 
     fn finish(&self, state: &mut State, partition: PartitionId) {
+        debug_assert!(
+            !state.streaming.contains(&partition),
+            "partition {partition} finished while still streaming"
+        );
         if let Some(done) = state.pending.remove(&partition) {
             state.done_keys += done.keys;
             state.done_bytes += done.bytes;
@@ -502,6 +540,15 @@ impl<S: Storage, P: Peers> Rebuilder<S, P> {
                 &resume,
             )
             .map_err(|e| bad_answer(&peer, format!("sent a bad page of {partition}: {e}")))?;
+            // A checked page moves the cursor forward, or is the last.
+            debug_assert!(
+                match (&resume, &after) {
+                    (Some(r), Some(a)) => r > a,
+                    (Some(_), None) => !objects.is_empty(),
+                    (None, _) => true,
+                },
+                "a rebuild page of {partition} that does not advance its cursor"
+            );
             let count = objects.len() as u64;
             self.merge(objects).await?;
             let last = resume.is_none();
@@ -536,13 +583,20 @@ impl<S: Storage, P: Peers> Rebuilder<S, P> {
             ));
         }
         let state = self.state();
-        view.ring
+        let source = view
+            .ring
             .primaries(partition)
             .iter()
             .filter(|o| **o != self.name && !view.unreachable.contains(*o))
             .max_by_key(|o| state.peer_counts.get(&(partition, o.to_string())))
             .cloned()
-            .ok_or_else(|| bad_answer(&self.name, format!("no reachable owner of {partition}")))
+            .ok_or_else(|| bad_answer(&self.name, format!("no reachable owner of {partition}")))?;
+        // The short side pulls from another owner, never from itself or a non-owner.
+        debug_assert!(
+            source != self.name && view.ring.is_primary(partition, &source),
+            "rebuilding {partition} from {source}, not another owner"
+        );
+        Ok(source)
     }
 
     /// A page must hold keys of `partition` only, ascending after `after`, and end where its

@@ -187,6 +187,8 @@ impl<S: Storage> Replica<S> {
     pub fn retire_actor(&self) -> Result<ActorId, ReplicaError> {
         let mut guard = self.actor.lock().unwrap_or_else(PoisonError::into_inner);
         let fresh = ActorId(guard.1.random());
+        // 64 random bits: equal to the retired one only by a broken generator.
+        debug_assert_ne!(fresh, guard.0, "a retired actor id was drawn again");
         self.storage
             .meta_put(ACTOR_META_KEY, &fresh.0.to_be_bytes())?;
         guard.0 = fresh;
@@ -219,6 +221,7 @@ impl<S: Storage> Replica<S> {
             self.now_ms(),
         )?;
         self.metrics.list_keys_scanned.inc_by(part.scanned);
+        debug_assert!(part.keys.len() <= limit, "a listing page over its limit");
         Ok(Response::Keys {
             keys: part
                 .keys
@@ -238,6 +241,12 @@ impl<S: Storage> Replica<S> {
     ) -> Result<Response, ReplicaError> {
         self.check_partition(partition)?;
         let page = crate::rebuild::scan_page(&*self.storage, partition, after, max_bytes as usize)?;
+        debug_assert!(
+            page.objects
+                .iter()
+                .all(|o| self.partition_of(&o.bucket, &o.key) == partition),
+            "a rebuild page of partition {partition} holds a key of another partition"
+        );
         Ok(Response::Page {
             objects: page.objects,
             resume: page.resume.map(serde_bytes::ByteBuf::from),
@@ -273,7 +282,9 @@ impl<S: Storage> Replica<S> {
     }
 
     pub fn partition_of(&self, bucket: &[u8], key: &[u8]) -> PartitionId {
-        chorus_ring::partition_of(self.config.ring_size, bucket, key)
+        let partition = chorus_ring::partition_of(self.config.ring_size, bucket, key);
+        debug_assert!(partition < self.config.ring_size);
+        partition
     }
 
     /// [`Replica::handle`] for callers on an async runtime, the one place this is decided
@@ -394,9 +405,13 @@ impl<S: Storage> Replica<S> {
             Request::KeyCounts { partitions } => self.key_counts(&partitions),
             // Inside `handle_async`'s durability scope, so every write in the batch is
             // settled before any answer leaves.
-            Request::Batch { requests } => Ok(Response::Batch(
-                requests.into_iter().map(|r| self.handle(r)).collect(),
-            )),
+            Request::Batch { requests } => {
+                let count = requests.len();
+                let answers: Vec<Response> = requests.into_iter().map(|r| self.handle(r)).collect();
+                // The batching client pairs answers with requests by position.
+                debug_assert_eq!(answers.len(), count, "a batch answered out of step");
+                Ok(Response::Batch(answers))
+            }
         }
     }
 
@@ -449,15 +464,38 @@ impl<S: Storage> Replica<S> {
             None => Object::new(),
         };
         let actor = self.actor();
+        let over_current = context.is_none();
         let context = context.cloned().unwrap_or_else(|| current.context());
         let updated = current.update(&self.with_expired(&current, context), actor, value);
         let dot = (actor, updated.counter(actor));
+        // The new dot is above everything the stored state saw of this replica's actor (the
+        // state it was minted on is the one stored, read under the key's lock).
+        debug_assert!(
+            current.counter(actor) < dot.1,
+            "minted {dot:?} over a stored state that has seen it"
+        );
+        // Over the replica's own state (a RESP SET), every version held here is superseded.
+        debug_assert!(
+            !over_current || updated.sibling_count() == 1,
+            "a write over the current state left {} siblings",
+            updated.sibling_count()
+        );
         let mut limits = self.write_limits();
         limits.siblings = limits
             .siblings
             .min(write.max_siblings.unwrap_or(usize::MAX));
         let encoded = limits.check(&updated)?;
         let count = updated.sibling_count();
+        debug_assert!(
+            count <= limits.siblings && count <= crate::object::WRITE_MAX_SIBLINGS,
+            "a write stored {count} siblings, over its bound"
+        );
+        // Nothing is stored that a decoder would refuse, and what is stored is what the
+        // coordinator ships to the other replicas.
+        debug_assert!(
+            decode_object(&encoded).is_ok_and(|stored| stored == updated),
+            "a minted state does not round-trip through its encoding"
+        );
         if count >= self.config.warn_siblings {
             tracing::warn!(bucket = %String::from_utf8_lossy(bucket), key = %String::from_utf8_lossy(key), siblings = count, "key has many siblings; clients should resolve them by writing with a read's context");
         }
@@ -507,6 +545,15 @@ impl<S: Storage> Replica<S> {
             Some(current) => current.sync(incoming),
             None => incoming.clone(),
         };
+        // What is stored after a merge holds everything either side had not superseded.
+        debug_assert!(
+            merged.descends(incoming),
+            "a merge lost part of the incoming state"
+        );
+        debug_assert!(
+            current.as_ref().is_none_or(|c| merged.descends(c)),
+            "a merge lost part of the stored state"
+        );
         if current.as_ref() != Some(&merged) {
             let encoded = Limits::HARD.check(&merged).map_err(|e| {
                 self.metrics.merges_refused.inc();
@@ -515,6 +562,10 @@ impl<S: Storage> Replica<S> {
                 }
                 ReplicaError::MergeRefused(e)
             })?;
+            debug_assert!(
+                decode_object(&encoded).is_ok_and(|stored| stored == merged),
+                "a merged state does not round-trip through its encoding"
+            );
             self.storage
                 .put_replacing(partition, &skey, raw.as_deref(), &encoded)?;
         }
@@ -548,6 +599,10 @@ impl<S: Storage> Replica<S> {
             *held += 1;
             self.metrics.hints_queued.inc();
         }
+        debug_assert!(
+            *held <= self.config.max_hints_per_owner,
+            "{held} hints held for {owner}, over the bound"
+        );
         Ok(())
     }
 
@@ -557,11 +612,19 @@ impl<S: Storage> Replica<S> {
         branches: &[u32],
     ) -> Result<Vec<(u32, Vec<[u8; 32]>)>, ReplicaError> {
         let tree = self.storage.tree(partition)?;
-        Ok(branches
+        let leaves: Vec<(u32, Vec<[u8; 32]>)> = branches
             .iter()
             .filter(|&&b| (b as usize) < BRANCHES)
             .map(|&b| (b, tree.leaves_of_branch(b as usize).to_vec()))
-            .collect())
+            .collect();
+        // The shape the asking side checks (`healing::validate_leaves`).
+        debug_assert!(
+            leaves
+                .iter()
+                .all(|(_, l)| l.len() == crate::storage::merkle::SEGMENTS_PER_BRANCH),
+            "a branch without its leaves"
+        );
+        Ok(leaves)
     }
 
     /// Every object of some tree segments, cut off at about `MAX_BATCH_BYTES` (the caller
@@ -586,6 +649,10 @@ impl<S: Storage> Replica<S> {
                 break;
             }
             bytes += size;
+            debug_assert!(
+                segments.contains(&crate::storage::merkle::MerkleTree::segment_of(&skey)),
+                "a scan of segments returned a key of another segment"
+            );
             let (bucket, key) = split_storage_key(&skey)?;
             out.push(KeyedObject {
                 bucket: bucket.to_vec(),
@@ -593,6 +660,11 @@ impl<S: Storage> Replica<S> {
                 object: decode_object(&raw)?,
             });
         }
+        // At most one object beyond the bound, so an answer always fits a message.
+        debug_assert!(
+            out.len() <= 1 || bytes <= MAX_BATCH_BYTES,
+            "a segment batch of {bytes} bytes"
+        );
         Ok(out)
     }
 
@@ -612,6 +684,7 @@ impl<S: Storage> Replica<S> {
                 }
             }
         }
+        debug_assert!(changed <= objects.len());
         refused.map_or(Ok(changed), Err)
     }
 
