@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 /// `GET /ring/{bucket}/{key}`: the key's partition and its preference list.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RingBody {
+    /// The partition the key falls in.
     pub partition: u32,
     /// The N primary owners first, in ring order, then the fallbacks.
     pub preference_list: Vec<Owner>,
@@ -20,6 +21,7 @@ pub struct RingBody {
 pub struct Owner {
     /// Its QUIC address (empty when the answering node does not know it).
     pub address: String,
+    /// The member's name.
     pub name: String,
     /// A primary owner, not a fallback.
     pub primary: bool,
@@ -46,7 +48,9 @@ impl RingBody {
 /// One partition this node holds (`GET /local/partitions` answers a list of them).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LocalPartition {
+    /// The partition's id.
     pub id: u32,
+    /// Keys this node stores in it.
     pub keys: u64,
     /// The root of its Merkle tree, hex.
     pub merkle_root: String,

@@ -20,24 +20,28 @@ pub const PROPS_FIELDS: &[&str] = &["r", "w", "pr", "pw", "max_siblings", "ttl"]
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PropsBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Siblings a key of the bucket may hold at most.
     pub max_siblings: Option<usize>,
     #[serde(
         default,
         deserialize_with = "replica_count",
         skip_serializing_if = "Option::is_none"
     )]
+    /// Primaries that must answer a read (`pr`).
     pub pr: Option<String>,
     #[serde(
         default,
         deserialize_with = "replica_count",
         skip_serializing_if = "Option::is_none"
     )]
+    /// Primaries that must acknowledge a write (`pw`).
     pub pw: Option<String>,
     #[serde(
         default,
         deserialize_with = "replica_count",
         skip_serializing_if = "Option::is_none"
     )]
+    /// Replicas that must answer a read (`r`).
     pub r: Option<String>,
     /// Seconds a value written to the bucket lives unless the write gives its own TTL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -47,6 +51,7 @@ pub struct PropsBody {
         deserialize_with = "replica_count",
         skip_serializing_if = "Option::is_none"
     )]
+    /// Replicas that must acknowledge a write (`w`).
     pub w: Option<String>,
     /// Fields this version does not know. A node refuses a body with any
     /// ([`PropsBody::check_fields`]); a client keeps them, so that reading, changing one
@@ -130,17 +135,24 @@ fn replica_count<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::E
 /// The node's defaults for what a bucket leaves unset.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PropsDefaults {
+    /// Primaries a read needs by default.
     pub pr: usize,
+    /// Primaries a write needs by default.
     pub pw: usize,
+    /// Replicas a read needs by default.
     pub r: usize,
+    /// Replicas a write needs by default.
     pub w: usize,
 }
 
 /// One change of a bucket's properties that lost to a concurrent one.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PropsVersion {
+    /// The properties this version sets.
     pub props: PropsBody,
+    /// The node that wrote this version.
     pub set_by: String,
+    /// The version's stamp (the highest `(stamp, set_by)` wins).
     pub stamp: u64,
 }
 
@@ -149,11 +161,17 @@ pub struct PropsVersion {
 /// concurrent change that lost (until a change is written over it).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PropsAnswer {
+    /// The bucket the properties belong to.
     pub bucket: String,
+    /// Concurrent versions not yet written over, besides the winner.
     pub conflicts: Vec<PropsVersion>,
+    /// The node's defaults the properties override.
     pub defaults: PropsDefaults,
+    /// The properties in force.
     pub props: PropsBody,
+    /// The node that wrote the winning version, if any.
     pub set_by: Option<String>,
+    /// The winning version's stamp, if any.
     pub stamp: Option<u64>,
 }
 

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 /// `GET /status`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StatusBody {
+    /// Every member this node knows, itself included.
     pub members: Vec<MemberStatus>,
     /// The replication factor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -21,6 +22,7 @@ pub struct StatusBody {
     /// The answering node's name.
     pub node: String,
     #[serde(default)]
+    /// This node's partition streams.
     pub rebuild: RebuildStatus,
     /// Whether this node runs `--repair` and has not yet found its partitions equal to
     /// the other owners'.
@@ -45,14 +47,17 @@ pub struct MemberStatus {
     /// Grows on every restart.
     pub generation: u64,
     #[serde(default)]
+    /// The member's latest heartbeat counter.
     pub heartbeat: u64,
     /// Since the answering node last saw its heartbeat rise; `null` for itself.
     pub heartbeat_age_ms: Option<u64>,
     #[serde(default)]
+    /// Whether this entry is the answering node.
     pub is_self: bool,
     /// What it gossips about itself (pending hints, storage state, its HTTP address, ...).
     #[serde(default)]
     pub kv: BTreeMap<String, String>,
+    /// The member's name.
     pub name: String,
     /// Suspicion of failure; an infinite phi is sent as `f64::MAX` (JSON has no infinity).
     pub phi: f64,
@@ -72,33 +77,43 @@ fn reachable_by_default() -> bool {
 /// A partition this node still has to hand over.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Transfer {
+    /// Keys still to hand over.
     pub keys_left: u64,
+    /// The partition being handed over.
     pub partition: u32,
 }
 
 /// This node's partition streams (a rebuild after its data was lost or it joined).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RebuildStatus {
+    /// Bytes streamed so far, all partitions together.
     pub bytes_done: u64,
     /// Seconds left at the rate seen so far; `null` when nothing streams or no rate is
     /// known yet.
     #[serde(default)]
     pub eta_s: Option<f64>,
+    /// Keys streamed so far, all partitions together.
     pub keys_done: u64,
+    /// The pending partitions with their progress.
     pub partitions: Vec<RebuildPartition>,
+    /// Partitions queued or streaming.
     pub partitions_pending: u64,
 }
 
 /// One partition queued or streaming.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RebuildPartition {
+    /// Bytes of this partition streamed so far.
     pub bytes_done: u64,
+    /// Keys of this partition streamed so far.
     pub keys_done: u64,
     /// The source's key count at its last page (0 before the first).
     pub keys_total: u64,
+    /// The partition.
     pub partition: u32,
     /// The owner it streams from, `null` while queued.
     pub peer: Option<String>,
+    /// Whether it is streaming now (else queued).
     pub streaming: bool,
 }
 

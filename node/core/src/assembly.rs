@@ -17,7 +17,6 @@ use chorus_gossip::{Config as GossipConfig, Outgoing};
 use tokio::time::Instant;
 
 use crate::batching::{Batching, BATCH_KV};
-use crate::bucket_props::{self, PropsSync};
 use crate::causality::ActorId;
 use crate::clock::WallClock;
 use crate::coordinator::Coordinator;
@@ -25,6 +24,7 @@ use crate::healing::{Healer, HealingConfig};
 use crate::membership::{Gossip, STORAGE_KV};
 use crate::metrics::Metrics;
 use crate::peers::Peers;
+use crate::props_sync::{self, PropsSync};
 use crate::replica::{Replica, ReplicaConfig, ReplicaError, ACTOR_META_KEY};
 use crate::storage::{Storage, StorageError};
 
@@ -268,7 +268,7 @@ impl<S: Storage, P: Peers> NodeParts<S, P> {
                 let rebuilder = rebuilder.clone();
                 async move { rebuilder.step().await }
             }),
-            Duty::new("props_sync", bucket_props::CHECK_EVERY, move || {
+            Duty::new("props_sync", props_sync::CHECK_EVERY, move || {
                 let props_sync = props_sync.clone();
                 async move { props_sync.step().await }
             }),

@@ -18,6 +18,7 @@ use crate::causality::{Context, Dot};
 use crate::metrics::Metrics;
 use crate::object::{Object, Sibling};
 use crate::peers::{PeerError, Peers};
+pub use crate::quorum::Quorum;
 use crate::replica::Replica;
 use crate::rpc::{Request, Response};
 use crate::storage::Storage;
@@ -110,50 +111,6 @@ fn check_targets(view: &ClusterView, partition: u32, out: &[Target]) {
             == out.iter().filter(|t| !t.primary).count(),
         "two fallbacks stand in for the same primary"
     );
-}
-
-/// A per-request replica count as the client gave it: `one`, `quorum`, `all` or a number.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Quorum {
-    One,
-    Majority,
-    All,
-    Exactly(usize),
-}
-
-impl Quorum {
-    pub fn parse(text: &str) -> Result<Quorum, String> {
-        match text {
-            "one" => Ok(Quorum::One),
-            "quorum" => Ok(Quorum::Majority),
-            "all" => Ok(Quorum::All),
-            other => match other.parse::<usize>() {
-                Ok(n) => Ok(Quorum::Exactly(n)),
-                Err(_) => Err(format!(
-                    "'{other}' is not a replica count: use a number, one, quorum or all"
-                )),
-            },
-        }
-    }
-
-    /// The number of replicas for a replication factor `n`; `allow_zero` for pr/pw.
-    pub fn resolve(self, n: usize, allow_zero: bool) -> Result<usize, String> {
-        let count = match self {
-            Quorum::One => 1,
-            Quorum::Majority => n / 2 + 1,
-            Quorum::All => n,
-            Quorum::Exactly(k) => k,
-        };
-        if count > n {
-            return Err(format!(
-                "{count} replicas asked for, but the replication factor is {n}"
-            ));
-        }
-        if count == 0 && !allow_zero {
-            return Err("at least 1 replica must answer".into());
-        }
-        Ok(count)
-    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -29,17 +29,15 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::heal_error::{bad_answer, HealError};
 use crate::membership::Gossip;
 use crate::metrics::Metrics;
-use crate::object::ObjectError;
 use crate::object::{split_storage_key, Object};
 use crate::peers::{PeerError, Peers};
 use crate::rebuild::{RebuildConfig, Rebuilder};
-use crate::replica::ReplicaError;
 use crate::replica::{Replica, MAX_BATCH_BYTES};
 use crate::rpc::{KeyedObject, Request, Response};
 use crate::storage::merkle::{BRANCHES, SEGMENTS, SEGMENTS_PER_BRANCH};
-use crate::storage::StorageError;
 use crate::storage::{PartitionId, Storage};
 use crate::view::ClusterView;
 
@@ -120,30 +118,6 @@ pub struct Healer<S: Storage, P: Peers> {
 
 /// Exchanges per healing round while the replica repairs.
 pub const REPAIR_EXCHANGES_PER_ROUND: usize = 8;
-
-/// Why a healing step stopped. Every step is retried next round, so these are logged, not
-/// returned to anyone; the kinds say whose fault it was.
-#[derive(Debug, thiserror::Error)]
-pub enum HealError {
-    #[error(transparent)]
-    Peer(#[from] PeerError),
-    #[error("local storage: {0}")]
-    Storage(#[from] StorageError),
-    #[error("local replica: {0}")]
-    Replica(#[from] ReplicaError),
-    #[error("stored object: {0}")]
-    Object(#[from] ObjectError),
-    /// The peer answered, but not with what the protocol says it must.
-    #[error("{peer} {reason}")]
-    BadAnswer { peer: String, reason: String },
-}
-
-pub(crate) fn bad_answer(peer: &str, reason: impl Into<String>) -> HealError {
-    HealError::BadAnswer {
-        peer: peer.to_string(),
-        reason: reason.into(),
-    }
-}
 
 /// A peer's leaves must be exactly those of the branches asked for, each with
 /// `SEGMENTS_PER_BRANCH` hashes: a peer with another tree shape (a different version, a

@@ -16,72 +16,16 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use crate::coordinator::{targets, Coordinator};
-use crate::object::{decode_object, storage_key};
 use crate::peers::Peers;
-use crate::replica::ReplicaError;
 use crate::rpc::{Request, Response};
+use crate::scan::PartitionKeys;
 use crate::storage::{PartitionId, Storage};
 use crate::view::ClusterView;
 
-/// Keys one page holds at most (`?limit=`).
-pub const MAX_LIST_LIMIT: usize = 10_000;
+pub use crate::scan::MAX_LIST_LIMIT;
+
 /// Keys one page holds when the request does not say.
 pub const DEFAULT_LIST_LIMIT: usize = 1_000;
-/// Stored entries (of any bucket, live or not) one replica reads for one request at most;
-/// it then answers with where to resume, so a listing never holds a scan for long.
-pub const SCAN_BUDGET: usize = 10_000;
-/// Entries read from storage at once: a scan holds at most this many objects in memory.
-const SCAN_CHUNK: usize = 32;
-
-/// What one replica answers for one partition: live keys in storage order and, when it
-/// stopped before the partition's end, the last key it read (resume after it).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PartitionKeys {
-    pub keys: Vec<Vec<u8>>,
-    pub resume: Option<Vec<u8>>,
-    pub scanned: u64,
-}
-
-/// Up to `limit` keys of `bucket` in `partition` after `after` whose state holds a value
-/// live at `now_ms` (deleted and expired keys hidden), reading at most [`SCAN_BUDGET`]
-/// entries.
-pub fn scan_live_keys<S: Storage + ?Sized>(
-    storage: &S,
-    partition: PartitionId,
-    bucket: &[u8],
-    after: Option<&[u8]>,
-    limit: usize,
-    now_ms: u64,
-) -> Result<PartitionKeys, ReplicaError> {
-    let prefix = storage_key(bucket, b"");
-    // The bucket's keys are contiguous in storage order (its length-prefixed name comes
-    // first) and longer than the prefix itself, so the scan starts right at them.
-    let mut from = after.map_or_else(|| prefix.clone(), |key| storage_key(bucket, key));
-    let mut out = PartitionKeys::default();
-    loop {
-        let chunk = storage.scan(partition, Some(&from), SCAN_CHUNK)?;
-        let full = chunk.len() == SCAN_CHUNK;
-        for (stored, bytes) in chunk {
-            if !stored.starts_with(&prefix) {
-                return Ok(out);
-            }
-            out.scanned += 1;
-            let object = decode_object(&bytes)?;
-            if object.values().iter().any(|s| s.is_live(now_ms)) {
-                out.keys.push(stored[prefix.len()..].to_vec());
-            }
-            if out.keys.len() >= limit || out.scanned as usize >= SCAN_BUDGET {
-                out.resume = Some(stored[prefix.len()..].to_vec());
-                return Ok(out);
-            }
-            from = stored;
-        }
-        if !full {
-            return Ok(out);
-        }
-    }
-}
-
 /// Where the next page starts: a partition and, inside it, the key after which to go on.
 /// Opaque to clients: base64url of a small versioned msgpack array.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -254,7 +198,8 @@ fn next_partition(cursor: &Cursor) -> Cursor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::object::{encode_object, Object, Sibling};
+    use crate::object::{encode_object, storage_key, Object, Sibling};
+    use crate::scan::{scan_live_keys, SCAN_BUDGET};
     use crate::storage::MemoryStorage;
 
     /// The clock the scans below read at: a value expiring at `EXPIRED` is dead then.

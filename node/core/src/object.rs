@@ -14,7 +14,6 @@
 use serde::{Deserialize, Serialize};
 
 use crate::causality::{Dvvs, MAX_ACTORS, MAX_SIBLINGS};
-use crate::rpc::MAX_MESSAGE_BYTES;
 
 /// One version of a key's value. A delete is a sibling like any other (`deleted`), so it
 /// replicates, merges and supersedes exactly like a write.
@@ -102,6 +101,11 @@ pub enum ObjectError {
     #[error("stored key is corrupt")]
     CorruptKey,
 }
+
+/// Largest node-to-node message, request or response; the transport refuses anything
+/// longer. Every object a replica stores must fit in one (see `object::MAX_OBJECT_BYTES`),
+/// or it could never be replicated, repaired or handed off.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
 /// Room a message needs besides one object: the envelope, bucket and key (at most 1 KiB
 /// each through HTTP, 60 KiB in storage), a hint owner's name and framing.

@@ -22,12 +22,11 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use tokio::time::Instant;
 
-use crate::healing::{bad_answer, HealError};
+use crate::heal_error::{bad_answer, HealError};
 use crate::membership::Gossip;
 use crate::metrics::Metrics;
-use crate::object::{decode_object, split_storage_key};
 use crate::peers::Peers;
-use crate::replica::{Replica, ReplicaError};
+use crate::replica::Replica;
 use crate::rpc::{KeyedObject, Request, Response};
 use crate::storage::{PartitionId, Storage};
 use crate::view::ClusterView;
@@ -40,17 +39,13 @@ pub const DEFAULT_STREAMS: usize = 2;
 /// Stored bytes one page asks for at most (less under a budget below 8 MiB/s): small
 /// enough that encoding or decoding one holds an async worker only briefly.
 pub const PAGE_BYTES: u32 = 512 * 1024;
-/// Largest `max_bytes` a peer may ask for: a page stays far under a message.
-pub const MAX_PAGE_BYTES: u32 = 8 * 1024 * 1024;
-/// Objects one page holds at most, whatever their size.
-pub const MAX_PAGE_OBJECTS: usize = 20_000;
+pub use crate::scan::MAX_PAGE_BYTES;
+
 /// A partition is pulled whole only when another owner holds at least this many keys of
 /// it; a smaller difference costs one or two segment exchanges.
 pub const MIN_BULK_KEYS: u64 = 64;
 /// After a stream of a partition ends, the count rule leaves it alone this long.
 const COOLDOWN: Duration = Duration::from_secs(60);
-/// Entries read from storage at once while filling a page.
-const SCAN_CHUNK: usize = 256;
 /// Meta key holding the partitions queued or streaming, each with its cursor.
 const CURSORS_META_KEY: &str = "rebuild_cursors";
 /// A stream persists its cursor at most this often (and when it ends): a restart redoes at
@@ -78,73 +73,6 @@ impl Default for RebuildConfig {
 /// [`MIN_BULK_KEYS`] keys of it and this one holds fewer than half as many.
 pub fn needs_bulk(ours: u64, theirs: u64) -> bool {
     theirs >= MIN_BULK_KEYS && ours.saturating_mul(2) < theirs
-}
-
-/// One page of a partition as a replica reads it.
-#[derive(Debug, Default)]
-pub struct PageScan {
-    pub objects: Vec<KeyedObject>,
-    /// The last storage key in the page when the partition goes on past it.
-    pub resume: Option<Vec<u8>>,
-    /// Stored bytes (keys and objects) in the page.
-    pub bytes: u64,
-}
-
-/// The objects of `partition` after the storage key `after`, in storage order, up to
-/// about `max_bytes` (at least one object, however large) and [`MAX_PAGE_OBJECTS`].
-pub fn scan_page<S: Storage + ?Sized>(
-    storage: &S,
-    partition: PartitionId,
-    after: Option<&[u8]>,
-    max_bytes: usize,
-) -> Result<PageScan, ReplicaError> {
-    let mut out = PageScan::default();
-    let mut from = after.map(<[u8]>::to_vec);
-    loop {
-        let chunk = storage.scan(partition, from.as_deref(), SCAN_CHUNK)?;
-        let full = chunk.len() == SCAN_CHUNK;
-        for (skey, raw) in chunk {
-            // Storage scans strictly after the cursor, in key order: each page starts past
-            // the previous one, so a stream always ends.
-            debug_assert!(
-                from.as_ref().is_none_or(|f| skey > *f),
-                "a storage scan went back to or before its cursor"
-            );
-            let size = (skey.len() + raw.len()) as u64;
-            let over = out.bytes + size > max_bytes as u64 || out.objects.len() >= MAX_PAGE_OBJECTS;
-            if !out.objects.is_empty() && over {
-                out.resume = from;
-                return check_scanned(out, max_bytes);
-            }
-            let (bucket, key) = split_storage_key(&skey)?;
-            out.objects.push(KeyedObject {
-                bucket: bucket.to_vec(),
-                key: key.to_vec(),
-                object: decode_object(&raw)?,
-            });
-            out.bytes += size;
-            from = Some(skey);
-        }
-        if !full {
-            return check_scanned(out, max_bytes);
-        }
-    }
-}
-
-/// What [`scan_page`] promises (debug builds check it): at most [`MAX_PAGE_OBJECTS`], and
-/// within `max_bytes` unless the page is one object larger than that.
-fn check_scanned(page: PageScan, max_bytes: usize) -> Result<PageScan, ReplicaError> {
-    debug_assert!(page.objects.len() <= MAX_PAGE_OBJECTS);
-    debug_assert!(
-        page.objects.len() <= 1 || page.bytes <= max_bytes as u64,
-        "a page of {} bytes for {max_bytes} asked",
-        page.bytes
-    );
-    debug_assert!(
-        page.resume.is_none() || !page.objects.is_empty(),
-        "an empty page that says the partition goes on"
-    );
-    Ok(page)
 }
 
 /// A token bucket over bytes, shared by every stream of a node. It takes the time as an
@@ -756,6 +684,7 @@ mod tests {
     use super::*;
     use crate::causality::{ActorId, Context};
     use crate::object::{encode_object, storage_key, Object, Sibling};
+    use crate::scan::{scan_page, MAX_PAGE_OBJECTS};
     use crate::storage::MemoryStorage;
 
     fn fill(storage: &MemoryStorage, keys: u32, value_len: usize) {

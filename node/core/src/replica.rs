@@ -47,6 +47,15 @@ pub enum ReplicaError {
     InvalidState(String),
 }
 
+impl From<crate::scan::ScanError> for ReplicaError {
+    fn from(e: crate::scan::ScanError) -> Self {
+        match e {
+            crate::scan::ScanError::Storage(e) => ReplicaError::Storage(e),
+            crate::scan::ScanError::Object(e) => ReplicaError::Object(e),
+        }
+    }
+}
+
 /// How a coordinated write is stored beyond its value: for which unreachable owner a
 /// fallback keeps it, and the bucket's own sibling bound if it sets one.
 #[derive(Clone, Copy, Debug, Default)]
@@ -211,8 +220,8 @@ impl<S: Storage> Replica<S> {
         after: Option<&[u8]>,
         limit: u32,
     ) -> Result<Response, ReplicaError> {
-        let limit = (limit as usize).clamp(1, crate::listing::MAX_LIST_LIMIT);
-        let part = crate::listing::scan_live_keys(
+        let limit = (limit as usize).clamp(1, crate::scan::MAX_LIST_LIMIT);
+        let part = crate::scan::scan_live_keys(
             &*self.storage,
             partition,
             bucket,
@@ -232,7 +241,7 @@ impl<S: Storage> Replica<S> {
         })
     }
 
-    /// A rebuild page (see `rebuild::scan_page`) and this replica's key count of the partition.
+    /// A rebuild page (see `scan::scan_page`) and this replica's key count of the partition.
     fn partition_page(
         &self,
         partition: PartitionId,
@@ -240,7 +249,7 @@ impl<S: Storage> Replica<S> {
         max_bytes: u32,
     ) -> Result<Response, ReplicaError> {
         self.check_partition(partition)?;
-        let page = crate::rebuild::scan_page(&*self.storage, partition, after, max_bytes as usize)?;
+        let page = crate::scan::scan_page(&*self.storage, partition, after, max_bytes as usize)?;
         debug_assert!(
             page.objects
                 .iter()
@@ -293,7 +302,7 @@ impl<S: Storage> Replica<S> {
     /// a task, for the group commit that covers them (`storage::deferring_durability`), so
     /// nothing is acknowledged before it is durable and no worker sleeps on the disk.
     pub async fn handle_async(self: Arc<Self>, request: Request) -> Response {
-        // A listing scan reads up to `listing::SCAN_BUDGET` entries: never on an async worker.
+        // A listing scan reads up to `scan::SCAN_BUDGET` entries: never on an async worker.
         // So do a rebuild page, a count that may load a partition's index, and a batch
         // merge (up to a rebuild page or `MAX_BATCH_BYTES` of objects): one on an async
         // worker would stall every client request queued behind it.
@@ -840,7 +849,7 @@ fn check_batch(request: &Request) -> Result<(), String> {
 }
 
 /// A rebuild page's cursor is a storage key (at most two names and their framing) and its
-/// size within `rebuild::MAX_PAGE_BYTES`; a count asks for at most a ring's partitions.
+/// size within `scan::MAX_PAGE_BYTES`; a count asks for at most a ring's partitions.
 fn check_rebuild_request(request: &Request) -> Result<(), String> {
     match request {
         Request::PartitionPage {
@@ -852,10 +861,10 @@ fn check_rebuild_request(request: &Request) -> Result<(), String> {
                     "refused: a page cursor over the {longest} bytes of a storage key"
                 ));
             }
-            if !(1..=crate::rebuild::MAX_PAGE_BYTES).contains(max_bytes) {
+            if !(1..=crate::scan::MAX_PAGE_BYTES).contains(max_bytes) {
                 return Err(format!(
                     "refused: a page of {max_bytes} bytes, outside 1..={}",
-                    crate::rebuild::MAX_PAGE_BYTES
+                    crate::scan::MAX_PAGE_BYTES
                 ));
             }
             Ok(())
@@ -1140,7 +1149,7 @@ mod tests {
             page(64, vec![], 100),
             page(1, vec![0; 3 * MAX_NAME_BYTES], 100),
             page(1, vec![], 0),
-            page(1, vec![], crate::rebuild::MAX_PAGE_BYTES + 1),
+            page(1, vec![], crate::scan::MAX_PAGE_BYTES + 1),
             Request::KeyCounts {
                 partitions: vec![64],
             },

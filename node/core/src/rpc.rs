@@ -9,10 +9,7 @@ use chorus_gossip::GossipMessage;
 use crate::causality::{Context, Dot};
 use crate::object::{Object, Sibling};
 
-/// Largest node-to-node message, request or response; the transport refuses anything
-/// longer. Every object a replica stores must fit in one (see `object::MAX_OBJECT_BYTES`),
-/// or it could never be replicated, repaired or handed off.
-pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+pub use crate::object::MAX_MESSAGE_BYTES;
 
 /// Everything on a stream is one `Envelope`. Adding a variant is compatible; changing one
 /// needs a `V2`.

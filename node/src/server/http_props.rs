@@ -117,5 +117,5 @@ pub async fn props_put(State(node): State<Arc<Node>>, uri: Uri, body: Body) -> R
 }
 
 fn publish_digest(node: &Node) {
-    chorus_core::bucket_props::publish_digest(&node.coordinator, &node.gossip);
+    chorus_core::props_sync::publish_digest(&node.coordinator, &node.gossip);
 }
