@@ -9,7 +9,7 @@
 //! `ring_members`).
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::ops::Bound;
 
@@ -24,6 +24,11 @@ use crate::wire::{
     encoded_len, Digest, DigestEntry, GossipMessage, MemberBody, MemberUpdate, MessageV1, Payload,
     Peer, RejectKind, Stamp, Status,
 };
+
+mod events;
+
+pub use events::Event;
+use events::EventQueue;
 
 /// Room left in every budget for array headers that grow (fixarray to array16 to
 /// array32: 4 bytes each) once entries are added to an empty message.
@@ -85,69 +90,6 @@ pub struct MemberView {
     pub kv: BTreeMap<String, String>,
     /// Whether this is the node itself.
     pub is_self: bool,
-}
-
-/// What changed, for the node to act on. Events about this node itself are only
-/// `Rejected` (and `ConfigMismatch` when we refuse others).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub enum Event {
-    /// A member this node did not know.
-    Joined {
-        /// The member.
-        name: String,
-    },
-    /// A member's phi went over the threshold.
-    Suspect {
-        /// The member.
-        name: String,
-    },
-    /// A member stayed suspect for `down_after_suspect_ms`.
-    Down {
-        /// The member.
-        name: String,
-    },
-    /// Back from suspect or down.
-    Alive {
-        /// The member.
-        name: String,
-    },
-    /// A new incarnation replaced the old one (never reported as the old one failing).
-    Restarted {
-        /// The member.
-        name: String,
-        /// Its new generation.
-        generation: u64,
-    },
-    /// A member announced it is leaving.
-    Leaving {
-        /// The member.
-        name: String,
-    },
-    /// A member finished leaving.
-    Left {
-        /// The member.
-        name: String,
-    },
-    /// An operator removed a member.
-    Removed {
-        /// The member.
-        name: String,
-    },
-    /// This node was refused by the cluster (other cluster settings, its name taken, or
-    /// removed by an operator). It has stopped gossiping; the node should exit with
-    /// `reason`.
-    Rejected {
-        /// Why, as a sentence for the operator.
-        reason: String,
-    },
-    /// This node refused a peer, or ignored a refusal from a smaller group. Reported at
-    /// most once a minute per peer address.
-    ConfigMismatch {
-        /// The peer's address.
-        from: String,
-        /// What differs, as a sentence for our log.
-        reason: String,
-    },
 }
 
 /// A message for the caller to send.
@@ -277,12 +219,6 @@ impl Floor {
     }
 }
 
-#[derive(Clone, Debug)]
-struct EventQueue {
-    events: VecDeque<Event>,
-    capacity: usize,
-}
-
 /// A record to send, in priority order, built only if it fits.
 enum Candidate<'a> {
     Full(&'a str),
@@ -331,10 +267,7 @@ impl Membership {
         Membership {
             members: BTreeMap::from([(config.name.clone(), me)]),
             floors: BTreeMap::new(),
-            events: EventQueue {
-                events: VecDeque::new(),
-                capacity,
-            },
+            events: EventQueue::new(capacity),
             digest_cursor: None,
             rejected: None,
             mismatch_reported_ms: BTreeMap::new(),
@@ -486,7 +419,7 @@ impl Membership {
 
     /// The events since the last call, oldest first.
     pub fn drain_events(&mut self) -> Vec<Event> {
-        self.events.events.drain(..).collect()
+        self.events.drain()
     }
 
     /// Every member known, this node included, tombstones until forgotten; by name.
@@ -1543,16 +1476,6 @@ fn observe_heartbeat(
             },
             stats,
         );
-    }
-}
-
-impl EventQueue {
-    fn push(&mut self, event: Event, stats: &mut Stats) {
-        if self.events.len() == self.capacity {
-            self.events.pop_front();
-            stats.dropped_events += 1;
-        }
-        self.events.push_back(event);
     }
 }
 
