@@ -19,16 +19,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{ClusterConfig, Config, MAX_ADDRESS_BYTES, MAX_NAME_BYTES};
 use crate::error::GossipError;
-use crate::phi::{PhiConfig, PhiDetector};
 use crate::wire::{
     encoded_len, Digest, DigestEntry, GossipMessage, MemberBody, MemberUpdate, MessageV1, Payload,
     Peer, RejectKind, Stamp, Status,
 };
 
 mod events;
+mod record;
 
 pub use events::Event;
 use events::EventQueue;
+use record::{assert_progress, Liveness, Member};
 
 /// Room left in every budget for array headers that grow (fixarray to array16 to
 /// array32: 4 bytes each) once entries are added to an empty message.
@@ -113,83 +114,6 @@ pub struct Stats {
     pub refused_members: u64,
     /// Events dropped, oldest first, because nobody drained them.
     pub dropped_events: u64,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Liveness {
-    Alive,
-    Suspect { since_ms: u64 },
-    Down,
-}
-
-#[derive(Clone, Debug)]
-struct Member {
-    address: String,
-    generation: u64,
-    heartbeat: u64,
-    version: u64,
-    status: Status,
-    kv: BTreeMap<String, String>,
-    liveness: Liveness,
-    detector: PhiDetector,
-    /// Local time the heartbeat last rose (or the member was learned).
-    last_heartbeat_ms: u64,
-    /// Local time this node learned of the tombstone; drives forgetting.
-    tombstoned_at_ms: Option<u64>,
-}
-
-impl Member {
-    fn learned(
-        generation: u64,
-        heartbeat: u64,
-        body: MemberBody,
-        phi: PhiConfig,
-        now_ms: u64,
-    ) -> Member {
-        let tombstone = body.status.is_tombstone();
-        let mut detector = PhiDetector::new(phi);
-        if !tombstone {
-            // Being learned counts as the first heartbeat: phi starts from the
-            // bootstrap estimate and a member that is in fact dead is suspected after
-            // about first_heartbeat_estimate + acceptable_pause.
-            detector.heartbeat(now_ms);
-        }
-        Member {
-            address: body.address,
-            generation,
-            heartbeat,
-            version: body.version,
-            status: body.status,
-            kv: body.kv,
-            liveness: Liveness::Alive,
-            detector,
-            last_heartbeat_ms: now_ms,
-            tombstoned_at_ms: tombstone.then_some(now_ms),
-        }
-    }
-
-    fn stamp(&self) -> Stamp {
-        Stamp {
-            generation: self.generation,
-            tombstone: self.status.is_tombstone(),
-            version: self.version,
-            heartbeat: self.heartbeat,
-        }
-    }
-
-    fn full_update(&self, name: &str) -> MemberUpdate {
-        MemberUpdate {
-            name: name.to_string(),
-            generation: self.generation,
-            heartbeat: self.heartbeat,
-            body: Some(MemberBody {
-                address: self.address.clone(),
-                version: self.version,
-                status: self.status,
-                kv: self.kv.clone(),
-            }),
-        }
-    }
 }
 
 /// What is left of a forgotten tombstone: enough to refuse stale copies of the member
@@ -1477,18 +1401,6 @@ fn observe_heartbeat(
             stats,
         );
     }
-}
-
-/// A member's generation never decreases; within a generation neither its rank
-/// (tombstone, version) nor its heartbeat does.
-fn assert_progress(name: &str, before: Stamp, after: Stamp) {
-    assert!(
-        after.generation > before.generation
-            || (after.generation == before.generation
-                && after.rank() >= before.rank()
-                && after.heartbeat >= before.heartbeat),
-        "member {name} went backwards: {before:?} -> {after:?}"
-    );
 }
 
 #[cfg(test)]
