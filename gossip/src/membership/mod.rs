@@ -10,12 +10,11 @@
 
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::ops::Bound;
 
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::Rng;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::config::{ClusterConfig, Config, MAX_ADDRESS_BYTES, MAX_NAME_BYTES};
 use crate::error::GossipError;
@@ -25,9 +24,12 @@ use crate::wire::{
 };
 
 mod events;
+mod liveness;
 mod record;
 
 pub use events::Event;
+pub use liveness::MemberState;
+use liveness::observe_heartbeat;
 use events::EventQueue;
 use record::{assert_progress, Liveness, Member};
 
@@ -41,34 +43,6 @@ const TIE_GRACE_MS: u64 = 10_000;
 const MISMATCH_REPORT_INTERVAL_MS: u64 = 60_000;
 /// Peers whose refusals are being rate-limited; the oldest is forgotten beyond this.
 const MISMATCH_REPORT_PEERS: usize = 64;
-
-/// A member's state as shown to operators (`/status`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MemberState {
-    /// A member in the ring whose heartbeats arrive (this node is always alive to itself).
-    Alive,
-    /// Its phi is over the threshold: still reachable, maybe failing.
-    Suspect,
-    /// Suspect for `down_after_suspect_ms`: requests go to fallbacks.
-    Down,
-    /// It announced it is leaving; it owns no partitions.
-    Leaving,
-    /// It left, or an operator removed it (a tombstone until forgotten).
-    Left,
-}
-
-impl fmt::Display for MemberState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            MemberState::Alive => "alive",
-            MemberState::Suspect => "suspect",
-            MemberState::Down => "down",
-            MemberState::Leaving => "leaving",
-            MemberState::Left => "left",
-        })
-    }
-}
 
 /// One member as this node sees it, for `/status` and the dashboard.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -522,61 +496,6 @@ impl Membership {
             .saturating_sub(empty.encoded_len() + BUDGET_SLACK)
     }
 
-    fn update_liveness(&mut self, now: u64) {
-        let threshold = self.config.phi.threshold;
-        let down_after = self.config.down_after_suspect_ms;
-        for (name, m) in self.members.iter_mut() {
-            if *name == self.config.name || m.status.is_tombstone() {
-                continue;
-            }
-            let phi = m.detector.phi(now);
-            let next = match m.liveness {
-                Liveness::Alive if phi > threshold => Liveness::Suspect { since_ms: now },
-                Liveness::Suspect { .. } | Liveness::Down if phi <= threshold => Liveness::Alive,
-                Liveness::Suspect { since_ms } if now - since_ms >= down_after => Liveness::Down,
-                same => same,
-            };
-            if next == m.liveness {
-                continue;
-            }
-            let name = name.clone();
-            let event = match next {
-                Liveness::Alive => Event::Alive { name },
-                Liveness::Suspect { .. } => Event::Suspect { name },
-                Liveness::Down => Event::Down { name },
-            };
-            m.liveness = next;
-            self.events.push(event, &mut self.stats);
-        }
-    }
-
-    fn liveness_at(&self, m: &Member, now: u64) -> Liveness {
-        match m.liveness {
-            Liveness::Alive if m.detector.phi(now) > self.config.phi.threshold => {
-                Liveness::Suspect { since_ms: now }
-            }
-            Liveness::Suspect { since_ms }
-                if now - since_ms >= self.config.down_after_suspect_ms =>
-            {
-                Liveness::Down
-            }
-            l => l,
-        }
-    }
-
-    fn state(&self, name: &str, m: &Member, now: u64) -> MemberState {
-        match m.status {
-            Status::Left | Status::Removed => MemberState::Left,
-            Status::Leaving => MemberState::Leaving,
-            Status::Alive if name == self.config.name => MemberState::Alive,
-            Status::Alive => match self.liveness_at(m, now) {
-                Liveness::Alive => MemberState::Alive,
-                Liveness::Suspect { .. } => MemberState::Suspect,
-                Liveness::Down => MemberState::Down,
-            },
-        }
-    }
-
     fn forget_tombstones(&mut self, now: u64) {
         let after = self.config.forget_left_after_ms;
         let expired: Vec<String> = self
@@ -607,18 +526,6 @@ impl Membership {
                 .expect("floors is non-empty");
             self.floors.remove(&oldest);
         }
-    }
-
-    /// Members counted as live: this node and every non-tombstone member not down.
-    fn alive_count(&self) -> usize {
-        let now = self.now_ms;
-        self.members
-            .iter()
-            .filter(|(name, m)| {
-                !m.status.is_tombstone()
-                    && (**name == self.config.name || self.liveness_at(m, now) != Liveness::Down)
-            })
-            .count()
     }
 
     fn choose_targets(&self, rng: &mut impl Rng) -> Vec<String> {
@@ -1369,38 +1276,6 @@ fn catch_up_own(name: &str, me: &mut Member, stamp: Stamp) {
         me.version = stamp.version + 1;
     }
     assert_progress(name, before, me.stamp());
-}
-
-/// Takes a heartbeat for `m` if it is news for the generation we know. Only a rising
-/// counter feeds the phi detector, however it arrived (directly or relayed).
-fn observe_heartbeat(
-    name: &str,
-    m: &mut Member,
-    stamp: Stamp,
-    now: u64,
-    events: &mut EventQueue,
-    stats: &mut Stats,
-) {
-    if m.generation != stamp.generation || stamp.heartbeat <= m.heartbeat {
-        return;
-    }
-    let before = m.stamp();
-    m.heartbeat = stamp.heartbeat;
-    assert_progress(name, before, m.stamp());
-    if m.status.is_tombstone() {
-        return;
-    }
-    m.detector.heartbeat(now);
-    m.last_heartbeat_ms = now;
-    if m.liveness != Liveness::Alive {
-        m.liveness = Liveness::Alive;
-        events.push(
-            Event::Alive {
-                name: name.to_string(),
-            },
-            stats,
-        );
-    }
 }
 
 #[cfg(test)]
