@@ -26,12 +26,14 @@ use crate::wire::{
 mod events;
 mod liveness;
 mod record;
+mod tombstones;
 
 pub use events::Event;
 pub use liveness::MemberState;
 use liveness::observe_heartbeat;
 use events::EventQueue;
 use record::{assert_progress, Liveness, Member};
+use tombstones::Floor;
 
 /// Room left in every budget for array headers that grow (fixarray to array16 to
 /// array32: 4 bytes each) once entries are added to an empty message.
@@ -88,33 +90,6 @@ pub struct Stats {
     pub refused_members: u64,
     /// Events dropped, oldest first, because nobody drained them.
     pub dropped_events: u64,
-}
-
-/// What is left of a forgotten tombstone: enough to refuse stale copies of the member
-/// and to answer them with the tombstone, but not listed, gossiped or counted.
-#[derive(Clone, Debug)]
-struct Floor {
-    generation: u64,
-    version: u64,
-    status: Status,
-    address: String,
-    forgotten_at_ms: u64,
-}
-
-impl Floor {
-    fn tombstone_update(&self, name: &str) -> MemberUpdate {
-        MemberUpdate {
-            name: name.to_string(),
-            generation: self.generation,
-            heartbeat: 0,
-            body: Some(MemberBody {
-                address: self.address.clone(),
-                version: self.version,
-                status: self.status,
-                kv: BTreeMap::new(),
-            }),
-        }
-    }
 }
 
 /// A record to send, in priority order, built only if it fits.
@@ -494,38 +469,6 @@ impl Membership {
         self.config
             .max_message_bytes
             .saturating_sub(empty.encoded_len() + BUDGET_SLACK)
-    }
-
-    fn forget_tombstones(&mut self, now: u64) {
-        let after = self.config.forget_left_after_ms;
-        let expired: Vec<String> = self
-            .members
-            .iter()
-            .filter(|(name, m)| {
-                **name != self.config.name && m.tombstoned_at_ms.is_some_and(|t| now - t >= after)
-            })
-            .map(|(name, _)| name.clone())
-            .collect();
-        for name in expired {
-            let m = self.members.remove(&name).expect("listed above");
-            let floor = Floor {
-                generation: m.generation,
-                version: m.version,
-                status: m.status,
-                address: m.address,
-                forgotten_at_ms: now,
-            };
-            self.floors.insert(name, floor);
-        }
-        while self.floors.len() > self.config.max_members {
-            let oldest = self
-                .floors
-                .iter()
-                .min_by_key(|(_, f)| f.forgotten_at_ms)
-                .map(|(name, _)| name.clone())
-                .expect("floors is non-empty");
-            self.floors.remove(&oldest);
-        }
     }
 
     fn choose_targets(&self, rng: &mut impl Rng) -> Vec<String> {
