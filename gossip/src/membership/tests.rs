@@ -2,8 +2,9 @@ use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
+use super::refusal::TIE_GRACE_MS;
 use super::*;
-use crate::config::MIN_MESSAGE_BYTES;
+use crate::config::{ClusterConfig, MIN_MESSAGE_BYTES};
 
 fn config(name: &str) -> Config {
     Config::new(
