@@ -19,13 +19,14 @@ use serde::Serialize;
 use crate::config::{Config, MAX_ADDRESS_BYTES, MAX_NAME_BYTES};
 use crate::error::GossipError;
 use crate::wire::{
-    encoded_len, Digest, DigestEntry, GossipMessage, MemberBody, MemberUpdate, MessageV1, Payload,
-    Peer, RejectKind, Stamp, Status,
+    encoded_len, Digest, DigestEntry, GossipMessage, MemberBody, MessageV1, Payload, Peer,
+    RejectKind, Stamp, Status,
 };
 
 mod digest;
 mod events;
 mod liveness;
+mod merge;
 mod record;
 mod refusal;
 mod targets;
@@ -33,9 +34,10 @@ mod tombstones;
 
 use digest::Candidate;
 pub use events::Event;
-pub use liveness::MemberState;
-use liveness::observe_heartbeat;
 use events::EventQueue;
+use liveness::observe_heartbeat;
+pub use liveness::MemberState;
+use merge::catch_up_own;
 use record::{assert_progress, Liveness, Member};
 use refusal::Refusal;
 use tombstones::Floor;
@@ -630,192 +632,6 @@ impl Membership {
             _ => plan.refused += 1,
         }
     }
-
-    // ---- merging ----
-
-    /// The heartbeat a message's sender declares for itself.
-    fn merge_heartbeat(&mut self, now: u64, from: &Peer) {
-        if from.name == self.config.name {
-            return;
-        }
-        if let Some(m) = self.members.get_mut(&from.name) {
-            observe_heartbeat(
-                &from.name,
-                m,
-                from.stamp,
-                now,
-                &mut self.events,
-                &mut self.stats,
-            );
-        }
-    }
-
-    fn apply_updates(&mut self, now: u64, updates: Vec<MemberUpdate>) {
-        for update in updates {
-            if self.rejected.is_some() {
-                return;
-            }
-            self.apply_update(now, update);
-        }
-    }
-
-    fn apply_update(&mut self, now: u64, u: MemberUpdate) {
-        let oversized = u.name.is_empty()
-            || u.name.len() > MAX_NAME_BYTES
-            || u.body.as_ref().is_some_and(|b| {
-                b.address.len() > MAX_ADDRESS_BYTES || encoded_len(&b.kv) > self.config.max_kv_bytes
-            });
-        if oversized {
-            self.stats.ignored_records += 1;
-            return;
-        }
-        if u.name == self.config.name {
-            self.apply_own_record(u);
-            return;
-        }
-        if let Some(body) = &u.body {
-            if self.held_live_elsewhere(&u.name, &body.address, u.generation) {
-                self.stats.ignored_records += 1;
-                return;
-            }
-        }
-        let Some(m) = self.members.get_mut(&u.name) else {
-            self.learn(now, u);
-            return;
-        };
-        if u.generation < m.generation {
-            return;
-        }
-        let Some(body) = u.body else {
-            let stamp = Stamp {
-                generation: u.generation,
-                tombstone: false,
-                version: 0,
-                heartbeat: u.heartbeat,
-            };
-            observe_heartbeat(&u.name, m, stamp, now, &mut self.events, &mut self.stats);
-            return;
-        };
-        let event = if u.generation > m.generation {
-            let before = m.stamp();
-            let was_tombstone = m.status.is_tombstone();
-            let status = body.status;
-            *m = Member::learned(u.generation, u.heartbeat, body, self.config.phi, now);
-            assert_progress(&u.name, before, m.stamp());
-            match status {
-                Status::Left | Status::Removed if was_tombstone => None,
-                Status::Left => Some(Event::Left { name: u.name }),
-                Status::Removed => Some(Event::Removed { name: u.name }),
-                Status::Alive | Status::Leaving => Some(Event::Restarted {
-                    name: u.name,
-                    generation: u.generation,
-                }),
-            }
-        } else {
-            let stamp = Stamp {
-                generation: u.generation,
-                tombstone: false,
-                version: 0,
-                heartbeat: u.heartbeat,
-            };
-            observe_heartbeat(&u.name, m, stamp, now, &mut self.events, &mut self.stats);
-            match m.merge_body(&u.name, body, now) {
-                BodyMerge::Applied(event) => event,
-                BodyMerge::NotNewer => None,
-                BodyMerge::AddressConflict => {
-                    self.stats.ignored_records += 1;
-                    None
-                }
-            }
-        };
-        if let Some(event) = event {
-            self.events.push(event, &mut self.stats);
-        }
-    }
-
-    /// A record of a member we do not know.
-    fn learn(&mut self, now: u64, u: MemberUpdate) {
-        if self
-            .floors
-            .get(&u.name)
-            .is_some_and(|f| f.generation >= u.generation)
-        {
-            return; // a stale copy of a forgotten tombstone's member
-        }
-        // A heartbeat alone cannot introduce a member: the digest exchange fetches the
-        // record.
-        let Some(body) = u.body else { return };
-        if self.members.len() >= self.config.max_members {
-            self.stats.refused_members += 1;
-            return;
-        }
-        self.floors.remove(&u.name);
-        let status = body.status;
-        self.members.insert(
-            u.name.clone(),
-            Member::learned(u.generation, u.heartbeat, body, self.config.phi, now),
-        );
-        // A tombstone of a member never seen is kept silently, to stop stale copies of
-        // it elsewhere.
-        if !status.is_tombstone() {
-            self.events.push(
-                Event::Joined {
-                    name: u.name.clone(),
-                },
-                &mut self.stats,
-            );
-            if status == Status::Leaving {
-                self.events
-                    .push(Event::Leaving { name: u.name }, &mut self.stats);
-            }
-        }
-    }
-
-    /// Others' copies of our own record matter when they end this process, or when they
-    /// are ahead of it.
-    fn apply_own_record(&mut self, u: MemberUpdate) {
-        let Some(body) = u.body else {
-            let stamp = Stamp {
-                generation: u.generation,
-                tombstone: false,
-                version: 0,
-                heartbeat: u.heartbeat,
-            };
-            let name = self.config.name.clone();
-            catch_up_own(&name, self.me_mut(), stamp);
-            return;
-        };
-        let me = self.me();
-        if u.generation > me.generation && body.address != me.address {
-            // Another process claiming our name elsewhere: this live one keeps it.
-            self.stats.ignored_records += 1;
-        } else if u.generation > me.generation {
-            self.reject_self(format!(
-                "a newer incarnation of {} (generation {}, at {}) is in the cluster; this process (generation {}) must stop",
-                u.name, u.generation, body.address, me.generation
-            ));
-        } else if u.generation == me.generation
-            && body.status.is_tombstone()
-            && !me.status.is_tombstone()
-        {
-            self.reject_self(format!(
-                "this node ({}, generation {}) was removed from the cluster by an operator; restart it to rejoin as a new generation",
-                u.name, u.generation
-            ));
-        } else if u.generation == me.generation
-            && !body.status.is_tombstone()
-            && body.address == me.address
-        {
-            let stamp = Stamp {
-                generation: u.generation,
-                tombstone: false,
-                version: body.version,
-                heartbeat: u.heartbeat,
-            };
-            let name = self.config.name.clone();
-            catch_up_own(&name, self.me_mut(), stamp);
-        }
-    }
 }
 
 /// Work found while comparing a digest with our members; names borrow from either.
@@ -831,60 +647,6 @@ struct Plan<'a> {
     floors: Vec<&'a str>,
     wants: Vec<&'a str>,
     refused: u64,
-}
-
-enum BodyMerge {
-    Applied(Option<Event>),
-    NotNewer,
-    /// Same name and generation at another address: the one known first is kept.
-    AddressConflict,
-}
-
-impl Member {
-    /// A body of the generation we know; applied only if newer.
-    fn merge_body(&mut self, name: &str, body: MemberBody, now: u64) -> BodyMerge {
-        if (body.status.is_tombstone(), body.version) <= (self.status.is_tombstone(), self.version)
-        {
-            return BodyMerge::NotNewer;
-        }
-        if !body.status.is_tombstone() && body.address != self.address {
-            return BodyMerge::AddressConflict;
-        }
-        let before = self.stamp();
-        let old = self.status;
-        self.version = body.version;
-        self.status = body.status;
-        if body.status.is_tombstone() {
-            self.kv.clear();
-            self.tombstoned_at_ms = Some(now);
-        } else {
-            self.kv = body.kv;
-        }
-        assert_progress(name, before, self.stamp());
-        let name = name.to_string();
-        BodyMerge::Applied(match (old, body.status) {
-            (Status::Alive, Status::Leaving) => Some(Event::Leaving { name }),
-            (Status::Alive | Status::Leaving, Status::Left) => Some(Event::Left { name }),
-            (Status::Alive | Status::Leaving, Status::Removed) => Some(Event::Removed { name }),
-            _ => None,
-        })
-    }
-}
-
-/// Others hold a later heartbeat or version of our own generation than we do: this
-/// process restarted without a new generation (or its generation source went wrong).
-/// Jump past their copy so our news is news again, as SWIM's refutation does; otherwise
-/// peers would ignore us as stale until our counters caught up.
-fn catch_up_own(name: &str, me: &mut Member, stamp: Stamp) {
-    if stamp.generation != me.generation || stamp.tombstone {
-        return;
-    }
-    let before = me.stamp();
-    me.heartbeat = me.heartbeat.max(stamp.heartbeat);
-    if stamp.version > me.version {
-        me.version = stamp.version + 1;
-    }
-    assert_progress(name, before, me.stamp());
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ use rand::SeedableRng;
 use super::refusal::TIE_GRACE_MS;
 use super::*;
 use crate::config::{ClusterConfig, MIN_MESSAGE_BYTES};
+use crate::wire::MemberUpdate;
 
 fn config(name: &str) -> Config {
     Config::new(
