@@ -8,19 +8,15 @@
 //! unbounded state, or decide anything about data placement (the ring does that from
 //! `ring_members`).
 
-use std::cmp::Ordering;
 use std::collections::BTreeMap;
-use std::ops::Bound;
 
-use rand::seq::SliceRandom;
 use rand::Rng;
 use serde::Serialize;
 
 use crate::config::{Config, MAX_ADDRESS_BYTES, MAX_NAME_BYTES};
 use crate::error::GossipError;
 use crate::wire::{
-    encoded_len, Digest, DigestEntry, GossipMessage, MemberBody, MessageV1, Payload, Peer,
-    RejectKind, Stamp, Status,
+    encoded_len, GossipMessage, MemberBody, MessageV1, Payload, Peer, RejectKind, Status,
 };
 
 mod digest;
@@ -29,15 +25,13 @@ mod liveness;
 mod merge;
 mod record;
 mod refusal;
+mod syn;
 mod targets;
 mod tombstones;
 
-use digest::Candidate;
 pub use events::Event;
 use events::EventQueue;
-use liveness::observe_heartbeat;
 pub use liveness::MemberState;
-use merge::catch_up_own;
 use record::{assert_progress, Liveness, Member};
 use refusal::Refusal;
 use tombstones::Floor;
@@ -452,201 +446,6 @@ impl Membership {
             payload,
         })
     }
-
-    // ---- exchanges ----
-
-    /// Reply to a digest: the records the sender lacks (most needed first) and the
-    /// names whose records we lack, both within the message bound. The digest's slice is
-    /// walked alongside ours in name order, so a round costs no per-entry lookups.
-    fn answer_syn(
-        &mut self,
-        now: u64,
-        from: &Peer,
-        digest: Digest,
-        rng: &mut impl Rng,
-    ) -> Outgoing {
-        let Digest {
-            start,
-            end,
-            mut entries,
-        } = digest;
-        entries.retain(|e| !e.name.is_empty() && e.name.len() <= MAX_NAME_BYTES);
-        // An honest sender lists its slice sorted and once each; put anything else in
-        // that shape rather than trust it.
-        if !entries.is_sorted_by(|a, b| a.name < b.name) {
-            entries.sort_by(|a, b| a.name.cmp(&b.name));
-            entries.dedup_by(|a, b| a.name == b.name);
-        }
-        let bounds = match (&start, &end) {
-            (Some(s), Some(e)) if s >= e => None,
-            _ => Some((
-                start.as_deref().map_or(Bound::Unbounded, Bound::Included),
-                end.as_deref().map_or(Bound::Unbounded, Bound::Excluded),
-            )),
-        };
-        let slice = Digest {
-            start: start.clone(),
-            end: end.clone(),
-            entries: Vec::new(),
-        };
-        let (inside, mut extra): (Vec<DigestEntry>, Vec<DigestEntry>) = entries
-            .into_iter()
-            .partition(|e| bounds.is_some() && slice.covers(&e.name));
-        if inside
-            .binary_search_by(|e| e.name.as_str().cmp(&from.name))
-            .is_err()
-        {
-            extra.push(DigestEntry {
-                name: from.name.clone(),
-                stamp: from.stamp,
-            });
-        }
-
-        // Heartbeats spread through digests alone: take theirs before comparing.
-        let me = self.config.name.as_str();
-        if let Some(bounds) = bounds {
-            let mut theirs = inside.iter().peekable();
-            for (name, m) in self.members.range_mut::<str, _>(bounds) {
-                while theirs.next_if(|e| e.name < *name).is_some() {}
-                if let Some(e) = theirs.next_if(|e| e.name == *name) {
-                    if name == me {
-                        catch_up_own(name, m, e.stamp);
-                    } else {
-                        observe_heartbeat(name, m, e.stamp, now, &mut self.events, &mut self.stats);
-                    }
-                }
-            }
-        }
-        for e in &extra {
-            if let Some(m) = self.members.get_mut(&e.name) {
-                if e.name == me {
-                    catch_up_own(me, m, e.stamp);
-                } else {
-                    observe_heartbeat(&e.name, m, e.stamp, now, &mut self.events, &mut self.stats);
-                }
-            }
-        }
-
-        let mut plan = Plan::default();
-        if let Some(bounds) = bounds {
-            let mut theirs = inside.iter().peekable();
-            for (name, m) in self.members.range::<str, _>(bounds) {
-                while let Some(e) = theirs.next_if(|e| e.name < *name) {
-                    self.plan_unknown(e, &mut plan);
-                }
-                match theirs.next_if(|e| e.name == *name) {
-                    Some(e) => self.plan_known(name, m, e.stamp, &mut plan),
-                    None => plan.missing.push(name),
-                }
-            }
-            for e in theirs {
-                self.plan_unknown(e, &mut plan);
-            }
-        }
-        for e in &extra {
-            match self.members.get_key_value(&e.name) {
-                Some((name, m)) => self.plan_known(name, m, e.stamp, &mut plan),
-                None => self.plan_unknown(e, &mut plan),
-            }
-        }
-        plan.missing.shuffle(rng);
-        plan.stale.shuffle(rng);
-        plan.behind.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(b.1)));
-
-        let empty = self.message(Payload::SynAck {
-            updates: Vec::new(),
-            wants: Vec::new(),
-        });
-        let budget = self.budget(&empty);
-        let mut used = 0;
-        let mut wants = Vec::new();
-        for name in plan.wants {
-            let len = encoded_len(name);
-            if used + len > budget / 4 {
-                break;
-            }
-            used += len;
-            wants.push(name.to_string());
-        }
-        let candidates = plan
-            .floors
-            .into_iter()
-            .map(Candidate::Floor)
-            .chain(
-                plan.missing
-                    .into_iter()
-                    .chain(plan.stale)
-                    .map(Candidate::Full),
-            )
-            .chain(
-                plan.behind
-                    .into_iter()
-                    .map(|(_, name)| Candidate::Heartbeat(name)),
-            );
-        let updates = self.fill(candidates, budget - used);
-        let message = self.message(Payload::SynAck { updates, wants });
-        debug_assert!(message.encoded_len() <= self.config.max_message_bytes);
-        self.stats.refused_members += plan.refused;
-        Outgoing {
-            to: from.address.clone(),
-            message,
-        }
-    }
-
-    /// What the digest's sender needs of a member we know, or we of it.
-    fn plan_known<'a>(&self, name: &'a str, m: &Member, stamp: Stamp, plan: &mut Plan<'a>) {
-        let ours = m.stamp();
-        match ours.rank().cmp(&stamp.rank()) {
-            Ordering::Greater if ours.generation > stamp.generation => plan.missing.push(name),
-            Ordering::Greater => plan.stale.push(name),
-            Ordering::Less => {
-                // Of our own record we only want news that ends this process: a newer
-                // incarnation or a removal.
-                let is_self = name == self.config.name;
-                if !is_self
-                    || stamp.generation > ours.generation
-                    || (stamp.tombstone && !ours.tombstone)
-                {
-                    plan.wants.push(name);
-                }
-            }
-            Ordering::Equal if ours.heartbeat > stamp.heartbeat => {
-                plan.behind.push((ours.heartbeat - stamp.heartbeat, name))
-            }
-            Ordering::Equal => {}
-        }
-    }
-
-    /// A member the digest lists and we do not: a forgotten tombstone to answer with, or
-    /// a record to ask for.
-    fn plan_unknown<'a>(&'a self, e: &'a DigestEntry, plan: &mut Plan<'a>) {
-        match self.floors.get_key_value(&e.name) {
-            Some((name, f)) if f.generation >= e.stamp.generation => {
-                if f.generation > e.stamp.generation || !e.stamp.tombstone {
-                    plan.floors.push(name);
-                }
-            }
-            _ if self.members.len() + plan.wants.len() < self.config.max_members => {
-                plan.wants.push(&e.name)
-            }
-            _ => plan.refused += 1,
-        }
-    }
-}
-
-/// Work found while comparing a digest with our members; names borrow from either.
-#[derive(Default)]
-struct Plan<'a> {
-    /// Records the digest's sender lacks outright (unknown, or an older generation).
-    missing: Vec<&'a str>,
-    /// Records whose body the sender has an older version of.
-    stale: Vec<&'a str>,
-    /// Heartbeats the sender lags on, with the gap.
-    behind: Vec<(u64, &'a str)>,
-    /// Forgotten tombstones the sender still has a live copy of.
-    floors: Vec<&'a str>,
-    wants: Vec<&'a str>,
-    refused: u64,
 }
 
 #[cfg(test)]

@@ -1,11 +1,12 @@
 use proptest::prelude::*;
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
 use super::refusal::TIE_GRACE_MS;
 use super::*;
 use crate::config::{ClusterConfig, MIN_MESSAGE_BYTES};
-use crate::wire::MemberUpdate;
+use crate::wire::{MemberUpdate, Stamp};
 
 fn config(name: &str) -> Config {
     Config::new(
