@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::config::{Config, MAX_ADDRESS_BYTES, MAX_NAME_BYTES};
 use crate::error::GossipError;
 use crate::wire::{
-    encoded_len, GossipMessage, MemberBody, MessageV1, Payload, Peer, RejectKind, Status,
+    encoded_len, GossipMessage, MemberBody, MemberUpdate, MessageV1, Payload, Peer, Status,
 };
 
 mod digest;
@@ -219,28 +219,8 @@ impl Membership {
             };
             return self.on_reject(now, from_address, &from, &cluster, refusal);
         }
-        if let Some(for_peer) = self.config.cluster.mismatch_for_peer(&cluster) {
-            let for_us = self
-                .config
-                .cluster
-                .mismatch_for_us(&cluster)
-                .unwrap_or_default();
-            self.stats.refused_messages += 1;
-            self.report_mismatch(
-                now,
-                from_address,
-                format!("refused {} at {}: {for_us}", from.name, from.address),
-            );
-            return vec![self.reject(&from, RejectKind::ClusterConfig, for_peer)];
-        }
-        if let Some(for_peer) = self.check_name(&from) {
-            self.stats.refused_messages += 1;
-            self.report_mismatch(
-                now,
-                from_address,
-                format!("refused {} at {}: {for_peer}", from.name, from.address),
-            );
-            return vec![self.reject(&from, RejectKind::NameConflict, for_peer)];
+        if let Some(refusal) = self.refuse(now, from_address, &from, &cluster) {
+            return vec![refusal];
         }
         // The sender may have been a newer incarnation of this very node.
         if self.rejected.is_some() {
@@ -249,28 +229,38 @@ impl Membership {
         self.merge_heartbeat(now, &from);
         match payload {
             Payload::Syn { digest } => vec![self.answer_syn(now, &from, digest, rng)],
-            Payload::SynAck { updates, wants } => {
-                self.apply_updates(now, updates);
-                if self.rejected.is_some() {
-                    return Vec::new();
-                }
-                let updates = self.updates_for(&wants);
-                if updates.is_empty() {
-                    return Vec::new();
-                }
-                let message = self.message(Payload::Ack { updates });
-                debug_assert!(message.encoded_len() <= self.config.max_message_bytes);
-                vec![Outgoing {
-                    to: from.address,
-                    message,
-                }]
-            }
+            Payload::SynAck { updates, wants } => self.answer_syn_ack(now, &from, updates, &wants),
             Payload::Ack { updates } => {
                 self.apply_updates(now, updates);
                 Vec::new()
             }
             Payload::Reject { .. } => unreachable!("handled above"),
         }
+    }
+
+    /// Takes the records a SynAck brings, then answers its wants with an Ack (none when
+    /// nothing is wanted, or when the records ended this process).
+    fn answer_syn_ack(
+        &mut self,
+        now: u64,
+        from: &Peer,
+        updates: Vec<MemberUpdate>,
+        wants: &[String],
+    ) -> Vec<Outgoing> {
+        self.apply_updates(now, updates);
+        if self.rejected.is_some() {
+            return Vec::new();
+        }
+        let updates = self.updates_for(wants);
+        if updates.is_empty() {
+            return Vec::new();
+        }
+        let message = self.message(Payload::Ack { updates });
+        debug_assert!(message.encoded_len() <= self.config.max_message_bytes);
+        vec![Outgoing {
+            to: from.address.clone(),
+            message,
+        }]
     }
 
     /// The events since the last call, oldest first.

@@ -27,8 +27,41 @@ pub(super) struct Refusal {
 }
 
 impl Membership {
+    /// Refuses a message from a peer with other cluster settings, or with a name it may
+    /// not use: the `Reject` to answer it with. `None` lets the message in.
+    pub(super) fn refuse(
+        &mut self,
+        now: u64,
+        from_address: &str,
+        from: &Peer,
+        cluster: &ClusterConfig,
+    ) -> Option<Outgoing> {
+        if let Some(for_peer) = self.config.cluster.mismatch_for_peer(cluster) {
+            let for_us = self
+                .config
+                .cluster
+                .mismatch_for_us(cluster)
+                .unwrap_or_default();
+            self.stats.refused_messages += 1;
+            self.report_mismatch(
+                now,
+                from_address,
+                format!("refused {} at {}: {for_us}", from.name, from.address),
+            );
+            return Some(self.reject(from, RejectKind::ClusterConfig, for_peer));
+        }
+        let for_peer = self.check_name(from)?;
+        self.stats.refused_messages += 1;
+        self.report_mismatch(
+            now,
+            from_address,
+            format!("refused {} at {}: {for_peer}", from.name, from.address),
+        );
+        Some(self.reject(from, RejectKind::NameConflict, for_peer))
+    }
+
     /// The refusal sent to `to`.
-    pub(super) fn reject(&self, to: &Peer, kind: RejectKind, reason: String) -> Outgoing {
+    fn reject(&self, to: &Peer, kind: RejectKind, reason: String) -> Outgoing {
         let alive_members = u32::try_from(self.alive_count()).unwrap_or(u32::MAX);
         Outgoing {
             to: to.address.clone(),
@@ -102,7 +135,7 @@ impl Membership {
         }
     }
 
-    pub(super) fn report_mismatch(&mut self, now: u64, from: &str, reason: String) {
+    fn report_mismatch(&mut self, now: u64, from: &str, reason: String) {
         if self
             .mismatch_reported_ms
             .get(from)
@@ -132,7 +165,7 @@ impl Membership {
     /// Checks the sender's claimed identity against ours and the members we know; the
     /// reason to refuse it, phrased for the sender. A sender that is a newer incarnation
     /// of this very node makes this node reject itself instead.
-    pub(super) fn check_name(&mut self, from: &Peer) -> Option<String> {
+    fn check_name(&mut self, from: &Peer) -> Option<String> {
         let generation = from.stamp.generation;
         if from.name == self.config.name {
             if from.address == self.config.address && generation == self.config.generation {

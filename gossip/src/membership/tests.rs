@@ -6,7 +6,7 @@ use rand::SeedableRng;
 use super::refusal::TIE_GRACE_MS;
 use super::*;
 use crate::config::{ClusterConfig, MIN_MESSAGE_BYTES};
-use crate::wire::{MemberUpdate, Stamp};
+use crate::wire::{RejectKind, Stamp};
 
 fn config(name: &str) -> Config {
     Config::new(
