@@ -10,6 +10,7 @@ use super::liveness::observe_heartbeat;
 use super::record::{assert_progress, Member};
 use super::Membership;
 use crate::config::{MAX_ADDRESS_BYTES, MAX_NAME_BYTES};
+use crate::phi::PhiConfig;
 use crate::wire::{encoded_len, MemberBody, MemberUpdate, Peer, Stamp, Status};
 
 impl Membership {
@@ -40,13 +41,10 @@ impl Membership {
         }
     }
 
+    /// One record from a peer: ignored when oversized or claiming a live member's name,
+    /// learned when new; a newer generation replaces ours, the same one merges into it.
     fn apply_update(&mut self, now: u64, u: MemberUpdate) {
-        let oversized = u.name.is_empty()
-            || u.name.len() > MAX_NAME_BYTES
-            || u.body.as_ref().is_some_and(|b| {
-                b.address.len() > MAX_ADDRESS_BYTES || encoded_len(&b.kv) > self.config.max_kv_bytes
-            });
-        if oversized {
+        if self.is_oversized(&u) {
             self.stats.ignored_records += 1;
             return;
         }
@@ -67,38 +65,21 @@ impl Membership {
         if u.generation < m.generation {
             return;
         }
+        let stamp = heartbeat_stamp(u.generation, u.heartbeat);
         let Some(body) = u.body else {
-            let stamp = Stamp {
-                generation: u.generation,
-                tombstone: false,
-                version: 0,
-                heartbeat: u.heartbeat,
-            };
             observe_heartbeat(&u.name, m, stamp, now, &mut self.events, &mut self.stats);
             return;
         };
         let event = if u.generation > m.generation {
-            let before = m.stamp();
-            let was_tombstone = m.status.is_tombstone();
-            let status = body.status;
-            *m = Member::learned(u.generation, u.heartbeat, body, self.config.phi, now);
-            assert_progress(&u.name, before, m.stamp());
-            match status {
-                Status::Left | Status::Removed if was_tombstone => None,
-                Status::Left => Some(Event::Left { name: u.name }),
-                Status::Removed => Some(Event::Removed { name: u.name }),
-                Status::Alive | Status::Leaving => Some(Event::Restarted {
-                    name: u.name,
-                    generation: u.generation,
-                }),
-            }
+            m.replace_incarnation(
+                u.name,
+                u.generation,
+                u.heartbeat,
+                body,
+                self.config.phi,
+                now,
+            )
         } else {
-            let stamp = Stamp {
-                generation: u.generation,
-                tombstone: false,
-                version: 0,
-                heartbeat: u.heartbeat,
-            };
             observe_heartbeat(&u.name, m, stamp, now, &mut self.events, &mut self.stats);
             match m.merge_body(&u.name, body, now) {
                 BodyMerge::Applied(event) => event,
@@ -112,6 +93,15 @@ impl Membership {
         if let Some(event) = event {
             self.events.push(event, &mut self.stats);
         }
+    }
+
+    /// Whether a record has a field over the size limits; such a record is ignored whole.
+    fn is_oversized(&self, u: &MemberUpdate) -> bool {
+        u.name.is_empty()
+            || u.name.len() > MAX_NAME_BYTES
+            || u.body.as_ref().is_some_and(|b| {
+                b.address.len() > MAX_ADDRESS_BYTES || encoded_len(&b.kv) > self.config.max_kv_bytes
+            })
     }
 
     /// A record of a member we do not know.
@@ -156,12 +146,7 @@ impl Membership {
     /// are ahead of it.
     fn apply_own_record(&mut self, u: MemberUpdate) {
         let Some(body) = u.body else {
-            let stamp = Stamp {
-                generation: u.generation,
-                tombstone: false,
-                version: 0,
-                heartbeat: u.heartbeat,
-            };
+            let stamp = heartbeat_stamp(u.generation, u.heartbeat);
             let name = self.config.name.clone();
             catch_up_own(&name, self.me_mut(), stamp);
             return;
@@ -210,6 +195,32 @@ enum BodyMerge {
 }
 
 impl Member {
+    /// A record of a newer generation replaces this one wholesale, detector included (the
+    /// old incarnation's silence says nothing about the new one). The event is a restart,
+    /// or the new incarnation's end if it already left or was removed (none if the old
+    /// one had too).
+    fn replace_incarnation(
+        &mut self,
+        name: String,
+        generation: u64,
+        heartbeat: u64,
+        body: MemberBody,
+        phi: PhiConfig,
+        now: u64,
+    ) -> Option<Event> {
+        let before = self.stamp();
+        let was_tombstone = self.status.is_tombstone();
+        let status = body.status;
+        *self = Member::learned(generation, heartbeat, body, phi, now);
+        assert_progress(&name, before, self.stamp());
+        match status {
+            Status::Left | Status::Removed if was_tombstone => None,
+            Status::Left => Some(Event::Left { name }),
+            Status::Removed => Some(Event::Removed { name }),
+            Status::Alive | Status::Leaving => Some(Event::Restarted { name, generation }),
+        }
+    }
+
     /// A body of the generation we know; applied only if newer.
     fn merge_body(&mut self, name: &str, body: MemberBody, now: u64) -> BodyMerge {
         if (body.status.is_tombstone(), body.version) <= (self.status.is_tombstone(), self.version)
@@ -237,6 +248,17 @@ impl Member {
             (Status::Alive | Status::Leaving, Status::Removed) => Some(Event::Removed { name }),
             _ => None,
         })
+    }
+}
+
+/// The stamp of a heartbeat-only update: no tombstone and version 0, so that only the
+/// heartbeat can move a record forward.
+fn heartbeat_stamp(generation: u64, heartbeat: u64) -> Stamp {
+    Stamp {
+        generation,
+        tombstone: false,
+        version: 0,
+        heartbeat,
     }
 }
 
