@@ -2,11 +2,13 @@
 //! push-pull exchange that keeps it in step with its peers, and the liveness of every
 //! member as judged by its phi detector.
 //!
-//! Owns: member records and how they merge (newer generation, then tombstone, then
-//! version; heartbeat by max), peer choice per round, message budgets, tombstone
-//! forgetting, and the events the node acts on. Must not: do I/O, read a clock, keep
-//! unbounded state, or decide anything about data placement (the ring does that from
-//! `ring_members`).
+//! Owns: the `Membership` type, its public API, and the control flow of a round (`tick`)
+//! and of a received message (`handle`). The steps live in submodules: `record` (one
+//! member's record), `merge` (how records merge: newer generation, then tombstone, then
+//! version; heartbeat by max), `liveness`, `targets` (peer choice), `digest` (digests,
+//! deltas, message budgets), `syn` (answering a digest), `refusal`, `tombstones`
+//! (forgetting) and `events`. Must not: do I/O, read a clock, keep unbounded state, or
+//! decide anything about data placement (the ring does that from `ring_members`).
 
 use std::collections::BTreeMap;
 
@@ -404,8 +406,7 @@ impl Membership {
         Ok(())
     }
 
-    // ---- rounds ----
-
+    /// Takes a clock reading and returns the time to act on.
     fn advance_clock(&mut self, now_ms: u64) -> u64 {
         // A reading older than one already seen (two tasks racing for the lock) is
         // treated as that reading: time never goes backwards in here.
@@ -413,18 +414,22 @@ impl Membership {
         self.now_ms
     }
 
+    /// This node's own record.
     fn me(&self) -> &Member {
         self.members
             .get(&self.config.name)
             .expect("this node is always a member")
     }
 
+    /// This node's own record, to change.
     fn me_mut(&mut self) -> &mut Member {
         self.members
             .get_mut(&self.config.name)
             .expect("this node is always a member")
     }
 
+    /// A message from this node: our cluster config and stamp go with every payload, so
+    /// every message is also a heartbeat.
     fn message(&self, payload: Payload) -> GossipMessage {
         GossipMessage::V1(MessageV1 {
             cluster: self.config.cluster,
