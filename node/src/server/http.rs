@@ -47,6 +47,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/status", get(status))
         .route("/metrics", get(metrics))
         .route("/health", get(health))
+        .route("/ready", get(ready))
         .route("/admin/leave", post(admin_leave))
         .route("/admin/remove/{name}", post(admin_remove))
         .merge(crate::server::ui::routes())
@@ -707,6 +708,17 @@ async fn health(State(node): State<Arc<Node>>) -> Response {
             Json(json!({"status": "storage_failed", "error": "storage_failed", "message": format!("this node's storage failed: {reason}")})),
         )
             .into_response(),
+    }
+}
+
+/// For load balancers: 200 while the node should take client requests, else 503 with the
+/// reason (`/health` stays the liveness check: a lonely node is alive, not ready).
+async fn ready(State(node): State<Arc<Node>>) -> Response {
+    match node.not_ready() {
+        None => Json(json!({"status": "ready"})).into_response(),
+        Some((code, message)) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message).into_response()
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use chorus_core::membership::Gossip;
 use chorus_core::metrics::{Metrics, PeerLabels};
 use chorus_core::replica::Replica;
 use chorus_core::storage::{FjallStorage, Storage};
-use chorus_gossip::GossipError;
+use chorus_gossip::{GossipError, MemberState};
 
 use chorus_core::assembly::NodeParts;
 
@@ -150,6 +150,30 @@ impl Node {
         }
     }
 
+    /// Why load balancers should not send this node client requests now (`/ready`): its
+    /// storage failed, or it knows fewer ring members than a key's N replicas (a node
+    /// that found no peer: wrong seeds, or an address the others cannot dial).
+    pub fn not_ready(&self) -> Option<(&'static str, String)> {
+        if let Some(reason) = self.replica.health().failure() {
+            return Some((
+                "storage_failed",
+                format!("this node's storage failed: {reason}"),
+            ));
+        }
+        let n = self.coordinator.n();
+        let known = self
+            .gossip
+            .members()
+            .iter()
+            .filter(|m| !matches!(m.state, MemberState::Leaving | MemberState::Left))
+            .count();
+        (known < n).then(|| {
+            ("too_few_members", format!(
+                "this node knows {known} ring member(s), itself included, but every key needs {n} replicas: check --seeds, and that the other nodes can dial the address this node gossips"
+            ))
+        })
+    }
+
     pub fn refresh_phi_metrics(&self) {
         for m in self.gossip.members() {
             if !m.is_self {
@@ -168,7 +192,7 @@ impl Node {
             .gossip
             .members()
             .iter()
-            .any(|m| m.is_self && m.state != chorus_gossip::MemberState::Alive)
+            .any(|m| m.is_self && m.state != MemberState::Alive)
         {
             return Err(AlreadyLeaving(self.name.clone()));
         }
