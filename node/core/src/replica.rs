@@ -626,7 +626,7 @@ impl<S: Storage> Replica<S> {
             .filter(|&&b| (b as usize) < BRANCHES)
             .map(|&b| (b, tree.leaves_of_branch(b as usize).to_vec()))
             .collect();
-        // The shape the asking side checks (`healing::validate_leaves`).
+        // The shape the asking side checks (`healing::anti_entropy::validate_leaves`).
         debug_assert!(
             leaves
                 .iter()
