@@ -594,7 +594,7 @@ async fn fault_get() -> Json<Value> {
 }
 
 #[cfg(feature = "fault-injection")]
-async fn fault_set(body: Bytes) -> Result<Json<Value>, ApiError> {
+async fn fault_set(body: axum::body::Bytes) -> Result<Json<Value>, ApiError> {
     let change: crate::server::fault::FaultSetting =
         serde_json::from_slice(&body).map_err(|e| {
             ApiError::bad_request(
