@@ -129,18 +129,24 @@ pub struct StartArgs {
     /// This node's name, unique in the cluster.
     #[arg(long)]
     pub name: String,
-    /// QUIC (UDP) address for all node-to-node traffic.
+    /// QUIC (UDP) address for all node-to-node traffic. A wildcard (0.0.0.0:7000, [::]:7000)
+    /// needs --advertise.
     #[arg(long)]
     pub listen: SocketAddr,
+    /// The QUIC address other nodes dial, HOST:PORT with an IP or a DNS name (default:
+    /// --listen). Gossiped to every node; a name is resolved again on every dial.
+    #[arg(long, value_parser = crate::server::config::parse_host_port)]
+    pub advertise: Option<String>,
     /// Client HTTP API address (TCP).
     #[arg(long)]
     pub http: SocketAddr,
     /// Data directory (created if absent); a restart with the same directory keeps data and identity.
     #[arg(long)]
     pub data: PathBuf,
-    /// Comma-separated QUIC addresses of other nodes, used to join.
-    #[arg(long, value_delimiter = ',')]
-    pub seeds: Vec<SocketAddr>,
+    /// Comma-separated QUIC addresses of other nodes, used to join: HOST:PORT with an IP or
+    /// a DNS name (resolved again whenever the node dials a seed).
+    #[arg(long, value_delimiter = ',', value_parser = crate::server::config::parse_host_port)]
+    pub seeds: Vec<String>,
     /// Directory holding the cluster credential (`chorus certs init`).
     #[arg(long, conflicts_with = "insecure")]
     pub certs: Option<PathBuf>,
@@ -299,6 +305,7 @@ impl StartArgs {
         NodeConfig {
             name: self.name.clone(),
             listen: self.listen,
+            advertise: self.advertise.clone(),
             http: self.http,
             data: self.data.clone(),
             seeds: self.seeds.clone(),

@@ -74,6 +74,8 @@ pub struct TestNode {
     seeds: Vec<SocketAddr>,
     certs: Option<PathBuf>,
     extra_args: Vec<String>,
+    /// Advertise and seed by `localhost:PORT` (see `ClusterOptions::names`).
+    names: bool,
     child: Option<Child>,
 }
 
@@ -111,8 +113,15 @@ impl TestNode {
         if let Some(resp) = self.resp {
             command.args(["--resp", &resp.to_string()]);
         }
+        let address = |a: &SocketAddr| match self.names {
+            true => format!("localhost:{}", a.port()),
+            false => a.to_string(),
+        };
+        if self.names {
+            command.args(["--advertise", &address(&self.listen)]);
+        }
         if !self.seeds.is_empty() {
-            let seeds: Vec<String> = self.seeds.iter().map(ToString::to_string).collect();
+            let seeds: Vec<String> = self.seeds.iter().map(address).collect();
             command.args(["--seeds", &seeds.join(",")]);
         }
         match &self.certs {
@@ -239,6 +248,9 @@ pub struct ClusterOptions {
     pub extra_args: Vec<String>,
     /// Give every node a Redis-protocol port (`--resp`).
     pub resp: bool,
+    /// Name nodes by DNS: every node advertises `localhost:PORT` and is seeded with such
+    /// names instead of IP addresses (every socket still binds 127.0.0.1).
+    pub names: bool,
 }
 
 impl Default for ClusterOptions {
@@ -248,6 +260,7 @@ impl Default for ClusterOptions {
             first_node_as_seed: false,
             extra_args: Vec::new(),
             resp: false,
+            names: false,
         }
     }
 }
@@ -305,6 +318,7 @@ impl TestCluster {
                 seeds,
                 certs: Some(certs.clone()),
                 extra_args: options.extra_args.clone(),
+                names: options.names,
                 child: None,
             });
         }
@@ -332,6 +346,7 @@ impl TestCluster {
             seeds: vec![self.nodes[0].listen],
             certs,
             extra_args,
+            names: self.nodes[0].names,
             child: None,
         });
         self.nodes.len() - 1

@@ -26,9 +26,10 @@ pub const MAX_REBUILD_STREAMS: u64 = 16;
 pub struct NodeConfig {
     pub name: String,
     pub listen: SocketAddr,
+    pub advertise: Option<String>,
     pub http: SocketAddr,
     pub data: PathBuf,
-    pub seeds: Vec<SocketAddr>,
+    pub seeds: Vec<String>,
     pub certs: Option<PathBuf>,
     pub insecure: bool,
     pub n: usize,
@@ -122,7 +123,57 @@ impl NodeConfig {
                 "--listen and --http need explicit ports (other nodes must know them)",
             ));
         }
+        if self.advertised().len() > chorus_gossip::MAX_ADDRESS_BYTES {
+            return Err(StartError::config(format!(
+                "--advertise is over {} bytes, longer than gossip carries",
+                chorus_gossip::MAX_ADDRESS_BYTES
+            )));
+        }
+        if self.listen.ip().is_unspecified() && self.advertise.is_none() {
+            return Err(StartError::config(format!(
+                "--listen {} binds every interface, so other nodes cannot dial it: add --advertise HOST:PORT with this machine's name or IP",
+                self.listen
+            )));
+        }
         Ok(())
+    }
+
+    /// The QUIC address this node gossips for others to dial.
+    pub fn advertised(&self) -> String {
+        self.advertise
+            .clone()
+            .unwrap_or_else(|| self.listen.to_string())
+    }
+}
+
+/// A node address as a flag gives it: `HOST:PORT`, the host an IP (`[v6]` in brackets) or
+/// a DNS name, the port 1-65535. Names are not resolved here: the machine may not exist
+/// yet, and its address may change.
+pub fn parse_host_port(text: &str) -> Result<String, String> {
+    if let Ok(address) = text.parse::<SocketAddr>() {
+        return match address.port() {
+            0 => Err(format!("'{text}': the port must be 1-65535")),
+            _ => Ok(text.to_string()),
+        };
+    }
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| format!("'{text}' is not HOST:PORT"))?;
+    let port_ok = port.parse::<u16>().is_ok_and(|p| p > 0);
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    match (host_ok, port_ok) {
+        (true, true) => Ok(text.to_string()),
+        (false, _) => Err(format!(
+            "'{text}': '{host}' is neither an IP nor a DNS name"
+        )),
+        (true, false) => Err(format!("'{text}': the port must be 1-65535")),
     }
 }
 
@@ -219,5 +270,35 @@ impl NodeConfig {
             )));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_host_port;
+
+    #[test]
+    fn host_port_takes_ips_and_dns_names_and_refuses_the_rest() {
+        for good in [
+            "127.0.0.1:7000",
+            "[::1]:7000",
+            "db2:7000",
+            "db-2.rack1.example:7000",
+        ] {
+            assert_eq!(parse_host_port(good).as_deref(), Ok(good));
+        }
+        for bad in [
+            "db2",
+            "db2:",
+            ":7000",
+            "db2:0",
+            "db2:70000",
+            "db_2:7000",
+            "-db:7000",
+            "a..b:7000",
+            "127.0.0.1:0",
+        ] {
+            assert!(parse_host_port(bad).is_err(), "{bad} accepted");
+        }
     }
 }

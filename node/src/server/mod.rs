@@ -241,17 +241,22 @@ fn assemble_node(
 }
 
 fn node_settings(config: &NodeConfig, generation: u64) -> NodeSettings {
-    let seeds = config.seeds.iter().filter(|s| **s != config.listen);
+    let advertised = config.advertised();
+    let listen = config.listen.to_string();
+    let seeds = config
+        .seeds
+        .iter()
+        .filter(|s| **s != advertised && **s != listen);
     let cluster = ClusterConfig {
         n: config.n,
         ring_size: config.ring_size,
     };
     let mut gossip = GossipConfig::new(
         config.name.clone(),
-        config.listen.to_string(),
+        advertised.clone(),
         generation,
         cluster,
-        seeds.map(ToString::to_string).collect(),
+        seeds.cloned().collect(),
     );
     gossip.gossip_interval_ms = config.gossip_interval_ms;
     gossip.phi = PhiConfig {

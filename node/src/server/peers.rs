@@ -19,6 +19,9 @@ use crate::server::transport::QuicTransport;
 /// How long a gossip message may take to send before it is dropped (gossip repeats).
 const GOSSIP_SEND_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Longest a name lookup may take before the dial counts as not sent.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// What the coordinator and the healer reach other replicas through: QUIC, with gets and
 /// merges to one peer sharing messages.
 pub type NodePeers = chorus_core::batching::Batching<QuicPeers>;
@@ -40,9 +43,9 @@ impl Peers for QuicPeers {
             .gossip
             .address_of(to)
             .ok_or_else(|| PeerError::not_sent(to, "no address known"))?;
-        let addr: SocketAddr = address
-            .parse()
-            .map_err(|_| PeerError::not_sent(to, format!("invalid address {address}")))?;
+        let addr = resolve(&address)
+            .await
+            .map_err(|e| PeerError::not_sent(to, e))?;
         let bytes = self
             .transport
             .request(addr, &rpc::encode(Message::Request(request)), timeout)
@@ -59,19 +62,42 @@ impl Peers for QuicPeers {
     }
 }
 
-/// Sends gossip messages, each on its own task: a slow peer delays only its own message.
+/// Sends gossip messages, each on its own task: a slow peer (or a slow name lookup)
+/// delays only its own message.
 pub fn send_gossip(transport: &Arc<QuicTransport>, out: Vec<Outgoing>) {
     for Outgoing { to, message } in out {
-        let Ok(addr) = to.parse::<SocketAddr>() else {
-            tracing::warn!(%to, "gossip peer has an invalid address");
-            continue;
-        };
         let bytes = rpc::encode(Message::Gossip(message));
         let transport = transport.clone();
         tokio::spawn(async move {
+            let addr = match resolve(&to).await {
+                Ok(addr) => addr,
+                Err(e) => return tracing::debug!("gossip to {to}: {e}"),
+            };
             if let Err(e) = transport.send(addr, &bytes, GOSSIP_SEND_TIMEOUT).await {
-                tracing::debug!("gossip to {addr} failed: {e}");
+                tracing::debug!("gossip to {to} ({addr}) failed: {e}");
             }
         });
+    }
+}
+
+/// A gossiped address to dial: an IP address as it is, a `HOST:PORT` name looked up now
+/// (so a replaced machine's new address is found), bounded by [`RESOLVE_TIMEOUT`]. An
+/// IPv4 answer is preferred: `localhost` resolves to `::1` first on many machines, which a
+/// node listening on an IPv4 address cannot reach.
+pub async fn resolve(address: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = address.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let lookup = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(address));
+    match lookup.await {
+        Ok(Ok(addrs)) => {
+            let addrs: Vec<SocketAddr> = addrs.collect();
+            let v4 = addrs.iter().find(|a| a.is_ipv4());
+            v4.or(addrs.first())
+                .copied()
+                .ok_or_else(|| format!("{address} resolves to no address"))
+        }
+        Ok(Err(e)) => Err(format!("cannot resolve {address}: {e}")),
+        Err(_) => Err(format!("resolving {address} took over {RESOLVE_TIMEOUT:?}")),
     }
 }
