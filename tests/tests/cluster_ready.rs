@@ -1,6 +1,7 @@
 //! `/ready` on real processes: a node that found fewer ring members than a key's N replicas
 //! is alive (`/health` 200) but not ready (`/ready` 503 `too_few_members`), and becomes
-//! ready once the others join. Every wait is on a condition with a generous deadline.
+//! ready once the others join; meanwhile it says why in its log at WARN. Every wait is on
+//! a condition with a generous deadline.
 
 use chorus_tests::api;
 use chorus_tests::cluster::{wait_for, ClusterOptions, TestCluster, CLUSTER_DEADLINE};
@@ -31,6 +32,18 @@ fn a_node_alone_is_alive_but_not_ready_until_n_members_join() {
     );
     let health = api::get(&alone, "/health").unwrap();
     assert_eq!(health.status, 200, "a lonely node is still alive");
+    let node = &cluster.nodes[0];
+    wait_for(
+        "the lonely node to warn in its log",
+        CLUSTER_DEADLINE,
+        || {
+            let log = node.log_text();
+            match log.contains("WARN") && log.contains("not ready") && log.contains("--seeds") {
+                true => Ok(()),
+                false => Err(log.lines().last().unwrap_or_default().to_string()),
+            }
+        },
+    );
 
     for name in ["n2", "n3"] {
         let i = cluster.add_node(name, Some(cluster.certs.clone()), Vec::new());

@@ -127,6 +127,7 @@ async fn serve(config: NodeConfig, security: Security, admin: AdminAuth) -> Resu
         tokio::spawn(duty.run());
     }
     tokio::spawn(ui::sample_loop(node.clone()));
+    tokio::spawn(node::warn_while_not_ready(node.clone()));
     if let Some(resp) = ports.resp {
         tokio::spawn(resp::serve(resp, node.clone()));
     }

@@ -22,6 +22,10 @@ use chorus_core::assembly::NodeParts;
 use crate::server::peers::{NodePeers, QuicPeers};
 use crate::server::transport::QuicTransport;
 
+/// A node not ready (`/ready` 503) says why in its log this often, from this long after it
+/// starts (time enough to find its peers).
+const NOT_READY_WARN_EVERY: Duration = Duration::from_secs(10);
+
 /// `leave` asked of a node that is already leaving.
 #[derive(Debug, thiserror::Error)]
 #[error("{0} is already leaving")]
@@ -232,5 +236,19 @@ impl Node {
             Vec::new()
         });
         result
+    }
+}
+
+/// Logs at WARN, every [`NOT_READY_WARN_EVERY`], why the node is not ready: a node that
+/// found no peer (wrong `--seeds`, an address the others cannot dial) must not sit silent
+/// behind a 200 `/health`.
+pub async fn warn_while_not_ready(node: Arc<Node>) {
+    let first = tokio::time::Instant::now() + NOT_READY_WARN_EVERY;
+    let mut ticker = tokio::time::interval_at(first, NOT_READY_WARN_EVERY);
+    loop {
+        ticker.tick().await;
+        if let Some((code, message)) = node.not_ready() {
+            tracing::warn!(code, "not ready: {message}");
+        }
     }
 }
