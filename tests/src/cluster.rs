@@ -456,3 +456,43 @@ impl TestCluster {
 pub fn args(flags: &[&str]) -> Vec<String> {
     flags.iter().map(|s| s.to_string()).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node_with_log(dir: &Path, text: &str) -> TestNode {
+        let log = dir.join("n1.log");
+        std::fs::write(&log, text).unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], 1));
+        TestNode {
+            name: "n1".into(),
+            listen: addr,
+            http: addr,
+            resp: None,
+            data: dir.join("n1"),
+            log,
+            seeds: Vec::new(),
+            certs: None,
+            extra_args: Vec::new(),
+            names: false,
+            child: None,
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "n1 panicked (1 times")]
+    fn a_panic_in_a_node_log_fails_the_test_that_ran_it() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(node_with_log(
+            dir.path(),
+            "INFO started\nthread 'tokio-runtime-worker' panicked at node/core/src/healing.rs:1:1:\nboom\n",
+        ));
+    }
+
+    #[test]
+    fn a_clean_node_log_passes() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(node_with_log(dir.path(), "INFO started\nINFO stopped\n"));
+    }
+}
