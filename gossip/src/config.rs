@@ -107,8 +107,16 @@ pub struct Config {
     /// Bound on the encoded size of one member's gossiped key-values (default 4096).
     pub max_kv_bytes: usize,
     /// Tombstoned (left or removed) members are forgotten this long after this node
-    /// learned of the tombstone (default one hour).
+    /// learned of the tombstone (default one hour). A member removed by an operator is
+    /// kept until it returns or is removed with `data_lost`: its data may still come back
+    /// (see `Membership::remove`).
     pub forget_left_after_ms: u64,
+    /// Whether this process holds no earlier incarnation's data (its identity was made at
+    /// this start, e.g. a replacement with an empty disk). Such a process, hearing a newer
+    /// generation of its own name, is hearing a dead predecessor (perhaps one whose clock
+    /// ran ahead) and outranks it with that generation plus one instead of stopping
+    /// (default false).
+    pub fresh_identity: bool,
 }
 
 impl Config {
@@ -134,6 +142,7 @@ impl Config {
             max_members: 1024,
             max_kv_bytes: 4096,
             forget_left_after_ms: 3_600_000,
+            fresh_identity: false,
         }
     }
 

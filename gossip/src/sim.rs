@@ -230,9 +230,15 @@ impl Sim {
         self.nodes[i].running = false;
     }
 
-    /// Starts node `i` again, same name and address, generation + 1, empty view.
+    /// Starts node `i` again, same name and address, a generation past any it had
+    /// (including one it took in-process), empty view.
     pub fn restart(&mut self, i: usize) {
-        let generation = self.nodes[i].config.generation + 1;
+        let node = &self.nodes[i];
+        let generation = node
+            .config
+            .generation
+            .max(node.membership.config().generation)
+            + 1;
         self.restart_as(i, generation);
     }
 

@@ -25,7 +25,9 @@ fn events_about(sim: &Sim, observer: usize, name: &str) -> Vec<(u64, Event)> {
             | Event::Leaving { name: n }
             | Event::Left { name: n }
             | Event::Removed { name: n } => n == name,
-            Event::Rejected { .. } | Event::ConfigMismatch { .. } => false,
+            Event::Rejected { .. } | Event::ConfigMismatch { .. } | Event::Reincarnated { .. } => {
+                false
+            }
         })
         .cloned()
         .collect()
@@ -295,14 +297,14 @@ fn leave_and_remove_spread_and_are_forgotten_and_stale_copies_do_not_resurrect()
     sim.crash(5);
     let m0 = &mut sim.node_mut(0).membership;
     assert!(matches!(
-        m0.remove(&Sim::name(0)),
+        m0.remove(&Sim::name(0), false),
         Err(GossipError::RemoveSelf(_))
     ));
     assert!(matches!(
-        m0.remove("nobody"),
+        m0.remove("nobody", false),
         Err(GossipError::UnknownMember(_))
     ));
-    let refused = m0.remove(&dead).unwrap_err();
+    let refused = m0.remove(&dead, false).unwrap_err();
     assert!(matches!(refused, GossipError::NotDown { .. }), "{refused}");
     assert!(refused.to_string().contains("alive"), "{refused}");
     let t = sim.run_until_true(30_000, 100, |s| {
@@ -316,9 +318,10 @@ fn leave_and_remove_spread_and_are_forgotten_and_stale_copies_do_not_resurrect()
         let v = v.iter().find(|v| v.name == dead).unwrap();
         (v.generation, v.heartbeat)
     };
-    sim.node_mut(0).membership.remove(&dead).unwrap();
+    // Declared lost (as for a machine that burned): forgotten like a member that left.
+    sim.node_mut(0).membership.remove(&dead, true).unwrap();
     assert_eq!(
-        sim.node_mut(0).membership.remove(&dead),
+        sim.node_mut(0).membership.remove(&dead, true),
         Ok(()),
         "removing twice is a no-op"
     );
@@ -337,9 +340,14 @@ fn leave_and_remove_spread_and_are_forgotten_and_stale_copies_do_not_resurrect()
             == Event::Left {
                 name: leaver.clone()
             }));
+        // Removed with its data declared lost, it ends as a member that left.
+        let ended = [
+            Event::Removed { name: dead.clone() },
+            Event::Left { name: dead.clone() },
+        ];
         assert!(events_about(&sim, i, &dead)
             .iter()
-            .any(|(_, e)| *e == Event::Removed { name: dead.clone() }));
+            .any(|(_, e)| ended.contains(e)));
         let ring = sim.node(i).membership.ring_members();
         assert!(!ring.contains(&leaver) && !ring.contains(&dead));
     }
@@ -618,13 +626,16 @@ fn two_lone_nodes_with_different_settings_do_not_both_keep_serving() {
 }
 
 #[test]
-fn node_removed_while_cut_off_stops_when_it_hears_of_it() {
+fn node_removed_as_lost_while_cut_off_stops_when_it_hears_of_it() {
     let mut sim = Sim::with_cluster(SimConfig::default(), 6, |_| {});
     sim.run_for(10_000);
     let rest: Vec<usize> = (0..5).collect();
     sim.partition(&[&rest, &[5]]);
     sim.run_for(20_000);
-    sim.node_mut(0).membership.remove(&Sim::name(5)).unwrap();
+    sim.node_mut(0)
+        .membership
+        .remove(&Sim::name(5), true)
+        .unwrap();
     sim.run_for(5_000);
     sim.heal();
     sim.run_for(30_000);
@@ -691,4 +702,208 @@ fn messages_stay_under_a_small_bound_with_200_nodes_and_still_converge() {
             .map(String::as_str),
         Some("1.000")
     );
+}
+
+/// Runs until every node in `observers` sees `name` in `state`; panics naming `what`.
+fn wait_state(sim: &mut Sim, observers: &[usize], name: &str, state: MemberState, what: &str) {
+    let t = sim.run_until_true(30_000, 100, |s| {
+        observers
+            .iter()
+            .all(|&i| s.node(i).membership.state_of(name, s.now_ms()) == Some(state))
+    });
+    assert!(t.is_some(), "{what}");
+}
+
+#[test]
+fn a_removed_member_is_kept_until_it_returns_because_its_data_may() {
+    let forget = 60_000;
+    let mut sim = Sim::with_cluster(SimConfig::jittery(43), 5, |c| {
+        c.forget_left_after_ms = forget
+    });
+    sim.run_for(20_000);
+    assert!(sim.converged());
+    let dead = Sim::name(4);
+    let others = [0, 1, 2, 3];
+    sim.crash(4);
+    wait_state(
+        &mut sim,
+        &others,
+        &dead,
+        MemberState::Down,
+        "the dead node is marked down",
+    );
+    sim.node_mut(0).membership.remove(&dead, false).unwrap();
+    wait_state(
+        &mut sim,
+        &others,
+        &dead,
+        MemberState::Left,
+        "the removal spreads",
+    );
+    sim.run_for(forget + 10_000);
+    for i in others {
+        let m = &sim.node(i).membership;
+        assert_eq!(m.removed_awaiting_return(), vec![dead.clone()], "node {i}");
+        let view = m.members(sim.now_ms());
+        assert!(
+            view.iter().any(|v| v.name == dead && v.removed),
+            "node {i} keeps the removal"
+        );
+        assert!(!m.ring_members().contains(&dead));
+    }
+    sim.restart(4);
+    wait_state(
+        &mut sim,
+        &others,
+        &dead,
+        MemberState::Alive,
+        "the removed node rejoins",
+    );
+    for i in others {
+        assert!(
+            sim.node(i).membership.removed_awaiting_return().is_empty(),
+            "node {i}"
+        );
+    }
+}
+
+#[test]
+fn a_removed_member_declared_lost_is_forgotten_and_its_lost_data_is_not_awaited() {
+    let mut sim = Sim::with_cluster(SimConfig::jittery(44), 4, |_| {});
+    sim.run_for(20_000);
+    let dead = Sim::name(3);
+    sim.crash(3);
+    wait_state(
+        &mut sim,
+        &[0, 1, 2],
+        &dead,
+        MemberState::Down,
+        "marked down",
+    );
+    sim.node_mut(1).membership.remove(&dead, false).unwrap();
+    wait_state(
+        &mut sim,
+        &[0, 1, 2],
+        &dead,
+        MemberState::Left,
+        "removal spreads",
+    );
+    assert_eq!(
+        sim.node(2).membership.removed_awaiting_return(),
+        vec![dead.clone()]
+    );
+    // Declaring the data lost later ends the wait everywhere.
+    sim.node_mut(0).membership.remove(&dead, true).unwrap();
+    let t = sim.run_until_true(20_000, 100, |s| {
+        (0..3).all(|i| s.node(i).membership.removed_awaiting_return().is_empty())
+    });
+    assert!(t.is_some(), "data_lost spreads");
+}
+
+#[test]
+fn a_node_removed_while_cut_off_hands_over_as_a_new_generation_instead_of_stopping() {
+    let mut sim = Sim::with_cluster(SimConfig::jittery(45), 5, |_| {});
+    sim.run_for(20_000);
+    assert!(sim.converged());
+    let cut = Sim::name(4);
+    let generation = sim.node(4).membership.config().generation;
+    sim.partition(&[&[0, 1, 2, 3], &[4]]);
+    wait_state(
+        &mut sim,
+        &[0, 1, 2, 3],
+        &cut,
+        MemberState::Down,
+        "the cut-off node is down",
+    );
+    sim.node_mut(0).membership.remove(&cut, false).unwrap();
+    wait_state(
+        &mut sim,
+        &[0, 1, 2, 3],
+        &cut,
+        MemberState::Left,
+        "removal spreads",
+    );
+    sim.heal();
+    wait_state(
+        &mut sim,
+        &[0, 1, 2, 3],
+        &cut,
+        MemberState::Leaving,
+        "it comes back leaving",
+    );
+    let me = &sim.node(4);
+    assert!(
+        me.membership.rejected().is_none(),
+        "it must not stop before handing over"
+    );
+    assert!(me.events.iter().any(|(_, e)| *e
+        == Event::Reincarnated {
+            generation: generation + 1,
+            handing_over: true
+        }));
+    for i in 0..4 {
+        let m = &sim.node(i).membership;
+        assert!(m.removed_awaiting_return().is_empty(), "node {i}");
+        assert!(
+            !m.ring_members().contains(&cut),
+            "a node handing over owns nothing"
+        );
+    }
+    sim.node_mut(4).membership.left();
+    wait_state(
+        &mut sim,
+        &[0, 1, 2, 3],
+        &cut,
+        MemberState::Left,
+        "it leaves once handed over",
+    );
+}
+
+#[test]
+fn a_fresh_replacement_outranks_a_dead_predecessor_whose_clock_ran_ahead() {
+    let mut sim = Sim::with_cluster(SimConfig::jittery(46), 4, |_| {});
+    let ahead = 9_000_000_000_000;
+    sim.restart_as(3, ahead);
+    sim.run_for(20_000);
+    assert!(sim.converged());
+    let name = Sim::name(3);
+    sim.crash(3);
+    wait_state(
+        &mut sim,
+        &[0, 1, 2],
+        &name,
+        MemberState::Down,
+        "the predecessor is down",
+    );
+
+    // A restart with its data but a generation behind its predecessor's stops, as a
+    // stale process must.
+    sim.restart_as(3, 500);
+    let t = sim.run_until_true(20_000, 100, |s| s.node(3).membership.rejected().is_some());
+    assert!(
+        t.is_some(),
+        "a non-fresh process behind its own name's generation stops"
+    );
+
+    // A replacement with an empty disk takes the predecessor's generation plus one.
+    sim.node_mut(3).config.fresh_identity = true;
+    sim.restart_as(3, 600);
+    wait_state(
+        &mut sim,
+        &[0, 1, 2],
+        &name,
+        MemberState::Alive,
+        "the replacement rejoins",
+    );
+    assert!(sim.node(3).membership.rejected().is_none());
+    for i in 0..3 {
+        let view = sim.node(i).membership.members(sim.now_ms());
+        let v = view.iter().find(|v| v.name == name).unwrap();
+        assert_eq!(v.generation, ahead + 1, "node {i}");
+    }
+    assert!(sim.node(3).events.iter().any(|(_, e)| *e
+        == Event::Reincarnated {
+            generation: ahead + 1,
+            handing_over: false
+        }));
 }

@@ -499,6 +499,13 @@ pub enum RingCommand {
 pub struct RemoveArgs {
     /// Name of the dead node to drop.
     pub name: String,
+    /// Declare its data gone for good (a machine that will never return). Without it the
+    /// cluster keeps the removal and reaps no tombstone until the node returns and
+    /// reconciles its data, so a deleted key can never come back; with it reaping
+    /// resumes, and the node must never be started again with its old data directory
+    /// (wipe it first), or keys deleted meanwhile may reappear.
+    #[arg(long)]
+    pub data_lost: bool,
     #[command(flatten)]
     pub admin: AdminArgs,
 }

@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::Stats;
 
 /// What changed, for the node to act on. Events about this node itself are only
-/// `Rejected` (and `ConfigMismatch` when we refuse others).
+/// `Reincarnated` and `Rejected` (and `ConfigMismatch` when we refuse others).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub enum Event {
     /// A member this node did not know.
@@ -54,6 +54,16 @@ pub enum Event {
     Removed {
         /// The member.
         name: String,
+    },
+    /// This node took a new generation in-process: to outrank a dead predecessor's newer
+    /// generation (`Config::fresh_identity`), or, removed by an operator while running, to
+    /// announce itself leaving while it hands its data over (`handing_over`). The caller
+    /// must persist `generation`, so the next start goes past it.
+    Reincarnated {
+        /// The generation this process now has.
+        generation: u64,
+        /// Removed while running: hand every key over (as `leave` does), then stop.
+        handing_over: bool,
     },
     /// This node was refused by the cluster (other cluster settings, its name taken, or
     /// removed by an operator). It has stopped gossiping; the node should exit with

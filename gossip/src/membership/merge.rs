@@ -152,20 +152,30 @@ impl Membership {
             return;
         };
         let me = self.me();
-        if u.generation > me.generation && body.address != me.address {
+        let newer = u.generation > me.generation;
+        let ours_removed = u.generation == me.generation
+            && body.status.is_tombstone()
+            && !me.status.is_tombstone();
+        if newer && self.config.fresh_identity {
+            // Holding no data of its own, this process is a replacement: the newer
+            // generation is a dead predecessor's (perhaps with a clock that ran ahead).
+            self.reincarnate(u.generation + 1, Status::Alive);
+        } else if newer && body.address != me.address {
             // Another process claiming our name elsewhere: this live one keeps it.
             self.stats.ignored_records += 1;
-        } else if u.generation > me.generation {
+        } else if newer {
             self.reject_self(format!(
                 "a newer incarnation of {} (generation {}, at {}) is in the cluster; this process (generation {}) must stop",
                 u.name, u.generation, body.address, me.generation
             ));
-        } else if u.generation == me.generation
-            && body.status.is_tombstone()
-            && !me.status.is_tombstone()
-        {
+        } else if ours_removed && body.status == Status::Removed {
+            // Removed while running (a partition the operator took for a crash): what this
+            // node acknowledged may be nowhere else, so it hands everything over first.
+            let generation = me.generation + 1;
+            self.reincarnate(generation, Status::Leaving);
+        } else if ours_removed {
             self.reject_self(format!(
-                "this node ({}, generation {}) was removed from the cluster by an operator; restart it to rejoin as a new generation",
+                "this node ({}, generation {}) was removed from the cluster by an operator who declared its data lost; wipe its data directory before starting it again",
                 u.name, u.generation
             ));
         } else if u.generation == me.generation
@@ -181,6 +191,30 @@ impl Membership {
             let name = self.config.name.clone();
             catch_up_own(&name, self.me_mut(), stamp);
         }
+    }
+
+    /// Takes `generation` in-process, with `status` and no key-values (what they said,
+    /// such as nothing pending, was about the old incarnation), and tells the caller.
+    fn reincarnate(&mut self, generation: u64, status: Status) {
+        let name = self.config.name.clone();
+        let me = self.me_mut();
+        let before = me.stamp();
+        me.generation = generation;
+        me.heartbeat = 0;
+        me.version = 0;
+        me.status = status;
+        me.kv.clear();
+        assert_progress(&name, before, me.stamp());
+        self.config.generation = generation;
+        self.config.fresh_identity = false;
+        let handing_over = status == Status::Leaving;
+        self.events.push(
+            Event::Reincarnated {
+                generation,
+                handing_over,
+            },
+            &mut self.stats,
+        );
     }
 }
 

@@ -59,6 +59,9 @@ pub struct MemberView {
     pub kv: BTreeMap<String, String>,
     /// Whether this is the node itself.
     pub is_self: bool,
+    /// Removed by an operator, and its data may still come back (see
+    /// `Membership::remove`): tombstone reaping waits for it.
+    pub removed: bool,
 }
 
 /// A message for the caller to send.
@@ -288,6 +291,7 @@ impl Membership {
                     heartbeat_age_ms: (!is_self).then(|| now.saturating_sub(m.last_heartbeat_ms)),
                     kv: m.kv.clone(),
                     is_self,
+                    removed: m.status == Status::Removed,
                 }
             })
             .collect()
@@ -369,10 +373,16 @@ impl Membership {
         }
     }
 
-    /// Drops a dead member: it becomes a removed tombstone that spreads cluster-wide and
-    /// is forgotten after `forget_left_after_ms`. Only a member this node sees as down can
-    /// be removed. Removing a tombstone again is a no-op.
-    pub fn remove(&mut self, name: &str) -> Result<(), GossipError> {
+    /// Drops a dead member: it becomes a removed tombstone that spreads cluster-wide. Only
+    /// a member this node sees as down can be removed. Its data may still come back (a
+    /// machine restarted with its disk, or a partition the operator took for a crash), so
+    /// the record is kept, marked `removed` in `members`, until that member returns; the
+    /// node pauses tombstone reaping meanwhile. With `data_lost` the operator declares
+    /// its data gone for good: the member becomes `Left` (forgotten like one that left),
+    /// and if it is started again with its old data it must stop. Removing it again with
+    /// `data_lost` turns a kept removal into that; any other removal of a tombstone is a
+    /// no-op.
+    pub fn remove(&mut self, name: &str, data_lost: bool) -> Result<(), GossipError> {
         if name == self.config.name {
             return Err(GossipError::RemoveSelf(name.to_string()));
         }
@@ -381,6 +391,9 @@ impl Membership {
             return Err(GossipError::UnknownMember(name.to_string()));
         };
         if m.status.is_tombstone() {
+            if m.status == Status::Removed && data_lost {
+                self.set_removed(name, Status::Left, now);
+            }
             return Ok(());
         }
         if self.liveness_at(m, now) != Liveness::Down {
@@ -390,13 +403,12 @@ impl Membership {
                 state,
             });
         }
-        let m = self.members.get_mut(name).expect("checked above");
-        let before = m.stamp();
-        m.status = Status::Removed;
-        m.version += 1;
-        m.kv.clear();
-        m.tombstoned_at_ms = Some(now);
-        assert_progress(name, before, m.stamp());
+        let status = if data_lost {
+            Status::Left
+        } else {
+            Status::Removed
+        };
+        self.set_removed(name, status, now);
         self.events.push(
             Event::Removed {
                 name: name.to_string(),
@@ -404,6 +416,26 @@ impl Membership {
             &mut self.stats,
         );
         Ok(())
+    }
+
+    /// Makes `name`'s record the tombstone `status` at a new version.
+    fn set_removed(&mut self, name: &str, status: Status, now: u64) {
+        let m = self.members.get_mut(name).expect("callers checked");
+        let before = m.stamp();
+        m.status = status;
+        m.version += 1;
+        m.kv.clear();
+        m.tombstoned_at_ms = Some(now);
+        assert_progress(name, before, m.stamp());
+    }
+
+    /// Members removed by an operator whose data may still come back (see `remove`).
+    pub fn removed_awaiting_return(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .filter(|(_, m)| m.status == Status::Removed)
+            .map(|(name, _)| name.clone())
+            .collect()
     }
 
     /// Takes a clock reading and returns the time to act on.

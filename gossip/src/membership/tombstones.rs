@@ -1,8 +1,9 @@
 //! Forgetting tombstones: a member that left or was removed is dropped from the view
 //! after `forget_left_after_ms`, leaving a floor that keeps stale copies of it out.
 //!
-//! Owns: `Floor` and the bound on floors. Must not: forget this node's own record, or
-//! keep more than `max_members` floors.
+//! Owns: `Floor` and the bound on floors. Must not: forget this node's own record or a
+//! removed member whose data may still come back (`Membership::remove`), or keep more
+//! than `max_members` floors.
 
 use std::collections::BTreeMap;
 
@@ -46,7 +47,9 @@ impl Membership {
             .members
             .iter()
             .filter(|(name, m)| {
-                **name != self.config.name && m.tombstoned_at_ms.is_some_and(|t| now - t >= after)
+                **name != self.config.name
+                    && m.status != Status::Removed
+                    && m.tombstoned_at_ms.is_some_and(|t| now - t >= after)
             })
             .map(|(name, _)| name.clone())
             .collect();

@@ -21,6 +21,11 @@ pub struct StatusBody {
     pub n: Option<usize>,
     /// The answering node's name.
     pub node: String,
+    /// Why this node's last tombstone-reaping round was paused (a removed member that may
+    /// return with data, an unreachable member, one with data to hand over); `null` when
+    /// reaping runs.
+    #[serde(default)]
+    pub reaping_paused: Option<String>,
     #[serde(default)]
     /// This node's partition streams.
     pub rebuild: RebuildStatus,
@@ -64,6 +69,10 @@ pub struct MemberStatus {
     /// Whether the answering node can reach it (absent in old answers: assumed reachable).
     #[serde(default = "reachable_by_default")]
     pub reachable: bool,
+    /// Removed by an operator, and its data may still come back: no tombstone is reaped
+    /// until it returns or is removed again with `--data-lost`. Its state is `left`.
+    #[serde(default)]
+    pub removed: bool,
     /// Its share of the ring's partitions, 0..=1.
     pub ring_share: f64,
     /// `alive`, `suspect`, `down`, `leaving` or `left`.
@@ -135,7 +144,7 @@ mod tests {
 
     #[test]
     fn a_status_round_trips_in_the_shape_nodes_send() {
-        let text = r#"{"members":[{"address":"127.0.0.1:7001","generation":3,"heartbeat":9,"heartbeat_age_ms":null,"is_self":true,"kv":{"http":"127.0.0.1:8001"},"name":"n1","phi":0.0,"reachable":true,"ring_share":0.5,"state":"alive"}],"n":3,"node":"n1","rebuild":{"bytes_done":0,"eta_s":null,"keys_done":0,"partitions":[],"partitions_pending":0},"repairing":false,"ring_size":64,"storage_failure":null,"transfers":[{"keys_left":4,"partition":7}]}"#;
+        let text = r#"{"members":[{"address":"127.0.0.1:7001","generation":3,"heartbeat":9,"heartbeat_age_ms":null,"is_self":true,"kv":{"http":"127.0.0.1:8001"},"name":"n1","phi":0.0,"reachable":true,"removed":false,"ring_share":0.5,"state":"alive"}],"n":3,"node":"n1","reaping_paused":null,"rebuild":{"bytes_done":0,"eta_s":null,"keys_done":0,"partitions":[],"partitions_pending":0},"repairing":false,"ring_size":64,"storage_failure":null,"transfers":[{"keys_left":4,"partition":7}]}"#;
         let status = StatusBody::parse(text.as_bytes()).unwrap();
         assert_eq!(status.member("n1").unwrap().kv["http"], "127.0.0.1:8001");
         assert_eq!(serde_json::to_string(&status).unwrap(), text);
@@ -146,7 +155,8 @@ mod tests {
         let old = r#"{"node":"n1","members":[{"name":"n2","address":"a","state":"down","phi":1.7976931348623157e308,"generation":1,"heartbeat_age_ms":5,"ring_share":1.0}]}"#;
         let status = StatusBody::parse(old.as_bytes()).unwrap();
         let n2 = status.member("n2").unwrap();
-        assert!(n2.reachable && !n2.is_self && n2.phi == f64::MAX);
+        assert!(n2.reachable && !n2.is_self && !n2.removed && n2.phi == f64::MAX);
+        assert_eq!(status.reaping_paused, None);
         assert_eq!((status.n, status.rebuild.partitions_pending), (None, 0));
         let e = StatusBody::parse(br#"{"node":"n1"}"#).unwrap_err();
         assert!(e.contains("members"), "{e}");

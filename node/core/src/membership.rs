@@ -29,6 +29,12 @@ pub struct Gossip {
     pub view: Arc<RwLock<ClusterView>>,
     /// Set when the cluster refuses this node (config mismatch); the node then exits.
     pub rejected: tokio::sync::watch::Sender<Option<String>>,
+    /// The generation this process took in-process (`Event::Reincarnated`), for the
+    /// caller to persist so the next start goes past it.
+    pub reincarnated: tokio::sync::watch::Sender<Option<u64>>,
+    /// Set when an operator removed this node while it ran: it hands every key over (as
+    /// `leave` does), then stops.
+    pub handing_over: tokio::sync::watch::Sender<bool>,
 }
 
 impl Gossip {
@@ -48,6 +54,8 @@ impl Gossip {
             n,
             view: Arc::new(RwLock::new(view)),
             rejected: tokio::sync::watch::channel(None).0,
+            reincarnated: tokio::sync::watch::channel(None).0,
+            handing_over: tokio::sync::watch::channel(false).0,
         }
     }
 
@@ -81,6 +89,18 @@ impl Gossip {
             Event::Rejected { reason } => {
                 tracing::error!("the cluster refused this node: {reason}");
                 self.rejected.send_replace(Some(reason));
+            }
+            Event::Reincarnated {
+                generation,
+                handing_over,
+            } => {
+                if handing_over {
+                    tracing::warn!(generation, "an operator removed this node while it was running (cut off, not dead): handing every key over to the owners before stopping, so no write it acknowledged is lost");
+                    self.handing_over.send_replace(true);
+                } else {
+                    tracing::warn!(generation, "a dead predecessor of this node had a newer generation (its clock ran ahead?): this replacement takes generation {generation}");
+                }
+                self.reincarnated.send_replace(Some(generation));
             }
             Event::ConfigMismatch { from, reason } => {
                 tracing::warn!(%from, "refused a node: {reason}")
@@ -136,6 +156,20 @@ impl Gossip {
             .unwrap_or_else(PoisonError::into_inner);
         if let Err(e) = membership.set_local_kv(key, value) {
             tracing::warn!("cannot gossip {key}: {e}");
+        }
+    }
+
+    /// Publishes several key-values in one step, so no gossip message carries some of
+    /// them without the others.
+    pub fn set_local_kvs(&self, pairs: &[(&str, &str)]) {
+        let mut membership = self
+            .membership
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (key, value) in pairs {
+            if let Err(e) = membership.set_local_kv(key, value) {
+                tracing::warn!("cannot gossip {key}: {e}");
+            }
         }
     }
 

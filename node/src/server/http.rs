@@ -764,17 +764,32 @@ async fn admin_leave(
     ))
 }
 
+/// `POST /admin/remove/{name}[?data_lost=true]` (see `Membership::remove`).
 async fn admin_remove(
     State(node): State<Arc<Node>>,
     headers: HeaderMap,
     Path(name): Path<String>,
+    RawQuery(query): RawQuery,
 ) -> Result<Json<Value>, ApiError> {
     authorize(&node, &headers)?;
-    node.remove(&name)
+    let data_lost = match query.as_deref().unwrap_or("") {
+        "" | "data_lost=false" => false,
+        "data_lost=true" => true,
+        other => {
+            return Err(ApiError::bad_request(
+                "invalid_parameter",
+                format!("unknown query '{other}': the only parameter is data_lost=true|false"),
+            ))
+        }
+    };
+    node.remove(&name, data_lost)
         .map_err(|e| ApiError::bad_request("cannot_remove", e.to_string()))?;
-    Ok(Json(
-        json!({"message": format!("{name} was removed from the cluster")}),
-    ))
+    let message = if data_lost {
+        format!("{name} was removed from the cluster and its data declared lost: tombstone reaping resumes; never start it again with its old data directory")
+    } else {
+        format!("{name} was removed from the cluster; no tombstone is reaped until it returns (its data then reaches the owners) or it is removed again with --data-lost")
+    };
+    Ok(Json(json!({ "message": message })))
 }
 
 #[cfg(test)]

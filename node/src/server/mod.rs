@@ -106,9 +106,9 @@ async fn serve(config: NodeConfig, security: Security, admin: AdminAuth) -> Resu
     let ports = Ports::bind(&config, security).await?;
     let storage = open_storage(&config)?;
     let journal_damage = check_journal(&storage, &config)?;
-    let identity = load_identity(storage.as_ref(), &config)?;
-    tracing::info!(name = %config.name, generation = identity.generation, listen = %config.listen, http = %config.http, data = %config.data.display(), "starting");
-    let parts = assemble_node(&config, &identity, storage.clone(), &ports.transport)?;
+    let (identity, fresh) = load_identity(storage.as_ref(), &config)?;
+    tracing::info!(name = %config.name, generation = identity.generation, fresh, listen = %config.listen, http = %config.http, data = %config.data.display(), "starting");
+    let parts = assemble_node(&config, &identity, fresh, storage.clone(), &ports.transport)?;
     prepare_replica(&parts, &config, journal_damage.is_some())?;
     if let AdminAuth::Missing(dir) = &admin {
         tracing::warn!("{} has no {}: /admin calls (leave, remove) are refused; make a credential with one using `chorus certs init --force`", dir.display(), crate::server::certs::ADMIN_TOKEN);
@@ -128,6 +128,12 @@ async fn serve(config: NodeConfig, security: Security, admin: AdminAuth) -> Resu
     }
     tokio::spawn(ui::sample_loop(node.clone()));
     tokio::spawn(node::warn_while_not_ready(node.clone()));
+    tokio::spawn(persist_generations(
+        storage.clone(),
+        identity,
+        node.gossip.reincarnated.subscribe(),
+    ));
+    tokio::spawn(node::hand_over_when_removed(node.clone()));
     if let Some(resp) = ports.resp {
         tokio::spawn(resp::serve(resp, node.clone()));
     }
@@ -216,6 +222,7 @@ fn open_storage(config: &NodeConfig) -> Result<Arc<FjallStorage>, StartError> {
 fn assemble_node(
     config: &NodeConfig,
     identity: &Identity,
+    fresh: bool,
     storage: Arc<FjallStorage>,
     transport: &Arc<QuicTransport>,
 ) -> Result<NodeParts<FjallStorage, QuicPeers>, StartError> {
@@ -233,7 +240,7 @@ fn assemble_node(
         identity_actor: ActorId(identity.actor),
         seed: rand::rng().random(),
     };
-    assemble(&node_settings(config, identity.generation), inputs).map_err(|e| {
+    assemble(&node_settings(config, identity.generation, fresh), inputs).map_err(|e| {
         StartError::config(format!(
             "cannot open data directory {}: {e}",
             config.data.display()
@@ -241,7 +248,7 @@ fn assemble_node(
     })
 }
 
-fn node_settings(config: &NodeConfig, generation: u64) -> NodeSettings {
+fn node_settings(config: &NodeConfig, generation: u64, fresh_identity: bool) -> NodeSettings {
     let advertised = config.advertised();
     let listen = config.listen.to_string();
     let seeds = config
@@ -260,6 +267,7 @@ fn node_settings(config: &NodeConfig, generation: u64) -> NodeSettings {
         seeds.cloned().collect(),
     );
     gossip.gossip_interval_ms = config.gossip_interval_ms;
+    gossip.fresh_identity = fresh_identity;
     gossip.phi = PhiConfig {
         threshold: config.phi_threshold,
         ..gossip.phi
@@ -417,9 +425,14 @@ async fn shutdown_signal() {
 }
 
 /// Reads (or, for a new data directory, creates) the node's identity and bumps its
-/// generation. The generation is at least the wall clock in ms so that a node whose data
-/// directory was wiped still outranks its previous incarnation in gossip.
-fn load_identity(storage: &FjallStorage, config: &NodeConfig) -> Result<Identity, StartError> {
+/// generation; `true` with a new identity. The generation is at least the wall clock in ms
+/// so that a node whose data directory was wiped usually outranks its previous incarnation
+/// in gossip; when that incarnation's clock ran ahead, the new identity makes the
+/// membership take the predecessor's generation plus one instead (`fresh_identity`).
+fn load_identity(
+    storage: &FjallStorage,
+    config: &NodeConfig,
+) -> Result<(Identity, bool), StartError> {
     let storage_error = |e: chorus_core::storage::StorageError| {
         StartError::config(format!("data directory {}: {e}", config.data.display()))
     };
@@ -437,6 +450,7 @@ fn load_identity(storage: &FjallStorage, config: &NodeConfig) -> Result<Identity
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
+    let fresh = stored.is_none();
     let identity = match stored {
         Some(id) if id.name != config.name => {
             return Err(StartError::config(format!(
@@ -465,9 +479,33 @@ fn load_identity(storage: &FjallStorage, config: &NodeConfig) -> Result<Identity
             generation: now_ms.max(1),
         },
     };
-    let bytes = rmp_serde::to_vec(&identity).expect("encoding to a Vec cannot fail");
-    storage
-        .meta_put(IDENTITY_META_KEY, &bytes)
-        .map_err(storage_error)?;
-    Ok(identity)
+    store_identity(storage, &identity).map_err(storage_error)?;
+    Ok((identity, fresh))
+}
+
+fn store_identity(
+    storage: &FjallStorage,
+    identity: &Identity,
+) -> Result<(), chorus_core::storage::StorageError> {
+    let bytes = rmp_serde::to_vec(identity).expect("encoding to a Vec cannot fail");
+    storage.meta_put(IDENTITY_META_KEY, &bytes)
+}
+
+/// Stores every generation the membership takes in-process, so the next start goes past
+/// it (a restart reusing it would be taken for a stale copy, or for the tombstone of a
+/// node that handed over and left).
+async fn persist_generations(
+    storage: Arc<FjallStorage>,
+    mut identity: Identity,
+    mut reincarnated: tokio::sync::watch::Receiver<Option<u64>>,
+) {
+    while reincarnated.changed().await.is_ok() {
+        let Some(generation) = *reincarnated.borrow_and_update() else {
+            continue;
+        };
+        identity.generation = generation;
+        if let Err(e) = store_identity(&storage, &identity) {
+            tracing::error!(generation, "cannot store the node's new generation: {e}; restart it only after its record is forgotten, or it may be taken for a stale copy");
+        }
+    }
 }

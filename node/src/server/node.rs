@@ -106,6 +106,7 @@ impl Node {
                 kv: m.kv,
                 phi: if m.phi.is_finite() { m.phi } else { f64::MAX },
                 reachable: !view.unreachable.contains(&m.name),
+                removed: m.removed,
                 ring_share: view.ring.share(&m.name),
                 state: m.state.to_string(),
                 name: m.name,
@@ -116,6 +117,7 @@ impl Node {
             members,
             n: Some(view.ring.n()),
             node: self.name.clone(),
+            reaping_paused: self.healer.reaping_paused(),
             rebuild: self.rebuild_status(),
             repairing: self.replica.is_repairing(),
             ring_size: Some(view.ring.ring_size()),
@@ -205,38 +207,62 @@ impl Node {
             Vec::new()
         });
         tracing::info!("leaving the cluster: handing data over to the new owners");
-        let node = self.clone();
-        tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                ticker.tick().await;
-                let storage = node.replica.storage();
-                let empty = storage.partitions().map(|p| p.is_empty()).unwrap_or(false)
-                    && storage.hint_owners().map(|h| h.is_empty()).unwrap_or(false);
-                if empty {
-                    break;
-                }
-            }
-            node.gossip.step(|m, _, _| {
-                m.left();
-                Vec::new()
-            });
-            tracing::info!("handoff complete: left the cluster");
-            // Let a few gossip rounds carry the news before stopping.
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            node.stop.notify_one();
-        });
+        tokio::spawn(self.clone().finish_handover(None));
         Ok(())
     }
 
-    pub fn remove(&self, name: &str) -> Result<(), GossipError> {
+    /// Waits until this node holds no key and no hint, announces `left`, and stops: asked
+    /// to (`leave`), or as `refusal` says (removed while running, see
+    /// [`hand_over_when_removed`]).
+    async fn finish_handover(self: Arc<Self>, refusal: Option<String>) {
+        let mut ticker = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            ticker.tick().await;
+            let storage = self.replica.storage();
+            let empty = storage.partitions().map(|p| p.is_empty()).unwrap_or(false)
+                && storage.hint_owners().map(|h| h.is_empty()).unwrap_or(false);
+            if empty {
+                break;
+            }
+        }
+        self.gossip.step(|m, _, _| {
+            m.left();
+            Vec::new()
+        });
+        tracing::info!("handoff complete: left the cluster");
+        // Let a few gossip rounds carry the news before stopping.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        match refusal {
+            Some(reason) => {
+                self.gossip.rejected.send_replace(Some(reason));
+            }
+            None => self.stop.notify_one(),
+        }
+    }
+
+    pub fn remove(&self, name: &str, data_lost: bool) -> Result<(), GossipError> {
         let mut result = Ok(());
         self.gossip.step(|m, _, _| {
-            result = m.remove(name);
+            result = m.remove(name, data_lost);
             Vec::new()
         });
         result
     }
+}
+
+/// An operator removed this node while it ran (a partition taken for a crash): the
+/// membership already announced it leaving under a new generation; hand every key over,
+/// so nothing it acknowledged is lost, then stop as a refused node (exit 2).
+pub async fn hand_over_when_removed(node: Arc<Node>) {
+    let mut handing_over = node.gossip.handing_over.subscribe();
+    if handing_over.wait_for(|h| *h).await.is_err() {
+        return;
+    }
+    let reason = format!(
+        "this node ({}) was removed from the cluster by an operator while it was running; it handed every key over to the owners; start it again (same data directory) to rejoin",
+        node.name
+    );
+    node.finish_handover(Some(reason)).await;
 }
 
 /// Logs at WARN, every [`NOT_READY_WARN_EVERY`], why the node is not ready: a node that

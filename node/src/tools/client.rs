@@ -64,10 +64,18 @@ pub fn run(command: Command) -> CliResult {
                 client,
             }) => bucket_props(&bucket, &set, client).await,
             Command::Leave(args) => admin(args, "/admin/leave".into()).await,
-            Command::Remove(RemoveArgs { name, admin: args }) => {
+            Command::Remove(RemoveArgs {
+                name,
+                data_lost,
+                admin: args,
+            }) => {
+                let query = if data_lost { "?data_lost=true" } else { "" };
                 admin(
                     args,
-                    format!("/admin/remove/{}", http_client::encode_segment(&name)),
+                    format!(
+                        "/admin/remove/{}{query}",
+                        http_client::encode_segment(&name)
+                    ),
                 )
                 .await
             }

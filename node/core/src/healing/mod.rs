@@ -54,6 +54,10 @@ pub const PENDING_HINTS_KEY: &str = "pending_hints";
 /// not own (waiting for ownership transfer). Such a copy may predate a tombstone, so no
 /// tombstone is reaped while any node reports one: the transfer would bring it back.
 pub const PENDING_TRANSFER_KEY: &str = "pending_transfer";
+/// Gossiped with `PENDING_TRANSFER_KEY`: a fingerprint of the ring the count was computed
+/// on. A count from another ring (a node that just restarted and knows part of the
+/// cluster owns too much in its own eyes) says nothing about what it would hand over.
+pub const TRANSFER_RING_KEY: &str = "transfer_ring";
 
 #[derive(Clone, Debug)]
 pub struct HealingConfig {
@@ -112,6 +116,8 @@ pub struct Healer<S: Storage, P: Peers> {
     reap_cursor: Mutex<(PartitionId, Option<Vec<u8>>)>,
     /// Tombstones seen fully replicated, with when they were first seen so.
     reap_candidates: Mutex<HashMap<Vec<u8>, (Object, Instant)>>,
+    /// Why the last reaping round did nothing, if it was paused (for /status).
+    reaping_paused_because: Mutex<Option<String>>,
     /// Progress of ownership transfer, for /status: partition -> keys moved.
     transfer_progress: Mutex<HashMap<PartitionId, u64>>,
     /// While the replica repairs: (partition, other owner) pairs whose trees were equal.
@@ -155,6 +161,7 @@ impl<S: Storage, P: Peers> Healer<S, P> {
             cursor: Mutex::new(0),
             reap_cursor: Mutex::new((0, None)),
             reap_candidates: Mutex::new(HashMap::new()),
+            reaping_paused_because: Mutex::new(None),
             transfer_progress: Mutex::new(HashMap::new()),
             repaired: Mutex::default(),
             disagreements: Mutex::default(),
@@ -224,6 +231,14 @@ impl<S: Storage, P: Peers> Healer<S, P> {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .len()
+    }
+
+    /// Why this node's last reaping round was paused (`None` when it ran), for /status.
+    pub fn reaping_paused(&self) -> Option<String> {
+        self.reaping_paused_because
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Partitions whose trees differed from a peer's at this node's last exchange of them:

@@ -1,14 +1,15 @@
 //! Reaping: a dead key (only tombstones and expired values) is dropped once every primary
-//! holds exactly it, no node reports pending hints or data awaiting transfer, and a grace
-//! period has passed; the first owner of a partition decides, a page per round. It must not
-//! reap while it may not see every owner (fewer than N members known, an unreachable
-//! member), nor a key any owner holds otherwise.
+//! holds exactly it, no node reports pending hints or data awaiting transfer (on the same
+//! ring), no removed member may still return with data, and a grace period has passed; the
+//! first owner of a partition decides, a page per round. It must not reap while it may not
+//! see every owner (fewer than N members known, an unreachable member), nor a key any
+//! owner holds otherwise.
 
 use std::sync::PoisonError;
 
 use tokio::time::Instant;
 
-use super::{Healer, PENDING_HINTS_KEY, PENDING_TRANSFER_KEY};
+use super::{Healer, PENDING_HINTS_KEY, PENDING_TRANSFER_KEY, TRANSFER_RING_KEY};
 use crate::heal_error::HealError;
 use crate::object::{split_storage_key, Object};
 use crate::peers::Peers;
@@ -27,17 +28,21 @@ impl<S: Storage, P: Peers> Healer<S, P> {
     /// costs one page whatever the data size, and every key is examined in turn.
     pub async fn reap_step(&self) -> Result<usize, HealError> {
         let view = self.view();
-        // A node that knows fewer than N members (just restarted and not yet reached by
-        // gossip, e.g. behind a partition) sees itself as the only owner of everything and
-        // would reap alone what other replicas still hold older versions of.
-        let knows_a_full_ring = view.ring.members().len() >= view.ring.n();
-        if !knows_a_full_ring || !self.cluster_is_settled() || !view.unreachable.is_empty() {
+        if let Some(reason) = self.why_not_reap(&view) {
             self.reap_candidates
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .clear();
+            *self
+                .reaping_paused_because
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(reason);
             return Ok(0);
         }
+        *self
+            .reaping_paused_because
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
         let Some(partition) = self.next_reap_partition(&view) else {
             return Ok(0);
         };
@@ -174,40 +179,98 @@ impl<S: Storage, P: Peers> Healer<S, P> {
         false
     }
 
-    /// Every owner drops its copy, under the same "only if unchanged" rule. Returns the
-    /// keys this node reaped.
+    /// Every owner drops its copy, under the same "only if unchanged" rule: the other
+    /// owners first, and this node's own replica only if each of them took the batch. An
+    /// owner refuses a batch holding a value its own clock does not see expired, so a
+    /// reaper whose clock runs ahead never drops its copy of a value its peers still
+    /// serve (read repair would put it back, under a retired actor). Returns the keys
+    /// this node reaped.
     async fn reap_everywhere(&self, owners: &[String], ripe: Vec<KeyedObject>) -> usize {
-        let mut reaped = 0;
-        for owner in owners {
-            match self
-                .call(
-                    owner,
-                    Request::ReapBatch {
-                        objects: ripe.clone(),
-                    },
-                )
-                .await
-            {
-                Ok(Response::Merged(n)) if *owner == self.name => reaped += n,
-                Ok(Response::Merged(_)) => {}
-                other => tracing::debug!(%owner, "reap failed: {other:?}"),
+        let mut all_took_it = true;
+        for owner in owners.iter().filter(|o| **o != self.name) {
+            if self.reap_at(owner, &ripe).await.is_none() {
+                all_took_it = false;
             }
         }
-        reaped
+        if !all_took_it || !owners.contains(&self.name) {
+            return 0;
+        }
+        self.reap_at(&self.name, &ripe).await.unwrap_or(0)
     }
 
-    /// True when every member that may hold data reported no pending hints and no data
-    /// awaiting transfer. A member that has not reported yet (e.g. just restarted) counts
-    /// as not settled.
-    fn cluster_is_settled(&self) -> bool {
-        self.gossip
-            .members()
+    /// Sends `ripe` to `owner` as a reap batch: the keys it dropped, `None` when it refused
+    /// the batch or did not answer.
+    async fn reap_at(&self, owner: &str, ripe: &[KeyedObject]) -> Option<usize> {
+        let request = Request::ReapBatch {
+            objects: ripe.to_vec(),
+        };
+        match self.call(owner, request).await {
+            Ok(Response::Merged(n)) => Some(n),
+            other => {
+                tracing::debug!(%owner, "reap failed: {other:?}");
+                None
+            }
+        }
+    }
+
+    /// Why no tombstone may be reaped now, or `None` when reaping may go on: every member
+    /// that may hold data must be reachable, must have reported no pending hints and no
+    /// data awaiting transfer, computed on the same ring as ours (a member that just
+    /// restarted and knows part of the cluster would report nothing to transfer), and no
+    /// member removed by an operator may still return with data (`Membership::remove`):
+    /// any of those could bring back a copy older than the tombstone.
+    fn why_not_reap(&self, view: &ClusterView) -> Option<String> {
+        // A node that knows fewer than N members (just restarted and not yet reached by
+        // gossip, e.g. behind a partition) sees itself as the only owner of everything and
+        // would reap alone what other replicas still hold older versions of.
+        if view.ring.members().len() < view.ring.n() {
+            return Some(format!(
+                "this node knows {} ring member(s), fewer than N = {}",
+                view.ring.members().len(),
+                view.ring.n()
+            ));
+        }
+        if !view.unreachable.is_empty() {
+            let mut names: Vec<&String> = view.unreachable.iter().collect();
+            names.sort();
+            return Some(format!("unreachable member(s): {names:?}"));
+        }
+        let members = self.gossip.members();
+        let removed: Vec<&str> = members
+            .iter()
+            .filter(|m| m.removed)
+            .map(|m| m.name.as_str())
+            .collect();
+        if !removed.is_empty() {
+            return Some(format!(
+                "removed member(s) {removed:?} may still return with data: reaping resumes once they rejoin, or after `chorus remove NAME --data-lost`"
+            ));
+        }
+        let ring = ring_fingerprint(view.ring.members());
+        let unsettled: Vec<&str> = members
             .iter()
             .filter(|m| m.state != chorus_gossip::MemberState::Left)
-            .all(|m| {
-                [PENDING_HINTS_KEY, PENDING_TRANSFER_KEY]
-                    .iter()
-                    .all(|k| m.kv.get(*k).is_some_and(|v| v == "0"))
+            .filter(|m| {
+                let reported = |k: &str, v: &str| m.kv.get(k).is_some_and(|x| x == v);
+                !(reported(PENDING_HINTS_KEY, "0")
+                    && reported(PENDING_TRANSFER_KEY, "0")
+                    && reported(TRANSFER_RING_KEY, &ring))
             })
+            .map(|m| m.name.as_str())
+            .collect();
+        (!unsettled.is_empty()).then(|| {
+            format!("member(s) {unsettled:?} have hints or data to hand over, or have not reported on this ring yet")
+        })
     }
+}
+
+/// A short fingerprint of a ring's member set: what a member's transfer count was computed
+/// on (`TRANSFER_RING_KEY`).
+pub(super) fn ring_fingerprint(members: &[String]) -> String {
+    let mut hasher = blake3::Hasher::new();
+    for name in members {
+        hasher.update(&(name.len() as u64).to_le_bytes());
+        hasher.update(name.as_bytes());
+    }
+    hasher.finalize().to_hex()[..16].to_string()
 }

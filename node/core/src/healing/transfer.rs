@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::PoisonError;
 
-use super::{Healer, PENDING_TRANSFER_KEY};
+use super::{Healer, PENDING_TRANSFER_KEY, TRANSFER_RING_KEY};
 use crate::heal_error::HealError;
 use crate::object::split_storage_key;
 use crate::peers::Peers;
@@ -65,8 +65,11 @@ impl<S: Storage, P: Peers> Healer<S, P> {
             tracing::info!(partition, moved = batch.len(), remaining = remaining.saturating_sub(batch.len() as u64), owners = ?owners, "ownership transfer");
         }
         let left: u64 = progress.values().sum::<u64>().saturating_sub(moved);
-        self.gossip
-            .set_local_kv(PENDING_TRANSFER_KEY, &left.to_string());
+        let ring = super::reaping::ring_fingerprint(view.ring.members());
+        self.gossip.set_local_kvs(&[
+            (PENDING_TRANSFER_KEY, &left.to_string()),
+            (TRANSFER_RING_KEY, &ring),
+        ]);
         *self
             .transfer_progress
             .lock()
