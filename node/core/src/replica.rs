@@ -32,8 +32,17 @@ pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicaError {
+    /// A storage error before anything was written (see `OutcomeUnknown` for the others).
     #[error("storage: {0}")]
-    Storage(#[from] crate::storage::StorageError),
+    Storage(crate::storage::StorageError),
+    /// A storage error once the write may have reached the journal (the error says so,
+    /// [`StorageError::may_have_written`], or a later step of the same request failed
+    /// after the version was stored): a restart may replay it. Answered
+    /// `Response::OutcomeUnknown`, never as "nothing stored".
+    ///
+    /// [`StorageError::may_have_written`]: crate::storage::StorageError::may_have_written
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(crate::storage::StorageError),
     #[error("{0}")]
     Object(#[from] crate::object::ObjectError),
     /// A new write refused: its result would cross a write limit. Nothing was stored.
@@ -47,10 +56,29 @@ pub enum ReplicaError {
     InvalidState(String),
 }
 
+impl From<crate::storage::StorageError> for ReplicaError {
+    fn from(e: crate::storage::StorageError) -> Self {
+        match e.may_have_written() {
+            true => ReplicaError::OutcomeUnknown(e),
+            false => ReplicaError::Storage(e),
+        }
+    }
+}
+
+impl ReplicaError {
+    /// An error of a step after the request's version was stored: the version may stay.
+    fn after_store(self) -> Self {
+        match self {
+            ReplicaError::Storage(e) => ReplicaError::OutcomeUnknown(e),
+            other => other,
+        }
+    }
+}
+
 impl From<crate::scan::ScanError> for ReplicaError {
     fn from(e: crate::scan::ScanError) -> Self {
         match e {
-            crate::scan::ScanError::Storage(e) => ReplicaError::Storage(e),
+            crate::scan::ScanError::Storage(e) => e.into(),
             crate::scan::ScanError::Object(e) => ReplicaError::Object(e),
         }
     }
@@ -326,7 +354,9 @@ impl<S: Storage> Replica<S> {
         };
         for write in pending {
             if let Err(e) = storage.settle(write).await {
-                return Response::Failed(format!("storage: {e}"));
+                // The writes are in the journal and a restart may replay them: a minted
+                // version may survive, so this is never "nothing stored" (`Failed`).
+                return Response::OutcomeUnknown(format!("storage: {e}"));
             }
         }
         response
@@ -447,7 +477,8 @@ impl<S: Storage> Replica<S> {
     /// that arrives meanwhile is superseded unseen). Persisted before return; returns the
     /// stored state and the new dot. A fallback (`hint_for` = the unreachable owner) records
     /// a hint, as in `merge`. Refused, with nothing stored, when the result would cross a
-    /// write limit.
+    /// write limit. A storage error once the version may be in the journal is
+    /// [`ReplicaError::OutcomeUnknown`]: it may have been minted.
     pub fn coordinate(
         &self,
         bucket: &[u8],
@@ -511,7 +542,9 @@ impl<S: Storage> Replica<S> {
         self.storage
             .put_replacing(partition, &skey, raw.as_deref(), &encoded)?;
         if let Some(owner) = write.hint_for {
-            self.record_hint(owner, partition, &skey)?;
+            // The minted version is stored: failing now must not read as "nothing stored".
+            self.record_hint(owner, partition, &skey)
+                .map_err(ReplicaError::after_store)?;
         }
         Ok((updated, dot))
     }
@@ -579,7 +612,8 @@ impl<S: Storage> Replica<S> {
                 .put_replacing(partition, &skey, raw.as_deref(), &encoded)?;
         }
         if let Some(owner) = hint_for {
-            self.record_hint(owner, partition, &skey)?;
+            self.record_hint(owner, partition, &skey)
+                .map_err(ReplicaError::after_store)?;
         }
         Ok(merged)
     }
@@ -893,6 +927,7 @@ fn error_response(e: ReplicaError) -> Response {
             code: "merge_over_limit".into(),
             message: e.to_string(),
         },
+        ReplicaError::OutcomeUnknown(_) => Response::OutcomeUnknown(e.to_string()),
         other => Response::Failed(other.to_string()),
     }
 }
@@ -909,6 +944,56 @@ mod tests {
     fn replica_on<S: Storage>(storage: S) -> Replica<S> {
         let config = crate::replica::ReplicaConfig::for_tests(1, 10);
         Replica::new(Arc::new(storage), config, Arc::new(Metrics::default())).unwrap()
+    }
+
+    fn coordinate_request(key: &[u8]) -> Request {
+        Request::Coordinate {
+            bucket: b"b".to_vec(),
+            key: key.to_vec(),
+            context: Context::default(),
+            value: Sibling::value(b"v".to_vec(), None),
+            hint_for: None,
+            over_current: false,
+            max_siblings: None,
+        }
+    }
+
+    /// A write whose fsync failed after it was applied (in the group commit awaited by
+    /// `handle_async`, or waited for inside the call by `handle`) answers "outcome
+    /// unknown": it may be replayed. One refused before anything was written still
+    /// answers `Failed`.
+    #[tokio::test]
+    async fn a_write_that_failed_after_it_was_stored_answers_outcome_unknown() {
+        type Fault = fn(&MemoryStorage, Option<&str>);
+        let sync: Fault = MemoryStorage::set_sync_failure;
+        let write: Fault = MemoryStorage::set_write_failure;
+        for (fault, deferred, unknown) in [
+            (sync, true, true),
+            (sync, false, true),
+            (write, true, false),
+            (write, false, false),
+        ] {
+            let disk = Arc::new(MemoryStorage::new());
+            let config = ReplicaConfig::for_tests(1, 10);
+            let metrics = Arc::new(Metrics::default());
+            let r = Arc::new(Replica::new(disk.clone(), config, metrics).unwrap());
+            fault(&disk, Some("Input/output error"));
+            let request = coordinate_request(b"k");
+            let answer = match deferred {
+                true => r.clone().handle_async(request).await,
+                false => r.handle(request),
+            };
+            match unknown {
+                true => assert!(matches!(answer, Response::OutcomeUnknown(_)), "{answer:?}"),
+                false => assert!(matches!(answer, Response::Failed(_)), "{answer:?}"),
+            }
+            assert_eq!(r.get(b"b", b"k").unwrap().is_some(), unknown);
+            assert!(r.health().is_failed());
+            // Failed storage refuses before writing: nothing stored, so `Failed`.
+            fault(&disk, None);
+            let answer = r.handle(coordinate_request(b"k2"));
+            assert!(matches!(answer, Response::Failed(_)), "{answer:?}");
+        }
     }
 
     /// `--sync always` on one async worker: writes run inline and their answers wait for

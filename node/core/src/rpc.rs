@@ -158,10 +158,21 @@ pub enum Response {
         code: String,
         message: String,
     },
-    /// The replica failed (storage error, malformed request).
+    /// The replica failed before it stored anything (a refused or malformed request, a
+    /// storage error before the write, failed storage).
     Failed(String),
     /// Answer to `Batch`: one answer per request, in order.
     Batch(Vec<Response>),
+    /// The replica failed after the write may have reached its journal (its fsync, or a
+    /// storage error once the version was applied): a restart may replay it, so it may
+    /// have minted. Not "nothing stored": a coordinator reads it as it reads no answer,
+    /// and never has another replica mint the write.
+    ///
+    /// Added last (variants are encoded by name, so the others are unchanged). A node of
+    /// an older build cannot decode a message holding it: `rpc::decode` fails on the
+    /// unknown variant, and the caller's peers (`QuicPeers::call` in the binary) turn a
+    /// `DecodeError` into `PeerError::NoAnswer`, the same safe reading.
+    OutcomeUnknown(String),
 }
 
 pub fn encode(message: Message) -> Vec<u8> {
@@ -184,5 +195,51 @@ pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
             len: bytes.len(),
             reason: e.to_string(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a node of an older build decodes an answer into: the envelope and message
+    /// shapes as they are, and a `Response` that predates `OutcomeUnknown` (two of its
+    /// variants stand for all of them).
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    enum OlderEnvelope {
+        V1(OlderMessage),
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    enum OlderMessage {
+        Gossip(serde::de::IgnoredAny),
+        Request(serde::de::IgnoredAny),
+        Response(OlderResponse),
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    enum OlderResponse {
+        Failed(String),
+        Batch(Vec<OlderResponse>),
+    }
+
+    #[test]
+    fn an_older_node_cannot_decode_an_unknown_outcome_and_so_reads_no_answer() {
+        let older =
+            |r: Response| rmp_serde::from_slice::<OlderEnvelope>(&encode(Message::Response(r)));
+        assert!(older(Response::Failed("disk".into())).is_ok());
+        assert!(older(Response::Batch(vec![Response::Failed("disk".into())])).is_ok());
+        let unknown = || Response::OutcomeUnknown("fsync failed".into());
+        let e = older(unknown()).unwrap_err();
+        assert!(e.to_string().contains("OutcomeUnknown"), "{e}");
+        assert!(older(Response::Batch(vec![unknown()])).is_err());
+        // This build decodes it.
+        assert!(matches!(
+            decode(&encode(Message::Response(unknown()))),
+            Ok(Message::Response(Response::OutcomeUnknown(_)))
+        ));
     }
 }

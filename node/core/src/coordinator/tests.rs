@@ -179,11 +179,21 @@ async fn a_write_that_cannot_reach_w_replicas_writes_nothing() {
     }
 }
 
-/// Peers for coordinator tests: each named node answers from its own replica, hangs
-/// until the call's timeout, or is refused at once (not sent).
+/// Peers for coordinator tests: each named node answers from its own replica (as the
+/// server's QUIC handler does, through `handle_async`), hangs until the call's timeout,
+/// or is refused at once (not sent). Remembers whom it asked to mint.
+#[derive(Default)]
 struct FakePeers {
     replicas: std::collections::HashMap<String, Arc<Replica<crate::storage::MemoryStorage>>>,
     hang: HashSet<String>,
+    coordinated: std::sync::Mutex<Vec<String>>,
+}
+
+impl FakePeers {
+    /// The nodes sent a `Coordinate` so far, in order.
+    fn coordinated(&self) -> Vec<String> {
+        self.coordinated.lock().unwrap().clone()
+    }
 }
 
 impl Peers for FakePeers {
@@ -196,6 +206,9 @@ impl Peers for FakePeers {
         let replica = self.replicas.get(to).cloned();
         let hang = self.hang.contains(to);
         let to = to.to_string();
+        if replica.is_some() && matches!(request, Request::Coordinate { .. }) {
+            self.coordinated.lock().unwrap().push(to.clone());
+        }
         async move {
             if hang {
                 // As the transport does: the request went out, no answer came in time.
@@ -203,7 +216,7 @@ impl Peers for FakePeers {
                 return Err(PeerError::no_answer(&to, "timed out"));
             }
             match replica {
-                Some(r) => Ok(r.handle(request)),
+                Some(r) => Ok(r.handle_async(request).await),
                 None => Err(PeerError::not_sent(&to, "connection refused")),
             }
         }
@@ -231,7 +244,11 @@ fn cluster(b_hangs: bool) -> Coordinator<crate::storage::MemoryStorage, FakePeer
     } else {
         HashSet::new()
     };
-    let peers = Arc::new(FakePeers { replicas, hang });
+    let peers = Arc::new(FakePeers {
+        replicas,
+        hang,
+        ..FakePeers::default()
+    });
     Coordinator::new(
         "a".into(),
         replica(1),
@@ -317,7 +334,7 @@ async fn a_write_with_its_answer_context_keeps_a_sibling_its_client_never_saw() 
             .collect();
         let peers = Arc::new(FakePeers {
             replicas: replicas.clone(),
-            hang: HashSet::new(),
+            ..FakePeers::default()
         });
         let view = Arc::new(RwLock::new(view(&["a", "b", "c"], &[])));
         let coordinator = |name: &str| {
@@ -362,7 +379,7 @@ async fn a_node_whose_storage_failed_acknowledges_no_write_until_it_recovers() {
     replicas.insert("c".to_string(), replica(3));
     let peers = Arc::new(FakePeers {
         replicas,
-        hang: HashSet::new(),
+        ..FakePeers::default()
     });
     let view = Arc::new(RwLock::new(view(&["a", "b", "c"], &[])));
     let c = Coordinator::new("a".into(), local.clone(), peers, view, metrics.clone());
@@ -412,7 +429,11 @@ fn gateway(a_hangs: bool) -> Coordinator<crate::storage::MemoryStorage, FakePeer
         replicas.insert("a".to_string(), replica(1));
     }
     let hang = a_hangs.then(|| "a".to_string()).into_iter().collect();
-    let peers = Arc::new(FakePeers { replicas, hang });
+    let peers = Arc::new(FakePeers {
+        replicas,
+        hang,
+        ..FakePeers::default()
+    });
     Coordinator::new(
         "gateway".into(),
         replica(9),
@@ -467,6 +488,161 @@ async fn a_write_not_sent_to_its_first_primary_is_minted_by_the_next() {
         matches!(err, CoordinatorError::Unavailable { .. }),
         "{err:?}"
     );
+}
+
+/// A replica on a disk whose fsync fails (`MemoryStorage::set_sync_failure`), as "a", and
+/// "b", "c" healthy: the coordinator is "a" itself, or a gateway that reaches "a" as a
+/// peer. Returns the coordinator, the peers, "a"'s replica and its disk.
+#[allow(clippy::type_complexity)]
+fn failing_fsync(
+    a_local: bool,
+) -> (
+    Coordinator<crate::storage::MemoryStorage, FakePeers>,
+    Arc<FakePeers>,
+    Arc<Replica<crate::storage::MemoryStorage>>,
+    Arc<crate::storage::MemoryStorage>,
+) {
+    let disk = Arc::new(crate::storage::MemoryStorage::new());
+    let config = crate::replica::ReplicaConfig::for_tests(1, 100);
+    let a = Arc::new(Replica::new(disk.clone(), config, Arc::new(Metrics::default())).unwrap());
+    let mut replicas = std::collections::HashMap::new();
+    replicas.insert("b".to_string(), replica(2));
+    replicas.insert("c".to_string(), replica(3));
+    if !a_local {
+        replicas.insert("a".to_string(), a.clone());
+    }
+    let peers = Arc::new(FakePeers {
+        replicas,
+        ..FakePeers::default()
+    });
+    let (name, local) = match a_local {
+        true => ("a", a.clone()),
+        false => ("gateway", replica(9)),
+    };
+    let c = Coordinator::new(
+        name.into(),
+        local,
+        peers.clone(),
+        Arc::new(RwLock::new(view(&["a", "b", "c"], &[]))),
+        Arc::new(Metrics::default()),
+    );
+    (c, peers, a, disk)
+}
+
+/// Keys whose first target, from coordinator `c`, is "a" (so "a" mints their writes).
+fn keys_minted_by_a(
+    c: &Coordinator<crate::storage::MemoryStorage, FakePeers>,
+) -> impl Iterator<Item = String> + '_ {
+    (0..)
+        .map(|i| format!("k{i}"))
+        .filter(|k| c.local_first_targets(b"b", k.as_bytes())[0].name == "a")
+}
+
+/// Issue 25, item 3: the minting replica stored its version and then its group commit's
+/// fsync failed. It answers "outcome unknown", and the coordinator treats that as no
+/// answer: no other replica is asked to mint (that would make the one client write two
+/// siblings, since a restart replays the journal), and the client gets the 503 of a write
+/// that timed out.
+#[tokio::test]
+async fn a_write_whose_minting_replica_failed_its_fsync_is_not_minted_again() {
+    for a_local in [true, false] {
+        let (c, peers, a, disk) = failing_fsync(a_local);
+        let key = keys_minted_by_a(&c).next().unwrap();
+        disk.set_sync_failure(Some("Input/output error (os error 5)"));
+        let value = Sibling::value(b"v".to_vec(), None);
+        let err = c
+            .put(
+                b"b",
+                key.as_bytes(),
+                Context::default(),
+                value,
+                2,
+                0,
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap_err();
+        let timed_out = Needed {
+            replies: 2,
+            primaries: 0,
+        }
+        .unavailable(0, 0);
+        assert_eq!(err.to_string(), timed_out.to_string(), "local: {a_local}");
+        assert!(matches!(
+            err,
+            CoordinatorError::Unavailable { replied: 0, .. }
+        ));
+        let asked: Vec<String> = match a_local {
+            true => vec![],
+            false => vec!["a".into()],
+        };
+        assert_eq!(
+            peers.coordinated(),
+            asked,
+            "no other replica may mint the write"
+        );
+        for other in ["b", "c"] {
+            assert!(peers.replicas[other]
+                .get(b"b", key.as_bytes())
+                .unwrap()
+                .is_none());
+        }
+        // The version "a" minted stays (its journal would replay it), and "a" is failed.
+        assert_eq!(
+            a.get(b"b", key.as_bytes())
+                .unwrap()
+                .unwrap()
+                .sibling_count(),
+            1
+        );
+        assert!(a.health().is_failed());
+    }
+}
+
+/// One client write is one dot when fsyncs fail: each key gets a write that all three
+/// replicas store, then one (over its context) while "a"'s fsync fails; "a" recovers. A
+/// read of every replica then finds one sibling under one dot per key, the second
+/// write's, not that write minted twice (once by "a", once by the replica the
+/// coordinator would have asked next).
+#[tokio::test]
+async fn one_client_write_is_one_dot_when_the_minting_replicas_fsync_fails() {
+    for a_local in [true, false] {
+        let (c, _peers, a, disk) = failing_fsync(a_local);
+        let t = Duration::from_secs(5);
+        let keys: Vec<String> = keys_minted_by_a(&c).take(8).collect();
+        for key in &keys {
+            let value = |v: &str| Sibling::value(format!("{key}-{v}").into_bytes(), None);
+            let first = c
+                .put(
+                    b"b",
+                    key.as_bytes(),
+                    Context::default(),
+                    value("1"),
+                    3,
+                    0,
+                    t,
+                )
+                .await
+                .unwrap();
+            disk.set_sync_failure(Some("Input/output error (os error 5)"));
+            // Its outcome is unknown to the client; whatever it is, it is one write.
+            let _ = c
+                .put(b"b", key.as_bytes(), first.context, value("2"), 2, 0, t)
+                .await;
+            disk.set_sync_failure(None);
+            assert!(a.probe_storage(), "the disk works again");
+        }
+        for key in &keys {
+            let read = c.get(b"b", key.as_bytes(), 3, 0, t).await.unwrap();
+            let dots = read.dotted_values();
+            assert_eq!(
+                dots.len(),
+                1,
+                "{key} (local: {a_local}): one client write became {dots:?}"
+            );
+            assert_eq!(dots[0].2.value, format!("{key}-2").into_bytes());
+        }
+    }
 }
 
 #[test]

@@ -1,7 +1,9 @@
 //! The write path: plan (is a quorum reachable at all), mint (one replica makes the
 //! version), fan-out (the others merge it), acks (W, PW of them primaries), answer (the
 //! client's new context). It must not send a write that may have reached a replica to
-//! another replica to mint again: that would make one client write two siblings.
+//! another replica to mint again: that would make one client write two siblings. A
+//! replica that answered nothing and one that answered `OutcomeUnknown` (it failed after
+//! the version may have reached its journal) are the same case.
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -80,8 +82,10 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
     /// replica that refused cleanly (`Failed`: nothing stored) is passed over for the
     /// next; one that did not answer in time is not: it may have minted and persisted the
     /// version and only its answer was lost, and asking another replica would mint a
-    /// second dot for the same client write (a duplicate sibling). That write is then a
-    /// 503 the client may retry; any version it left is kept and repaired like any other.
+    /// second dot for the same client write (a duplicate sibling). Nor is one that
+    /// answered `OutcomeUnknown` (its fsync failed after the append: a restart replays
+    /// the journal). That write is then a 503 the client may retry, the same as for no
+    /// answer; any version it left is kept and repaired like any other.
     #[allow(clippy::too_many_arguments)]
     async fn mint(
         &self,
@@ -125,6 +129,11 @@ impl<S: Storage, P: Peers> Coordinator<S, P> {
                 }
                 Ok(Response::Refused { code, message }) => {
                     return Err(CoordinatorError::Refused { code, message })
+                }
+                Ok(Response::OutcomeUnknown(reason)) => {
+                    // As no answer (below): the version may be in that replica's journal.
+                    tracing::debug!(replica = %target.name, "coordinating write's outcome unknown: {reason}");
+                    return Err(needed.unavailable(0, 0));
                 }
                 Ok(other) => {
                     tracing::debug!(replica = %target.name, "coordinating write failed: {other:?}")

@@ -240,13 +240,13 @@ impl FjallStorage {
                 if old.is_none() {
                     l.keys += 1;
                 }
-                self.objects.insert(&k, object).map_err(fj)?;
+                self.objects.insert(&k, object).map_err(appended)?;
             }
-            None => self.objects.insert(&k, object).map_err(fj)?,
+            None => self.objects.insert(&k, object).map_err(appended)?,
         }
         self.hot.stored(&k, object);
         drop(idx);
-        self.syncer.after_write()
+        self.syncer.after_write().map_err(StorageError::unsettled)
     }
 }
 
@@ -281,14 +281,14 @@ impl Storage for FjallStorage {
         let Some(old) = self.stored(&k)? else {
             return Ok(());
         };
-        self.objects.remove(&*k).map_err(fj)?;
+        self.objects.remove(&*k).map_err(appended)?;
         self.hot.removed(&k);
         if let Some(l) = idx.loaded.as_mut() {
             l.tree.remove(key, &old);
             l.keys -= 1;
         }
         drop(idx);
-        self.syncer.after_write()
+        self.syncer.after_write().map_err(StorageError::unsettled)
     }
 
     fn scan(
@@ -359,8 +359,8 @@ impl Storage for FjallStorage {
     fn meta_put(&self, key: &str, value: &[u8]) -> Result<(), StorageError> {
         check_name("metadata key", key)?;
         self.syncer.check()?;
-        self.meta.insert(key, value).map_err(fj)?;
-        self.syncer.wait_durable()
+        self.meta.insert(key, value).map_err(appended)?;
+        self.syncer.wait_durable().map_err(StorageError::unsettled)
     }
 
     fn hint_put(
@@ -376,12 +376,12 @@ impl Storage for FjallStorage {
         let k = hint_key(owner, partition, key);
         let mut counts = lock(&self.hint_counts);
         let existed = self.hints.contains_key(&k).map_err(fj)?;
-        self.hints.insert(k, object).map_err(fj)?;
+        self.hints.insert(k, object).map_err(appended)?;
         if !existed {
             *counts.entry(owner.to_owned()).or_default() += 1;
         }
         drop(counts);
-        self.syncer.after_write()
+        self.syncer.after_write().map_err(StorageError::unsettled)
     }
 
     fn hint_scan(
@@ -415,7 +415,7 @@ impl Storage for FjallStorage {
         if !self.hints.contains_key(&k).map_err(fj)? {
             return Ok(());
         }
-        self.hints.remove(k).map_err(fj)?;
+        self.hints.remove(k).map_err(appended)?;
         if let Some(n) = counts.get_mut(owner) {
             *n -= 1;
             if *n == 0 {
@@ -423,7 +423,7 @@ impl Storage for FjallStorage {
             }
         }
         drop(counts);
-        self.syncer.after_write()
+        self.syncer.after_write().map_err(StorageError::unsettled)
     }
 
     fn hint_owners(&self) -> Result<Vec<(String, u64)>, StorageError> {
@@ -598,6 +598,12 @@ fn decode_hint_key(k: &[u8]) -> Result<(&str, PartitionId, &[u8]), StorageError>
 
 /// Maps fjall's errors onto ours: I/O stays I/O (a full disk is `Io`), a poisoned
 /// database is `Closed`, truncated files, decoding and checksum failures are `Corrupt`.
+/// An error of a journal append (an insert or remove): part of it may be in the journal,
+/// so it is [`StorageError::Unsettled`].
+fn appended(e: fjall::Error) -> StorageError {
+    StorageError::unsettled(fj(e))
+}
+
 fn fj(e: fjall::Error) -> StorageError {
     use fjall::{Error as F, LsmError as L};
     use std::io::ErrorKind;

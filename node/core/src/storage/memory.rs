@@ -3,6 +3,9 @@
 //! Owns: ordered maps with the same observable semantics as [`super::FjallStorage`]
 //! (ordering, limits, hash trees, hint counts). Must not: touch the disk, spawn threads,
 //! or lose anything acknowledged (it does not model un-synced writes lost in a crash).
+//! Its fault switches model a disk that refuses writes (`set_write_failure`: nothing
+//! written) and one whose fsync fails (`set_sync_failure`: written, never durable, and
+//! kept, as a journal replays at restart what a failed fsync left in the page cache).
 
 use super::{
     check_key, check_name, lock, read, write, MerkleTree, PartitionId, Storage, StorageError,
@@ -31,6 +34,9 @@ pub struct MemoryStorage {
     /// A failing disk, for tests and the simulation: while set, every write fails with
     /// this I/O error and changes nothing.
     write_failure: Mutex<Option<String>>,
+    /// A failing fsync, for tests: while set, every write is applied but does not become
+    /// durable (see [`MemoryStorage::set_sync_failure`]).
+    sync_failure: Mutex<Option<String>>,
 }
 
 impl MemoryStorage {
@@ -50,9 +56,37 @@ impl MemoryStorage {
         lock(&self.write_failure).is_some()
     }
 
+    /// Makes every fsync fail with `reason`, or with `None` work again. A write is then
+    /// applied (and kept: this engine loses nothing at a restart, the worst case for a
+    /// write whose fsync failed, since a journal may replay it) and then, as the disk
+    /// engine in `--sync always`: inside `deferring_durability` its `PendingDurability`
+    /// fails; outside, the call fails with [`StorageError::Unsettled`]. `meta_put` and
+    /// `flush`, fsynced on return, fail so too, so the recovery probe fails while it is set.
+    pub fn set_sync_failure(&self, reason: Option<&str>) {
+        *lock(&self.sync_failure) = reason.map(str::to_string);
+    }
+
     fn check_writable(&self) -> Result<(), StorageError> {
         match &*lock(&self.write_failure) {
             Some(reason) => Err(StorageError::Io(std::io::Error::other(reason.clone()))),
+            None => Ok(()),
+        }
+    }
+
+    /// After a write was applied: its fsync, which fails while the sync failure is set.
+    fn after_write(&self) -> Result<(), StorageError> {
+        match &*lock(&self.sync_failure) {
+            Some(reason) => super::sync::fsync_failed(reason),
+            None => Ok(()),
+        }
+    }
+
+    /// After a write that is fsynced on return (`meta_put`, `flush`).
+    fn after_durable_write(&self) -> Result<(), StorageError> {
+        match &*lock(&self.sync_failure) {
+            Some(reason) => Err(StorageError::unsettled(StorageError::Io(
+                std::io::Error::other(reason.clone()),
+            ))),
             None => Ok(()),
         }
     }
@@ -87,7 +121,8 @@ impl Storage for MemoryStorage {
         let mut p = lock(&p);
         let old = p.objects.insert(key.to_vec(), object.to_vec());
         p.tree.replace(key, old.as_deref(), object);
-        Ok(())
+        drop(p);
+        self.after_write()
     }
 
     fn remove(&self, partition: PartitionId, key: &[u8]) -> Result<(), StorageError> {
@@ -97,6 +132,8 @@ impl Storage for MemoryStorage {
             let mut p = lock(&p);
             if let Some(old) = p.objects.remove(key) {
                 p.tree.remove(key, &old);
+                drop(p);
+                return self.after_write();
             }
         }
         Ok(())
@@ -155,7 +192,7 @@ impl Storage for MemoryStorage {
         check_name("metadata key", key)?;
         self.check_writable()?;
         lock(&self.meta).insert(key.to_owned(), value.to_vec());
-        Ok(())
+        self.after_durable_write()
     }
 
     fn hint_put(
@@ -169,7 +206,7 @@ impl Storage for MemoryStorage {
         check_key(key)?;
         self.check_writable()?;
         lock(&self.hints).insert((owner.to_owned(), partition, key.to_vec()), object.to_vec());
-        Ok(())
+        self.after_write()
     }
 
     fn hint_scan(
@@ -195,7 +232,12 @@ impl Storage for MemoryStorage {
         check_name("hint owner", owner)?;
         check_key(key)?;
         self.check_writable()?;
-        lock(&self.hints).remove(&(owner.to_owned(), partition, key.to_vec()));
+        if lock(&self.hints)
+            .remove(&(owner.to_owned(), partition, key.to_vec()))
+            .is_some()
+        {
+            return self.after_write();
+        }
         Ok(())
     }
 
@@ -215,6 +257,6 @@ impl Storage for MemoryStorage {
     }
 
     fn flush(&self) -> Result<(), StorageError> {
-        Ok(())
+        self.after_durable_write()
     }
 }

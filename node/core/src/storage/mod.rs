@@ -17,6 +17,11 @@
 //!   at most about that interval.
 //!
 //! `meta_put` and `flush` are fsynced on return in both modes.
+//!
+//! A write call that fails wrote nothing, unless it fails with
+//! [`StorageError::Unsettled`]: the write reached the journal (its append failed part way,
+//! or its fsync did), so a restart may replay it. A [`PendingDurability`] that fails means
+//! the same. Callers must not report either as "nothing stored".
 
 mod fjall_store;
 mod hot;
@@ -86,6 +91,26 @@ pub enum StorageError {
     /// Any other engine failure.
     #[error("storage engine error: {0}")]
     Engine(String),
+    /// A write failed at or after its append to the journal (the append itself, or the
+    /// fsync it waited for): it may be replayed at the next open, or lost. The one error of
+    /// a write call that does not mean "nothing was written".
+    #[error("the write reached the journal but is not known durable: {0}")]
+    Unsettled(Box<StorageError>),
+}
+
+impl StorageError {
+    /// `e`, from a write's append or fsync, as [`StorageError::Unsettled`].
+    pub fn unsettled(e: StorageError) -> StorageError {
+        match e {
+            e @ StorageError::Unsettled(_) => e,
+            e => StorageError::Unsettled(Box::new(e)),
+        }
+    }
+
+    /// Whether the write call that failed so may have left its write in the journal.
+    pub fn may_have_written(&self) -> bool {
+        matches!(self, StorageError::Unsettled(_))
+    }
 }
 
 /// When a write is fsynced; see the module documentation for what each mode guarantees.
@@ -122,7 +147,8 @@ impl std::str::FromStr for SyncMode {
 
 /// The storage engine interface. Every method is safe to call from many threads. A call
 /// may block: on disk reads, and in `--sync always` on its fsync unless it runs inside
-/// [`deferring_durability`] (then the caller awaits the durability it returns).
+/// [`deferring_durability`] (then the caller awaits the durability it returns). A write
+/// call's error means nothing was written, except [`StorageError::Unsettled`].
 pub trait Storage: Send + Sync + 'static {
     /// The object stored under `(partition, key)`.
     fn get(&self, partition: PartitionId, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;

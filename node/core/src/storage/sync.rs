@@ -192,6 +192,25 @@ pub fn deferring_durability<R>(work: impl FnOnce() -> R) -> (R, Vec<PendingDurab
     (result, pending)
 }
 
+/// What an engine whose fsync fails does after a write reached its journal (the memory
+/// engine's fault switch, `MemoryStorage::set_sync_failure`): inside
+/// [`deferring_durability`] the write returns with a [`PendingDurability`] that fails, as
+/// a group commit that failed; outside it the call fails with [`StorageError::Unsettled`].
+pub(super) fn fsync_failed(reason: &str) -> Result<(), StorageError> {
+    let deferred = DEFERRED.with(|d| {
+        d.borrow_mut()
+            .as_mut()
+            .map(|slot| slot.push(PendingDurability::failed()))
+            .is_some()
+    });
+    match deferred {
+        true => Ok(()),
+        false => Err(StorageError::unsettled(StorageError::Io(
+            std::io::Error::other(reason.to_string()),
+        ))),
+    }
+}
+
 /// A write that reached the journal and is not yet known to be fsynced.
 #[must_use = "a deferred write is durable only once this is awaited"]
 pub struct PendingDurability {
@@ -200,8 +219,25 @@ pub struct PendingDurability {
 }
 
 impl PendingDurability {
+    /// A ticket of an engine whose fsync already failed: never durable.
+    fn failed() -> PendingDurability {
+        let shared = Shared {
+            state: Mutex::new(State::default()),
+            work: Condvar::new(),
+            done: Condvar::new(),
+            published: tokio::sync::watch::Sender::new(0),
+            dirty: AtomicBool::new(true),
+            failed: AtomicBool::new(true),
+        };
+        PendingDurability {
+            ticket: 1,
+            shared: Arc::new(shared),
+        }
+    }
+
     /// Resolves once the write is fsynced; `Closed` when an fsync failed or the engine shut
-    /// down first (the write may then be lost and must not be acknowledged).
+    /// down first (the write may then be lost, or replayed at the next open: it must not
+    /// be acknowledged, nor reported as not written).
     pub async fn durable(self) -> Result<(), StorageError> {
         let mut synced = self.shared.published.subscribe();
         let failed = || self.shared.failed.load(Ordering::Acquire);
