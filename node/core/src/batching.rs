@@ -34,8 +34,9 @@ const MAX_BATCHED_REQUEST_BYTES: usize = 64 * 1024;
 pub type TakesBatches = Box<dyn Fn(&str) -> bool + Send + Sync>;
 
 /// Told the outcome of every call this wrapper makes to a peer (`true`: an answer came
-/// back): one batch is one call, so the many requests of one batch that timed out count
-/// once. The assembly feeds it to the direct-reachability table (`reach.rs`).
+/// back), and of every batched request that timed out (each waited its whole timeout
+/// without an answer). A burst of them at one moment is one stall, not a cut: the
+/// direct-reachability table counts a streak only over time (`reach::MIN_STREAK`). The assembly feeds it to the direct-reachability table (`reach.rs`).
 pub type CallObserver = Arc<dyn Fn(&str, bool) + Send + Sync>;
 
 /// Gossiped key-value by which a node says it takes `Request::Batch`.
@@ -148,7 +149,14 @@ impl<P: Peers> Peers for Batching<P> {
                 Ok(Ok(result)) => result,
                 // Queued may mean sent: never report it as certainly not sent.
                 Ok(Err(_)) => Err(PeerError::no_answer(to, "the batch lane stopped")),
-                Err(_) => Err(PeerError::no_answer(to, "timed out in a batch")),
+                Err(_) => {
+                    // Its whole timeout without an answer, as a call alone would fail.
+                    // Requests behind a lane whose batches hang (a peer cut off) end this
+                    // way, each at its own time: without them a cut peer would be seen
+                    // to fail only once per round of batches (2 s apart).
+                    (self.observer)(to, false);
+                    Err(PeerError::no_answer(to, "timed out in a batch"))
+                }
             },
         }
     }
