@@ -25,17 +25,20 @@ use crate::membership::{Gossip, STORAGE_KV};
 use crate::metrics::Metrics;
 use crate::peers::Peers;
 use crate::props_sync::{self, PropsSync};
+use crate::reach::{self, Change};
 use crate::replica::{Replica, ReplicaConfig, ReplicaError, ACTOR_META_KEY};
+use crate::rpc::Request;
 use crate::storage::{Storage, StorageError};
 
 /// The names of a node's background duties, in the order [`NodeParts::duties`] lists
 /// them. A test pins this list, and the simulation checks it runs exactly these.
-pub const DUTIES: [&str; 5] = [
+pub const DUTIES: [&str; 6] = [
     "gossip",
     "healing",
     "rebuild",
     "props_sync",
     "storage_watch",
+    "reach_probe",
 ];
 
 /// While storage is failed, the reason is logged again this often.
@@ -100,6 +103,7 @@ pub struct NodeParts<S: Storage, P: Peers> {
     pub metrics: Arc<Metrics>,
     props_sync: Arc<PropsSync<S, NodePeers<P>>>,
     storage_watch: Arc<StorageWatch<S>>,
+    peers: Arc<NodePeers<P>>,
     send_gossip: GossipSink,
     gossip_interval: Duration,
     healing_interval: Duration,
@@ -166,11 +170,23 @@ pub fn assemble<S: Storage, P: Peers>(
         metrics.clone(),
     )?);
     let batch_capable = gossip.clone();
-    let peers = Arc::new(Batching::new(
-        (inputs.peers)(&gossip),
-        Box::new(move |peer| batch_capable.kv_is(peer, BATCH_KV, "1")),
-        &metrics,
-    ));
+    let (observed, observed_metrics) = (gossip.clone(), metrics.clone());
+    let peers = Arc::new(
+        Batching::new(
+            (inputs.peers)(&gossip),
+            Box::new(move |peer| batch_capable.kv_is(peer, BATCH_KV, "1")),
+            &metrics,
+        )
+        .with_observer(Arc::new(move |peer, answered| {
+            if let Some(change) = observed.record_call(peer, answered) {
+                if change == Change::Marked {
+                    observed_metrics.peers_marked_unreachable.inc();
+                }
+                let marked = observed.reach().marked().len();
+                observed_metrics.peers_unreachable_direct.set(marked as i64);
+            }
+        })),
+    );
     gossip.set_local_kv(BATCH_KV, "1");
     gossip.set_local_kv(STORAGE_KV, "ok");
     let coordinator = Coordinator::new(
@@ -184,7 +200,7 @@ pub fn assemble<S: Storage, P: Peers>(
     let healer = Arc::new(Healer::new(
         name.clone(),
         replica.clone(),
-        peers,
+        peers.clone(),
         gossip.clone(),
         metrics.clone(),
         settings.healing.clone(),
@@ -208,6 +224,7 @@ pub fn assemble<S: Storage, P: Peers>(
         metrics,
         props_sync,
         storage_watch,
+        peers,
         send_gossip: inputs.send_gossip,
         gossip_interval: Duration::from_millis(settings.gossip.gossip_interval_ms),
         healing_interval: settings.healing.interval,
@@ -255,6 +272,7 @@ impl<S: Storage, P: Peers> NodeParts<S, P> {
         let rebuilder = self.healer.rebuilder().clone();
         let props_sync = self.props_sync.clone();
         let watch = self.storage_watch.clone();
+        let (prober, probe_peers) = (self.gossip.clone(), self.peers.clone());
         vec![
             Duty::new("gossip", self.gossip_interval, move || {
                 sink(gossip.tick());
@@ -276,6 +294,9 @@ impl<S: Storage, P: Peers> NodeParts<S, P> {
                 watch.step();
                 std::future::ready(())
             }),
+            Duty::new("reach_probe", reach::PROBE_EVERY, move || {
+                probe_marked(prober.clone(), probe_peers.clone())
+            }),
         ]
     }
 
@@ -284,6 +305,36 @@ impl<S: Storage, P: Peers> NodeParts<S, P> {
     pub fn storage_gave_up(&self) -> tokio::sync::watch::Receiver<Option<String>> {
         self.storage_watch.gave_up.subscribe()
     }
+}
+
+/// One round of the `reach_probe` duty: every peer marked directly unreachable gets a
+/// cheap request (the key counts of no partition: every version of the node knows it, and
+/// any answer, a refusal too, proves the path) through the same peers as every call, so
+/// the answer clears the mark there (`Batching`'s observer). The probes of a round run
+/// together; a round ends within `PROBE_TIMEOUT`. Peers that left the ring are forgotten.
+async fn probe_marked<P: Peers>(gossip: Arc<Gossip>, peers: Arc<NodePeers<P>>) {
+    gossip.reach().retain(&gossip.ring_members());
+    let mut probes: Vec<DutyFuture> = gossip
+        .reach()
+        .marked()
+        .into_iter()
+        .map(|peer| {
+            let peers = peers.clone();
+            Box::pin(async move {
+                let probe = Request::KeyCounts { partitions: vec![] };
+                let _ = peers.call(&peer, probe, reach::PROBE_TIMEOUT).await;
+            }) as DutyFuture
+        })
+        .collect();
+    // Polls every probe until all are done (a join without spawning a task).
+    std::future::poll_fn(|cx| {
+        probes.retain_mut(|probe| probe.as_mut().poll(cx).is_pending());
+        match probes.is_empty() {
+            true => std::task::Poll::Ready(()),
+            false => std::task::Poll::Pending,
+        }
+    })
+    .await;
 }
 
 /// Watches the storage's health: gossips `storage=failed` while it is failed (peers route

@@ -33,6 +33,12 @@ const MAX_BATCHED_REQUEST_BYTES: usize = 64 * 1024;
 /// Whether a peer takes `Request::Batch` (a node of an older version does not).
 pub type TakesBatches = Box<dyn Fn(&str) -> bool + Send + Sync>;
 
+/// Told the outcome of every call this wrapper makes to a peer (`true`: an answer came
+/// back), and of every batched request that timed out (each waited its whole timeout
+/// without an answer). A burst of them at one moment is one stall, not a cut: the
+/// direct-reachability table counts a streak only over time (`reach::MIN_STREAK`). The assembly feeds it to the direct-reachability table (`reach.rs`).
+pub type CallObserver = Arc<dyn Fn(&str, bool) + Send + Sync>;
+
 /// Gossiped key-value by which a node says it takes `Request::Batch`.
 pub const BATCH_KV: &str = "rpc_batch";
 
@@ -48,6 +54,7 @@ pub struct Batching<P: Peers> {
     takes_batches: TakesBatches,
     lanes: Mutex<HashMap<String, mpsc::Sender<Queued>>>,
     counters: BatchCounters,
+    observer: CallObserver,
 }
 
 enum Enqueued {
@@ -72,7 +79,14 @@ impl<P: Peers> Batching<P> {
                 batches: metrics.rpc_batches.clone(),
                 requests: metrics.rpc_batched_requests.clone(),
             },
+            observer: Arc::new(|_, _| {}),
         }
+    }
+
+    /// Tells `observer` the outcome of every call to a peer from now on.
+    pub fn with_observer(mut self, observer: CallObserver) -> Batching<P> {
+        self.observer = observer;
+        self
     }
 
     pub fn inner(&self) -> &P {
@@ -111,6 +125,7 @@ impl<P: Peers> Batching<P> {
             to.to_string(),
             rx,
             self.counters.clone(),
+            self.observer.clone(),
         ));
         lanes.insert(to.to_string(), tx.clone());
         tx
@@ -125,12 +140,23 @@ impl<P: Peers> Peers for Batching<P> {
         timeout: Duration,
     ) -> Result<Response, PeerError> {
         match self.enqueue(to, request, timeout) {
-            Enqueued::Alone(request) => self.inner.call(to, request, timeout).await,
+            Enqueued::Alone(request) => {
+                let result = self.inner.call(to, request, timeout).await;
+                (self.observer)(to, result.is_ok());
+                result
+            }
             Enqueued::Queued(answer) => match tokio::time::timeout(timeout, answer).await {
                 Ok(Ok(result)) => result,
                 // Queued may mean sent: never report it as certainly not sent.
                 Ok(Err(_)) => Err(PeerError::no_answer(to, "the batch lane stopped")),
-                Err(_) => Err(PeerError::no_answer(to, "timed out in a batch")),
+                Err(_) => {
+                    // Its whole timeout without an answer, as a call alone would fail.
+                    // Requests behind a lane whose batches hang (a peer cut off) end this
+                    // way, each at its own time: without them a cut peer would be seen
+                    // to fail only once per round of batches (2 s apart).
+                    (self.observer)(to, false);
+                    Err(PeerError::no_answer(to, "timed out in a batch"))
+                }
             },
         }
     }
@@ -157,6 +183,7 @@ async fn run_lane<P: Peers>(
     to: String,
     mut queue: mpsc::Receiver<Queued>,
     counters: BatchCounters,
+    observer: CallObserver,
 ) {
     let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
     loop {
@@ -176,20 +203,27 @@ async fn run_lane<P: Peers>(
             batch.push(next);
         }
         let (inner, to, counters) = (inner.clone(), to.clone(), counters.clone());
+        let observer = observer.clone();
         tokio::spawn(async move {
-            send(&*inner, &to, batch, &counters).await;
+            send(&*inner, &to, batch, &counters, &observer).await;
             drop(permit);
         });
     }
 }
 
 /// Sends one lane's batch (a single request plainly) and hands each caller its answer.
-async fn send<P: Peers>(inner: &P, to: &str, mut batch: Vec<Queued>, counters: &BatchCounters) {
+async fn send<P: Peers>(
+    inner: &P,
+    to: &str,
+    mut batch: Vec<Queued>,
+    counters: &BatchCounters,
+    observer: &CallObserver,
+) {
     if batch.len() == 1 {
         let only = batch.pop().expect("one request");
-        let _ = only
-            .reply
-            .send(inner.call(to, only.request, only.timeout).await);
+        let result = inner.call(to, only.request, only.timeout).await;
+        observer(to, result.is_ok());
+        let _ = only.reply.send(result);
         return;
     }
     counters.batches.inc();
@@ -198,7 +232,9 @@ async fn send<P: Peers>(inner: &P, to: &str, mut batch: Vec<Queued>, counters: &
     let (requests, replies): (Vec<Request>, Vec<_>) =
         batch.into_iter().map(|q| (q.request, q.reply)).unzip();
     let count = requests.len();
-    match inner.call(to, Request::Batch { requests }, timeout).await {
+    let result = inner.call(to, Request::Batch { requests }, timeout).await;
+    observer(to, result.is_ok());
+    match result {
         Ok(Response::Batch(responses)) if responses.len() == count => {
             for (reply, response) in replies.into_iter().zip(responses) {
                 let _ = reply.send(Ok(response));

@@ -23,6 +23,7 @@ pub mod object;
 pub mod peers;
 pub mod props_sync;
 pub mod quorum;
+pub mod reach;
 pub mod rebuild;
 pub mod replica;
 pub mod request_options;

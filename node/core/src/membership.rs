@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use chorus_gossip::{Config as GossipConfig, Event, MemberView, Membership, Outgoing};
 use chorus_ring::Ring;
 
+use crate::reach::{Change, DirectReach};
 use crate::view::ClusterView;
 
 /// Gossiped key-value saying whether a node's storage works (`ok` or `failed`).
@@ -27,6 +28,9 @@ pub struct Gossip {
     ring_size: u32,
     n: usize,
     pub view: Arc<RwLock<ClusterView>>,
+    /// The peers this node's own calls cannot reach, whatever gossip says: part of the
+    /// view's unreachable set.
+    reach: Arc<DirectReach>,
     /// Set when the cluster refuses this node (config mismatch); the node then exits.
     pub rejected: tokio::sync::watch::Sender<Option<String>>,
     /// The generation this process took in-process (`Event::Reincarnated`), for the
@@ -53,6 +57,7 @@ impl Gossip {
             ring_size,
             n,
             view: Arc::new(RwLock::new(view)),
+            reach: Arc::new(DirectReach::new()),
             rejected: tokio::sync::watch::channel(None).0,
             reincarnated: tokio::sync::watch::channel(None).0,
             handing_over: tokio::sync::watch::channel(false).0,
@@ -113,12 +118,15 @@ impl Gossip {
         let mut members = membership.ring_members();
         members.sort();
         // A member whose storage failed answers no replica request: route around it as if
-        // it were down (its own coordinator refuses writes anyway).
+        // it were down (its own coordinator refuses writes anyway). So is one this node's
+        // own calls cannot reach, even while gossip hears of its heartbeats second-hand.
+        let direct = self.reach.marked();
         let unreachable: HashSet<String> = members
             .iter()
             .filter(|m| {
                 !membership.is_reachable(m, now)
                     || membership.kv_of(m, STORAGE_KV) == Some("failed")
+                    || direct.contains(*m)
             })
             .cloned()
             .collect();
@@ -138,6 +146,50 @@ impl Gossip {
         if *view.unreachable != unreachable {
             view.unreachable = Arc::new(unreachable);
         }
+    }
+
+    /// The direct-reachability table (`reach.rs`).
+    pub fn reach(&self) -> &Arc<DirectReach> {
+        &self.reach
+    }
+
+    /// Records the outcome of one call to `peer` (`answered`: any answer came back) and,
+    /// when it marks or clears the peer, republishes the view at once.
+    pub fn record_call(&self, peer: &str, answered: bool) -> Option<Change> {
+        let change = self.reach.record(peer, answered, Instant::now());
+        if let Some(change) = change {
+            match change {
+                Change::Marked => tracing::warn!(
+                    peer,
+                    "{} calls in a row over {:?} got no answer: routing around the peer (directly unreachable from here, whatever gossip says) until it answers a probe",
+                    crate::reach::FAILURES_TO_MARK,
+                    crate::reach::MIN_STREAK
+                ),
+                Change::Cleared => tracing::info!(peer, "the peer answers again: reachable"),
+            }
+            self.republish();
+        }
+        change
+    }
+
+    /// Recomputes and republishes the view from the current membership.
+    pub fn republish(&self) {
+        let now = self.now_ms();
+        let membership = self
+            .membership
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.refresh_view(&membership, now);
+    }
+
+    /// The members of the ring (sorted), as the view was last published.
+    pub fn ring_members(&self) -> Vec<String> {
+        self.view
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .ring
+            .members()
+            .to_vec()
     }
 
     pub fn tick(&self) -> Vec<Outgoing> {

@@ -105,6 +105,8 @@ pub struct Metrics {
     pub aae_bytes_sent: Counter,
     pub aae_bytes_received: Counter,
     pub phi: Family<PeerLabels, Gauge<f64, AtomicU64>>,
+    pub peers_unreachable_direct: Gauge,
+    pub peers_marked_unreachable: Counter,
 }
 
 impl Default for Metrics {
@@ -295,8 +297,21 @@ impl Default for Metrics {
             "Phi-accrual suspicion of each peer",
             phi.clone(),
         );
+        let peers_unreachable_direct = Gauge::default();
+        registry.register(
+            "peers_unreachable_direct",
+            "Peers this node's own calls cannot reach now (a streak of failed calls, no answer to a probe since), routed around as if down whatever gossip says",
+            peers_unreachable_direct.clone(),
+        );
+        let peers_marked_unreachable = counter(
+            &mut registry,
+            "peers_marked_unreachable",
+            "Times a peer was marked directly unreachable (a count that climbs while the cluster looks healthy means marks flap)",
+        );
         Metrics {
             registry,
+            peers_unreachable_direct,
+            peers_marked_unreachable,
             ops: OpTotals::default(),
             requests,
             latency,

@@ -789,8 +789,60 @@ fn fail_a_disk(
     });
 }
 
+/// A non-transitive partition (issue 25): every node reaches only its two neighbours in
+/// the ring of names (with three nodes or fewer, one random pair is cut and both reach the
+/// third), both ways, for 2 to 15 s. Gossip still carries every heartbeat second-hand, so
+/// only a node's own failed calls can tell it whom it cannot reach. One at a time.
+fn ring_partition(
+    net: &Arc<SimNet>,
+    names: &[String],
+    rng: &mut StdRng,
+    active: &Arc<std::sync::atomic::AtomicBool>,
+) {
+    use std::sync::atomic::Ordering;
+    let count = names.len();
+    if count < 3 || active.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let hold = Duration::from_millis(rng.random_range(2000..15_000));
+    let mut pairs = Vec::new();
+    if count <= 3 {
+        let a = rng.random_range(0..count);
+        let b = (a + 1 + rng.random_range(0..count - 1)) % count;
+        pairs.push((names[a].clone(), names[b].clone()));
+        pairs.push((names[b].clone(), names[a].clone()));
+    } else {
+        for (i, a) in names.iter().enumerate() {
+            for (j, b) in names.iter().enumerate() {
+                let apart = (i + count - j) % count;
+                if i != j && apart != 1 && apart != count - 1 {
+                    pairs.push((a.clone(), b.clone()));
+                }
+            }
+        }
+    }
+    net.trace.log(format!(
+        "ring partition: {} links cut (each node reaches only its ring neighbours) for {hold:?}",
+        pairs.len()
+    ));
+    for (a, b) in &pairs {
+        net.block(a, b);
+    }
+    let (net, active) = (net.clone(), active.clone());
+    tokio::spawn(async move {
+        tokio::time::sleep(hold).await;
+        net.trace
+            .log(format!("ring partition healed: {} links", pairs.len()));
+        for (a, b) in &pairs {
+            net.unblock(a, b);
+        }
+        active.store(false, Ordering::SeqCst);
+    });
+}
+
 /// Injects faults until `end`: message loss, duplication, delay and slow paths; symmetric
-/// and one-way partitions; crashes with restarts; pauses; with `disk_faults`, failing disks.
+/// and one-way partitions; (heavy) non-transitive ring partitions; crashes with restarts;
+/// pauses; with `disk_faults`, failing disks.
 async fn nemesis(cluster: Arc<Cluster>, shared: Arc<Shared>, options: Options, end: Instant) {
     if options.faults == Faults::None {
         return;
@@ -803,6 +855,10 @@ async fn nemesis(cluster: Arc<Cluster>, shared: Arc<Shared>, options: Options, e
     // Disk faults draw from their own stream, so the other faults of a seed stay the same.
     let mut disk_rng = StdRng::seed_from_u64(sub_seed(options.seed, 9));
     let disk_failing: Arc<Mutex<Option<usize>>> = Arc::default();
+    // So do non-transitive partitions (heavy only), so the other faults of a seed stay the
+    // same as before they existed.
+    let mut ring_rng = StdRng::seed_from_u64(sub_seed(options.seed, 10));
+    let ring_cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
     loop {
         let wait = if heavy {
             rng.random_range(300..2500)
@@ -821,6 +877,9 @@ async fn nemesis(cluster: Arc<Cluster>, shared: Arc<Shared>, options: Options, e
         });
         if options.disk_faults {
             fail_a_disk(&cluster, &mut disk_rng, &disk_failing, hold);
+        }
+        if heavy && ring_rng.random_bool(0.12) {
+            ring_partition(&net, &names, &mut ring_rng, &ring_cut);
         }
         match rng.random_range(0..6) {
             0 => {

@@ -141,3 +141,51 @@ async fn a_batch_that_fails_fails_every_request_in_it_the_same_way() {
         "{results:?}"
     );
 }
+
+/// A peer that never answers: every call waits out its timeout.
+struct Hanging;
+
+impl Peers for Hanging {
+    async fn call(&self, to: &str, _: Request, timeout: Duration) -> Result<Response, PeerError> {
+        tokio::time::sleep(timeout).await;
+        Err(PeerError::no_answer(to, "hangs"))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_observer_hears_every_request_that_timed_out_and_every_answer() {
+    let seen: Arc<Mutex<Vec<(String, bool)>>> = Arc::default();
+    let record = seen.clone();
+    let metrics = Metrics::default();
+    let peers = Arc::new(
+        Batching::new(Arc::new(Hanging), Box::new(|_| true), &metrics).with_observer(Arc::new(
+            move |peer, answered| record.lock().unwrap().push((peer.to_string(), answered)),
+        )),
+    );
+    // 4 batches fill the lane's flight; the rest wait queued, then in a batch that hangs.
+    let mut calls = tokio::task::JoinSet::new();
+    for k in 0..40 {
+        let peers = peers.clone();
+        calls.spawn(async move { peers.call("p", merge(k, 10), Duration::from_secs(2)).await });
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let results = calls.join_all().await;
+    assert!(results.iter().all(|r| r.is_err()));
+    let seen = seen.lock().unwrap();
+    assert!(seen.iter().all(|(peer, answered)| peer == "p" && !answered));
+    // Every request that timed out is heard (each at its own time), and each batch.
+    assert!(seen.len() >= 40, "{} failures observed", seen.len());
+
+    // An answer is heard as one.
+    let heard: Arc<Mutex<Vec<bool>>> = Arc::default();
+    let record = heard.clone();
+    let peers = Batching::new(Arc::new(Recording::default()), Box::new(|_| true), &metrics)
+        .with_observer(Arc::new(move |_, answered| {
+            record.lock().unwrap().push(answered)
+        }));
+    peers
+        .call("p", merge(1, 10), Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(*heard.lock().unwrap(), [true]);
+}
