@@ -70,3 +70,32 @@ fn a_node_alone_is_alive_but_not_ready_until_n_members_join() {
         (200, "ready".to_string())
     );
 }
+
+/// Issue 25 item 5: failed gossip to a seed reaches WARN (once per 10 s per address), so a
+/// wrong `--seeds` entry shows in the log without raising RUST_LOG.
+#[test]
+fn a_seed_nobody_listens_at_is_reported_at_warn() {
+    let nobody = format!("127.0.0.1:{}", chorus_tests::cluster::free_port());
+    let mut cluster = TestCluster::start(ClusterOptions {
+        nodes: 1,
+        extra_args: chorus_tests::cluster::args(&["--seeds", &nobody]),
+        ..Default::default()
+    });
+    cluster.nodes[0].wait_healthy();
+    let node = &cluster.nodes[0];
+    let expected = format!("gossip to {nobody} failed");
+    let warned = wait_for(
+        "the failed seed to be logged at WARN",
+        CLUSTER_DEADLINE,
+        || {
+            let log = node.log_text();
+            let lines: Vec<&str> = log.lines().filter(|l| l.contains(&expected)).collect();
+            match lines.iter().any(|l| l.contains("WARN")) {
+                true => Ok(lines.len()),
+                false => Err(format!("{} matching lines, none at WARN", lines.len())),
+            }
+        },
+    );
+    assert!(warned >= 1);
+    cluster.nodes[0].stop();
+}

@@ -4,9 +4,11 @@
 //! Must not: interpret replica requests (the core's `Replica` does), decide retries, or
 //! import the running node (`node.rs` imports this module).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
+use std::time::Instant;
 
 use chorus_core::membership::Gossip;
 use chorus_core::peers::{PeerError, Peers};
@@ -71,13 +73,43 @@ pub fn send_gossip(transport: &Arc<QuicTransport>, out: Vec<Outgoing>) {
         tokio::spawn(async move {
             let addr = match resolve(&to).await {
                 Ok(addr) => addr,
-                Err(e) => return tracing::debug!("gossip to {to}: {e}"),
+                Err(e) => return report_gossip_failure(&to, &e),
             };
             if let Err(e) = transport.send(addr, &bytes, GOSSIP_SEND_TIMEOUT).await {
-                tracing::debug!("gossip to {to} ({addr}) failed: {e}");
+                report_gossip_failure(&to, &format!("({addr}) {e}"));
             }
         });
     }
+}
+
+/// Failed gossip to one address reaches WARN at most this often (DEBUG in between): a
+/// seed that cannot be reached (a wrong `--seeds` entry, a name that does not resolve, a
+/// firewall) must show without flooding the log.
+const GOSSIP_FAILURE_WARN_EVERY: Duration = Duration::from_secs(10);
+/// Addresses whose last WARN is remembered; the oldest is forgotten past this.
+const GOSSIP_FAILURE_ADDRESSES: usize = 256;
+
+fn report_gossip_failure(to: &str, error: &str) {
+    static LAST_WARNED: OnceLock<Mutex<HashMap<String, Instant>>> = OnceLock::new();
+    let now = Instant::now();
+    let mut last = LAST_WARNED
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let due = last
+        .get(to)
+        .is_none_or(|t| now.duration_since(*t) >= GOSSIP_FAILURE_WARN_EVERY);
+    if !due {
+        return tracing::debug!("gossip to {to} failed: {error}");
+    }
+    if last.len() >= GOSSIP_FAILURE_ADDRESSES && !last.contains_key(to) {
+        let oldest = last.iter().min_by_key(|(_, t)| **t).map(|(a, _)| a.clone());
+        if let Some(oldest) = oldest {
+            last.remove(&oldest);
+        }
+    }
+    last.insert(to.to_string(), now);
+    tracing::warn!("gossip to {to} failed: {error} (repeats within {GOSSIP_FAILURE_WARN_EVERY:?} are logged at DEBUG)");
 }
 
 /// A gossiped address to dial: an IP address as it is, a `HOST:PORT` name looked up now
