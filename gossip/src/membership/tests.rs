@@ -505,3 +505,30 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn with_live_peers_a_seed_no_known_member_is_at_is_tried_now_and_then() {
+    // a knows b (kept live) and has seeds b and c; no member it knows is at c.
+    let mut a = Membership::new(
+        Config {
+            seeds: vec!["b:7000".into(), "c:7000".into()],
+            ..config("a")
+        },
+        0,
+    );
+    let mut r = rng();
+    let rounds = 200;
+    let mut to_c = 0;
+    for i in 1..=rounds {
+        let now = i * 100;
+        deliver(&mut a, now, vec![record("b", 1, i, 0, Status::Alive)]);
+        let out = a.tick(now, &mut r);
+        assert!(out.iter().any(|o| o.to == "b:7000"), "round {i}: {out:?}");
+        to_c += usize::from(out.iter().any(|o| o.to == "c:7000"));
+    }
+    // Odds 1/(live+1) = 1/2 a round: far from never, and not every round.
+    assert!(
+        (40..=160).contains(&to_c),
+        "c tried in {to_c} of {rounds} rounds"
+    );
+}
