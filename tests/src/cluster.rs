@@ -427,6 +427,27 @@ impl TestCluster {
         started.elapsed()
     }
 
+    /// Waits until every node in `observers` shows `name` in `state` (`/status`). Returns
+    /// how long it took.
+    pub fn wait_state(&self, observers: &[usize], name: &str, state: &str) -> Duration {
+        let started = Instant::now();
+        for &i in observers {
+            let url = self.url(i);
+            wait_for(
+                &format!("{} to see {name} {state}", self.nodes[i].name),
+                CLUSTER_DEADLINE,
+                || {
+                    let members = crate::api::members(&url)?;
+                    match members.get(name) {
+                        Some((s, _)) if s == state => Ok(()),
+                        other => Err(format!("{other:?}")),
+                    }
+                },
+            );
+        }
+        started.elapsed()
+    }
+
     /// Starts every node, waits for each to serve HTTP and for all to see each other alive.
     pub fn start_converged(options: ClusterOptions) -> TestCluster {
         let cluster = TestCluster::start(options);

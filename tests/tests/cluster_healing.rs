@@ -16,26 +16,6 @@ use chorus_tests::cluster::{
 /// Twice the usual deadline, for conditions that need many healing rounds.
 const HEALING_DEADLINE: Duration = Duration::from_secs(120);
 
-/// Waits until every node in `observers` shows `name` in `state`.
-fn wait_state(cluster: &TestCluster, observers: &[usize], name: &str, state: &str) -> Duration {
-    let started = Instant::now();
-    for &i in observers {
-        let url = cluster.url(i);
-        wait_for(
-            &format!("n{} to see {name} {state}", i + 1),
-            CLUSTER_DEADLINE,
-            || {
-                let members = api::members(&url)?;
-                match members.get(name) {
-                    Some((s, _)) if s == state => Ok(()),
-                    other => Err(format!("{other:?}")),
-                }
-            },
-        );
-    }
-    started.elapsed()
-}
-
 /// Writes `keys` (`prefix-{i}` = `value-{i}`) at `w` through the given nodes, from a few
 /// threads; panics on any failure.
 fn write_keys(urls: &[String], bucket: &str, prefix: &str, keys: usize, query: &str) {
@@ -74,7 +54,7 @@ fn a_fallback_takes_writes_for_a_dead_owner_and_hands_them_over_after_its_restar
         ..Default::default()
     });
     cluster.nodes[3].kill9();
-    wait_state(&cluster, &[0, 1, 2], "n4", "down");
+    cluster.wait_state(&[0, 1, 2], "n4", "down");
     let live: Vec<String> = (0..3).map(|i| cluster.url(i)).collect();
 
     // Writes at w=2 through every live node; for the keys n4 owns, a fallback stands in.
@@ -380,7 +360,7 @@ fn growing_to_four_and_leaving_under_load_loses_no_acknowledged_write() {
         cluster.nodes[2].log_text()
     );
     let leave_time = leaving.elapsed();
-    wait_state(&cluster, &[0, 1, 3], "n3", "left");
+    cluster.wait_state(&[0, 1, 3], "n3", "left");
     let at_leave = acked_count();
     wait_for("more writes after the leave", CLUSTER_DEADLINE, || {
         if acked_count() >= at_leave + 30 {
