@@ -193,8 +193,9 @@ impl Membership {
         }
     }
 
-    /// Takes `generation` in-process, with `status` and no key-values (what they said,
-    /// such as nothing pending, was about the old incarnation), and tells the caller.
+    /// Takes `generation` in-process, with `status`, and tells the caller. The key-values
+    /// stay: they describe this same process (its HTTP address, batching, storage), and
+    /// what depends on the ring carries the ring it was computed on.
     fn reincarnate(&mut self, generation: u64, status: Status) {
         let name = self.config.name.clone();
         let me = self.me_mut();
@@ -203,7 +204,6 @@ impl Membership {
         me.heartbeat = 0;
         me.version = 0;
         me.status = status;
-        me.kv.clear();
         assert_progress(&name, before, me.stamp());
         self.config.generation = generation;
         self.config.fresh_identity = false;
