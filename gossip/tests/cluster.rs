@@ -907,3 +907,27 @@ fn a_fresh_replacement_outranks_a_dead_predecessor_whose_clock_ran_ahead() {
             handing_over: false
         }));
 }
+
+#[test]
+fn a_removal_declared_lost_beats_a_plain_removal_made_at_the_same_time() {
+    let mut sim = Sim::with_cluster(SimConfig::jittery(47), 4, |_| {});
+    sim.run_for(20_000);
+    let dead = Sim::name(3);
+    sim.crash(3);
+    wait_state(
+        &mut sim,
+        &[0, 1, 2],
+        &dead,
+        MemberState::Down,
+        "marked down",
+    );
+    sim.node_mut(0).membership.remove(&dead, false).unwrap();
+    sim.node_mut(1).membership.remove(&dead, true).unwrap();
+    let t = sim.run_until_true(20_000, 100, |s| {
+        (0..3).all(|i| s.node(i).membership.removed_awaiting_return().is_empty())
+    });
+    assert!(
+        t.is_some(),
+        "one of two concurrent removals must win everywhere"
+    );
+}

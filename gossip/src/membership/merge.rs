@@ -156,7 +156,8 @@ impl Membership {
         let ours_removed = u.generation == me.generation
             && body.status.is_tombstone()
             && !me.status.is_tombstone();
-        if newer && self.config.fresh_identity {
+        let next = |g: u64| g.checked_add(1);
+        if newer && self.config.fresh_identity && next(u.generation).is_some() {
             // Holding no data of its own, this process is a replacement: the newer
             // generation is a dead predecessor's (perhaps with a clock that ran ahead).
             self.reincarnate(u.generation + 1, Status::Alive);
@@ -168,7 +169,7 @@ impl Membership {
                 "a newer incarnation of {} (generation {}, at {}) is in the cluster; this process (generation {}) must stop",
                 u.name, u.generation, body.address, me.generation
             ));
-        } else if ours_removed && body.status == Status::Removed {
+        } else if ours_removed && body.status == Status::Removed && next(me.generation).is_some() {
             // Removed while running (a partition the operator took for a crash): what this
             // node acknowledged may be nowhere else, so it hands everything over first.
             let generation = me.generation + 1;

@@ -418,12 +418,14 @@ impl Membership {
         Ok(())
     }
 
-    /// Makes `name`'s record the tombstone `status` at a new version.
+    /// Makes `name`'s record the tombstone `status` at a new version. A removal with its
+    /// data declared lost (`Left`) moves two versions, so it beats a plain removal made
+    /// at the same time elsewhere (equal versions of two tombstones would never merge).
     fn set_removed(&mut self, name: &str, status: Status, now: u64) {
         let m = self.members.get_mut(name).expect("callers checked");
         let before = m.stamp();
         m.status = status;
-        m.version += 1;
+        m.version += if status == Status::Left { 2 } else { 1 };
         m.kv.clear();
         m.tombstoned_at_ms = Some(now);
         assert_progress(name, before, m.stamp());

@@ -123,16 +123,17 @@ async fn serve(config: NodeConfig, security: Security, admin: AdminAuth) -> Resu
     ));
     node.gossip
         .set_local_kv(ui::HTTP_KV, &config.http.to_string());
-    for duty in duties {
-        tokio::spawn(duty.run());
-    }
-    tokio::spawn(ui::sample_loop(node.clone()));
-    tokio::spawn(node::warn_while_not_ready(node.clone()));
+    // Subscribed before the gossip duty runs, so no generation taken in-process is missed.
     tokio::spawn(persist_generations(
         storage.clone(),
         identity,
         node.gossip.reincarnated.subscribe(),
     ));
+    for duty in duties {
+        tokio::spawn(duty.run());
+    }
+    tokio::spawn(ui::sample_loop(node.clone()));
+    tokio::spawn(node::warn_while_not_ready(node.clone()));
     tokio::spawn(node::hand_over_when_removed(node.clone()));
     if let Some(resp) = ports.resp {
         tokio::spawn(resp::serve(resp, node.clone()));
